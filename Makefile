@@ -1,0 +1,44 @@
+# Parley: `make demo` and `make test` work on a fresh clone (Python >= 3.11 and redis-server).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install when the project's dependencies change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint fmt typecheck run clean help
+
+help:
+	@echo "make demo       run a complete NPS conversation over the real path"
+	@echo "make test       run the whole test suite (lint, types, pytest)"
+	@echo "make run        run the engine (HTTP API on 127.0.0.1:8080)"
+	@echo "make lint       ruff check + ruff format --check + mypy"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/parley demo
+
+run: $(STAMP)
+	$(BIN)/parley run
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine gateways tests loadtests
+	$(BIN)/ruff format --check engine gateways tests loadtests
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix engine gateways tests loadtests
+	$(BIN)/ruff format engine gateways tests loadtests
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,3 @@
+"""Parley: a conversational SMS engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): contacts, flow starts, inbound webhooks, conversations, messages."""

@@ -1,0 +1,84 @@
+"""Building the aiohttp application: middlewares, routes, and the runtime under a typed key."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from engine.api import contacts, conversations, flows, inbound, ops
+from engine.api.common import RUNTIME, json_response
+from engine.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Routes anyone may call (probes and scrapers); everything under /v1 needs a bearer key.
+PUBLIC = frozenset({"/healthz", "/metrics"})
+
+
+def _error(exc: ApiError) -> web.Response:
+    return json_response({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal is ``{"error": {"code", "message"}}`` with its status; every request is timed."""
+    t0 = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        resp = await handler(request)
+    except ApiError as exc:
+        resp = _error(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        resp = _error(PayloadTooLarge(f"body is larger than {exc.max_size} bytes"))
+    except web.HTTPNotFound:
+        resp = _error(NotFound(f"no route {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        resp = _error(ApiError(f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})", code="method_not_allowed"))
+        resp.set_status(405)
+    except web.HTTPException as exc:
+        resp = json_response({"error": {"code": "http_error", "message": exc.reason}}, exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = json_response({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
+    request.app[RUNTIME].metrics.http_request(route, resp.status, time.perf_counter() - t0)
+    return resp
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC:
+        return await handler(request)
+    keys = request.app[RUNTIME].config.api.keys
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not keys:
+        raise Unauthorized("no API keys are configured (set api.keys or PARLEY_API_KEYS)")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        raise Unauthorized("unknown API key")
+    return await handler(request)
+
+
+def build_app(rt: Runtime) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_and_metrics, bearer_auth], client_max_size=rt.config.http.max_body_bytes
+    )
+    app[RUNTIME] = rt
+    app.router.add_put("/v1/contacts/{number}", contacts.put_contact)
+    app.router.add_get("/v1/contacts/{number}", contacts.get_contact)
+    app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
+    app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
+    app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)
+    app.router.add_get("/v1/messages", conversations.get_messages)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/metrics", ops.metrics)
+    return app

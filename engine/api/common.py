@@ -1,0 +1,60 @@
+"""Helpers every route uses: the runtime key, JSON in and out, number parsing, timestamps."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from engine.errors import BadRequest, PayloadTooLarge, Unprocessable
+from engine.numbers import InvalidNumber, to_e164
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+
+
+def runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def read_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    """The request body as a JSON object with only ``allowed`` keys, or a 400/413/422."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"body is larger than {exc.max_size} bytes") from None
+    if not raw:
+        raise BadRequest("body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise Unprocessable(key, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+    return body
+
+
+def number_param(rt: Runtime, value: str, field: str = "number") -> str:
+    try:
+        return to_e164(value, rt.config.numbers.default_region)
+    except InvalidNumber as exc:
+        raise Unprocessable(field, f"{value!r} is not a phone number: {exc}", code="invalid_number") from None
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC (``2026-11-22T12:00:00.123Z``)."""
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")

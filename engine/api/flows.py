@@ -1,0 +1,59 @@
+"""``POST /v1/flows/{flow}/start``: start a flow for a list of contacts."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from engine import contacts, intake, keys
+from engine.api.common import json_response, number_param, read_object, runtime
+from engine.errors import NotFound, Unprocessable
+
+MAX_CONTACTS = 10_000
+
+
+async def start_flow(request: web.Request) -> web.Response:
+    """Queue a start per contact; 202 once every start is in Redis.
+
+    All contacts must exist (404 names the missing ones, nothing is started). A contact already
+    waiting in a conversation is skipped (reported) unless ``interrupt`` is true.
+    """
+    rt = runtime(request)
+    name = request.match_info["flow"]
+    if rt.flows.get(name) is None:
+        raise NotFound(f"no flow {name!r} (loaded: {', '.join(sorted(rt.flows.flows)) or 'none'})", code="flow_not_found")
+    body = await read_object(request, {"contacts", "params", "interrupt"})
+    raw = body.get("contacts")
+    if not isinstance(raw, list) or not raw:
+        raise Unprocessable("contacts", "must be a non-empty list of phone numbers")
+    if len(raw) > MAX_CONTACTS:
+        raise Unprocessable("contacts", f"at most {MAX_CONTACTS} per request")
+    numbers: list[str] = []
+    for i, n in enumerate(raw):
+        if not isinstance(n, str):
+            raise Unprocessable(f"contacts[{i}]", "must be a phone number string")
+        numbers.append(number_param(rt, n, f"contacts[{i}]"))
+    numbers = list(dict.fromkeys(numbers))  # the same person twice is one start
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise Unprocessable("params", "must be an object")
+    interrupt = body.get("interrupt", False)
+    if not isinstance(interrupt, bool):
+        raise Unprocessable("interrupt", "must be true or false")
+    missing = await contacts.missing(rt.store, numbers)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise NotFound(f"unknown contacts: {shown} (create them with PUT /v1/contacts/{{number}})", code="contact_not_found")
+
+    skipped: list[dict[str, str]] = []
+    if not interrupt:
+        pipe = rt.store.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hget(keys.session(n), "d")
+        states = await pipe.execute()
+        busy = {n for n, s in zip(numbers, states, strict=True) if s and orjson.loads(s).get("n") is not None}
+        skipped = [{"contact": n, "reason": "in_conversation"} for n in numbers if n in busy]
+        numbers = [n for n in numbers if n not in busy]
+    ids = await intake.enqueue_starts(rt, name, numbers, params, interrupt=interrupt) if numbers else []
+    started = [{"contact": n, "event_id": i} for n, i in zip(numbers, ids, strict=True)]
+    return json_response({"flow": name, "started": started, "skipped": skipped}, 202)

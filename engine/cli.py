@@ -1,0 +1,138 @@
+"""The ``parley`` command: run the service, the demo, a terminal chat, flow validation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from engine import __version__, logs
+from engine.config import Config, load_config
+from engine.errors import ConfigError, FlowErrors, ParleyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parley", description="Conversational SMS engine.")
+    p.add_argument("--version", action="version", version=f"parley {__version__}")
+    p.add_argument("--config", help="YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the engine: HTTP API, worker, gateways")
+    sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
+
+    chat = sub.add_parser("chat", help="talk to a flow from the terminal (reads stdin, works piped)")
+    chat.add_argument("flow", help="flow name, e.g. nps")
+    chat.add_argument("--contact", required=True, help="the customer's number, e.g. +447700900123")
+    chat.add_argument("--field", action="append", default=[], metavar="KEY=VALUE", help="a contact field (repeatable)")
+    chat.add_argument("--language", help="the contact's language, e.g. en")
+
+    flows = sub.add_parser("flows", help="work with flow files")
+    fsub = flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION")
+    validate = fsub.add_parser("validate", help="check flow files (default: the configured flows dir)")
+    validate.add_argument("paths", nargs="*", help="flow files or directories")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        logs.setup(cfg.log.level, cfg.log.format)
+        if args.command == "flows":
+            return _validate(cfg, args.paths)
+        if args.command == "run":
+            return _run_async(_serve(cfg))
+        if args.command == "demo":
+            from engine.demo import run_demo
+
+            return _run_async(run_demo(cfg))
+        if args.command == "chat":
+            from engine.chat import run_chat
+
+            fields = dict(_split_field(f) for f in args.field)
+            return _run_async(run_chat(cfg, args.flow, args.contact, fields, args.language))
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    except FlowErrors as exc:
+        print(f"parley: invalid flows ({len(exc.errors)} problem(s)):", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 2
+    except ParleyError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _split_field(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError("--field", f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+async def _serve(cfg: Config) -> int:
+    from engine.runtime import Runtime
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Runtime(cfg) as rt:
+        print(
+            f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port} "
+            f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}); "
+            "Ctrl-C or SIGTERM stops it gracefully",
+            file=sys.stderr,
+        )
+        await stop.wait()
+        print("parley: stopping (finishing in-flight turns and sends)", file=sys.stderr)
+    return 0
+
+
+def _validate(cfg: Config, paths: list[str]) -> int:
+    from engine.flows.loader import FlowRegistry, load_flow
+
+    targets = [Path(p) for p in paths] or [Path(cfg.engine.flows_dir)]
+    problems = 0
+    count = 0
+    for target in targets:
+        try:
+            if target.is_dir():
+                count += len(FlowRegistry.from_dir(target).flows)
+            else:
+                load_flow(target)
+                count += 1
+        except FlowErrors as exc:
+            problems += len(exc.errors)
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{count} flow(s) valid")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Configuration: one YAML file plus ``PARLEY_*`` environment overrides, validated once.
+
+The schema is the dataclasses below. Every leaf can be overridden from the environment by its
+path in upper case, joined by ``_``: ``redis.url`` is ``PARLEY_REDIS_URL``, ``http.port`` is
+``PARLEY_HTTP_PORT``, ``api.keys`` is ``PARLEY_API_KEYS`` (comma-separated). Anything wrong (an
+unknown key, a missing one, a wrong type, a bad duration) raises :class:`ConfigError`, whose
+message is a single line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from engine.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "parley.yaml"
+ENV_PREFIX = "PARLEY_"
+#: Environment variables with the prefix that are not config leaves.
+ENV_RESERVED = frozenset({"PARLEY_CONFIG"})
+
+
+class Duration(float):
+    """Seconds, written in config as ``500ms``, ``30s``, ``15m``, ``24h``, ``7d`` or a number."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Parse a duration (see :class:`Duration`); raise ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 15m, 24h or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"expected a duration like 30s, 15m, 24h or 7d, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    #: ``redis://host:port/db``; when empty, Parley runs its own redis-server (embedded).
+    url: str = ""
+    #: Where the embedded redis-server keeps its data and AOF.
+    embedded_dir: str = "var/redis"
+    #: Upper bound of the blocking connection pool (callers wait, never fail, when it is full).
+    max_connections: int = 64
+    #: How long a caller waits for a pooled connection before giving up.
+    pool_timeout: Duration = Duration(5.0)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Larger request bodies are refused with 413.
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    #: Bearer keys accepted by every /v1 route. Empty means the API refuses every request.
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NumbersConfig:
+    #: Region (ISO 3166 alpha-2) used to read numbers written without a country code.
+    default_region: str = "GB"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    #: Inbound streams are sharded by a hash of the contact; one contact always maps to one shard.
+    shards: int = 8
+    #: How long a (gateway, provider id) pair is remembered to drop duplicate inbound texts.
+    dedupe_window: Duration = Duration(86400.0)
+    #: Where flows (YAML) are loaded from.
+    flows_dir: str = "rules"
+    #: Gateway used for flow starts and for replies to texts from a gateway that cannot send.
+    default_gateway: str = ""
+    #: How many stream entries one worker reads per batch.
+    batch_size: int = 256
+    #: How many message log entries are kept per contact.
+    message_log_size: int = 200
+    #: How long graceful shutdown waits for in-flight turns and sends.
+    shutdown_timeout: Duration = Duration(10.0)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    #: ``text`` for humans, ``json`` for log shippers.
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
+    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read ``path`` (or ``$PARLEY_CONFIG``, or ``parley.yaml`` if present), apply env, validate.
+
+    ``overrides`` is a nested dict merged over the file before the environment (used by the
+    demo and the tests).
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    chosen = path or env.get("PARLEY_CONFIG")
+    if chosen is None and Path(DEFAULT_CONFIG_FILE).exists():
+        chosen = DEFAULT_CONFIG_FILE
+    if chosen is not None:
+        raw = _read_yaml(Path(chosen))
+    if overrides:
+        raw = _merge(raw, overrides)
+    raw = _apply_env(raw, env)
+    cfg = _build(Config, raw, "")
+    _check(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(where, problem) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "the top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """Map each env var name to (path, type) for every scalar/list leaf of the schema."""
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = (*prefix, f.name)
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaves(tp, path))  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is not dict:
+            out[ENV_PREFIX + "_".join(path).upper()] = (path, tp)
+    return out
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    leaves = _leaves(Config)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        if name not in leaves:
+            raise ConfigError(name, "unknown environment override (no such config key)")
+        path, tp = leaves[name]
+        parsed: Any = value
+        if typing.get_origin(tp) is list:
+            parsed = [p.strip() for p in value.split(",") if p.strip()]
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = parsed
+    return raw
+
+
+def _build(cls: type, data: object, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "(top level)", "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(_join(prefix, str(key)), f"unknown key (known: {known})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], _join(prefix, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(prefix, f.name), "missing required key")
+    return cls(**kwargs)
+
+
+def build_section(cls: type, data: object, prefix: str) -> Any:
+    """Validate ``data`` against the dataclass ``cls`` (used for each gateway's own options)."""
+    return _build(cls, data, prefix)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if tp is Duration:
+        try:
+            return Duration(parse_duration(value))
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, _join(key, str(k))) for k, v in value.items()}
+    if origin in (Union, types.UnionType) or tp is Any:
+        return value
+    raise ConfigError(key, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules the types cannot express."""
+    if not 0 <= cfg.http.port <= 65535:
+        raise ConfigError("http.port", f"must be 0..65535, got {cfg.http.port}")
+    if cfg.http.max_body_bytes < 1024:
+        raise ConfigError("http.max_body_bytes", "must be at least 1024")
+    if not 1 <= cfg.engine.shards <= 1024:
+        raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
+    if cfg.engine.batch_size < 1:
+        raise ConfigError("engine.batch_size", "must be at least 1")
+    if cfg.redis.max_connections < 2:
+        raise ConfigError("redis.max_connections", "must be at least 2")
+    if cfg.log.level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("log.level", f"must be debug, info, warning or error, got {cfg.log.level!r}")
+    if cfg.log.format not in {"text", "json"}:
+        raise ConfigError("log.format", f"must be text or json, got {cfg.log.format!r}")
+    import phonenumbers
+
+    if cfg.numbers.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError("numbers.default_region", f"unknown region {cfg.numbers.default_region!r}")
+    for i, key in enumerate(cfg.api.keys):
+        if len(key) < 16:
+            raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")
+    # Each gateway's own options are checked by its connector class.
+    from gateways.registry import validate_gateway_config
+
+    for name, gw in cfg.gateways.items():
+        validate_gateway_config(name, gw)
+    if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
+        raise ConfigError(
+            "engine.default_gateway", f"names {cfg.engine.default_gateway!r}, which is not in gateways"
+        )

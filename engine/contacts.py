@@ -1,0 +1,137 @@
+"""Contacts: the CRM's view of a customer, keyed by E.164 number.
+
+Stored as one small hash per contact (``p:c:{N}``): ``f`` fields (orjson), ``l`` language,
+``tz`` timezone, ``ca``/``ua`` created/updated (ms). ``PUT`` replaces fields, language and
+timezone as a whole: the CRM is the source of truth, so what it sends is what we hold.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine import keys
+from engine.errors import Unprocessable
+from engine.store import Store
+
+FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$")
+#: Names templates use for the contact itself; a CRM field may not shadow them.
+RESERVED_FIELDS = frozenset({"number", "language", "timezone", "fields"})
+MAX_FIELDS = 200
+MAX_VALUE_CHARS = 2000
+
+
+@dataclass
+class Contact:
+    number: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    language: str | None = None
+    timezone: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+    def template_view(self) -> dict[str, Any]:
+        """``contact.*`` in templates: each field by name, plus number, language, timezone."""
+        view: dict[str, Any] = dict(self.fields)
+        view["fields"] = self.fields
+        view["number"] = self.number
+        if self.language:
+            view["language"] = self.language
+        if self.timezone:
+            view["timezone"] = self.timezone
+        return view
+
+    @classmethod
+    def from_hash(cls, number: str, h: dict[bytes, bytes]) -> Contact | None:
+        if not h:
+            return None
+        return cls(
+            number=number,
+            fields=orjson.loads(h.get(b"f", b"{}")),
+            language=h[b"l"].decode() if h.get(b"l") else None,
+            timezone=h[b"tz"].decode() if h.get(b"tz") else None,
+            created_at=int(h.get(b"ca", 0)),
+            updated_at=int(h.get(b"ua", 0)),
+        )
+
+
+def validate_fields(value: object) -> dict[str, Any]:
+    """Check CRM fields: names usable in templates, scalar or list values, sane sizes."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Unprocessable("fields", "must be an object of field name -> value")
+    if len(value) > MAX_FIELDS:
+        raise Unprocessable("fields", f"at most {MAX_FIELDS} fields")
+    for name, v in value.items():
+        if not FIELD_NAME_RE.match(name):
+            raise Unprocessable(f"fields.{name}", "names are letters, digits and _ (max 64), not starting with a digit")
+        if name in RESERVED_FIELDS:
+            raise Unprocessable(f"fields.{name}", f"{name!r} is reserved (use the top-level key)")
+        if isinstance(v, dict):
+            raise Unprocessable(f"fields.{name}", "nested objects are not supported; flatten them")
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            if item is not None and not isinstance(item, str | int | float | bool):
+                raise Unprocessable(f"fields.{name}", "values are text, numbers, true/false, null or lists of those")
+            if isinstance(item, str) and len(item) > MAX_VALUE_CHARS:
+                raise Unprocessable(f"fields.{name}", f"longer than {MAX_VALUE_CHARS} characters")
+    return dict(value)
+
+
+def validate_language(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not LANGUAGE_RE.match(value):
+        raise Unprocessable("language", "must be a language code like en, es or pt-BR")
+    return value
+
+
+def validate_timezone(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Unprocessable("timezone", "must be an IANA time zone name like Europe/London")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise Unprocessable("timezone", f"unknown time zone {value!r} (use an IANA name like Europe/London)") from None
+    return value
+
+
+async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, bool]:
+    """Write ``contact``; returns the stored contact and whether it was created."""
+    key = keys.contact(contact.number)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.hsetnx(key, "ca", now_ms)
+    pipe.hset(key, mapping={"f": orjson.dumps(contact.fields), "ua": now_ms})
+    optional = {"l": contact.language, "tz": contact.timezone}
+    cleared = [k for k, v in optional.items() if v is None]
+    if cleared:
+        pipe.hdel(key, *cleared)
+    present = {k: v for k, v in optional.items() if v is not None}
+    if present:
+        pipe.hset(key, mapping=present)
+    pipe.hget(key, "ca")
+    res = await pipe.execute()
+    contact.created_at = int(res[-1])
+    contact.updated_at = now_ms
+    return contact, bool(res[0])
+
+
+async def get(store: Store, number: str) -> Contact | None:
+    return Contact.from_hash(number, await store.redis.hgetall(keys.contact(number)))
+
+
+async def missing(store: Store, numbers: list[str]) -> list[str]:
+    """Which of ``numbers`` have no contact record (one round trip)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for n in numbers:
+        pipe.exists(keys.contact(n))
+    found = await pipe.execute()
+    return [n for n, ok in zip(numbers, found, strict=True) if not ok]

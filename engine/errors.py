@@ -1,0 +1,137 @@
+"""Every error Parley raises on purpose, in one tree.
+
+    ParleyError
+    ├── ConfigError            bad or missing configuration key (one line, names the key)
+    ├── RedisUnavailable       no Redis to talk to (embedded server missing or failed to start)
+    ├── FlowError              a flow file is invalid (names file, line, node)
+    ├── FlowErrors             every problem found in one or more flow files
+    ├── RenderError            a template could not be rendered for a contact
+    ├── ApiError               an HTTP API request is refused; carries status and code
+    │   ├── BadRequest         400  body is not JSON / not an object
+    │   ├── Unauthorized       401  missing or wrong bearer key
+    │   ├── NotFound           404  unknown contact, flow, gateway, route
+    │   ├── Conflict           409  idempotency key reused with a different payload
+    │   ├── PayloadTooLarge    413  body over http.max_body_bytes
+    │   └── Unprocessable      422  JSON is fine but a field is wrong (names the field)
+    └── GatewayError           a send failed; says whether retrying can help
+        ├── GatewayTimeout         retryable
+        ├── GatewayUnavailable     retryable (connection refused, 5xx, 429)
+        └── GatewayRejected        permanent (4xx, invalid destination)
+
+Library exceptions are translated at the boundary (``raise GatewayTimeout(...) from exc``) so
+callers decide on these types, never on aiohttp's or redis-py's.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Base of every deliberate Parley error."""
+
+
+class ConfigError(ParleyError):
+    """A configuration key is missing, unknown or of the wrong type."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config: {key}: {problem}")
+
+
+class RedisUnavailable(ParleyError):
+    """Redis cannot be reached or the embedded server cannot be started."""
+
+
+class FlowError(ParleyError):
+    """A flow definition is invalid. ``str()`` is ``file:line: node: problem``."""
+
+    def __init__(self, file: str, line: int | None, node: str | None, problem: str) -> None:
+        self.file = file
+        self.line = line
+        self.node = node
+        self.problem = problem
+        where = f"{file}:{line}" if line else file
+        who = f" node {node!r}:" if node else ""
+        super().__init__(f"{where}:{who} {problem}")
+
+
+class FlowErrors(ParleyError):
+    """All problems found while loading flows; ``str()`` is one line per problem."""
+
+    def __init__(self, errors: list[FlowError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class RenderError(ParleyError):
+    """A message template failed for this contact (e.g. missing field without a default)."""
+
+
+class ApiError(ParleyError):
+    """An HTTP API request is refused. Rendered as ``{"error": {"code", "message"}}``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status = 422
+    code = "invalid"
+
+    def __init__(self, field: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", code=code)
+        self.field = field
+
+
+class GatewayError(ParleyError):
+    """A send through a gateway failed. ``retryable`` says whether trying again can help."""
+
+    retryable = False
+
+    def __init__(self, gateway: str, message: str, *, status: int | str | None = None) -> None:
+        super().__init__(f"gateway {gateway}: {message}")
+        self.gateway = gateway
+        self.status = status
+
+
+class GatewayTimeout(GatewayError):
+    retryable = True
+
+
+class GatewayUnavailable(GatewayError):
+    retryable = True
+
+
+class GatewayRejected(GatewayError):
+    retryable = False

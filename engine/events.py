@@ -1,0 +1,77 @@
+"""Events on the inbound shard streams: what a worker turns into a conversation turn.
+
+An event is an inbound text (``kind=in``) or a flow start (``kind=start``). Each is appended to
+the stream of its contact's shard, so all of one contact's events are consumed in order.
+Field names are short because every accepted message is stored once in this form.
+
+    k  kind ("in" | "start")    c  contact (E.164)          ts  accepted at (ms)
+    g  gateway (in)             x  text (in)                i   provider message id (in)
+    to recipient address (in)   f  flow (start)             p   params json (start)
+    n  "1": interrupt a conversation in progress (start)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Event:
+    shard: int
+    entry_id: str  # the stream entry id, "ms-seq"
+    kind: str
+    contact: str
+    accepted_ms: int
+    gateway: str = ""
+    text: str = ""
+    provider_id: str = ""
+    to: str = ""
+    flow: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    interrupt: bool = False
+
+    @property
+    def ref(self) -> str:
+        """Globally unique reference ``S/ms-seq``; the cause of every message this turn sends."""
+        return f"{self.shard}/{self.entry_id}"
+
+    @property
+    def msg_base(self) -> str:
+        return f"{self.shard}-{self.entry_id}"
+
+    @classmethod
+    def from_entry(cls, shard: int, entry_id: bytes, f: dict[bytes, bytes]) -> Event:
+        def s(k: bytes) -> str:
+            return f[k].decode() if k in f else ""
+
+        return cls(
+            shard=shard,
+            entry_id=entry_id.decode(),
+            kind=s(b"k"),
+            contact=s(b"c"),
+            accepted_ms=int(f.get(b"ts", 0)),
+            gateway=s(b"g"),
+            text=s(b"x"),
+            provider_id=s(b"i"),
+            to=s(b"to"),
+            flow=s(b"f"),
+            params=orjson.loads(f[b"p"]) if b"p" in f else {},
+            interrupt=f.get(b"n") == b"1",
+        )
+
+
+def inbound_fields(contact: str, gateway: str, to: str, text: str, provider_id: str, now_ms: int) -> list[str]:
+    """Stream fields of an inbound text, as a flat list (the intake script's ARGV tail)."""
+    return ["k", "in", "c", contact, "g", gateway, "to", to, "x", text, "i", provider_id, "ts", str(now_ms)]
+
+
+def start_fields(
+    contact: str, flow: str, params: dict[str, Any], interrupt: bool, now_ms: int
+) -> dict[str, str | bytes]:
+    fields: dict[str, str | bytes] = {"k": "start", "c": contact, "f": flow, "p": orjson.dumps(params), "ts": str(now_ms)}
+    if interrupt:
+        fields["n"] = "1"
+    return fields

@@ -1,0 +1,342 @@
+"""Reading, validating and compiling flow files.
+
+Validation collects every problem in a file before giving up, and each problem names the file,
+the line and the node, so that ``parley flows validate`` is a to-do list rather than a guessing
+game. Checked: the YAML itself, unknown and missing keys, references to nodes that do not exist,
+nodes nothing reaches, loops that never wait for the customer, reply tests and their arguments,
+template syntax, and nodes with nowhere to go.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from engine.config import parse_duration
+from engine.errors import FlowError, FlowErrors
+from engine.flows import yamlsrc
+from engine.flows.model import Case, Flow, Node, Reprompt
+from engine.flows.templates import Template, make_environment
+from engine.flows.tests import TestArgError, compile_test
+from engine.flows.text import fold
+
+FLOW_KEYS = {
+    "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
+    "conversational",
+}  # fmt: skip
+NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end"}
+WAIT_KEYS = {"save"}
+CASE_KEYS = {"when", "goto", "category"}
+REPROMPT_KEYS = {"say", "max", "after"}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Collector:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[FlowError] = []
+
+    def add(self, line: int | None, node: str | None, problem: str) -> None:
+        self.errors.append(FlowError(self.file, line, node, problem))
+
+
+def load_flow(path: str | Path, env: jinja2.Environment | None = None) -> Flow:
+    """Load and compile one flow file; raise :class:`FlowErrors` listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FlowErrors([FlowError(file, None, None, f"cannot read: {exc.strerror}")]) from None
+    return parse_flow(text, file, env)
+
+
+def parse_flow(text: str, file: str, env: jinja2.Environment | None = None) -> Flow:
+    """Compile flow YAML ``text`` (``file`` is only used in error messages)."""
+    errs = _Collector(file)
+    try:
+        data = yamlsrc.load(text)
+    except yamlsrc.DuplicateKey as exc:
+        raise FlowErrors([FlowError(file, exc.line, None, str(exc))]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise FlowErrors([FlowError(file, line, None, f"invalid YAML: {problem}")]) from None
+    if not isinstance(data, yamlsrc.LineDict):
+        raise FlowErrors([FlowError(file, 1, None, "a flow file must be a mapping")])
+
+    env = env or make_environment()
+    flow = _flow(data, file, errs, env)
+    if flow is not None and not errs.errors:
+        _check_graph(flow, data, errs)
+    if errs.errors:
+        raise FlowErrors(errs.errors)
+    assert flow is not None
+    return flow
+
+
+def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environment) -> Flow | None:
+    for key in d:
+        if key not in FLOW_KEYS:
+            errs.add(d.line_of(key), None, f"unknown key {key!r} (known: {', '.join(sorted(FLOW_KEYS))})")
+    for key in ("name", "start", "nodes"):
+        if key not in d:
+            errs.add(d.line, None, f"missing required key {key!r}")
+    name = d.get("name")
+    if "name" in d and not (isinstance(name, str) and NAME_RE.match(name)):
+        errs.add(d.line_of("name"), None, f"name must be lower_snake_case, got {name!r}")
+    version = d.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        errs.add(d.line_of("version"), None, f"version must be a whole number >= 1, got {version!r}")
+        version = 1
+    expire = 7 * 86400.0
+    if "expire_after" in d:
+        try:
+            expire = parse_duration(d["expire_after"])
+        except ValueError as exc:
+            errs.add(d.line_of("expire_after"), None, f"expire_after: {exc}")
+    triggers = d.get("triggers", [])
+    if not (isinstance(triggers, list) and all(isinstance(t, str) and t.strip() for t in triggers)):
+        errs.add(d.line_of("triggers"), None, "triggers must be a list of keywords")
+        triggers = []
+    language = d.get("language", "en")
+    if not isinstance(language, str):
+        errs.add(d.line_of("language"), None, "language must be a language code like en")
+        language = "en"
+    conversational = d.get("conversational", True)
+    if not isinstance(conversational, bool):
+        errs.add(d.line_of("conversational"), None, "conversational must be true or false")
+        conversational = True
+
+    raw_nodes = d.get("nodes")
+    nodes: dict[str, Node] = {}
+    if "nodes" in d:
+        if not isinstance(raw_nodes, yamlsrc.LineDict) or not raw_nodes:
+            errs.add(d.line_of("nodes"), None, "nodes must be a mapping of node name -> node")
+        else:
+            for node_name, body in raw_nodes.items():
+                node = _node(node_name, body, raw_nodes.line_of(node_name), errs, env)
+                if node is not None:
+                    nodes[node_name] = node
+    start = d.get("start")
+    if "start" in d and isinstance(raw_nodes, dict) and start not in raw_nodes:
+        errs.add(d.line_of("start"), None, f"start names {start!r}, which is not a node")
+    if not isinstance(name, str) or not isinstance(start, str):
+        return None
+    return Flow(
+        name=name,
+        version=version,
+        source=file,
+        start=start,
+        nodes=nodes,
+        description=str(d.get("description", "")),
+        language=language,
+        triggers=[fold(t) for t in triggers],
+        expire_after=expire,
+        conversational=conversational,
+    )
+
+
+def _say(value: Any, line: int, node: str, errs: _Collector, env: jinja2.Environment) -> dict[str, Template] | None:
+    variants: dict[str, Any]
+    if isinstance(value, str):
+        variants = {"": value}
+    elif isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+        variants = {str(k): v for k, v in value.items()}
+    else:
+        errs.add(line, node, "say must be text, or a mapping of language -> text")
+        return None
+    out: dict[str, Template] = {}
+    for lang, src in variants.items():
+        try:
+            out[lang] = Template(env, src)
+        except jinja2.TemplateSyntaxError as exc:
+            errs.add(line + max(exc.lineno - 1, 0), node, f"template syntax: {exc.message}")
+    return out
+
+
+def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environment) -> Node | None:
+    if not NAME_RE.match(str(name)):
+        errs.add(line, str(name), "node names must be lower_snake_case")
+    if not isinstance(body, yamlsrc.LineDict):
+        errs.add(line, name, "a node must be a mapping (say / wait / cases / goto / end)")
+        return None
+    for key in body:
+        if key not in NODE_KEYS:
+            errs.add(body.line_of(key), name, f"unknown key {key!r} (known: {', '.join(sorted(NODE_KEYS))})")
+    node = Node(name=name, line=line)
+    if "say" in body:
+        node.say = _say(body["say"], body.line_of("say"), name, errs, env)
+    exits = [k for k in ("wait", "goto", "end") if k in body]
+    if len(exits) != 1:
+        errs.add(line, name, "a node needs exactly one of wait (for a reply), goto (next node) or end (an outcome)")
+    if "goto" in body:
+        node.goto = _ref(body, "goto", name, errs)
+    if "end" in body:
+        end = body["end"]
+        if not (isinstance(end, str) and NAME_RE.match(end)):
+            errs.add(body.line_of("end"), name, f"end must name an outcome in lower_snake_case, got {end!r}")
+        else:
+            node.end = end
+    if "wait" in body:
+        node.wait = True
+        wait = body["wait"]
+        if wait is None:
+            wait = yamlsrc.LineDict()
+        if not isinstance(wait, dict):
+            errs.add(body.line_of("wait"), name, "wait must be a mapping (e.g. wait: {save: nps_score})")
+        else:
+            for key in wait:
+                if key not in WAIT_KEYS:
+                    errs.add(body.line_of("wait"), name, f"unknown wait key {key!r} (known: save)")
+            save = wait.get("save")
+            if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
+                errs.add(body.line_of("wait"), name, f"save must name a result in lower_snake_case, got {save!r}")
+            node.save = save
+        _cases(body, node, errs)
+        if "default" in body:
+            node.default = _ref(body, "default", name, errs)
+        if "reprompt" in body:
+            node.reprompt = _reprompt(body, node, errs, env)
+        if not node.cases and not node.default:
+            errs.add(line, name, "a node that waits needs cases or a default")
+    else:
+        for key in ("cases", "default", "reprompt"):
+            if key in body:
+                errs.add(body.line_of(key), name, f"{key} only makes sense on a node that waits for a reply")
+    return node
+
+
+def _ref(body: yamlsrc.LineDict, key: str, node: str, errs: _Collector) -> str | None:
+    value = body[key]
+    if not isinstance(value, str):
+        errs.add(body.line_of(key), node, f"{key} must name a node, got {value!r}")
+        return None
+    return value
+
+
+def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
+    raw = body.get("cases", [])
+    if not isinstance(raw, list):
+        errs.add(body.line_of("cases"), node.name, "cases must be a list of {when, goto}")
+        return
+    for i, c in enumerate(raw):
+        cline = c.line if isinstance(c, yamlsrc.LineDict) else body.line_of("cases")
+        if not isinstance(c, dict):
+            errs.add(cline, node.name, f"case {i + 1} must be a mapping with when and goto")
+            continue
+        for key in c:
+            if key not in CASE_KEYS:
+                errs.add(cline, node.name, f"case {i + 1}: unknown key {key!r} (known: category, goto, when)")
+        if "when" not in c or "goto" not in c:
+            errs.add(cline, node.name, f"case {i + 1} needs both when and goto")
+            continue
+        try:
+            test = compile_test(c["when"])
+        except TestArgError as exc:
+            errs.add(cline, node.name, f"case {i + 1}: {exc}")
+            continue
+        goto = c["goto"]
+        if not isinstance(goto, str):
+            errs.add(cline, node.name, f"case {i + 1}: goto must name a node")
+            continue
+        category = c.get("category", goto)
+        node.cases.append(Case(test=test, goto=goto, category=str(category), line=cline))
+
+
+def _reprompt(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment) -> Reprompt | None:
+    r = body["reprompt"]
+    line = body.line_of("reprompt")
+    if not isinstance(r, dict) or "say" not in r:
+        errs.add(line, node.name, "reprompt must be a mapping with say (and optionally max, after)")
+        return None
+    for key in r:
+        if key not in REPROMPT_KEYS:
+            errs.add(line, node.name, f"reprompt: unknown key {key!r} (known: after, max, say)")
+    say = _say(r["say"], line, node.name, errs, env)
+    max_ = r.get("max", 2)
+    if isinstance(max_, bool) or not isinstance(max_, int) or max_ < 1:
+        errs.add(line, node.name, f"reprompt max must be a whole number >= 1, got {max_!r}")
+        max_ = 2
+    after = r.get("after")
+    if after is not None and not isinstance(after, str):
+        errs.add(line, node.name, "reprompt after must name a node")
+        after = None
+    return Reprompt(say=say or {}, max=max_, after=after)
+
+
+def _check_graph(flow: Flow, data: yamlsrc.LineDict, errs: _Collector) -> None:
+    for node in flow.nodes.values():
+        for target in node.successors():
+            if target not in flow.nodes:
+                errs.add(node.line, node.name, f"goes to {target!r}, which is not a node")
+    if errs.errors:
+        return
+    reachable: set[str] = set()
+    todo = [flow.start]
+    while todo:
+        n = todo.pop()
+        if n in reachable:
+            continue
+        reachable.add(n)
+        todo.extend(flow.nodes[n].successors())
+    for node in flow.nodes.values():
+        if node.name not in reachable:
+            errs.add(node.line, node.name, "unreachable: no path from start leads here")
+    # A loop made only of goto edges would spin without ever waiting for the customer.
+    for node in flow.nodes.values():
+        seen: list[str] = []
+        cur: str | None = node.name
+        while cur is not None and not flow.nodes[cur].wait and flow.nodes[cur].goto:
+            if cur in seen:
+                errs.add(node.line, node.name, f"loops without waiting for a reply: {' -> '.join([*seen, cur])}")
+                return
+            seen.append(cur)
+            cur = flow.nodes[cur].goto
+
+
+class FlowRegistry:
+    """The loaded flows by name. Loading refuses the whole set if any file is invalid."""
+
+    def __init__(self, flows: dict[str, Flow]) -> None:
+        self.flows = flows
+        self._triggers = {t: f for f in flows.values() for t in f.triggers}
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> FlowRegistry:
+        root = Path(path)
+        if not root.is_dir():
+            raise FlowErrors([FlowError(str(root), None, None, "flows directory not found")])
+        env = make_environment()
+        flows: dict[str, Flow] = {}
+        errors: list[FlowError] = []
+        for file in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):
+            try:
+                flow = load_flow(file, env)
+            except FlowErrors as exc:
+                errors.extend(exc.errors)
+                continue
+            if flow.name in flows:
+                errors.append(FlowError(str(file), None, None, f"flow name {flow.name!r} is also used by {flows[flow.name].source}"))
+            flows[flow.name] = flow
+        seen: dict[str, str] = {}
+        for flow in flows.values():
+            for t in flow.triggers:
+                if t in seen:
+                    errors.append(FlowError(flow.source, None, None, f"trigger {t!r} is also a trigger of flow {seen[t]!r}"))
+                seen[t] = flow.name
+        if errors:
+            raise FlowErrors(errors)
+        return cls(flows)
+
+    def get(self, name: str) -> Flow | None:
+        return self.flows.get(name)
+
+    def by_trigger(self, text: str) -> Flow | None:
+        """The flow whose trigger keyword is the whole message (case and accents ignored)."""
+        return self._triggers.get(fold(text).strip(" .!?"))

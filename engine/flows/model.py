@@ -1,0 +1,63 @@
+"""A compiled flow: plain objects that a turn walks without parsing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.flows.templates import Template
+from engine.flows.tests import ReplyTest
+
+
+@dataclass(frozen=True)
+class Case:
+    """``when`` the reply passes ``test``, save it under ``category`` and go to ``goto``."""
+
+    test: ReplyTest
+    goto: str
+    category: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Reprompt:
+    """Said when a reply matches no case; after ``max`` of them the flow goes to ``after``."""
+
+    say: dict[str, Template]
+    max: int
+    after: str | None  # None: end with outcome "unanswered"
+
+
+@dataclass
+class Node:
+    name: str
+    line: int
+    say: dict[str, Template] | None = None  # language -> template
+    wait: bool = False
+    save: str | None = None
+    cases: list[Case] = field(default_factory=list)
+    default: str | None = None
+    reprompt: Reprompt | None = None
+    goto: str | None = None
+    end: str | None = None
+
+    def successors(self) -> list[str]:
+        out = [c.goto for c in self.cases]
+        out += [n for n in (self.default, self.goto) if n]
+        if self.reprompt and self.reprompt.after:
+            out.append(self.reprompt.after)
+        return out
+
+
+@dataclass
+class Flow:
+    name: str
+    version: int
+    source: str
+    start: str
+    nodes: dict[str, Node]
+    description: str = ""
+    language: str = "en"
+    triggers: list[str] = field(default_factory=list)
+    expire_after: float = 7 * 86400.0
+    #: Replies in a conversational flow are answers the customer asked for (cap-exempt later).
+    conversational: bool = True

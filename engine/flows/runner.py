@@ -1,0 +1,142 @@
+"""Deciding a turn: pure functions from (flow, session state, contact, reply) to a Decision.
+
+No I/O, no parsing: the flow was compiled at load, the reply is normalised once. The caller
+loads the state before and commits the Decision after (see ``engine/turn.py``).
+
+Session state is a small dict with short keys, because it is what Redis holds per conversation:
+
+    f   flow name            fv  flow version       n   node waiting for a reply (None: ended)
+    st  started (ms)         ws  waiting since (ms) rp  reprompts used at this node
+    r   results {name: {v: value, c: category, t: text, at: ms}}
+    p   start parameters     o   outcome once ended  ea  ended at (ms)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.flows.model import Flow, Node
+from engine.flows.templates import Template
+from engine.flows.text import Reply
+
+#: A turn that passes through more nodes than this without waiting is a flow bug.
+MAX_STEPS = 64
+UNANSWERED = "unanswered"
+
+
+@dataclass
+class Decision:
+    """What a turn decided: messages to send (in order) and the new session state."""
+
+    messages: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    #: Set when the conversation ended in this turn.
+    outcome: str | None = None
+    #: Names of results saved in this turn.
+    saved: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state.get("n") is not None
+
+
+class ResultView:
+    """A saved result as templates see it: prints as its value, with ``.category`` and ``.text``."""
+
+    __slots__ = ("category", "text", "value")
+
+    def __init__(self, r: dict[str, Any]) -> None:
+        self.value = r.get("v")
+        self.category = r.get("c")
+        self.text = r.get("t")
+
+    def __str__(self) -> str:
+        return "" if self.value is None else str(self.value)
+
+
+def template_context(contact: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """The names a template can use: ``contact.*``, ``results.*``, ``params.*``."""
+    return {
+        "contact": contact,
+        "results": {k: ResultView(v) for k, v in state.get("r", {}).items()},
+        "params": state.get("p", {}),
+    }
+
+
+def _pick(variants: dict[str, Template], language: str | None, flow: Flow) -> Template:
+    for lang in (language, flow.language, ""):
+        if lang is not None and lang in variants:
+            return variants[lang]
+    return next(iter(variants.values()))
+
+
+def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_ms: int) -> None:
+    """Say and move along from ``node_name`` until a node waits or ends the flow."""
+    state = d.state
+    language = contact.get("language")
+    for _ in range(MAX_STEPS):
+        node: Node = flow.nodes[node_name]
+        if node.say:
+            d.messages.append(_pick(node.say, language, flow).render(template_context(contact, state)))
+        if node.wait:
+            state["n"] = node.name
+            state["ws"] = now_ms
+            state["rp"] = 0
+            return
+        if node.end is not None:
+            _end(d, node.end, now_ms)
+            return
+        assert node.goto is not None  # guaranteed by the loader
+        node_name = node.goto
+    raise RuntimeError(f"flow {flow.name}: more than {MAX_STEPS} steps without waiting")
+
+
+def _end(d: Decision, outcome: str, now_ms: int) -> None:
+    d.state["n"] = None
+    d.state["o"] = outcome
+    d.state["ea"] = now_ms
+    d.state.pop("ws", None)
+    d.state.pop("rp", None)
+    d.outcome = outcome
+
+
+def start(flow: Flow, contact: dict[str, Any], params: dict[str, Any], now_ms: int) -> Decision:
+    """Start ``flow`` for a contact: a fresh session, walked from the start node."""
+    d = Decision(state={"f": flow.name, "fv": flow.version, "st": now_ms, "r": {}, "p": params})
+    _walk(flow, flow.start, contact, d, now_ms)
+    return d
+
+
+def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str, now_ms: int) -> Decision:
+    """Apply the customer's reply ``text`` to a session waiting at a node."""
+    d = Decision(state={**state, "r": dict(state.get("r", {}))})
+    node = flow.nodes[state["n"]]
+    reply = Reply(text)
+    for case in node.cases:
+        m = case.test(reply)
+        if m is not None:
+            _save(node, d, m.value, case.category, text, now_ms)
+            _walk(flow, case.goto, contact, d, now_ms)
+            return d
+    if node.default:
+        _save(node, d, text.strip(), "other", text, now_ms)
+        _walk(flow, node.default, contact, d, now_ms)
+        return d
+    rp = node.reprompt
+    assert rp is not None  # the loader refuses a waiting node with neither
+    used = int(state.get("rp", 0))
+    if used < rp.max:
+        d.messages.append(_pick(rp.say, contact.get("language"), flow).render(template_context(contact, d.state)))
+        d.state["rp"] = used + 1
+    elif rp.after:
+        _walk(flow, rp.after, contact, d, now_ms)
+    else:
+        _end(d, UNANSWERED, now_ms)
+    return d
+
+
+def _save(node: Node, d: Decision, value: object, category: str, text: str, now_ms: int) -> None:
+    if node.save:
+        d.state["r"][node.save] = {"v": value, "c": category, "t": text.strip(), "at": now_ms}
+        d.saved.append(node.save)

@@ -1,0 +1,178 @@
+"""Reply tests: each turns a customer's reply into a match (with a value) or no match.
+
+A test is written in a case as ``when: NAME`` (no argument) or ``when: {NAME: ARG}``. Each is
+registered here in one line; :func:`compile_test` checks the argument at load time so that a
+turn never meets a malformed test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.flows.text import Reply, fold
+
+
+@dataclass(frozen=True)
+class Match:
+    """A test matched; ``value`` is what is saved as the result (a number, the text, ...)."""
+
+    value: object
+
+
+ReplyTest = Callable[[Reply], Match | None]
+
+
+class TestArgError(ValueError):
+    """The argument of a test is wrong; the message says what is expected."""
+
+
+def _number_value(n: float) -> int | float:
+    return int(n) if n.is_integer() else n
+
+
+def _num_arg(arg: Any, name: str) -> float:
+    if isinstance(arg, bool) or not isinstance(arg, int | float):
+        raise TestArgError(f"{name} needs a number, got {arg!r}")
+    return float(arg)
+
+
+def _number_between(arg: Any) -> ReplyTest:
+    if not (isinstance(arg, list) and len(arg) == 2):
+        raise TestArgError(f"number_between needs [low, high], got {arg!r}")
+    lo, hi = (_num_arg(a, "number_between") for a in arg)
+    if lo > hi:
+        raise TestArgError(f"number_between: low {lo:g} is above high {hi:g}")
+
+    def test(r: Reply) -> Match | None:
+        n = r.number
+        return Match(_number_value(n)) if n is not None and lo <= n <= hi else None
+
+    return test
+
+
+def _number_cmp(name: str, op: Callable[[float, float], bool]) -> Callable[[Any], ReplyTest]:
+    def factory(arg: Any) -> ReplyTest:
+        ref = _num_arg(arg, name)
+
+        def test(r: Reply) -> Match | None:
+            n = r.number
+            return Match(_number_value(n)) if n is not None and op(n, ref) else None
+
+        return test
+
+    return factory
+
+
+def _word_list(arg: Any, name: str) -> list[str]:
+    if isinstance(arg, str):
+        arg = arg.split()
+    if not (isinstance(arg, list) and arg and all(isinstance(a, str) for a in arg)):
+        raise TestArgError(f"{name} needs a list of words, got {arg!r}")
+    return [fold(a) for a in arg]
+
+
+def _any_word(arg: Any) -> ReplyTest:
+    wanted = set(_word_list(arg, "any_word"))
+
+    def test(r: Reply) -> Match | None:
+        hit = next((w for w in r.words if w in wanted), None)
+        return Match(r.raw.strip()) if hit is not None else None
+
+    return test
+
+
+def _all_words(arg: Any) -> ReplyTest:
+    wanted = set(_word_list(arg, "all_words"))
+
+    def test(r: Reply) -> Match | None:
+        return Match(r.raw.strip()) if wanted <= set(r.words) else None
+
+    return test
+
+
+def _phrase(arg: Any) -> ReplyTest:
+    if not isinstance(arg, str) or not arg.strip():
+        raise TestArgError(f"phrase needs some text, got {arg!r}")
+    pattern = re.compile(r"(?<!\w)" + re.escape(fold(arg)) + r"(?!\w)")
+
+    def test(r: Reply) -> Match | None:
+        return Match(r.raw.strip()) if pattern.search(r.folded) else None
+
+    return test
+
+
+def _regex(arg: Any) -> ReplyTest:
+    if not isinstance(arg, str):
+        raise TestArgError(f"regex needs a pattern string, got {arg!r}")
+    try:
+        pattern = re.compile(arg, re.IGNORECASE)
+    except re.error as exc:
+        raise TestArgError(f"regex {arg!r} does not compile: {exc}") from None
+
+    def test(r: Reply) -> Match | None:
+        m = pattern.search(r.raw)
+        return Match(m.group(1) if m and m.groups() else r.raw.strip()) if m else None
+
+    return test
+
+
+YES_WORDS = frozenset("yes y yeah yep yup ok okay sure correct confirm confirmed 👍 si oui ja sim".split())
+NO_WORDS = frozenset("no n nope nah not never cancel 👎 non nein nao".split())
+
+
+def _yes(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        ws = set(r.words)
+        return Match(True) if ws & YES_WORDS and not ws & NO_WORDS else None
+
+    return test
+
+
+def _no(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        ws = set(r.words)
+        return Match(False) if ws & NO_WORDS and not ws & YES_WORDS else None
+
+    return test
+
+
+def _anything(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        return Match(r.raw.strip()) if r.raw.strip() else None
+
+    return test
+
+
+#: name -> factory(argument) -> test. Tests that take no argument are written ``when: NAME``.
+TESTS: dict[str, Callable[[Any], ReplyTest]] = {
+    "number_between": _number_between,
+    "number_equal": _number_cmp("number_equal", lambda n, ref: n == ref),
+    "number_less": _number_cmp("number_less", lambda n, ref: n < ref),
+    "number_greater": _number_cmp("number_greater", lambda n, ref: n > ref),
+    "any_word": _any_word,
+    "all_words": _all_words,
+    "phrase": _phrase,
+    "regex": _regex,
+    "yes": _yes,
+    "no": _no,
+    "anything": _anything,
+}
+NO_ARGUMENT = frozenset({"yes", "no", "anything"})
+
+
+def compile_test(spec: Any) -> ReplyTest:
+    """Turn a ``when:`` value into a test, or raise :class:`TestArgError` saying why not."""
+    if isinstance(spec, str):
+        name, arg = spec, None
+        if name in TESTS and name not in NO_ARGUMENT:
+            raise TestArgError(f"{name} needs an argument: write {{{name}: ...}}")
+    elif isinstance(spec, dict) and len(spec) == 1:
+        ((name, arg),) = spec.items()
+    else:
+        raise TestArgError(f"expected a test name or {{test: argument}}, got {spec!r}")
+    if name not in TESTS:
+        raise TestArgError(f"unknown test {name!r} (known: {', '.join(sorted(TESTS))})")
+    return TESTS[name](arg)

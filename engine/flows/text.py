@@ -1,0 +1,61 @@
+"""Normalising customer replies once per turn, so every reply test reads the same view."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import cached_property
+
+_WORD_RE = re.compile(r"[\w']+|[\U0001F300-\U0001FAFF\u2600-\u27BF]", re.UNICODE)
+_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?")
+_OUT_OF_RE = re.compile(r"^\s*([-+]?\d+(?:[.,]\d+)?)\s*(?:/|out of|of)\s*\d+")
+
+NUMBER_WORDS = {
+    "zero": 0, "nought": 0, "nil": 0, "none": 0, "one": 1, "two": 2, "three": 3, "four": 4,
+    "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11,
+    "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+}  # fmt: skip
+
+
+def fold(text: str) -> str:
+    """Lower case, accents removed, whitespace collapsed: the form keywords are compared in."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.casefold().split())
+
+
+@dataclass
+class Reply:
+    """One inbound text, with the views reply tests need computed lazily and at most once."""
+
+    raw: str
+    _cache: dict[str, object] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def folded(self) -> str:
+        return fold(self.raw)
+
+    @cached_property
+    def words(self) -> list[str]:
+        return _WORD_RE.findall(self.folded)
+
+    @cached_property
+    def number(self) -> float | None:
+        """The number the customer gave: ``9``, `` 9! ``, ``9/10``, ``nine``, ``8.5``; else None."""
+        text = self.folded
+        m = _OUT_OF_RE.match(text)
+        if m:
+            return _to_number(m.group(1))
+        m = _NUMBER_RE.search(text)
+        if m:
+            return _to_number(m.group(0))
+        for w in self.words:
+            if w in NUMBER_WORDS:
+                return float(NUMBER_WORDS[w])
+        return None
+
+
+def _to_number(s: str) -> float:
+    return float(s.replace(",", "."))

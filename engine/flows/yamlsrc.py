@@ -1,0 +1,49 @@
+"""YAML reading that remembers line numbers, so every flow error can name ``file:line``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class LineDict(dict[str, Any]):
+    """A mapping from YAML that knows its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(f"key {key!r} appears twice (second time on line {line})")
+        self.key = key
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    seen: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key = str(key_node.value)
+        if key in seen:
+            raise DuplicateKey(key, key_node.start_mark.line + 1)
+        seen[key] = key_node.start_mark.line + 1
+    out = LineDict(loader.construct_mapping(node, deep=True))
+    out.line = node.start_mark.line + 1
+    out.key_lines = seen
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load(text: str) -> Any:
+    """Parse YAML text; mappings come back as :class:`LineDict`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass

@@ -1,0 +1,61 @@
+"""Accepting work: inbound texts and flow starts become stream entries before anyone is told OK.
+
+This is the durability boundary. A caller (HTTP webhook, SMPP deliver_sm, ``parley chat``) may
+acknowledge its peer only after :func:`accept_inbound` returned: by then the text is in Redis
+(and in its AOF, fsynced within a second in production).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine import events, keys
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Accepted:
+    #: "accepted" (new), "duplicate" (same id and text seen before) or "conflict" (same id, other text)
+    status: str
+    event_id: str
+
+
+def _digest(contact: str, to: str, text: str) -> str:
+    return hashlib.blake2b(f"{contact}\x00{to}\x00{text}".encode(), digest_size=8).hexdigest()
+
+
+async def accept_inbound(
+    rt: Runtime, *, gateway: str, contact: str, to: str, text: str, provider_id: str
+) -> Accepted:
+    """Append an inbound text to its contact's shard stream, once per (gateway, provider id)."""
+    now = rt.clock.now_ms()
+    shard = keys.shard_of(contact, rt.config.engine.shards)
+    status, entry = await rt.store.run(
+        "intake",
+        keys=[keys.inbound_dedupe(contact, gateway, provider_id), keys.inbound_stream(shard)],
+        args=[
+            _digest(contact, to, text),
+            int(rt.config.engine.dedupe_window),
+            *events.inbound_fields(contact, gateway, to, text, provider_id, now),
+        ],
+    )
+    result = {b"ok": "accepted", b"dup": "duplicate", b"conflict": "conflict"}[status]
+    rt.metrics.inbound(gateway, result)
+    return Accepted(result, entry.decode())
+
+
+async def enqueue_starts(
+    rt: Runtime, flow: str, contacts: list[str], params: dict[str, Any], *, interrupt: bool = False
+) -> list[str]:
+    """Append a start event per contact (one round trip); returns the stream entry ids."""
+    now = rt.clock.now_ms()
+    pipe = rt.store.redis.pipeline(transaction=False)
+    for c in contacts:
+        stream = keys.inbound_stream(keys.shard_of(c, rt.config.engine.shards))
+        pipe.xadd(stream, events.start_fields(c, flow, params, interrupt, now))  # type: ignore[arg-type]
+    ids = await pipe.execute()
+    return [i.decode() for i in ids]

@@ -1,0 +1,72 @@
+"""Every Redis key Parley uses is built here, and nowhere else.
+
+Per-contact keys carry the contact's E.164 number as a hash tag (``{+447700900123}``), so all
+of one contact's keys live in one Redis Cluster slot and a script touching them stays
+cluster-safe. Shared keys (streams) are named by shard or gateway.
+
+    p:c:{N}            string  contact profile (orjson)                       no TTL
+    p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
+    p:ml:{N}           zset    message log index: message id -> ms timestamp  trimmed
+    p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
+    p:dd:{N}:GW:ID     string  inbound dedupe: digest of the payload          TTL = dedupe window
+    p:in:S             stream  inbound events for shard S (texts, flow starts)
+    p:out:GW           stream  outbound messages waiting for gateway GW
+    p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
+    p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
+
+Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
+one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
+per-contact outbox relayed by the sender.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "p"
+
+#: Consumer group of engine workers on every inbound shard stream.
+INBOUND_GROUP = "engine"
+#: Consumer group of senders on every outbound stream.
+OUTBOUND_GROUP = "senders"
+
+
+def shard_of(contact: str, shards: int) -> int:
+    """The inbound shard a contact's events go to (stable across processes and restarts)."""
+    return zlib.crc32(contact.encode()) % shards
+
+
+def contact(number: str) -> str:
+    return f"{PREFIX}:c:{{{number}}}"
+
+
+def session(number: str) -> str:
+    return f"{PREFIX}:s:{{{number}}}"
+
+
+def message_index(number: str) -> str:
+    return f"{PREFIX}:ml:{{{number}}}"
+
+
+def message_records(number: str) -> str:
+    return f"{PREFIX}:mh:{{{number}}}"
+
+
+def inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:
+    return f"{PREFIX}:dd:{{{number}}}:{gateway}:{provider_id}"
+
+
+def inbound_stream(shard: int) -> str:
+    return f"{PREFIX}:in:{shard}"
+
+
+def outbound_stream(gateway: str) -> str:
+    return f"{PREFIX}:out:{gateway}"
+
+
+def dead_letters() -> str:
+    return f"{PREFIX}:dead"
+
+
+def provider_id(gateway: str, pid: str) -> str:
+    return f"{PREFIX}:pid:{gateway}:{pid}"

@@ -1,0 +1,132 @@
+"""The embedded default Redis: a ``redis-server`` child process on a free loopback port.
+
+Used when ``redis.url`` is not configured, so that ``parley run`` and ``parley demo`` work on a
+machine with nothing set up. The child keeps its data and append-only file under one directory
+and is stopped (SHUTDOWN, then SIGTERM, then SIGKILL) when the owner exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from engine.errors import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+HOW_TO_GET_REDIS = (
+    "no redis-server on PATH: install it (Debian/Ubuntu: apt-get install redis-server; "
+    "macOS: brew install redis) or set redis.url / PARLEY_REDIS_URL to an existing Redis"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """Owns one redis-server child. ``async with EmbeddedRedis(dir) as r: r.url``."""
+
+    def __init__(self, data_dir: str | Path, *, persistent: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.persistent = persistent
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def __aenter__(self) -> EmbeddedRedis:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RedisUnavailable(HOW_TO_GET_REDIS)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        args = [
+            exe,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--daemonize", "no",
+            "--save", "",
+            "--logfile", "redis.log",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._wait_ready(timeout)
+        log.info("embedded redis-server started port=%d dir=%s", self.port, self.data_dir)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import time
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
+                tail = _log_tail(self.data_dir / "redis.log")
+                raise RedisUnavailable(
+                    f"embedded redis-server exited with code {self.proc.returncode}: "
+                    f"{(err or tail).strip()[-300:]}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RedisUnavailable(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # SHUTDOWN lets Redis flush its AOF; fall back to signals if it does not answer.
+        with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", self.port), timeout=1
+        ) as s:
+            s.sendall(b"SHUTDOWN\r\n")
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        log.info("embedded redis-server stopped port=%d", self.port)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-300:]
+    except OSError:
+        return ""

@@ -1,0 +1,1 @@
+"""Lua scripts run by Redis; each file documents its KEYS and ARGV."""

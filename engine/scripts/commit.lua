@@ -1,0 +1,69 @@
+-- Commit one turn for one contact, atomically: compare-and-swap the session version, record
+-- which inbound event was applied, log the messages, enqueue the replies.
+--
+-- KEYS[1]  p:s:{N}    session hash: v (version), li (last applied event "S/ms-seq"), d (state)
+-- KEYS[2]  p:ml:{N}   message log index (zset id -> ms)
+-- KEYS[3]  p:mh:{N}   message records (hash id -> json)
+-- KEYS[4]  p:out:GW   outbound stream of the replying gateway
+-- ARGV[1]  expected session version (0 = none yet)
+-- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
+-- ARGV[3]  new state json, or "" to leave d as it is
+-- ARGV[4]  session TTL in seconds
+-- ARGV[5]  now, ms
+-- ARGV[6]  message log size to keep
+-- ARGV[7]  contact number (E.164)
+-- ARGV[8]  number R of message records, ARGV[9] number O of outbound messages
+-- then R pairs (message id, record json), then O pairs (message id, text)
+--
+-- Returns {"ok", v} | {"dup", v} (event already applied: nothing written) | {"conflict", v}.
+-- A conflict means another writer committed since our load: the caller reloads and decides again.
+local function parse(ref)
+  local s, ms, seq = string.match(ref, '^(%d+)/(%d+)-(%d+)$')
+  return tonumber(s), tonumber(ms), tonumber(seq)
+end
+
+local cur = redis.call('HMGET', KEYS[1], 'v', 'li')
+local v = tonumber(cur[1] or '0')
+if cur[2] then
+  local s1, ms1, q1 = parse(ARGV[2])
+  local s0, ms0, q0 = parse(cur[2])
+  -- Entries of one shard stream are ordered; an id at or below the last applied one is a
+  -- redelivery (a worker died between commit and XACK).
+  if s1 == s0 and (ms1 < ms0 or (ms1 == ms0 and q1 <= q0)) then
+    return {'dup', v}
+  end
+end
+if v ~= tonumber(ARGV[1]) then
+  return {'conflict', v}
+end
+
+v = v + 1
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'v', v, 'li', ARGV[2], 'd', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'v', v, 'li', ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+
+local now = tonumber(ARGV[5])
+local nrec = tonumber(ARGV[8])
+local nout = tonumber(ARGV[9])
+local i = 10
+for _ = 1, nrec do
+  redis.call('ZADD', KEYS[2], now, ARGV[i])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, nout do
+  redis.call('XADD', KEYS[4], '*', 'm', ARGV[i], 'c', ARGV[7], 't', ARGV[i + 1])
+  i = i + 2
+end
+
+local keep = tonumber(ARGV[6])
+local n = redis.call('ZCARD', KEYS[2])
+if n > keep then
+  local old = redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)
+  redis.call('HDEL', KEYS[3], unpack(old))
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
+end
+return {'ok', v}

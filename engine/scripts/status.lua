@@ -1,0 +1,26 @@
+-- Record a status change of one message (queued -> sent -> delivered / failed).
+--
+-- KEYS[1]  p:mh:{N}         message records hash
+-- KEYS[2]  p:pid:GW:ID      provider id -> "N message-id" (only when ARGV[4] is not "")
+-- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
+-- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
+-- ARGV[6]  contact number (E.164)           ARGV[7] provider-id map TTL (s)
+--
+-- Returns 1, or 0 when the record is gone (trimmed from the log or erased).
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. ARGV[1], 'EX', ARGV[7])
+end
+if not raw then
+  return 0
+end
+local m = cjson.decode(raw)
+m['status'] = ARGV[2]
+if ARGV[4] ~= '' then m['pid'] = ARGV[4] end
+if ARGV[5] ~= '' then m['error'] = ARGV[5] end
+local h = m['history']
+if type(h) ~= 'table' then h = {} end
+h[#h + 1] = {ARGV[2], tonumber(ARGV[3])}
+m['history'] = h
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(m))
+return 1

@@ -1,0 +1,58 @@
+"""Redis connections and the Lua scripts, owned by one object.
+
+The pool is a :class:`~redis.asyncio.BlockingConnectionPool`: when every connection is busy a
+caller waits (up to ``redis.pool_timeout``) instead of failing with ``MaxConnectionsError``, which
+the plain pool raises under load. Scripts are registered once and called by SHA (redis-py
+reloads them if Redis restarted and lost its script cache).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+
+from engine.config import RedisConfig
+from engine.errors import RedisUnavailable
+
+SCRIPTS = ("intake", "commit", "status")
+
+
+class Store:
+    """The Redis client plus its registered scripts (``store.commit(keys, args)``)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._scripts: dict[str, AsyncScript] = {}
+        for name in SCRIPTS:
+            source = resources.files("engine.scripts").joinpath(f"{name}.lua").read_text()
+            self._scripts[name] = client.register_script(source)
+
+    @classmethod
+    def connect(cls, url: str, cfg: RedisConfig) -> Store:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=cfg.max_connections,
+            timeout=cfg.pool_timeout,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        return cls(aioredis.Redis(connection_pool=pool))
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (OSError, aioredis.RedisError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def run(
+        self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None
+    ) -> Any:
+        return await self._scripts[name](keys=keys, args=args, client=client)

@@ -1,0 +1,184 @@
+"""The engine worker: consumes the inbound shard streams and runs turns.
+
+Ordering: entries are read in batches; a batch is split by contact, each contact's events run
+one after another in stream order, different contacts run concurrently. The batch is
+acknowledged (XACK + XDEL, one round trip) only after every turn in it committed, so a worker
+that dies mid-batch leaves its entries pending; on start it first re-reads its own pending
+entries (stream id ``0``) and the commit script drops those already applied.
+
+Known limit (the session-engine issue lifts it): one consumer reads every shard, so a process
+runs one worker; several processes would share shards without per-contact ordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine import keys
+from engine.events import Event
+from engine.turn import TurnDone, run_turn
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 500
+BACKOFF_MAX_S = 5.0
+#: An event that fails this many times (a bug, not an outage) goes to the dead-letter stream.
+MAX_FAILURES = 3
+
+
+async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing; ``0`` so no earlier entry is skipped."""
+    try:
+        await r.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Worker:
+    """Owns the consume loop task. ``async with Worker(rt):`` starts it; exit drains and stops."""
+
+    def __init__(self, rt: Runtime, index: int = 0) -> None:
+        self.rt = rt
+        self.consumer = f"{socket.gethostname()}-w{index}"
+        self.streams = {keys.inbound_stream(s): s for s in range(rt.config.engine.shards)}
+        self.listeners: list[Callable[[TurnDone], None]] = []
+        self._stopping = asyncio.Event()
+        #: True while the loop is only blocked reading: cancelling it then loses nothing (an
+        #: entry delivered but never received stays pending and is re-read on the next start).
+        self._idle = False
+        self._task: asyncio.Task[None] | None = None
+        self._failures: dict[str, int] = {}
+        self.healthy = False
+
+    async def __aenter__(self) -> Worker:
+        for stream in self.streams:
+            await ensure_group(self.rt.store.redis, stream, keys.INBOUND_GROUP)
+        self.healthy = True
+        self._task = asyncio.create_task(self._run(), name="parley-worker")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop reading, let the batch in hand finish (bounded by shutdown_timeout), then return."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        if self._idle:
+            self._task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.rt.config.engine.shutdown_timeout)
+        except TimeoutError:
+            log.warning("worker did not drain within the shutdown timeout; unacked work stays pending")
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        recovering = True  # first our own pending entries (a previous run died holding them)
+        while not self._stopping.is_set():
+            try:
+                start_id = "0" if recovering else ">"
+                self._idle = True
+                resp = await self.rt.store.redis.xreadgroup(
+                    keys.INBOUND_GROUP,
+                    self.consumer,
+                    dict.fromkeys(self.streams, start_id),  # type: ignore[arg-type]
+                    count=self.rt.config.engine.batch_size,
+                    block=None if recovering else BLOCK_MS,
+                )
+                self._idle = False
+                self.healthy = True
+                backoff = 0.1
+                entries = [(s, e) for s, es in resp or [] for e in es if e[1]]
+                if recovering and not entries:
+                    recovering = False
+                    continue
+                if entries and not await self._process(entries):
+                    # Something stayed pending: re-read pending entries first, so that a
+                    # contact's later texts never overtake the one that failed.
+                    recovering = True
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                self._idle = False
+                self.healthy = False
+                log.warning("worker: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                recovering = True
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without its data
+                    for stream in self.streams:
+                        await ensure_group(self.rt.store.redis, stream, keys.INBOUND_GROUP)
+                    continue
+                raise
+            except Exception:
+                # A bug must not kill the loop silently: log it, pause, keep serving.
+                log.exception("worker: unexpected error; continuing")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _process(self, entries: list[tuple[bytes, tuple[bytes, dict[bytes, bytes]]]]) -> bool:
+        """Run a batch; ack what completed. Returns False if anything was left pending."""
+        by_contact: dict[str, list[tuple[Event, dict[bytes, bytes]]]] = defaultdict(list)
+        for stream, (entry_id, fields) in entries:
+            shard = self.streams[stream.decode()]
+            ev = Event.from_entry(shard, entry_id, fields)
+            by_contact[ev.contact].append((ev, fields))
+        done_counts = await asyncio.gather(*(self._contact_chain(evs) for evs in by_contact.values()))
+        acked: dict[str, list[bytes]] = defaultdict(list)
+        dead: list[tuple[Event, dict[bytes, bytes]]] = []
+        complete = True
+        for evs, n in zip(by_contact.values(), done_counts, strict=True):
+            for ev, _ in evs[:n]:
+                acked[keys.inbound_stream(ev.shard)].append(ev.entry_id.encode())
+                self._failures.pop(ev.ref, None)
+            if n < len(evs):
+                complete = False
+                ev, fields = evs[n]
+                if self._failures.get(ev.ref, 0) >= MAX_FAILURES:
+                    dead.append((ev, fields))
+                    acked[keys.inbound_stream(ev.shard)].append(ev.entry_id.encode())
+                    self._failures.pop(ev.ref, None)
+        pipe = self.rt.store.redis.pipeline(transaction=False)
+        for ev, fields in dead:
+            log.error("event %s failed %d times; moved to %s", ev.ref, MAX_FAILURES, keys.dead_letters())
+            pipe.xadd(keys.dead_letters(), {**fields, b"ref": ev.ref.encode()})  # type: ignore[dict-item]
+        for stream, ids in acked.items():
+            pipe.xack(stream, keys.INBOUND_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        if dead or acked:
+            await pipe.execute()
+        return complete
+
+    async def _contact_chain(self, evs: list[tuple[Event, dict[bytes, bytes]]]) -> int:
+        """Run one contact's events in order; returns how many completed (the rest stay pending)."""
+        for n, (ev, _) in enumerate(evs):
+            try:
+                done = await run_turn(self.rt, ev)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("turn %s: Redis failed (%s); left pending", ev.ref, exc)
+                return n
+            except Exception:
+                self._failures[ev.ref] = self._failures.get(ev.ref, 0) + 1
+                log.exception("turn %s failed (attempt %d); left pending", ev.ref, self._failures[ev.ref])
+                return n
+            for listener in self.listeners:
+                listener(done)
+        return len(evs)

@@ -1,0 +1,1 @@
+"""Connectors to the outside world: HTTP providers now, SMPP next, and the send pipeline."""

@@ -1,0 +1,179 @@
+"""The send pipeline (first cut): one sender per gateway, draining that gateway's outbound stream.
+
+Guarantees:
+- at-least-once towards the provider: an entry is acknowledged only after its final status is
+  recorded, so a crash mid-send leaves it pending and it is sent again on restart, with the same
+  message id (our idempotency key) for providers that dedupe on it;
+- per-contact order: a message waits for the previous message to the same contact;
+- retryable failures (timeouts, 429, 5xx, refused connections) are retried with exponential
+  back-off up to ``MAX_ATTEMPTS``; a rejection fails the message at once. The status history
+  of each message is kept in its record.
+
+The send-pipeline issue replaces this with lanes, rate control, routing and a circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine import keys
+from engine.errors import GatewayError
+from engine.numbers import mask
+from engine.worker import ensure_group
+from gateways.base import Gateway, OutboundMessage
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4
+BACKOFF_S = (0.25, 1.0, 4.0)
+BLOCK_MS = 500
+PROVIDER_ID_TTL_S = 7 * 86400
+
+
+class Sender:
+    """Owns the send loop of one gateway."""
+
+    def __init__(self, rt: Runtime, gateway: Gateway) -> None:
+        self.rt = rt
+        self.gw = gateway
+        self.stream = keys.outbound_stream(gateway.name)
+        self.consumer = f"{socket.gethostname()}-s"
+        self._stopping = asyncio.Event()
+        #: True while the loop is only blocked reading: cancelling it then loses nothing (an
+        #: entry delivered but never received stays pending and is re-read on the next start).
+        self._idle = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(gateway.concurrency)
+
+    async def __aenter__(self) -> Sender:
+        await ensure_group(self.rt.store.redis, self.stream, keys.OUTBOUND_GROUP)
+        self._task = asyncio.create_task(self._run(), name=f"parley-sender-{self.gw.name}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            if self._idle:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        pending = set(self._inflight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.rt.config.engine.shutdown_timeout)
+            for t in late:  # still pending in Redis: sent again after restart
+                t.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        recovering = True
+        limit = self.gw.concurrency * 4
+        while not self._stopping.is_set():
+            try:
+                if len(self._inflight) >= limit:
+                    await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                self._idle = True
+                resp = await self.rt.store.redis.xreadgroup(
+                    keys.OUTBOUND_GROUP,
+                    self.consumer,
+                    {self.stream: "0" if recovering else ">"},
+                    count=limit - len(self._inflight),
+                    block=None if recovering else BLOCK_MS,
+                )
+                self._idle = False
+                backoff = 0.1
+                entries = [e for _, es in resp or [] for e in es if e[1]]
+                if recovering:
+                    recovering = False
+                for entry_id, fields in entries:
+                    self._spawn(entry_id, fields)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                self._idle = False
+                log.warning("sender %s: Redis unavailable (%s); retrying in %.1fs", self.gw.name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await ensure_group(self.rt.store.redis, self.stream, keys.OUTBOUND_GROUP)
+            except Exception:
+                log.exception("sender %s: unexpected error; continuing", self.gw.name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        contact = fields[b"c"].decode()
+        msg = OutboundMessage(
+            id=fields[b"m"].decode(), to=contact, text=fields[b"t"].decode(), sender=self.gw.sender
+        )
+        previous = self._tails.get(contact)
+        task = asyncio.create_task(self._deliver(entry_id, msg, previous))
+        self._tails[contact] = task
+        self._inflight.add(task)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            if self._tails.get(contact) is t:
+                del self._tails[contact]
+
+        task.add_done_callback(finished)
+
+    async def _deliver(self, entry_id: bytes, msg: OutboundMessage, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)
+        status, pid, error = "failed", "", ""
+        for attempt in range(MAX_ATTEMPTS):
+            t0 = self.rt.clock.monotonic()
+            try:
+                async with self._slots:
+                    result = await self.gw.send(msg)
+            except GatewayError as exc:
+                self.rt.metrics.sent(self.gw.name, "retry" if exc.retryable else "failed")
+                error = str(exc)
+                if not exc.retryable or attempt == MAX_ATTEMPTS - 1:
+                    log.warning("send failed msg=%s to=%s: %s", msg.id, mask(msg.to), exc)
+                    break
+                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                continue
+            self.rt.metrics.sent(self.gw.name, "sent", self.rt.clock.monotonic() - t0)
+            status, pid, error = "sent", result.provider_id, ""
+            break
+        await self._record(entry_id, msg, status, pid, error)
+
+    async def _record(self, entry_id: bytes, msg: OutboundMessage, status: str, pid: str, error: str) -> None:
+        """Store the outcome and acknowledge the entry; retried until Redis takes it."""
+        status_keys = [keys.message_records(msg.to)]
+        if pid:
+            status_keys.append(keys.provider_id(self.gw.name, pid))
+        for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
+            try:
+                pipe = self.rt.store.redis.pipeline(transaction=False)
+                await self.rt.store.run(
+                    "status",
+                    keys=status_keys,
+                    args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
+                    client=pipe,
+                )
+                pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
+                pipe.xdel(self.stream, entry_id)
+                await pipe.execute()
+                return
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("sender %s: cannot record status of %s (%s)", self.gw.name, msg.id, exc)
+                await asyncio.sleep(delay)
+        log.error("sender %s: status of %s not recorded; it stays pending and is resent", self.gw.name, msg.id)
