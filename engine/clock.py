@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
 class Clock:
     """Wall-clock time in milliseconds since the epoch, and a monotonic timer for latencies."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait (back-off between retries); a fake clock moves instead of waiting."""
+        await asyncio.sleep(seconds)
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -27,6 +32,10 @@ class FakeClock(Clock):
 
     def monotonic(self) -> float:
         return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         self._ms += int(seconds * 1000)

@@ -107,18 +107,18 @@ def validate_timezone(value: object) -> str | None:
 async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, bool]:
     """Write ``contact``; returns the stored contact and whether it was created."""
     key = keys.contact(contact.number)
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.hsetnx(key, "ca", now_ms)
-    pipe.hset(key, mapping={"f": orjson.dumps(contact.fields), "ua": now_ms})
     optional = {"l": contact.language, "tz": contact.timezone}
     cleared = [k for k, v in optional.items() if v is None]
-    if cleared:
-        pipe.hdel(key, *cleared)
     present = {k: v for k, v in optional.items() if v is not None}
-    if present:
-        pipe.hset(key, mapping=present)
-    pipe.hget(key, "ca")
-    res = await pipe.execute()
+    async with store.redis.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(key, "ca", now_ms)
+        pipe.hset(key, mapping={"f": orjson.dumps(contact.fields), "ua": now_ms})
+        if cleared:
+            pipe.hdel(key, *cleared)
+        if present:
+            pipe.hset(key, mapping=present)
+        pipe.hget(key, "ca")
+        res = await pipe.execute()
     contact.created_at = int(res[-1])
     contact.updated_at = now_ms
     return contact, bool(res[0])
@@ -130,8 +130,8 @@ async def get(store: Store, number: str) -> Contact | None:
 
 async def missing(store: Store, numbers: list[str]) -> list[str]:
     """Which of ``numbers`` have no contact record (one round trip)."""
-    pipe = store.redis.pipeline(transaction=False)
-    for n in numbers:
-        pipe.exists(keys.contact(n))
-    found = await pipe.execute()
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for n in numbers:
+            pipe.exists(keys.contact(n))
+        found = await pipe.execute()
     return [n for n, ok in zip(numbers, found, strict=True) if not ok]

@@ -53,9 +53,9 @@ async def enqueue_starts(
 ) -> list[str]:
     """Append a start event per contact (one round trip); returns the stream entry ids."""
     now = rt.clock.now_ms()
-    pipe = rt.store.redis.pipeline(transaction=False)
-    for c in contacts:
-        stream = keys.inbound_stream(keys.shard_of(c, rt.config.engine.shards))
-        pipe.xadd(stream, events.start_fields(c, flow, params, interrupt, now))  # type: ignore[arg-type]
-    ids = await pipe.execute()
+    async with rt.store.redis.pipeline(transaction=False) as pipe:
+        for c in contacts:
+            stream = keys.inbound_stream(keys.shard_of(c, rt.config.engine.shards))
+            pipe.xadd(stream, events.start_fields(c, flow, params, interrupt, now))  # type: ignore[arg-type]
+        ids = await pipe.execute()
     return [i.decode() for i in ids]

@@ -6,7 +6,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
 
     p:c:{N}            string  contact profile (orjson)                       no TTL
     p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
-    p:ml:{N}           zset    message log index: message id -> ms timestamp  trimmed
+    p:ml:{N}           zset    message log index: message id -> sequence      trimmed
     p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
     p:dd:{N}:GW:ID     string  inbound dedupe: digest of the payload          TTL = dedupe window
     p:in:S             stream  inbound events for shard S (texts, flow starts)

@@ -36,10 +36,12 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Owns one redis-server child. ``async with EmbeddedRedis(dir) as r: r.url``."""
 
-    def __init__(self, data_dir: str | Path, *, persistent: bool = True) -> None:
+    def __init__(self, data_dir: str | Path, *, persistent: bool = True, port: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.persistent = persistent
-        self.port = 0
+        #: 0: pick a free port at each start; else always this one (a restart keeps the address).
+        self.fixed_port = port
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,7 +60,7 @@ class EmbeddedRedis:
         if exe is None:
             raise RedisUnavailable(HOW_TO_GET_REDIS)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         args = [
             exe,
             "--port", str(self.port),

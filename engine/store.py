@@ -50,7 +50,8 @@ class Store:
             raise RedisUnavailable(f"cannot reach Redis: {exc}") from exc
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        # The pool was passed in explicitly, so the client does not close it unless told to.
+        await self.redis.aclose(close_connection_pool=True)
 
     async def run(
         self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None

@@ -68,10 +68,10 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
     try:
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
-            pipe = rt.store.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.session(ev.contact))
-            pipe.hgetall(keys.contact(ev.contact))
-            sess_h, contact_h = await pipe.execute()
+            async with rt.store.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.session(ev.contact))
+                pipe.hgetall(keys.contact(ev.contact))
+                sess_h, contact_h = await pipe.execute()
             t1 = clock.monotonic()
             version = int(sess_h.get(b"v", 0))
             state = orjson.loads(sess_h[b"d"]) if b"d" in sess_h else {}
@@ -184,7 +184,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         ],
         args=[
             version, ev.ref, orjson.dumps(plan.state).decode() if plan.state is not None else "",
-            max(plan.ttl, 1), now, rt.config.engine.message_log_size, ev.contact,
+            max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
             len(records) // 2, len(outbound) // 2, *records, *outbound,
         ],
     )  # fmt: skip

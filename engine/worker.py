@@ -156,14 +156,15 @@ class Worker:
                     dead.append((ev, fields))
                     acked[keys.inbound_stream(ev.shard)].append(ev.entry_id.encode())
                     self._failures.pop(ev.ref, None)
-        pipe = self.rt.store.redis.pipeline(transaction=False)
-        for ev, fields in dead:
-            log.error("event %s failed %d times; moved to %s", ev.ref, MAX_FAILURES, keys.dead_letters())
-            pipe.xadd(keys.dead_letters(), {**fields, b"ref": ev.ref.encode()})  # type: ignore[dict-item]
-        for stream, ids in acked.items():
-            pipe.xack(stream, keys.INBOUND_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-        if dead or acked:
+        if not (dead or acked):
+            return complete
+        async with self.rt.store.redis.pipeline(transaction=False) as pipe:
+            for ev, fields in dead:
+                log.error("event %s failed %d times; moved to %s", ev.ref, MAX_FAILURES, keys.dead_letters())
+                pipe.xadd(keys.dead_letters(), {**fields, b"ref": ev.ref.encode()})  # type: ignore[dict-item]
+            for stream, ids in acked.items():
+                pipe.xack(stream, keys.INBOUND_GROUP, *ids)
+                pipe.xdel(stream, *ids)
             await pipe.execute()
         return complete
 

@@ -148,7 +148,7 @@ class Sender:
                 if not exc.retryable or attempt == MAX_ATTEMPTS - 1:
                     log.warning("send failed msg=%s to=%s: %s", msg.id, mask(msg.to), exc)
                     break
-                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                await self.rt.clock.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
                 continue
             self.rt.metrics.sent(self.gw.name, "sent", self.rt.clock.monotonic() - t0)
             status, pid, error = "sent", result.provider_id, ""
@@ -162,16 +162,16 @@ class Sender:
             status_keys.append(keys.provider_id(self.gw.name, pid))
         for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
             try:
-                pipe = self.rt.store.redis.pipeline(transaction=False)
-                await self.rt.store.run(
-                    "status",
-                    keys=status_keys,
-                    args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
-                    client=pipe,
-                )
-                pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
-                pipe.xdel(self.stream, entry_id)
-                await pipe.execute()
+                async with self.rt.store.redis.pipeline(transaction=False) as pipe:
+                    await self.rt.store.run(
+                        "status",
+                        keys=status_keys,
+                        args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
+                        client=pipe,
+                    )
+                    pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
+                    pipe.xdel(self.stream, entry_id)
+                    await pipe.execute()
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("sender %s: cannot record status of %s (%s)", self.gw.name, msg.id, exc)

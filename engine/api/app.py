@@ -36,8 +36,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         resp = await handler(request)
     except ApiError as exc:
         resp = _error(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        resp = _error(PayloadTooLarge(f"body is larger than {exc.max_size} bytes"))
+    except web.HTTPRequestEntityTooLarge:
+        resp = _error(PayloadTooLarge(f"body is larger than {request.client_max_size} bytes"))
     except web.HTTPNotFound:
         resp = _error(NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:

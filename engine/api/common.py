@@ -29,8 +29,8 @@ async def read_object(request: web.Request, allowed: set[str]) -> dict[str, Any]
     """The request body as a JSON object with only ``allowed`` keys, or a 400/413/422."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"body is larger than {exc.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body is larger than {request.client_max_size} bytes") from None
     if not raw:
         raise BadRequest("body is empty; send a JSON object")
     try:

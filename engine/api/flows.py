@@ -47,10 +47,10 @@ async def start_flow(request: web.Request) -> web.Response:
 
     skipped: list[dict[str, str]] = []
     if not interrupt:
-        pipe = rt.store.redis.pipeline(transaction=False)
-        for n in numbers:
-            pipe.hget(keys.session(n), "d")
-        states = await pipe.execute()
+        async with rt.store.redis.pipeline(transaction=False) as pipe:
+            for n in numbers:
+                pipe.hget(keys.session(n), "d")
+            states = await pipe.execute()
         busy = {n for n, s in zip(numbers, states, strict=True) if s and orjson.loads(s).get("n") is not None}
         skipped = [{"contact": n, "reason": "in_conversation"} for n in numbers if n in busy]
         numbers = [n for n in numbers if n not in busy]

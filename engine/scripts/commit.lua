@@ -2,17 +2,16 @@
 -- which inbound event was applied, log the messages, enqueue the replies.
 --
 -- KEYS[1]  p:s:{N}    session hash: v (version), li (last applied event "S/ms-seq"), d (state)
--- KEYS[2]  p:ml:{N}   message log index (zset id -> ms)
+-- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
 -- KEYS[4]  p:out:GW   outbound stream of the replying gateway
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
 -- ARGV[4]  session TTL in seconds
--- ARGV[5]  now, ms
--- ARGV[6]  message log size to keep
--- ARGV[7]  contact number (E.164)
--- ARGV[8]  number R of message records, ARGV[9] number O of outbound messages
+-- ARGV[5]  message log size to keep
+-- ARGV[6]  contact number (E.164)
+-- ARGV[7]  number R of message records, ARGV[8] number O of outbound messages
 -- then R pairs (message id, record json), then O pairs (message id, text)
 --
 -- Returns {"ok", v} | {"dup", v} (event already applied: nothing written) | {"conflict", v}.
@@ -45,21 +44,23 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 
-local now = tonumber(ARGV[5])
-local nrec = tonumber(ARGV[8])
-local nout = tonumber(ARGV[9])
-local i = 10
+local nrec = tonumber(ARGV[7])
+local nout = tonumber(ARGV[8])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local seq = tonumber(last[2] or '0')
+local i = 9
 for _ = 1, nrec do
-  redis.call('ZADD', KEYS[2], now, ARGV[i])
+  seq = seq + 1
+  redis.call('ZADD', KEYS[2], seq, ARGV[i])
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 for _ = 1, nout do
-  redis.call('XADD', KEYS[4], '*', 'm', ARGV[i], 'c', ARGV[7], 't', ARGV[i + 1])
+  redis.call('XADD', KEYS[4], '*', 'm', ARGV[i], 'c', ARGV[6], 't', ARGV[i + 1])
   i = i + 2
 end
 
-local keep = tonumber(ARGV[6])
+local keep = tonumber(ARGV[5])
 local n = redis.call('ZCARD', KEYS[2])
 if n > keep then
   local old = redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)

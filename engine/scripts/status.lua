@@ -16,7 +16,7 @@ if not raw then
 end
 local m = cjson.decode(raw)
 m['status'] = ARGV[2]
-if ARGV[4] ~= '' then m['pid'] = ARGV[4] end
+if ARGV[4] ~= '' then m['provider_id'] = ARGV[4] end
 if ARGV[5] ~= '' then m['error'] = ARGV[5] end
 local h = m['history']
 if type(h) ~= 'table' then h = {} end

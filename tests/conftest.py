@@ -1,0 +1,150 @@
+"""Test harness: a private redis-server for the session, flushed between tests; a running
+engine wired to a simulated carrier; helpers that wait on events instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from engine.clock import FakeClock
+from engine.config import Config, load_config
+from engine.redis_embedded import EmbeddedRedis
+from engine.runtime import Runtime
+from engine.turn import TurnDone
+from gateways.simulators.http_carrier import SimulatedCarrier
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-0123456789abcdef"
+ANN = "+447700900123"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """``REDIS_URL`` if set, else a private redis-server on a free port for the whole session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    if shutil.which("redis-server") is None:
+        pytest.exit("redis-server not found: install it (apt-get install redis-server) or set REDIS_URL", 2)
+    with tempfile.TemporaryDirectory(prefix="parley-test-redis-") as tmp:
+        server = EmbeddedRedis(tmp, persistent=False)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The test Redis, emptied before each test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
+    return redis_server
+
+
+def make_config(redis_url: str, **sections: Any) -> Config:
+    """A validated Config for tests; ``sections`` override (nested dicts) on top of the basics."""
+    base: dict[str, Any] = {
+        "redis": {"url": redis_url},
+        "http": {"port": 0},
+        "api": {"keys": [API_KEY]},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4, "shutdown_timeout": "5s"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(name), dict):
+            base[name] = {**base[name], **value}
+        else:
+            base[name] = value
+    return load_config(env={}, overrides=base)
+
+
+@pytest.fixture
+async def carrier() -> AsyncIterator[SimulatedCarrier]:
+    async with SimulatedCarrier() as c:
+        yield c
+
+
+class Turns:
+    """Collects finished turns so a test can await a specific one instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, TurnDone] = {}
+        self._waiters: dict[str, asyncio.Future[TurnDone]] = {}
+
+    def __call__(self, done: TurnDone) -> None:
+        self.done[done.event.entry_id] = done
+        fut = self._waiters.pop(done.event.entry_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(done)
+
+    async def wait(self, event_id: str, timeout: float = 5.0) -> TurnDone:
+        if event_id in self.done:
+            return self.done[event_id]
+        fut = self._waiters.setdefault(event_id, asyncio.get_running_loop().create_future())
+        return await asyncio.wait_for(fut, timeout)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def rt(redis_url: str, carrier: SimulatedCarrier, clock: FakeClock) -> AsyncIterator[Runtime]:
+    """A running engine: HTTP API on a free port, worker, sender to the simulated carrier."""
+    cfg = make_config(
+        redis_url,
+        gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
+    )
+    async with Runtime(cfg, clock=clock) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def turns(rt: Runtime) -> Turns:
+    t = Turns()
+    assert rt.worker is not None
+    rt.worker.listeners.append(t)
+    return t
+
+
+@pytest.fixture
+async def api(rt: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for the engine's API, authenticated."""
+    async with aiohttp.ClientSession(
+        f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as session:
+        yield session
+
+
+def run_parley(*args: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``parley`` console script as a user would."""
+    exe = Path(os.sys.executable).parent / "parley"  # type: ignore[attr-defined]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(exe), *args], input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env
+    )
+
+
+async def eventually(probe: Any, *, attempts: int = 400, interval: float = 0.005) -> Any:
+    """Await ``probe()`` until it returns something truthy (bounded), for state that lands just
+    after an event a test can see (e.g. a status recorded after the handset got the message)."""
+    for _ in range(attempts):
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met after {attempts} tries")
