@@ -45,7 +45,9 @@ async def run_chat(
     )
     async with Runtime(cfg, http=False, ephemeral_redis=not cfg.redis.url) as rt:
         if rt.flows.get(flow) is None:
-            raise ParleyError(f"no flow {flow!r} in {cfg.engine.flows_dir} (loaded: {', '.join(sorted(rt.flows.flows))})")
+            raise ParleyError(
+                f"no flow {flow!r} in {cfg.engine.flows_dir} (loaded: {', '.join(sorted(rt.flows.flows))})"
+            )
         existing = await contacts.get(rt.store, contact)
         record = existing or contacts.Contact(contact)
         record.fields = {**record.fields, **fields}
@@ -79,7 +81,12 @@ async def run_chat(
             if echo:
                 print(f"> {text}", file=out, flush=True)
             accepted = await intake.accept_inbound(
-                rt, gateway=GATEWAY, contact=contact, to="parley", text=text, provider_id=uuid.uuid4().hex
+                rt,
+                gateway=GATEWAY,
+                contact=contact,
+                to="parley",
+                text=text,
+                provider_id=uuid.uuid4().hex,
             )
             done = await answer(accepted.event_id)
         state = await _final_state(rt, contact)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from engine.errors import ConfigError, FlowErrors, ParleyError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parley", description="Conversational SMS engine.")
     p.add_argument("--version", action="version", version=f"parley {__version__}")
-    p.add_argument("--config", help="YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)")
+    p.add_argument(
+        "--config", help="YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", help="run the engine: HTTP API, worker, gateways")
@@ -28,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk to a flow from the terminal (reads stdin, works piped)")
     chat.add_argument("flow", help="flow name, e.g. nps")
     chat.add_argument("--contact", required=True, help="the customer's number, e.g. +447700900123")
-    chat.add_argument("--field", action="append", default=[], metavar="KEY=VALUE", help="a contact field (repeatable)")
+    chat.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a contact field (repeatable)",
+    )
     chat.add_argument("--language", help="the contact's language, e.g. en")
 
     flows = sub.add_parser("flows", help="work with flow files")
@@ -80,6 +88,7 @@ def _split_field(text: str) -> tuple[str, str]:
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
 

@@ -140,7 +140,7 @@ def load_config(
     if overrides:
         raw = _merge(raw, overrides)
     raw = _apply_env(raw, env)
-    cfg = _build(Config, raw, "")
+    cfg: Config = _build(Config, raw, "")
     _check(cfg)
     return cfg
 
@@ -249,7 +249,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return value.lower() in {"1", "true", "yes", "on"}
         raise ConfigError(key, f"expected true or false, got {value!r}")
     if tp is int:
@@ -315,5 +324,6 @@ def _check(cfg: Config) -> None:
         validate_gateway_config(name, gw)
     if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
         raise ConfigError(
-            "engine.default_gateway", f"names {cfg.engine.default_gateway!r}, which is not in gateways"
+            "engine.default_gateway",
+            f"names {cfg.engine.default_gateway!r}, which is not in gateways",
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ class Contact:
         return view
 
     @classmethod
-    def from_hash(cls, number: str, h: dict[bytes, bytes]) -> Contact | None:
+    def from_hash(cls, number: str, h: Mapping[Any, Any]) -> Contact | None:
         if not h:
             return None
         return cls(
@@ -70,7 +71,10 @@ def validate_fields(value: object) -> dict[str, Any]:
         raise Unprocessable("fields", f"at most {MAX_FIELDS} fields")
     for name, v in value.items():
         if not FIELD_NAME_RE.match(name):
-            raise Unprocessable(f"fields.{name}", "names are letters, digits and _ (max 64), not starting with a digit")
+            raise Unprocessable(
+                f"fields.{name}",
+                "names are letters, digits and _ (max 64), not starting with a digit",
+            )
         if name in RESERVED_FIELDS:
             raise Unprocessable(f"fields.{name}", f"{name!r} is reserved (use the top-level key)")
         if isinstance(v, dict):
@@ -78,7 +82,9 @@ def validate_fields(value: object) -> dict[str, Any]:
         items = v if isinstance(v, list) else [v]
         for item in items:
             if item is not None and not isinstance(item, str | int | float | bool):
-                raise Unprocessable(f"fields.{name}", "values are text, numbers, true/false, null or lists of those")
+                raise Unprocessable(
+                    f"fields.{name}", "values are text, numbers, true/false, null or lists of those"
+                )
             if isinstance(item, str) and len(item) > MAX_VALUE_CHARS:
                 raise Unprocessable(f"fields.{name}", f"longer than {MAX_VALUE_CHARS} characters")
     return dict(value)
@@ -100,7 +106,9 @@ def validate_timezone(value: object) -> str | None:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise Unprocessable("timezone", f"unknown time zone {value!r} (use an IANA name like Europe/London)") from None
+        raise Unprocessable(
+            "timezone", f"unknown time zone {value!r} (use an IANA name like Europe/London)"
+        ) from None
     return value
 
 
@@ -109,7 +117,7 @@ async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, 
     key = keys.contact(contact.number)
     optional = {"l": contact.language, "tz": contact.timezone}
     cleared = [k for k, v in optional.items() if v is None]
-    present = {k: v for k, v in optional.items() if v is not None}
+    present: dict[Any, Any] = {k: v for k, v in optional.items() if v is not None}
     async with store.redis.pipeline(transaction=True) as pipe:
         pipe.hsetnx(key, "ca", now_ms)
         pipe.hset(key, mapping={"f": orjson.dumps(contact.fields), "ua": now_ms})

@@ -30,7 +30,12 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
         "ended_at": state.get("ea"),
         "error": state.get("err"),
         "results": {
-            name: {"value": r.get("v"), "category": r.get("c"), "text": r.get("t"), "at": r.get("at")}
+            name: {
+                "value": r.get("v"),
+                "category": r.get("c"),
+                "text": r.get("t"),
+                "at": r.get("at"),
+            }
             for name, r in state.get("r", {}).items()
         },
     }
@@ -38,7 +43,7 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
 
 async def recent_messages(store: Store, number: str, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` messages of a contact, oldest first (two round trips)."""
-    ids = await store.redis.zrange(keys.message_index(number), -limit, -1)
+    ids: list[bytes] = await store.redis.zrange(keys.message_index(number), -limit, -1)  # type: ignore[assignment]
     if not ids:
         return []
     raw = await store.redis.hmget(keys.message_records(number), ids)

@@ -27,7 +27,12 @@ from gateways.simulators.http_carrier import SimulatedCarrier
 CUSTOMERS: list[dict[str, Any]] = [
     {
         "number": "+447700900123",
-        "fields": {"first_name": "Ann", "last_name": "Lee", "company": "Acme Deliveries", "last_order": "A-1042"},
+        "fields": {
+            "first_name": "Ann",
+            "last_name": "Lee",
+            "company": "Acme Deliveries",
+            "last_order": "A-1042",
+        },
         "says": ["9", "The driver was lovely and it came a day early"],
     },
     {
@@ -82,7 +87,10 @@ async def run_demo(cfg: Config) -> int:
                 f"  min {_ms(min(latencies)).strip()}  median {_ms(statistics.median(latencies)).strip()}"
                 f"  max {_ms(max(latencies)).strip()}"
             )
-            print("\nNext: `parley chat nps --contact +447700900123 --field first_name=Ann` talks to the flow yourself.")
+            print(
+                "\nNext: talk to the flow yourself with\n"
+                "  .venv/bin/parley chat nps --contact +447700900123 --field first_name=Ann"
+            )
     return 0
 
 

@@ -63,15 +63,38 @@ class Event:
         )
 
 
-def inbound_fields(contact: str, gateway: str, to: str, text: str, provider_id: str, now_ms: int) -> list[str]:
+def inbound_fields(
+    contact: str, gateway: str, to: str, text: str, provider_id: str, now_ms: int
+) -> list[str]:
     """Stream fields of an inbound text, as a flat list (the intake script's ARGV tail)."""
-    return ["k", "in", "c", contact, "g", gateway, "to", to, "x", text, "i", provider_id, "ts", str(now_ms)]
+    return [
+        "k",
+        "in",
+        "c",
+        contact,
+        "g",
+        gateway,
+        "to",
+        to,
+        "x",
+        text,
+        "i",
+        provider_id,
+        "ts",
+        str(now_ms),
+    ]
 
 
 def start_fields(
     contact: str, flow: str, params: dict[str, Any], interrupt: bool, now_ms: int
 ) -> dict[str, str | bytes]:
-    fields: dict[str, str | bytes] = {"k": "start", "c": contact, "f": flow, "p": orjson.dumps(params), "ts": str(now_ms)}
+    fields: dict[str, str | bytes] = {
+        "k": "start",
+        "c": contact,
+        "f": flow,
+        "p": orjson.dumps(params),
+        "ts": str(now_ms),
+    }
     if interrupt:
         fields["n"] = "1"
     return fields

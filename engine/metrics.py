@@ -25,7 +25,10 @@ class Metrics:
             ["gateway", "result"], registry=r,
         )  # fmt: skip
         self._turns = Counter(
-            "parley_turns_total", "Turns processed, by flow and result.", ["flow", "result"], registry=r
+            "parley_turns_total",
+            "Turns processed, by flow and result.",
+            ["flow", "result"],
+            registry=r,
         )
         self._stage = Histogram(
             "parley_turn_stage_seconds",
@@ -33,11 +36,16 @@ class Metrics:
             ["stage"], buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self._turn = Histogram(
-            "parley_turn_seconds", "Whole turn, accepted to committed.", buckets=STAGE_BUCKETS, registry=r
+            "parley_turn_seconds",
+            "Whole turn, accepted to committed.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
         )
         self._in_flight = Gauge("parley_turns_in_flight", "Turns being processed now.", registry=r)
         self._retries = Counter(
-            "parley_turn_retries_total", "Turns decided again after losing a session race.", registry=r
+            "parley_turn_retries_total",
+            "Turns decided again after losing a session race.",
+            registry=r,
         )
         self._outbound = Counter(
             "parley_outbound_total", "Outbound send attempts, by gateway and status.",

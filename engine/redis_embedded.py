@@ -94,9 +94,10 @@ class EmbeddedRedis:
                     f"embedded redis-server exited with code {self.proc.returncode}: "
                     f"{(err or tail).strip()[-300:]}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
@@ -109,9 +110,10 @@ class EmbeddedRedis:
         if proc is None or proc.poll() is not None:
             return
         # SHUTDOWN lets Redis flush its AOF; fall back to signals if it does not answer.
-        with contextlib.suppress(OSError), socket.create_connection(
-            ("127.0.0.1", self.port), timeout=1
-        ) as s:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+        ):
             s.sendall(b"SHUTDOWN\r\n")
         try:
             proc.wait(timeout=5)

@@ -116,7 +116,9 @@ class Runtime:
     async def _start_http(self) -> None:
         from engine.api.app import build_app
 
-        runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=self.config.engine.shutdown_timeout)
+        runner = web.AppRunner(
+            build_app(self), access_log=None, shutdown_timeout=self.config.engine.shutdown_timeout
+        )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, self.config.http.host, self.config.http.port)

@@ -53,7 +53,5 @@ class Store:
         # The pool was passed in explicitly, so the client does not close it unless told to.
         await self.redis.aclose(close_connection_pool=True)
 
-    async def run(
-        self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None
-    ) -> Any:
+    async def run(self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client)

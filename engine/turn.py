@@ -157,7 +157,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             "gateway": ev.gateway, "provider_id": ev.provider_id, "status": "received",
             "at": ev.accepted_ms, "flow": plan.flow or None, "history": [["received", ev.accepted_ms]],
         }  # fmt: skip
-        records += [rec["id"], orjson.dumps(rec).decode()]
+        records += [f"in-{ev.msg_base}", orjson.dumps(rec).decode()]
     outbound: list[str] = []
     ids: list[str] = []
     for k, text in enumerate(plan.texts):

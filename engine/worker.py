@@ -18,7 +18,7 @@ import logging
 import socket
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -95,10 +95,10 @@ class Worker:
             try:
                 start_id = "0" if recovering else ">"
                 self._idle = True
-                resp = await self.rt.store.redis.xreadgroup(
+                resp: Any = await self.rt.store.redis.xreadgroup(
                     keys.INBOUND_GROUP,
                     self.consumer,
-                    dict.fromkeys(self.streams, start_id),  # type: ignore[arg-type]
+                    dict.fromkeys(self.streams, start_id),
                     count=self.rt.config.engine.batch_size,
                     block=None if recovering else BLOCK_MS,
                 )
@@ -137,8 +137,8 @@ class Worker:
     async def _process(self, entries: list[tuple[bytes, tuple[bytes, dict[bytes, bytes]]]]) -> bool:
         """Run a batch; ack what completed. Returns False if anything was left pending."""
         by_contact: dict[str, list[tuple[Event, dict[bytes, bytes]]]] = defaultdict(list)
-        for stream, (entry_id, fields) in entries:
-            shard = self.streams[stream.decode()]
+        for stream_key, (entry_id, fields) in entries:
+            shard = self.streams[stream_key.decode()]
             ev = Event.from_entry(shard, entry_id, fields)
             by_contact[ev.contact].append((ev, fields))
         done_counts = await asyncio.gather(*(self._contact_chain(evs) for evs in by_contact.values()))
@@ -160,7 +160,12 @@ class Worker:
             return complete
         async with self.rt.store.redis.pipeline(transaction=False) as pipe:
             for ev, fields in dead:
-                log.error("event %s failed %d times; moved to %s", ev.ref, MAX_FAILURES, keys.dead_letters())
+                log.error(
+                    "event %s failed %d times; moved to %s",
+                    ev.ref,
+                    MAX_FAILURES,
+                    keys.dead_letters(),
+                )
                 pipe.xadd(keys.dead_letters(), {**fields, b"ref": ev.ref.encode()})  # type: ignore[dict-item]
             for stream, ids in acked.items():
                 pipe.xack(stream, keys.INBOUND_GROUP, *ids)

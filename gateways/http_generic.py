@@ -77,5 +77,7 @@ class HttpGenericGateway(Gateway):
         try:
             pid = orjson.loads(raw)["id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise GatewayRejected(self.name, f"HTTP {status} without a JSON id: {raw[:200]!r}", status=status) from None
+            raise GatewayRejected(
+                self.name, f"HTTP {status} without a JSON id: {raw[:200]!r}", status=status
+            ) from None
         return SendResult(str(pid))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -87,7 +87,7 @@ class Sender:
                     await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 self._idle = True
-                resp = await self.rt.store.redis.xreadgroup(
+                resp: Any = await self.rt.store.redis.xreadgroup(
                     keys.OUTBOUND_GROUP,
                     self.consumer,
                     {self.stream: "0" if recovering else ">"},
@@ -103,7 +103,12 @@ class Sender:
                     self._spawn(entry_id, fields)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 self._idle = False
-                log.warning("sender %s: Redis unavailable (%s); retrying in %.1fs", self.gw.name, exc, backoff)
+                log.warning(
+                    "sender %s: Redis unavailable (%s); retrying in %.1fs",
+                    self.gw.name,
+                    exc,
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except ResponseError as exc:
@@ -132,7 +137,9 @@ class Sender:
 
         task.add_done_callback(finished)
 
-    async def _deliver(self, entry_id: bytes, msg: OutboundMessage, previous: asyncio.Task[None] | None) -> None:
+    async def _deliver(
+        self, entry_id: bytes, msg: OutboundMessage, previous: asyncio.Task[None] | None
+    ) -> None:
         if previous is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(previous)
@@ -166,7 +173,15 @@ class Sender:
                     await self.rt.store.run(
                         "status",
                         keys=status_keys,
-                        args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
+                        args=[
+                            msg.id,
+                            status,
+                            self.rt.clock.now_ms(),
+                            pid,
+                            error,
+                            msg.to,
+                            PROVIDER_ID_TTL_S,
+                        ],
                         client=pipe,
                     )
                     pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
@@ -176,4 +191,8 @@ class Sender:
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("sender %s: cannot record status of %s (%s)", self.gw.name, msg.id, exc)
                 await asyncio.sleep(delay)
-        log.error("sender %s: status of %s not recorded; it stays pending and is resent", self.gw.name, msg.id)
+        log.error(
+            "sender %s: status of %s not recorded; it stays pending and is resent",
+            self.gw.name,
+            msg.id,
+        )

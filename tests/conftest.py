@@ -129,13 +129,21 @@ async def api(rt: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def run_parley(*args: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_parley(
+    *args: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the ``parley`` console script as a user would."""
     exe = Path(os.sys.executable).parent / "parley"  # type: ignore[attr-defined]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     full_env.update(env or {})
     return subprocess.run(
-        [str(exe), *args], input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env
+        [str(exe), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
     )
 
 

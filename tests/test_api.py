@@ -103,7 +103,9 @@ async def test_oversize_body_is_413(redis_url: str) -> None:
     cfg = make_config(redis_url, http={"max_body_bytes": 2048}, gateways={"c": {"type": "console"}})
     async with Runtime(cfg) as rt, aiohttp.ClientSession(f"http://127.0.0.1:{rt.http_port}") as s:
         big = {"fields": {"note": "x" * 1900, "more": "y" * 1900}}
-        async with s.put(f"/v1/contacts/{ANN}", json=big, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        async with s.put(
+            f"/v1/contacts/{ANN}", json=big, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as r:
             assert r.status == 413
             assert (await r.json())["error"]["code"] == "payload_too_large"
 
@@ -112,15 +114,24 @@ async def test_no_configured_keys_refuses_everything(redis_url: str) -> None:
     from tests.conftest import make_config
 
     cfg = make_config(redis_url, api={"keys": []})
-    async with Runtime(cfg) as rt, aiohttp.ClientSession(f"http://127.0.0.1:{rt.http_port}") as s:
-        async with s.get(f"/v1/contacts/{ANN}", headers={"Authorization": "Bearer anything-at-all-1234"}) as r:
-            assert r.status == 401
-            assert "api.keys" in (await r.json())["error"]["message"]
+    async with (
+        Runtime(cfg) as rt,
+        aiohttp.ClientSession(f"http://127.0.0.1:{rt.http_port}") as s,
+        s.get(f"/v1/contacts/{ANN}", headers={"Authorization": "Bearer anything-at-all-1234"}) as r,
+    ):
+        assert r.status == 401
+        assert "api.keys" in (await r.json())["error"]["message"]
 
 
 async def test_contact_upsert_normalises_and_replaces(api: aiohttp.ClientSession) -> None:
-    async with api.put("/v1/contacts/07700 900123", json={"fields": {"first_name": "Ann", "tier": "gold"},
-                                                         "language": "en", "timezone": "Europe/London"}) as r:
+    async with api.put(
+        "/v1/contacts/07700 900123",
+        json={
+            "fields": {"first_name": "Ann", "tier": "gold"},
+            "language": "en",
+            "timezone": "Europe/London",
+        },
+    ) as r:
         assert r.status == 201
         created = await r.json()
     assert created["number"] == ANN

@@ -6,13 +6,15 @@ import aiohttp
 
 from engine.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, Turns
+from tests.conftest import ANN, Turns
 
 RAJ = "+447700900456"
 
 
 async def _inbound(api: aiohttp.ClientSession, text: str, pid: str, sender: str = ANN) -> tuple[int, dict]:
-    async with api.post("/v1/inbound/carrier", json={"from": sender, "to": "12345", "text": text, "id": pid}) as r:
+    async with api.post(
+        "/v1/inbound/carrier", json={"from": sender, "to": "12345", "text": text, "id": pid}
+    ) as r:
         return r.status, await r.json()
 
 
@@ -49,7 +51,8 @@ async def test_scripted_nps_conversation(
     async with api.get("/v1/messages", params={"contact": ANN}) as r:
         log = (await r.json())["messages"]
     assert [(m["dir"], m["text"][:10]) for m in log] == [
-        ("out", "Hi Ann, th"), ("in", " 9! "), ("out", "Wonderful,"), ("in", "Fast deliv"), ("out", "Thank you "),
+        ("out", "Hi Ann, th"), ("in", " 9! "), ("out", "Wonderful,"),
+        ("in", "Fast deliv"), ("out", "Thank you "),
     ]  # fmt: skip
     delivered = {m.id: m.provider_id for m in carrier.received}
     for m in log[:-1]:
@@ -58,7 +61,9 @@ async def test_scripted_nps_conversation(
             assert [h["status"] for h in m["history"]] == ["queued", "sent"]
 
 
-async def test_reprompt_then_detractor(rt: Runtime, api: aiohttp.ClientSession, carrier: SimulatedCarrier) -> None:
+async def test_reprompt_then_detractor(
+    rt: Runtime, api: aiohttp.ClientSession, carrier: SimulatedCarrier
+) -> None:
     await api.put(f"/v1/contacts/{RAJ}", json={"fields": {"first_name": "raj"}})
     await api.post("/v1/flows/nps/start", json={"contacts": [RAJ]})
     await carrier.next_message(RAJ)

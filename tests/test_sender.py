@@ -74,9 +74,12 @@ async def test_messages_to_one_contact_arrive_in_order_with_a_slow_carrier(
             engine={"flows_dir": str(tmp_path)},
             gateways={"carrier": {"type": "http", "url": carrier.url, "concurrency": 8}},
         )
-        async with Runtime(cfg) as rt, aiohttp.ClientSession(
-            f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
-        ) as api:
+        async with (
+            Runtime(cfg) as rt,
+            aiohttp.ClientSession(
+                f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as api,
+        ):
             await api.put(f"/v1/contacts/{ANN}", json={})
             for n in range(3):
                 await api.post("/v1/flows/two_step/start", json={"contacts": [ANN], "params": {"n": n}})
@@ -88,11 +91,15 @@ async def test_unreachable_provider_is_retried_then_failed(redis_url: str, clock
     from engine.redis_embedded import free_port
 
     cfg = make_config(
-        redis_url, gateways={"dead": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/send"}}
+        redis_url,
+        gateways={"dead": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/send"}},
     )
-    async with Runtime(cfg, clock=clock) as rt, aiohttp.ClientSession(
-        f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
-    ) as api:
+    async with (
+        Runtime(cfg, clock=clock) as rt,
+        aiohttp.ClientSession(
+            f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as api,
+    ):
         await api.put(f"/v1/contacts/{ANN}", json={})
         await api.post("/v1/flows/nps/start", json={"contacts": [ANN]})
         rec = await _settled(api)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 
 from engine import intake, keys
 from engine.events import Event
@@ -65,7 +64,9 @@ async def test_one_contacts_burst_is_processed_in_order(
     await carrier.next_message(ANN)
     ids = []
     for i, text in enumerate(["junk", "more junk", "7", "It was fine"]):
-        res = await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text=text, provider_id=str(i))
+        res = await intake.accept_inbound(
+            rt, gateway="carrier", contact=ANN, to="1", text=text, provider_id=str(i)
+        )
         ids.append(res.event_id)
     for eid in ids:
         await turns.wait(eid)
@@ -81,8 +82,17 @@ async def test_one_contacts_burst_is_processed_in_order(
 async def test_redelivered_event_sends_nothing_twice(redis_url: str, carrier: SimulatedCarrier) -> None:
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)
-        res = await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="9", provider_id="x")
-        ev = Event(keys.shard_of(ANN, rt.config.engine.shards), res.event_id, "in", ANN, rt.clock.now_ms(), text="9")
+        res = await intake.accept_inbound(
+            rt, gateway="carrier", contact=ANN, to="1", text="9", provider_id="x"
+        )
+        ev = Event(
+            keys.shard_of(ANN, rt.config.engine.shards),
+            res.event_id,
+            "in",
+            ANN,
+            rt.clock.now_ms(),
+            text="9",
+        )
         first = await run_turn(rt, ev)
         again = await run_turn(rt, ev)
         assert (first.result, again.result) == ("replied", "duplicate")
@@ -90,7 +100,9 @@ async def test_redelivered_event_sends_nothing_twice(redis_url: str, carrier: Si
         assert await rt.store.redis.xlen(keys.outbound_stream("carrier")) == 2  # greeting + one reply
 
 
-async def test_stale_session_version_is_a_conflict_and_writes_nothing(redis_url: str, carrier: SimulatedCarrier) -> None:
+async def test_stale_session_version_is_a_conflict_and_writes_nothing(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)
         r = rt.store.redis
@@ -98,8 +110,24 @@ async def test_stale_session_version_is_a_conflict_and_writes_nothing(redis_url:
         out_before = await r.xlen(keys.outbound_stream("carrier"))
         status, version = await rt.store.run(
             "commit",
-            keys=[keys.session(ANN), keys.message_index(ANN), keys.message_records(ANN), keys.outbound_stream("carrier")],
-            args=[0, "0/99999999999999-0", orjson.dumps({"n": None}).decode(), 60, 200, ANN, 0, 1, "m1", "hello"],
+            keys=[
+                keys.session(ANN),
+                keys.message_index(ANN),
+                keys.message_records(ANN),
+                keys.outbound_stream("carrier"),
+            ],
+            args=[
+                0,
+                "0/99999999999999-0",
+                orjson.dumps({"n": None}).decode(),
+                60,
+                200,
+                ANN,
+                0,
+                1,
+                "m1",
+                "hello",
+            ],
         )
         assert (status, int(version)) == (b"conflict", 1)
         assert await r.hgetall(keys.session(ANN)) == before
@@ -111,9 +139,12 @@ async def test_engine_rides_out_a_redis_restart(tmp_path: Path, carrier: Simulat
     server.start()
     try:
         cfg = _cfg(server.url, carrier)
-        async with Runtime(cfg) as rt, aiohttp.ClientSession(
-            f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
-        ) as api:
+        async with (
+            Runtime(cfg) as rt,
+            aiohttp.ClientSession(
+                f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as api,
+        ):
             await api.put(f"/v1/contacts/{ANN}", json={"fields": {"first_name": "Ann"}})
             await api.post("/v1/flows/nps/start", json={"contacts": [ANN]})
             await carrier.next_message(ANN)

@@ -41,13 +41,20 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPNotFound:
         resp = _error(NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
-        resp = _error(ApiError(f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})", code="method_not_allowed"))
+        resp = _error(
+            ApiError(
+                f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})",
+                code="method_not_allowed",
+            )
+        )
         resp.set_status(405)
     except web.HTTPException as exc:
         resp = json_response({"error": {"code": "http_error", "message": exc.reason}}, exc.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        resp = json_response({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
+        resp = json_response(
+            {"error": {"code": "internal", "message": "internal error; see the server log"}}, 500
+        )
     request.app[RUNTIME].metrics.http_request(route, resp.status, time.perf_counter() - t0)
     return resp
 

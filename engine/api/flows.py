@@ -21,7 +21,10 @@ async def start_flow(request: web.Request) -> web.Response:
     rt = runtime(request)
     name = request.match_info["flow"]
     if rt.flows.get(name) is None:
-        raise NotFound(f"no flow {name!r} (loaded: {', '.join(sorted(rt.flows.flows)) or 'none'})", code="flow_not_found")
+        raise NotFound(
+            f"no flow {name!r} (loaded: {', '.join(sorted(rt.flows.flows)) or 'none'})",
+            code="flow_not_found",
+        )
     body = await read_object(request, {"contacts", "params", "interrupt"})
     raw = body.get("contacts")
     if not isinstance(raw, list) or not raw:
@@ -43,7 +46,10 @@ async def start_flow(request: web.Request) -> web.Response:
     missing = await contacts.missing(rt.store, numbers)
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise NotFound(f"unknown contacts: {shown} (create them with PUT /v1/contacts/{{number}})", code="contact_not_found")
+        raise NotFound(
+            f"unknown contacts: {shown} (create them with PUT /v1/contacts/{{number}})",
+            code="contact_not_found",
+        )
 
     skipped: list[dict[str, str]] = []
     if not interrupt:

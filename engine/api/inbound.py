@@ -18,7 +18,10 @@ async def post_inbound(request: web.Request) -> web.Response:
     rt = runtime(request)
     gateway = request.match_info["gateway"]
     if gateway not in rt.gateways:
-        raise NotFound(f"no gateway {gateway!r} (configured: {', '.join(sorted(rt.gateways)) or 'none'})", code="gateway_not_found")
+        raise NotFound(
+            f"no gateway {gateway!r} (configured: {', '.join(sorted(rt.gateways)) or 'none'})",
+            code="gateway_not_found",
+        )
     body = await read_object(request, {"from", "to", "text", "id"})
     for key in ("from", "text", "id"):
         if key not in body:
@@ -38,7 +41,9 @@ async def post_inbound(request: web.Request) -> web.Response:
         raise Unprocessable("id", f"longer than {MAX_ID_CHARS} characters")
     if not isinstance(to, str):
         raise Unprocessable("to", "must be a string (our number or short code)")
-    res = await intake.accept_inbound(rt, gateway=gateway, contact=contact, to=to, text=text, provider_id=str(pid))
+    res = await intake.accept_inbound(
+        rt, gateway=gateway, contact=contact, to=to, text=text, provider_id=str(pid)
+    )
     if res.status == "conflict":
         raise Conflict(f"message id {pid!r} was already accepted with a different text", code="id_reused")
     return json_response(

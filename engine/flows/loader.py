@@ -142,7 +142,9 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
     )
 
 
-def _say(value: Any, line: int, node: str, errs: _Collector, env: jinja2.Environment) -> dict[str, Template] | None:
+def _say(
+    value: Any, line: int, node: str, errs: _Collector, env: jinja2.Environment
+) -> dict[str, Template] | None:
     variants: dict[str, Any]
     if isinstance(value, str):
         variants = {"": value}
@@ -168,19 +170,31 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
         return None
     for key in body:
         if key not in NODE_KEYS:
-            errs.add(body.line_of(key), name, f"unknown key {key!r} (known: {', '.join(sorted(NODE_KEYS))})")
+            errs.add(
+                body.line_of(key),
+                name,
+                f"unknown key {key!r} (known: {', '.join(sorted(NODE_KEYS))})",
+            )
     node = Node(name=name, line=line)
     if "say" in body:
         node.say = _say(body["say"], body.line_of("say"), name, errs, env)
     exits = [k for k in ("wait", "goto", "end") if k in body]
     if len(exits) != 1:
-        errs.add(line, name, "a node needs exactly one of wait (for a reply), goto (next node) or end (an outcome)")
+        errs.add(
+            line,
+            name,
+            "a node needs exactly one of wait (for a reply), goto (next node) or end (an outcome)",
+        )
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)
     if "end" in body:
         end = body["end"]
         if not (isinstance(end, str) and NAME_RE.match(end)):
-            errs.add(body.line_of("end"), name, f"end must name an outcome in lower_snake_case, got {end!r}")
+            errs.add(
+                body.line_of("end"),
+                name,
+                f"end must name an outcome in lower_snake_case, got {end!r}",
+            )
         else:
             node.end = end
     if "wait" in body:
@@ -196,7 +210,11 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
                     errs.add(body.line_of("wait"), name, f"unknown wait key {key!r} (known: save)")
             save = wait.get("save")
             if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
-                errs.add(body.line_of("wait"), name, f"save must name a result in lower_snake_case, got {save!r}")
+                errs.add(
+                    body.line_of("wait"),
+                    name,
+                    f"save must name a result in lower_snake_case, got {save!r}",
+                )
             node.save = save
         _cases(body, node, errs)
         if "default" in body:
@@ -208,7 +226,11 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
     else:
         for key in ("cases", "default", "reprompt"):
             if key in body:
-                errs.add(body.line_of(key), name, f"{key} only makes sense on a node that waits for a reply")
+                errs.add(
+                    body.line_of(key),
+                    name,
+                    f"{key} only makes sense on a node that waits for a reply",
+                )
     return node
 
 
@@ -232,7 +254,11 @@ def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
             continue
         for key in c:
             if key not in CASE_KEYS:
-                errs.add(cline, node.name, f"case {i + 1}: unknown key {key!r} (known: category, goto, when)")
+                errs.add(
+                    cline,
+                    node.name,
+                    f"case {i + 1}: unknown key {key!r} (known: category, goto, when)",
+                )
         if "when" not in c or "goto" not in c:
             errs.add(cline, node.name, f"case {i + 1} needs both when and goto")
             continue
@@ -249,7 +275,9 @@ def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
         node.cases.append(Case(test=test, goto=goto, category=str(category), line=cline))
 
 
-def _reprompt(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment) -> Reprompt | None:
+def _reprompt(
+    body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment
+) -> Reprompt | None:
     r = body["reprompt"]
     line = body.line_of("reprompt")
     if not isinstance(r, dict) or "say" not in r:
@@ -294,7 +322,11 @@ def _check_graph(flow: Flow, data: yamlsrc.LineDict, errs: _Collector) -> None:
         cur: str | None = node.name
         while cur is not None and not flow.nodes[cur].wait and flow.nodes[cur].goto:
             if cur in seen:
-                errs.add(node.line, node.name, f"loops without waiting for a reply: {' -> '.join([*seen, cur])}")
+                errs.add(
+                    node.line,
+                    node.name,
+                    f"loops without waiting for a reply: {' -> '.join([*seen, cur])}",
+                )
                 return
             seen.append(cur)
             cur = flow.nodes[cur].goto
@@ -322,13 +354,27 @@ class FlowRegistry:
                 errors.extend(exc.errors)
                 continue
             if flow.name in flows:
-                errors.append(FlowError(str(file), None, None, f"flow name {flow.name!r} is also used by {flows[flow.name].source}"))
+                errors.append(
+                    FlowError(
+                        str(file),
+                        None,
+                        None,
+                        f"flow name {flow.name!r} is also used by {flows[flow.name].source}",
+                    )
+                )
             flows[flow.name] = flow
         seen: dict[str, str] = {}
         for flow in flows.values():
             for t in flow.triggers:
                 if t in seen:
-                    errors.append(FlowError(flow.source, None, None, f"trigger {t!r} is also a trigger of flow {seen[t]!r}"))
+                    errors.append(
+                        FlowError(
+                            flow.source,
+                            None,
+                            None,
+                            f"trigger {t!r} is also a trigger of flow {seen[t]!r}",
+                        )
+                    )
                 seen[t] = flow.name
         if errors:
             raise FlowErrors(errors)

@@ -127,7 +127,9 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     assert rp is not None  # the loader refuses a waiting node with neither
     used = int(state.get("rp", 0))
     if used < rp.max:
-        d.messages.append(_pick(rp.say, contact.get("language"), flow).render(template_context(contact, d.state)))
+        d.messages.append(
+            _pick(rp.say, contact.get("language"), flow).render(template_context(contact, d.state))
+        )
         d.state["rp"] = used + 1
     elif rp.after:
         _walk(flow, rp.after, contact, d, now_ms)

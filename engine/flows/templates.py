@@ -26,9 +26,7 @@ def first_name(value: object) -> object:
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True
-    )
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True)
     env.filters["first_name"] = first_name
     return env
 

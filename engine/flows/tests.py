@@ -119,8 +119,27 @@ def _regex(arg: Any) -> ReplyTest:
     return test
 
 
-YES_WORDS = frozenset("yes y yeah yep yup ok okay sure correct confirm confirmed 👍 si oui ja sim".split())
-NO_WORDS = frozenset("no n nope nah not never cancel 👎 non nein nao".split())
+YES_WORDS = frozenset(
+    [
+        "yes",
+        "y",
+        "yeah",
+        "yep",
+        "yup",
+        "ok",
+        "okay",
+        "sure",
+        "correct",
+        "confirm",
+        "confirmed",
+        "👍",
+        "si",
+        "oui",
+        "ja",
+        "sim",
+    ]
+)
+NO_WORDS = frozenset(["no", "n", "nope", "nah", "not", "never", "cancel", "👎", "non", "nein", "nao"])
 
 
 def _yes(arg: Any) -> ReplyTest:

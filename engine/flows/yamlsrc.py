@@ -35,7 +35,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
         if key in seen:
             raise DuplicateKey(key, key_node.start_mark.line + 1)
         seen[key] = key_node.start_mark.line + 1
-    out = LineDict(loader.construct_mapping(node, deep=True))
+    out = LineDict({str(k): v for k, v in loader.construct_mapping(node, deep=True).items()})
     out.line = node.start_mark.line + 1
     out.key_lines = seen
     return out
@@ -46,4 +46,4 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 def load(text: str) -> Any:
     """Parse YAML text; mappings come back as :class:`LineDict`."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
