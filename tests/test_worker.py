@@ -151,6 +151,8 @@ async def test_engine_rides_out_a_redis_restart(tmp_path: Path, carrier: Simulat
             await asyncio.to_thread(server.stop)  # SHUTDOWN: the AOF keeps what was accepted
             async with api.get("/healthz") as r:
                 assert r.status == 503 and (await r.json())["redis"] == "unreachable"
+            async with api.post("/v1/inbound/carrier", json={"from": ANN, "text": "8", "id": "during"}) as r:
+                assert r.status == 503 and (await r.json())["error"]["code"] == "unavailable"
             await asyncio.to_thread(server.start)
             async with api.post("/v1/inbound/carrier", json={"from": ANN, "text": "8", "id": "after"}) as r:
                 assert r.status == 202

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
 
 from engine.api import contacts, conversations, flows, inbound, ops
 from engine.api.common import RUNTIME, json_response
@@ -50,6 +51,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         resp.set_status(405)
     except web.HTTPException as exc:
         resp = json_response({"error": {"code": "http_error", "message": exc.reason}}, exc.status)
+    except (RedisError, OSError) as exc:
+        # Nothing was accepted: 503 tells the provider to retry later.
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)
+        resp = json_response(
+            {"error": {"code": "unavailable", "message": "storage unavailable; retry later"}}, 503
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_response(
