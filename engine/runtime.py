@@ -123,9 +123,9 @@ class Runtime:
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+        self.http_port = runner.addresses[0][1]
+        if not self.config.api.keys:
+            log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
 
     def reply_gateway(self, inbound_gateway: str) -> str:
         """The gateway that sends a reply: the one the text came in on if it can send, else the default."""
