@@ -72,8 +72,10 @@ def parse_flow(text: str, file: str, env: jinja2.Environment | None = None) -> F
 
     env = env or make_environment()
     flow = _flow(data, file, errs, env)
-    if flow is not None and not errs.errors:
-        _check_graph(flow, data, errs)
+    if flow is not None:
+        raw_nodes = data.get("nodes")
+        declared = set(raw_nodes) if isinstance(raw_nodes, dict) else set()
+        _check_graph(flow, declared, errs)
     if errs.errors:
         raise FlowErrors(errs.errors)
     assert flow is not None
@@ -298,12 +300,16 @@ def _reprompt(
     return Reprompt(say=say or {}, max=max_, after=after)
 
 
-def _check_graph(flow: Flow, data: yamlsrc.LineDict, errs: _Collector) -> None:
+def _check_graph(flow: Flow, declared: set[str], errs: _Collector) -> None:
+    """References, reachability and goto loops. Runs even when nodes had errors of their own,
+    so one typo does not hide the rest; the walks only run over a graph whose edges all exist."""
+    dangling = False
     for node in flow.nodes.values():
         for target in node.successors():
-            if target not in flow.nodes:
+            if target not in declared:
                 errs.add(node.line, node.name, f"goes to {target!r}, which is not a node")
-    if errs.errors:
+                dangling = True
+    if dangling or flow.start not in flow.nodes or set(flow.nodes) != declared:
         return
     reachable: set[str] = set()
     todo = [flow.start]

@@ -14,15 +14,18 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from engine.errors import RenderError
 
 
-def first_name(value: object) -> object:
+@jinja2.pass_environment
+def first_name(env: jinja2.Environment, value: object) -> object:
     """``"ann MARIE smith"`` -> ``"Ann"``: the first word, capitalised.
 
-    Missing data passes through, so ``| first_name | default("there")`` works.
+    Missing or blank data comes out undefined, so ``| first_name | default("there")`` works.
     """
     if isinstance(value, jinja2.Undefined):
         return value
     words = str(value or "").split()
-    return words[0][:1].upper() + words[0][1:].lower() if words else ""
+    if not words:
+        return env.undefined(name="first_name", hint="the name is blank")
+    return words[0][:1].upper() + words[0][1:].lower()
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:

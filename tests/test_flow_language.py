@@ -1,0 +1,149 @@
+"""Flows: refused with file:line when broken, reply tests read replies as people write them,
+and no reply ever crashes a conversation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import FlowErrors
+from engine.flows import load_flow, resume, start
+from engine.flows.loader import parse_flow
+from engine.flows.tests import compile_test
+from engine.flows.text import Reply
+from tests.conftest import ROOT
+
+NPS = load_flow(ROOT / "rules/nps.yaml")
+
+
+@dataclass(frozen=True)
+class Broken:
+    label: str
+    yaml: str
+    line: int
+    node: str | None
+    says: str
+
+
+HEAD = "name: t\nstart: a\nnodes:\n"
+BROKEN = [
+    Broken("goto to a missing node", HEAD + "  a:\n    say: hi\n    goto: nowhere\n", 4, "a", "'nowhere', which is not a node"),
+    Broken("typo in a node key", HEAD + "  a:\n    sya: hi\n    end: done\n", 5, "a", "unknown key 'sya'"),
+    Broken("start names no node", "name: t\nstart: b\nnodes:\n  a: {end: x}\n", 2, None, "start names 'b'"),
+    Broken("unreachable node", HEAD + "  a: {end: x}\n  b: {end: y}\n", 5, "b", "unreachable"),
+    Broken("loop without waiting", HEAD + "  a: {goto: b}\n  b: {goto: a}\n", 4, "a", "loops without waiting"),
+    Broken("unknown reply test", HEAD + "  a:\n    wait: {}\n    cases:\n      - {when: {numbr: [1, 2]}, goto: a}\n", 7, "a", "unknown test 'numbr'"),
+    Broken("range upside down", HEAD + "  a:\n    wait: {}\n    cases:\n      - {when: {number_between: [10, 0]}, goto: a}\n", 7, "a", "low 10 is above high 0"),
+    Broken("regex that does not compile", HEAD + "  a:\n    wait: {}\n    cases:\n      - {when: {regex: '(unclosed'}, goto: a}\n", 7, "a", "does not compile"),
+    Broken("template syntax", HEAD + "  a:\n    say: 'Hi {{ contact.name '\n    end: x\n", 5, "a", "template syntax"),
+    Broken("wait with nowhere to go", HEAD + "  a:\n    say: hi\n    wait: {}\n", 4, "a", "needs cases or a default"),
+    Broken("goto and end together", HEAD + "  a: {goto: a, end: x}\n", 4, "a", "exactly one of"),
+    Broken("duplicate key", HEAD + "  a: {end: x}\n  a: {end: y}\n", 5, None, "appears twice"),
+    Broken("bad YAML", "name: t\nstart: a\nnodes:\n  a: {end: x\n", 5, None, "invalid YAML"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c.label for c in BROKEN])
+def test_broken_flow_is_refused_with_file_line_and_node(case: Broken) -> None:
+    with pytest.raises(FlowErrors) as info:
+        parse_flow(case.yaml, "rules/t.yaml")
+    hits = [e for e in info.value.errors if case.says in e.problem]
+    assert hits, [str(e) for e in info.value.errors]
+    assert hits[0].line == case.line and hits[0].node == case.node
+    assert str(hits[0]).startswith(f"rules/t.yaml:{case.line}:")
+
+
+def test_every_problem_in_a_file_is_reported_at_once() -> None:
+    text = HEAD + "  a:\n    sya: hi\n    goto: nowhere\n  b:\n    wait: {}\n"
+    with pytest.raises(FlowErrors) as info:
+        parse_flow(text, "t.yaml")
+    assert len(info.value.errors) >= 3
+
+
+@dataclass(frozen=True)
+class Said:
+    label: str
+    when: object
+    reply: str
+    value: object  # None: must not match
+
+
+SAID = [
+    Said("plain number", {"number_between": [0, 10]}, "9", 9),
+    Said("number with noise", {"number_between": [0, 10]}, " 9! ", 9),
+    Said("out of ten", {"number_between": [0, 10]}, "9/10", 9),
+    Said("number word", {"number_between": [0, 10]}, "Nine", 9),
+    Said("decimal", {"number_between": [0, 10]}, "8.5", 8.5),
+    Said("number in a sentence", {"number_between": [0, 10]}, "I'd say 7 really", 7),
+    Said("out of range", {"number_between": [0, 10]}, "11", None),
+    Said("no number", {"number_between": [0, 10]}, "great", None),
+    Said("empty", {"number_between": [0, 10]}, "", None),
+    Said("less than", {"number_less": 5}, "3", 3),
+    Said("yes word", "yes", "Yeah!", True),
+    Said("yes emoji", "yes", "ok 👍", True),
+    Said("single y", "yes", "Y", True),
+    Said("no is not yes", "yes", "no", None),
+    Said("mixed is neither", "yes", "yes no", None),
+    Said("nope", "no", "Nope", False),
+    Said("any word with accents", {"any_word": ["cafe", "tea"]}, "A Café please", "A Café please"),
+    Said("all words", {"all_words": ["fast", "cheap"]}, "cheap and FAST", "cheap and FAST"),
+    Said("all words missing one", {"all_words": ["fast", "cheap"]}, "fast", None),
+    Said("phrase", {"phrase": "call me"}, "please CALL me today", "please CALL me today"),
+    Said("phrase needs whole words", {"phrase": "call me"}, "recall meat", None),
+    Said("regex group", {"regex": r"order (\w+)"}, "Where is order A1042?", "A1042"),
+    Said("anything", "anything", " hi ", "hi"),
+    Said("anything but blank", "anything", "   ", None),
+]
+
+
+@pytest.mark.parametrize("case", SAID, ids=[c.label for c in SAID])
+def test_reply_tests_read_replies_as_people_write_them(case: Said) -> None:
+    m = compile_test(case.when)(Reply(case.reply))
+    if case.value is None:
+        assert m is None
+    else:
+        assert m is not None and m.value == case.value and type(m.value) is type(case.value)
+
+
+@pytest.mark.parametrize(
+    ("contact", "greeting"),
+    [({"first_name": "ann marie"}, "Hi Ann,"), ({}, "Hi there,"), ({"first_name": "  "}, "Hi there,")],
+    ids=["first name", "no name", "blank name"],
+)
+def test_greeting_uses_the_first_name_or_a_default(contact: dict[str, str], greeting: str) -> None:
+    assert start(NPS, contact, {}, 0).messages[0].startswith(greeting)
+
+
+def test_reprompts_then_ends_unanswered() -> None:
+    d = start(NPS, {}, {}, 0)
+    for _ in range(2):
+        d = resume(NPS, d.state, {}, "what?", 1)
+        assert d.messages == ["Sorry, please reply with a number from 0 to 10."] and d.active
+    d = resume(NPS, d.state, {}, "what?", 2)
+    assert d.messages == [] and d.outcome == "unanswered" and not d.active
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    replies=st.lists(st.text(max_size=40), min_size=1, max_size=8),
+    contact=st.fixed_dictionaries(
+        {}, optional={"first_name": st.text(max_size=20), "company": st.text(max_size=20)}
+    ),
+)
+def test_no_reply_crashes_the_flow_and_every_turn_waits_or_ends(
+    replies: list[str], contact: dict[str, str]
+) -> None:
+    d = start(NPS, contact, {}, 0)
+    for i, text in enumerate(replies):
+        if not d.active:
+            break
+        d = resume(NPS, d.state, contact, text, i + 1)
+        assert d.active or d.outcome in {"completed", "unanswered"}
+        if d.active:
+            assert d.state["n"] in NPS.nodes
+        for m in d.messages:
+            assert m.strip() and "{{" not in m
+            assert not any(bad in m for bad in (" ,", ", .", "Hi !", "you !")), m
