@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from engine.errors import RedisUnavailable
@@ -76,7 +79,11 @@ class EmbeddedRedis:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self._wait_ready(timeout)
         log.info("embedded redis-server started port=%d dir=%s", self.port, self.data_dir)
@@ -127,6 +134,13 @@ class EmbeddedRedis:
         if proc.stderr:
             proc.stderr.close()
         log.info("embedded redis-server stopped port=%d", self.port)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when Parley dies, even by SIGKILL,
+    so no orphaned redis-server keeps holding the data directory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _log_tail(path: Path) -> str:

@@ -133,3 +133,28 @@ def test_missing_redis_server_says_how_to_get_one(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RedisUnavailable, match=r"apt-get install redis-server.*redis\.url"):
         EmbeddedRedis(tmp_path).start()
+
+
+def test_embedded_redis_dies_with_a_killed_parley(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    code = (
+        "import sys, time; from engine.redis_embedded import EmbeddedRedis;"
+        f"r = EmbeddedRedis({str(tmp_path)!r}); r.start(); print(r.proc.pid, flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen(
+        [os.sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+    ) as parent:  # type: ignore[attr-defined]
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("redis-server outlived its parent")
