@@ -52,7 +52,10 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def __aenter__(self) -> EmbeddedRedis:
-        await asyncio.to_thread(self.start)
+        # Started on the calling (main) thread on purpose: Linux's parent-death signal follows
+        # the thread that forked the child, and a pool thread may go away before Parley does.
+        # It blocks start-up for a few tens of milliseconds, before anything else runs.
+        self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
