@@ -27,6 +27,7 @@ from engine.errors import RenderError
 from engine.events import Event
 from engine.flows import Decision, resume, start
 from engine.numbers import mask
+from engine.sms import encoding_of
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -163,10 +164,11 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
     for k, text in enumerate(plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
+        enc = encoding_of(text)
         rec = {
             "id": mid, "dir": "out", "text": text, "to": ev.contact, "gateway": gateway,
             "status": status, "at": now, "flow": plan.flow, "cause": ev.ref,
-            "history": [[status, now]],
+            "encoding": enc.name, "segments": enc.segments, "history": [[status, now]],
         }  # fmt: skip
         if error:
             rec["error"] = error
