@@ -98,6 +98,8 @@ class EngineConfig:
     message_log_size: int = 200
     #: How long graceful shutdown waits for in-flight turns and sends.
     shutdown_timeout: Duration = Duration(10.0)
+    #: How often due timers (wait timeouts, expiry) are moved onto the inbound streams.
+    timer_poll: Duration = Duration(0.1)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Field names are short because every accepted message is stored once in this form
     g  gateway (in)             x  text (in)                i   provider message id (in)
     to recipient address (in)   f  flow (start)             p   params json (start)
     n  "1": interrupt a conversation in progress (start)
+    tk timer kind ("w" wait timeout, "x" expiry)   tt  timer token (timer)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Event:
     flow: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     interrupt: bool = False
+    timer_kind: str = ""
+    timer_token: str = ""
 
     @property
     def ref(self) -> str:
@@ -60,6 +63,8 @@ class Event:
             flow=s(b"f"),
             params=orjson.loads(f[b"p"]) if b"p" in f else {},
             interrupt=f.get(b"n") == b"1",
+            timer_kind=s(b"tk"),
+            timer_token=s(b"tt"),
         )
 
 

@@ -9,7 +9,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:ml:{N}           zset    message log index: message id -> sequence      trimmed
     p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
     p:dd:{N}:GW:ID     string  inbound dedupe: digest of the payload          TTL = dedupe window
-    p:in:S             stream  inbound events for shard S (texts, flow starts)
+    p:in:S             stream  inbound events for shard S (texts, flow starts, fired timers)
+    p:tm:S             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
     p:out:GW           stream  outbound messages waiting for gateway GW
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
@@ -58,6 +59,16 @@ def inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:
 
 def inbound_stream(shard: int) -> str:
     return f"{PREFIX}:in:{shard}"
+
+
+def timers(shard: int) -> str:
+    return f"{PREFIX}:tm:{shard}"
+
+
+def timer_member(number: str, kind: str, token: str) -> str:
+    """A timer's identity: which contact, which kind (``w`` wait timeout, ``x`` expiry), and the
+    token that says which wait or session it belongs to (a stale timer no longer matches)."""
+    return f"{number}|{kind}|{token}"
 
 
 def outbound_stream(gateway: str) -> str:

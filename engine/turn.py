@@ -25,7 +25,8 @@ from engine import keys
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
-from engine.flows import Decision, resume, start
+from engine.flows import Decision, Flow, expire, resume, start, timeout, timers_of
+from engine.flows.runner import EXPIRED
 from engine.numbers import mask
 from engine.sms import encoding_of
 
@@ -49,15 +50,21 @@ class TurnDone:
     outcome: str | None = None
 
 
+#: An active session outlives its flow's expiry by this much, so the expiry timer finds it.
+EXPIRY_GRACE_S = 86400
+
+
 @dataclass
 class _Plan:
     result: str
     flow: str = ""
     state: dict[str, Any] | None = None  # None: leave the stored state as it is
-    ttl: int = 86400
     texts: list[str] = field(default_factory=list)
     node: str | None = None
     outcome: str | None = None
+    ttl: int = 0
+    timers_remove: list[str] = field(default_factory=list)
+    timers_add: list[tuple[str, int]] = field(default_factory=list)
 
 
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
@@ -78,6 +85,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             state = orjson.loads(sess_h[b"d"]) if b"d" in sess_h else {}
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             plan = _decide(rt, ev, state, contact)
+            _settle(rt, ev, state, plan)
             t2 = clock.monotonic()
             status, outbound_ids = await _commit(rt, ev, version, plan)
             t3 = clock.monotonic()
@@ -95,10 +103,27 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
     raise RuntimeError(f"turn {ev.ref}: lost the session race {MAX_ATTEMPTS} times")
 
 
+def _settle(rt: Runtime, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
+    """Pure: the session TTL and the timer changes that follow from the old and new state."""
+    new = plan.state if plan.state is not None else old
+    new_flow = rt.flows.get(new.get("f", "")) if new else None
+    old_flow = rt.flows.get(old.get("f", "")) if old else None
+    if new.get("n") is not None and new_flow is not None:
+        plan.ttl = int(new_flow.expire_after) + EXPIRY_GRACE_S
+    else:
+        plan.ttl = int(rt.config.engine.dedupe_window)
+    before, after = timers_of(old_flow, old), timers_of(new_flow, new)
+    plan.timers_remove = [keys.timer_member(ev.contact, k, t) for (k, t) in before if (k, t) not in after]
+    plan.timers_add = [
+        (keys.timer_member(ev.contact, k, t), due)
+        for (k, t), due in after.items()
+        if before.get((k, t)) != due
+    ]
+
+
 def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> _Plan:
     """Pure: from the loaded state and the event, what to say and what to store."""
     now = rt.clock.now_ms()
-    ended_ttl = int(rt.config.engine.dedupe_window)
     active = state.get("n") is not None
     flow = rt.flows.get(state["f"]) if active else None
     view = contact.template_view()
@@ -117,35 +142,60 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
                 if flow is not None:
                     decision = start(flow, view, {}, now)
             if decision is None:
-                return _Plan("no_reply", state=state or None, ttl=ended_ttl)
+                return _Plan("no_reply", state=state or None)
         elif ev.kind == "start":
             flow = rt.flows.get(ev.flow)
             if flow is None:
                 log.warning("start skipped: flow %s no longer loaded contact=%s", ev.flow, mask(ev.contact))
-                return _Plan("failed", flow=ev.flow, ttl=ended_ttl)
+                return _Plan("failed", flow=ev.flow)
             if active and not ev.interrupt:
-                return _Plan("skipped_active", flow=ev.flow, ttl=ended_ttl)
+                return _Plan("skipped_active", flow=ev.flow)
             decision = start(flow, view, ev.params, now)
+        elif ev.kind == "timer":
+            decision = _fire(flow, state, view, ev, now)
+            if decision is None:  # the conversation moved on since the timer was set
+                return _Plan("stale_timer", flow=state.get("f", ""))
         else:
             log.error("unknown event kind %r in %s; dropped", ev.kind, ev.ref)
-            return _Plan("failed", ttl=ended_ttl)
+            return _Plan("failed")
     except RenderError as exc:
         assert flow is not None
         log.error("turn failed flow=%s contact=%s event=%s: %s", flow.name, mask(ev.contact), ev.ref, exc)
         failed = {**state, "f": flow.name, "n": None, "o": "failed", "ea": now, "err": str(exc)}
-        return _Plan("failed", flow=flow.name, state=failed, ttl=ended_ttl, outcome="failed")
+        return _Plan("failed", flow=flow.name, state=failed, outcome="failed")
 
     assert flow is not None
-    result = "started" if ev.kind == "start" or not active else "replied"
+    if ev.kind == "timer":
+        result = "expired" if decision.outcome == EXPIRED else "timed_out"
+    else:
+        result = "started" if ev.kind == "start" or not active else "replied"
     return _Plan(
         result,
         flow=flow.name,
         state=decision.state,
-        ttl=int(flow.expire_after) if decision.active else ended_ttl,
         texts=decision.messages,
         node=decision.state.get("n"),
         outcome=decision.outcome,
     )
+
+
+def _fire(
+    flow: Flow | None, state: dict[str, Any], view: dict[str, Any], ev: Event, now: int
+) -> Decision | None:
+    """A fired timer's decision, or None when it no longer matches the session (stale)."""
+    if flow is None or state.get("n") is None:
+        return None
+    if ev.timer_kind == "x" and ev.timer_token == str(state.get("st")):
+        return expire(state, now)
+    node = flow.nodes.get(state["n"])
+    if (
+        ev.timer_kind == "w"
+        and node is not None
+        and node.timeout_goto
+        and ev.timer_token == f"{state['n']}@{state.get('ws')}"
+    ):
+        return timeout(flow, state, view, now)
+    return None
 
 
 async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[str, list[str]]:
@@ -183,11 +233,14 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             keys.message_index(ev.contact),
             keys.message_records(ev.contact),
             keys.outbound_stream(gateway or "-"),
+            keys.timers(ev.shard),
         ],
         args=[
             version, ev.ref, orjson.dumps(plan.state).decode() if plan.state is not None else "",
             max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
-            len(records) // 2, len(outbound) // 2, *records, *outbound,
+            len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
+            *records, *outbound, *plan.timers_remove,
+            *(x for member, due in plan.timers_add for x in (member, due)),
         ],
     )  # fmt: skip
     return res[0].decode(), ids

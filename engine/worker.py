@@ -60,6 +60,7 @@ class Worker:
         #: entry delivered but never received stays pending and is re-read on the next start).
         self._idle = False
         self._task: asyncio.Task[None] | None = None
+        self._timer_task: asyncio.Task[None] | None = None
         self._failures: dict[str, int] = {}
         self.healthy = False
 
@@ -68,11 +69,14 @@ class Worker:
             await ensure_group(self.rt.store.redis, stream, keys.INBOUND_GROUP)
         self.healthy = True
         self._task = asyncio.create_task(self._run(), name="parley-worker")
+        self._timer_task = asyncio.create_task(self._poll_timers(), name="parley-timers")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         """Stop reading, let the batch in hand finish (bounded by shutdown_timeout), then return."""
         self._stopping.set()
+        if self._timer_task is not None:
+            await self._timer_task  # finishes its round trip in hand, then sees the stop
         if self._task is None:
             return
         if self._idle:
@@ -133,6 +137,32 @@ class Worker:
                 log.exception("worker: unexpected error; continuing")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def fire_timers(self) -> int:
+        """Move every due timer onto its shard's stream (one round trip for all shards)."""
+        now = self.rt.clock.now_ms()
+        async with self.rt.store.redis.pipeline(transaction=False) as pipe:
+            for shard in self.streams.values():
+                await self.rt.store.run(
+                    "timers",
+                    keys=[keys.timers(shard), keys.inbound_stream(shard)],
+                    args=[now, 500],
+                    client=pipe,
+                )
+            fired = await pipe.execute()
+        return sum(int(n) for n in fired)
+
+    async def _poll_timers(self) -> None:
+        interval = self.rt.config.engine.timer_poll
+        while not self._stopping.is_set():
+            try:
+                await self.fire_timers()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("timers: Redis unavailable (%s)", exc)
+            except Exception:
+                log.exception("timers: unexpected error; continuing")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _process(self, entries: list[tuple[bytes, tuple[bytes, dict[bytes, bytes]]]]) -> bool:
         """Run a batch; ack what completed. Returns False if anything was left pending."""

@@ -2,6 +2,16 @@
 
 from engine.flows.loader import FlowRegistry, load_flow
 from engine.flows.model import Flow
-from engine.flows.runner import Decision, resume, start
+from engine.flows.runner import Decision, expire, resume, start, timeout, timers_of
 
-__all__ = ["Decision", "Flow", "FlowRegistry", "load_flow", "resume", "start"]
+__all__ = [
+    "Decision",
+    "Flow",
+    "FlowRegistry",
+    "expire",
+    "load_flow",
+    "resume",
+    "start",
+    "timeout",
+    "timers_of",
+]

@@ -19,6 +19,7 @@ import yaml
 from engine.config import parse_duration
 from engine.errors import FlowError, FlowErrors
 from engine.flows import yamlsrc
+from engine.flows.conditions import compile_condition, is_condition
 from engine.flows.model import Case, Flow, Node, Reprompt
 from engine.flows.templates import Template, make_environment
 from engine.flows.tests import TestArgError, compile_test
@@ -29,7 +30,7 @@ FLOW_KEYS = {
     "conversational",
 }  # fmt: skip
 NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end"}
-WAIT_KEYS = {"save"}
+WAIT_KEYS = {"save", "timeout"}
 CASE_KEYS = {"when", "goto", "category"}
 REPROMPT_KEYS = {"say", "max", "after"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -180,12 +181,14 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
     node = Node(name=name, line=line)
     if "say" in body:
         node.say = _say(body["say"], body.line_of("say"), name, errs, env)
-    exits = [k for k in ("wait", "goto", "end") if k in body]
+    is_split = "cases" in body and "wait" not in body
+    exits = [k for k in ("wait", "goto", "end") if k in body] + (["cases"] if is_split else [])
     if len(exits) != 1:
         errs.add(
             line,
             name,
-            "a node needs exactly one of wait (for a reply), goto (next node) or end (an outcome)",
+            "a node needs exactly one of wait (for a reply), cases + default (route on data), "
+            "goto (next node) or end (an outcome)",
         )
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)
@@ -209,7 +212,9 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
         else:
             for key in wait:
                 if key not in WAIT_KEYS:
-                    errs.add(body.line_of("wait"), name, f"unknown wait key {key!r} (known: save)")
+                    errs.add(body.line_of("wait"), name, f"unknown wait key {key!r} (known: save, timeout)")
+            if "timeout" in wait:
+                _timeout(wait["timeout"], body.line_of("wait"), node, errs)
             save = wait.get("save")
             if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
                 errs.add(
@@ -225,15 +230,37 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             node.reprompt = _reprompt(body, node, errs, env)
         if not node.cases and not node.default:
             errs.add(line, name, "a node that waits needs cases or a default")
+    elif is_split:
+        _cases(body, node, errs)
+        if "default" in body:
+            node.default = _ref(body, "default", name, errs)
+        else:
+            errs.add(line, name, "a node that routes on data needs a default for when no case matches")
+        if "reprompt" in body:
+            errs.add(
+                body.line_of("reprompt"), name, "reprompt only makes sense on a node that waits for a reply"
+            )
     else:
-        for key in ("cases", "default", "reprompt"):
+        for key in ("default", "reprompt"):
             if key in body:
-                errs.add(
-                    body.line_of(key),
-                    name,
-                    f"{key} only makes sense on a node that waits for a reply",
-                )
+                errs.add(body.line_of(key), name, f"{key} only makes sense on a node that waits or routes")
     return node
+
+
+def _timeout(spec: Any, line: int, node: Node, errs: _Collector) -> None:
+    """``timeout: {after: 4h, goto: remind}``: no reply within ``after`` -> go to ``goto``."""
+    if not (isinstance(spec, dict) and set(spec) == {"after", "goto"} and isinstance(spec["goto"], str)):
+        errs.add(line, node.name, f"timeout must be {{after: DURATION, goto: NODE}}, got {spec!r}")
+        return
+    try:
+        after = parse_duration(spec["after"])
+    except ValueError as exc:
+        errs.add(line, node.name, f"timeout after: {exc}")
+        return
+    if after < 60:
+        errs.add(line, node.name, f"timeout after must be at least 1m, got {spec['after']!r}")
+        return
+    node.timeout, node.timeout_goto = after, spec["goto"]
 
 
 def _ref(body: yamlsrc.LineDict, key: str, node: str, errs: _Collector) -> str | None:
@@ -264,17 +291,26 @@ def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
         if "when" not in c or "goto" not in c:
             errs.add(cline, node.name, f"case {i + 1} needs both when and goto")
             continue
-        try:
-            test = compile_test(c["when"])
-        except TestArgError as exc:
-            errs.add(cline, node.name, f"case {i + 1}: {exc}")
-            continue
         goto = c["goto"]
         if not isinstance(goto, str):
             errs.add(cline, node.name, f"case {i + 1}: goto must name a node")
             continue
-        category = c.get("category", goto)
-        node.cases.append(Case(test=test, goto=goto, category=str(category), line=cline))
+        category = str(c.get("category", goto))
+        try:
+            if is_condition(c["when"]):
+                cond = compile_condition(c["when"])
+                node.cases.append(Case(goto=goto, category=category, line=cline, condition=cond))
+            elif not node.wait:
+                errs.add(
+                    cline,
+                    node.name,
+                    f"case {i + 1}: reply tests need a node that waits; route on data with {{field: …}}",
+                )
+            else:
+                test = compile_test(c["when"])
+                node.cases.append(Case(goto=goto, category=category, line=cline, test=test))
+        except TestArgError as exc:
+            errs.add(cline, node.name, f"case {i + 1}: {exc}")
 
 
 def _reprompt(
@@ -322,20 +358,28 @@ def _check_graph(flow: Flow, declared: set[str], errs: _Collector) -> None:
     for node in flow.nodes.values():
         if node.name not in reachable:
             errs.add(node.line, node.name, "unreachable: no path from start leads here")
-    # A loop made only of goto edges would spin without ever waiting for the customer.
-    for node in flow.nodes.values():
-        seen: list[str] = []
-        cur: str | None = node.name
-        while cur is not None and not flow.nodes[cur].wait and flow.nodes[cur].goto:
-            if cur in seen:
-                errs.add(
-                    node.line,
-                    node.name,
-                    f"loops without waiting for a reply: {' -> '.join([*seen, cur])}",
-                )
-                return
-            seen.append(cur)
-            cur = flow.nodes[cur].goto
+    # A loop through nodes that never wait would spin without ever hearing from the customer.
+    moving = {n for n, node in flow.nodes.items() if not node.wait}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(n: str, path: list[str]) -> bool:
+        state[n] = 1
+        for nxt in flow.nodes[n].successors():
+            if nxt not in moving:
+                continue
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [n, nxt]
+                start = flow.nodes[cycle[0]]
+                errs.add(start.line, start.name, f"loops without waiting for a reply: {' -> '.join(cycle)}")
+                return True
+            if state.get(nxt) is None and visit(nxt, [*path, nxt]):
+                return True
+        state[n] = 2
+        return False
+
+    for n in sorted(moving, key=lambda k: flow.nodes[k].line):
+        if state.get(n) is None and visit(n, [n]):
+            return
 
 
 class FlowRegistry:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.flows.conditions import Condition
 from engine.flows.templates import Template
 from engine.flows.tests import ReplyTest
 
 
 @dataclass(frozen=True)
 class Case:
-    """``when`` the reply passes ``test``, save it under ``category`` and go to ``goto``."""
+    """``when`` the reply passes ``test`` (or the data meets ``condition``), save it under
+    ``category`` and go to ``goto``. Exactly one of ``test`` and ``condition`` is set."""
 
-    test: ReplyTest
     goto: str
     category: str
     line: int
+    test: ReplyTest | None = None
+    condition: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,13 @@ class Node:
     reprompt: Reprompt | None = None
     goto: str | None = None
     end: str | None = None
+    #: Seconds to wait for a reply before going to ``timeout_goto`` (reminders).
+    timeout: float | None = None
+    timeout_goto: str | None = None
 
     def successors(self) -> list[str]:
         out = [c.goto for c in self.cases]
-        out += [n for n in (self.default, self.goto) if n]
+        out += [n for n in (self.default, self.goto, self.timeout_goto) if n]
         if self.reprompt and self.reprompt.after:
             out.append(self.reprompt.after)
         return out

@@ -13,16 +13,23 @@ Session state is a small dict with short keys, because it is what Redis holds pe
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
+import phonenumbers
+
 from engine.flows.model import Flow, Node
 from engine.flows.templates import Template
+from engine.flows.tests import Match
 from engine.flows.text import Reply
 
 #: A turn that passes through more nodes than this without waiting is a flow bug.
 MAX_STEPS = 64
 UNANSWERED = "unanswered"
+EXPIRED = "expired"
 
 
 @dataclass
@@ -55,6 +62,27 @@ class ResultView:
         return "" if self.value is None else str(self.value)
 
 
+def local_date(now_ms: int, timezone: str | None) -> dt.date:
+    """The recipient's calendar date now (UTC when the contact has no valid time zone)."""
+    tz: dt.tzinfo = dt.UTC
+    if timezone:
+        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+            tz = zoneinfo.ZoneInfo(timezone)
+    return dt.datetime.fromtimestamp(now_ms / 1000, tz).date()
+
+
+def region_of(number: str | None) -> str:
+    """The region of an E.164 number (for reading numbers in replies), GB if unknown."""
+    if number:
+        try:
+            region = phonenumbers.region_code_for_number(phonenumbers.parse(number))
+        except phonenumbers.NumberParseException:
+            region = None
+        if region and region != "ZZ":
+            return str(region)
+    return "GB"
+
+
 def template_context(contact: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """The names a template can use: ``contact.*``, ``results.*``, ``params.*``."""
     return {
@@ -71,6 +99,16 @@ def _pick(variants: dict[str, Template], language: str | None, flow: Flow) -> Te
     return next(iter(variants.values()))
 
 
+def condition_data(contact: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """What ``field:`` conditions see: results by value, plus session facts."""
+    return {
+        "contact": contact,
+        "results": {k: v.get("v") for k, v in state.get("r", {}).items()},
+        "params": state.get("p", {}),
+        "session": {"flow": state.get("f"), "started_at": state.get("st")},
+    }
+
+
 def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_ms: int) -> None:
     """Say and move along from ``node_name`` until a node waits or ends the flow."""
     state = d.state
@@ -79,6 +117,13 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
         node: Node = flow.nodes[node_name]
         if node.say:
             d.messages.append(_pick(node.say, language, flow).render(template_context(contact, state)))
+        if not node.wait and node.cases:
+            data = condition_data(contact, state)
+            hit = next((c for c in node.cases if c.condition is not None and c.condition(data)), None)
+            target = hit.goto if hit else node.default
+            assert target is not None  # the loader requires a default on routing nodes
+            node_name = target
+            continue
         if node.wait:
             state["n"] = node.name
             state["ws"] = now_ms
@@ -112,9 +157,16 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     """Apply the customer's reply ``text`` to a session waiting at a node."""
     d = Decision(state={**state, "r": dict(state.get("r", {}))})
     node = flow.nodes[state["n"]]
-    reply = Reply(text)
+    reply = Reply(
+        text, today=local_date(now_ms, contact.get("timezone")), region=region_of(contact.get("number"))
+    )
+    data = condition_data(contact, state)
     for case in node.cases:
-        m = case.test(reply)
+        if case.condition is not None:
+            m = Match(text.strip()) if case.condition(data) else None
+        else:
+            assert case.test is not None
+            m = case.test(reply)
         if m is not None:
             _save(node, d, m.value, case.category, text, now_ms)
             _walk(flow, case.goto, contact, d, now_ms)
@@ -136,6 +188,34 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     else:
         _end(d, UNANSWERED, now_ms)
     return d
+
+
+def timeout(flow: Flow, state: dict[str, Any], contact: dict[str, Any], now_ms: int) -> Decision:
+    """The customer did not answer the waiting node in time: go to its ``timeout`` node."""
+    d = Decision(state={**state, "r": dict(state.get("r", {}))})
+    target = flow.nodes[state["n"]].timeout_goto
+    assert target is not None  # only scheduled for nodes with a timeout
+    _walk(flow, target, contact, d, now_ms)
+    return d
+
+
+def expire(state: dict[str, Any], now_ms: int) -> Decision:
+    """The conversation waited longer than the flow's ``expire_after``: it ends, silently."""
+    d = Decision(state=dict(state))
+    _end(d, EXPIRED, now_ms)
+    return d
+
+
+def timers_of(flow: Flow | None, state: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """The timers a state needs: {(kind, token): due ms}. ``w``: the waiting node's timeout,
+    token ``node@waiting-since``; ``x``: the session's expiry, token ``started-at``."""
+    if flow is None or state.get("n") is None:
+        return {}
+    out = {("x", str(state["st"])): int(state["st"] + flow.expire_after * 1000)}
+    node = flow.nodes.get(state["n"])
+    if node is not None and node.timeout is not None:
+        out[("w", f"{node.name}@{state['ws']}")] = int(state["ws"] + node.timeout * 1000)
+    return out
 
 
 def _save(node: Node, d: Decision, value: object, category: str, text: str, now_ms: int) -> None:

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
+
+from engine.flows.dates import parse_date, parse_time
 from engine.flows.text import Reply, fold
 
 
@@ -158,6 +161,82 @@ def _no(arg: Any) -> ReplyTest:
     return test
 
 
+def _choice(arg: Any) -> ReplyTest:
+    """``{choice: [Confirm, Rebook, Cancel]}``: "1"/"2"/"3", or the word (or its first letters)."""
+    if not (isinstance(arg, list) and arg and all(isinstance(a, str) and a.strip() for a in arg)):
+        raise TestArgError(f"choice needs a list of options, got {arg!r}")
+    options = [(fold(a), a) for a in arg]
+
+    def test(r: Reply) -> Match | None:
+        text = r.folded.strip(" .!?")
+        if text.isdigit() and 1 <= int(text) <= len(options):
+            return Match(options[int(text) - 1][1])
+        hits = {orig for key, orig in options if key in r.words or key == text}
+        if len(hits) == 1:
+            return Match(hits.pop())
+        if len(text) >= 3:
+            prefix = {orig for key, orig in options if key.startswith(text)}
+            if len(prefix) == 1:
+                return Match(prefix.pop())
+        return None
+
+    return test
+
+
+def _date(arg: Any) -> ReplyTest:
+    """``date`` or ``{date: {order: mdy}}``: a date, as ISO text (``2026-12-25``)."""
+    day_first = True
+    if isinstance(arg, dict):
+        order = arg.get("order", "dmy")
+        if order not in ("dmy", "mdy") or set(arg) - {"order"}:
+            raise TestArgError(f"date takes {{order: dmy | mdy}}, got {arg!r}")
+        day_first = order == "dmy"
+    elif arg is not None:
+        raise TestArgError(f"date takes no argument or {{order: dmy | mdy}}, got {arg!r}")
+
+    def test(r: Reply) -> Match | None:
+        d = parse_date(r.folded, r.today, day_first)
+        return Match(d.isoformat()) if d else None
+
+    return test
+
+
+def _time(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        t = parse_time(r.folded)
+        return Match(t.strftime("%H:%M")) if t else None
+
+    return test
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _has_email(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        m = _EMAIL.search(r.raw)
+        return Match(m.group(0).lower()) if m else None
+
+    return test
+
+
+def _has_phone(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        for m in phonenumbers.PhoneNumberMatcher(r.raw, r.region, leniency=phonenumbers.Leniency.POSSIBLE):
+            return Match(phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164))
+        return None
+
+    return test
+
+
+def _has_number(arg: Any) -> ReplyTest:
+    def test(r: Reply) -> Match | None:
+        n = r.number
+        return Match(_number_value(n)) if n is not None else None
+
+    return test
+
+
 def _anything(arg: Any) -> ReplyTest:
     def test(r: Reply) -> Match | None:
         return Match(r.raw.strip()) if r.raw.strip() else None
@@ -175,18 +254,24 @@ TESTS: dict[str, Callable[[Any], ReplyTest]] = {
     "all_words": _all_words,
     "phrase": _phrase,
     "regex": _regex,
+    "has_number": _has_number,
+    "choice": _choice,
+    "date": _date,
+    "time": _time,
+    "has_email": _has_email,
+    "has_phone": _has_phone,
     "yes": _yes,
     "no": _no,
     "anything": _anything,
 }
-NO_ARGUMENT = frozenset({"yes", "no", "anything"})
+NO_ARGUMENT = frozenset({"yes", "no", "anything", "date", "time", "has_email", "has_phone", "has_number"})
 
 
 def compile_test(spec: Any) -> ReplyTest:
     """Turn a ``when:`` value into a test, or raise :class:`TestArgError` saying why not."""
     if isinstance(spec, str):
         name, arg = spec, None
-        if name in TESTS and name not in NO_ARGUMENT:
+        if name in TESTS and name not in NO_ARGUMENT | {"date"}:
             raise TestArgError(f"{name} needs an argument: write {{{name}: ...}}")
     elif isinstance(spec, dict) and len(spec) == 1:
         ((name, arg),) = spec.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -28,10 +29,15 @@ def fold(text: str) -> str:
 
 @dataclass
 class Reply:
-    """One inbound text, with the views reply tests need computed lazily and at most once."""
+    """One inbound text, with the views reply tests need computed lazily and at most once.
+
+    ``today`` (the recipient's local date) anchors relative dates ("tomorrow", "friday");
+    ``region`` reads phone numbers written without a country code.
+    """
 
     raw: str
-    _cache: dict[str, object] = field(default_factory=dict, repr=False)
+    today: dt.date = field(default_factory=lambda: dt.date(2026, 1, 1))
+    region: str = "GB"
 
     @cached_property
     def folded(self) -> str:

@@ -1,18 +1,21 @@
 -- Commit one turn for one contact, atomically: compare-and-swap the session version, record
--- which inbound event was applied, log the messages, enqueue the replies.
+-- which inbound event was applied, log the messages, enqueue the replies, move the timers.
 --
 -- KEYS[1]  p:s:{N}    session hash: v (version), li (last applied event "S/ms-seq"), d (state)
 -- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
 -- KEYS[4]  p:out:GW   outbound stream of the replying gateway
+-- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
 -- ARGV[4]  session TTL in seconds
 -- ARGV[5]  message log size to keep
 -- ARGV[6]  contact number (E.164)
--- ARGV[7]  number R of message records, ARGV[8] number O of outbound messages
--- then R pairs (message id, record json), then O pairs (message id, text)
+-- ARGV[7]  R message records   ARGV[8] O outbound messages
+-- ARGV[9]  T timers to remove  ARGV[10] A timers to add
+-- then R pairs (message id, record json), O pairs (message id, text),
+--      T timer members, A pairs (timer member, due ms)
 --
 -- Returns {"ok", v} | {"dup", v} (event already applied: nothing written) | {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
@@ -44,11 +47,11 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 
-local nrec = tonumber(ARGV[7])
-local nout = tonumber(ARGV[8])
+local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
+local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 9
+local i = 11
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -57,6 +60,14 @@ for _ = 1, nrec do
 end
 for _ = 1, nout do
   redis.call('XADD', KEYS[4], '*', 'm', ARGV[i], 'c', ARGV[6], 't', ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, nrem do
+  redis.call('ZREM', KEYS[5], ARGV[i])
+  i = i + 1
+end
+for _ = 1, nadd do
+  redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[i])
   i = i + 2
 end
 
