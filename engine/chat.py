@@ -50,7 +50,7 @@ async def run_chat(
             )
         existing = await contacts.get(rt.store, contact)
         record = existing or contacts.Contact(contact)
-        record.fields = {**record.fields, **fields}
+        record.fields = {**record.fields, **fields}  # tags and the rest are kept
         record.language = language or record.language
         await contacts.upsert(rt.store, record, rt.clock.now_ms())
 

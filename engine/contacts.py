@@ -1,8 +1,10 @@
 """Contacts: the CRM's view of a customer, keyed by E.164 number.
 
-Stored as one small hash per contact (``p:c:{N}``): ``f`` fields (orjson), ``l`` language,
-``tz`` timezone, ``ca``/``ua`` created/updated (ms). ``PUT`` replaces fields, language and
-timezone as a whole: the CRM is the source of truth, so what it sends is what we hold.
+Stored as one small hash per contact (``p:c:{N}``): ``f`` fields (orjson), ``tg`` tags (orjson
+list), ``l`` language, ``tz`` timezone, ``ca``/``ua`` created/updated (ms). A flow that sets fields
+or tags writes them in its turn's commit, guarded by ``ua`` so a concurrent PUT is never lost.
+``PUT`` replaces fields, tags, language and timezone as a whole: the CRM is the source of
+truth, so what it sends is what we hold.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from engine.store import Store
 FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$")
 #: Names templates use for the contact itself; a CRM field may not shadow them.
-RESERVED_FIELDS = frozenset({"number", "language", "timezone", "fields"})
+RESERVED_FIELDS = frozenset({"number", "language", "timezone", "fields", "tags"})
+TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TAGS = 100
 MAX_FIELDS = 200
 MAX_VALUE_CHARS = 2000
 
@@ -35,11 +39,13 @@ class Contact:
     timezone: str | None = None
     created_at: int = 0
     updated_at: int = 0
+    tags: list[str] = field(default_factory=list)
 
     def template_view(self) -> dict[str, Any]:
         """``contact.*`` in templates: each field by name, plus number, language, timezone."""
         view: dict[str, Any] = dict(self.fields)
         view["fields"] = self.fields
+        view["tags"] = list(self.tags)
         view["number"] = self.number
         if self.language:
             view["language"] = self.language
@@ -58,6 +64,7 @@ class Contact:
             timezone=h[b"tz"].decode() if h.get(b"tz") else None,
             created_at=int(h.get(b"ca", 0)),
             updated_at=int(h.get(b"ua", 0)),
+            tags=orjson.loads(h[b"tg"]) if h.get(b"tg") else [],
         )
 
 
@@ -90,6 +97,17 @@ def validate_fields(value: object) -> dict[str, Any]:
     return dict(value)
 
 
+def validate_tags(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        raise Unprocessable("tags", f"must be a list of at most {MAX_TAGS} tags")
+    for i, t in enumerate(value):
+        if not isinstance(t, str) or not TAG_RE.match(t):
+            raise Unprocessable(f"tags[{i}]", "tags are letters, digits, _ and - (max 64)")
+    return list(dict.fromkeys(value))
+
+
 def validate_language(value: object) -> str | None:
     if value is None:
         return None
@@ -120,7 +138,9 @@ async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, 
     present: dict[Any, Any] = {k: v for k, v in optional.items() if v is not None}
     async with store.redis.pipeline(transaction=True) as pipe:
         pipe.hsetnx(key, "ca", now_ms)
-        pipe.hset(key, mapping={"f": orjson.dumps(contact.fields), "ua": now_ms})
+        pipe.hset(
+            key, mapping={"f": orjson.dumps(contact.fields), "tg": orjson.dumps(contact.tags), "ua": now_ms}
+        )
         if cleared:
             pipe.hdel(key, *cleared)
         if present:

@@ -65,6 +65,8 @@ class _Plan:
     ttl: int = 0
     timers_remove: list[str] = field(default_factory=list)
     timers_add: list[tuple[str, int]] = field(default_factory=list)
+    #: The contact's fields and tags after this turn, when the flow changed them.
+    contact: Contact | None = None
 
 
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
@@ -165,6 +167,16 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         return _Plan("failed", flow=flow.name, state=failed, outcome="failed")
 
     assert flow is not None
+    if decision.next_flow is not None:
+        flow, decision = _hand_off(rt, flow, decision, view, now)
+    changed = None
+    if decision.contact_updates or decision.tags_added:
+        changed = Contact(
+            ev.contact,
+            fields={**contact.fields, **decision.contact_updates},
+            tags=[*contact.tags, *decision.tags_added],
+            updated_at=contact.updated_at,
+        )
     if ev.kind == "timer":
         result = "expired" if decision.outcome == EXPIRED else "timed_out"
     else:
@@ -176,7 +188,23 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         texts=decision.messages,
         node=decision.state.get("n"),
         outcome=decision.outcome,
+        contact=changed,
     )
+
+
+def _hand_off(
+    rt: Runtime, flow: Flow, decision: Decision, view: dict[str, Any], now: int
+) -> tuple[Flow, Decision]:
+    """``start: other``: the conversation ended; the other flow starts in the same turn (the
+    loader checked it exists). The finished one's outcome and results are kept under ``prev``."""
+    nxt = rt.flows.get(decision.next_flow or "")
+    assert nxt is not None
+    then = start(nxt, view, decision.state.get("p", {}), now)
+    then.messages = decision.messages + then.messages
+    then.contact_updates = {**decision.contact_updates, **then.contact_updates}
+    then.tags_added = decision.tags_added + [t for t in then.tags_added if t not in decision.tags_added]
+    then.state["prev"] = {"f": flow.name, "o": decision.outcome, "r": decision.state.get("r", {})}
+    return nxt, then
 
 
 def _fire(
@@ -196,6 +224,19 @@ def _fire(
     ):
         return timeout(flow, state, view, now)
     return None
+
+
+def _contact_args(c: Contact | None, now: int) -> list[str | int]:
+    """ARGV[11..14] of the commit script: the contact CAS and its new fields and tags."""
+    if c is None:
+        return ["", "", "", 0]
+    # updated-at doubles as the contact's version: it must move even within one millisecond.
+    return [
+        c.updated_at,
+        orjson.dumps(c.fields).decode(),
+        orjson.dumps(c.tags).decode(),
+        max(now, c.updated_at + 1),
+    ]
 
 
 async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[str, list[str]]:
@@ -234,12 +275,13 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             keys.message_records(ev.contact),
             keys.outbound_stream(gateway or "-"),
             keys.timers(ev.shard),
+            keys.contact(ev.contact),
         ],
         args=[
             version, ev.ref, orjson.dumps(plan.state).decode() if plan.state is not None else "",
             max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
             len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
-            *records, *outbound, *plan.timers_remove,
+            *_contact_args(plan.contact, now), *records, *outbound, *plan.timers_remove,
             *(x for member, due in plan.timers_add for x in (member, due)),
         ],
     )  # fmt: skip

@@ -15,6 +15,7 @@ def contact_json(c: contacts.Contact) -> dict[str, Any]:
     return {
         "number": c.number,
         "fields": c.fields,
+        "tags": c.tags,
         "language": c.language,
         "timezone": c.timezone,
         "created_at": iso(c.created_at),
@@ -26,10 +27,11 @@ async def put_contact(request: web.Request) -> web.Response:
     """Create or replace a contact; 201 when created, 200 when replaced."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    body = await read_object(request, {"fields", "language", "timezone"})
+    body = await read_object(request, {"fields", "tags", "language", "timezone"})
     contact = contacts.Contact(
         number=number,
         fields=contacts.validate_fields(body.get("fields")),
+        tags=contacts.validate_tags(body.get("tags")),
         language=contacts.validate_language(body.get("language")),
         timezone=contacts.validate_timezone(body.get("timezone")),
     )

@@ -61,7 +61,11 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "gt": _compare(operator.gt),
     "gte": _compare(operator.ge),
     "exists": lambda v, ref: (v is not None and v != "") == bool(ref),
-    "contains": lambda v, ref: v is not None and fold(str(ref)) in fold(str(v)),
+    "contains": lambda v, ref: (
+        any(_norm(x) == _norm(ref) for x in v)
+        if isinstance(v, list)
+        else v is not None and fold(str(ref)) in fold(str(v))
+    ),
 }
 
 

@@ -29,7 +29,8 @@ FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
     "conversational",
 }  # fmt: skip
-NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end"}
+NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start"}
+TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WAIT_KEYS = {"save", "timeout"}
 CASE_KEYS = {"when", "goto", "category"}
 REPROMPT_KEYS = {"say", "max", "after"}
@@ -182,14 +183,32 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
     if "say" in body:
         node.say = _say(body["say"], body.line_of("say"), name, errs, env)
     is_split = "cases" in body and "wait" not in body
-    exits = [k for k in ("wait", "goto", "end") if k in body] + (["cases"] if is_split else [])
+    exits = [k for k in ("wait", "goto", "end", "start") if k in body] + (["cases"] if is_split else [])
     if len(exits) != 1:
         errs.add(
             line,
             name,
             "a node needs exactly one of wait (for a reply), cases + default (route on data), "
-            "goto (next node) or end (an outcome)",
+            "goto (next node), end (an outcome) or start (another flow)",
         )
+    if "set" in body:
+        _sets(body, node, errs, env)
+    if "tag" in body:
+        tags = body["tag"] if isinstance(body["tag"], list) else [body["tag"]]
+        if not all(isinstance(t, str) and TAG_RE.match(t) for t in tags):
+            errs.add(
+                body.line_of("tag"),
+                name,
+                f"tag must be a tag or a list of tags (letters, digits, _ and -), got {body['tag']!r}",
+            )
+        else:
+            node.tags = tags
+    if "start" in body:
+        target = body["start"]
+        if not (isinstance(target, str) and NAME_RE.match(target)):
+            errs.add(body.line_of("start"), name, f"start must name a flow, got {target!r}")
+        else:
+            node.start_flow = target
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)
     if "end" in body:
@@ -245,6 +264,43 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             if key in body:
                 errs.add(body.line_of(key), name, f"{key} only makes sense on a node that waits or routes")
     return node
+
+
+def _sets(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment) -> None:
+    """``set: {field: value}``: contact fields to write; text values are templates."""
+    from engine.contacts import FIELD_NAME_RE, RESERVED_FIELDS
+
+    spec, line = body["set"], body.line_of("set")
+    if not isinstance(spec, dict) or not spec:
+        errs.add(line, node.name, "set must be a mapping of contact field -> value")
+        return
+    for key, value in spec.items():
+        if not FIELD_NAME_RE.match(str(key)) or key in RESERVED_FIELDS:
+            errs.add(line, node.name, f"set: {key!r} is not a contact field name you can set")
+            continue
+        if isinstance(value, dict | list):
+            errs.add(line, node.name, f"set: {key}: values are text, numbers, true/false or null")
+            continue
+        src = value if isinstance(value, str) else "{{ literal }}"
+        try:
+            tpl = Template(env, src)
+        except jinja2.TemplateSyntaxError as exc:
+            errs.add(line, node.name, f"set: {key}: template syntax: {exc.message}")
+            continue
+        node.sets[str(key)] = tpl if isinstance(value, str) else _Literal(value)
+
+
+class _Literal(Template):
+    """A non-text value in ``set`` (a number, true/false, null), stored as it is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.source = repr(value)
+
+    def render_value(self, context: dict[str, Any]) -> Any:
+        return self.value
 
 
 def _timeout(spec: Any, line: int, node: Node, errs: _Collector) -> None:
@@ -413,6 +469,17 @@ class FlowRegistry:
                     )
                 )
             flows[flow.name] = flow
+        for flow in flows.values():
+            for node in flow.nodes.values():
+                if node.start_flow and node.start_flow not in flows:
+                    errors.append(
+                        FlowError(
+                            flow.source,
+                            node.line,
+                            node.name,
+                            f"starts flow {node.start_flow!r}, which is not loaded",
+                        )
+                    )
         seen: dict[str, str] = {}
         for flow in flows.values():
             for t in flow.triggers:

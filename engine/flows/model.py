@@ -45,6 +45,11 @@ class Node:
     #: Seconds to wait for a reply before going to ``timeout_goto`` (reminders).
     timeout: float | None = None
     timeout_goto: str | None = None
+    #: Contact fields to set (values are templates) and tags to add, when the node is reached.
+    sets: dict[str, Template] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    #: End this conversation and start this flow (an exit, like ``end``).
+    start_flow: str | None = None
 
     def successors(self) -> list[str]:
         out = [c.goto for c in self.cases]

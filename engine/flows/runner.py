@@ -30,6 +30,7 @@ from engine.flows.text import Reply
 MAX_STEPS = 64
 UNANSWERED = "unanswered"
 EXPIRED = "expired"
+HANDED_OFF = "handed_off"
 
 
 @dataclass
@@ -42,6 +43,11 @@ class Decision:
     outcome: str | None = None
     #: Names of results saved in this turn.
     saved: list[str] = field(default_factory=list)
+    #: Contact fields set and tags added in this turn.
+    contact_updates: dict[str, Any] = field(default_factory=dict)
+    tags_added: list[str] = field(default_factory=list)
+    #: The flow to start next, when the conversation ended with ``start:``.
+    next_flow: str | None = None
 
     @property
     def active(self) -> bool:
@@ -115,8 +121,21 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
     language = contact.get("language")
     for _ in range(MAX_STEPS):
         node: Node = flow.nodes[node_name]
+        if node.sets:
+            ctx = template_context(contact, state)
+            for key, tpl in node.sets.items():
+                value = tpl.render_value(ctx)
+                d.contact_updates[key] = contact[key] = value  # later templates see the new value
+        for tag in node.tags:
+            if tag not in contact.get("tags", []):
+                contact["tags"] = [*contact.get("tags", []), tag]
+                d.tags_added.append(tag)
         if node.say:
             d.messages.append(_pick(node.say, language, flow).render(template_context(contact, state)))
+        if node.start_flow is not None:
+            _end(d, HANDED_OFF, now_ms)
+            d.next_flow = node.start_flow
+            return
         if not node.wait and node.cases:
             data = condition_data(contact, state)
             hit = next((c for c in node.cases if c.condition is not None and c.condition(data)), None)

@@ -6,6 +6,7 @@ default("there") }}``): a message that says "Hi ," is worse than no message.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import jinja2
@@ -28,9 +29,55 @@ def first_name(env: jinja2.Environment, value: object) -> object:
     return words[0][:1].upper() + words[0][1:].lower()
 
 
+CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$", "AUD": "A$", "CAD": "C$", "JPY": "¥", "INR": "₹"}
+
+
+def _to_datetime(value: object) -> dt.datetime | dt.date | None:
+    if isinstance(value, dt.datetime | dt.date):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        for parse in (dt.datetime.fromisoformat, dt.date.fromisoformat):
+            try:
+                return parse(text)
+            except ValueError:
+                continue
+    return None
+
+
+@jinja2.pass_environment
+def datetime_filter(env: jinja2.Environment, value: object, fmt: str = "%a %d %b at %H:%M") -> object:
+    """``"2026-11-25T10:30"`` -> ``"Wed 25 Nov at 10:30"`` (strftime format; CRM data is ISO 8601).
+
+    Data that is missing or not a date comes out undefined, so ``| default(...)`` applies."""
+    if isinstance(value, jinja2.Undefined):
+        return value
+    when = _to_datetime(value)
+    if when is None:
+        return env.undefined(name="datetime", hint=f"{value!r} is not an ISO date")
+    return when.strftime(fmt.replace("%d", str(when.day)))  # "Wed 5 Nov", not "Wed 05 Nov"
+
+
+@jinja2.pass_environment
+def currency(env: jinja2.Environment, value: object, code: str = "GBP") -> object:
+    """``12.5 | currency("GBP")`` -> ``"£12.50"``; ``-3`` -> ``"-£3.00"``; unknown codes as ``12.50 CHF``."""
+    if isinstance(value, jinja2.Undefined):
+        return value
+    try:
+        amount = float(str(value).replace(",", ""))
+    except ValueError:
+        return env.undefined(name="currency", hint=f"{value!r} is not an amount")
+    sign = "-" if amount < 0 else ""
+    digits = f"{abs(amount):,.0f}" if code == "JPY" else f"{abs(amount):,.2f}"
+    symbol = CURRENCY_SYMBOLS.get(code.upper())
+    return f"{sign}{symbol}{digits}" if symbol else f"{sign}{digits} {code.upper()}"
+
+
 def make_environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True)
     env.filters["first_name"] = first_name
+    env.filters["datetime"] = datetime_filter
+    env.filters["currency"] = currency
     return env
 
 
@@ -42,6 +89,10 @@ class Template:
     def __init__(self, env: jinja2.Environment, source: str) -> None:
         self.source = source
         self._tpl = env.from_string(source)  # raises TemplateSyntaxError
+
+    def render_value(self, context: dict[str, Any]) -> Any:
+        """What ``set:`` stores: the rendered text."""
+        return self.render(context)
 
     def render(self, context: dict[str, Any]) -> str:
         try:

@@ -6,6 +6,7 @@
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
 -- KEYS[4]  p:out:GW   outbound stream of the replying gateway
 -- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
+-- KEYS[6]  p:c:{N}    contact hash (only written when ARGV[11] is not "")
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -14,6 +15,8 @@
 -- ARGV[6]  contact number (E.164)
 -- ARGV[7]  R message records   ARGV[8] O outbound messages
 -- ARGV[9]  T timers to remove  ARGV[10] A timers to add
+-- ARGV[11] contact change: "" none, else the contact's updated-at (ms) as loaded ("0": absent)
+-- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms)
 -- then R pairs (message id, record json), O pairs (message id, text),
 --      T timer members, A pairs (timer member, due ms)
 --
@@ -38,6 +41,9 @@ end
 if v ~= tonumber(ARGV[1]) then
   return {'conflict', v}
 end
+if ARGV[11] ~= '' and (redis.call('HGET', KEYS[6], 'ua') or '0') ~= ARGV[11] then
+  return {'conflict', v}  -- the contact changed (e.g. a CRM PUT) since the turn loaded it
+end
 
 v = v + 1
 if ARGV[3] ~= '' then
@@ -47,11 +53,16 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 
+if ARGV[11] ~= '' then
+  redis.call('HSETNX', KEYS[6], 'ca', ARGV[14])
+  redis.call('HSET', KEYS[6], 'f', ARGV[12], 'tg', ARGV[13], 'ua', ARGV[14])
+end
+
 local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 11
+local i = 15
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])

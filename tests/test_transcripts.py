@@ -1,0 +1,185 @@
+"""Conversations as data: every ``tests/transcripts/*.txt`` is played through the real engine
+(Redis stream, worker, commit, sender) with a console gateway and a fake clock.
+
+A transcript has a header, ``---``, then one step per line::
+
+    flow: appointment                  the flow under test; started first unless "by: trigger"
+    by: trigger                        the conversation starts with the customer's keyword
+    contact: +447700900123
+    clock: 2026-11-22T09:00:00Z        the fake clock's start (UTC)
+    language: en / timezone: Europe/London
+    field first_name: Ann              a contact field; JSON values (lists, numbers) are parsed
+    ---
+    < Hi Ann, ...                      what Parley must say next, exactly, in order
+    > 2                                what the customer texts
+    ~ 4h                               the clock moves on and due timers fire
+    = outcome: rebooked                checks on the state afterwards: outcome, node, result NAME,
+    = field appointment_status: rebooked    field NAME, tag
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from engine import contacts, conversations, intake
+from engine.clock import FakeClock
+from engine.config import parse_duration
+from engine.runtime import Runtime
+from engine.turn import TurnDone
+from gateways.console import ConsoleGateway
+from tests.conftest import make_config
+
+HERE = Path(__file__).parent / "transcripts"
+FILES = sorted(HERE.glob("*.txt"))
+
+
+@dataclass
+class Transcript:
+    path: Path
+    header: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    steps: list[tuple[int, str, str]] = field(default_factory=list)  # (line, kind, text)
+
+
+def parse(path: Path) -> Transcript:
+    t = Transcript(path)
+    body = False
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.rstrip()
+        if not line or line.startswith("#"):
+            continue
+        if line == "---":
+            body = True
+        elif not body:
+            key, _, value = line.partition(":")
+            if key.startswith("field "):
+                name, value = key[6:].strip(), value.strip()
+                try:
+                    t.fields[name] = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    t.fields[name] = value
+            else:
+                t.header[key.strip()] = value.strip()
+        else:
+            kind, text = line[:1], line[2:] if len(line) > 1 else ""
+            assert kind in "<>~=", f"{path}:{n}: a step starts with <, >, ~ or =, got {line!r}"
+            t.steps.append((n, kind, text))
+    return t
+
+
+class Player:
+    def __init__(self, rt: Runtime, clock: FakeClock, t: Transcript) -> None:
+        self.rt, self.clock, self.t = rt, clock, t
+        self.number = t.header.get("contact", "+447700900123")
+        self.done: asyncio.Queue[TurnDone] = asyncio.Queue()
+        assert rt.worker is not None
+        rt.worker.listeners.append(self.done.put_nowait)
+        gw = rt.gateways["console"]
+        assert isinstance(gw, ConsoleGateway)
+        self.console = gw
+        self.said: list[str] = []
+
+    async def turns(self, count: int) -> None:
+        """Wait for ``count`` turns, then for the messages they sent."""
+        sent = 0
+        for _ in range(count):
+            done = await asyncio.wait_for(self.done.get(), 5)
+            sent += len(done.outbound_ids)
+        for _ in range(sent):
+            self.said.append((await asyncio.wait_for(self.console.outbox.get(), 5)).text)
+
+    async def play(self) -> None:
+        t, rt = self.t, self.rt
+        await contacts.upsert(
+            rt.store,
+            contacts.Contact(
+                self.number,
+                dict(t.fields),
+                language=t.header.get("language"),
+                timezone=t.header.get("timezone"),
+            ),
+            self.clock.now_ms(),
+        )
+        if t.header.get("by") != "trigger":
+            await intake.enqueue_starts(rt, t.header["flow"], [self.number], {})
+            await self.turns(1)
+        for i, (line, kind, text) in enumerate(t.steps):
+            where = f"{t.path.name}:{line}"
+            if kind == "<":
+                assert self.said, f"{where}: expected Parley to say {text!r}, but it said nothing more"
+                got = self.said.pop(0)
+                assert got == text, f"{where}: Parley said\n  {got!r}\nexpected\n  {text!r}"
+                continue
+            if self.said:
+                raise AssertionError(
+                    f"{t.path.name}:{line}: Parley also said {self.said[0]!r}, not in the transcript"
+                )
+            if kind == ">":
+                await intake.accept_inbound(
+                    rt,
+                    gateway="console",
+                    contact=self.number,
+                    to="parley",
+                    text=text,
+                    provider_id=f"{where}#{i}",
+                )
+                await self.turns(1)
+            elif kind == "~":
+                self.clock.advance(parse_duration(text.strip()))
+                assert rt.worker is not None
+                await self.turns(await rt.worker.fire_timers())
+            elif kind == "=":
+                await self.check(where, text)
+        assert not self.said, f"{t.path.name}: Parley also said {self.said[0]!r} at the end"
+
+    async def check(self, where: str, text: str) -> None:
+        what, _, expected = text.partition(":")
+        expected = expected.strip()
+        state = await conversations.load_state(self.rt.store, self.number) or {}
+        contact = await contacts.get(self.rt.store, self.number)
+        assert contact is not None
+        what = what.strip()
+        if what == "outcome":
+            got: Any = state.get("o")
+        elif what == "node":
+            got = state.get("n")
+        elif what.startswith("result "):
+            got = state.get("r", {}).get(what[7:], {}).get("v")
+        elif what.startswith("field "):
+            got = contact.fields.get(what[6:])
+        elif what == "tag":
+            assert expected in contact.tags, f"{where}: tag {expected!r} not in {contact.tags}"
+            return
+        else:
+            raise AssertionError(f"{where}: unknown check {what!r}")
+        shown = got if isinstance(got, str) else orjson.dumps(got).decode()
+        assert shown == expected, f"{where}: {what} is {shown!r}, expected {expected!r}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+async def test_transcript(path: Path, redis_url: str) -> None:
+    t = parse(path)
+    start = dt.datetime.fromisoformat(
+        t.header.get("clock", "2026-11-22T09:00:00+00:00").replace("Z", "+00:00")
+    )
+    clock = FakeClock(int(start.timestamp() * 1000))
+    cfg = make_config(
+        redis_url,
+        engine={"timer_poll": "1h"},  # timers fire only when a transcript moves the clock
+        gateways={"console": {"type": "console"}},
+    )
+    async with Runtime(cfg, clock=clock, http=False) as rt:
+        await Player(rt, clock, t).play()
+
+
+def test_there_are_transcripts_for_every_shipped_flow() -> None:
+    flows = {p.stem for p in (Path(__file__).parent.parent / "rules").glob("*.yaml")}
+    covered = {parse(p).header.get("flow") for p in FILES}
+    assert flows <= covered, f"flows without a transcript: {sorted(flows - covered)}"
