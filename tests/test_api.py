@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from engine.runtime import Runtime
-from tests.conftest import ANN, API_KEY
+from tests.conftest import ANN, API_KEY, ROOT
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ async def test_healthz_and_metrics_need_no_key(rt: Runtime) -> None:
         async with s.get("/metrics") as r:
             assert r.status == 200
             text = await r.text()
-    assert health["status"] == "ok" and health["redis"] == "ok" and health["flows"] == ["nps"]
+    shipped = sorted(p.stem for p in (ROOT / "rules").glob("*.yaml"))
+    assert health["status"] == "ok" and health["redis"] == "ok" and health["flows"] == shipped
     assert "parley_turn_stage_seconds" in text
     assert 'parley_http_request_seconds_count{route="/healthz",status="200"} 1.0' in text
