@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     fsub = flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION")
     validate = fsub.add_parser("validate", help="check flow files (default: the configured flows dir)")
     validate.add_argument("paths", nargs="*", help="flow files or directories")
+    graph = fsub.add_parser("graph", help="draw a flow as a text tree (or --mermaid)")
+    graph.add_argument("flow", help="a flow name from the flows dir, or a path to a flow file")
+    graph.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart instead")
     return p
 
 
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         logs.setup(cfg.log.level, cfg.log.format)
+        if args.command == "flows" and args.flows_command == "graph":
+            return _graph(cfg, args.flow, args.mermaid)
         if args.command == "flows":
             return _validate(cfg, args.paths)
         if args.command == "run":
@@ -116,6 +121,25 @@ async def _serve(cfg: Config) -> int:
         )
         await stop.wait()
         print("parley: stopping (finishing in-flight turns and sends)", file=sys.stderr)
+    return 0
+
+
+def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
+    from engine.flows import graph
+    from engine.flows.loader import FlowRegistry, load_flow
+
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        flow = load_flow(path)
+    else:
+        registry = FlowRegistry.from_dir(cfg.engine.flows_dir)
+        found = registry.get(name)
+        if found is None:
+            raise ParleyError(
+                f"no flow {name!r} in {cfg.engine.flows_dir} (loaded: {', '.join(sorted(registry.flows))})"
+            )
+        flow = found
+    print(graph.mermaid(flow) if as_mermaid else graph.text(flow))
     return 0
 
 

@@ -147,3 +147,28 @@ def test_no_reply_crashes_the_flow_and_every_turn_waits_or_ends(
         for m in d.messages:
             assert m.strip() and "{{" not in m
             assert not any(bad in m for bad in (" ,", ", .", "Hi !", "you !")), m
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "rules").glob("*.yaml")))
+def test_graph_draws_every_node_and_every_way_out(name: str) -> None:
+    from engine.flows import graph
+
+    flow = load_flow(ROOT / "rules" / f"{name}.yaml")
+    tree, chart = graph.text(flow), graph.mermaid(flow)
+    for node in flow.nodes.values():
+        assert f" {node.name} [" in tree
+        for target in node.successors():
+            assert f"-> {target}" in tree
+            assert f"| {target}" in chart or f"--> {target}" in chart
+        if node.end:
+            assert f"end: {node.end}" in tree and f'(["end: {node.end}"])' in chart
+    assert tree.count("\n* ") + tree.startswith("* ") == 1  # exactly one start marker
+
+
+def test_graph_cli_refuses_an_unknown_flow() -> None:
+    from tests.conftest import run_parley
+
+    proc = run_parley("flows", "graph", "nope")
+    assert proc.returncode == 1 and "no flow 'nope'" in proc.stderr
+    ok = run_parley("flows", "graph", "nps", "--mermaid")
+    assert ok.returncode == 0 and ok.stdout.startswith("flowchart TD")

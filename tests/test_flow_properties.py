@@ -37,7 +37,9 @@ def _outcomes(flow_name: str) -> set[str]:
 @pytest.mark.parametrize("flow_name", sorted(REGISTRY.flows))
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), steps=actions)
-def test_no_input_crashes_a_flow_and_every_turn_waits_or_ends(flow_name: str, data: st.DataObject, steps: list[str]) -> None:
+def test_no_input_crashes_a_flow_and_every_turn_waits_or_ends(
+    flow_name: str, data: st.DataObject, steps: list[str]
+) -> None:
     flow = REGISTRY.flows[flow_name]
     known = FIELDS.get(flow_name, {})
     keep = data.draw(st.sets(st.sampled_from(sorted(known))) if known else st.just(set()))

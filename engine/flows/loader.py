@@ -352,10 +352,11 @@ def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
             errs.add(cline, node.name, f"case {i + 1}: goto must name a node")
             continue
         category = str(c.get("category", goto))
+        label = _label(c["when"])
         try:
             if is_condition(c["when"]):
                 cond = compile_condition(c["when"])
-                node.cases.append(Case(goto=goto, category=category, line=cline, condition=cond))
+                node.cases.append(Case(goto=goto, category=category, line=cline, condition=cond, label=label))
             elif not node.wait:
                 errs.add(
                     cline,
@@ -364,9 +365,19 @@ def _cases(body: yamlsrc.LineDict, node: Node, errs: _Collector) -> None:
                 )
             else:
                 test = compile_test(c["when"])
-                node.cases.append(Case(goto=goto, category=category, line=cline, test=test))
+                node.cases.append(Case(goto=goto, category=category, line=cline, test=test, label=label))
         except TestArgError as exc:
             errs.add(cline, node.name, f"case {i + 1}: {exc}")
+
+
+def _label(spec: Any) -> str:
+    if isinstance(spec, dict) and "field" in spec:
+        ops = [f"{k} {v}" for k, v in spec.items() if k != "field"]
+        return f"{spec['field']} {' '.join(ops)}"
+    if isinstance(spec, dict) and len(spec) == 1:
+        ((name, arg),) = spec.items()
+        return f"{name} {arg}"
+    return str(spec)
 
 
 def _reprompt(

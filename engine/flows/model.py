@@ -19,6 +19,8 @@ class Case:
     line: int
     test: ReplyTest | None = None
     condition: Condition | None = None
+    #: How the case was written (``number_between [9, 10]``), for graphs and logs.
+    label: str = ""
 
 
 @dataclass(frozen=True)
