@@ -6,7 +6,6 @@ import re
 
 from engine.flows.model import Flow, Node
 
-
 _TAG = re.compile(r"\{%.*?%\}")
 _EXPR = re.compile(r"\{\{\s*([\w.\[\]]+)[^}]*\}\}")
 
