@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint fmt typecheck run clean help
+.PHONY: demo test lint fmt typecheck run clean help bench-rules
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
 	@echo "make test       run the whole test suite (lint, types, pytest)"
 	@echo "make run        run the engine (HTTP API on 127.0.0.1:8080)"
 	@echo "make lint       ruff check + ruff format --check + mypy"
+	@echo "make bench-rules  decisions per second of the flow engine alone"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,10 @@ run: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+bench-rules: $(STAMP)
+	$(BIN)/python loadtests/bench_rules.py --flow nps
+	$(BIN)/python loadtests/bench_rules.py --flow appointment
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine gateways tests loadtests

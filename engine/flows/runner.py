@@ -13,13 +13,8 @@ Session state is a small dict with short keys, because it is what Redis holds pe
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
-
-import phonenumbers
 
 from engine.flows.model import Flow, Node
 from engine.flows.templates import Template
@@ -66,27 +61,6 @@ class ResultView:
 
     def __str__(self) -> str:
         return "" if self.value is None else str(self.value)
-
-
-def local_date(now_ms: int, timezone: str | None) -> dt.date:
-    """The recipient's calendar date now (UTC when the contact has no valid time zone)."""
-    tz: dt.tzinfo = dt.UTC
-    if timezone:
-        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
-            tz = zoneinfo.ZoneInfo(timezone)
-    return dt.datetime.fromtimestamp(now_ms / 1000, tz).date()
-
-
-def region_of(number: str | None) -> str:
-    """The region of an E.164 number (for reading numbers in replies), GB if unknown."""
-    if number:
-        try:
-            region = phonenumbers.region_code_for_number(phonenumbers.parse(number))
-        except phonenumbers.NumberParseException:
-            region = None
-        if region and region != "ZZ":
-            return str(region)
-    return "GB"
 
 
 def template_context(contact: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -176,10 +150,8 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     """Apply the customer's reply ``text`` to a session waiting at a node."""
     d = Decision(state={**state, "r": dict(state.get("r", {}))})
     node = flow.nodes[state["n"]]
-    reply = Reply(
-        text, today=local_date(now_ms, contact.get("timezone")), region=region_of(contact.get("number"))
-    )
-    data = condition_data(contact, state)
+    reply = Reply(text, now_ms=now_ms, timezone=contact.get("timezone"), contact_number=contact.get("number"))
+    data = condition_data(contact, state) if any(c.condition for c in node.cases) else {}
     for case in node.cases:
         if case.condition is not None:
             m = Match(text.strip()) if case.condition(data) else None

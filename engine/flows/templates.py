@@ -84,17 +84,22 @@ def make_environment() -> ImmutableSandboxedEnvironment:
 class Template:
     """A compiled template and the source it came from."""
 
-    __slots__ = ("_tpl", "source")
+    __slots__ = ("_constant", "_tpl", "source")
 
     def __init__(self, env: jinja2.Environment, source: str) -> None:
         self.source = source
         self._tpl = env.from_string(source)  # raises TemplateSyntaxError
+        # Most messages have no template syntax: render those once, here, not on every turn.
+        has_syntax = any(mark in source for mark in ("{{", "{%", "{#"))
+        self._constant = None if has_syntax else " ".join(self._tpl.render().split())
 
     def render_value(self, context: dict[str, Any]) -> Any:
         """What ``set:`` stores: the rendered text."""
         return self.render(context)
 
     def render(self, context: dict[str, Any]) -> str:
+        if self._constant is not None:
+            return self._constant
         try:
             return " ".join(self._tpl.render(context).split())
         except jinja2.UndefinedError as exc:

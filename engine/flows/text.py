@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import unicodedata
-from dataclasses import dataclass, field
-from functools import cached_property
+import zoneinfo
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 _WORD_RE = re.compile(r"[\w']+|[\U0001F300-\U0001FAFF\u2600-\u27BF]", re.UNICODE)
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?")
@@ -32,12 +34,26 @@ class Reply:
     """One inbound text, with the views reply tests need computed lazily and at most once.
 
     ``today`` (the recipient's local date) anchors relative dates ("tomorrow", "friday");
-    ``region`` reads phone numbers written without a country code.
+    ``region`` reads phone numbers written without a country code. Both are worked out only
+    if a test asks (the region lookup alone costs more than the rest of a turn's decision).
     """
 
     raw: str
-    today: dt.date = field(default_factory=lambda: dt.date(2026, 1, 1))
-    region: str = "GB"
+    now_ms: int = 1_767_225_600_000
+    timezone: str | None = None
+    contact_number: str | None = None
+
+    @cached_property
+    def today(self) -> dt.date:
+        tz: dt.tzinfo = dt.UTC
+        if self.timezone:
+            with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+                tz = zoneinfo.ZoneInfo(self.timezone)
+        return dt.datetime.fromtimestamp(self.now_ms / 1000, tz).date()
+
+    @cached_property
+    def region(self) -> str:
+        return region_of(self.contact_number)
 
     @cached_property
     def folded(self) -> str:
@@ -61,6 +77,27 @@ class Reply:
             if w in NUMBER_WORDS:
                 return float(NUMBER_WORDS[w])
         return None
+
+
+def region_of(number: str | None) -> str:
+    """The region of an E.164 number (for reading local numbers in replies), GB if unknown."""
+    if not number or not number.startswith("+"):
+        return "GB"
+    for digits in (4, 3, 2):  # country calling codes are 1 to 3 digits
+        region = _region_for_code(number[1:digits])
+        if region:
+            return region
+    return "GB"
+
+
+@lru_cache(maxsize=512)
+def _region_for_code(code: str) -> str | None:
+    import phonenumbers
+
+    if not code.isdigit():
+        return None
+    region: str = phonenumbers.region_code_for_country_code(int(code))
+    return None if region == "ZZ" else region
 
 
 def _to_number(s: str) -> float:
