@@ -19,14 +19,25 @@ from engine.flows import FlowRegistry, resume, start
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
-    "nps": [["9", "Fast delivery"], ["meh", "4", "Late again"], ["seven", "Cheaper shipping"], ["10/10!", "All good"]],
+    "nps": [
+        ["9", "Fast delivery"],
+        ["meh", "4", "Late again"],
+        ["seven", "Cheaper shipping"],
+        ["10/10!", "All good"],
+    ],
     "csat": [["5"], ["2", "Answer faster"], ["x", "3", "Rude"]],
     "appointment": [["1"], ["2", "2"], ["3", "yes"]],
 }
 CONTACTS = [
     {"first_name": "Ann", "company": "Acme", "number": "+447700900123", "tags": []},
     {"number": "+447700900456", "tags": []},
-    {"first_name": "raj kumar", "appointment_at": "2026-11-25T10:30", "alt_slots": ["2026-11-26T09:00", "2026-11-27T14:00"], "number": "+447700900789", "tags": []},
+    {
+        "first_name": "raj kumar",
+        "appointment_at": "2026-11-25T10:30",
+        "alt_slots": ["2026-11-26T09:00", "2026-11-27T14:00"],
+        "number": "+447700900789",
+        "tags": [],
+    },
 ]
 
 
@@ -58,7 +69,9 @@ def main() -> None:
     run(args.flow, 0.5)  # warm-up
     n, elapsed = run(args.flow, args.seconds)
     print(f"flow {args.flow}: {n:,} decisions in {elapsed:.2f}s = {n / elapsed:,.0f} decisions/s on one core")
-    print(f"  python {platform.python_version()}, {platform.machine()}, {platform.processor() or platform.platform()}")
+    print(
+        f"  python {platform.python_version()}, {platform.machine()}, {platform.processor() or platform.platform()}"
+    )
 
 
 if __name__ == "__main__":

@@ -93,10 +93,12 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
     """Say and move along from ``node_name`` until a node waits or ends the flow."""
     state = d.state
     language = contact.get("language")
+    # Results do not change during a walk, and ``set`` updates ``contact`` in place, so one
+    # context serves every message of the turn.
+    ctx = template_context(contact, state)
     for _ in range(MAX_STEPS):
         node: Node = flow.nodes[node_name]
         if node.sets:
-            ctx = template_context(contact, state)
             for key, tpl in node.sets.items():
                 value = tpl.render_value(ctx)
                 d.contact_updates[key] = contact[key] = value  # later templates see the new value
@@ -105,7 +107,7 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
                 contact["tags"] = [*contact.get("tags", []), tag]
                 d.tags_added.append(tag)
         if node.say:
-            d.messages.append(_pick(node.say, language, flow).render(template_context(contact, state)))
+            d.messages.append(_pick(node.say, language, flow).render(ctx))
         if node.start_flow is not None:
             _end(d, HANDED_OFF, now_ms)
             d.next_flow = node.start_flow
