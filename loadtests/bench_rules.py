@@ -69,9 +69,8 @@ def main() -> None:
     run(args.flow, 0.5)  # warm-up
     n, elapsed = run(args.flow, args.seconds)
     print(f"flow {args.flow}: {n:,} decisions in {elapsed:.2f}s = {n / elapsed:,.0f} decisions/s on one core")
-    print(
-        f"  python {platform.python_version()}, {platform.machine()}, {platform.processor() or platform.platform()}"
-    )
+    where = platform.processor() or platform.platform()
+    print(f"  python {platform.python_version()}, {platform.machine()}, {where}")
 
 
 if __name__ == "__main__":
