@@ -113,6 +113,26 @@ async def _serve(cfg: Config) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with Runtime(cfg) as rt:
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                await rt.reload_flows()
+            except FlowErrors as exc:
+                print(
+                    f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):",
+                    file=sys.stderr,
+                )
+                for e in exc.errors:
+                    print(f"  {e}", file=sys.stderr)
+
+        def on_hup() -> None:
+            task = asyncio.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         print(
             f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port} "
             f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}); "

@@ -14,6 +14,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:out:GW           stream  outbound messages waiting for gateway GW
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
+    p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
 
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
 one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
@@ -77,6 +78,10 @@ def outbound_stream(gateway: str) -> str:
 
 def dead_letters() -> str:
     return f"{PREFIX}:dead"
+
+
+def flow_source(name: str, digest: str) -> str:
+    return f"{PREFIX}:flow:{name}:{digest}"
 
 
 def provider_id(gateway: str, pid: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine import flow_versions
 from engine.clock import Clock
 from engine.config import Config
 from engine.flows import FlowRegistry
@@ -95,6 +96,7 @@ class Runtime:
         self._store = Store.connect(url, cfg.redis)
         self._stack.push_async_callback(self._store.close)
         await self._store.ping()
+        await flow_versions.publish(self._store, self.flows)
         for name, raw in cfg.gateways.items():
             self.gateways[name] = await self._stack.enter_async_context(build_gateway(name, raw))
         if self._want["senders"]:
@@ -126,6 +128,16 @@ class Runtime:
         self.http_port = runner.addresses[0][1]
         if not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
+
+    async def reload_flows(self) -> FlowRegistry:
+        """Load the flows directory again. New conversations take the new files; conversations
+        in progress finish on their version. An invalid set raises FlowErrors and changes nothing."""
+        fresh = FlowRegistry.from_dir(self.config.engine.flows_dir)
+        fresh.succeed(self.flows)
+        await flow_versions.publish(self.store, fresh)
+        self.flows = fresh
+        log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
+        return fresh
 
     def reply_gateway(self, inbound_gateway: str) -> str:
         """The gateway that sends a reply: the one the text came in on if it can send, else the default."""

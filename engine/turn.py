@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine import keys
+from engine import flow_versions, keys
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
@@ -85,6 +85,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             t1 = clock.monotonic()
             version = int(sess_h.get(b"v", 0))
             state = orjson.loads(sess_h[b"d"]) if b"d" in sess_h else {}
+            await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             plan = _decide(rt, ev, state, contact)
             _settle(rt, ev, state, plan)
@@ -108,8 +109,8 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
 def _settle(rt: Runtime, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
     """Pure: the session TTL and the timer changes that follow from the old and new state."""
     new = plan.state if plan.state is not None else old
-    new_flow = rt.flows.get(new.get("f", "")) if new else None
-    old_flow = rt.flows.get(old.get("f", "")) if old else None
+    new_flow = rt.flows.for_state(new) if new else None
+    old_flow = rt.flows.for_state(old) if old else None
     if new.get("n") is not None and new_flow is not None:
         plan.ttl = int(new_flow.expire_after) + EXPIRY_GRACE_S
     else:
@@ -127,7 +128,7 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
     """Pure: from the loaded state and the event, what to say and what to store."""
     now = rt.clock.now_ms()
     active = state.get("n") is not None
-    flow = rt.flows.get(state["f"]) if active else None
+    flow = rt.flows.for_state(state) if active else None
     view = contact.template_view()
     if active and (flow is None or state["n"] not in flow.nodes):
         # The flow was removed or no longer has this node: end cleanly instead of guessing.

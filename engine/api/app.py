@@ -89,6 +89,7 @@ def build_app(rt: Runtime) -> web.Application:
     app[RUNTIME] = rt
     app.router.add_put("/v1/contacts/{number}", contacts.put_contact)
     app.router.add_get("/v1/contacts/{number}", contacts.get_contact)
+    app.router.add_post("/v1/flows:reload", flows.reload_flows)
     app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
     app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)

@@ -7,9 +7,31 @@ from aiohttp import web
 
 from engine import contacts, intake, keys
 from engine.api.common import json_response, number_param, read_object, runtime
-from engine.errors import NotFound, Unprocessable
+from engine.errors import FlowErrors, NotFound, Unprocessable
 
 MAX_CONTACTS = 10_000
+
+
+async def reload_flows(request: web.Request) -> web.Response:
+    """Reload the flows directory: 200 with the loaded versions, or 422 listing every problem
+    (nothing changes then). Conversations in progress finish on the version they started with."""
+    rt = runtime(request)
+    try:
+        registry = await rt.reload_flows()
+    except FlowErrors as exc:
+        return json_response(
+            {
+                "error": {
+                    "code": "invalid_flows",
+                    "message": f"{len(exc.errors)} problem(s); the flows in use are unchanged",
+                    "problems": [str(e) for e in exc.errors],
+                }
+            },
+            422,
+        )
+    return json_response(
+        {"flows": {f.name: {"version": f.version, "digest": f.digest} for f in registry.flows.values()}}
+    )
 
 
 async def start_flow(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ template syntax, and nodes with nowhere to go.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def parse_flow(text: str, file: str, env: jinja2.Environment | None = None) -> F
 
     env = env or make_environment()
     flow = _flow(data, file, errs, env)
+    if flow is not None:
+        flow.text = text
+        flow.digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
     if flow is not None:
         raw_nodes = data.get("nodes")
         declared = set(raw_nodes) if isinstance(raw_nodes, dict) else set()
@@ -450,11 +454,34 @@ def _check_graph(flow: Flow, declared: set[str], errs: _Collector) -> None:
 
 
 class FlowRegistry:
-    """The loaded flows by name. Loading refuses the whole set if any file is invalid."""
+    """The loaded flows by name, plus every version seen by this process by (name, digest).
+
+    New conversations take the current file; a conversation finishes on the version it started
+    with (its state records the digest). Loading refuses the whole set if any file is invalid.
+    """
 
     def __init__(self, flows: dict[str, Flow]) -> None:
         self.flows = flows
         self._triggers = {t: f for f in flows.values() for t in f.triggers}
+        self.versions: dict[tuple[str, str], Flow] = {(f.name, f.digest): f for f in flows.values()}
+
+    def for_state(self, state: dict[str, Any]) -> Flow | None:
+        """The flow version a session runs on: pinned by digest, else the current one."""
+        name, digest = state.get("f", ""), state.get("fh")
+        if digest:
+            return self.versions.get((name, digest))
+        return self.flows.get(name)
+
+    def knows(self, state: dict[str, Any]) -> bool:
+        return not state.get("fh") or (state.get("f", ""), state["fh"]) in self.versions
+
+    def remember(self, flow: Flow) -> None:
+        self.versions[(flow.name, flow.digest)] = flow
+
+    def succeed(self, old: FlowRegistry) -> None:
+        """Keep the versions an older registry knew (sessions may still be on them)."""
+        for key, flow in old.versions.items():
+            self.versions.setdefault(key, flow)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> FlowRegistry:

@@ -5,7 +5,8 @@ loads the state before and commits the Decision after (see ``engine/turn.py``).
 
 Session state is a small dict with short keys, because it is what Redis holds per conversation:
 
-    f   flow name            fv  flow version       n   node waiting for a reply (None: ended)
+    f   flow name            fv  flow version       fh  flow digest (the exact version it runs on)
+    n   node waiting for a reply (None: ended)
     st  started (ms)         ws  waiting since (ms) rp  reprompts used at this node
     r   results {name: {v: value, c: category, t: text, at: ms}}
     p   start parameters     o   outcome once ended  ea  ended at (ms)
@@ -143,7 +144,9 @@ def _end(d: Decision, outcome: str, now_ms: int) -> None:
 
 def start(flow: Flow, contact: dict[str, Any], params: dict[str, Any], now_ms: int) -> Decision:
     """Start ``flow`` for a contact: a fresh session, walked from the start node."""
-    d = Decision(state={"f": flow.name, "fv": flow.version, "st": now_ms, "r": {}, "p": params})
+    d = Decision(
+        state={"f": flow.name, "fv": flow.version, "fh": flow.digest, "st": now_ms, "r": {}, "p": params}
+    )
     _walk(flow, flow.start, contact, d, now_ms)
     return d
 
