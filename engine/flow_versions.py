@@ -38,7 +38,7 @@ async def ensure(store: Store, registry: FlowRegistry, state: dict[str, Any]) ->
         log.warning("flow %s version %s is gone; its conversations end as flow_changed", name, digest)
         return
     try:
-        flow = parse_flow(text.decode(), f"{name}@{digest}")
+        flow = parse_flow(text.decode() if isinstance(text, bytes) else text, f"{name}@{digest}")
     except FlowErrors as exc:  # cannot happen for a source that loaded once, unless code changed
         log.error("flow %s version %s no longer compiles: %s", name, digest, exc)
         return

@@ -21,9 +21,11 @@ nodes:
 """
 
 
-async def _message(api: aiohttp.ClientSession, index: int = -1) -> dict:
+async def _message(api: aiohttp.ClientSession, index: int = -1) -> dict | None:
+    """The contact's message at ``index``, or None while the log is still empty."""
     async with api.get("/v1/messages", params={"contact": ANN}) as r:
-        return (await r.json())["messages"][index]
+        messages = (await r.json())["messages"]
+    return messages[index] if messages else None
 
 
 async def _settled(api: aiohttp.ClientSession) -> dict:
@@ -31,7 +33,7 @@ async def _settled(api: aiohttp.ClientSession) -> dict:
 
     async def probe() -> dict | None:
         rec = await _message(api)
-        return rec if rec["status"] != "queued" else None
+        return rec if rec is not None and rec["status"] != "queued" else None
 
     result: dict = await eventually(probe)
     return result
