@@ -142,7 +142,7 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
                 decision = resume(flow, state, view, ev.text, now)
             else:
                 flow = rt.flows.by_trigger(ev.text)
-                if flow is not None:
+                if flow is not None and not missing_fields(flow, contact):
                     decision = start(flow, view, {}, now)
             if decision is None:
                 return _Plan("no_reply", state=state or None)
@@ -153,6 +153,15 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
                 return _Plan("failed", flow=ev.flow)
             if active and not ev.interrupt:
                 return _Plan("skipped_active", flow=ev.flow)
+            lacking = missing_fields(flow, contact)
+            if lacking:
+                log.info(
+                    "start skipped flow=%s contact=%s missing=%s",
+                    flow.name,
+                    mask(ev.contact),
+                    ",".join(lacking),
+                )
+                return _Plan("skipped_missing_fields", flow=ev.flow)
             decision = start(flow, view, ev.params, now)
         elif ev.kind == "timer":
             decision = _fire(flow, state, view, ev, now)
@@ -191,6 +200,11 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         outcome=decision.outcome,
         contact=changed,
     )
+
+
+def missing_fields(flow: Flow, contact: Contact) -> list[str]:
+    """The fields ``flow`` requires that the contact lacks (empty values count as missing)."""
+    return [f for f in flow.fields if contact.fields.get(f) in (None, "", [])]
 
 
 def _hand_off(

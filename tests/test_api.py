@@ -146,6 +146,16 @@ async def test_contact_upsert_normalises_and_replaces(api: aiohttp.ClientSession
     assert got["created_at"] == created["created_at"]
 
 
+async def test_start_skips_contacts_missing_a_required_field(api: aiohttp.ClientSession) -> None:
+    await api.put(f"/v1/contacts/{ANN}", json={"fields": {"first_name": "Ann"}})
+    await api.put("/v1/contacts/+447700900456", json={"fields": {"appointment_at": "2026-11-25T10:30"}})
+    async with api.post("/v1/flows/appointment/start", json={"contacts": [ANN, "+447700900456"]}) as r:
+        body = await r.json()
+    assert r.status == 202
+    assert body["skipped"] == [{"contact": ANN, "reason": "missing_fields", "fields": "appointment_at"}]
+    assert [s["contact"] for s in body["started"]] == ["+447700900456"]
+
+
 async def test_conversation_of_contact_without_one(api: aiohttp.ClientSession) -> None:
     await api.put(f"/v1/contacts/{ANN}", json={})
     async with api.get(f"/v1/conversations/{ANN}") as r:

@@ -43,6 +43,8 @@ BROKEN = [
     Broken("goto and end together", HEAD + "  a: {goto: a, end: x}\n", 4, "a", "exactly one of"),
     Broken("duplicate key", HEAD + "  a: {end: x}\n  a: {end: y}\n", 5, None, "appears twice"),
     Broken("bad YAML", "name: t\nstart: a\nnodes:\n  a: {end: x\n", 5, None, "invalid YAML"),
+    Broken("typo in a contact field", HEAD + "  a:\n    say: |-\n      Hi\n      {{ contact.frist_name }}\n    end: x\n", 7, "a", "uses contact.frist_name, which the flow does not require"),
+    Broken("field used in a set without a default", HEAD + "  a:\n    set:\n      x: '{{ contact.y }}'\n    end: x\n", 6, "a", "uses contact.y"),
 ]  # fmt: skip
 
 
@@ -54,6 +56,22 @@ def test_broken_flow_is_refused_with_file_line_and_node(case: Broken) -> None:
     assert hits, [str(e) for e in info.value.errors]
     assert hits[0].line == case.line and hits[0].node == case.node
     assert str(hits[0]).startswith(f"rules/t.yaml:{case.line}:")
+
+
+def test_a_required_field_or_a_guard_makes_a_contact_field_acceptable() -> None:
+    text = "name: t\nfields: [first_name]\nstart: a\nnodes:\n  a:\n    say: '{{ contact.first_name }} {{ contact.company | default(\"\") }} {{ contact.number }}'\n    end: x\n"
+    assert parse_flow(text, "t.yaml").fields == ["first_name"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [("ann marie", "Ann"), ("ANN", "Ann"), ("McDonald", "McDonald"), ("jean-luc", "Jean-Luc"), (".A", "A"),
+     ("...", "there"), ('"Bob"', "Bob"), (" 123 ", "there"), ("", "there")],
+)  # fmt: skip
+def test_first_name_filter(raw: str, shown: str) -> None:
+    from engine.flows.templates import Template, make_environment
+
+    assert Template(make_environment(), '{{ n | first_name | default("there") }}').render({"n": raw}) == shown
 
 
 def test_every_problem_in_a_file_is_reported_at_once() -> None:

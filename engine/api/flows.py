@@ -8,6 +8,7 @@ from aiohttp import web
 from engine import contacts, intake, keys
 from engine.api.common import json_response, number_param, read_object, runtime
 from engine.errors import FlowErrors, NotFound, Unprocessable
+from engine.turn import missing_fields
 
 MAX_CONTACTS = 10_000
 
@@ -73,15 +74,24 @@ async def start_flow(request: web.Request) -> web.Response:
             code="contact_not_found",
         )
 
+    flow = rt.flows.get(name)
+    assert flow is not None
+    async with rt.store.redis.pipeline(transaction=False) as pipe:
+        for n in numbers:
+            pipe.hget(keys.session(n), "d")
+            pipe.hget(keys.contact(n), "f")
+        loaded = await pipe.execute()
     skipped: list[dict[str, str]] = []
-    if not interrupt:
-        async with rt.store.redis.pipeline(transaction=False) as pipe:
-            for n in numbers:
-                pipe.hget(keys.session(n), "d")
-            states = await pipe.execute()
-        busy = {n for n, s in zip(numbers, states, strict=True) if s and orjson.loads(s).get("n") is not None}
-        skipped = [{"contact": n, "reason": "in_conversation"} for n in numbers if n in busy]
-        numbers = [n for n in numbers if n not in busy]
+    ready: list[str] = []
+    for n, state, fields in zip(numbers, loaded[::2], loaded[1::2], strict=True):
+        lacking = missing_fields(flow, contacts.Contact(n, orjson.loads(fields or b"{}")))
+        if lacking:
+            skipped.append({"contact": n, "reason": "missing_fields", "fields": ",".join(lacking)})
+        elif not interrupt and state and orjson.loads(state).get("n") is not None:
+            skipped.append({"contact": n, "reason": "in_conversation"})
+        else:
+            ready.append(n)
+    numbers = ready
     ids = await intake.enqueue_starts(rt, name, numbers, params, interrupt=interrupt) if numbers else []
     started = [{"contact": n, "event_id": i} for n, i in zip(numbers, ids, strict=True)]
     return json_response({"flow": name, "started": started, "skipped": skipped}, 202)

@@ -21,6 +21,7 @@ from engine.config import parse_duration
 from engine.errors import FlowError, FlowErrors
 from engine.flows import yamlsrc
 from engine.flows.conditions import compile_condition, is_condition
+from engine.flows.fields import BUILT_IN, unguarded
 from engine.flows.model import Case, Flow, Node, Reprompt
 from engine.flows.templates import Template, make_environment
 from engine.flows.tests import TestArgError, compile_test
@@ -28,7 +29,7 @@ from engine.flows.text import fold
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational",
+    "conversational", "fields",
 }  # fmt: skip
 NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start"}
 TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -42,6 +43,19 @@ class _Collector:
     def __init__(self, file: str) -> None:
         self.file = file
         self.errors: list[FlowError] = []
+        #: (node, contact field, line) for every unguarded ``contact.X`` in a template.
+        self.uses: list[tuple[str, str, int]] = []
+
+    def template(self, env: jinja2.Environment, source: str, line: int, node: str) -> Template | None:
+        """Compile one template, noting its unguarded contact fields; None on a syntax error."""
+        try:
+            tpl = Template(env, source)
+        except jinja2.TemplateSyntaxError as exc:
+            self.add(line + max(exc.lineno - 1, 0), node, f"template syntax: {exc.message}")
+            return None
+        for field_name, at in unguarded(env.parse(source)):
+            self.uses.append((node, field_name, line + at - 1))
+        return tpl
 
     def add(self, line: int | None, node: str | None, problem: str) -> None:
         self.errors.append(FlowError(self.file, line, node, problem))
@@ -116,6 +130,10 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
     if not isinstance(language, str):
         errs.add(d.line_of("language"), None, "language must be a language code like en")
         language = "en"
+    required = d.get("fields", [])
+    if not (isinstance(required, list) and all(isinstance(f, str) and f for f in required)):
+        errs.add(d.line_of("fields"), None, "fields must be a list of the contact fields this flow requires")
+        required = []
     conversational = d.get("conversational", True)
     if not isinstance(conversational, bool):
         errs.add(d.line_of("conversational"), None, "conversational must be true or false")
@@ -131,6 +149,16 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
                 node = _node(node_name, body, raw_nodes.line_of(node_name), errs, env)
                 if node is not None:
                     nodes[node_name] = node
+    declared = BUILT_IN | set(required)
+    for node_name, field_name, at in errs.uses:
+        set_here = node_name in nodes and field_name in nodes[node_name].sets  # set before it speaks
+        if field_name not in declared and not set_here:
+            errs.add(
+                at,
+                node_name,
+                f"uses contact.{field_name}, which the flow does not require: add it to fields: "
+                f"(contacts without it are not started) or write contact.{field_name} | default(...)",
+            )
     start = d.get("start")
     if "start" in d and isinstance(raw_nodes, dict) and start not in raw_nodes:
         errs.add(d.line_of("start"), None, f"start names {start!r}, which is not a node")
@@ -147,6 +175,7 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
         triggers=[fold(t) for t in triggers],
         expire_after=expire,
         conversational=conversational,
+        fields=list(required),
     )
 
 
@@ -154,19 +183,21 @@ def _say(
     value: Any, line: int, node: str, errs: _Collector, env: jinja2.Environment
 ) -> dict[str, Template] | None:
     variants: dict[str, Any]
+    lines: dict[str, int] = {}
     if isinstance(value, str):
         variants = {"": value}
     elif isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
         variants = {str(k): v for k, v in value.items()}
+        if isinstance(value, yamlsrc.LineDict):
+            lines = {k: value.value_line(k) for k in variants}
     else:
         errs.add(line, node, "say must be text, or a mapping of language -> text")
         return None
     out: dict[str, Template] = {}
     for lang, src in variants.items():
-        try:
-            out[lang] = Template(env, src)
-        except jinja2.TemplateSyntaxError as exc:
-            errs.add(line + max(exc.lineno - 1, 0), node, f"template syntax: {exc.message}")
+        tpl = errs.template(env, src, lines.get(lang, line), node)
+        if tpl is not None:
+            out[lang] = tpl
     return out
 
 
@@ -185,7 +216,7 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             )
     node = Node(name=name, line=line)
     if "say" in body:
-        node.say = _say(body["say"], body.line_of("say"), name, errs, env)
+        node.say = _say(body["say"], body.value_line("say"), name, errs, env)
     is_split = "cases" in body and "wait" not in body
     exits = [k for k in ("wait", "goto", "end", "start") if k in body] + (["cases"] if is_split else [])
     if len(exits) != 1:
@@ -285,13 +316,13 @@ def _sets(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
         if isinstance(value, dict | list):
             errs.add(line, node.name, f"set: {key}: values are text, numbers, true/false or null")
             continue
-        src = value if isinstance(value, str) else "{{ literal }}"
-        try:
-            tpl = Template(env, src)
-        except jinja2.TemplateSyntaxError as exc:
-            errs.add(line, node.name, f"set: {key}: template syntax: {exc.message}")
+        if not isinstance(value, str):
+            node.sets[str(key)] = _Literal(value)
             continue
-        node.sets[str(key)] = tpl if isinstance(value, str) else _Literal(value)
+        at = spec.value_line(str(key)) if isinstance(spec, yamlsrc.LineDict) else line
+        tpl = errs.template(env, value, at, node.name)
+        if tpl is not None:
+            node.sets[str(key)] = tpl
 
 
 class _Literal(Template):

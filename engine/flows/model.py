@@ -74,6 +74,8 @@ class Flow:
     expire_after: float = 7 * 86400.0
     #: Replies in a conversational flow are answers the customer asked for (cap-exempt later).
     conversational: bool = True
+    #: Contact fields the flow requires; a contact without one of them is not started.
+    fields: list[str] = field(default_factory=list)
     #: Digest of the source text: the version a session is pinned to (no manual bump needed).
     digest: str = ""
     #: The YAML it was compiled from (kept in Redis so a session can finish on it).

@@ -7,6 +7,7 @@ default("there") }}``): a message that says "Hi ," is worse than no message.
 from __future__ import annotations
 
 import datetime as dt
+import string
 from typing import Any
 
 import jinja2
@@ -17,16 +18,21 @@ from engine.errors import RenderError
 
 @jinja2.pass_environment
 def first_name(env: jinja2.Environment, value: object) -> object:
-    """``"ann MARIE smith"`` -> ``"Ann"``: the first word, capitalised.
+    """``"ann MARIE smith"`` -> ``"Ann"``: the first word, capitalised (``"jean-luc"`` ->
+    ``"Jean-Luc"``; a mixed-case name such as ``"McDonald"`` is kept as written).
 
-    Missing or blank data comes out undefined, so ``| first_name | default("there")`` works.
+    Missing or blank data, or a "name" without a letter in it (``"."``, ``"123"``), comes out
+    undefined, so ``| first_name | default("there")`` works.
     """
     if isinstance(value, jinja2.Undefined):
         return value
     words = str(value or "").split()
-    if not words:
-        return env.undefined(name="first_name", hint="the name is blank")
-    return words[0][:1].upper() + words[0][1:].lower()
+    word = words[0].strip(string.punctuation) if words else ""
+    if not any(c.isalpha() for c in word):
+        return env.undefined(name="first_name", hint="no usable name")
+    if word.islower() or word.isupper():  # "ANN", "jean-luc": re-case; "McDonald": keep
+        word = "-".join(part[:1].upper() + part[1:].lower() for part in word.split("-"))
+    return word
 
 
 CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$", "AUD": "A$", "CAD": "C$", "JPY": "¥", "INR": "₹"}

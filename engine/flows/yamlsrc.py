@@ -11,11 +11,18 @@ import yaml
 class LineDict(dict[str, Any]):
     """A mapping from YAML that knows its own line and the line of each key."""
 
-    line: int = 0
-    key_lines: dict[str, int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict[str, int] = {}
+        self.value_lines: dict[str, int] = {}
 
     def line_of(self, key: str) -> int:
         return self.key_lines.get(key, self.line)
+
+    def value_line(self, key: str) -> int:
+        """Where the value's text starts: the line after the key for ``|`` and ``>`` blocks."""
+        return self.value_lines.get(key, self.line_of(key))
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -42,14 +49,18 @@ _Loader.add_implicit_resolver(
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     seen: dict[str, int] = {}
-    for key_node, _ in node.value:
+    starts: dict[str, int] = {}
+    for key_node, value_node in node.value:
         key = str(key_node.value)
         if key in seen:
             raise DuplicateKey(key, key_node.start_mark.line + 1)
         seen[key] = key_node.start_mark.line + 1
+        block = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">")
+        starts[key] = value_node.start_mark.line + 1 + (1 if block else 0)
     out = LineDict({str(k): v for k, v in loader.construct_mapping(node, deep=True).items()})
     out.line = node.start_mark.line + 1
     out.key_lines = seen
+    out.value_lines = starts
     return out
 
 
