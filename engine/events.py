@@ -8,7 +8,8 @@ Field names are short because every accepted message is stored once in this form
     g  gateway (in)             x  text (in)                i   provider message id (in)
     to recipient address (in)   f  flow (start)             p   params json (start)
     n  "1": interrupt a conversation in progress (start)
-    tk timer kind ("w" wait timeout, "x" expiry)   tt  timer token (timer)
+    tk timer kind ("w" wait timeout, "x" expiry, "c" call)   tt  token (timer, call)
+    ok "1" when the CRM answered (call); its answer (or the error) is JSON in x
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Event:
     interrupt: bool = False
     timer_kind: str = ""
     timer_token: str = ""
+    ok: bool = False
 
     @property
     def ref(self) -> str:
@@ -65,6 +67,7 @@ class Event:
             interrupt=f.get(b"n") == b"1",
             timer_kind=s(b"tk"),
             timer_token=s(b"tt"),
+            ok=f.get(b"ok") == b"1",
         )
 
 

@@ -15,6 +15,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
+    p:calls            stream  CRM webhook calls waiting for a caller
 
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
 one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
@@ -78,6 +79,14 @@ def outbound_stream(gateway: str) -> str:
 
 def dead_letters() -> str:
     return f"{PREFIX}:dead"
+
+
+def calls() -> str:
+    return f"{PREFIX}:calls"
+
+
+#: Consumer group of callers on the calls stream.
+CALLS_GROUP = "callers"
 
 
 def flow_source(name: str, digest: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import flow_versions
+from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config
 from engine.flows import FlowRegistry
@@ -104,6 +105,7 @@ class Runtime:
                 if gw.can_send:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
         if self._want["worker"]:
+            await self._stack.enter_async_context(Caller(self))
             self.worker = await self._stack.enter_async_context(Worker(self))
         if self._want["http"]:
             await self._start_http()

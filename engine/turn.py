@@ -25,7 +25,7 @@ from engine import flow_versions, keys
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
-from engine.flows import Decision, Flow, expire, resume, start, timeout, timers_of
+from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
 from engine.flows.runner import EXPIRED
 from engine.numbers import mask
 from engine.sms import encoding_of
@@ -67,6 +67,8 @@ class _Plan:
     timers_add: list[tuple[str, int]] = field(default_factory=list)
     #: The contact's fields and tags after this turn, when the flow changed them.
     contact: Contact | None = None
+    #: A CRM webhook job to enqueue with the commit.
+    call: dict[str, Any] | None = None
 
 
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
@@ -167,6 +169,12 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
             decision = _fire(flow, state, view, ev, now)
             if decision is None:  # the conversation moved on since the timer was set
                 return _Plan("stale_timer", flow=state.get("f", ""))
+        elif ev.kind == "call":
+            node = flow.nodes.get(state["n"]) if flow is not None and active else None
+            if node is None or node.call is None or ev.timer_token != f"{state['n']}@{state.get('ws')}":
+                return _Plan("stale_call", flow=state.get("f", ""))
+            assert flow is not None
+            decision = call_result(flow, state, view, ev.ok, orjson.loads(ev.text or "null"), now)
         else:
             log.error("unknown event kind %r in %s; dropped", ev.kind, ev.ref)
             return _Plan("failed")
@@ -187,7 +195,9 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
             tags=[*contact.tags, *decision.tags_added],
             updated_at=contact.updated_at,
         )
-    if ev.kind == "timer":
+    if ev.kind == "call":
+        result = "called" if ev.ok else "call_failed"
+    elif ev.kind == "timer":
         result = "expired" if decision.outcome == EXPIRED else "timed_out"
     else:
         result = "started" if ev.kind == "start" or not active else "replied"
@@ -199,7 +209,13 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         node=decision.state.get("n"),
         outcome=decision.outcome,
         contact=changed,
+        call=_call_job(ev, decision.call),
     )
+
+
+def _call_job(ev: Event, call: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the caller needs: the rendered request, and where to send the answer back."""
+    return None if call is None else {**call, "shard": ev.shard}
 
 
 def missing_fields(flow: Flow, contact: Contact) -> list[str]:
@@ -231,6 +247,13 @@ def _fire(
     if ev.timer_kind == "x" and ev.timer_token == str(state.get("st")):
         return expire(state, now)
     node = flow.nodes.get(state["n"])
+    if (
+        ev.timer_kind == "c"
+        and node is not None
+        and node.call is not None
+        and ev.timer_token == f"{state['n']}@{state.get('ws')}"
+    ):
+        return call_result(flow, state, view, False, {"error": "no answer from the CRM"}, now)
     if (
         ev.timer_kind == "w"
         and node is not None
@@ -291,12 +314,14 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             keys.outbound_stream(gateway or "-"),
             keys.timers(ev.shard),
             keys.contact(ev.contact),
+            keys.calls(),
         ],
         args=[
             version, ev.ref, orjson.dumps(plan.state).decode() if plan.state is not None else "",
             max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
             len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
-            *_contact_args(plan.contact, now), *records, *outbound, *plan.timers_remove,
+            *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
+            *records, *outbound, *plan.timers_remove,
             *(x for member, due in plan.timers_add for x in (member, due)),
         ],
     )  # fmt: skip

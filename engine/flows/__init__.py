@@ -2,12 +2,13 @@
 
 from engine.flows.loader import FlowRegistry, load_flow
 from engine.flows.model import Flow
-from engine.flows.runner import Decision, expire, resume, start, timeout, timers_of
+from engine.flows.runner import Decision, call_result, expire, resume, start, timeout, timers_of
 
 __all__ = [
     "Decision",
     "Flow",
     "FlowRegistry",
+    "call_result",
     "expire",
     "load_flow",
     "resume",

@@ -35,6 +35,9 @@ def _edges(node: Node) -> list[tuple[str, str]]:
         out.append(("", f"end: {node.end}"))
     if node.start_flow:
         out.append(("", f"start flow: {node.start_flow}"))
+    if node.call:
+        out.append((f"{node.call.method} answered", node.call.success))
+        out.append((f"failed or no answer in {_duration(node.call.timeout)}", node.call.failure))
     return out
 
 
@@ -51,7 +54,7 @@ def text(flow: Flow) -> str:
     if flow.triggers:
         lines.append(f"  triggers: {', '.join(flow.triggers)}; expires after {_duration(flow.expire_after)}")
     for node in sorted(flow.nodes.values(), key=lambda n: n.line):
-        kind = "wait" if node.wait else "route" if node.cases else "step"
+        kind = "wait" if node.wait else "route" if node.cases else "call" if node.call else "step"
         head = f"{'*' if node.name == flow.start else ' '} {node.name} [{kind}]"
         if node.save:
             head += f" saves {node.save}"

@@ -22,7 +22,7 @@ from engine.errors import FlowError, FlowErrors
 from engine.flows import yamlsrc
 from engine.flows.conditions import compile_condition, is_condition
 from engine.flows.fields import BUILT_IN, unguarded
-from engine.flows.model import Case, Flow, Node, Reprompt
+from engine.flows.model import Call, Case, Flow, Node, Reprompt
 from engine.flows.templates import Template, make_environment
 from engine.flows.tests import TestArgError, compile_test
 from engine.flows.text import fold
@@ -31,7 +31,11 @@ FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
     "conversational", "fields",
 }  # fmt: skip
-NODE_KEYS = {"say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start"}
+NODE_KEYS = {
+    "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call",
+    "success", "failure",
+}  # fmt: skip
+CALL_KEYS = {"url", "method", "headers", "body", "timeout", "save"}
 TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WAIT_KEYS = {"save", "timeout"}
 CASE_KEYS = {"when", "goto", "category"}
@@ -218,14 +222,20 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
     if "say" in body:
         node.say = _say(body["say"], body.value_line("say"), name, errs, env)
     is_split = "cases" in body and "wait" not in body
-    exits = [k for k in ("wait", "goto", "end", "start") if k in body] + (["cases"] if is_split else [])
+    exits = [k for k in ("wait", "goto", "end", "start", "call") if k in body] + (
+        ["cases"] if is_split else []
+    )
     if len(exits) != 1:
         errs.add(
             line,
             name,
             "a node needs exactly one of wait (for a reply), cases + default (route on data), "
-            "goto (next node), end (an outcome) or start (another flow)",
+            "goto (next node), end (an outcome), start (another flow) or call (a CRM webhook)",
         )
+    if "call" in body:
+        node.call = _call(body, node, errs, env)
+    elif "success" in body or "failure" in body:
+        errs.add(line, name, "success and failure are the routes of a call node; this node has no call")
     if "set" in body:
         _sets(body, node, errs, env)
     if "tag" in body:
@@ -282,7 +292,8 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             node.default = _ref(body, "default", name, errs)
         if "reprompt" in body:
             node.reprompt = _reprompt(body, node, errs, env)
-        if not node.cases and not node.default:
+        # What was written, not what compiled: a broken case is reported once, on its own line.
+        if not body.get("cases") and "default" not in body:
             errs.add(line, name, "a node that waits needs cases or a default")
     elif is_split:
         _cases(body, node, errs)
@@ -336,6 +347,69 @@ class _Literal(Template):
 
     def render_value(self, context: dict[str, Any]) -> Any:
         return self.value
+
+
+def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment) -> Call | None:
+    """``call: {url, method, headers, body, timeout, save}`` with ``success:`` and ``failure:``
+    routes on the node, beside it."""
+    spec, line = body["call"], body.line_of("call")
+    if not isinstance(spec, yamlsrc.LineDict) or "url" not in spec:
+        errs.add(line, node.name, "call must be a mapping with at least a url")
+        return None
+    for key in spec:
+        if key not in CALL_KEYS:
+            errs.add(
+                spec.line_of(key),
+                node.name,
+                f"call: unknown key {key!r} (known: {', '.join(sorted(CALL_KEYS))})",
+            )
+    for key in ("success", "failure"):
+        if not isinstance(body.get(key), str):
+            what = "answers" if key == "success" else "fails or does not answer in time"
+            errs.add(line, node.name, f"a call node needs {key}: NODE (where to go when the CRM {what})")
+            return None
+    method = str(spec.get("method", "GET")).upper()
+    if method not in ("GET", "POST", "PUT", "PATCH"):
+        errs.add(
+            spec.line_of("method"), node.name, f"call method must be GET, POST, PUT or PATCH, got {method!r}"
+        )
+    timeout_s = 5.0
+    if "timeout" in spec:
+        try:
+            timeout_s = parse_duration(spec["timeout"])
+        except ValueError as exc:
+            errs.add(spec.line_of("timeout"), node.name, f"call timeout: {exc}")
+        if not 0.1 <= timeout_s <= 30:
+            errs.add(spec.line_of("timeout"), node.name, "call timeout must be between 100ms and 30s")
+    save = spec.get("save")
+    if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
+        errs.add(
+            spec.line_of("save"), node.name, f"call save must name a result in lower_snake_case, got {save!r}"
+        )
+
+    def templates(key: str) -> dict[str, Template] | None:
+        raw = spec.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or not all(
+            isinstance(v, str | int | float | bool) for v in raw.values()
+        ):
+            errs.add(spec.line_of(key), node.name, f"call {key} must be a flat mapping of name -> value")
+            return None
+        out: dict[str, Template] = {}
+        for k, v in raw.items():
+            tpl = errs.template(env, v, spec.line_of(key), node.name) if isinstance(v, str) else _Literal(v)
+            if tpl is not None:
+                out[str(k)] = tpl
+        return out
+
+    url = errs.template(env, str(spec["url"]), spec.value_line("url"), node.name)
+    if url is None:
+        return None
+    return Call(
+        url=url, method=method, headers=templates("headers") or {}, body=templates("body"),
+        timeout=timeout_s, save=save, success=str(body["success"]), failure=str(body["failure"]),
+    )  # fmt: skip
 
 
 def _timeout(spec: Any, line: int, node: Node, errs: _Collector) -> None:

@@ -33,6 +33,21 @@ class Reprompt:
 
 
 @dataclass
+class Call:
+    """A CRM webhook: ``url`` (a template), method, headers, optional JSON ``body`` whose text
+    values are templates; the answer is saved as ``results.<save>`` and routes the flow."""
+
+    url: Template
+    method: str = "GET"
+    headers: dict[str, Template] = field(default_factory=dict)
+    body: dict[str, Template] | None = None
+    timeout: float = 5.0
+    save: str | None = None
+    success: str = ""
+    failure: str = ""
+
+
+@dataclass
 class Node:
     name: str
     line: int
@@ -52,10 +67,14 @@ class Node:
     tags: list[str] = field(default_factory=list)
     #: End this conversation and start this flow (an exit, like ``end``).
     start_flow: str | None = None
+    #: Call a CRM webhook and route on its answer (an exit).
+    call: Call | None = None
 
     def successors(self) -> list[str]:
         out = [c.goto for c in self.cases]
         out += [n for n in (self.default, self.goto, self.timeout_goto) if n]
+        if self.call is not None:
+            out += [self.call.success, self.call.failure]
         if self.reprompt and self.reprompt.after:
             out.append(self.reprompt.after)
         return out

@@ -44,6 +44,8 @@ class Decision:
     tags_added: list[str] = field(default_factory=list)
     #: The flow to start next, when the conversation ended with ``start:``.
     next_flow: str | None = None
+    #: A CRM webhook to call (rendered), when the conversation now waits on one.
+    call: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -51,9 +53,15 @@ class Decision:
 
 
 class ResultView:
-    """A saved result as templates see it: prints as its value, with ``.category`` and ``.text``."""
+    """A saved result as templates see it: prints as its value, with ``.category`` and ``.text``;
+    a CRM answer (a JSON object) also reads through: ``results.crm.balance``."""
 
     __slots__ = ("category", "text", "value")
+
+    def __getattr__(self, name: str) -> Any:
+        if isinstance(self.value, dict) and name in self.value:
+            return self.value[name]
+        raise AttributeError(name)
 
     def __init__(self, r: dict[str, Any]) -> None:
         self.value = r.get("v")
@@ -113,6 +121,18 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
             _end(d, HANDED_OFF, now_ms)
             d.next_flow = node.start_flow
             return
+        if node.call is not None:
+            c = node.call
+            d.call = {
+                "url": c.url.render(ctx),
+                "method": c.method,
+                "headers": {k: str(t.render_value(ctx)) for k, t in c.headers.items()},
+                "body": {k: t.render_value(ctx) for k, t in c.body.items()} if c.body is not None else None,
+                "timeout": c.timeout,
+                "token": f"{node.name}@{now_ms}",
+            }
+            state["n"], state["ws"], state["rp"] = node.name, now_ms, 0
+            return
         if not node.wait and node.cases:
             data = condition_data(contact, state)
             hit = next((c for c in node.cases if c.condition is not None and c.condition(data)), None)
@@ -155,6 +175,8 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     """Apply the customer's reply ``text`` to a session waiting at a node."""
     d = Decision(state={**state, "r": dict(state.get("r", {}))})
     node = flow.nodes[state["n"]]
+    if node.call is not None:  # waiting on the CRM, not on the customer: the text is only logged
+        return d
     reply = Reply(text, now_ms=now_ms, timezone=contact.get("timezone"), contact_number=contact.get("number"))
     data = condition_data(contact, state) if any(c.condition for c in node.cases) else {}
     for case in node.cases:
@@ -195,6 +217,24 @@ def timeout(flow: Flow, state: dict[str, Any], contact: dict[str, Any], now_ms: 
     return d
 
 
+def call_result(
+    flow: Flow, state: dict[str, Any], contact: dict[str, Any], ok: bool, data: Any, now_ms: int
+) -> Decision:
+    """The CRM answered (``ok``) or failed / timed out: save the answer and take that route."""
+    d = Decision(state={**state, "r": dict(state.get("r", {}))})
+    call = flow.nodes[state["n"]].call
+    assert call is not None
+    if call.save:
+        d.state["r"][call.save] = {"v": data, "c": "success" if ok else "failure", "t": "", "at": now_ms}
+        d.saved.append(call.save)
+    _walk(flow, call.success if ok else call.failure, contact, d, now_ms)
+    return d
+
+
+#: A call's safety timer fires this long after its timeout, if no answer came at all.
+CALL_GRACE_S = 10.0
+
+
 def expire(state: dict[str, Any], now_ms: int) -> Decision:
     """The conversation waited longer than the flow's ``expire_after``: it ends, silently."""
     d = Decision(state=dict(state))
@@ -211,6 +251,10 @@ def timers_of(flow: Flow | None, state: dict[str, Any]) -> dict[tuple[str, str],
     node = flow.nodes.get(state["n"])
     if node is not None and node.timeout is not None:
         out[("w", f"{node.name}@{state['ws']}")] = int(state["ws"] + node.timeout * 1000)
+    if node is not None and node.call is not None:
+        out[("c", f"{node.name}@{state['ws']}")] = int(
+            state["ws"] + (node.call.timeout + CALL_GRACE_S) * 1000
+        )
     return out
 
 

@@ -7,6 +7,7 @@
 -- KEYS[4]  p:out:GW   outbound stream of the replying gateway
 -- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
 -- KEYS[6]  p:c:{N}    contact hash (only written when ARGV[11] is not "")
+-- KEYS[7]  p:calls    CRM webhook jobs (only written when ARGV[15] is not "")
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -17,6 +18,7 @@
 -- ARGV[9]  T timers to remove  ARGV[10] A timers to add
 -- ARGV[11] contact change: "" none, else the contact's updated-at (ms) as loaded ("0": absent)
 -- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms)
+-- ARGV[15] a CRM call job (json) or ""
 -- then R pairs (message id, record json), O pairs (message id, text),
 --      T timer members, A pairs (timer member, due ms)
 --
@@ -58,11 +60,15 @@ if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[6], 'f', ARGV[12], 'tg', ARGV[13], 'ua', ARGV[14])
 end
 
+if ARGV[15] ~= '' then
+  redis.call('XADD', KEYS[7], '*', 'c', ARGV[6], 'j', ARGV[15])
+end
+
 local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 15
+local i = 16
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])

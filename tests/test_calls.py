@@ -1,0 +1,146 @@
+"""CRM webhook calls from a flow, against a stub CRM on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from engine import contacts, conversations, intake, keys
+from engine.clock import FakeClock
+from engine.events import Event
+from engine.runtime import Runtime
+from engine.turn import run_turn
+from engine.worker import Worker
+from gateways.console import ConsoleGateway
+from tests.conftest import ANN, Turns, make_config
+
+FLOW = """
+name: lookup
+start: fetch
+nodes:
+  fetch:
+    say: One moment, checking your account...
+    call:
+      url: "{{ params.crm }}/customers/{{ contact.number | urlencode }}"
+      headers: {Authorization: "Bearer crm-token"}
+      timeout: 500ms
+      save: crm
+    success: tell
+    failure: sorry
+  tell:
+    say: "Your balance is {{ results.crm.balance | default(0) | currency }}."
+    end: told
+  sorry:
+    say: Sorry, we can't see your account right now.
+    end: crm_down
+"""
+
+
+class StubCrm:
+    def __init__(self) -> None:
+        self.status = 200
+        self.delay = 0.0
+        self.seen: list[tuple[str, str]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, request.headers.get("Authorization", "")))
+        await asyncio.sleep(self.delay)
+        if self.status != 200:
+            return web.Response(status=self.status)
+        return web.json_response({"balance": 12.5, "tier": "gold"})
+
+
+@pytest.fixture
+async def crm() -> AsyncIterator[StubCrm]:
+    stub = StubCrm()
+    app = web.Application()
+    app.router.add_get("/customers/{number}", stub.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    stub.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield stub
+    await runner.cleanup()
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    (tmp_path / "lookup.yaml").write_text(FLOW)
+    return tmp_path
+
+
+def _cfg(redis_url: str, flows: Path):  # type: ignore[no-untyped-def]
+    return make_config(redis_url, engine={"flows_dir": str(flows)}, gateways={"console": {"type": "console"}})
+
+
+async def _conversation(rt: Runtime, crm: StubCrm) -> list[str]:
+    await contacts.upsert(rt.store, contacts.Contact(ANN), rt.clock.now_ms())
+    turns = Turns()
+    assert rt.worker is not None
+    rt.worker.listeners.append(turns)
+    console = rt.gateways["console"]
+    assert isinstance(console, ConsoleGateway)
+    await intake.enqueue_starts(rt, "lookup", [ANN], {"crm": crm.url})
+    return [(await asyncio.wait_for(console.outbox.get(), 5)).text for _ in range(2)]
+
+
+async def test_the_crm_answer_routes_and_fills_the_message(redis_url: str, flows: Path, crm: StubCrm) -> None:
+    async with Runtime(_cfg(redis_url, flows), http=False) as rt:
+        said = await _conversation(rt, crm)
+        state = await conversations.load_state(rt.store, ANN)
+    assert said == ["One moment, checking your account...", "Your balance is £12.50."]
+    assert crm.seen == [("/customers/+447700900123", "Bearer crm-token")]
+    assert state is not None and state["o"] == "told" and state["r"]["crm"]["v"]["tier"] == "gold"
+
+
+@pytest.mark.parametrize(
+    ("status", "delay", "error"), [(500, 0.0, "HTTP 500"), (200, 2.0, "no answer within")]
+)
+async def test_a_failing_or_slow_crm_takes_the_failure_route(
+    redis_url: str, flows: Path, crm: StubCrm, status: int, delay: float, error: str
+) -> None:
+    crm.status, crm.delay = status, delay
+    async with Runtime(_cfg(redis_url, flows), http=False) as rt:
+        said = await _conversation(rt, crm)
+        state = await conversations.load_state(rt.store, ANN)
+    assert said[1] == "Sorry, we can't see your account right now."
+    assert state is not None and state["o"] == "crm_down" and error in state["r"]["crm"]["v"]["error"]
+
+
+async def test_no_answer_at_all_is_caught_by_the_safety_timer(
+    redis_url: str, flows: Path, clock: FakeClock
+) -> None:
+    """No caller runs (as if every caller were down): the session's safety timer fails the call."""
+    async with Runtime(_cfg(redis_url, flows), clock=clock, http=False, worker=False, senders=False) as rt:
+        await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
+        shard = keys.shard_of(ANN, rt.config.engine.shards)
+        stream = keys.inbound_stream(shard)
+
+        async def process() -> list[str]:
+            out = []
+            for entry_id, fields in await rt.store.redis.xrange(stream):
+                out.append((await run_turn(rt, Event.from_entry(shard, entry_id, fields))).result)
+                await rt.store.redis.xdel(stream, entry_id)
+            return out
+
+        await intake.enqueue_starts(rt, "lookup", [ANN], {"crm": "http://127.0.0.1:9"})
+        assert await process() == ["started"]
+        assert await rt.store.redis.xlen(keys.calls()) == 1
+        await intake.accept_inbound(
+            rt, gateway="console", contact=ANN, to="p", text="hello?", provider_id="x"
+        )
+        assert await process() == ["replied"]  # logged; the conversation still waits on the CRM
+        clock.advance(5)
+        assert await Worker(rt).fire_timers() == 0
+        clock.advance(10)
+        assert await Worker(rt).fire_timers() == 1
+        assert await process() == ["timed_out"]
+        outbound = [f[b"t"].decode() for _, f in await rt.store.redis.xrange(keys.outbound_stream("console"))]
+        state = await conversations.load_state(rt.store, ANN)
+    assert outbound == ["One moment, checking your account...", "Sorry, we can't see your account right now."]
+    assert state is not None and state["o"] == "crm_down"
