@@ -42,8 +42,11 @@ class Contact:
     tags: list[str] = field(default_factory=list)
 
     def template_view(self) -> dict[str, Any]:
-        """``contact.*`` in templates: each field by name, plus number, language, timezone."""
-        view: dict[str, Any] = dict(self.fields)
+        """``contact.*`` in templates: each field by name, plus number, language, timezone.
+
+        An empty value from the CRM (null, "", []) counts as missing, so ``| default(...)`` and
+        ``is defined`` treat it as such: no "thanks for choosing ." or "Hi None"."""
+        view: dict[str, Any] = {k: v for k, v in self.fields.items() if v not in (None, "", [])}
         view["fields"] = self.fields
         view["tags"] = list(self.tags)
         view["number"] = self.number

@@ -190,3 +190,11 @@ def test_graph_cli_refuses_an_unknown_flow() -> None:
     assert proc.returncode == 1 and "no flow 'nope'" in proc.stderr
     ok = run_parley("flows", "graph", "nps", "--mermaid")
     assert ok.returncode == 0 and ok.stdout.startswith("flowchart TD")
+
+
+@pytest.mark.parametrize("empty", [None, "", []], ids=["null", "empty text", "empty list"])
+def test_an_empty_crm_value_counts_as_missing(empty: object) -> None:
+    from engine.contacts import Contact
+
+    view = Contact("+447700900123", {"first_name": empty, "company": empty}).template_view()
+    assert start(NPS, view, {}, 0).messages[0].startswith("Hi there, thanks for choosing us.")
