@@ -29,7 +29,13 @@ SCRIPTS = {
     "appointment": [["1"], ["2", "2"], ["3", "yes"]],
 }
 CONTACTS = [
-    {"first_name": "Ann", "company": "Acme", "appointment_at": "2026-11-25T10:30", "number": "+447700900123", "tags": []},
+    {
+        "first_name": "Ann",
+        "company": "Acme",
+        "appointment_at": "2026-11-25T10:30",
+        "number": "+447700900123",
+        "tags": [],
+    },
     {"number": "+447700900456", "appointment_at": "2026-11-26T09:00", "tags": []},
     {
         "first_name": "raj kumar",
