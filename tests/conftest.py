@@ -156,3 +156,19 @@ async def eventually(probe: Any, *, attempts: int = 400, interval: float = 0.005
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met after {attempts} tries")
+
+
+async def process_stream(rt: Runtime, number: str) -> list[str]:
+    """Run what waits on a contact's shard stream, in order, as the worker would; for tests that
+    run no worker so they can set up an exact interleaving. Returns each turn's result."""
+    from engine import keys
+    from engine.events import Event
+    from engine.turn import run_turn
+
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    stream = keys.inbound_stream(shard)
+    results = []
+    for entry_id, fields in await rt.store.redis.xrange(stream):
+        results.append((await run_turn(rt, Event.from_entry(shard, entry_id, fields))).result)
+        await rt.store.redis.xdel(stream, entry_id)
+    return results

@@ -11,12 +11,10 @@ from aiohttp import web
 
 from engine import contacts, conversations, intake, keys
 from engine.clock import FakeClock
-from engine.events import Event
 from engine.runtime import Runtime
-from engine.turn import run_turn
 from engine.worker import Worker
 from gateways.console import ConsoleGateway
-from tests.conftest import ANN, Turns, make_config
+from tests.conftest import ANN, Turns, make_config, process_stream
 
 FLOW = """
 name: lookup
@@ -118,15 +116,9 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
     """No caller runs (as if every caller were down): the session's safety timer fails the call."""
     async with Runtime(_cfg(redis_url, flows), clock=clock, http=False, worker=False, senders=False) as rt:
         await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
-        shard = keys.shard_of(ANN, rt.config.engine.shards)
-        stream = keys.inbound_stream(shard)
 
         async def process() -> list[str]:
-            out = []
-            for entry_id, fields in await rt.store.redis.xrange(stream):
-                out.append((await run_turn(rt, Event.from_entry(shard, entry_id, fields))).result)
-                await rt.store.redis.xdel(stream, entry_id)
-            return out
+            return await process_stream(rt, ANN)
 
         await intake.enqueue_starts(rt, "lookup", [ANN], {"crm": "http://127.0.0.1:9"})
         assert await process() == ["started"]

@@ -9,12 +9,10 @@ import pytest
 
 from engine import contacts, conversations, intake, keys
 from engine.clock import FakeClock
-from engine.events import Event
 from engine.runtime import Runtime
-from engine.turn import run_turn
 from engine.worker import Worker
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, Turns, eventually, make_config
+from tests.conftest import ANN, Turns, eventually, make_config, process_stream
 
 REMIND = """
 name: remind
@@ -134,27 +132,21 @@ async def test_a_timer_racing_a_reply_has_exactly_one_outcome(
     cfg = _cfg(redis_url, carrier, flows_dir)
     async with Runtime(cfg, clock=clock, http=False, worker=False, senders=False) as rt:
         await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
-        shard = keys.shard_of(ANN, cfg.engine.shards)
-        stream = keys.inbound_stream(shard)
 
-        async def process_stream() -> list[str]:
-            results = []
-            for entry_id, fields in await rt.store.redis.xrange(stream):
-                results.append((await run_turn(rt, Event.from_entry(shard, entry_id, fields))).result)
-                await rt.store.redis.xdel(stream, entry_id)
-            return results
+        async def process() -> list[str]:
+            return await process_stream(rt, ANN)
 
         await intake.enqueue_starts(rt, "remind", [ANN], {})
-        assert await process_stream() == ["started"]
+        assert await process() == ["started"]
         clock.advance(2 * 3600)
         if reply_first:
             await _say(rt, "yes", "late")
             assert await Worker(rt).fire_timers() == 1
-            assert await process_stream() == ["replied", "stale_timer"]
+            assert await process() == ["replied", "stale_timer"]
         else:
             assert await Worker(rt).fire_timers() == 1
             await _say(rt, "yes", "late")
-            assert await process_stream() == ["timed_out", "replied"]
+            assert await process() == ["timed_out", "replied"]
         outbound = [f[b"t"].decode() for _, f in await rt.store.redis.xrange(keys.outbound_stream("carrier"))]
         state = await conversations.load_state(rt.store, ANN)
     assert state is not None and state["o"] == "confirmed"
