@@ -11,7 +11,6 @@ answer comes at all, the session's safety timer takes the failure route.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -21,8 +20,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine import keys
+from engine.consumer import Entry, StreamConsumer
 from engine.numbers import mask
-from engine.worker import ensure_group
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -33,71 +32,56 @@ MAX_IN_FLIGHT = 64
 MAX_ANSWER_BYTES = 64 * 1024
 
 
-class Caller:
+class Caller(StreamConsumer):
     """Owns the call loop. ``async with Caller(rt):``."""
 
+    label = "caller"
+
     def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt.store.redis, keys.CALLS_GROUP, f"{socket.gethostname()}-c", [keys.calls()])
         self.rt = rt
-        self.consumer = f"{socket.gethostname()}-c"
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.stop_timeout = rt.config.engine.shutdown_timeout
         self._inflight: set[asyncio.Task[None]] = set()
+        self._busy: set[bytes] = set()  # job ids being called (still pending until answered)
         self._session: aiohttp.ClientSession | None = None
-        self._idle = False
 
     async def __aenter__(self) -> Caller:
-        await ensure_group(self.rt.store.redis, keys.calls(), keys.CALLS_GROUP)
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": "parley", "Accept": "application/json"},
             connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
         )
-        self._task = asyncio.create_task(self._run(), name="parley-caller")
+        await super().__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            if self._idle:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().__aexit__(*exc)
         if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=self.rt.config.engine.shutdown_timeout)
+            await asyncio.wait(set(self._inflight), timeout=self.stop_timeout)
         if self._session is not None:
             await self._session.close()
 
-    async def _run(self) -> None:
-        recovering, backoff = True, 0.1
-        while not self._stopping.is_set():
-            try:
-                if len(self._inflight) >= MAX_IN_FLIGHT:
-                    await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                self._idle = True
-                resp: Any = await self.rt.store.redis.xreadgroup(
-                    keys.CALLS_GROUP,
-                    self.consumer,
-                    {keys.calls(): "0" if recovering else ">"},
-                    count=MAX_IN_FLIGHT - len(self._inflight),
-                    block=None if recovering else 500,
-                )
-                self._idle = False
-                recovering, backoff = False, 0.1
-                for entry_id, fields in (e for _, es in resp or [] for e in es if e[1]):
-                    task = asyncio.create_task(self._call(entry_id, fields))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                self._idle = False
-                log.warning("caller: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff, recovering = min(backoff * 2, 5.0), True
-            except Exception:
-                self._idle = False
-                log.exception("caller: unexpected error; continuing")
-                await asyncio.sleep(backoff)
+    async def room(self) -> int:
+        while len(self._inflight) >= MAX_IN_FLIGHT:
+            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+        return MAX_IN_FLIGHT - len(self._inflight)
+
+    async def handle(self, entries: list[Entry], recovering: bool) -> bool:
+        for _, entry_id, fields in entries:
+            if entry_id in self._busy:  # a re-read of pending jobs returns those in flight too
+                continue
+            self._busy.add(entry_id)
+            task = asyncio.create_task(self._call(entry_id, fields))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return False
 
     async def _call(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            await self._answer(entry_id, fields)
+        finally:
+            self._busy.discard(entry_id)
+
+    async def _answer(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         contact = fields[b"c"].decode()
         job = orjson.loads(fields[b"j"])
         ok, answer = await self._request(job)

@@ -60,7 +60,6 @@ class _Plan:
     flow: str = ""
     state: dict[str, Any] | None = None  # None: leave the stored state as it is
     texts: list[str] = field(default_factory=list)
-    node: str | None = None
     outcome: str | None = None
     ttl: int = 0
     timers_remove: list[str] = field(default_factory=list)
@@ -206,7 +205,6 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         flow=flow.name,
         state=decision.state,
         texts=decision.messages,
-        node=decision.state.get("n"),
         outcome=decision.outcome,
         contact=changed,
         call=_call_job(ev, decision.call),

@@ -4,7 +4,8 @@ Ordering: entries are read in batches; a batch is split by contact, each contact
 one after another in stream order, different contacts run concurrently. The batch is
 acknowledged (XACK + XDEL, one round trip) only after every turn in it committed, so a worker
 that dies mid-batch leaves its entries pending; on start it first re-reads its own pending
-entries (stream id ``0``) and the commit script drops those already applied.
+entries (stream id ``0``) and the commit script drops those already applied. The read loop
+itself (pending first, outages, lost groups, stopping) is :class:`engine.consumer.StreamConsumer`.
 
 Known limit (the session-engine issue lifts it): one consumer reads every shard, so a process
 runs one worker; several processes would share shards without per-contact ordering.
@@ -18,12 +19,12 @@ import logging
 import socket
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.consumer import BACKOFF_MAX_S, Entry, StreamConsumer
 from engine.events import Event
 from engine.turn import TurnDone, run_turn
 
@@ -32,117 +33,58 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BLOCK_MS = 500
-BACKOFF_MAX_S = 5.0
 #: An event that fails this many times (a bug, not an outage) goes to the dead-letter stream.
 MAX_FAILURES = 3
 
 
-async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
-    """Create the consumer group (and the stream) if missing; ``0`` so no earlier entry is skipped."""
-    try:
-        await r.xgroup_create(stream, group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+class Worker(StreamConsumer):
+    """``async with Worker(rt):`` reads every inbound shard and polls the timers."""
 
-
-class Worker:
-    """Owns the consume loop task. ``async with Worker(rt):`` starts it; exit drains and stops."""
+    label = "worker"
 
     def __init__(self, rt: Runtime, index: int = 0) -> None:
+        self.shards = {keys.inbound_stream(s): s for s in range(rt.config.engine.shards)}
+        super().__init__(
+            rt.store.redis, keys.INBOUND_GROUP, f"{socket.gethostname()}-w{index}", list(self.shards)
+        )
         self.rt = rt
-        self.consumer = f"{socket.gethostname()}-w{index}"
-        self.streams = {keys.inbound_stream(s): s for s in range(rt.config.engine.shards)}
+        self.stop_timeout = rt.config.engine.shutdown_timeout
         self.listeners: list[Callable[[TurnDone], None]] = []
-        self._stopping = asyncio.Event()
-        #: True while the loop is only blocked reading: cancelling it then loses nothing (an
-        #: entry delivered but never received stays pending and is re-read on the next start).
-        self._idle = False
-        self._task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._failures: dict[str, int] = {}
-        self.healthy = False
+        self._pause = 0.1
 
     async def __aenter__(self) -> Worker:
-        for stream in self.streams:
-            await ensure_group(self.rt.store.redis, stream, keys.INBOUND_GROUP)
-        self.healthy = True
-        self._task = asyncio.create_task(self._run(), name="parley-worker")
+        await super().__aenter__()
         self._timer_task = asyncio.create_task(self._poll_timers(), name="parley-timers")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Stop reading, let the batch in hand finish (bounded by shutdown_timeout), then return."""
         self._stopping.set()
         if self._timer_task is not None:
             await self._timer_task  # finishes its round trip in hand, then sees the stop
-        if self._task is None:
-            return
-        if self._idle:
-            self._task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.rt.config.engine.shutdown_timeout)
-        except TimeoutError:
-            log.warning("worker did not drain within the shutdown timeout; unacked work stays pending")
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise
+        await super().__aexit__(*exc)
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        recovering = True  # first our own pending entries (a previous run died holding them)
-        while not self._stopping.is_set():
-            try:
-                start_id = "0" if recovering else ">"
-                self._idle = True
-                resp: Any = await self.rt.store.redis.xreadgroup(
-                    keys.INBOUND_GROUP,
-                    self.consumer,
-                    dict.fromkeys(self.streams, start_id),
-                    count=self.rt.config.engine.batch_size,
-                    block=None if recovering else BLOCK_MS,
-                )
-                self._idle = False
-                self.healthy = True
-                backoff = 0.1
-                entries = [(s, e) for s, es in resp or [] for e in es if e[1]]
-                if recovering and not entries:
-                    recovering = False
-                    continue
-                if entries and not await self._process(entries):
-                    # Something stayed pending: re-read pending entries first, so that a
-                    # contact's later texts never overtake the one that failed.
-                    recovering = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                self._idle = False
-                self.healthy = False
-                log.warning("worker: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                recovering = True
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis restarted without its data
-                    for stream in self.streams:
-                        await ensure_group(self.rt.store.redis, stream, keys.INBOUND_GROUP)
-                    continue
-                raise
-            except Exception:
-                # A bug must not kill the loop silently: log it, pause, keep serving.
-                log.exception("worker: unexpected error; continuing")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+    async def room(self) -> int:
+        return self.rt.config.engine.batch_size
+
+    async def handle(self, entries: list[Entry], recovering: bool) -> bool:
+        if not entries:
+            return False  # nothing (more) pending: on to new entries
+        if await self._process(entries):
+            self._pause = 0.1
+            return recovering  # while recovering, read pending until none are left
+        # Something stayed pending: re-read pending entries first, so that a contact's later
+        # texts never overtake the one that failed.
+        await asyncio.sleep(self._pause)
+        self._pause = min(self._pause * 2, BACKOFF_MAX_S)
+        return True
 
     async def fire_timers(self) -> int:
         """Move every due timer onto its shard's stream (one round trip for all shards)."""
         now = self.rt.clock.now_ms()
         async with self.rt.store.redis.pipeline(transaction=False) as pipe:
-            for shard in self.streams.values():
+            for shard in self.shards.values():
                 await self.rt.store.run(
                     "timers",
                     keys=[keys.timers(shard), keys.inbound_stream(shard)],
@@ -164,11 +106,11 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
-    async def _process(self, entries: list[tuple[bytes, tuple[bytes, dict[bytes, bytes]]]]) -> bool:
+    async def _process(self, entries: list[Entry]) -> bool:
         """Run a batch; ack what completed. Returns False if anything was left pending."""
         by_contact: dict[str, list[tuple[Event, dict[bytes, bytes]]]] = defaultdict(list)
-        for stream_key, (entry_id, fields) in entries:
-            shard = self.streams[stream_key.decode()]
+        for stream_key, entry_id, fields in entries:
+            shard = self.shards[stream_key]
             ev = Event.from_entry(shard, entry_id, fields)
             by_contact[ev.contact].append((ev, fields))
         done_counts = await asyncio.gather(*(self._contact_chain(evs) for evs in by_contact.values()))

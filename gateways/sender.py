@@ -18,15 +18,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.consumer import Entry, StreamConsumer
 from engine.errors import GatewayError
 from engine.numbers import mask
-from engine.worker import ensure_group
 from gateways.base import Gateway, OutboundMessage
 
 if TYPE_CHECKING:
@@ -36,39 +35,29 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 4
 BACKOFF_S = (0.25, 1.0, 4.0)
-BLOCK_MS = 500
 PROVIDER_ID_TTL_S = 7 * 86400
 
 
-class Sender:
+class Sender(StreamConsumer):
     """Owns the send loop of one gateway."""
 
+    label = "sender"
+
     def __init__(self, rt: Runtime, gateway: Gateway) -> None:
+        self.stream = keys.outbound_stream(gateway.name)
+        super().__init__(rt.store.redis, keys.OUTBOUND_GROUP, f"{socket.gethostname()}-s", [self.stream])
+        self.label = f"sender {gateway.name}"
         self.rt = rt
         self.gw = gateway
-        self.stream = keys.outbound_stream(gateway.name)
-        self.consumer = f"{socket.gethostname()}-s"
-        self._stopping = asyncio.Event()
-        #: True while the loop is only blocked reading: cancelling it then loses nothing (an
-        #: entry delivered but never received stays pending and is re-read on the next start).
-        self._idle = False
-        self._task: asyncio.Task[None] | None = None
+        self.stop_timeout = rt.config.engine.shutdown_timeout
+        self.limit = gateway.concurrency * 4
         self._inflight: set[asyncio.Task[None]] = set()
+        self._busy: set[bytes] = set()  # entry ids being sent (still pending until recorded)
         self._tails: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(gateway.concurrency)
 
-    async def __aenter__(self) -> Sender:
-        await ensure_group(self.rt.store.redis, self.stream, keys.OUTBOUND_GROUP)
-        self._task = asyncio.create_task(self._run(), name=f"parley-sender-{self.gw.name}")
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            if self._idle:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().__aexit__(*exc)
         pending = set(self._inflight)
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.rt.config.engine.shutdown_timeout)
@@ -77,48 +66,16 @@ class Sender:
             if late:
                 await asyncio.wait(late)
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        recovering = True
-        limit = self.gw.concurrency * 4
-        while not self._stopping.is_set():
-            try:
-                if len(self._inflight) >= limit:
-                    await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                self._idle = True
-                resp: Any = await self.rt.store.redis.xreadgroup(
-                    keys.OUTBOUND_GROUP,
-                    self.consumer,
-                    {self.stream: "0" if recovering else ">"},
-                    count=limit - len(self._inflight),
-                    block=None if recovering else BLOCK_MS,
-                )
-                self._idle = False
-                backoff = 0.1
-                entries = [e for _, es in resp or [] for e in es if e[1]]
-                if recovering:
-                    recovering = False
-                for entry_id, fields in entries:
-                    self._spawn(entry_id, fields)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                self._idle = False
-                log.warning(
-                    "sender %s: Redis unavailable (%s); retrying in %.1fs",
-                    self.gw.name,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await ensure_group(self.rt.store.redis, self.stream, keys.OUTBOUND_GROUP)
-            except Exception:
-                log.exception("sender %s: unexpected error; continuing", self.gw.name)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    async def room(self) -> int:
+        while len(self._inflight) >= self.limit:
+            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+        return self.limit - len(self._inflight)
+
+    async def handle(self, entries: list[Entry], recovering: bool) -> bool:
+        for _, entry_id, fields in entries:
+            if entry_id not in self._busy:  # a re-read of pending entries returns those in flight too
+                self._spawn(entry_id, fields)
+        return False
 
     def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         contact = fields[b"c"].decode()
@@ -129,9 +86,11 @@ class Sender:
         task = asyncio.create_task(self._deliver(entry_id, msg, previous))
         self._tails[contact] = task
         self._inflight.add(task)
+        self._busy.add(entry_id)
 
         def finished(t: asyncio.Task[None]) -> None:
             self._inflight.discard(t)
+            self._busy.discard(entry_id)
             if self._tails.get(contact) is t:
                 del self._tails[contact]
 

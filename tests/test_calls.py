@@ -136,3 +136,14 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
         state = await conversations.load_state(rt.store, ANN)
     assert outbound == ["One moment, checking your account...", "Sorry, we can't see your account right now."]
     assert state is not None and state["o"] == "crm_down"
+
+
+async def test_every_consumer_recovers_when_redis_loses_its_data(
+    redis_url: str, flows: Path, crm: StubCrm
+) -> None:
+    """A Redis restarted without its data has no consumer groups; the worker, the caller and the
+    sender each create theirs again and the next conversation runs end to end."""
+    async with Runtime(_cfg(redis_url, flows), http=False) as rt:
+        await rt.store.redis.flushdb()
+        said = await _conversation(rt, crm)
+    assert said == ["One moment, checking your account...", "Your balance is £12.50."]

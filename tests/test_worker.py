@@ -10,11 +10,11 @@ import aiohttp
 import orjson
 
 from engine import intake, keys
+from engine.consumer import ensure_group
 from engine.events import Event
 from engine.redis_embedded import EmbeddedRedis, free_port
 from engine.runtime import Runtime
 from engine.turn import run_turn
-from engine.worker import ensure_group
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, Turns, make_config
 

@@ -248,24 +248,10 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             )
         else:
             node.tags = tags
-    if "start" in body:
-        target = body["start"]
-        if not (isinstance(target, str) and NAME_RE.match(target)):
-            errs.add(body.line_of("start"), name, f"start must name a flow, got {target!r}")
-        else:
-            node.start_flow = target
+    node.start_flow = _snake(body, "start", body.line_of("start"), name, errs, "a flow")
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)
-    if "end" in body:
-        end = body["end"]
-        if not (isinstance(end, str) and NAME_RE.match(end)):
-            errs.add(
-                body.line_of("end"),
-                name,
-                f"end must name an outcome in lower_snake_case, got {end!r}",
-            )
-        else:
-            node.end = end
+    node.end = _snake(body, "end", body.line_of("end"), name, errs, "an outcome")
     if "wait" in body:
         node.wait = True
         wait = body["wait"]
@@ -279,14 +265,7 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
                     errs.add(body.line_of("wait"), name, f"unknown wait key {key!r} (known: save, timeout)")
             if "timeout" in wait:
                 _timeout(wait["timeout"], body.line_of("wait"), node, errs)
-            save = wait.get("save")
-            if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
-                errs.add(
-                    body.line_of("wait"),
-                    name,
-                    f"save must name a result in lower_snake_case, got {save!r}",
-                )
-            node.save = save
+            node.save = _snake(wait, "save", body.line_of("wait"), name, errs, "a result")
         _cases(body, node, errs)
         if "default" in body:
             node.default = _ref(body, "default", name, errs)
@@ -381,11 +360,7 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
             errs.add(spec.line_of("timeout"), node.name, f"call timeout: {exc}")
         if not 0.1 <= timeout_s <= 30:
             errs.add(spec.line_of("timeout"), node.name, "call timeout must be between 100ms and 30s")
-    save = spec.get("save")
-    if save is not None and not (isinstance(save, str) and NAME_RE.match(save)):
-        errs.add(
-            spec.line_of("save"), node.name, f"call save must name a result in lower_snake_case, got {save!r}"
-        )
+    save = _snake(spec, "save", spec.line_of("save"), node.name, errs, "a result")
 
     def templates(key: str) -> dict[str, Template] | None:
         raw = spec.get(key)
@@ -426,6 +401,18 @@ def _timeout(spec: Any, line: int, node: Node, errs: _Collector) -> None:
         errs.add(line, node.name, f"timeout after must be at least 1m, got {spec['after']!r}")
         return
     node.timeout, node.timeout_goto = after, spec["goto"]
+
+
+def _snake(mapping: Any, key: str, line: int, node: str, errs: _Collector, what: str) -> str | None:
+    """``mapping[key]`` when it is a lower_snake_case name; None (and an error saying it should
+    name ``what``) when it is something else; None when absent."""
+    value = mapping.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and NAME_RE.match(value):
+        return value
+    errs.add(line, node, f"{key} must name {what} in lower_snake_case, got {value!r}")
+    return None
 
 
 def _ref(body: yamlsrc.LineDict, key: str, node: str, errs: _Collector) -> str | None:

@@ -37,8 +37,6 @@ class Decision:
     state: dict[str, Any] = field(default_factory=dict)
     #: Set when the conversation ended in this turn.
     outcome: str | None = None
-    #: Names of results saved in this turn.
-    saved: list[str] = field(default_factory=list)
     #: Contact fields set and tags added in this turn.
     contact_updates: dict[str, Any] = field(default_factory=dict)
     tags_added: list[str] = field(default_factory=list)
@@ -226,7 +224,6 @@ def call_result(
     assert call is not None
     if call.save:
         d.state["r"][call.save] = {"v": data, "c": "success" if ok else "failure", "t": "", "at": now_ms}
-        d.saved.append(call.save)
     _walk(flow, call.success if ok else call.failure, contact, d, now_ms)
     return d
 
@@ -261,4 +258,3 @@ def timers_of(flow: Flow | None, state: dict[str, Any]) -> dict[tuple[str, str],
 def _save(node: Node, d: Decision, value: object, category: str, text: str, now_ms: int) -> None:
     if node.save:
         d.state["r"][node.save] = {"v": value, "c": category, "t": text.strip(), "at": now_ms}
-        d.saved.append(node.save)
