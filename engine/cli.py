@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="run the engine: HTTP API, worker, gateways")
+    run = sub.add_parser("run", help="run the engine: HTTP API, worker(s), gateways")
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes to start (default: engine.workers, 1 = inside this process)",
+    )
+    worker = sub.add_parser(
+        "worker", help="run one worker process against a shared Redis (what `run --workers N` starts)"
+    )
+    worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
     sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
 
     chat = sub.add_parser("chat", help="talk to a flow from the terminal (reads stdin, works piped)")
@@ -59,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "flows":
             return _validate(cfg, args.paths)
         if args.command == "run":
-            return _run_async(_serve(cfg))
+            if args.workers is not None:
+                if not 1 <= args.workers <= 64:
+                    raise ConfigError("--workers", f"must be 1..64, got {args.workers}")
+                cfg = replace(cfg, engine=replace(cfg.engine, workers=args.workers))
+            return _run_async(_serve(cfg, args.config))
+        if args.command == "worker":
+            if not cfg.redis.url:
+                raise ConfigError("redis.url", "a worker process needs a shared Redis (set redis.url)")
+            return _run_async(_work(cfg, args.index))
         if args.command == "demo":
             from engine.demo import run_demo
 
@@ -104,15 +123,32 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
-async def _serve(cfg: Config) -> int:
-    from engine.runtime import Runtime
-
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with Runtime(cfg) as rt:
+    return stop
+
+
+async def _work(cfg: Config, index: int) -> int:
+    from engine.runtime import Runtime
+
+    stop = _stop_on_signals()
+    async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
+        assert rt.worker is not None
+        print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
+        await stop.wait()
+    return 0
+
+
+async def _serve(cfg: Config, config_path: str | None) -> int:
+    from engine.runtime import Runtime
+
+    stop = _stop_on_signals()
+    loop = asyncio.get_running_loop()
+    async with Runtime(cfg, config_path=config_path) as rt:
         reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:
@@ -135,7 +171,8 @@ async def _serve(cfg: Config) -> int:
             loop.add_signal_handler(signal.SIGHUP, on_hup)
         print(
             f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port} "
-            f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}); "
+            f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}; "
+            f"workers: {cfg.engine.workers if rt.supervisor else 'in process'}); "
             "Ctrl-C or SIGTERM stops it gracefully",
             file=sys.stderr,
         )

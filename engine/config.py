@@ -101,6 +101,10 @@ class EngineConfig:
     shutdown_timeout: Duration = Duration(10.0)
     #: How often due timers (wait timeouts, expiry) are moved onto the inbound streams.
     timer_poll: Duration = Duration(0.1)
+    #: Worker processes ``parley run`` starts (1: the worker runs inside the main process).
+    workers: int = 1
+    #: A worker's hold on its shards; a dead worker's shards are taken over after at most this.
+    lease_ttl: Duration = Duration(5.0)
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("http.max_body_bytes", "must be at least 1024")
     if not 1 <= cfg.engine.shards <= 1024:
         raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
+    if not 1 <= cfg.engine.workers <= 64:
+        raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
+    if cfg.engine.lease_ttl < 0.3:
+        raise ConfigError("engine.lease_ttl", f"must be at least 300ms, got {cfg.engine.lease_ttl}s")
     if cfg.engine.batch_size < 1:
         raise ConfigError("engine.batch_size", "must be at least 1")
     if cfg.redis.max_connections < 2:

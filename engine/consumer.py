@@ -55,6 +55,8 @@ class StreamConsumer:
         self.stop_timeout = 10.0
         self._stopping = asyncio.Event()
         self._idle = False
+        #: Set by a subclass to re-read pending entries before new ones (e.g. after claiming some).
+        self._recover = False
         self._task: asyncio.Task[None] | None = None
 
     async def room(self) -> int:
@@ -102,7 +104,9 @@ class StreamConsumer:
         while not self._stopping.is_set():
             try:
                 count = await self.room()
-                if count <= 0 or self._stopping.is_set():
+                if self._recover:
+                    recovering, self._recover = True, False
+                if count <= 0 or self._stopping.is_set() or not self.streams:
                     continue
                 self._idle = True
                 resp: Any = await self.redis.xreadgroup(

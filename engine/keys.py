@@ -16,6 +16,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
+    p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
+    p:workers          zset    worker -> heartbeat expiry ms (the live workers)
 
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
 one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
@@ -87,6 +89,14 @@ def calls() -> str:
 
 #: Consumer group of callers on the calls stream.
 CALLS_GROUP = "callers"
+
+
+def leases() -> str:
+    return f"{PREFIX}:lease"
+
+
+def workers() -> str:
+    return f"{PREFIX}:workers"
 
 
 def flow_source(name: str, digest: str) -> str:

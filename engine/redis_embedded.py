@@ -86,7 +86,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         self._wait_ready(timeout)
         log.info("embedded redis-server started port=%d dir=%s", self.port, self.data_dir)
@@ -139,7 +139,7 @@ class EmbeddedRedis:
         log.info("embedded redis-server stopped port=%d", self.port)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when Parley dies, even by SIGKILL,
     so no orphaned redis-server keeps holding the data directory."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -1,8 +1,9 @@
 """The one object that owns Parley's resources, opened in order and closed in reverse.
 
-    open:   flows -> Redis (embedded or configured) -> gateways -> senders -> worker -> HTTP
-    close:  HTTP (stop accepting) -> worker (finish in-flight turns) -> senders (finish sends)
-            -> gateways -> Redis -> embedded redis-server
+    open:   flows -> Redis (embedded or configured) -> gateways -> senders -> caller
+            -> worker (in process, or N worker processes) -> HTTP
+    close:  HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> caller -> senders
+            (finish sends) -> gateways -> Redis -> embedded redis-server
 
 Everything else receives the runtime (or the parts it needs) as an argument; there are no
 module-level singletons.
@@ -25,7 +26,9 @@ from engine.config import Config
 from engine.flows import FlowRegistry
 from engine.metrics import Metrics
 from engine.redis_embedded import EmbeddedRedis
+from engine.shards import lease_holders
 from engine.store import Store
+from engine.supervisor import Supervisor
 from engine.worker import Worker
 from gateways.base import Gateway
 from gateways.registry import build_gateway
@@ -45,8 +48,13 @@ class Runtime:
         http: bool = True,
         worker: bool = True,
         senders: bool = True,
+        caller: bool | None = None,
         ephemeral_redis: bool = False,
+        worker_index: int = 0,
+        config_path: str | None = None,
     ) -> None:
+        """``worker``: run turns, in this process or (``engine.workers`` > 1) in that many worker
+        processes started with ``config_path``. ``caller`` (CRM webhooks) defaults to ``worker``."""
         self.config = config
         self.clock = clock or Clock()
         self.metrics = Metrics()
@@ -55,8 +63,13 @@ class Runtime:
         self.embedded: EmbeddedRedis | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
+        self.supervisor: Supervisor | None = None
         self.http_port = 0
-        self._want = {"http": http, "worker": worker, "senders": senders}
+        self._want = {
+            "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
+        }  # fmt: skip
+        self._worker_index = worker_index
+        self._config_path = config_path
         self._ephemeral = ephemeral_redis
         self._stack = contextlib.AsyncExitStack()
         self._store: Store | None = None
@@ -104,9 +117,14 @@ class Runtime:
             for name, gw in self.gateways.items():
                 if gw.can_send:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
-        if self._want["worker"]:
+        if self._want["caller"]:
             await self._stack.enter_async_context(Caller(self))
-            self.worker = await self._stack.enter_async_context(Worker(self))
+        if self._want["worker"] and cfg.engine.workers > 1:
+            self.supervisor = await self._stack.enter_async_context(
+                Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout)
+            )
+        elif self._want["worker"]:
+            self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
         if self._want["http"]:
             await self._start_http()
         log.info(
@@ -153,17 +171,35 @@ class Runtime:
         return senders[0] if len(senders) == 1 else ""
 
     async def health(self) -> dict[str, Any]:
-        """What /healthz reports: Redis reachable, worker consuming, gateways configured."""
+        """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
         redis_ok = True
+        holders: dict[int, str] = {}
         try:
             await self.store.redis.ping()
+            holders = await lease_holders(self.store)
         except Exception:
             redis_ok = False
+        by_worker: dict[str, list[int]] = {}
+        for shard, who in sorted(holders.items()):
+            by_worker.setdefault(who, []).append(shard)
+        unread = [s for s in range(self.config.engine.shards) if s not in holders]
         worker_ok = self.worker.healthy if self.worker else None
-        return {
-            "status": "ok" if redis_ok and worker_ok is not False else "degraded",
+        runs_workers = self.worker is not None or self.supervisor is not None
+        ok = redis_ok and worker_ok is not False and not (runs_workers and unread)
+        out: dict[str, Any] = {
+            "status": "ok" if ok else "degraded",
             "redis": "ok" if redis_ok else "unreachable",
             "worker": {True: "ok", False: "waiting for redis", None: "off"}[worker_ok],
+            "workers": by_worker,
+            "unread_shards": unread if redis_ok else None,
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
         }
+        if self.supervisor is not None:
+            out["worker"] = "processes"
+            sup = self.supervisor
+            out["worker_processes"] = {
+                str(i): {"pid": p.pid, "running": p.returncode is None, "restarts": sup.restarts[i]}
+                for i, p in sorted(sup.procs.items())
+            }
+        return out

@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from engine.config import RedisConfig
 from engine.errors import RedisUnavailable
 
-SCRIPTS = ("intake", "commit", "status", "timers")
+SCRIPTS = ("intake", "commit", "status", "timers", "lease")
 
 
 class Store:

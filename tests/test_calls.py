@@ -12,7 +12,7 @@ from aiohttp import web
 from engine import contacts, conversations, intake, keys
 from engine.clock import FakeClock
 from engine.runtime import Runtime
-from engine.worker import Worker
+from engine.worker import fire_timers
 from gateways.console import ConsoleGateway
 from tests.conftest import ANN, Turns, make_config, process_stream
 
@@ -128,9 +128,9 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
         )
         assert await process() == ["replied"]  # logged; the conversation still waits on the CRM
         clock.advance(5)
-        assert await Worker(rt).fire_timers() == 0
+        assert await fire_timers(rt) == 0
         clock.advance(10)
-        assert await Worker(rt).fire_timers() == 1
+        assert await fire_timers(rt) == 1
         assert await process() == ["timed_out"]
         outbound = [f[b"t"].decode() for _, f in await rt.store.redis.xrange(keys.outbound_stream("console"))]
         state = await conversations.load_state(rt.store, ANN)

@@ -1,0 +1,137 @@
+"""Real worker processes (``parley run --workers N``): a worker killed with SIGKILL mid-load
+loses nothing and sends nothing twice, and the supervisor replaces it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from engine.redis_embedded import free_port
+from gateways.simulators.http_carrier import SimulatedCarrier
+from tests.conftest import API_KEY, ROOT
+
+PROMOTER = "Wonderful, thank you! What do you like most about us?"
+
+
+class Engine:
+    """``parley run`` as a child process, with its HTTP API."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, api: aiohttp.ClientSession) -> None:
+        self.proc, self.port, self.api = proc, port, api
+
+    async def health(self) -> dict[str, Any]:
+        async with self.api.get("/healthz") as r:
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def until_healthy(self, timeout: float = 20) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                body = await self.health()
+                if body["status"] == "ok":
+                    return body
+            except aiohttp.ClientError:
+                pass
+            if loop.time() > deadline:
+                raise AssertionError("engine did not become healthy")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def engine(redis_url: str, carrier: SimulatedCarrier, tmp_path: Path) -> AsyncIterator[Engine]:
+    port = free_port()
+    config = {
+        "redis": {"url": redis_url},
+        "http": {"port": port},
+        "api": {"keys": [API_KEY]},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 8, "lease_ttl": "1s", "batch_size": 32},
+        "gateways": {"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
+        "log": {"level": "warning"},
+    }
+    path = tmp_path / "parley.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "--config", str(path), "run", "--workers", "2",
+        cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with aiohttp.ClientSession(
+        f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as api:
+        eng = Engine(proc, port, api)
+        try:
+            yield eng
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+                assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_a_worker_killed_mid_load_loses_nothing_and_sends_nothing_twice(
+    engine: Engine, carrier: SimulatedCarrier
+) -> None:
+    health = await engine.until_healthy()
+    assert sorted(s for shards in health["workers"].values() for s in shards) == list(range(8))
+    numbers = [f"+4477009{i:05d}" for i in range(150)]
+    for n in numbers:
+        async with engine.api.put(f"/v1/contacts/{n}", json={"fields": {"first_name": "Sam"}}) as r:
+            assert r.status in (200, 201)
+    async with engine.api.post("/v1/flows/nps/start", json={"contacts": numbers}) as r:
+        assert r.status == 202, await r.text()
+    for n in numbers:
+        assert (await carrier.next_message(n, timeout=20)).text.startswith("Hi Sam")
+
+    # Every customer answers twice, 1 ms apart, while both workers are frozen (a backlog builds
+    # up); they are thawed, and one is SIGKILLed while it is working through its share.
+    pids = [p["pid"] for p in health["worker_processes"].values()]
+    victim = health["worker_processes"]["0"]["pid"]
+    url = f"http://127.0.0.1:{engine.port}/v1/inbound/carrier"
+
+    async def answer(n: str) -> None:
+        await carrier.text_in(url, API_KEY, n, "10")
+        await asyncio.sleep(0.001)
+        await carrier.text_in(url, API_KEY, n, "Fast delivery")
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    await asyncio.gather(*(answer(n) for n in numbers))
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    while len(carrier.received) <= len(numbers):  # answering has begun
+        await asyncio.sleep(0.001)
+    os.kill(victim, signal.SIGKILL)
+
+    got: dict[str, list[str]] = defaultdict(list)
+    for n in numbers:
+        for _ in range(2):
+            got[n].append((await carrier.next_message(n, timeout=30)).text)
+    for n in numbers:
+        assert got[n][0] == PROMOTER, (n, got[n])
+        assert got[n][1].startswith("Thank you Sam! Your 10/10"), (n, got[n])
+    await asyncio.sleep(0.5)  # anything sent twice would arrive by now
+    assert len(carrier.received) == 3 * len(numbers)
+    assert len({m.id for m in carrier.received}) == 3 * len(numbers)
+
+    # The supervisor started a replacement, and the shards are spread over two live workers again.
+    health = await engine.until_healthy()
+    assert health["worker_processes"]["0"]["restarts"] == 1
+    assert health["worker_processes"]["0"]["pid"] != victim
+    for _ in range(100):
+        if len(health["workers"]) == 2:
+            break
+        await asyncio.sleep(0.1)
+        health = await engine.health()
+    assert sorted(len(s) for s in health["workers"].values()) == [4, 4]
