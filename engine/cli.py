@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +18,9 @@ from typing import Any
 from engine import __version__, logs
 from engine.config import Config, load_config
 from engine.errors import ConfigError, FlowErrors, ParleyError
+
+#: engine.metrics.MULTIPROC_ENV, spelled out: importing engine.metrics here would be too early.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                 if not 1 <= args.workers <= 64:
                     raise ConfigError("--workers", f"must be 1..64, got {args.workers}")
                 cfg = replace(cfg, engine=replace(cfg.engine, workers=args.workers))
+            if cfg.engine.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+                # Before anything imports prometheus_client: every process then writes its
+                # figures to this directory and /metrics adds them up (engine.metrics).
+                metrics_dir = tempfile.mkdtemp(prefix="parley-metrics-")
+                os.environ[MULTIPROC_ENV] = metrics_dir
+                try:
+                    return _run_async(_serve(cfg, args.config))
+                finally:
+                    shutil.rmtree(metrics_dir, ignore_errors=True)
             return _run_async(_serve(cfg, args.config))
         if args.command == "worker":
             if not cfg.redis.url:

@@ -3,11 +3,21 @@
 Call sites say ``metrics.turn_done(flow, result, seconds)``; only this module knows metric
 names and labels. Each :class:`Metrics` has its own registry (no process-wide globals), so two
 runtimes in one process (tests, the demo) never collide.
+
+With worker processes (``parley run --workers N``) every process writes its figures to files in
+``$PROMETHEUS_MULTIPROC_DIR`` (set by ``parley run`` before anything imports the client) and
+``/metrics`` on the HTTP process adds them up, so turn latencies from every worker are in one
+scrape. The stream gauges are read from Redis at scrape time by the process serving ``/metrics``.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Turn stages are fast; buckets from 100 µs to 2.5 s.
 STAGE_BUCKETS = (
@@ -41,7 +51,31 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
-        self._in_flight = Gauge("parley_turns_in_flight", "Turns being processed now.", registry=r)
+        self._in_flight = Gauge(
+            "parley_turns_in_flight", "Turns being processed now.", registry=r, multiprocess_mode="livesum"
+        )
+        self._duplicates = Counter(
+            "parley_duplicates_dropped_total",
+            "Duplicates dropped: an inbound text whose (gateway, provider id) was seen (stage=inbound), "
+            "an event redelivered after it was applied (stage=turn).",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self._lag = Gauge(
+            "parley_stream_lag", "Inbound entries no worker has read yet, per shard.", ["shard"],
+            registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self._pending = Gauge(
+            "parley_stream_pending", "Inbound entries read by a worker and not yet acknowledged, per shard.",
+            ["shard"], registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self._oldest = Gauge(
+            "parley_stream_oldest_seconds", "Age of the oldest unprocessed inbound entry, per shard.",
+            ["shard"], registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self._workers = Gauge(
+            "parley_workers_live", "Workers with a live heartbeat in Redis.", registry=r,
+            multiprocess_mode="mostrecent",
+        )  # fmt: skip
         self._retries = Counter(
             "parley_turn_retries_total",
             "Turns decided again after losing a session race.",
@@ -62,6 +96,8 @@ class Metrics:
 
     def inbound(self, gateway: str, result: str) -> None:
         self._inbound.labels(gateway, result).inc()
+        if result == "duplicate":
+            self._duplicates.labels("inbound").inc()
 
     def turn_started(self) -> None:
         self._in_flight.inc()
@@ -69,6 +105,8 @@ class Metrics:
     def turn_done(self, flow: str, result: str, total_s: float, stages: dict[str, float]) -> None:
         self._in_flight.dec()
         self._turns.labels(flow or "-", result).inc()
+        if result == "duplicate":
+            self._duplicates.labels("turn").inc()
         self._turn.observe(total_s)
         for stage, seconds in stages.items():
             self._stage.labels(stage).observe(seconds)
@@ -84,5 +122,19 @@ class Metrics:
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._http.labels(route, str(status)).observe(seconds)
 
+    def streams(self, shard: int, lag: int, pending: int, oldest_s: float) -> None:
+        label = str(shard)
+        self._lag.labels(label).set(lag)
+        self._pending.labels(label).set(pending)
+        self._oldest.labels(label).set(oldest_s)
+
+    def workers_live(self, n: int) -> None:
+        self._workers.set(n)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from engine import flow_versions
+from engine import flow_versions, keys
 from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config
@@ -169,6 +170,32 @@ class Runtime:
             return default
         senders = [n for n, g in self.gateways.items() if g.can_send]
         return senders[0] if len(senders) == 1 else ""
+
+    async def refresh_stream_metrics(self) -> None:
+        """Read each shard's backlog and the live workers from Redis into the gauges (one round
+        trip; called when /metrics is scraped, so it shows every worker process's shards)."""
+        r = self.store.redis
+        n = self.config.engine.shards
+        async with r.pipeline(transaction=False) as pipe:
+            for shard in range(n):
+                stream = keys.inbound_stream(shard)
+                pipe.xlen(stream)
+                pipe.xpending(stream, keys.INBOUND_GROUP)
+                pipe.xrange(stream, count=1)
+            pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
+            res = await pipe.execute(raise_on_error=False)
+        now_ms = self.clock.now_ms()
+        for shard in range(n):
+            length, pending, first = res[3 * shard : 3 * shard + 3]
+            if isinstance(length, Exception):
+                continue
+            waiting = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            oldest = 0.0
+            if first and not isinstance(first, Exception):
+                oldest = max(0.0, (now_ms - int(first[0][0].split(b"-")[0])) / 1000)
+            self.metrics.streams(shard, max(0, int(length) - waiting), waiting, oldest)
+        if not isinstance(res[-1], Exception):
+            self.metrics.workers_live(int(res[-1]))
 
     async def health(self) -> dict[str, Any]:
         """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""

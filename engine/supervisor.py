@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 
+from engine.metrics import MULTIPROC_ENV
 from engine.redis_embedded import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Supervisor:
             self.procs[index] = proc
             log.info("worker %d started pid=%d", index, proc.pid)
             rc = await proc.wait()
+            _forget_gauges(proc.pid)
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= HEALTHY_RUN_S:
@@ -98,6 +100,14 @@ class Supervisor:
             )  # fmt: skip
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_S)
+
+
+def _forget_gauges(pid: int) -> None:
+    """A dead worker's in-flight gauge must not count any more (per-process metric files)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _describe(rc: int) -> str:

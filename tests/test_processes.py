@@ -135,3 +135,44 @@ async def test_a_worker_killed_mid_load_loses_nothing_and_sends_nothing_twice(
         await asyncio.sleep(0.1)
         health = await engine.health()
     assert sorted(len(s) for s in health["workers"].values()) == [4, 4]
+
+
+async def test_metrics_add_up_every_worker_process(engine: Engine, carrier: SimulatedCarrier) -> None:
+    await engine.until_healthy()
+    numbers = [f"+4477008{i:05d}" for i in range(40)]
+    for n in numbers:
+        async with engine.api.put(f"/v1/contacts/{n}", json={"fields": {"first_name": "Lee"}}) as r:
+            assert r.status in (200, 201)
+    async with engine.api.post("/v1/flows/nps/start", json={"contacts": numbers}) as r:
+        assert r.status == 202
+    url = f"http://127.0.0.1:{engine.port}/v1/inbound/carrier"
+    for n in numbers:
+        await carrier.next_message(n, timeout=20)
+        await carrier.text_in(url, API_KEY, n, "10")
+    for n in numbers:
+        await carrier.next_message(n, timeout=20)
+    async with engine.api.get("/metrics") as r:
+        text = await r.text()
+    samples = _samples(text)
+    # The contacts are spread over both workers' shards; /metrics on the HTTP process counts
+    # the turns of both.
+    assert samples[("parley_turns_total", (("flow", "nps"), ("result", "started")))] == 40
+    assert samples[("parley_turns_total", (("flow", "nps"), ("result", "replied")))] == 40
+    assert samples[("parley_workers_live", ())] == 2
+    assert sum(v for (name, _), v in samples.items() if name == "parley_stream_lag") == 0
+    stage_counts = {
+        dict(labels)["stage"]: v
+        for (name, labels), v in samples.items()
+        if name == "parley_turn_stage_seconds_count"
+    }
+    assert stage_counts == {"queue_wait": 80, "load": 80, "decide": 80, "commit": 80}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
 from engine.api.common import json_response, runtime
 
@@ -15,5 +18,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = runtime(request).metrics.render()
+    rt = runtime(request)
+    with contextlib.suppress(RedisError, OSError):  # Redis down: the stream gauges keep their last value
+        await rt.refresh_stream_metrics()
+    body = rt.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
