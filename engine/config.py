@@ -97,6 +97,8 @@ class EngineConfig:
     batch_size: int = 256
     #: How many message log entries are kept per contact.
     message_log_size: int = 200
+    #: A contact's message log expires after this long without a new message.
+    message_log_ttl: Duration = Duration(30 * 86400.0)
     #: How long graceful shutdown waits for in-flight turns and sends.
     shutdown_timeout: Duration = Duration(10.0)
     #: How often due timers (wait timeouts, expiry) are moved onto the inbound streams.
@@ -327,6 +329,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
     if not 1 <= cfg.engine.workers <= 64:
         raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
+    if cfg.engine.message_log_ttl < 60:
+        raise ConfigError("engine.message_log_ttl", f"must be at least 1m, got {cfg.engine.message_log_ttl}s")
     if cfg.engine.lease_ttl < 0.3:
         raise ConfigError("engine.lease_ttl", f"must be at least 300ms, got {cfg.engine.lease_ttl}s")
     if cfg.engine.batch_size < 1:

@@ -6,14 +6,13 @@ from typing import Any
 
 import orjson
 
-from engine import keys
+from engine import keys, sessions
 from engine.store import Store
 
 
 async def load_state(store: Store, number: str) -> dict[str, Any] | None:
     """The stored session state of a contact, or None if there is none."""
-    raw = await store.redis.hget(keys.session(number), "d")
-    return orjson.loads(raw) if raw else None
+    return sessions.state_of(await store.redis.get(keys.session(number))) or None
 
 
 def describe(state: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import ResponseError
 
-from engine import flow_versions, keys
+from engine import flow_versions, keys, sessions
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
@@ -79,13 +80,19 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
     try:
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
-            async with rt.store.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.session(ev.contact))
-                pipe.hgetall(keys.contact(ev.contact))
-                sess_h, contact_h = await pipe.execute()
+            try:
+                async with rt.store.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(keys.session(ev.contact))
+                    pipe.hgetall(keys.contact(ev.contact))
+                    sess_raw, contact_h = await pipe.execute()
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
+                    rt.store.redis, keys.session(ev.contact)
+                ):
+                    raise
+                continue  # an older build's session, now converted: load again
             t1 = clock.monotonic()
-            version = int(sess_h.get(b"v", 0))
-            state = orjson.loads(sess_h[b"d"]) if b"d" in sess_h else {}
+            version, _, state = sessions.unpack(sess_raw)
             await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             plan = _decide(rt, ev, state, contact)
@@ -315,10 +322,11 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             keys.calls(),
         ],
         args=[
-            version, ev.ref, orjson.dumps(plan.state).decode() if plan.state is not None else "",
+            version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
             max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
             len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
             *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
+            int(rt.config.engine.message_log_ttl),
             *records, *outbound, *plan.timers_remove,
             *(x for member, due in plan.timers_add for x in (member, due)),
         ],

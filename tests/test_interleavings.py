@@ -16,12 +16,11 @@ import contextlib
 import itertools
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import contacts, intake, keys
+from engine import contacts, intake, keys, sessions
 from engine.clock import FakeClock
 from engine.events import Event
 from engine.runtime import Runtime
@@ -84,8 +83,7 @@ async def _outcome(rt: Runtime) -> Outcome:
         ids.append(fields[b"m"].decode())
     states = {}
     for n in NUMBERS:
-        raw = await r.hget(keys.session(n), "d")
-        states[n] = orjson.loads(raw) if raw else None
+        states[n] = sessions.state_of(await r.get(keys.session(n))) or None
     return Outcome(replies, states, ids)
 
 

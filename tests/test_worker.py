@@ -16,7 +16,7 @@ from engine.redis_embedded import EmbeddedRedis, free_port
 from engine.runtime import Runtime
 from engine.turn import run_turn
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, Turns, make_config
+from tests.conftest import ANN, API_KEY, Turns, make_config, process_stream
 
 
 def _cfg(redis_url: str, carrier: SimulatedCarrier):  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ async def test_stale_session_version_is_a_conflict_and_writes_nothing(
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)
         r = rt.store.redis
-        before = await r.hgetall(keys.session(ANN))
+        before = await r.get(keys.session(ANN))
         out_before = await r.xlen(keys.outbound_stream("carrier"))
         status, version = await rt.store.run(
             "commit",
@@ -130,7 +130,7 @@ async def test_stale_session_version_is_a_conflict_and_writes_nothing(
             ],
         )
         assert (status, int(version)) == (b"conflict", 1)
-        assert await r.hgetall(keys.session(ANN)) == before
+        assert await r.get(keys.session(ANN)) == before
         assert await r.xlen(keys.outbound_stream("carrier")) == out_before
 
 
@@ -242,3 +242,38 @@ async def test_metrics_show_the_backlog_and_dropped_duplicates(
     assert len(lag) == cfg.engine.shards
     assert samples[("parley_duplicates_dropped_total", (("stage", "inbound"),))] == 1
     assert samples[("parley_workers_live", ())] == 0
+
+
+async def test_a_waiting_conversation_is_small_and_its_log_expires(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
+        await _ann_waiting(rt)
+        r = rt.store.redis
+        # One string, not a hash table (a hash with a long value costs 400+ bytes).
+        assert await r.type(keys.session(ANN)) == b"string"
+        assert await r.memory_usage(keys.session(ANN), samples=0) <= 200
+        ttl = int(rt.config.engine.message_log_ttl)
+        for key in (keys.message_index(ANN), keys.message_records(ANN)):
+            assert ttl - 5 <= await r.ttl(key) <= ttl
+        session_ttl = await r.ttl(keys.session(ANN))
+        assert 3 * 86400 < session_ttl <= 4 * 86400  # the NPS flow's 3-day expiry, plus a grace day
+
+
+async def test_a_session_stored_by_an_older_build_is_converted_and_carries_on(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    from engine import sessions
+
+    async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
+        await _ann_waiting(rt)
+        r = rt.store.redis
+        version, last, state = sessions.unpack(await r.get(keys.session(ANN)))
+        await r.delete(keys.session(ANN))  # as the hash-format builds stored it
+        await r.hset(keys.session(ANN), mapping={"v": version, "li": last, "d": orjson.dumps(state)})
+        await r.expire(keys.session(ANN), 3600)
+        await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="10", provider_id="m")
+        # The start (already applied above, still in the stream) is recognised; the answer is taken.
+        assert await process_stream(rt, ANN) == ["duplicate", "replied"]
+        assert await r.type(keys.session(ANN)) == b"string"
+        assert sessions.unpack(await r.get(keys.session(ANN)))[0] == version + 1

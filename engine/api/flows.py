@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from engine import contacts, intake, keys
+from engine import contacts, intake, keys, sessions
 from engine.api.common import json_response, number_param, read_object, runtime
 from engine.errors import FlowErrors, NotFound, Unprocessable
 from engine.turn import missing_fields
@@ -78,7 +78,7 @@ async def start_flow(request: web.Request) -> web.Response:
     assert flow is not None
     async with rt.store.redis.pipeline(transaction=False) as pipe:
         for n in numbers:
-            pipe.hget(keys.session(n), "d")
+            pipe.get(keys.session(n))
             pipe.hget(keys.contact(n), "f")
         loaded = await pipe.execute()
     skipped: list[dict[str, str]] = []
@@ -87,7 +87,7 @@ async def start_flow(request: web.Request) -> web.Response:
         lacking = missing_fields(flow, contacts.Contact(n, orjson.loads(fields or b"{}")))
         if lacking:
             skipped.append({"contact": n, "reason": "missing_fields", "fields": ",".join(lacking)})
-        elif not interrupt and state and orjson.loads(state).get("n") is not None:
+        elif not interrupt and sessions.state_of(state).get("n") is not None:
             skipped.append({"contact": n, "reason": "in_conversation"})
         else:
             ready.append(n)

@@ -1,7 +1,8 @@
 -- Commit one turn for one contact, atomically: compare-and-swap the session version, record
 -- which inbound event was applied, log the messages, enqueue the replies, move the timers.
 --
--- KEYS[1]  p:s:{N}    session hash: v (version), li (last applied event "S/ms-seq"), d (state)
+-- KEYS[1]  p:s:{N}    session string "v|li|d": version, last applied event "S/ms-seq", state
+--                      json (engine/sessions.py)
 -- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
 -- KEYS[4]  p:out:GW   outbound stream of the replying gateway
@@ -19,6 +20,7 @@
 -- ARGV[11] contact change: "" none, else the contact's updated-at (ms) as loaded ("0": absent)
 -- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms)
 -- ARGV[15] a CRM call job (json) or ""
+-- ARGV[16] message log retention (s): the log of a contact who stays silent this long expires
 -- then R pairs (message id, record json), O pairs (message id, text),
 --      T timer members, A pairs (timer member, due ms)
 --
@@ -29,11 +31,15 @@ local function parse(ref)
   return tonumber(s), tonumber(ms), tonumber(seq)
 end
 
-local cur = redis.call('HMGET', KEYS[1], 'v', 'li')
-local v = tonumber(cur[1] or '0')
-if cur[2] then
+local stored = redis.call('GET', KEYS[1])
+local v, li, d = 0, '', ''
+if stored then
+  local sv, sli, rest = string.match(stored, '^(%d+)|([^|]*)|(.*)$')
+  v, li, d = tonumber(sv), sli, rest
+end
+if li ~= '' then
   local s1, ms1, q1 = parse(ARGV[2])
-  local s0, ms0, q0 = parse(cur[2])
+  local s0, ms0, q0 = parse(li)
   -- Entries of one shard stream are ordered; an id at or below the last applied one is a
   -- redelivery (a worker died between commit and XACK).
   if s1 == s0 and (ms1 < ms0 or (ms1 == ms0 and q1 <= q0)) then
@@ -48,12 +54,8 @@ if ARGV[11] ~= '' and (redis.call('HGET', KEYS[6], 'ua') or '0') ~= ARGV[11] the
 end
 
 v = v + 1
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'v', v, 'li', ARGV[2], 'd', ARGV[3])
-else
-  redis.call('HSET', KEYS[1], 'v', v, 'li', ARGV[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[3] ~= '' then d = ARGV[3] end
+redis.call('SET', KEYS[1], v .. '|' .. ARGV[2] .. '|' .. d, 'EX', ARGV[4])
 
 if ARGV[11] ~= '' then
   redis.call('HSETNX', KEYS[6], 'ca', ARGV[14])
@@ -68,7 +70,7 @@ local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 16
+local i = 17
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -94,5 +96,9 @@ if n > keep then
   local old = redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)
   redis.call('HDEL', KEYS[3], unpack(old))
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
+end
+if nrec > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[16])
+  redis.call('EXPIRE', KEYS[3], ARGV[16])
 end
 return {'ok', v}
