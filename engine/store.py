@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
+from engine.batching import Coalescer
 from engine.config import RedisConfig
 from engine.errors import RedisUnavailable
 
@@ -26,6 +27,8 @@ class Store:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
+        #: Turns' loads and commits, coalesced into one pipeline per event-loop pass.
+        self.coalescer = Coalescer(client)
         self._scripts: dict[str, AsyncScript] = {}
         for name in SCRIPTS:
             source = resources.files("engine.scripts").joinpath(f"{name}.lua").read_text()

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from engine import flow_versions, keys, sessions
+from engine.batching import Add
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
@@ -81,10 +83,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
             try:
-                async with rt.store.redis.pipeline(transaction=False) as pipe:
-                    pipe.get(keys.session(ev.contact))
-                    pipe.hgetall(keys.contact(ev.contact))
-                    sess_raw, contact_h = await pipe.execute()
+                sess_raw, contact_h = await rt.store.coalescer.run(_load(ev.contact))
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
                     rt.store.redis, keys.session(ev.contact)
@@ -112,6 +111,14 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
         raise
     rt.metrics.turn_done("", "error", clock.monotonic() - picked, {})
     raise RuntimeError(f"turn {ev.ref}: lost the session race {MAX_ATTEMPTS} times")
+
+
+def _load(number: str) -> Add:
+    async def add(pipe: Pipeline) -> None:
+        pipe.get(keys.session(number))
+        pipe.hgetall(keys.contact(number))
+
+    return add
 
 
 def _settle(rt: Runtime, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
@@ -310,25 +317,27 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         if gateway:
             outbound += [mid, text]
             ids.append(mid)
-    res = await rt.store.run(
-        "commit",
-        keys=[
-            keys.session(ev.contact),
-            keys.message_index(ev.contact),
-            keys.message_records(ev.contact),
-            keys.outbound_stream(gateway or "-"),
-            keys.timers(ev.shard),
-            keys.contact(ev.contact),
-            keys.calls(),
-        ],
-        args=[
-            version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
-            max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
-            len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
-            *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
-            int(rt.config.engine.message_log_ttl),
-            *records, *outbound, *plan.timers_remove,
-            *(x for member, due in plan.timers_add for x in (member, due)),
-        ],
-    )  # fmt: skip
+    commit_keys = [
+        keys.session(ev.contact),
+        keys.message_index(ev.contact),
+        keys.message_records(ev.contact),
+        keys.outbound_stream(gateway or "-"),
+        keys.timers(ev.shard),
+        keys.contact(ev.contact),
+        keys.calls(),
+    ]
+    commit_args = [
+        version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
+        max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
+        len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
+        *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
+        int(rt.config.engine.message_log_ttl),
+        *records, *outbound, *plan.timers_remove,
+        *(x for member, due in plan.timers_add for x in (member, due)),
+    ]  # fmt: skip
+
+    async def add(pipe: Pipeline) -> None:
+        await rt.store.run("commit", keys=commit_keys, args=commit_args, client=pipe)
+
+    (res,) = await rt.store.coalescer.run(add)
     return res[0].decode(), ids

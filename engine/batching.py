@@ -1,0 +1,74 @@
+"""Coalescing: Redis commands issued by concurrent turns in one event-loop pass go out as one
+pipeline, so a batch of 256 turns costs two round trips (loads, then commits) instead of 512.
+
+A turn calls ``await coalescer.run(add)``, where ``add(pipe)`` queues that turn's commands on
+the shared pipeline; it gets back just its own replies. The first request of a pass schedules
+the flush with ``call_soon``, so every turn that becomes ready in the same pass (all loads of a
+batch; all commits whose loads came back together) joins it. Each turn still sees its own
+errors: a command Redis refused raises in the turn that queued it only; a lost connection
+raises in every turn of that pipeline, and their events stay pending as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+#: Queues commands on the pipeline (may await: scripts queue EVALSHA through a coroutine).
+Add = Callable[[Pipeline], Awaitable[object]]
+
+
+class Coalescer:
+    def __init__(self, redis: aioredis.Redis, max_batch: int = 512) -> None:
+        self.redis = redis
+        self.max_batch = max_batch
+        self._queue: list[tuple[Add, asyncio.Future[list[Any]]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, add: Add) -> list[Any]:
+        """Queue ``add``'s commands for the next flush; returns their replies, in order."""
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((add, fut))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._start)
+        elif len(self._queue) >= self.max_batch:
+            self._start()
+        return await fut
+
+    def _start(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._flush(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]]) -> None:
+        spans: list[tuple[int, int]] = []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for add, _ in batch:
+                    start = len(pipe.command_stack)
+                    await add(pipe)
+                    spans.append((start, len(pipe.command_stack)))
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), (a, b) in zip(batch, spans, strict=True):
+            if fut.done():  # the turn was cancelled meanwhile
+                continue
+            mine = replies[a:b]
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if failed is not None:
+                fut.set_exception(failed)
+            else:
+                fut.set_result(mine)
