@@ -163,7 +163,7 @@ async def _serve(cfg: Config, config_path: str | None) -> int:
 
     stop = _stop_on_signals()
     loop = asyncio.get_running_loop()
-    async with Runtime(cfg, config_path=config_path) as rt:
+    async with Runtime(cfg, worker_processes=True, config_path=config_path) as rt:
         reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:

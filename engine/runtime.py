@@ -52,10 +52,12 @@ class Runtime:
         caller: bool | None = None,
         ephemeral_redis: bool = False,
         worker_index: int = 0,
+        worker_processes: bool = False,
         config_path: str | None = None,
     ) -> None:
-        """``worker``: run turns, in this process or (``engine.workers`` > 1) in that many worker
-        processes started with ``config_path``. ``caller`` (CRM webhooks) defaults to ``worker``."""
+        """``worker``: run turns in this process, or (``worker_processes`` and ``engine.workers``
+        > 1, as ``parley run`` does) in that many worker processes started with ``config_path``.
+        ``caller`` (CRM webhooks) defaults to ``worker``."""
         self.config = config
         self.clock = clock or Clock()
         self.metrics = Metrics()
@@ -70,6 +72,7 @@ class Runtime:
             "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
         }  # fmt: skip
         self._worker_index = worker_index
+        self._processes = worker_processes
         self._config_path = config_path
         self._ephemeral = ephemeral_redis
         self._stack = contextlib.AsyncExitStack()
@@ -120,7 +123,7 @@ class Runtime:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
         if self._want["caller"]:
             await self._stack.enter_async_context(Caller(self))
-        if self._want["worker"] and cfg.engine.workers > 1:
+        if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
                 Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout)
             )
