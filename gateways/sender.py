@@ -21,6 +21,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from engine import keys
 from engine.consumer import Entry, StreamConsumer
@@ -128,24 +129,19 @@ class Sender(StreamConsumer):
             status_keys.append(keys.provider_id(self.gw.name, pid))
         for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
             try:
-                async with self.rt.store.redis.pipeline(transaction=False) as pipe:
+
+                async def add(pipe: Pipeline) -> None:
                     await self.rt.store.run(
                         "status",
                         keys=status_keys,
-                        args=[
-                            msg.id,
-                            status,
-                            self.rt.clock.now_ms(),
-                            pid,
-                            error,
-                            msg.to,
-                            PROVIDER_ID_TTL_S,
-                        ],
+                        args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
                         client=pipe,
                     )
                     pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
                     pipe.xdel(self.stream, entry_id)
-                    await pipe.execute()
+
+                # Coalesced with the other sends that finished in the same pass: one round trip.
+                await self.rt.store.coalescer.run(add)
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("sender %s: cannot record status of %s (%s)", self.gw.name, msg.id, exc)
