@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint fmt typecheck run clean help bench-rules
+.PHONY: demo test lint fmt typecheck run clean help bench-rules bench loadtest
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
@@ -13,6 +13,9 @@ help:
 	@echo "make run        run the engine (HTTP API on 127.0.0.1:8080)"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make bench-rules  decisions per second of the flow engine alone"
+	@echo "make bench      end-to-end benchmark: open-loop texts at rising rates, latency percentiles,"
+	@echo "                bytes per held conversation; JSON + PNG under bench-results/ (BENCH_ARGS=...)"
+	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +38,12 @@ test: $(STAMP) lint
 bench-rules: $(STAMP)
 	$(BIN)/python loadtests/bench_rules.py --flow nps
 	$(BIN)/python loadtests/bench_rules.py --flow appointment
+
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+
+loadtest: $(STAMP)
+	$(BIN)/python loadtests/loadtest.py $(LOADTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine gateways tests loadtests

@@ -1,0 +1,38 @@
+"""The benchmark harness runs end to end at a tiny scale and writes what other tools read.
+(It asserts what was counted, never how fast: times belong to the benchmark's report.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import ROOT
+
+
+def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "loadtests/bench.py", "--conversations", "60", "--rates", "40,80",
+            "--seconds", "1", "--out", str(tmp_path),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = orjson.loads((tmp_path / "latest.json").read_bytes())
+    for key in (
+        "max_sustained_turns_per_s", "p99_ms_at_1000", "bytes_per_conversation",
+        "baseline_evalsha_pipelined_per_s",
+    ):  # fmt: skip
+        assert key in result, key
+    assert result["partial"] is False
+    assert [s["offered"] for s in result["steps"]] == [40, 80]
+    assert all(s["answered"] == s["offered"] and s["refused"] == 0 for s in result["steps"])
+    assert result["unmatched_replies"] == 0  # nothing was sent twice
+    assert result["p99_ms_at_1000"] is None  # no step at 1,000/s was run
+    assert result["bytes_per_conversation"] > 0 and result["baseline_evalsha_pipelined_per_s"] > 0
+    assert set(result["breakdown_bytes"]) >= {"session", "timers", "contact", "message_records"}
+    assert (tmp_path / "latest.png").read_bytes()[:4] == b"\x89PNG"
+    assert "max sustained" in proc.stdout
