@@ -61,7 +61,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from engine import __version__, keys
-from engine.redis_embedded import EmbeddedRedis, free_port
+from engine.redis_embedded import EmbeddedRedis, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-0123456789abcdef"
@@ -207,7 +207,10 @@ class Engine:
             argv += ["--workers", str(self.workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "PROMETHEUS_"))}
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,  # no orphan if we are killed
+            )  # fmt: skip
 
     async def ready(self, session: aiohttp.ClientSession, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -460,6 +463,11 @@ async def run(args: argparse.Namespace) -> int:
     }
     steps: list[Step] = []
     numbers = [f"+4477{i:08d}" for i in range(args.conversations)]
+    # Ctrl-C or SIGTERM: stop measuring, stop the engine, write what was measured.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persistent=False)
         server.start()
@@ -508,6 +516,7 @@ async def run(args: argparse.Namespace) -> int:
                     result["unmatched_replies"] = handsets.greetings - len(numbers)
                     result["partial"] = False
         except (KeyboardInterrupt, asyncio.CancelledError):
+            main_task.uncancel()
             console.print("[yellow]interrupted: writing what was measured[/]")
         finally:
             if engine is not None:
@@ -523,7 +532,8 @@ def report(result: dict[str, Any], steps: list[Step], out_dir: Path, stamp: str)
     result["p99_ms_at_1000"] = at_1000.p(99) if at_1000 else None
     result["p50_ms_at_1000"] = at_1000.p(50) if at_1000 else None
     result["steps"] = [s.summary() for s in steps]
-    generator_limited = [s.rate for s in steps if s.achieved_rate < 0.95 * s.rate]
+    # (an interrupted step has no achieved rate: it is not the generator's fault)
+    generator_limited = [s.rate for s in steps if 0 < s.achieved_rate < 0.95 * s.rate]
     result["generator_limited_rates"] = generator_limited
     json_path = out_dir / f"bench-{stamp}.json"
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
