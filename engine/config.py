@@ -110,6 +110,16 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class GovernanceConfig:
+    #: Language of confirmations when neither the contact's nor the keyword's has a text.
+    default_language: str = "en"
+    #: Extra keywords: {opt_out|opt_in|help: {language: [words]}} (merged over the defaults).
+    keywords: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: Confirmation texts: {opt_out|opt_in|help: {language: text}} (merged over the defaults).
+    messages: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     #: ``text`` for humans, ``json`` for log shippers.
@@ -123,6 +133,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     numbers: NumbersConfig = field(default_factory=NumbersConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -327,6 +338,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("http.max_body_bytes", "must be at least 1024")
     if not 1 <= cfg.engine.shards <= 1024:
         raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
+    for section in ("keywords", "messages"):
+        for kind in getattr(cfg.governance, section):
+            if kind not in ("opt_out", "opt_in", "help"):
+                raise ConfigError(f"governance.{section}.{kind}", "must be opt_out, opt_in or help")
     if not 1 <= cfg.engine.workers <= 64:
         raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
     if cfg.engine.message_log_ttl < 60:

@@ -16,6 +16,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
+    p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
+    p:cl:{N}           stream  consent ledger: every change, its source and cause        no TTL
     p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
     p:workers          zset    worker -> heartbeat expiry ms (the live workers)
 
@@ -55,6 +57,14 @@ def message_index(number: str) -> str:
 
 def message_records(number: str) -> str:
     return f"{PREFIX}:mh:{{{number}}}"
+
+
+def governance(number: str) -> str:
+    return f"{PREFIX}:g:{{{number}}}"
+
+
+def consent_ledger(number: str) -> str:
+    return f"{PREFIX}:cl:{{{number}}}"
 
 
 def inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:

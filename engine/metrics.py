@@ -60,6 +60,12 @@ class Metrics:
             "an event redelivered after it was applied (stage=turn).",
             ["stage"], registry=r,
         )  # fmt: skip
+        self._gate = Counter(
+            "parley_gate_total",
+            "Outbound messages through the governance gate, by decision: sent (queued) or blocked "
+            "(opted out or suppressed; the record keeps the reason).",
+            ["decision"], registry=r,
+        )  # fmt: skip
         self._lag = Gauge(
             "parley_stream_lag", "Inbound entries no worker has read yet, per shard.", ["shard"],
             registry=r, multiprocess_mode="mostrecent",
@@ -121,6 +127,12 @@ class Metrics:
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._http.labels(route, str(status)).observe(seconds)
+
+    def gate(self, sent: int, blocked: int) -> None:
+        if sent:
+            self._gate.labels("sent").inc(sent)
+        if blocked:
+            self._gate.labels("blocked").inc(blocked)
 
     def streams(self, shard: int, lag: int, pending: int, oldest_s: float) -> None:
         label = str(shard)

@@ -25,6 +25,7 @@ from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config
 from engine.flows import FlowRegistry
+from engine.governance import Keywords
 from engine.metrics import Metrics
 from engine.redis_embedded import EmbeddedRedis
 from engine.shards import lease_holders
@@ -62,6 +63,8 @@ class Runtime:
         self.clock = clock or Clock()
         self.metrics = Metrics()
         self.flows = FlowRegistry({})
+        gov = config.governance
+        self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
         self.gateways: dict[str, Gateway] = {}
         self.embedded: EmbeddedRedis | None = None
         self.worker: Worker | None = None

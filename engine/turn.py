@@ -23,13 +23,14 @@ import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from engine import flow_versions, keys, sessions
+from engine import flow_versions, governance, keys, sessions
 from engine.batching import Add
 from engine.contacts import Contact
 from engine.errors import RenderError
 from engine.events import Event
 from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
 from engine.flows.runner import EXPIRED
+from engine.governance import Consent
 from engine.numbers import mask
 from engine.sms import encoding_of
 
@@ -71,6 +72,11 @@ class _Plan:
     contact: Contact | None = None
     #: A CRM webhook job to enqueue with the commit.
     call: dict[str, Any] | None = None
+    #: Messages that pass the gate even when the contact opted out (the opt-out confirmation,
+    #: HELP answers): their indexes in ``texts``.
+    system: set[int] = field(default_factory=set)
+    #: A consent change to record with the commit: (status, source, cause).
+    consent: tuple[str, str, str] | None = None
 
 
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
@@ -83,7 +89,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
             try:
-                sess_raw, contact_h = await rt.store.coalescer.run(_load(ev.contact))
+                sess_raw, contact_h, consent_h = await rt.store.coalescer.run(_load(ev.contact))
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
                     rt.store.redis, keys.session(ev.contact)
@@ -94,7 +100,8 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             version, _, state = sessions.unpack(sess_raw)
             await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
-            plan = _decide(rt, ev, state, contact)
+            consent = Consent.from_hash(consent_h)
+            plan = _governed(rt, ev, state, contact, consent) or _decide(rt, ev, state, contact)
             _settle(rt, ev, state, plan)
             t2 = clock.monotonic()
             status, outbound_ids = await _commit(rt, ev, version, plan)
@@ -117,6 +124,7 @@ def _load(number: str) -> Add:
     async def add(pipe: Pipeline) -> None:
         pipe.get(keys.session(number))
         pipe.hgetall(keys.contact(number))
+        pipe.hgetall(keys.governance(number))
 
     return add
 
@@ -137,6 +145,46 @@ def _settle(rt: Runtime, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
         for (k, t), due in after.items()
         if before.get((k, t)) != due
     ]
+
+
+def _governed(
+    rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact, consent: Consent
+) -> _Plan | None:
+    """Pure: what consent decides before any flow does, or None to let the flow decide.
+
+    A keyword (the whole message) wins over any conversation: STOP ends it with outcome
+    ``opted_out`` and one confirmation (none if already opted out); START opts back in; HELP
+    answers and leaves the conversation where it is. Any other text from an opted-out or
+    suppressed contact is logged and answered by nothing: it never re-opts anyone in. A flow
+    start for such a contact is skipped."""
+    now = rt.clock.now_ms()
+    if ev.kind == "in":
+        kw = rt.keywords.match(ev.text)
+        if kw is not None:
+            text = rt.keywords.message(kw.kind, contact.language, kw.language)
+            if kw.kind == governance.HELP:
+                return _Plan("help", flow=state.get("f", ""), texts=[text], system={0})
+            if kw.kind == governance.OPT_IN:
+                return _Plan(
+                    "opted_in", flow=state.get("f", ""), texts=[text], system={0},
+                    consent=(governance.OPTED_IN, "keyword", ev.text),
+                )  # fmt: skip
+            ended = None
+            if state.get("n") is not None:
+                ended = {**state, "n": None, "o": "opted_out", "ea": now}
+            again = consent.status == governance.OPTED_OUT
+            return _Plan(
+                "opted_out", flow=state.get("f", ""), state=ended, texts=[] if again else [text],
+                system=set() if again else {0}, outcome="opted_out" if ended else None,
+                consent=(governance.OPTED_OUT, "keyword", ev.text),
+            )  # fmt: skip
+        if consent.silenced:
+            return _Plan("silenced", flow=state.get("f", ""))
+    elif ev.kind == "start" and consent.silenced:
+        reason = "suppressed" if consent.suppressed else "opted_out"
+        log.info("start skipped flow=%s contact=%s: %s", ev.flow, mask(ev.contact), reason)
+        return _Plan(f"skipped_{reason}", flow=ev.flow)
+    return None
 
 
 def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> _Plan:
@@ -304,6 +352,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
     ids: list[str] = []
     for k, text in enumerate(plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
+        kind = "s" if k in plan.system else "c"
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
         enc = encoding_of(text)
         rec = {
@@ -315,7 +364,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
             rec["error"] = error
         records += [mid, orjson.dumps(rec).decode()]
         if gateway:
-            outbound += [mid, text]
+            outbound += [mid, text, kind]
             ids.append(mid)
     commit_keys = [
         keys.session(ev.contact),
@@ -325,13 +374,16 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         keys.timers(ev.shard),
         keys.contact(ev.contact),
         keys.calls(),
+        keys.governance(ev.contact),
+        keys.consent_ledger(ev.contact),
     ]
     commit_args = [
         version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
         max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
-        len(records) // 2, len(outbound) // 2, len(plan.timers_remove), len(plan.timers_add),
+        len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
+        "|".join(plan.consent) if plan.consent else "",
         *records, *outbound, *plan.timers_remove,
         *(x for member, due in plan.timers_add for x in (member, due)),
     ]  # fmt: skip
@@ -340,4 +392,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         await rt.store.run("commit", keys=commit_keys, args=commit_args, client=pipe)
 
     (res,) = await rt.store.coalescer.run(add)
-    return res[0].decode(), ids
+    blocked = {b.decode() for b in res[2:]}
+    if res[0] == b"ok":
+        rt.metrics.gate(sent=len(ids) - len(blocked), blocked=len(blocked))
+    return res[0].decode(), [i for i in ids if i not in blocked]

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import contacts, conversations, flows, inbound, ops
+from engine.api import consent, contacts, conversations, flows, inbound, ops
 from engine.api.common import RUNTIME, json_response
 from engine.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
 
@@ -89,6 +89,10 @@ def build_app(rt: Runtime) -> web.Application:
     app[RUNTIME] = rt
     app.router.add_put("/v1/contacts/{number}", contacts.put_contact)
     app.router.add_get("/v1/contacts/{number}", contacts.get_contact)
+    app.router.add_get("/v1/contacts/{number}/consent", consent.get_consent)
+    app.router.add_put("/v1/contacts/{number}/consent", consent.put_consent)
+    app.router.add_put("/v1/suppressions/{number}", consent.put_suppression)
+    app.router.add_delete("/v1/suppressions/{number}", consent.delete_suppression)
     app.router.add_post("/v1/flows:reload", flows.reload_flows)
     app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
     app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)

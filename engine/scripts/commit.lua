@@ -9,6 +9,8 @@
 -- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
 -- KEYS[6]  p:c:{N}    contact hash (only written when ARGV[11] is not "")
 -- KEYS[7]  p:calls    CRM webhook jobs (only written when ARGV[15] is not "")
+-- KEYS[8]  p:g:{N}    consent and suppression: cs status, src source, at ms, sup reason
+-- KEYS[9]  p:cl:{N}   consent ledger (stream): every change with its source and cause
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -21,10 +23,17 @@
 -- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms)
 -- ARGV[15] a CRM call job (json) or ""
 -- ARGV[16] message log retention (s): the log of a contact who stays silent this long expires
--- then R pairs (message id, record json), O pairs (message id, text),
+-- ARGV[17] consent change "status|source|cause" or "" (applied before the gate)
+-- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms)
 --
--- Returns {"ok", v} | {"dup", v} (event already applied: nothing written) | {"conflict", v}.
+-- The gate: every outbound message passes it here, whatever caused it. Kind "c" (a flow's
+-- message) is blocked when the contact is opted out or suppressed; kind "s" (the opt-out
+-- confirmation, an opt-in confirmation, a HELP answer) only when suppressed. A blocked message
+-- keeps its record, with status "blocked" and the reason, and is not queued.
+--
+-- Returns {"ok", v, blocked ids...} | {"dup", v} (event already applied: nothing written) |
+-- {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
 local function parse(ref)
   local s, ms, seq = string.match(ref, '^(%d+)/(%d+)-(%d+)$')
@@ -66,20 +75,46 @@ if ARGV[15] ~= '' then
   redis.call('XADD', KEYS[7], '*', 'c', ARGV[6], 'j', ARGV[15])
 end
 
+if ARGV[17] ~= '' then
+  local status, source, cause = string.match(ARGV[17], '^([^|]*)|([^|]*)|(.*)$')
+  redis.call('HSET', KEYS[8], 'cs', status, 'src', source, 'at', ARGV[14])
+  redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[14],
+    'event', ARGV[2])
+end
+local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup')
+local opted_out, suppressed = gate[1] == 'opted_out', gate[2] and gate[2] ~= ''
+
 local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 17
+local i = 18
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+local blocked = {}
 for _ = 1, nout do
-  redis.call('XADD', KEYS[4], '*', 'm', ARGV[i], 'c', ARGV[6], 't', ARGV[i + 1])
-  i = i + 2
+  local id, kind = ARGV[i], ARGV[i + 2]
+  local reason = nil
+  if suppressed then
+    reason = 'suppressed: ' .. gate[2]
+  elseif opted_out and kind ~= 's' then
+    reason = 'opted out'
+  end
+  if reason then
+    local rec = cjson.decode(redis.call('HGET', KEYS[3], id))
+    rec['status'] = 'blocked'
+    rec['error'] = reason
+    rec['history'] = {{'blocked', tonumber(ARGV[14])}}
+    redis.call('HSET', KEYS[3], id, cjson.encode(rec))
+    blocked[#blocked + 1] = id
+  else
+    redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1])
+  end
+  i = i + 3
 end
 for _ = 1, nrem do
   redis.call('ZREM', KEYS[5], ARGV[i])
@@ -101,4 +136,6 @@ if nrec > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[16])
   redis.call('EXPIRE', KEYS[3], ARGV[16])
 end
-return {'ok', v}
+local out = {'ok', v}
+for _, id in ipairs(blocked) do out[#out + 1] = id end
+return out

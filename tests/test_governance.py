@@ -1,0 +1,195 @@
+"""Consent: STOP/START/HELP keywords win over any conversation, an opted-out or suppressed
+contact is never texted (but the one confirmation), and every change is in the ledger."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import contacts, intake, keys
+from engine.clock import FakeClock
+from engine.governance import HELP, OPT_IN, OPT_OUT, Keywords
+from engine.runtime import Runtime
+from engine.worker import fire_timers
+from tests.conftest import ANN, make_config, process_stream
+
+KW = Keywords()
+NPS_Q = "Hi Ann, thanks for choosing us."
+STOPPED = KW.messages[OPT_OUT]["en"]
+RESTARTED = KW.messages[OPT_IN]["en"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "language"),
+    [
+        ("STOP", OPT_OUT, "en"), ("Stop.", OPT_OUT, "en"), (" stop ", OPT_OUT, "en"),
+        ("STOP!!", OPT_OUT, "en"), ("stop all", OPT_OUT, "en"), ("Opt-out", OPT_OUT, "en"),
+        ("UNSUBSCRIBE", OPT_OUT, "en"), ("Cancel", OPT_OUT, "en"), ("baja", OPT_OUT, "es"),
+        ("Arrêt", OPT_OUT, "fr"), ("STOPP", OPT_OUT, "de"), ("sair", OPT_OUT, "pt"),
+        ("START", OPT_IN, "en"), ("unstop", OPT_IN, "en"), ("Alta", OPT_IN, "es"),
+        ("HELP", HELP, "en"), ("Ayuda!", HELP, "es"), ("info", HELP, "en"), ("Hilfe", HELP, "de"),
+    ],
+)  # fmt: skip
+def test_keywords_match_the_whole_message_forgiving_case_accents_and_punctuation(
+    text: str, kind: str, language: str
+) -> None:
+    kw = KW.match(text)
+    assert kw is not None and (kw.kind, kw.language) == (kind, language)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["don't stop", "stopwatch", "stop it please", "start again tomorrow", "help me with my order",
+     "", "   ", "🛑", "10", "STOP STOP", "unstoppable", "ending"],
+)  # fmt: skip
+def test_near_misses_are_not_keywords(text: str) -> None:
+    assert KW.match(text) is None
+
+
+def test_configured_keywords_and_messages_extend_the_defaults() -> None:
+    kw = Keywords({"opt_out": {"en": ["enough"]}}, {"opt_out": {"en": "Bye."}})
+    assert kw.match("Enough!") is not None and kw.match("stop") is not None
+    assert kw.message(OPT_OUT, None, "en") == "Bye."
+    # The reply is in the contact's language when there is a text for it, else the keyword's.
+    assert KW.message(OPT_OUT, "es", "en") == KW.messages[OPT_OUT]["es"]
+    assert KW.message(OPT_OUT, "pt-BR", "en") == KW.messages[OPT_OUT]["pt"]
+    assert KW.message(OPT_OUT, "ja", "fr") == KW.messages[OPT_OUT]["fr"]
+
+
+class Phone:
+    """Ann's side, run without a worker so each step is processed before the next."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.ids = itertools.count()
+        self.seen = 0
+
+    async def text(self, body: str) -> list[str]:
+        await intake.accept_inbound(
+            self.rt, gateway="carrier", contact=ANN, to="1", text=body, provider_id=f"p{next(self.ids)}"
+        )
+        return await self.replies()
+
+    async def start(self, flow: str = "nps") -> list[str]:
+        await intake.enqueue_starts(self.rt, flow, [ANN], {})
+        return await self.replies()
+
+    async def replies(self) -> list[str]:
+        await process_stream(self.rt, ANN)
+        out = await self.rt.store.redis.xrange(keys.outbound_stream("carrier"))
+        new = [f[b"t"].decode() for _, f in out[self.seen :] if f[b"c"].decode() == ANN]
+        self.seen = len(out)
+        return new
+
+
+@pytest.fixture
+async def phone(redis_url: str) -> Any:
+    cfg = make_config(redis_url, gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}})
+    async with Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False) as rt:
+        await contacts.upsert(
+            rt.store,
+            contacts.Contact(ANN, {"first_name": "Ann", "appointment_at": "2026-01-03T10:00"}),
+            rt.clock.now_ms(),
+        )
+        yield Phone(rt)
+
+
+async def test_stop_ends_the_conversation_with_one_confirmation_then_silence(phone: Phone) -> None:
+    (greeting,) = await phone.start()
+    assert greeting.startswith(NPS_Q)
+    assert await phone.text("Stop.") == [STOPPED]
+    state = await phone.rt.store.redis.get(keys.session(ANN))
+    assert b'"o":"opted_out"' in state and b'"n":null' in state
+    assert await phone.text("10") == []  # any other text: logged, never answered, never re-opts in
+    assert await phone.text("STOP") == []  # a second STOP: no second confirmation
+    assert await phone.start() == []  # a journey start is skipped
+    assert await phone.text("hello, are you there?") == []
+    assert await phone.text("START") == [RESTARTED]
+    assert (await phone.start())[0].startswith(NPS_Q)
+
+
+async def test_help_answers_without_leaving_the_conversation(phone: Phone) -> None:
+    await phone.start()
+    assert await phone.text("HELP") == [KW.messages[HELP]["en"]]
+    assert await phone.text("10") == ["Wonderful, thank you! What do you like most about us?"]
+
+
+async def test_the_gate_holds_a_reminder_for_a_contact_who_opted_out_elsewhere(phone: Phone) -> None:
+    """The reminder is decided by the flow (a timer), not by a keyword: the commit's gate is
+    what stops it, and the message record says why."""
+    rt = phone.rt
+    (reminder,) = await phone.start("appointment")
+    assert reminder.startswith("Hi Ann, a reminder of your appointment")
+    await rt.store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_out", "src": "web", "at": 1})
+    assert isinstance(rt.clock, FakeClock)
+    rt.clock.advance(4 * 3600 + 1)
+    assert await fire_timers(rt) >= 1
+    assert await phone.replies() == []
+    records = await rt.store.redis.hgetall(keys.message_records(ANN))
+    blocked = [r for r in records.values() if b'"status":"blocked"' in r]
+    assert len(blocked) == 1 and b"opted out" in blocked[0] and b"Can you make" in blocked[0]
+
+
+async def test_a_suppressed_number_gets_nothing_at_all(phone: Phone) -> None:
+    await phone.rt.store.redis.hset(keys.governance(ANN), "sup", "carrier: landline")
+    assert await phone.start() == []
+    assert await phone.text("HELP") == []  # not even HELP answers
+    assert await phone.text("START") == []  # opting in does not lift a suppression
+    await phone.rt.store.redis.hdel(keys.governance(ANN), "sup")
+    assert (await phone.start())[0].startswith(NPS_Q)
+
+
+STEPS = st.lists(
+    st.sampled_from(["STOP", "stop.", "Start", "HELP", "10", "7", "fine", "nps", "BAJA", "@start", "@optin-api"]),
+    min_size=1, max_size=12,
+)  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=STEPS)
+def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
+    redis_server: str, steps: list[str]
+) -> None:
+    import asyncio
+
+    async def run() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(redis_server)
+        await r.flushdb()
+        await r.aclose()
+        cfg = make_config(redis_server, gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}})
+        async with Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False) as rt:
+            await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), 0)
+            p = Phone(rt)
+            opted_out = False
+            for step in steps:
+                if step == "@start":
+                    got = await p.start()
+                elif step == "@optin-api":
+                    await rt.store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_in", "src": "api"})
+                    opted_out, got = False, []
+                else:
+                    got = await p.text(step)
+                kw = KW.match(step) if not step.startswith("@") else None
+                if kw is not None and kw.kind == OPT_OUT:
+                    assert got == ([] if opted_out else [KW.message(OPT_OUT, None, kw.language)])
+                    opted_out = True
+                elif kw is not None and kw.kind == OPT_IN:
+                    assert got == [KW.message(OPT_IN, None, kw.language)]
+                    opted_out = False
+                elif kw is not None and kw.kind == HELP:
+                    assert got == [KW.messages[HELP]["en"]]
+                elif opted_out:
+                    assert got == [], (step, got)
+                else:
+                    assert len(got) <= 1
+            ledger = await rt.store.redis.xrange(keys.consent_ledger(ANN))
+            changes = [KW.match(s) for s in steps if not s.startswith("@")]
+            assert len(ledger) == sum(1 for k in changes if k is not None and k.kind in (OPT_OUT, OPT_IN))
+
+    asyncio.run(run())
