@@ -38,6 +38,17 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
+def parse_cap(text: str) -> tuple[int, int]:
+    """``"4 per 30d"`` -> (4, window in ms)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:per|/)\s*(\S+)\s*", text)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"expected a cap like '4 per 30d', got {text!r}")
+    window = parse_duration(m.group(2))
+    if window < 60:
+        raise ValueError(f"a cap's window must be at least 1m, got {text!r}")
+    return int(m.group(1)), int(window * 1000)
+
+
 def parse_duration(value: object) -> float:
     """Parse a duration (see :class:`Duration`); raise ValueError on anything else."""
     if isinstance(value, bool):
@@ -117,6 +128,10 @@ class GovernanceConfig:
     keywords: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     #: Confirmation texts: {opt_out|opt_in|help: {language: text}} (merged over the defaults).
     messages: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Frequency caps over rolling windows, all programmes together, e.g. ["4 per 30d", "1 per 1d"].
+    caps: list[str] = field(default_factory=list)
+    #: Replies to a customer's text inside a conversational flow do not count towards the caps.
+    exempt_replies: bool = True
 
 
 @dataclass(frozen=True)
@@ -338,6 +353,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError("http.max_body_bytes", "must be at least 1024")
     if not 1 <= cfg.engine.shards <= 1024:
         raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
+    for i, cap in enumerate(cfg.governance.caps):
+        try:
+            parse_cap(cap)
+        except ValueError as exc:
+            raise ConfigError(f"governance.caps[{i}]", str(exc)) from None
     for section in ("keywords", "messages"):
         for kind in getattr(cfg.governance, section):
             if kind not in ("opt_out", "opt_in", "help"):

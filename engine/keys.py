@@ -18,6 +18,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:calls            stream  CRM webhook calls waiting for a caller
     p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
     p:cl:{N}           stream  consent ledger: every change, its source and cause        no TTL
+    p:sent:{N}         zset    counted sends (message id -> ms) for frequency caps   TTL = longest cap
     p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
     p:workers          zset    worker -> heartbeat expiry ms (the live workers)
 
@@ -65,6 +66,10 @@ def governance(number: str) -> str:
 
 def consent_ledger(number: str) -> str:
     return f"{PREFIX}:cl:{{{number}}}"
+
+
+def counted_sends(number: str) -> str:
+    return f"{PREFIX}:sent:{{{number}}}"
 
 
 def inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:

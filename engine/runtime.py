@@ -23,7 +23,7 @@ from aiohttp import web
 from engine import flow_versions, keys
 from engine.calls import Caller
 from engine.clock import Clock
-from engine.config import Config
+from engine.config import Config, parse_cap
 from engine.flows import FlowRegistry
 from engine.governance import Keywords
 from engine.metrics import Metrics
@@ -65,6 +65,8 @@ class Runtime:
         self.flows = FlowRegistry({})
         gov = config.governance
         self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
+        #: The frequency caps as the commit script reads them ("limit:window ms:label;...").
+        self.caps = ";".join(f"{n}:{ms}:{text.strip()}" for text in gov.caps for n, ms in [parse_cap(text)])
         self.gateways: dict[str, Gateway] = {}
         self.embedded: EmbeddedRedis | None = None
         self.worker: Worker | None = None

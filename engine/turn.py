@@ -327,7 +327,7 @@ def _fire(
 def _contact_args(c: Contact | None, now: int) -> list[str | int]:
     """ARGV[11..14] of the commit script: the contact CAS and its new fields and tags."""
     if c is None:
-        return ["", "", "", 0]
+        return ["", "", "", now]  # ARGV[14] is "now" for the gate and the ledger too
     # updated-at doubles as the contact's version: it must move even within one millisecond.
     return [
         c.updated_at,
@@ -350,9 +350,12 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         records += [f"in-{ev.msg_base}", orjson.dumps(rec).decode()]
     outbound: list[str] = []
     ids: list[str] = []
+    # A reply to the customer's own text, in a conversational flow, does not count towards caps.
+    flow = rt.flows.get(plan.flow) if plan.flow else None
+    exempt = rt.config.governance.exempt_replies and ev.kind == "in" and (flow is None or flow.conversational)
     for k, text in enumerate(plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
-        kind = "s" if k in plan.system else "c"
+        kind = "s" if k in plan.system else "r" if exempt else "c"
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
         enc = encoding_of(text)
         rec = {
@@ -376,6 +379,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         keys.calls(),
         keys.governance(ev.contact),
         keys.consent_ledger(ev.contact),
+        keys.counted_sends(ev.contact),
     ]
     commit_args = [
         version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
@@ -383,7 +387,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
-        "|".join(plan.consent) if plan.consent else "",
+        "|".join(plan.consent) if plan.consent else "", rt.caps,
         *records, *outbound, *plan.timers_remove,
         *(x for member, due in plan.timers_add for x in (member, due)),
     ]  # fmt: skip

@@ -102,6 +102,9 @@ async def test_stop_ends_the_conversation_with_one_confirmation_then_silence(pho
     (greeting,) = await phone.start()
     assert greeting.startswith(NPS_Q)
     assert await phone.text("Stop.") == [STOPPED]
+    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN))
+    assert entry[b"cs"] == b"opted_out" and entry[b"src"] == b"keyword" and entry[b"cause"] == b"Stop."
+    assert int(entry[b"at"]) == phone.rt.clock.now_ms()
     state = await phone.rt.store.redis.get(keys.session(ANN))
     assert b'"o":"opted_out"' in state and b'"n":null' in state
     assert await phone.text("10") == []  # any other text: logged, never answered, never re-opts in
@@ -191,5 +194,77 @@ def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
             ledger = await rt.store.redis.xrange(keys.consent_ledger(ANN))
             changes = [KW.match(s) for s in steps if not s.startswith("@")]
             assert len(ledger) == sum(1 for k in changes if k is not None and k.kind in (OPT_OUT, OPT_IN))
+
+    asyncio.run(run())
+
+
+async def _capped_phone(redis_url: str, caps: list[str]) -> tuple[Runtime, Phone]:
+    cfg = make_config(
+        redis_url,
+        gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}},
+        governance={"caps": caps},
+    )
+    rt = Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False)
+    await rt.__aenter__()
+    await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms())
+    return rt, Phone(rt)
+
+
+async def test_a_full_cap_window_blocks_business_sends_with_the_reason(redis_url: str) -> None:
+    rt, phone = await _capped_phone(redis_url, ["2 per 1d"])
+    try:
+        assert len(await phone.start("thank_you")) == 1
+        assert len(await phone.start("thank_you")) == 1
+        assert await phone.start("thank_you") == []  # the third in a day is capped, and says so
+        records = (await rt.store.redis.hgetall(keys.message_records(ANN))).values()
+        assert sum(b'"error":"capped: 2 per 1d"' in r for r in records) == 1
+        assert isinstance(rt.clock, FakeClock)
+        rt.clock.advance(86400)
+        assert len(await phone.start("thank_you")) == 1  # the window rolled on
+    finally:
+        await rt.__aexit__(None, None, None)
+
+
+async def test_replies_inside_a_conversation_are_exempt_from_caps(redis_url: str) -> None:
+    rt, phone = await _capped_phone(redis_url, ["1 per 1d"])
+    try:
+        assert len(await phone.start("nps")) == 1  # counts: the business started it
+        assert await phone.text("10") == ["Wonderful, thank you! What do you like most about us?"]
+        assert len(await phone.text("Fast")) == 1  # the thanks: still a reply
+        assert await phone.start("thank_you") == []  # a second business send that day: capped
+    finally:
+        await rt.__aexit__(None, None, None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    gaps=st.lists(st.sampled_from([0, 600, 3 * 3600, 20 * 3600, 86400, 3 * 86400]), min_size=1, max_size=14)
+)
+def test_no_rolling_window_ever_holds_more_than_its_cap(redis_server: str, gaps: list[int]) -> None:
+    import asyncio
+
+    caps = [(3, 7 * 86400), (1, 86400)]
+
+    async def run() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(redis_server)
+        await r.flushdb()
+        await r.aclose()
+        rt, phone = await _capped_phone(redis_server, ["3 per 7d", "1 per 1d"])
+        try:
+            assert isinstance(rt.clock, FakeClock)
+            sent: list[int] = []
+            for gap in gaps:
+                rt.clock.advance(gap)
+                now = rt.clock.now_ms() // 1000
+                full = any(sum(1 for t in sent if t > now - w) >= n for n, w in caps)
+                got = await phone.start("thank_you")
+                # Exactly the sends that fit are sent: nothing over a cap, nothing held needlessly.
+                assert len(got) == (0 if full else 1), (gap, sent, now)
+                if got:
+                    sent.append(now)
+        finally:
+            await rt.__aexit__(None, None, None)
 
     asyncio.run(run())

@@ -11,6 +11,7 @@
 -- KEYS[7]  p:calls    CRM webhook jobs (only written when ARGV[15] is not "")
 -- KEYS[8]  p:g:{N}    consent and suppression: cs status, src source, at ms, sup reason
 -- KEYS[9]  p:cl:{N}   consent ledger (stream): every change with its source and cause
+-- KEYS[10] p:sent:{N} counted sends (zset message id -> ms), for the frequency caps
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -20,17 +21,20 @@
 -- ARGV[7]  R message records   ARGV[8] O outbound messages
 -- ARGV[9]  T timers to remove  ARGV[10] A timers to add
 -- ARGV[11] contact change: "" none, else the contact's updated-at (ms) as loaded ("0": absent)
--- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms)
+-- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms), always given
 -- ARGV[15] a CRM call job (json) or ""
 -- ARGV[16] message log retention (s): the log of a contact who stays silent this long expires
 -- ARGV[17] consent change "status|source|cause" or "" (applied before the gate)
+-- ARGV[18] frequency caps "limit:window ms:label;..." or "" (none)
 -- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms)
 --
--- The gate: every outbound message passes it here, whatever caused it. Kind "c" (a flow's
--- message) is blocked when the contact is opted out or suppressed; kind "s" (the opt-out
--- confirmation, an opt-in confirmation, a HELP answer) only when suppressed. A blocked message
--- keeps its record, with status "blocked" and the reason, and is not queued.
+-- The gate: every outbound message passes it here, whatever caused it. Kinds: "s" (the opt-out
+-- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
+-- suppressed; "r" (a reply to the customer's own text) also when opted out; "c" (a message the
+-- business starts: journey start, reminder) also when any frequency cap's rolling window is
+-- full, and it counts towards the caps when sent. A blocked message keeps its record, with
+-- status "blocked" and the reason, and is not queued.
 --
 -- Returns {"ok", v, blocked ids...} | {"dup", v} (event already applied: nothing written) |
 -- {"conflict", v}.
@@ -83,12 +87,18 @@ if ARGV[17] ~= '' then
 end
 local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup')
 local opted_out, suppressed = gate[1] == 'opted_out', gate[2] and gate[2] ~= ''
+local caps, longest = {}, 0
+for limit, window, label in string.gmatch(ARGV[18], '(%d+):(%d+):([^;]*)') do
+  caps[#caps + 1] = {tonumber(limit), tonumber(window), label}
+  if tonumber(window) > longest then longest = tonumber(window) end
+end
+local now = tonumber(ARGV[14])
 
 local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 18
+local i = 19
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -103,6 +113,14 @@ for _ = 1, nout do
     reason = 'suppressed: ' .. gate[2]
   elseif opted_out and kind ~= 's' then
     reason = 'opted out'
+  elseif kind == 'c' then
+    for _, cap in ipairs(caps) do
+      if redis.call('ZCOUNT', KEYS[10], '(' .. (now - cap[2]), '+inf') >= cap[1] then
+        reason = 'capped: ' .. cap[3]
+        break
+      end
+    end
+    if not reason and #caps > 0 then redis.call('ZADD', KEYS[10], now, id) end
   end
   if reason then
     local rec = cjson.decode(redis.call('HGET', KEYS[3], id))
@@ -135,6 +153,10 @@ end
 if nrec > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[16])
   redis.call('EXPIRE', KEYS[3], ARGV[16])
+end
+if longest > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - longest)
+  redis.call('PEXPIRE', KEYS[10], longest)
 end
 local out = {'ok', v}
 for _, id in ipairs(blocked) do out[#out + 1] = id end
