@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -132,6 +133,18 @@ class GovernanceConfig:
     caps: list[str] = field(default_factory=list)
     #: Replies to a customer's text inside a conversational flow do not count towards the caps.
     exempt_replies: bool = True
+    #: When business-started messages may be sent, recipient's local time ("08:00-21:00"; "" = any time).
+    send_window: str = ""
+    #: Per-day windows overriding send_window: {mon..sun or holiday: "10:00-16:00" or "" (none)}.
+    send_windows: dict[str, str] = field(default_factory=dict)
+    #: Country code whose public holidays use the "holiday" window (no sending unless set).
+    holidays: str = ""
+    #: Time zone of recipients whose zone is unknown (no contact timezone, ambiguous number).
+    default_timezone: str = "UTC"
+    #: A deferred send leaves within this long after the window opens (spread per contact).
+    quiet_jitter: Duration = Duration(900.0)
+    #: Replies to the customer's own text are sent in quiet hours too.
+    quiet_allows_replies: bool = True
 
 
 @dataclass(frozen=True)
@@ -358,6 +371,30 @@ def _check(cfg: Config) -> None:
             parse_cap(cap)
         except ValueError as exc:
             raise ConfigError(f"governance.caps[{i}]", str(exc)) from None
+    gov = cfg.governance
+    try:
+        from engine.quiet import DAYS, QuietHours
+
+        quiet = QuietHours.from_config(
+            gov.send_window, gov.send_windows, gov.holidays, gov.default_timezone, gov.quiet_jitter
+        )
+        if quiet.enabled and not any(quiet.windows.get(d) for d in DAYS):
+            raise ValueError("no day has a sending window")
+    except ValueError as exc:
+        raise ConfigError("governance.send_window", str(exc)) from None
+    try:
+        ZoneInfo(gov.default_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "governance.default_timezone", f"unknown time zone {gov.default_timezone!r}"
+        ) from None
+    if gov.holidays:
+        import holidays
+
+        try:
+            holidays.country_holidays(gov.holidays.upper())
+        except NotImplementedError:
+            raise ConfigError("governance.holidays", f"unknown country {gov.holidays!r}") from None
     for section in ("keywords", "messages"):
         for kind in getattr(cfg.governance, section):
             if kind not in ("opt_out", "opt_in", "help"):

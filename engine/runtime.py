@@ -27,6 +27,7 @@ from engine.config import Config, parse_cap
 from engine.flows import FlowRegistry
 from engine.governance import Keywords
 from engine.metrics import Metrics
+from engine.quiet import QuietHours
 from engine.redis_embedded import EmbeddedRedis
 from engine.shards import lease_holders
 from engine.store import Store
@@ -65,6 +66,9 @@ class Runtime:
         self.flows = FlowRegistry({})
         gov = config.governance
         self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
+        self.quiet = QuietHours.from_config(
+            gov.send_window, gov.send_windows, gov.holidays, gov.default_timezone, gov.quiet_jitter
+        )
         #: The frequency caps as the commit script reads them ("limit:window ms:label;...").
         self.caps = ";".join(f"{n}:{ms}:{text.strip()}" for text in gov.caps for n, ms in [parse_cap(text)])
         self.gateways: dict[str, Gateway] = {}

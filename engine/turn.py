@@ -82,6 +82,8 @@ class _Plan:
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
     """Process one event to completion (retrying lost races); raises only on Redis failure."""
     clock = rt.clock
+    if ev.kind == "timer" and ev.timer_kind == "d":
+        ev = _undeferred(ev)
     picked = clock.monotonic()
     stages = {"queue_wait": max(0.0, (clock.now_ms() - ev.accepted_ms) / 1000)}
     rt.metrics.turn_started()
@@ -102,7 +104,12 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             consent = Consent.from_hash(consent_h)
             plan = _governed(rt, ev, state, contact, consent) or _decide(rt, ev, state, contact)
+            until = _quiet_until(rt, ev, plan, contact)
+            if until is not None:
+                plan = _Plan("deferred", flow=plan.flow)  # nothing changes until the window opens
             _settle(rt, ev, state, plan)
+            if until is not None:
+                plan.timers_add.append((keys.timer_member(ev.contact, "d", _deferred_token(ev)), until))
             t2 = clock.monotonic()
             status, outbound_ids = await _commit(rt, ev, version, plan)
             t3 = clock.monotonic()
@@ -145,6 +152,39 @@ def _settle(rt: Runtime, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
         for (k, t), due in after.items()
         if before.get((k, t)) != due
     ]
+
+
+def _customer_led(ev: Event) -> bool:
+    """The customer's own text, or the CRM's answer to a request their text made."""
+    return ev.kind in ("in", "call")
+
+
+def _quiet_until(rt: Runtime, ev: Event, plan: _Plan, contact: Contact) -> int | None:
+    """When this turn may send, if it sends something business-started in quiet hours."""
+    if not rt.quiet.enabled or not plan.texts:
+        return None
+    if _customer_led(ev) and rt.config.governance.quiet_allows_replies:
+        return None
+    if all(k in plan.system for k in range(len(plan.texts))):
+        return None
+    return rt.quiet.next_allowed(rt.clock.now_ms(), ev.contact, contact.timezone)
+
+
+def _deferred_token(ev: Event) -> str:
+    """The event, to be processed again when the window opens (a timer of kind ``d``)."""
+    return orjson.dumps(
+        {"k": ev.kind, "f": ev.flow, "p": ev.params, "n": ev.interrupt, "tk": ev.timer_kind,
+         "tt": ev.timer_token, "ts": ev.accepted_ms}
+    ).decode()  # fmt: skip
+
+
+def _undeferred(ev: Event) -> Event:
+    """A fired ``d`` timer is the deferred event again (its own stream entry is the new cause)."""
+    d = orjson.loads(ev.timer_token)
+    return Event(
+        ev.shard, ev.entry_id, d["k"], ev.contact, d["ts"], flow=d["f"], params=d["p"],
+        interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"],
+    )  # fmt: skip
 
 
 def _governed(
@@ -327,7 +367,7 @@ def _fire(
 def _contact_args(c: Contact | None, now: int) -> list[str | int]:
     """ARGV[11..14] of the commit script: the contact CAS and its new fields and tags."""
     if c is None:
-        return ["", "", "", now]  # ARGV[14] is "now" for the gate and the ledger too
+        return ["", "", "", 0]
     # updated-at doubles as the contact's version: it must move even within one millisecond.
     return [
         c.updated_at,
@@ -387,7 +427,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
-        "|".join(plan.consent) if plan.consent else "", rt.caps,
+        "|".join(plan.consent) if plan.consent else "", rt.caps, now,
         *records, *outbound, *plan.timers_remove,
         *(x for member, due in plan.timers_add for x in (member, due)),
     ]  # fmt: skip

@@ -21,11 +21,12 @@
 -- ARGV[7]  R message records   ARGV[8] O outbound messages
 -- ARGV[9]  T timers to remove  ARGV[10] A timers to add
 -- ARGV[11] contact change: "" none, else the contact's updated-at (ms) as loaded ("0": absent)
--- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] now (ms), always given
+-- ARGV[12] new fields json     ARGV[13] new tags json     ARGV[14] the contact's new updated-at
 -- ARGV[15] a CRM call job (json) or ""
 -- ARGV[16] message log retention (s): the log of a contact who stays silent this long expires
 -- ARGV[17] consent change "status|source|cause" or "" (applied before the gate)
 -- ARGV[18] frequency caps "limit:window ms:label;..." or "" (none)
+-- ARGV[19] now (ms): the gate's and the ledger's time
 -- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms)
 --
@@ -81,8 +82,8 @@ end
 
 if ARGV[17] ~= '' then
   local status, source, cause = string.match(ARGV[17], '^([^|]*)|([^|]*)|(.*)$')
-  redis.call('HSET', KEYS[8], 'cs', status, 'src', source, 'at', ARGV[14])
-  redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[14],
+  redis.call('HSET', KEYS[8], 'cs', status, 'src', source, 'at', ARGV[19])
+  redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[19],
     'event', ARGV[2])
 end
 local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup')
@@ -92,13 +93,13 @@ for limit, window, label in string.gmatch(ARGV[18], '(%d+):(%d+):([^;]*)') do
   caps[#caps + 1] = {tonumber(limit), tonumber(window), label}
   if tonumber(window) > longest then longest = tonumber(window) end
 end
-local now = tonumber(ARGV[14])
+local now = tonumber(ARGV[19])
 
 local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 19
+local i = 20
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -126,7 +127,7 @@ for _ = 1, nout do
     local rec = cjson.decode(redis.call('HGET', KEYS[3], id))
     rec['status'] = 'blocked'
     rec['error'] = reason
-    rec['history'] = {{'blocked', tonumber(ARGV[14])}}
+    rec['history'] = {{'blocked', now}}
     redis.call('HSET', KEYS[3], id, cjson.encode(rec))
     blocked[#blocked + 1] = id
   else
