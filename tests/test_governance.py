@@ -268,3 +268,87 @@ def test_no_rolling_window_ever_holds_more_than_its_cap(redis_server: str, gaps:
             await rt.__aexit__(None, None, None)
 
     asyncio.run(run())
+
+
+OPS = st.lists(
+    st.one_of(
+        st.sampled_from(["STOP", "START", "HELP", "nps", "9", "great", "@start", "@suppress", "@unsuppress"]),
+        st.sampled_from([600, 4 * 3600, 9 * 3600, 86400]).map(lambda s: f"@tick {s}"),
+    ),
+    min_size=1, max_size=16,
+)  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=OPS)
+def test_every_rule_holds_together_over_random_texts_starts_and_clock_jumps(
+    redis_server: str, ops: list[str]
+) -> None:
+    """Consent, suppression, caps (2 per 1d) and quiet hours (08:00-21:00 UTC) at once: no
+    business send to a silenced number, outside the window or over the cap; a deferred start
+    is always dealt with once its window opens."""
+    import asyncio
+
+    async def run() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(redis_server)
+        await r.flushdb()
+        await r.aclose()
+        cfg = make_config(
+            redis_server,
+            gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}},
+            governance={"caps": ["2 per 1d"], "send_window": "08:00-21:00", "quiet_jitter": "0s"},
+        )
+        clock = FakeClock()
+        async with Runtime(cfg, clock=clock, worker=False, senders=False, http=False) as rt:
+            await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), 0)
+            p = Phone(rt)
+            opted_out = suppressed = False
+            business: list[int] = []  # when each journey message was queued (s)
+
+            def check(got: list[str]) -> None:
+                for text in got:
+                    if suppressed:
+                        raise AssertionError(f"sent to a suppressed number: {text!r}")
+                    if text.startswith("Thanks for your order"):  # business-started
+                        now = clock.now_ms() // 1000
+                        assert not opted_out, "journey message to an opted-out contact"
+                        assert 8 <= (now // 3600) % 24 < 21, "journey message in quiet hours"
+                        assert sum(1 for t in business if t > now - 86400) < 2, "over the cap"
+                        business.append(now)
+
+            for op in ops:
+                if op.startswith("@tick"):
+                    clock.advance(int(op.split()[1]))
+                    await fire_timers(rt)
+                    check(await p.replies())
+                elif op == "@start":
+                    check(await p.start("thank_you"))
+                elif op == "@suppress":
+                    await rt.store.redis.hset(keys.governance(ANN), "sup", "test")
+                    suppressed = True
+                elif op == "@unsuppress":
+                    await rt.store.redis.hdel(keys.governance(ANN), "sup")
+                    suppressed = False
+                else:
+                    got = await p.text(op)
+                    kw = KW.match(op)
+                    if kw is not None and kw.kind == OPT_OUT:
+                        opted_out = True
+                        check([])  # the confirmation is not a business send
+                    elif kw is not None and kw.kind == OPT_IN:
+                        opted_out = False
+                    elif not suppressed and (opted_out and kw is None):
+                        assert got == [], (op, got)
+                    check([t for t in got if t.startswith("Thanks for your order")])
+            # Every deferred start is dealt with (sent, capped, skipped) once the window opens:
+            # go to the next noon (inside the window) and fire what is due.
+            to_noon = (12 * 3600 - (clock.now_ms() // 1000) % 86400) % 86400 or 86400
+            clock.advance(to_noon)
+            await fire_timers(rt)
+            check(await p.replies())
+            left = await rt.store.redis.zrange(keys.timers(keys.shard_of(ANN, 4)), 0, -1)
+            assert not [m for m in left if b"|d|" in m]
+
+    asyncio.run(run())
