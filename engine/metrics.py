@@ -62,8 +62,8 @@ class Metrics:
         )  # fmt: skip
         self._gate = Counter(
             "parley_gate_total",
-            "Outbound messages through the governance gate, by decision: sent (queued) or blocked "
-            "(opted out or suppressed; the record keeps the reason).",
+            "Outbound messages through the governance gate, by decision: sent (queued), opted_out, "
+            "suppressed, capped (blocked; the record keeps the reason), deferred (quiet hours).",
             ["decision"], registry=r,
         )  # fmt: skip
         self._lag = Gauge(
@@ -128,11 +128,9 @@ class Metrics:
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._http.labels(route, str(status)).observe(seconds)
 
-    def gate(self, sent: int, blocked: int) -> None:
-        if sent:
-            self._gate.labels("sent").inc(sent)
-        if blocked:
-            self._gate.labels("blocked").inc(blocked)
+    def gate(self, decision: str, n: int = 1) -> None:
+        if n:
+            self._gate.labels(decision).inc(n)
 
     def streams(self, shard: int, lag: int, pending: int, oldest_s: float) -> None:
         label = str(shard)

@@ -106,6 +106,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             plan = _governed(rt, ev, state, contact, consent) or _decide(rt, ev, state, contact)
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
+                rt.metrics.gate("deferred", len(plan.texts))
                 plan = _Plan("deferred", flow=plan.flow)  # nothing changes until the window opens
             _settle(rt, ev, state, plan)
             if until is not None:
@@ -436,7 +437,10 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         await rt.store.run("commit", keys=commit_keys, args=commit_args, client=pipe)
 
     (res,) = await rt.store.coalescer.run(add)
-    blocked = {b.decode() for b in res[2:]}
+    why = dict(b.decode().split(" ", 1) for b in res[2:])
+    blocked = set(why)
     if res[0] == b"ok":
-        rt.metrics.gate(sent=len(ids) - len(blocked), blocked=len(blocked))
+        rt.metrics.gate("sent", len(ids) - len(blocked))
+        for code in why.values():
+            rt.metrics.gate(code)
     return res[0].decode(), [i for i in ids if i not in blocked]

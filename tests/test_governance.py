@@ -218,6 +218,11 @@ async def test_a_full_cap_window_blocks_business_sends_with_the_reason(redis_url
         assert await phone.start("thank_you") == []  # the third in a day is capped, and says so
         records = (await rt.store.redis.hgetall(keys.message_records(ANN))).values()
         assert sum(b'"error":"capped: 2 per 1d"' in r for r in records) == 1
+        from tests.test_processes import _samples
+
+        gate = _samples(rt.metrics.render().decode())
+        assert gate[("parley_gate_total", (("decision", "capped"),))] == 1
+        assert gate[("parley_gate_total", (("decision", "sent"),))] == 2
         assert isinstance(rt.clock, FakeClock)
         rt.clock.advance(86400)
         assert len(await phone.start("thank_you")) == 1  # the window rolled on

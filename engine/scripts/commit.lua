@@ -37,7 +37,7 @@
 -- full, and it counts towards the caps when sent. A blocked message keeps its record, with
 -- status "blocked" and the reason, and is not queued.
 --
--- Returns {"ok", v, blocked ids...} | {"dup", v} (event already applied: nothing written) |
+-- Returns {"ok", v, "<blocked id> <opted_out|suppressed|capped>"...} | {"dup", v} (event already applied: nothing written) |
 -- {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
 local function parse(ref)
@@ -109,15 +109,15 @@ end
 local blocked = {}
 for _ = 1, nout do
   local id, kind = ARGV[i], ARGV[i + 2]
-  local reason = nil
+  local reason, code = nil, nil
   if suppressed then
-    reason = 'suppressed: ' .. gate[2]
+    reason, code = 'suppressed: ' .. gate[2], 'suppressed'
   elseif opted_out and kind ~= 's' then
-    reason = 'opted out'
+    reason, code = 'opted out', 'opted_out'
   elseif kind == 'c' then
     for _, cap in ipairs(caps) do
       if redis.call('ZCOUNT', KEYS[10], '(' .. (now - cap[2]), '+inf') >= cap[1] then
-        reason = 'capped: ' .. cap[3]
+        reason, code = 'capped: ' .. cap[3], 'capped'
         break
       end
     end
@@ -129,7 +129,7 @@ for _ = 1, nout do
     rec['error'] = reason
     rec['history'] = {{'blocked', now}}
     redis.call('HSET', KEYS[3], id, cjson.encode(rec))
-    blocked[#blocked + 1] = id
+    blocked[#blocked + 1] = id .. ' ' .. code
   else
     redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1])
   end
