@@ -357,3 +357,37 @@ def test_every_rule_holds_together_over_random_texts_starts_and_clock_jumps(
             assert not [m for m in left if b"|d|" in m]
 
     asyncio.run(run())
+
+
+async def test_consent_and_suppression_through_the_api_read_like_an_audit_trail(
+    rt: Runtime, api: Any, carrier: Any
+) -> None:
+    url = f"/v1/contacts/{ANN}/consent"
+    async with api.put(url, json={"status": "opted_in"}) as r:
+        assert r.status == 422 and (await r.json())["error"]["message"].startswith("source: required")
+    async with api.put(url, json={"status": "maybe", "source": "web"}) as r:
+        assert r.status == 422 and (await r.json())["error"]["message"].startswith("status:")
+    async with api.put(url, json={"status": "opted_in", "source": "keyword"}) as r:
+        assert r.status == 422  # keyword is reserved for texts
+    async with api.put(url, json={"status": "opted_in", "source": "web", "note": "signup form"}) as r:
+        assert r.status == 200 and (await r.json())["status"] == "opted_in"
+    await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="STOP!", provider_id="s1")
+    assert (await carrier.next_message(ANN)).text == STOPPED
+    async with api.put(
+        f"/v1/suppressions/{ANN}", json={"reason": "carrier: landline", "source": "carrier"}
+    ) as r:
+        assert r.status == 200 and (await r.json())["suppressed"] == "carrier: landline"
+    async with api.get(url) as r:
+        body = await r.json()
+    assert body["status"] == "opted_out" and body["source"] == "keyword"
+    assert [(e["change"], e["source"], e["cause"]) for e in body["ledger"]] == [
+        ("opted_in", "web", "signup form"),
+        ("opted_out", "keyword", "STOP!"),
+        ("suppressed", "carrier", "carrier: landline"),
+    ]
+    assert all(e["at"] for e in body["ledger"])
+    async with api.get(url, params={"format": "csv"}) as r:
+        assert r.status == 200 and r.content_type == "text/csv"
+        lines = (await r.text()).strip().splitlines()
+    assert lines[0] == "contact,at,change,source,cause,event" and len(lines) == 4
+    assert lines[2].startswith(f"{ANN},") and ",opted_out,keyword,STOP!," in lines[2]

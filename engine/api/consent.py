@@ -7,6 +7,8 @@ is appended to the contact's ledger with its cause, in the same transaction as t
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -51,9 +53,25 @@ async def _view(rt: Runtime, number: str) -> dict[str, Any]:
 
 
 async def get_consent(request: web.Request) -> web.Response:
-    """The contact's consent now, and every change that led to it (oldest first)."""
+    """The contact's consent now, and every change that led to it (oldest first);
+    ``?format=csv`` gives the ledger alone as CSV, for an audit."""
     rt = runtime(request)
-    return json_response(await _view(rt, number_param(rt, request.match_info["number"])))
+    view = await _view(rt, number_param(rt, request.match_info["number"]))
+    fmt = request.query.get("format", "json")
+    if fmt == "json":
+        return json_response(view)
+    if fmt != "csv":
+        raise Unprocessable("format", "must be json or csv")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["contact", "at", "change", "source", "cause", "event"])
+    for e in view["ledger"]:
+        writer.writerow([view["contact"], e["at"], e["change"], e["source"], e["cause"], e["event"] or ""])
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="consent-{view["contact"]}.csv"'},
+    )
 
 
 def _note(body: dict[str, Any]) -> str:
