@@ -42,6 +42,8 @@ async def run_chat(
         cfg,
         gateways={GATEWAY: {"type": "console", "sender": "parley"}},
         engine=replace(cfg.engine, default_gateway=GATEWAY),
+        # Trying a flow out: no sending windows or caps in the way (consent still applies).
+        governance=replace(cfg.governance, send_window="", send_windows={}, caps=[]),
     )
     async with Runtime(cfg, http=False, ephemeral_redis=not cfg.redis.url) as rt:
         if rt.flows.get(flow) is None:

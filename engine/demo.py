@@ -66,6 +66,8 @@ async def run_demo(cfg: Config) -> int:
             api=replace(cfg.api, keys=[key]),
             gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
             engine=replace(cfg.engine, default_gateway="carrier"),
+            # Trying a flow out: no sending windows or caps in the way (consent still applies).
+            governance=replace(cfg.governance, send_window="", send_windows={}, caps=[]),
         )
         async with Runtime(cfg, ephemeral_redis=True) as rt:
             base = f"http://127.0.0.1:{rt.http_port}"

@@ -24,7 +24,7 @@ from engine import flow_versions, keys
 from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config, parse_cap
-from engine.flows import FlowRegistry
+from engine.flows import Flow, FlowRegistry
 from engine.governance import Keywords
 from engine.metrics import Metrics
 from engine.quiet import QuietHours
@@ -70,7 +70,7 @@ class Runtime:
             gov.send_window, gov.send_windows, gov.holidays, gov.default_timezone, gov.quiet_jitter
         )
         #: The frequency caps as the commit script reads them ("limit:window ms:label;...").
-        self.caps = ";".join(f"{n}:{ms}:{text.strip()}" for text in gov.caps for n, ms in [parse_cap(text)])
+        self.caps = _caps_arg(gov.caps)
         self.gateways: dict[str, Gateway] = {}
         self.embedded: EmbeddedRedis | None = None
         self.worker: Worker | None = None
@@ -162,6 +162,12 @@ class Runtime:
         if not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
 
+    def caps_for(self, flow: Flow | None) -> str:
+        """The caps a flow's business-started sends are held to: its own, else the global ones."""
+        if flow is None or flow.caps is None:
+            return self.caps
+        return _caps_arg(flow.caps)
+
     async def reload_flows(self) -> FlowRegistry:
         """Load the flows directory again. New conversations take the new files; conversations
         in progress finish on their version. An invalid set raises FlowErrors and changes nothing."""
@@ -242,3 +248,7 @@ class Runtime:
                 for i, p in sorted(sup.procs.items())
             }
         return out
+
+
+def _caps_arg(caps: list[str]) -> str:
+    return ";".join(f"{n}:{ms}:{text.strip()}" for text in caps for n, ms in [parse_cap(text)])

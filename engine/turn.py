@@ -428,7 +428,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
-        "|".join(plan.consent) if plan.consent else "", rt.caps, now,
+        "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now,
         *records, *outbound, *plan.timers_remove,
         *(x for member, due in plan.timers_add for x in (member, due)),
     ]  # fmt: skip

@@ -391,3 +391,33 @@ async def test_consent_and_suppression_through_the_api_read_like_an_audit_trail(
         lines = (await r.text()).strip().splitlines()
     assert lines[0] == "contact,at,change,source,cause,event" and len(lines) == 4
     assert lines[2].startswith(f"{ANN},") and ",opted_out,keyword,STOP!," in lines[2]
+
+
+async def test_a_flow_can_set_its_own_caps(redis_url: str) -> None:
+    """appointment.yaml says `caps: []` (a reminder of the customer's own booking): the global
+    cap that holds a marketing message does not hold it."""
+    rt, phone = await _capped_phone(redis_url, ["1 per 1d"])
+    try:
+        await contacts.upsert(
+            rt.store, contacts.Contact(ANN, {"first_name": "Ann", "appointment_at": "2026-01-03T10:00"}),
+            rt.clock.now_ms(),
+        )  # fmt: skip
+        assert len(await phone.start("thank_you")) == 1  # uses the day's one send
+        for _ in range(2):
+            await intake.enqueue_starts(rt, "appointment", [ANN], {}, interrupt=True)
+            (reminder,) = await phone.replies()
+            assert reminder.startswith("Hi Ann, a reminder of your appointment")
+        assert await phone.start("thank_you") == []
+    finally:
+        await rt.__aexit__(None, None, None)
+
+
+def test_a_flow_with_a_bad_cap_is_refused_with_its_line(tmp_path: Any) -> None:
+    from engine.errors import FlowErrors
+    from engine.flows.loader import load_flow
+
+    path = tmp_path / "promo.yaml"
+    path.write_text("name: promo\ncaps: ['4 per fortnight']\nstart: a\nnodes:\n  a: {say: Hi, end: sent}\n")
+    with pytest.raises(FlowErrors) as exc:
+        load_flow(path)
+    assert any("promo.yaml:2" in str(e) and "caps" in str(e) for e in exc.value.errors)

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from engine.config import parse_duration
+from engine.config import parse_cap, parse_duration
 from engine.errors import FlowError, FlowErrors
 from engine.flows import yamlsrc
 from engine.flows.conditions import compile_condition, is_condition
@@ -29,7 +29,7 @@ from engine.flows.text import fold
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational", "fields",
+    "conversational", "fields", "caps",
 }  # fmt: skip
 NODE_KEYS = {
     "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call",
@@ -142,6 +142,19 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
     if not isinstance(conversational, bool):
         errs.add(d.line_of("conversational"), None, "conversational must be true or false")
         conversational = True
+    caps: list[str] | None = None
+    if "caps" in d:
+        raw_caps = d.get("caps")
+        if not isinstance(raw_caps, list) or not all(isinstance(c, str) for c in raw_caps):
+            errs.add(d.line_of("caps"), None, "caps must be a list like ['1 per 7d'] ([] for none)")
+        else:
+            caps = []
+            for c in raw_caps:
+                try:
+                    parse_cap(c)
+                    caps.append(c)
+                except ValueError as exc:
+                    errs.add(d.line_of("caps"), None, f"caps: {exc}")
 
     raw_nodes = d.get("nodes")
     nodes: dict[str, Node] = {}
@@ -180,6 +193,7 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
         expire_after=expire,
         conversational=conversational,
         fields=list(required),
+        caps=caps,
     )
 
 

@@ -95,6 +95,9 @@ class Flow:
     conversational: bool = True
     #: Contact fields the flow requires; a contact without one of them is not started.
     fields: list[str] = field(default_factory=list)
+    #: Frequency caps for this flow's business-started sends, instead of governance.caps
+    #: (None: the global ones; [] for none, e.g. a transactional reminder).
+    caps: list[str] | None = None
     #: Digest of the source text: the version a session is pinned to (no manual bump needed).
     digest: str = ""
     #: The YAML it was compiled from (kept in Redis so a session can finish on it).
