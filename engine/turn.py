@@ -311,6 +311,11 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         outcome=decision.outcome,
         contact=changed,
         call=_call_job(ev, decision.call),
+        consent=(decision.consent, "keyword", f"{ev.text} (in reply to {flow.name})")
+        if decision.consent and ev.kind == "in"
+        else None,
+        # A flow's goodbye to a customer who just opted out is that opt-out's one confirmation.
+        system=set(range(len(decision.messages))) if decision.consent == governance.OPTED_OUT else set(),
     )
 
 

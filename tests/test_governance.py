@@ -421,3 +421,21 @@ def test_a_flow_with_a_bad_cap_is_refused_with_its_line(tmp_path: Any) -> None:
     with pytest.raises(FlowErrors) as exc:
         load_flow(path)
     assert any("promo.yaml:2" in str(e) and "caps" in str(e) for e in exc.value.errors)
+
+
+async def test_yes_when_asked_opts_in_and_no_opts_out_with_its_goodbye(phone: Phone) -> None:
+    """The opt-in renewal flow records the answer as consent: YES (asked) opts in, NO opts out,
+    and the flow's goodbye is that opt-out's one confirmation; then silence."""
+    rt = phone.rt
+    (ask,) = await phone.start("optin_renewal")
+    assert "Reply YES to keep them" in ask
+    assert await phone.text("yes please") == [
+        "Thanks! You'll keep getting our texts. Reply STOP at any time to stop."
+    ]
+    ((_, entry),) = await rt.store.redis.xrange(keys.consent_ledger(ANN))
+    assert entry[b"cs"] == b"opted_in" and entry[b"cause"] == b"yes please (in reply to optin_renewal)"
+    await phone.start("optin_renewal")
+    assert await phone.text("no") == ["Done - we won't text you about this again."]
+    assert (await rt.store.redis.hget(keys.governance(ANN), "cs")) == b"opted_out"
+    assert await phone.start("nps") == []
+    assert await phone.text("yes") == []  # "yes" unasked is not an opt-in

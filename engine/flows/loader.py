@@ -32,7 +32,7 @@ FLOW_KEYS = {
     "conversational", "fields", "caps",
 }  # fmt: skip
 NODE_KEYS = {
-    "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call",
+    "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call", "consent",
     "success", "failure",
 }  # fmt: skip
 CALL_KEYS = {"url", "method", "headers", "body", "timeout", "save"}
@@ -262,6 +262,15 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
             )
         else:
             node.tags = tags
+    if "consent" in body:
+        if body["consent"] not in ("opted_in", "opted_out"):
+            errs.add(
+                body.line_of("consent"),
+                name,
+                f"consent must be opted_in or opted_out, got {body['consent']!r}",
+            )
+        else:
+            node.consent = body["consent"]
     node.start_flow = _snake(body, "start", body.line_of("start"), name, errs, "a flow")
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)

@@ -65,6 +65,8 @@ class Node:
     #: Contact fields to set (values are templates) and tags to add, when the node is reached.
     sets: dict[str, Template] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    #: Record the customer's consent (an answer to "reply YES to keep getting texts").
+    consent: str | None = None
     #: End this conversation and start this flow (an exit, like ``end``).
     start_flow: str | None = None
     #: Call a CRM webhook and route on its answer (an exit).

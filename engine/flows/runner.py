@@ -44,6 +44,8 @@ class Decision:
     next_flow: str | None = None
     #: A CRM webhook to call (rendered), when the conversation now waits on one.
     call: dict[str, Any] | None = None
+    #: Consent the customer gave or withdrew in this turn (a ``consent:`` node), or None.
+    consent: str | None = None
 
     @property
     def active(self) -> bool:
@@ -113,6 +115,8 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
             if tag not in contact.get("tags", []):
                 contact["tags"] = [*contact.get("tags", []), tag]
                 d.tags_added.append(tag)
+        if node.consent is not None:
+            d.consent = node.consent
         if node.say:
             d.messages.append(_pick(node.say, language, flow).render(ctx))
         if node.start_flow is not None:
