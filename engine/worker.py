@@ -155,9 +155,10 @@ class Worker(StreamConsumer):
             log.info("worker %s: handed over shards %s", self.me, sorted(release))
         held = self._held
         claim = self._to_claim & held
-        self._to_claim -= claim
+        self._to_claim &= held  # a shard lost again before it was claimed needs no claim
         for shard in sorted(claim):
-            await self._claim(shard)
+            await self._claim(shard)  # raises on an outage: nothing is read until every claim is done
+            self._to_claim.discard(shard)
         if claim or held != self.owned:
             self._recover = True  # what was claimed is read (in stream order) before anything new
             log.info("worker %s: reading shards %s", self.me, sorted(held))
