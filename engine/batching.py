@@ -6,7 +6,9 @@ the shared pipeline; it gets back just its own replies. The first request of a p
 the flush with ``call_soon``, so every turn that becomes ready in the same pass (all loads of a
 batch; all commits whose loads came back together) joins it. Each turn still sees its own
 errors: a command Redis refused raises in the turn that queued it only; a lost connection
-raises in every turn of that pipeline, and their events stay pending as before.
+raises in every turn of that pipeline, and their events stay pending as before. Scripts are
+queued as bare EVALSHA; a request whose every reply is NOSCRIPT (Redis restarted and lost its
+script cache; nothing of it ran) is run again once the scripts are loaded.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 #: Queues commands on the pipeline (may await: scripts queue EVALSHA through a coroutine).
 Add = Callable[[Pipeline], Awaitable[object]]
 
 
 class Coalescer:
-    def __init__(self, redis: aioredis.Redis, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        max_batch: int = 512,
+        on_noscript: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        #: Loads the scripts when Redis answered NOSCRIPT (its script cache was emptied).
+        self.on_noscript = on_noscript
         self._queue: list[tuple[Add, asyncio.Future[list[Any]]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -47,7 +57,7 @@ class Coalescer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]]) -> None:
+    async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
         spans: list[tuple[int, int]] = []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -63,12 +73,26 @@ class Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, fut), (a, b) in zip(batch, spans, strict=True):
+        again: list[tuple[Add, asyncio.Future[list[Any]]]] = []
+        for (add, fut), (a, b) in zip(batch, spans, strict=True):
             if fut.done():  # the turn was cancelled meanwhile
                 continue
             mine = replies[a:b]
+            if mine and all(isinstance(r, NoScriptError) for r in mine) and not retried and self.on_noscript:
+                again.append((add, fut))  # nothing of it ran: safe to run again once loaded
+                continue
             failed = next((r for r in mine if isinstance(r, Exception)), None)
             if failed is not None:
                 fut.set_exception(failed)
             else:
                 fut.set_result(mine)
+        if again:
+            try:
+                assert self.on_noscript is not None
+                await self.on_noscript()
+            except Exception as exc:
+                for _, fut in again:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            await self._flush(again, retried=True)

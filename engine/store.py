@@ -28,7 +28,7 @@ class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
         #: Turns' loads and commits, coalesced into one pipeline per event-loop pass.
-        self.coalescer = Coalescer(client)
+        self.coalescer = Coalescer(client, on_noscript=self.load_scripts)
         self._scripts: dict[str, AsyncScript] = {}
         for name in SCRIPTS:
             source = resources.files("engine.scripts").joinpath(f"{name}.lua").read_text()
@@ -57,4 +57,16 @@ class Store:
         await self.redis.aclose(close_connection_pool=True)
 
     async def run(self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None) -> Any:
-        return await self._scripts[name](keys=keys, args=args, client=client)
+        """Run a script. Alone, redis-py loads it if Redis lost its script cache. Queued on a
+        pipeline it is a bare EVALSHA (no SCRIPT EXISTS round trip before every pipeline): the
+        pipeline's owner handles NOSCRIPT (the coalescer loads the scripts and runs the
+        requests again, which is safe because a NOSCRIPT reply means nothing ran)."""
+        script = self._scripts[name]
+        if client is None:
+            return await script(keys=keys, args=args)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def load_scripts(self) -> None:
+        """Load every script into Redis (after a restart emptied its script cache)."""
+        for script in self._scripts.values():
+            script.sha = await self.redis.script_load(script.script)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from engine import keys
 from engine.consumer import BACKOFF_MAX_S, Entry, StreamConsumer, ensure_group
@@ -47,13 +48,15 @@ async def fire_timers(rt: Runtime, shards: list[int] | None = None) -> int:
 
     Safe from anywhere: the timers script is atomic, so a timer fires once however many call it."""
     now = rt.clock.now_ms()
-    async with rt.store.redis.pipeline(transaction=False) as pipe:
-        for shard in range(rt.config.engine.shards) if shards is None else shards:
+    targets = list(range(rt.config.engine.shards)) if shards is None else shards
+
+    async def add(pipe: Pipeline) -> None:
+        for shard in targets:
             await rt.store.run(
                 "timers", keys=[keys.timers(shard), keys.inbound_stream(shard)], args=[now, 500], client=pipe
             )
-        fired = await pipe.execute()
-    return sum(int(n) for n in fired)
+
+    return sum(int(n) for n in await rt.store.coalescer.run(add))
 
 
 class Worker(StreamConsumer):

@@ -124,9 +124,9 @@ class Sender(StreamConsumer):
 
     async def _record(self, entry_id: bytes, msg: OutboundMessage, status: str, pid: str, error: str) -> None:
         """Store the outcome and acknowledge the entry; retried until Redis takes it."""
-        status_keys = [keys.message_records(msg.to)]
-        if pid:
-            status_keys.append(keys.provider_id(self.gw.name, pid))
+        # KEYS[2] is only written when there is a provider id; a placeholder keeps KEYS[3] in place.
+        pid_key = keys.provider_id(self.gw.name, pid) if pid else keys.provider_id(self.gw.name, "-")
+        status_keys = [keys.message_records(msg.to), pid_key, self.stream]
         for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
             try:
 
@@ -134,11 +134,12 @@ class Sender(StreamConsumer):
                     await self.rt.store.run(
                         "status",
                         keys=status_keys,
-                        args=[msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S],
+                        args=[
+                            msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S,
+                            keys.OUTBOUND_GROUP, entry_id,
+                        ],
                         client=pipe,
-                    )
-                    pipe.xack(self.stream, keys.OUTBOUND_GROUP, entry_id)
-                    pipe.xdel(self.stream, entry_id)
+                    )  # fmt: skip
 
                 # Coalesced with the other sends that finished in the same pass: one round trip.
                 await self.rt.store.coalescer.run(add)

@@ -277,3 +277,21 @@ async def test_a_session_stored_by_an_older_build_is_converted_and_carries_on(
         assert await process_stream(rt, ANN) == ["duplicate", "replied"]
         assert await r.type(keys.session(ANN)) == b"string"
         assert sessions.unpack(await r.get(keys.session(ANN)))[0] == version + 1
+
+
+async def test_a_redis_that_lost_its_script_cache_is_reloaded_and_nothing_runs_twice(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    """Scripts go out as bare EVALSHA in coalesced pipelines; after SCRIPT FLUSH (what a Redis
+    restart does) every request answered NOSCRIPT is run again once the scripts are loaded."""
+    async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
+        await _ann_waiting(rt)
+        await rt.store.redis.script_flush()
+        await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="10", provider_id="f")
+        await rt.store.redis.script_flush()
+        assert await process_stream(rt, ANN) == ["duplicate", "replied"]
+        out = await rt.store.redis.xrange(keys.outbound_stream("carrier"))
+        assert [f[b"t"].decode() for _, f in out][
+            -1
+        ] == "Wonderful, thank you! What do you like most about us?"
+        assert len(out) == 2  # the greeting and one reply: the retried commit did not run twice
