@@ -165,6 +165,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Which connectors send to which numbers, with failover (gateways/routing.py).
+    routing: list[Any] = field(default_factory=list)
 
 
 def load_config(
@@ -249,7 +251,7 @@ def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[tuple[st
         path = (*prefix, f.name)
         if dataclasses.is_dataclass(tp):
             out.update(_leaves(tp, path))  # type: ignore[arg-type]
-        elif typing.get_origin(tp) is not dict:
+        elif typing.get_origin(tp) is not dict and typing.get_args(tp) != (Any,):  # file-only structures
             out[ENV_PREFIX + "_".join(path).upper()] = (path, tp)
     return out
 
@@ -331,6 +333,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, str) and _INT_RE.match(value):  # not isdigit(): "--5" and "²" pass it
             return int(value)
         raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -421,10 +432,12 @@ def _check(cfg: Config) -> None:
         if len(key) < 16:
             raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")
     # Each gateway's own options are checked by its connector class.
-    from gateways.registry import validate_gateway_config
+    from gateways.registry import GATEWAY_TYPES, validate_gateway_config
+    from gateways.routing import parse_rules
 
     for name, gw in cfg.gateways.items():
         validate_gateway_config(name, gw)
+    parse_rules(cfg.routing, {n for n, gw in cfg.gateways.items() if GATEWAY_TYPES[gw["type"]].can_send})
     if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
         raise ConfigError(
             "engine.default_gateway",

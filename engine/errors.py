@@ -13,10 +13,13 @@
     │   ├── Conflict           409  idempotency key reused with a different payload
     │   ├── PayloadTooLarge    413  body over http.max_body_bytes
     │   └── Unprocessable      422  JSON is fine but a field is wrong (names the field)
-    └── GatewayError           a send failed; says whether retrying can help
-        ├── GatewayTimeout         retryable
-        ├── GatewayUnavailable     retryable (connection refused, 5xx, 429)
-        └── GatewayRejected        permanent (4xx, invalid destination)
+    ├── GatewayError           a send failed; says whether retrying can help and whether the
+    │   │                      provider may have taken the message anyway (``ambiguous``)
+    │   ├── GatewayTimeout         retryable, ambiguous
+    │   ├── GatewayUnavailable     retryable (connection refused, 429, 503: not taken; 500/502/504,
+    │   │                          connection dropped mid-request: ambiguous); may carry Retry-After
+    │   └── GatewayRejected        permanent (4xx, invalid destination)
+    └── WebhookRejected        401  a provider webhook without a valid signature or credentials
 
 Library exceptions are translated at the boundary (``raise GatewayTimeout(...) from exc``) so
 callers decide on these types, never on aiohttp's or redis-py's.
@@ -115,18 +118,34 @@ class Unprocessable(ApiError):
 
 
 class GatewayError(ParleyError):
-    """A send through a gateway failed. ``retryable`` says whether trying again can help."""
+    """A send through a gateway failed. ``retryable`` says whether trying again can help;
+    ``ambiguous`` whether the provider may have taken the message although we saw a failure (then
+    it is retried on the same connector with the same idempotency key, never failed over, so it
+    cannot go out through two connectors); ``retry_after`` is the provider's own wait (seconds)."""
 
     retryable = False
+    ambiguous = False
 
-    def __init__(self, gateway: str, message: str, *, status: int | str | None = None) -> None:
+    def __init__(
+        self,
+        gateway: str,
+        message: str,
+        *,
+        status: int | str | None = None,
+        retry_after: float | None = None,
+        ambiguous: bool | None = None,
+    ) -> None:
         super().__init__(f"gateway {gateway}: {message}")
         self.gateway = gateway
         self.status = status
+        self.retry_after = retry_after
+        if ambiguous is not None:
+            self.ambiguous = ambiguous
 
 
 class GatewayTimeout(GatewayError):
     retryable = True
+    ambiguous = True
 
 
 class GatewayUnavailable(GatewayError):
@@ -135,3 +154,7 @@ class GatewayUnavailable(GatewayError):
 
 class GatewayRejected(GatewayError):
     retryable = False
+
+
+class WebhookRejected(Unauthorized):
+    """A provider's webhook failed its connector's authentication (signature, timestamp, password)."""

@@ -11,8 +11,11 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:dd:{N}:GW:ID     string  inbound dedupe: digest of the payload          TTL = dedupe window
     p:in:S             stream  inbound events for shard S (texts, flow starts, fired timers)
     p:tm:S             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
-    p:out:GW           stream  outbound messages waiting for gateway GW
+    p:out:GW           stream  reply lane of gateway GW: replies to a customer's text, confirmations
+    p:out:GW:bulk      stream  bulk lane of gateway GW: journey starts, reminders (sent after replies)
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
+    p:dlrp:GW:ID       string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
+    p:rate:GW          string  the connector's rate: next free slot (us, Redis clock)
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
@@ -90,8 +93,12 @@ def timer_member(number: str, kind: str, token: str) -> str:
     return f"{number}|{kind}|{token}"
 
 
-def outbound_stream(gateway: str) -> str:
-    return f"{PREFIX}:out:{gateway}"
+def outbound_stream(gateway: str, lane: str = "reply") -> str:
+    """A gateway's outbound lane: ``reply`` (someone is waiting) or ``bulk``."""
+    return f"{PREFIX}:out:{gateway}" if lane == "reply" else f"{PREFIX}:out:{gateway}:bulk"
+
+
+LANES = ("reply", "bulk")
 
 
 def dead_letters() -> str:
@@ -120,3 +127,11 @@ def flow_source(name: str, digest: str) -> str:
 
 def provider_id(gateway: str, pid: str) -> str:
     return f"{PREFIX}:pid:{gateway}:{pid}"
+
+
+def parked_receipt(gateway: str, pid: str) -> str:
+    return f"{PREFIX}:dlrp:{gateway}:{pid}"
+
+
+def rate(gateway: str) -> str:
+    return f"{PREFIX}:rate:{gateway}"

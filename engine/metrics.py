@@ -95,6 +95,35 @@ class Metrics:
             "parley_send_seconds", "Time for a gateway to accept one message.", ["gateway"],
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
+        self._queued = Histogram(
+            "parley_outbound_queue_seconds",
+            "Queued (committed) to handed to the provider, by gateway and lane (reply, bulk).",
+            ["gateway", "lane"], buckets=(*STAGE_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r,
+        )  # fmt: skip
+        self._finished = Counter(
+            "parley_outbound_messages_total",
+            "Messages leaving the send pipeline, by gateway and outcome: sent, failed, expired (older "
+            "than max_age), rerouted (failed over to the next connector).",
+            ["gateway", "outcome"], registry=r,
+        )  # fmt: skip
+        self._segments = Counter(
+            "parley_outbound_segments_total", "Message segments handed to each gateway.", ["gateway"],
+            registry=r,
+        )  # fmt: skip
+        self._circuit = Gauge(
+            "parley_circuit_open", "1 while a gateway's circuit breaker is open (not sending, probing).",
+            ["gateway"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self._lane_depth = Gauge(
+            "parley_outbound_backlog", "Messages waiting in a gateway's lane (read at scrape).",
+            ["gateway", "lane"], registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self._receipts = Counter(
+            "parley_receipts_total",
+            "Delivery receipts by gateway, our status and result (applied, parked: before the send "
+            "was recorded, gone: the message left the log).",
+            ["gateway", "status", "result"], registry=r,
+        )  # fmt: skip
         self._http = Histogram(
             "parley_http_request_seconds", "HTTP API requests, by route and status.",
             ["route", "status"], buckets=STAGE_BUCKETS, registry=r,
@@ -124,6 +153,22 @@ class Metrics:
         self._outbound.labels(gateway, status).inc()
         if seconds is not None:
             self._send.labels(gateway).observe(seconds)
+
+    def dispatched(self, gateway: str, lane: str, queued_s: float, segments: int) -> None:
+        self._queued.labels(gateway, lane).observe(queued_s)
+        self._segments.labels(gateway).inc(segments)
+
+    def finished(self, gateway: str, outcome: str) -> None:
+        self._finished.labels(gateway, outcome).inc()
+
+    def circuit(self, gateway: str, is_open: bool) -> None:
+        self._circuit.labels(gateway).set(1 if is_open else 0)
+
+    def backlog(self, gateway: str, lane: str, n: int) -> None:
+        self._lane_depth.labels(gateway, lane).set(n)
+
+    def receipt(self, gateway: str, status: str, result: str) -> None:
+        self._receipts.labels(gateway, status, result).inc()
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._http.labels(route, str(status)).observe(seconds)

@@ -35,6 +35,7 @@ from engine.supervisor import Supervisor
 from engine.worker import Worker
 from gateways.base import Gateway
 from gateways.registry import build_gateway
+from gateways.routing import Router, parse_rules
 from gateways.sender import Sender
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Runtime:
         #: The frequency caps as the commit script reads them ("limit:window ms:label;...").
         self.caps = _caps_arg(gov.caps)
         self.gateways: dict[str, Gateway] = {}
+        self.router = Router([], [], "")
         self.embedded: EmbeddedRedis | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
@@ -126,6 +128,8 @@ class Runtime:
         await flow_versions.publish(self._store, self.flows)
         for name, raw in cfg.gateways.items():
             self.gateways[name] = await self._stack.enter_async_context(build_gateway(name, raw))
+        can_send = [n for n, g in self.gateways.items() if g.can_send]
+        self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
         if self._want["senders"]:
             for name, gw in self.gateways.items():
                 if gw.can_send:
@@ -178,17 +182,6 @@ class Runtime:
         log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
         return fresh
 
-    def reply_gateway(self, inbound_gateway: str) -> str:
-        """The gateway that sends a reply: the one the text came in on if it can send, else the default."""
-        gw = self.gateways.get(inbound_gateway)
-        if gw is not None and gw.can_send:
-            return inbound_gateway
-        default = self.config.engine.default_gateway
-        if default:
-            return default
-        senders = [n for n, g in self.gateways.items() if g.can_send]
-        return senders[0] if len(senders) == 1 else ""
-
     async def refresh_stream_metrics(self) -> None:
         """Read each shard's backlog and the live workers from Redis into the gauges (one round
         trip; called when /metrics is scraped, so it shows every worker process's shards)."""
@@ -200,8 +193,14 @@ class Runtime:
                 pipe.xlen(stream)
                 pipe.xpending(stream, keys.INBOUND_GROUP)
                 pipe.xrange(stream, count=1)
+            lanes = [(gw, lane) for gw in self.senders for lane in keys.LANES]
+            for gw, lane in lanes:
+                pipe.xlen(keys.outbound_stream(gw, lane))
             pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
+        for (gw, lane), depth in zip(lanes, res[3 * n : 3 * n + len(lanes)], strict=True):
+            if not isinstance(depth, Exception):
+                self.metrics.backlog(gw, lane, int(depth))
         now_ms = self.clock.now_ms()
         for shard in range(n):
             length, pending, first = res[3 * shard : 3 * shard + 3]

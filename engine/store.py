@@ -19,7 +19,7 @@ from engine.batching import Coalescer
 from engine.config import RedisConfig
 from engine.errors import RedisUnavailable
 
-SCRIPTS = ("intake", "commit", "status", "timers", "lease")
+SCRIPTS = ("intake", "commit", "status", "timers", "lease", "receipt", "move", "rate")
 
 
 class Store:

@@ -385,7 +385,12 @@ def _contact_args(c: Contact | None, now: int) -> list[str | int]:
 
 async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[str, list[str]]:
     now = rt.clock.now_ms()
-    gateway = rt.reply_gateway(ev.gateway if ev.kind == "in" else "")
+    route = rt.router.route(
+        ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
+    )
+    gateway = route[0] if route else ""
+    # Someone waiting for an answer goes in the reply lane; what the business starts, in bulk.
+    lane = "reply" if _customer_led(ev) else "bulk"
     records: list[str] = []
     if ev.kind == "in":
         rec = {
@@ -419,7 +424,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         keys.session(ev.contact),
         keys.message_index(ev.contact),
         keys.message_records(ev.contact),
-        keys.outbound_stream(gateway or "-"),
+        keys.outbound_stream(gateway or "-", lane),
         keys.timers(ev.shard),
         keys.contact(ev.contact),
         keys.calls(),
@@ -433,7 +438,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
-        "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now,
+        "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now, ",".join(route[1:]),
         *records, *outbound, *plan.timers_remove,
         *(x for member, due in plan.timers_add for x in (member, due)),
     ]  # fmt: skip

@@ -1,9 +1,57 @@
-"""What every connector offers the send pipeline."""
+"""What every connector offers the send pipeline and the webhook routes.
+
+A connector (one module, registered by one line in ``gateways/registry.py``) says how to hand
+one message to its provider (:meth:`Gateway.send`) and, for providers that call back, how to
+authenticate and read their webhooks (:meth:`Gateway.authenticate`, :meth:`Gateway.parse_inbound`,
+:meth:`Gateway.parse_receipts`). Everything else (lanes, rate, retries, circuit breaker,
+failover, status records) is the pipeline's, the same for every connector.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import orjson
+
+from engine.config import Duration
+from engine.errors import BadRequest
+
+#: Our message statuses a receipt may report, in the order a message moves through them.
+#: A final status (rank 2) is never replaced by an earlier one arriving late.
+STATUS_RANK = {
+    "queued": 0, "sent": 1, "delivered": 2, "failed": 2, "expired": 2, "rejected": 2, "blocked": 2,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """The send pipeline's settings for one connector (keys beside ``type`` in its section)."""
+
+    #: Message segments per second towards this provider (a 3-part message costs 3); 0 = no limit.
+    #: Shared by every process sending through this connector (the bucket lives in Redis).
+    rate: float = 0.0
+    #: Sends in flight to this provider at once.
+    concurrency: int = 16
+    #: A message not sent this long after it was queued expires (status ``expired``).
+    max_age: Duration = Duration(3600.0)
+    #: Attempts per message on this connector for retryable failures before it fails.
+    max_attempts: int = 6
+    #: First retry back-off; doubles per attempt (with jitter) up to ``backoff_max``.
+    backoff: Duration = Duration(1.0)
+    backoff_max: Duration = Duration(60.0)
+    #: Consecutive retryable failures that open the circuit (stop sending, probe later).
+    circuit_failures: int = 5
+    #: How long an open circuit waits before one probe message; doubles while probes fail.
+    circuit_cooldown: Duration = Duration(15.0)
+    circuit_cooldown_max: Duration = Duration(300.0)
+    #: Bulk messages read ahead into memory (waiting for their turn at the rate).
+    bulk_prefetch: int = 64
+
+
+POLICY_KEYS = frozenset(SendPolicy.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -14,11 +62,74 @@ class OutboundMessage:
     to: str
     text: str
     sender: str
+    #: Segments it costs on the wire (GSM-7 / UCS-2 with concatenation).
+    segments: int = 1
 
 
 @dataclass(frozen=True)
 class SendResult:
     provider_id: str
+
+
+@dataclass(frozen=True)
+class InboundText:
+    """A customer's text as a provider reported it (the number as given; the route normalises)."""
+
+    sender: str
+    to: str
+    text: str
+    provider_id: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A delivery report: the provider's id for our message, and what became of it.
+
+    ``status`` is ours (``sent``, ``delivered``, ``failed``, ``expired``, ``rejected``); ``error``
+    keeps the provider's own status and code for the record (``undelivered 30003``)."""
+
+    provider_id: str
+    status: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP request from a provider, as a connector sees it (no web framework types)."""
+
+    method: str
+    #: The URL as the provider called it (``public_url`` + path when Parley sits behind a proxy).
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    def form(self) -> dict[str, str]:
+        """An ``application/x-www-form-urlencoded`` body (the query string for a GET)."""
+        if self.method == "GET":
+            return dict(self.query)
+        try:
+            pairs = urllib.parse.parse_qsl(self.body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise BadRequest("form body is not UTF-8") from None
+        return dict(pairs)
+
+    def json(self) -> Any:
+        if not self.body:
+            raise BadRequest("body is empty; send a JSON object")
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    """What a webhook route answers a provider that was accepted (some providers want a body)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
 
 
 class Gateway:
@@ -29,9 +140,14 @@ class Gateway:
     #: Whether the send pipeline may hand it messages (an inbound-only connector says False).
     can_send: ClassVar[bool] = True
 
-    def __init__(self, name: str, config: Any) -> None:
+    def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         self.name = name
         self.config = config
+        self.policy = policy or SendPolicy()
+
+    @classmethod
+    def check(cls, name: str, config: Any) -> None:
+        """Cross-field checks of the connector's options; raise ConfigError naming the key."""
 
     @property
     def sender(self) -> str:
@@ -39,7 +155,7 @@ class Gateway:
 
     @property
     def concurrency(self) -> int:
-        return int(getattr(self.config, "concurrency", 16))
+        return self.policy.concurrency
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -50,3 +166,30 @@ class Gateway:
     async def send(self, msg: OutboundMessage) -> SendResult:
         """Hand ``msg`` to the provider; raise a GatewayError subclass on failure."""
         raise NotImplementedError
+
+    # Webhooks -------------------------------------------------------------------------------
+
+    @property
+    def webhook_auth(self) -> bool:
+        """True when the connector authenticates its own webhooks (signature, basic auth);
+        otherwise the webhook routes ask for an API bearer key like every /v1 route."""
+        return False
+
+    def authenticate(self, hook: Webhook, now: float) -> None:
+        """Raise :class:`engine.errors.WebhookRejected` unless ``hook`` comes from the provider.
+        ``now`` is Unix seconds, for timestamp windows (replay protection)."""
+
+    def parse_inbound(self, hook: Webhook) -> list[InboundText]:
+        """The texts in an inbound webhook; raise BadRequest / Unprocessable naming the field."""
+        raise BadRequest(f"gateway {self.name} does not take inbound texts")
+
+    def parse_receipts(self, hook: Webhook) -> list[Receipt]:
+        """The delivery reports in a receipt webhook (an unknown provider status maps to none)."""
+        raise BadRequest(f"gateway {self.name} does not take delivery receipts")
+
+    def inbound_answer(self) -> WebhookAnswer | None:
+        """The body a provider wants back for an accepted inbound text (None: Parley's JSON)."""
+        return None
+
+    def receipt_answer(self) -> WebhookAnswer | None:
+        return None

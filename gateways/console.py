@@ -6,13 +6,12 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
-from gateways.base import Gateway, OutboundMessage, SendResult
+from gateways.base import Gateway, OutboundMessage, SendPolicy, SendResult
 
 
 @dataclass(frozen=True)
 class ConsoleConfig:
     sender: str = "parley"
-    concurrency: int = 1
 
 
 class ConsoleGateway(Gateway):
@@ -20,8 +19,8 @@ class ConsoleGateway(Gateway):
 
     Config = ConsoleConfig
 
-    def __init__(self, name: str, config: ConsoleConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: ConsoleConfig, policy: SendPolicy | None = None) -> None:
+        super().__init__(name, config, policy)
         self.outbox: asyncio.Queue[OutboundMessage] = asyncio.Queue()
         self._ids = itertools.count(1)
 

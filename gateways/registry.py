@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.config import build_section
 from engine.errors import ConfigError
-from gateways.base import Gateway
+from gateways.base import POLICY_KEYS, Gateway, SendPolicy
 from gateways.console import ConsoleGateway
 from gateways.http_generic import HttpGenericGateway
 
@@ -16,18 +16,35 @@ GATEWAY_TYPES: dict[str, type[Gateway]] = {
 }
 
 
-def validate_gateway_config(name: str, raw: dict[str, Any]) -> Any:
-    """Check one ``gateways.NAME`` section; returns the connector's config object."""
+def validate_gateway_config(name: str, raw: dict[str, Any]) -> tuple[Any, SendPolicy]:
+    """Check one ``gateways.NAME`` section; returns the connector's config and its send policy."""
     if not isinstance(raw, dict):
         raise ConfigError(f"gateways.{name}", "expected a mapping with a type")
     kind = raw.get("type")
     if kind not in GATEWAY_TYPES:
         known = ", ".join(sorted(GATEWAY_TYPES))
         raise ConfigError(f"gateways.{name}.type", f"must be one of {known}, got {kind!r}")
-    options = {k: v for k, v in raw.items() if k != "type"}
-    return build_section(GATEWAY_TYPES[kind].Config, options, f"gateways.{name}")
+    cls = GATEWAY_TYPES[kind]
+    options = {k: v for k, v in raw.items() if k != "type" and k not in POLICY_KEYS}
+    policy_raw = {k: v for k, v in raw.items() if k in POLICY_KEYS}
+    config = build_section(cls.Config, options, f"gateways.{name}")
+    policy: SendPolicy = build_section(SendPolicy, policy_raw, f"gateways.{name}")
+    _check_policy(name, policy)
+    cls.check(name, config)
+    return config, policy
+
+
+def _check_policy(name: str, p: SendPolicy) -> None:
+    for key in ("concurrency", "max_attempts", "circuit_failures", "bulk_prefetch"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"gateways.{name}.{key}", f"must be at least 1, got {getattr(p, key)}")
+    if p.rate < 0:
+        raise ConfigError(f"gateways.{name}.rate", f"must be 0 (no limit) or more, got {p.rate:g}")
+    if p.max_age <= 0:
+        raise ConfigError(f"gateways.{name}.max_age", "must be more than 0")
 
 
 def build_gateway(name: str, raw: dict[str, Any]) -> Gateway:
     cls = GATEWAY_TYPES[raw["type"]]
-    return cls(name, validate_gateway_config(name, raw))
+    config, policy = validate_gateway_config(name, raw)
+    return cls(name, config, policy)

@@ -1,15 +1,27 @@
-"""The send pipeline (first cut): one sender per gateway, draining that gateway's outbound stream.
+"""The send pipeline: one sender per connector, draining its two lanes out to the provider.
+
+    p:out:GW (reply lane) --+                                  +--> provider (HTTP, SMPP)
+                            +--> per-contact order --> circuit --> rate slot --> concurrency
+    p:out:GW:bulk ----------+    (one message at a time             (replies     (in flight at
+      (read ahead a little)       per contact)                      first)        once)
 
 Guarantees:
-- at-least-once towards the provider: an entry is acknowledged only after its final status is
-  recorded, so a crash mid-send leaves it pending and it is sent again on restart, with the same
-  message id (our idempotency key) for providers that dedupe on it;
-- per-contact order: a message waits for the previous message to the same contact;
+- at-least-once towards the provider: an entry is acknowledged only when its final status is
+  recorded (one script with the status), so a crash mid-send leaves it pending and it is sent
+  again on restart with the same message id (our idempotency key, passed to providers that
+  take one);
+- replies first: the reply lane is read as it comes; the bulk lane only ``bulk_prefetch`` ahead,
+  and the rate's slots go to waiting replies before bulk (a later reply to a contact whose bulk
+  message is still waiting lifts that message to the reply lane's priority, keeping their order);
+- per-contact order within the connector: a message waits for the previous one to its contact;
 - retryable failures (timeouts, 429, 5xx, refused connections) are retried with exponential
-  back-off up to ``MAX_ATTEMPTS``; a rejection fails the message at once. The status history
-  of each message is kept in its record.
-
-The send-pipeline issue replaces this with lanes, rate control, routing and a circuit breaker.
+  back-off and jitter, or after the provider's ``Retry-After``, up to ``max_attempts``; a
+  rejection fails the message at once; a message older than ``max_age`` expires;
+- the circuit breaker stops sending to a provider that keeps failing and probes it; while it is
+  open, messages whose route names another connector move there (``move.lua``, atomically:
+  in one lane at a time), unless an attempt here may have reached the provider (a timeout, a
+  500, a connection dropped mid-request, or a send interrupted by a crash): those stay and are
+  retried here with the same id, so no message goes out through two connectors.
 """
 
 from __future__ import annotations
@@ -17,49 +29,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from engine import keys
-from engine.consumer import Entry, StreamConsumer
+from engine.consumer import Entry, StreamConsumer, ensure_group
 from engine.errors import GatewayError
 from engine.numbers import mask
+from engine.sms import encoding_of
 from gateways.base import Gateway, OutboundMessage
+from gateways.circuit import Circuit
+from gateways.rate import Pacer, Ticket
+from gateways.receipts import PROVIDER_ID_TTL_S
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 4
-BACKOFF_S = (0.25, 1.0, 4.0)
-PROVIDER_ID_TTL_S = 7 * 86400
+
+@dataclass(eq=False)
+class Job:
+    """One outbound message in this process's hands."""
+
+    stream: str
+    entry_id: bytes
+    lane: str
+    msg: OutboundMessage
+    route: list[str]  # connectors to fail over to, in order
+    queued_ms: int
+    #: An attempt here may have reached the provider: never fail this one over.
+    pinned: bool
+    ticket: Ticket
+    waiting_rate: bool = False
+    error: str = ""
+    attempts: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Sender(StreamConsumer):
-    """Owns the send loop of one gateway."""
+class _Lane(StreamConsumer):
+    """Reads one lane's stream for the sender."""
 
-    label = "sender"
+    def __init__(self, sender: Sender, lane: str) -> None:
+        stream = keys.outbound_stream(sender.gw.name, lane)
+        super().__init__(sender.rt.store.redis, keys.OUTBOUND_GROUP, sender.consumer_name, [stream])
+        self.label = f"sender {sender.gw.name} {lane}"
+        self.sender = sender
+        self.lane = lane
+        self.stop_timeout = sender.rt.config.engine.shutdown_timeout
+
+    async def room(self) -> int:
+        return await self.sender.room(self.lane)
+
+    async def handle(self, entries: list[Entry], recovering: bool) -> bool:
+        for stream, entry_id, fields in entries:
+            self.sender.take(self.lane, stream, entry_id, fields, recovering)
+        return False
+
+
+class Sender:
+    """Owns the send loop of one connector (``async with Sender(rt, gateway)``)."""
 
     def __init__(self, rt: Runtime, gateway: Gateway) -> None:
-        self.stream = keys.outbound_stream(gateway.name)
-        super().__init__(rt.store.redis, keys.OUTBOUND_GROUP, f"{socket.gethostname()}-s", [self.stream])
-        self.label = f"sender {gateway.name}"
         self.rt = rt
         self.gw = gateway
-        self.stop_timeout = rt.config.engine.shutdown_timeout
-        self.limit = gateway.concurrency * 4
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._busy: set[bytes] = set()  # entry ids being sent (still pending until recorded)
-        self._tails: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(gateway.concurrency)
+        self.policy = gateway.policy
+        self.consumer_name = f"{socket.gethostname()}-s"
+        self.stream = keys.outbound_stream(gateway.name)
+        self.pacer = Pacer(rt.store, gateway.name, self.policy.rate)
+        self.circuit = Circuit(
+            gateway.name, self.policy.circuit_failures, self.policy.circuit_cooldown,
+            self.policy.circuit_cooldown_max, rt.clock, rt.metrics,
+        )  # fmt: skip
+        self.reply_limit = max(64, self.policy.concurrency * 4)
+        self._jobs: dict[str, set[asyncio.Task[None]]] = {"reply": set(), "bulk": set()}
+        self._busy: set[tuple[str, bytes]] = set()  # entries in hand (still pending until recorded)
+        self._tails: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(self.policy.concurrency)
+        self._room = {"reply": asyncio.Event(), "bulk": asyncio.Event()}
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Sender:
+        await self._stack.enter_async_context(self.pacer)
+        for lane in keys.LANES:
+            await self._stack.enter_async_context(_Lane(self, lane))
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await super().__aexit__(*exc)
-        pending = set(self._inflight)
+        await self._stack.aclose()  # readers stop reading, then the pacer stops
+        pending = self._jobs["reply"] | self._jobs["bulk"]
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.rt.config.engine.shutdown_timeout)
             for t in late:  # still pending in Redis: sent again after restart
@@ -67,88 +131,180 @@ class Sender(StreamConsumer):
             if late:
                 await asyncio.wait(late)
 
-    async def room(self) -> int:
-        while len(self._inflight) >= self.limit:
-            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
-        return self.limit - len(self._inflight)
+    @property
+    def in_hand(self) -> int:
+        return len(self._jobs["reply"]) + len(self._jobs["bulk"])
 
-    async def handle(self, entries: list[Entry], recovering: bool) -> bool:
-        for _, entry_id, fields in entries:
-            if entry_id not in self._busy:  # a re-read of pending entries returns those in flight too
-                self._spawn(entry_id, fields)
-        return False
+    async def room(self, lane: str) -> int:
+        limit = self.reply_limit if lane == "reply" else self.policy.bulk_prefetch
+        while len(self._jobs[lane]) >= limit:
+            self._room[lane].clear()
+            await self._room[lane].wait()
+        return limit - len(self._jobs[lane])
 
-    def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        contact = fields[b"c"].decode()
-        msg = OutboundMessage(
-            id=fields[b"m"].decode(), to=contact, text=fields[b"t"].decode(), sender=self.gw.sender
-        )
-        previous = self._tails.get(contact)
-        task = asyncio.create_task(self._deliver(entry_id, msg, previous))
-        self._tails[contact] = task
-        self._inflight.add(task)
-        self._busy.add(entry_id)
+    # Taking entries -------------------------------------------------------------------------
+
+    def take(
+        self, lane: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes], recovering: bool
+    ) -> None:
+        if (stream, entry_id) in self._busy:  # a re-read of pending entries returns those in hand too
+            return
+        text = fields[b"t"].decode()
+        route = fields.get(b"r", b"").decode()
+        queued = fields.get(b"q")
+        job = Job(
+            stream=stream, entry_id=entry_id, lane=lane,
+            msg=OutboundMessage(
+                id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
+                segments=max(1, encoding_of(text).segments),
+            ),
+            route=[g for g in route.split(",") if g],
+            queued_ms=int(queued) if queued else int(entry_id.split(b"-")[0]),
+            # Read back after a restart: it may have been on its way to the provider.
+            pinned=recovering,
+            ticket=Ticket(cost=max(1, encoding_of(text).segments), urgent=lane == "reply"),
+        )  # fmt: skip
+        previous = self._tails.get(job.msg.to)
+        if previous is not None and lane == "reply" and previous.waiting_rate:
+            self.pacer.promote(previous.ticket)
+        self._tails[job.msg.to] = job
+        task = asyncio.create_task(self._run(job, previous))
+        self._jobs[lane].add(task)
+        self._busy.add((stream, entry_id))
 
         def finished(t: asyncio.Task[None]) -> None:
-            self._inflight.discard(t)
-            self._busy.discard(entry_id)
-            if self._tails.get(contact) is t:
-                del self._tails[contact]
+            self._jobs[lane].discard(t)
+            self._busy.discard((stream, entry_id))
+            self._room[lane].set()
+            if self._tails.get(job.msg.to) is job:
+                del self._tails[job.msg.to]
 
         task.add_done_callback(finished)
 
-    async def _deliver(
-        self, entry_id: bytes, msg: OutboundMessage, previous: asyncio.Task[None] | None
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(previous)
-        status, pid, error = "failed", "", ""
-        for attempt in range(MAX_ATTEMPTS):
-            t0 = self.rt.clock.monotonic()
+    # One message ----------------------------------------------------------------------------
+
+    async def _run(self, job: Job, previous: Job | None) -> None:
+        try:
+            if previous is not None:
+                await previous.done.wait()
+            if previous is not None and previous.ticket.urgent:
+                job.ticket.urgent = True  # keep a promoted contact's messages together
+            await self._deliver(job)
+        finally:
+            job.done.set()
+
+    def _expired(self, job: Job) -> bool:
+        return self.rt.clock.now_ms() - job.queued_ms > self.policy.max_age * 1000
+
+    async def _deliver(self, job: Job) -> str:
+        clock, gw, m = self.rt.clock, self.gw, self.rt.metrics
+        while True:
+            if self._expired(job):
+                why = job.error or f"not sent within max_age {self.policy.max_age:g}s"
+                return await self._finish(job, "expired", "", why)
+            if self.circuit.is_open and job.route and not job.pinned:
+                return await self._move(job)
+            probe = await self.circuit.admit()
+            if self._expired(job):
+                if probe:
+                    self.circuit.abandon_probe()
+                continue
+            if self.circuit.is_open and not probe and job.route and not job.pinned:
+                return await self._move(job)
+            job.waiting_rate = True
+            await self.pacer.acquire(job.ticket)
+            job.waiting_rate = False
+            job.attempts += 1
+            t0 = clock.monotonic()
+            waited = max(0.0, (clock.now_ms() - job.queued_ms) / 1000)
+            m.dispatched(gw.name, job.lane, waited, job.msg.segments)
             try:
                 async with self._slots:
-                    result = await self.gw.send(msg)
+                    result = await gw.send(job.msg)
             except GatewayError as exc:
-                self.rt.metrics.sent(self.gw.name, "retry" if exc.retryable else "failed")
-                error = str(exc)
-                if not exc.retryable or attempt == MAX_ATTEMPTS - 1:
-                    log.warning("send failed msg=%s to=%s: %s", msg.id, mask(msg.to), exc)
-                    break
-                await self.rt.clock.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                job.error = str(exc)
+                if not exc.retryable:
+                    self.circuit.success(probe)  # the provider answered: it is up
+                    m.sent(gw.name, "failed")
+                    log.warning("send rejected msg=%s to=%s: %s", job.msg.id, mask(job.msg.to), exc)
+                    return await self._finish(job, "failed", "", job.error)
+                m.sent(gw.name, "retry")
+                job.pinned = job.pinned or exc.ambiguous
+                self.circuit.failure(probe)
+                if job.attempts >= self.policy.max_attempts:
+                    if job.route and not job.pinned:
+                        return await self._move(job)
+                    log.warning("send failed msg=%s to=%s after %d attempts: %s",
+                                job.msg.id, mask(job.msg.to), job.attempts, exc)  # fmt: skip
+                    return await self._finish(job, "failed", "", job.error)
+                if self.circuit.is_open and job.route and not job.pinned:
+                    return await self._move(job)
+                await clock.sleep(self._backoff(job.attempts, exc.retry_after))
                 continue
-            self.rt.metrics.sent(self.gw.name, "sent", self.rt.clock.monotonic() - t0)
-            status, pid, error = "sent", result.provider_id, ""
-            break
-        await self._record(entry_id, msg, status, pid, error)
+            except Exception as exc:  # a connector bug: fail this message, never the loop
+                log.exception("gateway %s crashed sending %s", gw.name, job.msg.id)
+                if probe:
+                    self.circuit.abandon_probe()
+                return await self._finish(job, "failed", "", f"gateway {gw.name}: internal error {exc!r}")
+            self.circuit.success(probe)
+            m.sent(gw.name, "sent", clock.monotonic() - t0)
+            return await self._finish(job, "sent", result.provider_id, "")
 
-    async def _record(self, entry_id: bytes, msg: OutboundMessage, status: str, pid: str, error: str) -> None:
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        base = min(self.policy.backoff * 2 ** (attempts - 1), self.policy.backoff_max)
+        return float(base * random.uniform(0.5, 1.0))
+
+    # Outcomes -------------------------------------------------------------------------------
+
+    async def _finish(self, job: Job, status: str, pid: str, error: str) -> str:
         """Store the outcome and acknowledge the entry; retried until Redis takes it."""
-        # KEYS[2] is only written when there is a provider id; a placeholder keeps KEYS[3] in place.
-        pid_key = keys.provider_id(self.gw.name, pid) if pid else keys.provider_id(self.gw.name, "-")
-        status_keys = [keys.message_records(msg.to), pid_key, self.stream]
+        self.rt.metrics.finished(self.gw.name, status)
+        msg = job.msg
+        name = self.gw.name
+        status_keys = [
+            keys.message_records(msg.to),
+            keys.provider_id(name, pid or "-"),
+            job.stream,
+            keys.parked_receipt(name, pid or "-"),
+        ]
+        args = [
+            msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S,
+            keys.OUTBOUND_GROUP, job.entry_id, name if pid else "",
+        ]  # fmt: skip
+
+        async def add(pipe: Pipeline) -> None:
+            await self.rt.store.run("status", keys=status_keys, args=args, client=pipe)
+
+        await self._persist(add, msg.id)
+        return status
+
+    async def _move(self, job: Job) -> str:
+        """Fail over to the next connector of the route (atomically: out of this lane, into its)."""
+        target, rest = job.route[0], job.route[1:]
+        self.rt.metrics.finished(self.gw.name, "rerouted")
+        why = job.error or f"circuit open at {self.gw.name}"
+        await ensure_group(self.rt.store.redis, keys.outbound_stream(target, job.lane), keys.OUTBOUND_GROUP)
+        move_keys = [job.stream, keys.outbound_stream(target, job.lane), keys.message_records(job.msg.to)]
+        args = [
+            keys.OUTBOUND_GROUP, job.entry_id, job.msg.id, job.msg.to, job.msg.text, ",".join(rest),
+            job.queued_ms, self.rt.clock.now_ms(), target, why,
+        ]  # fmt: skip
+
+        async def add(pipe: Pipeline) -> None:
+            await self.rt.store.run("move", keys=move_keys, args=args, client=pipe)
+
+        await self._persist(add, job.msg.id)
+        log.info("msg=%s failed over %s -> %s (%s)", job.msg.id, self.gw.name, target, why)
+        return "rerouted"
+
+    async def _persist(self, add: Callable[[Pipeline], Awaitable[None]], msg_id: str) -> None:
         for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
             try:
-
-                async def add(pipe: Pipeline) -> None:
-                    await self.rt.store.run(
-                        "status",
-                        keys=status_keys,
-                        args=[
-                            msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S,
-                            keys.OUTBOUND_GROUP, entry_id,
-                        ],
-                        client=pipe,
-                    )  # fmt: skip
-
-                # Coalesced with the other sends that finished in the same pass: one round trip.
                 await self.rt.store.coalescer.run(add)
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                log.warning("sender %s: cannot record status of %s (%s)", self.gw.name, msg.id, exc)
+                log.warning("sender %s: cannot record %s (%s)", self.gw.name, msg_id, exc)
                 await asyncio.sleep(delay)
-        log.error(
-            "sender %s: status of %s not recorded; it stays pending and is resent",
-            self.gw.name,
-            msg.id,
-        )
+        log.error("sender %s: outcome of %s not recorded; it stays pending, retried", self.gw.name, msg_id)

@@ -172,3 +172,19 @@ async def process_stream(rt: Runtime, number: str) -> list[str]:
         results.append((await run_turn(rt, Event.from_entry(shard, entry_id, fields))).result)
         await rt.store.redis.xdel(stream, entry_id)
     return results
+
+
+async def outbound(rt: Runtime, gateway: str) -> list[dict[bytes, bytes]]:
+    """Every message queued for ``gateway`` in both lanes (reply and bulk), in the order the
+    turns that sent them happened (message ids are ``out-S-ms-seq-k``: the causing event, then k)."""
+    from engine import keys
+
+    entries = []
+    for lane in keys.LANES:
+        entries += [f for _, f in await rt.store.redis.xrange(keys.outbound_stream(gateway, lane))]
+
+    def order(f: dict[bytes, bytes]) -> tuple[int, int, int]:
+        _, _, ms, seq, k = f[b"m"].decode().split("-")
+        return int(ms), int(seq), int(k)
+
+    return sorted(entries, key=order)

@@ -15,6 +15,7 @@ from engine.runtime import Runtime
 from engine.worker import fire_timers
 from gateways.console import ConsoleGateway
 from tests.conftest import ANN, Turns, make_config, process_stream
+from tests.conftest import outbound as queued
 
 FLOW = """
 name: lookup
@@ -132,7 +133,7 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
         clock.advance(10)
         assert await fire_timers(rt) == 1
         assert await process() == ["timed_out"]
-        outbound = [f[b"t"].decode() for _, f in await rt.store.redis.xrange(keys.outbound_stream("console"))]
+        outbound = [f[b"t"].decode() for f in await queued(rt, "console")]
         state = await conversations.load_state(rt.store, ANN)
     assert outbound == ["One moment, checking your account...", "Sorry, we can't see your account right now."]
     assert state is not None and state["o"] == "crm_down"

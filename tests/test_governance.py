@@ -15,7 +15,7 @@ from engine.clock import FakeClock
 from engine.governance import HELP, OPT_IN, OPT_OUT, Keywords
 from engine.runtime import Runtime
 from engine.worker import fire_timers
-from tests.conftest import ANN, make_config, process_stream
+from tests.conftest import ANN, make_config, outbound, process_stream
 
 KW = Keywords()
 NPS_Q = "Hi Ann, thanks for choosing us."
@@ -80,8 +80,8 @@ class Phone:
 
     async def replies(self) -> list[str]:
         await process_stream(self.rt, ANN)
-        out = await self.rt.store.redis.xrange(keys.outbound_stream("carrier"))
-        new = [f[b"t"].decode() for _, f in out[self.seen :] if f[b"c"].decode() == ANN]
+        out = await outbound(self.rt, "carrier")
+        new = [f[b"t"].decode() for f in out[self.seen :] if f[b"c"].decode() == ANN]
         self.seen = len(out)
         return new
 

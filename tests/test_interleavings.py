@@ -26,7 +26,7 @@ from engine.events import Event
 from engine.runtime import Runtime
 from engine.turn import TurnDone, run_turn
 from engine.worker import Worker, fire_timers
-from tests.conftest import make_config
+from tests.conftest import make_config, outbound
 
 NUMBERS = ["+447700900101", "+447700900202", "+447700900303"]
 TEXTS = ["nps", "csat", "10", "3", "7", "five", "great service", "hello", "STOP"]
@@ -78,7 +78,7 @@ async def _outcome(rt: Runtime) -> Outcome:
     r = rt.store.redis
     replies: dict[str, list[str]] = {n: [] for n in NUMBERS}
     ids = []
-    for _, fields in await r.xrange(keys.outbound_stream("carrier")):
+    for fields in await outbound(rt, "carrier"):
         replies[fields[b"c"].decode()].append(fields[b"t"].decode())
         ids.append(fields[b"m"].decode())
     states = {}

@@ -1,12 +1,22 @@
-"""The send pipeline against a misbehaving carrier: retries, rejections, order per contact."""
+"""The send pipeline against misbehaving providers: retries, Retry-After, rejections, expiry,
+the circuit breaker, failover without duplicates, lanes, the rate on the wire, receipts."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
+import pytest
 
+from engine import keys
 from engine.clock import FakeClock
+from engine.redis_embedded import free_port
 from engine.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, eventually, make_config
@@ -19,91 +29,394 @@ nodes:
   second: {say: "Second {{ params.n }}", goto: third}
   third: {say: "Third {{ params.n }}", end: done}
 """
+NOTE = """
+name: note
+start: hello
+nodes:
+  hello: {say: "{{ params.text }}", end: done}
+"""
+SECRET = "receipt-secret-0123456789"
+NPS = (Path(__file__).resolve().parent.parent / "rules" / "nps.yaml").read_text()
 
 
-async def _message(api: aiohttp.ClientSession, index: int = -1) -> dict | None:
-    """The contact's message at ``index``, or None while the log is still empty."""
-    async with api.get("/v1/messages", params={"contact": ANN}) as r:
-        messages = (await r.json())["messages"]
-    return messages[index] if messages else None
+def number(i: int) -> str:
+    return f"+4477009{i:05d}"
 
 
-async def _settled(api: aiohttp.ClientSession) -> dict:
-    """The last message once its send attempt has ended (it is no longer queued)."""
+async def messages(api: aiohttp.ClientSession, contact: str = ANN) -> list[dict[str, Any]]:
+    async with api.get("/v1/messages", params={"contact": contact}) as r:
+        assert r.status == 200, await r.text()
+        result: list[dict[str, Any]] = (await r.json())["messages"]
+        return result
 
-    async def probe() -> dict | None:
-        rec = await _message(api)
-        return rec if rec is not None and rec["status"] != "queued" else None
 
-    result: dict = await eventually(probe)
+async def settled(api: aiohttp.ClientSession, contact: str = ANN, timeout: float = 5.0) -> dict[str, Any]:
+    """The contact's last outbound message once the pipeline is done with it (not queued)."""
+
+    async def probe() -> dict[str, Any] | None:
+        out = [m for m in await messages(api, contact) if m["dir"] == "out"]
+        return out[-1] if out and out[-1]["status"] != "queued" else None
+
+    result: dict[str, Any] = await eventually(probe, attempts=int(timeout / 0.005))
     return result
 
 
-async def test_retryable_failures_are_retried_until_sent(
-    rt: Runtime, api: aiohttp.ClientSession, carrier: SimulatedCarrier, clock: FakeClock
-) -> None:
-    carrier.fail_next = [503, 429, 500]
-    await api.put(f"/v1/contacts/{ANN}", json={})
-    before = clock.now_ms()
-    await api.post("/v1/flows/nps/start", json={"contacts": [ANN]})
-    await carrier.next_message(ANN)
-    rec = await _settled(api)
-    assert carrier.attempts == 4
-    assert rec["status"] == "sent" and rec["provider_id"] == carrier.received[0].provider_id
-    # Back-off ran on the injected clock: 0.25 s + 1 s + 4 s, not real time.
-    assert clock.now_ms() - before == 5250
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (real time, bounded) until ``condition()`` holds: for paced sends, which take time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
-async def test_rejection_fails_the_message_without_retrying(
-    rt: Runtime, api: aiohttp.ClientSession, carrier: SimulatedCarrier
-) -> None:
-    carrier.fail_next = [400]
-    await api.put(f"/v1/contacts/{ANN}", json={})
-    await api.post("/v1/flows/nps/start", json={"contacts": [ANN]})
-    rec = await _settled(api)
-    assert rec["status"] == "failed" and "HTTP 400" in rec["error"]
-    assert [h["status"] for h in rec["history"]] == ["queued", "failed"]
-    assert carrier.attempts == 1 and carrier.received == []
+async def start(api: aiohttp.ClientSession, flow: str, contacts: list[str], **params: Any) -> None:
+    await asyncio.gather(*(api.put(f"/v1/contacts/{c}", json={}) for c in contacts))
+    async with api.post(f"/v1/flows/{flow}/start", json={"contacts": contacts, "params": params}) as r:
+        assert r.status == 202, await r.text()
 
 
-async def test_messages_to_one_contact_arrive_in_order_with_a_slow_carrier(
-    redis_url: str, tmp_path: Path
-) -> None:
-    (tmp_path / "two_step.yaml").write_text(TWO_STEP)
-    async with SimulatedCarrier(delay=0.01) as carrier:
-        cfg = make_config(
-            redis_url,
-            engine={"flows_dir": str(tmp_path)},
-            gateways={"carrier": {"type": "http", "url": carrier.url, "concurrency": 8}},
-        )
-        async with (
-            Runtime(cfg) as rt,
-            aiohttp.ClientSession(
-                f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
-            ) as api,
-        ):
-            await api.put(f"/v1/contacts/{ANN}", json={})
-            for n in range(3):
-                await api.post("/v1/flows/two_step/start", json={"contacts": [ANN], "params": {"n": n}})
-            got = [(await carrier.next_message(ANN)).text for _ in range(9)]
-    assert got == [f"{w} {n}" for n in range(3) for w in ("First", "Second", "Third")]
+class Engine:
+    """A runtime with the given gateways and an authenticated API client."""
+
+    def __init__(self, rt: Runtime, api: aiohttp.ClientSession) -> None:
+        self.rt = rt
+        self.api = api
 
 
-async def test_unreachable_provider_is_retried_then_failed(redis_url: str, clock: FakeClock) -> None:
-    from engine.redis_embedded import free_port
-
-    cfg = make_config(
-        redis_url,
-        gateways={"dead": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/send"}},
-    )
+async def engine(
+    redis_url: str, tmp_path: Path, gateways: dict[str, Any], clock: FakeClock | None = None, **sections: Any
+) -> AsyncIterator[Engine]:
+    for name, text in (("two_step", TWO_STEP), ("note", NOTE)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+    (tmp_path / "nps.yaml").write_text(NPS)
+    cfg = make_config(redis_url, engine={"flows_dir": str(tmp_path)}, gateways=gateways, **sections)
     async with (
         Runtime(cfg, clock=clock) as rt,
         aiohttp.ClientSession(
             f"http://127.0.0.1:{rt.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
         ) as api,
     ):
-        await api.put(f"/v1/contacts/{ANN}", json={})
-        await api.post("/v1/flows/nps/start", json={"contacts": [ANN]})
-        rec = await _settled(api)
-    assert rec["status"] == "failed"
-    assert "ClientConnectorError" in rec["error"] or "Connect" in rec["error"]
+        yield Engine(rt, api)
+
+
+@pytest.fixture
+async def one(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> AsyncIterator[Engine]:
+    gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345", "webhook_secret": SECRET}}
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        carrier.receipt_url = f"http://127.0.0.1:{e.rt.http_port}/v1/receipts/carrier"
+        carrier.receipt_secret = SECRET
+        yield e
+
+
+# Retries -------------------------------------------------------------------------------------
+
+
+async def test_retryable_failures_are_retried_with_backoff_until_sent(
+    one: Engine, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    carrier.fail_next = [503, 500, 502]
+    before = clock.now_ms()
+    await start(one.api, "note", [ANN], text="hello")
+    await carrier.next_message(ANN)
+    rec = await settled(one.api)
+    assert carrier.attempts == 4 and len(carrier.received) == 1
+    assert rec["status"] == "sent" and rec["provider_id"] == carrier.received[0].provider_id
+    # Back-off on the injected clock: 1 s, 2 s, 4 s, each with jitter in [50%, 100%].
+    waited = (clock.now_ms() - before) / 1000
+    assert 3.5 <= waited <= 7.0, waited
+
+
+async def test_retry_after_from_the_provider_is_honoured(
+    one: Engine, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    carrier.fail_next = [(429, {"Retry-After": "7"})]
+    before = clock.now_ms()
+    await start(one.api, "note", [ANN], text="hello")
+    await carrier.next_message(ANN)
+    assert await settled(one.api)
+    assert clock.now_ms() - before == 7000  # exactly the provider's wait, no jitter
+
+
+async def test_a_rejection_fails_the_message_at_once(one: Engine, carrier: SimulatedCarrier) -> None:
+    carrier.fail_next = [400]
+    await start(one.api, "note", [ANN], text="hello")
+    rec = await settled(one.api)
+    assert rec["status"] == "failed" and "HTTP 400" in rec["error"]
+    assert [h["status"] for h in rec["history"]] == ["queued", "failed"]
+    assert carrier.attempts == 1 and carrier.received == []
+
+
+async def test_a_message_older_than_max_age_expires_instead_of_going_out_late(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    carrier.down = 503
+    gw = {"carrier": {"type": "http", "url": carrier.url, "max_age": "2m", "max_attempts": 1000}}
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        await start(e.api, "note", [ANN], text="your table is ready")
+        rec = await settled(e.api)
+        carrier.down = 0
+        assert rec["status"] == "expired"
+        assert "HTTP 503" in rec["error"]  # the last failure says why it never went
+        assert carrier.received == []
+        assert await e.rt.store.redis.xlen(keys.outbound_stream("carrier", "bulk")) == 0  # acknowledged
+
+
+async def test_messages_to_one_contact_arrive_in_order_with_a_slow_carrier(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with SimulatedCarrier(delay=0.01) as carrier:
+        gw = {"carrier": {"type": "http", "url": carrier.url, "concurrency": 8}}
+        async for e in engine(redis_url, tmp_path, gw):
+            await e.api.put(f"/v1/contacts/{ANN}", json={})
+            for n in range(3):
+                await e.api.post("/v1/flows/two_step/start", json={"contacts": [ANN], "params": {"n": n}})
+            got = [(await carrier.next_message(ANN)).text for _ in range(9)]
+    assert got == [f"{w} {n}" for n in range(3) for w in ("First", "Second", "Third")]
+
+
+# Circuit breaker -----------------------------------------------------------------------------
+
+
+async def test_a_provider_down_for_an_hour_is_probed_not_hammered(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    carrier.down = 503
+    gw = {
+        "carrier": {
+            "type": "http", "url": carrier.url, "max_age": "1h", "max_attempts": 1000, "backoff": "1s",
+            "backoff_max": "60s", "circuit_failures": 3, "circuit_cooldown": "10s", "circuit_cooldown_max": "5m",
+        }
+    }  # fmt: skip
+    contacts = [number(i) for i in range(5)]
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        await start(e.api, "note", contacts, text="hello")
+        for c in contacts:
+            assert (await settled(e.api, c))["status"] == "expired"
+        open_metric = await (await e.api.get("/metrics")).text()
+    # Without the breaker 5 messages retried every <= 60 s for an hour make ~350 requests. With
+    # it: the first failures, then one probe at a time, 10 s, 20 s, ... 5 min apart.
+    assert carrier.attempts <= 5 + 20, carrier.attempts
+    assert 'parley_circuit_open{gateway="carrier"} 1.0' in open_metric
+
+
+async def test_the_circuit_closes_when_a_probe_succeeds_and_the_queue_drains(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    carrier.fail_next = [503] * 3
+    gw = {"carrier": {"type": "http", "url": carrier.url, "circuit_failures": 3, "concurrency": 1}}
+    contacts = [number(i) for i in range(6)]
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        await start(e.api, "note", contacts, text="hello")
+        for c in contacts:
+            assert (await settled(e.api, c))["status"] == "sent"
+        sender = e.rt.senders["carrier"]
+        assert sender.circuit.state == "closed"
+    assert sorted(m.to for m in carrier.received) == sorted(contacts)  # each exactly once
+
+
+# Routing and failover ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def two(
+    redis_url: str, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[tuple[Engine, SimulatedCarrier, SimulatedCarrier]]:
+    async with SimulatedCarrier(name="a") as a, SimulatedCarrier(name="b") as b:
+        policy = {"circuit_failures": 2, "max_attempts": 3, "backoff": "1s"}
+        gw = {
+            "a": {"type": "http", "url": a.url, **policy},
+            "b": {"type": "http", "url": b.url, **policy},
+        }
+        async for e in engine(redis_url, tmp_path, gw, clock, routing=[{"via": ["a", "b"]}]):
+            yield e, a, b
+
+
+async def test_a_provider_that_is_down_fails_over_and_nothing_is_sent_twice(
+    two: tuple[Engine, SimulatedCarrier, SimulatedCarrier],
+) -> None:
+    e, a, b = two
+    a.down = 503  # "not taken": safe to send elsewhere
+    contacts = [number(i) for i in range(8)]
+    await start(e.api, "note", contacts, text="hello")
+    for c in contacts:
+        rec = await settled(e.api, c)
+        assert rec["status"] == "sent" and rec["gateway"] == "b"
+        hops = [h for h in rec["history"] if h["status"] == "rerouted"]
+        assert len(hops) == 1 and hops[0]["detail"].startswith("b: ")
+    assert a.received == []
+    assert sorted(m.to for m in b.received) == sorted(contacts)
+
+
+async def test_a_message_the_provider_may_have_taken_is_never_failed_over(
+    two: tuple[Engine, SimulatedCarrier, SimulatedCarrier],
+) -> None:
+    e, a, b = two
+    a.down = 500  # maybe taken: retried at a with the same id, never handed to b
+    await start(e.api, "note", [ANN], text="hello")
+    rec = await settled(e.api)
+    assert rec["status"] == "failed" and "HTTP 500" in rec["error"]
+    assert a.attempts == 3 and b.attempts == 0
+
+
+async def test_a_message_read_back_after_a_crash_stays_on_its_connector(
+    redis_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A send interrupted by a crash may have reached the provider: it is pinned to it."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    lane = keys.outbound_stream("a", "bulk")
+    await r.xgroup_create(lane, keys.OUTBOUND_GROUP, id="0", mkstream=True)
+    rec = {"id": "out-x-0", "dir": "out", "text": "hello", "to": ANN, "gateway": "a", "status": "queued",
+           "at": clock.now_ms(), "history": [["queued", clock.now_ms()]]}  # fmt: skip
+    await r.zadd(keys.message_index(ANN), {"out-x-0": 1})
+    await r.hset(keys.message_records(ANN), "out-x-0", orjson.dumps(rec))
+    await r.xadd(lane, {"m": "out-x-0", "c": ANN, "t": "hello", "r": "b", "q": clock.now_ms()})
+    import socket
+
+    # The previous run read it (same consumer name as the sender) and died before recording.
+    await r.xreadgroup(keys.OUTBOUND_GROUP, f"{socket.gethostname()}-s", {lane: ">"})
+    await r.aclose()
+    async with SimulatedCarrier(name="a") as a, SimulatedCarrier(name="b") as b:
+        a.down = 503
+        policy = {"circuit_failures": 1, "max_attempts": 2, "backoff": "1s"}
+        gw = {"a": {"type": "http", "url": a.url, **policy}, "b": {"type": "http", "url": b.url, **policy}}
+        async for e in engine(redis_url, tmp_path, gw, clock, routing=[{"via": ["a", "b"]}]):
+            rec = await settled(e.api)
+            assert await e.rt.store.redis.xlen(lane) == 0
+        assert rec["status"] == "failed" and rec["gateway"] == "a"
+        assert a.attempts == 2 and b.attempts == 0
+
+
+async def test_routing_by_country_sends_each_number_through_its_connector(
+    redis_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    async with SimulatedCarrier(name="uk") as uk, SimulatedCarrier(name="us") as us:
+        gw = {"uk": {"type": "http", "url": uk.url}, "us": {"type": "http", "url": us.url}}
+        routing = [{"match": {"country": "GB"}, "via": ["uk"]}, {"via": ["us"]}]
+        async for e in engine(redis_url, tmp_path, gw, clock, routing=routing):
+            await start(e.api, "note", [ANN, "+12125550123"], text="hi")
+            await uk.next_message(ANN)
+            await us.next_message("+12125550123")
+        assert [m.to for m in uk.received] == [ANN] and [m.to for m in us.received] == ["+12125550123"]
+
+
+# Lanes and rate ------------------------------------------------------------------------------
+
+
+async def test_a_reply_overtakes_a_bulk_backlog(redis_url: str, tmp_path: Path) -> None:
+    async with SimulatedCarrier() as carrier:
+        gw = {"carrier": {"type": "http", "url": carrier.url, "rate": 40}}
+        async for e in engine(redis_url, tmp_path, gw):
+            bulk = [number(i) for i in range(120)]  # 3 s of sending at 40/s
+            await start(e.api, "note", bulk, text="offer")
+            await until(lambda: len(carrier.received) >= 5)
+            await carrier.text_in(
+                f"http://127.0.0.1:{e.rt.http_port}/v1/inbound/carrier", API_KEY, ANN, "nps"
+            )
+            await carrier.next_message(ANN, timeout=10)
+            bulk_before_reply = len(carrier.received) - 1
+    # The reply waited for at most a few slots, not for the 115 bulk messages still queued.
+    assert bulk_before_reply < 20, bulk_before_reply
+
+
+async def test_the_rate_holds_in_every_one_second_window(redis_url: str, tmp_path: Path) -> None:
+    async with SimulatedCarrier() as carrier:
+        gw = {"carrier": {"type": "http", "url": carrier.url, "rate": 20}}
+        async for e in engine(redis_url, tmp_path, gw):
+            contacts = [number(i) for i in range(35)]
+            await start(e.api, "note", contacts, text="hi")
+            await until(lambda: len(carrier.received) == 35)
+    at = sorted(m.at for m in carrier.received)
+    busiest = max(sum(1 for t in at if s <= t < s + 1.0) for s in at)
+    assert busiest <= 20, busiest
+    assert at[-1] - at[0] >= 34 / 20 * 0.95  # evenly spaced, not bursts
+
+
+async def test_a_three_part_message_costs_three_slots(redis_url: str, tmp_path: Path) -> None:
+    async with SimulatedCarrier() as carrier:
+        gw = {"carrier": {"type": "http", "url": carrier.url, "rate": 30}}
+        async for e in engine(redis_url, tmp_path, gw):
+            long_text = "x" * 400  # GSM-7, 400 septets: 3 segments of 153
+            await start(e.api, "note", [number(i) for i in range(6)], text=long_text)
+            await until(lambda: len(carrier.received) == 6)
+    at = sorted(m.at for m in carrier.received)
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert min(gaps) >= 0.1 * 0.9, gaps  # 3 segments / 30 per second
+
+
+# Receipts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+async def test_receipts_mark_messages_delivered_whenever_they_arrive(
+    one: Engine, carrier: SimulatedCarrier, when: str
+) -> None:
+    carrier.receipts = when  # "before": the provider reports delivery before answering the send
+    await start(one.api, "note", [ANN], text="hello")
+
+    async def delivered() -> dict[str, Any] | None:
+        log = await messages(one.api)
+        return log[-1] if log and log[-1]["status"] == "delivered" else None
+
+    rec = await eventually(delivered)
+    assert [h["status"] for h in rec["history"]] == ["queued", "sent", "delivered"]
+    assert carrier.receipt_answers == [200]
+
+
+async def test_a_late_sent_never_moves_a_delivered_message_back(
+    one: Engine, carrier: SimulatedCarrier
+) -> None:
+    await start(one.api, "note", [ANN], text="hello")
+    rec = await settled(one.api)
+    pid = rec["provider_id"]
+    for status in ("delivered", "sent"):
+        await post_receipt(one, {"id": pid, "status": status})
+    rec = (await messages(one.api))[-1]
+    assert rec["status"] == "delivered"  # the late report is kept in the history only
+    assert [h["status"] for h in rec["history"]] == ["queued", "sent", "delivered", "sent"]
+
+
+async def post_receipt(
+    e: Engine, body: dict[str, Any], *, ts: int | None = None, secret: str = SECRET
+) -> int:
+    import hashlib
+    import hmac
+
+    raw = orjson.dumps(body)
+    stamp = int(time.time()) if ts is None else ts
+    sig = hmac.new(secret.encode(), f"{stamp}.".encode() + raw, hashlib.sha256).hexdigest()
+    headers = {"X-Parley-Timestamp": str(stamp), "X-Parley-Signature": f"sha256={sig}"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{e.rt.http_port}/v1/receipts/carrier", data=raw, headers=headers) as r,
+    ):
+        return r.status
+
+
+async def test_receipt_webhooks_need_a_fresh_valid_signature(one: Engine) -> None:
+    body = {"id": "sim-1", "status": "delivered"}
+    assert await post_receipt(one, body) == 200
+    assert await post_receipt(one, body, secret="wrong-secret-000000000") == 401
+    assert await post_receipt(one, body, ts=int(time.time()) - 3600) == 401  # a replay
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{one.rt.http_port}/v1/receipts/carrier"
+        async with s.post(url, json=body) as r:
+            assert r.status == 401
+            assert "X-Parley-Signature" in (await r.json())["error"]["message"]
+
+
+async def test_an_unknown_provider_status_is_refused_with_the_field(one: Engine) -> None:
+    assert await post_receipt(one, {"id": "sim-1", "status": "teleported"}) == 422
+
+
+async def test_unreachable_provider_is_retried_then_failed(
+    redis_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    gw = {"dead": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/send", "max_attempts": 3}}
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        await start(e.api, "note", [ANN], text="hello")
+        rec = await settled(e.api)
+    assert rec["status"] == "failed" and "cannot connect" in rec["error"]

@@ -13,6 +13,7 @@ from engine.runtime import Runtime
 from engine.worker import fire_timers
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, Turns, eventually, make_config, process_stream
+from tests.conftest import outbound as queued
 
 REMIND = """
 name: remind
@@ -147,7 +148,7 @@ async def test_a_timer_racing_a_reply_has_exactly_one_outcome(
             assert await fire_timers(rt) == 1
             await _say(rt, "yes", "late")
             assert await process() == ["timed_out", "replied"]
-        outbound = [f[b"t"].decode() for _, f in await rt.store.redis.xrange(keys.outbound_stream("carrier"))]
+        outbound = [f[b"t"].decode() for f in await queued(rt, "carrier")]
         state = await conversations.load_state(rt.store, ANN)
     assert state is not None and state["o"] == "confirmed"
     assert state["r"]["answer"]["v"] is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -12,8 +11,8 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from engine.api import consent, contacts, conversations, flows, inbound, ops
-from engine.api.common import RUNTIME, json_response
-from engine.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from engine.api.common import RUNTIME, check_api_key, json_response
+from engine.errors import ApiError, NotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -22,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: Routes anyone may call (probes and scrapers); everything under /v1 needs a bearer key.
 PUBLIC = frozenset({"/healthz", "/metrics"})
+#: Provider webhooks: the route checks the connector's own scheme, or the bearer key.
+WEBHOOKS = ("/v1/inbound/", "/v1/receipts/")
 
 
 def _error(exc: ApiError) -> web.Response:
@@ -68,17 +69,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC:
+    if request.path in PUBLIC or request.path.startswith(WEBHOOKS):
         return await handler(request)
-    keys = request.app[RUNTIME].config.api.keys
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not keys:
-        raise Unauthorized("no API keys are configured (set api.keys or PARLEY_API_KEYS)")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-        raise Unauthorized("unknown API key")
+    check_api_key(request)
     return await handler(request)
 
 
@@ -96,6 +89,7 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_post("/v1/flows:reload", flows.reload_flows)
     app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
     app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
+    app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)
     app.router.add_get("/v1/messages", conversations.get_messages)
     app.router.add_get("/healthz", ops.healthz)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from engine.errors import BadRequest, PayloadTooLarge, Unprocessable
+from engine.errors import BadRequest, PayloadTooLarge, Unauthorized, Unprocessable
 from engine.numbers import InvalidNumber, to_e164
 
 if TYPE_CHECKING:
@@ -19,6 +20,19 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
 def runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
+
+
+def check_api_key(request: web.Request) -> None:
+    """401 unless the request carries one of the configured bearer keys."""
+    keys = runtime(request).config.api.keys
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not keys:
+        raise Unauthorized("no API keys are configured (set api.keys or PARLEY_API_KEYS)")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        raise Unauthorized("unknown API key")
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -44,5 +44,8 @@ async def get_messages(request: web.Request) -> web.Response:
     msgs = await conversations.recent_messages(rt.store, number, limit)
     for m in msgs:
         m["at"] = iso(m["at"])
-        m["history"] = [{"status": s, "at": iso(t)} for s, t in m.get("history", [])]
+        m["history"] = [
+            {"status": h[0], "at": iso(h[1]), **({"detail": h[2]} if len(h) > 2 else {})}
+            for h in m.get("history", [])
+        ]
     return json_response({"contact": number, "messages": msgs})

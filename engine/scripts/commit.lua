@@ -5,7 +5,7 @@
 --                      json (engine/sessions.py)
 -- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
--- KEYS[4]  p:out:GW   outbound stream of the replying gateway
+-- KEYS[4]  p:out:GW[:bulk]  the lane of the first connector of the route (reply or bulk)
 -- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
 -- KEYS[6]  p:c:{N}    contact hash (only written when ARGV[11] is not "")
 -- KEYS[7]  p:calls    CRM webhook jobs (only written when ARGV[15] is not "")
@@ -26,7 +26,8 @@
 -- ARGV[16] message log retention (s): the log of a contact who stays silent this long expires
 -- ARGV[17] consent change "status|source|cause" or "" (applied before the gate)
 -- ARGV[18] frequency caps "limit:window ms:label;..." or "" (none)
--- ARGV[19] now (ms): the gate's and the ledger's time
+-- ARGV[19] now (ms): the gate's and the ledger's time; the messages' queued time
+-- ARGV[20] the rest of the route: connectors to fail over to, "a,b" or ""
 -- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms)
 --
@@ -99,7 +100,7 @@ local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 20
+local i = 21
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -131,7 +132,7 @@ for _ = 1, nout do
     redis.call('HSET', KEYS[3], id, cjson.encode(rec))
     blocked[#blocked + 1] = id .. ' ' .. code
   else
-    redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1])
+    redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])
   end
   i = i + 3
 end

@@ -1,32 +1,54 @@
--- Record a status change of one message (queued -> sent -> delivered / failed).
+-- Record a status change of one message (queued -> sent -> delivered / failed / expired ...).
 --
 -- KEYS[1]  p:mh:{N}         message records hash
 -- KEYS[2]  p:pid:GW:ID      provider id -> "N message-id" (only when ARGV[4] is not "")
--- KEYS[3]  p:out:GW         the outbound stream the message came from (only with ARGV[9])
+-- KEYS[3]  p:out:GW[:bulk]  the outbound lane the message came from (only with ARGV[9])
+-- KEYS[4]  p:dlrp:GW:ID     a receipt that arrived before we knew the provider id (only with ARGV[4])
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
 -- ARGV[6]  contact number (E.164)           ARGV[7] provider-id map TTL (s)
 -- ARGV[8]  consumer group                   ARGV[9] stream entry id to XACK + XDEL, or ""
+-- ARGV[10] the gateway that sent it, or "" (recorded when the message was failed over)
 --
+-- A status never moves back: a late "sent" after "delivered" is kept in the history only.
+-- A receipt parked under KEYS[4] is applied right after the provider id is recorded.
 -- Returns 1, or 0 when the record is gone (trimmed from the log or erased).
+local RANK = {queued = 0, sent = 1, delivered = 2, failed = 2, expired = 2, rejected = 2, blocked = 2}
+
+local function apply(m, status, ms, err)
+  local h = m['history']
+  if type(h) ~= 'table' then h = {} end
+  local last = h[#h]
+  if last and last[1] == status then return end  -- the same report twice
+  h[#h + 1] = {status, ms}
+  m['history'] = h
+  if (RANK[status] or 1) >= (RANK[m['status']] or 0) then
+    m['status'] = status
+    if err ~= '' then m['error'] = err end
+  end
+end
+
 if ARGV[9] and ARGV[9] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
   redis.call('XDEL', KEYS[3], ARGV[9])
 end
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local parked = false
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. ARGV[1], 'EX', ARGV[7])
+  parked = redis.call('GET', KEYS[4])
+  if parked then redis.call('DEL', KEYS[4]) end
 end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
   return 0
 end
 local m = cjson.decode(raw)
-m['status'] = ARGV[2]
 if ARGV[4] ~= '' then m['provider_id'] = ARGV[4] end
-if ARGV[5] ~= '' then m['error'] = ARGV[5] end
-local h = m['history']
-if type(h) ~= 'table' then h = {} end
-h[#h + 1] = {ARGV[2], tonumber(ARGV[3])}
-m['history'] = h
+if ARGV[10] and ARGV[10] ~= '' then m['gateway'] = ARGV[10] end
+apply(m, ARGV[2], tonumber(ARGV[3]), ARGV[5])
+if parked then
+  local st, err, ms = string.match(parked, '^([^|]*)|(.*)|(%d+)$')
+  if st then apply(m, st, tonumber(ms), err) end
+end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(m))
 return 1

@@ -2,13 +2,24 @@
 
 It plays both ends of the phone network: it accepts Parley's outbound messages (``POST /send``,
 answering ``{"id": "sim-N"}``) into a per-number inbox, and it texts Parley as a customer would,
-through Parley's inbound webhook. Tests make it misbehave: ``fail_next`` answers the next N
-sends with an HTTP status, ``delay`` slows every answer down.
+through Parley's inbound webhook. Tests make it misbehave:
+
+- ``fail_next``: answer the next sends with these statuses (an int, or ``(status, headers)``
+  such as ``(429, {"Retry-After": "7"})``); ``down``: answer every send with this status;
+- ``delay``: slow every answer down; ``hang``: never answer (the client times out);
+- ``receipts``: call ``receipt_url`` back with a delivery report per accepted message
+  (``"before"`` the send's answer, as fast providers sometimes do, or ``"after"``), signed with
+  ``receipt_secret`` when set.
+
+It remembers each message's ``Idempotency-Key`` and answers a repeat with the same id without
+delivering it again, as a provider that dedupes does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import time
 from collections import defaultdict
@@ -34,16 +45,26 @@ class Delivered:
 class SimulatedCarrier:
     """``async with SimulatedCarrier() as carrier: carrier.url`` — a provider on 127.0.0.1."""
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, name: str = "sim") -> None:
+        self.name = name
         self.delay = delay
-        self.fail_next: list[int] = []
+        self.fail_next: list[int | tuple[int, dict[str, str]]] = []
+        self.down: int = 0
+        self.hang = False
+        self.receipts: str = ""  # "", "before" or "after"
+        self.receipt_url = ""
+        self.receipt_secret = ""
+        self.receipt_status = "delivered"
         self.received: list[Delivered] = []
         self.attempts = 0
+        self.receipt_answers: list[int] = []
+        self._seen: dict[str, str] = {}  # idempotency key -> provider id
         self._inboxes: dict[str, asyncio.Queue[Delivered]] = defaultdict(asyncio.Queue)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._mo_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -53,7 +74,7 @@ class SimulatedCarrier:
     async def __aenter__(self) -> SimulatedCarrier:
         app = web.Application()
         app.router.add_post("/send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.port = self._runner.addresses[0][1]
@@ -61,6 +82,8 @@ class SimulatedCarrier:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for t in list(self._tasks):
+            t.cancel()
         if self._client is not None:
             await self._client.close()
         if self._runner is not None:
@@ -68,18 +91,49 @@ class SimulatedCarrier:
 
     async def _send(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        if self.hang:
+            await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next:
-            return web.Response(status=self.fail_next.pop(0), text="simulated failure")
+            failure = self.fail_next.pop(0)
+            status, headers = failure if isinstance(failure, tuple) else (failure, {})
+            return web.Response(status=status, text="simulated failure", headers=headers)
+        if self.down:
+            return web.Response(status=self.down, text="simulated outage")
         body = orjson.loads(await request.read())
+        key = request.headers.get("Idempotency-Key", "")
+        if key and key in self._seen:
+            return web.json_response({"id": self._seen[key]})
         msg = Delivered(
-            id=body["id"], provider_id=f"sim-{next(self._ids)}", sender=body.get("from", ""),
+            id=body["id"], provider_id=f"{self.name}-{next(self._ids)}", sender=body.get("from", ""),
             to=body["to"], text=body["text"], at=time.perf_counter(),
         )  # fmt: skip
+        if key:
+            self._seen[key] = msg.provider_id
         self.received.append(msg)
         self._inboxes[msg.to].put_nowait(msg)
+        if self.receipts == "before":
+            await self._receipt(msg.provider_id)
+        elif self.receipts == "after":
+            task = asyncio.create_task(self._receipt(msg.provider_id, delay=0.01))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return web.json_response({"id": msg.provider_id})
+
+    async def _receipt(self, provider_id: str, delay: float = 0.0) -> None:
+        assert self._client is not None
+        if delay:
+            await asyncio.sleep(delay)
+        body = orjson.dumps({"id": provider_id, "status": self.receipt_status})
+        headers = {"Content-Type": "application/json"}
+        if self.receipt_secret:
+            ts = int(time.time())
+            # Written from the documented scheme, not with Parley's own code (tests check both agree).
+            mac = hmac.new(self.receipt_secret.encode(), b"%d." % ts + body, hashlib.sha256).hexdigest()
+            headers |= {"X-Parley-Timestamp": str(ts), "X-Parley-Signature": f"sha256={mac}"}
+        async with self._client.post(self.receipt_url, data=body, headers=headers) as resp:
+            self.receipt_answers.append(resp.status)
 
     async def next_message(self, to: str, timeout: float = 5.0) -> Delivered:
         """The next message delivered to handset ``to`` (waits up to ``timeout`` seconds)."""

@@ -1,0 +1,28 @@
+-- Fail one message over to the next connector of its route: queue it there and take it off here,
+-- atomically, so it is in exactly one connector's lane at any time (never sent by two).
+--
+-- KEYS[1]  p:out:GW[:bulk]     the lane it is in now
+-- KEYS[2]  p:out:GW2[:bulk]    the same lane of the next connector
+-- KEYS[3]  p:mh:{N}            message records hash
+-- ARGV[1]  consumer group      ARGV[2] entry id here
+-- ARGV[3]  message id          ARGV[4] contact        ARGV[5] text
+-- ARGV[6]  the rest of the route after GW2 ("a,b" or "")     ARGV[7] queued at (ms)
+-- ARGV[8]  now (ms)            ARGV[9] GW2's name    ARGV[10] why (the failure seen at GW)
+-- Returns the new entry id, or "" when the entry was already gone (acknowledged elsewhere).
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return ''
+end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
+  'q', ARGV[7])
+local raw = redis.call('HGET', KEYS[3], ARGV[3])
+if raw then
+  local m = cjson.decode(raw)
+  local h = m['history']
+  if type(h) ~= 'table' then h = {} end
+  h[#h + 1] = {'rerouted', tonumber(ARGV[8]), ARGV[9] .. ': ' .. ARGV[10]}
+  m['history'] = h
+  m['gateway'] = ARGV[9]
+  redis.call('HSET', KEYS[3], ARGV[3], cjson.encode(m))
+end
+return id

@@ -1,0 +1,170 @@
+"""What every HTTP connector shares: its client session, error translation, webhook checks.
+
+``HttpConnector.call`` sends one request and turns every way it can fail into the pipeline's
+vocabulary (:mod:`engine.errors`):
+
+- the connection could not be made (refused, DNS, connect timeout): retryable, *not* taken;
+- 429 and 503: retryable, not taken; ``Retry-After`` (seconds or an HTTP date) is passed on;
+- 408, 500, 502, 504, a read timeout, a connection dropped mid-request: retryable but
+  *ambiguous* (the provider may have the message), so never failed over to another connector;
+- any other 4xx: a rejection, the message fails at once;
+- a 2xx whose body the connector cannot read: a rejection that names the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from engine.errors import GatewayRejected, GatewayTimeout, GatewayUnavailable, WebhookRejected
+from gateways.base import Gateway, SendPolicy, Webhook
+
+NOT_TAKEN_STATUS = frozenset({429, 503})
+AMBIGUOUS_STATUS = frozenset({408, 425, 500, 502, 504})
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), capped at 1 h."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), 3600.0)
+
+
+class HttpConnector(Gateway):
+    """A connector that talks HTTP to its provider through one owned ``aiohttp`` session."""
+
+    #: Sent with every request (the subclass adds its auth).
+    default_headers: dict[str, str] = {"User-Agent": "parley"}
+
+    def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
+        super().__init__(name, config, policy)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def timeout(self) -> float:
+        return float(getattr(self.config, "timeout", 10.0))
+
+    def session_headers(self) -> dict[str, str]:
+        return dict(self.default_headers)
+
+    def session_auth(self) -> aiohttp.BasicAuth | None:
+        return None
+
+    async def __aenter__(self) -> HttpConnector:
+        timeout = self.timeout
+        self._session = aiohttp.ClientSession(
+            headers=self.session_headers(),
+            auth=self.session_auth(),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
+            connector=aiohttp.TCPConnector(limit=self.policy.concurrency, ttl_dns_cache=300),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> HttpAnswer:
+        """One request; a 2xx comes back, every failure is raised as a GatewayError."""
+        assert self._session is not None, "gateway used outside its async with"
+        try:
+            async with self._session.request(method, url, **kwargs) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise GatewayUnavailable(self.name, "connect timed out", ambiguous=False) from exc
+        except TimeoutError as exc:
+            raise GatewayTimeout(self.name, f"no answer within {self.timeout:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise GatewayUnavailable(self.name, f"cannot connect: {exc}", ambiguous=False) from exc
+        except aiohttp.ClientError as exc:
+            # Disconnected or broken mid-request: the provider may have taken it.
+            raise GatewayUnavailable(self.name, f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
+        except asyncio.CancelledError:
+            raise
+        if 200 <= status < 300:
+            return HttpAnswer(status, raw, headers)
+        detail = f"HTTP {status}: {raw[:200].decode(errors='replace')}"
+        if status in NOT_TAKEN_STATUS:
+            raise GatewayUnavailable(
+                self.name, detail, status=status, retry_after=retry_after(headers.get("retry-after")),
+                ambiguous=False,
+            )  # fmt: skip
+        if status in AMBIGUOUS_STATUS or status >= 500:
+            raise GatewayUnavailable(
+                self.name, detail, status=status, retry_after=retry_after(headers.get("retry-after")),
+                ambiguous=True,
+            )  # fmt: skip
+        raise GatewayRejected(self.name, detail, status=status)
+
+
+# Webhook authentication --------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    """Parley's webhook signature: ``sha256=`` hex HMAC-SHA256 of ``"{timestamp}." + body``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def check_signature(
+    hook: Webhook, secret: str, now: float, tolerance: float, *, ts_header: str, sig_header: str
+) -> None:
+    """Timestamped HMAC check: a missing, stale (replayed) or wrong signature raises 401."""
+    ts = hook.headers.get(ts_header, "")
+    sig = hook.headers.get(sig_header, "")
+    if not ts or not sig:
+        raise WebhookRejected(f"missing {ts_header} or {sig_header} header")
+    try:
+        stamp = int(ts)
+    except ValueError:
+        raise WebhookRejected(f"{ts_header} is not Unix seconds: {ts[:40]!r}") from None
+    if abs(now - stamp) > tolerance:
+        raise WebhookRejected(
+            f"{ts_header} is {now - stamp:+.0f}s from now (allowed ±{tolerance:g}s): replayed or clock skew"
+        )
+    want = sign(secret, stamp, hook.body)
+    if not any(hmac.compare_digest(want, s.strip()) for s in sig.split(",")):
+        raise WebhookRejected(f"{sig_header} does not match the body")
+
+
+def check_basic(hook: Webhook, user: str, password: str) -> None:
+    """HTTP basic auth against the connector's webhook credentials."""
+    header = hook.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        raise WebhookRejected("send the connector's webhook credentials as HTTP basic auth")
+    try:
+        got_user, _, got_pw = base64.b64decode(token, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookRejected("malformed basic auth header") from None
+    ok_user = hmac.compare_digest(got_user.encode(), user.encode())
+    ok_pw = hmac.compare_digest(got_pw.encode(), password.encode())
+    if not (ok_user and ok_pw):
+        raise WebhookRejected("wrong webhook user or password")
