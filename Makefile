@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint fmt typecheck run clean help bench-rules bench loadtest
+.PHONY: demo test lint fmt typecheck run clean help bench-rules bench bench-gateways loadtest
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
@@ -15,6 +15,8 @@ help:
 	@echo "make bench-rules  decisions per second of the flow engine alone"
 	@echo "make bench      end-to-end benchmark: open-loop texts at rising rates, latency percentiles,"
 	@echo "                bytes per held conversation; JSON + PNG under bench-results/ (BENCH_ARGS=...)"
+	@echo "make bench-gateways  send pipeline: reply-lane latency idle vs behind a 100,000-message bulk backlog,"
+	@echo "                the rate on the wire (BENCH_GATEWAYS_ARGS=...)"
 	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
 
 $(BIN)/python:
@@ -41,6 +43,9 @@ bench-rules: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+
+bench-gateways: $(STAMP)
+	$(BIN)/python loadtests/bench_gateways.py $(BENCH_GATEWAYS_ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/loadtest.py $(LOADTEST_ARGS)

@@ -68,6 +68,8 @@ class Job:
     pinned: bool
     ticket: Ticket
     waiting_rate: bool = False
+    #: In the provider's hands right now (a graceful stop waits for these only).
+    sending: bool = False
     error: str = ""
     attempts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,7 +110,7 @@ class Sender:
             self.policy.circuit_cooldown_max, rt.clock, rt.metrics,
         )  # fmt: skip
         self.reply_limit = max(64, self.policy.concurrency * 4)
-        self._jobs: dict[str, set[asyncio.Task[None]]] = {"reply": set(), "bulk": set()}
+        self._jobs: dict[str, dict[asyncio.Task[None], Job]] = {"reply": {}, "bulk": {}}
         self._busy: set[tuple[str, bytes]] = set()  # entries in hand (still pending until recorded)
         self._tails: dict[str, Job] = {}
         self._slots = asyncio.Semaphore(self.policy.concurrency)
@@ -123,13 +125,20 @@ class Sender:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()  # readers stop reading, then the pacer stops
-        pending = self._jobs["reply"] | self._jobs["bulk"]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.rt.config.engine.shutdown_timeout)
-            for t in late:  # still pending in Redis: sent again after restart
+        jobs = self._jobs["reply"] | self._jobs["bulk"]
+        # Messages not yet handed over stay pending in Redis and go after a restart; a send in
+        # progress is given shutdown_timeout to finish and record its outcome.
+        waiting = [t for t, job in jobs.items() if not job.sending]
+        for t in waiting:
+            t.cancel()
+        sending = [t for t in jobs if t not in waiting]
+        late: set[asyncio.Task[None]] = set()
+        if sending:
+            _, late = await asyncio.wait(sending, timeout=self.rt.config.engine.shutdown_timeout)
+            for t in late:
                 t.cancel()
-            if late:
-                await asyncio.wait(late)
+        if waiting or late:
+            await asyncio.wait([*waiting, *late])
 
     @property
     def in_hand(self) -> int:
@@ -169,11 +178,11 @@ class Sender:
             self.pacer.promote(previous.ticket)
         self._tails[job.msg.to] = job
         task = asyncio.create_task(self._run(job, previous))
-        self._jobs[lane].add(task)
+        self._jobs[lane][task] = job
         self._busy.add((stream, entry_id))
 
         def finished(t: asyncio.Task[None]) -> None:
-            self._jobs[lane].discard(t)
+            self._jobs[lane].pop(t, None)
             self._busy.discard((stream, entry_id))
             self._room[lane].set()
             if self._tails.get(job.msg.to) is job:
@@ -220,7 +229,11 @@ class Sender:
             m.dispatched(gw.name, job.lane, waited, job.msg.segments)
             try:
                 async with self._slots:
-                    result = await gw.send(job.msg)
+                    job.sending = True
+                    try:
+                        result = await gw.send(job.msg)
+                    finally:
+                        job.sending = False
             except GatewayError as exc:
                 job.error = str(exc)
                 if not exc.retryable:
