@@ -9,10 +9,14 @@ from engine.errors import ConfigError
 from gateways.base import POLICY_KEYS, Gateway, SendPolicy
 from gateways.console import ConsoleGateway
 from gateways.http_generic import HttpGenericGateway
+from gateways.jasmin import JasminGateway
+from gateways.twilio import TwilioGateway
 
 GATEWAY_TYPES: dict[str, type[Gateway]] = {
     "http": HttpGenericGateway,
     "console": ConsoleGateway,
+    "twilio": TwilioGateway,
+    "jasmin": JasminGateway,
 }
 
 
