@@ -29,3 +29,17 @@ def test_readme_quick_start_is_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_every_connector_key_is_documented_under_its_type() -> None:
+    import dataclasses
+    import re
+
+    from gateways.registry import GATEWAY_TYPES
+
+    doc = (ROOT / "docs/gateways.md").read_text()
+    sections = dict(re.findall(r"^### `type: (\w+)`[^\n]*\n(.*?)(?=^##)", doc, re.M | re.S))
+    for kind, cls in GATEWAY_TYPES.items():
+        assert kind in sections, f"docs/gateways.md has no section ### `type: {kind}`"
+        for field in dataclasses.fields(cls.Config):
+            assert f"`{field.name}`" in sections[kind], f"gateways.md, type: {kind}: `{field.name}` missing"
