@@ -1,4 +1,5 @@
-"""The ``parley`` command: run the service, the demo, a terminal chat, flow validation."""
+"""The ``parley`` command: run the service, the demo, a terminal chat, flow validation, an SMSC
+simulator."""
 
 from __future__ import annotations
 
@@ -63,6 +64,24 @@ def _parser() -> argparse.ArgumentParser:
     graph = fsub.add_parser("graph", help="draw a flow as a text tree (or --mermaid)")
     graph.add_argument("flow", help="a flow name from the flows dir, or a path to a flow file")
     graph.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart instead")
+
+    sim = sub.add_parser("smsc-sim", help="run a simulated SMPP 3.4 SMSC (demos, tests, load tests)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=2775, help="SMPP port (default 2775; 0 = a free port)")
+    sim.add_argument(
+        "--mode",
+        default="happy",
+        help="happy, slow, throttling, erroring, disconnecting or no-response (default happy)",
+    )
+    sim.add_argument("--system-id", default="parley", help="the system_id ESMEs bind as")
+    sim.add_argument("--password", default="secret", help="its password")
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each submit_sm_resp")
+    sim.add_argument("--dlr-delay", type=float, default=0.05, help="seconds before a delivery receipt")
+    sim.add_argument("--max-rate", type=int, default=100, help="throttling: submits accepted a second")
+    sim.add_argument(
+        "--control-port", type=int, default=0, help="HTTP control endpoint port (default 0: off)"
+    )
+    sim.add_argument("--duration", type=float, default=0.0, help="seconds to run (default 0: forever)")
     return p
 
 
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = dict(_split_field(f) for f in args.field)
             return _run_async(run_chat(cfg, args.flow, args.contact, fields, args.language))
+        if args.command == "smsc-sim":
+            return _run_async(_smsc_sim(args))
     except ConfigError as exc:
         print(f"parley: {exc}", file=sys.stderr)
         return 2
@@ -193,6 +214,59 @@ async def _serve(cfg: Config, config_path: str | None) -> int:
         )
         await stop.wait()
         print("parley: stopping (finishing in-flight turns and sends)", file=sys.stderr)
+    return 0
+
+
+async def _smsc_sim(args: argparse.Namespace) -> int:
+    from gateways.simulators.smsc import MODES, BindEvent, Message, SimulatedSmsc, SmscBehaviour
+    from gateways.smpp.pdu import status_name
+
+    if args.mode not in MODES:
+        raise ConfigError("--mode", f"must be one of {', '.join(MODES)}, got {args.mode!r}")
+    behaviour = SmscBehaviour(
+        credentials={args.system_id: args.password},
+        mode=args.mode,
+        latency=args.latency,
+        dlr_delay=args.dlr_delay,
+        max_rate=args.max_rate,
+    )
+    smsc: SimulatedSmsc
+
+    def on_bind(e: BindEvent) -> None:
+        print(f"bind {e.mode} as {e.system_id!r}: {status_name(e.status)}", flush=True)
+
+    def on_message(m: Message) -> None:
+        ids, answered = set(m.ids), []
+        for s in reversed(smsc.received):  # the parts are among the latest submits
+            if s.message_id in ids and s.answered_at is not None:
+                answered.append(s.answered_at - s.at)
+                if len(answered) == len(ids):
+                    break
+        parts = f"{len(m.ids)} parts, " if len(m.ids) > 1 else ""
+        ms = 1000 * max(answered, default=0.0)
+        print(f"message to {m.dest} ({parts}answered in {ms:.1f} ms): {m.text!r}", flush=True)
+
+    stop = _stop_on_signals()
+    smsc = SimulatedSmsc(
+        host=args.host,
+        port=args.port,
+        behaviour=behaviour,
+        control_port=args.control_port or None,
+        on_bind=on_bind,
+        on_message=on_message,
+    )
+    async with smsc:
+        control = f"; control http://{smsc.host}:{smsc.control_port}" if smsc.control_port else ""
+        print(
+            f"parley smsc-sim listening on smpp://{smsc.host}:{smsc.port} (mode {args.mode}, "
+            f"system_id {args.system_id!r}{control}); Ctrl-C or SIGTERM stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration or None)
+        stats = smsc.stats()
+    print("stats: " + " ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
     return 0
 
 

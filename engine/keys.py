@@ -16,6 +16,9 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
     p:dlrp:GW:ID       string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
     p:rate:GW          string  the connector's rate: next free slot (us, Redis clock)
+    p:seg:GW:ID        string  SMPP: one segment's SMSC id -> "first id|parts|part", TTL 7d
+    p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error"
+    p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
@@ -135,3 +138,18 @@ def parked_receipt(gateway: str, pid: str) -> str:
 
 def rate(gateway: str) -> str:
     return f"{PREFIX}:rate:{gateway}"
+
+
+def smpp_segment(gateway: str, smsc_id: str) -> str:
+    """One segment of a multipart message sent over SMPP, by the SMSC's id for it."""
+    return f"{PREFIX}:seg:{gateway}:{smsc_id}"
+
+
+def smpp_rollup(gateway: str, first_id: str) -> str:
+    """The receipts of a multipart message's parts, by the SMSC id of its first part."""
+    return f"{PREFIX}:roll:{gateway}:{first_id}"
+
+
+def smpp_mo_parts(number: str, gateway: str, to: str, ref: int, total: int) -> str:
+    """The parts received so far of one multipart text from ``number`` (reassembly)."""
+    return f"{PREFIX}:mo:{{{number}}}:{gateway}:{to}|{ref}|{total}"

@@ -127,7 +127,9 @@ class Runtime:
         await self._store.ping()
         await flow_versions.publish(self._store, self.flows)
         for name, raw in cfg.gateways.items():
-            self.gateways[name] = await self._stack.enter_async_context(build_gateway(name, raw))
+            gw = build_gateway(name, raw)
+            gw.attach(self, active=self._want["senders"])
+            self.gateways[name] = await self._stack.enter_async_context(gw)
         can_send = [n for n, g in self.gateways.items() if g.can_send]
         self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
         if self._want["senders"]:
@@ -239,6 +241,9 @@ class Runtime:
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
         }
+        details = {n: h for n, g in self.gateways.items() if (h := g.health()) is not None}
+        if details:
+            out["gateway_state"] = details
         if self.supervisor is not None:
             out["worker"] = "processes"
             sup = self.supervisor

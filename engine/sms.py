@@ -29,7 +29,8 @@ class Encoding:
     segments: int
 
 
-def _unit_sizes(text: str) -> tuple[str, list[int]]:
+def unit_sizes(text: str) -> tuple[str, list[int]]:
+    """The alphabet ``text`` needs ("GSM-7" or "UCS-2") and each character's size in its units."""
     if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text):
         return "GSM-7", [2 if c in GSM7_EXTENSION else 1 for c in text]
     return "UCS-2", [2 if ord(c) > 0xFFFF else 1 for c in text]
@@ -37,7 +38,7 @@ def _unit_sizes(text: str) -> tuple[str, list[int]]:
 
 def encoding_of(text: str) -> Encoding:
     """The alphabet ``text`` needs, its length in that alphabet's units, and its segment count."""
-    name, sizes = _unit_sizes(text)
+    name, sizes = unit_sizes(text)
     units = sum(sizes)
     if units <= SINGLE[name]:
         return Encoding(name, units, 1 if units else 0)
@@ -65,7 +66,7 @@ def split(text: str) -> list[str]:
     enc = encoding_of(text)
     if enc.segments <= 1:
         return [text] if text else []
-    _, sizes = _unit_sizes(text)
+    _, sizes = unit_sizes(text)
     out, i = [], 0
     for count in split_sizes(sizes, MULTI[enc.name]):
         out.append(text[i : i + count])

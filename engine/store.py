@@ -19,7 +19,18 @@ from engine.batching import Coalescer
 from engine.config import RedisConfig
 from engine.errors import RedisUnavailable
 
-SCRIPTS = ("intake", "commit", "status", "timers", "lease", "receipt", "move", "rate")
+SCRIPTS = (
+    "intake",
+    "commit",
+    "status",
+    "timers",
+    "lease",
+    "receipt",
+    "move",
+    "rate",
+    "smpp_receipt",
+    "smpp_parts",
+)
 
 
 class Store:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from engine.config import Duration
 from engine.errors import BadRequest
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
 
 #: Our message statuses a receipt may report, in the order a message moves through them.
 #: A final status (rank 2) is never replaced by an earlier one arriving late.
@@ -156,6 +159,14 @@ class Gateway:
     @property
     def concurrency(self) -> int:
         return self.policy.concurrency
+
+    def attach(self, rt: Runtime, *, active: bool) -> None:
+        """Called by the runtime before the connector is opened. ``active``: this process runs
+        the senders (a connector with its own sessions, like SMPP, opens them only then)."""
+
+    def health(self) -> dict[str, Any] | None:
+        """What /healthz shows of the connector beyond its type (None: nothing)."""
+        return None
 
     async def __aenter__(self) -> Gateway:
         return self

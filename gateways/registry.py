@@ -10,6 +10,7 @@ from gateways.base import POLICY_KEYS, Gateway, SendPolicy
 from gateways.console import ConsoleGateway
 from gateways.http_generic import HttpGenericGateway
 from gateways.jasmin import JasminGateway
+from gateways.smpp.gateway import SmppGateway
 from gateways.twilio import TwilioGateway
 
 GATEWAY_TYPES: dict[str, type[Gateway]] = {
@@ -17,6 +18,7 @@ GATEWAY_TYPES: dict[str, type[Gateway]] = {
     "console": ConsoleGateway,
     "twilio": TwilioGateway,
     "jasmin": JasminGateway,
+    "smpp": SmppGateway,
 }
 
 

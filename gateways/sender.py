@@ -113,7 +113,7 @@ class Sender:
         self._jobs: dict[str, dict[asyncio.Task[None], Job]] = {"reply": {}, "bulk": {}}
         self._busy: set[tuple[str, bytes]] = set()  # entries in hand (still pending until recorded)
         self._tails: dict[str, Job] = {}
-        self._slots = asyncio.Semaphore(self.policy.concurrency)
+        self._slots = asyncio.Semaphore(gateway.concurrency)
         self._room = {"reply": asyncio.Event(), "bulk": asyncio.Event()}
         self._stack = contextlib.AsyncExitStack()
 

@@ -1,0 +1,459 @@
+"""``type: smpp``: an SMPP 3.4 ESME connector (binds to a carrier's or aggregator's SMSC).
+
+Sending (:meth:`SmppGateway.send`, called by the send pipeline, which already paced the message
+at the connector's ``rate`` in segments): the text is encoded (GSM-7 when every character
+fits, else UCS-2) and split by ``concat`` (UDH with an 8- or 16-bit reference, SAR TLVs, or one
+``message_payload``); each part is a submit_sm on the bound session with the fewest requests
+outstanding, within its ``window``. The first part's SMSC id is the message's provider id.
+
+Answers, per part:
+- ESME_ROK: the part is taken; the next one goes.
+- ESME_RTHROTTLED / ESME_RMSGQFUL: the whole connector pauses (``throttle_backoff``, doubling
+  while throttles continue, up to ``throttle_backoff_max``) and the part is sent again after it,
+  up to ``throttle_retries`` times; ESME_RSYSERR / ESME_RX_T_APPN likewise without the pause.
+- any other status (ESME_RINVDSTADR...), or a generic_nack: that message fails with the status
+  named; the bind carries on.
+- no answer within ``response_timeout``, or the connection lost after the write: the SMSC may
+  have the part, so the pipeline retries it *on this connector* (never failed over). The parts
+  already taken are remembered by message id and not sent again: a retry resumes at the part
+  that was not answered, with the same concatenation reference.
+
+Receiving (``deliver_sm`` on a transceiver or receiver bind), answered only after Redis has it:
+- a text (SMS-MO): decoded tolerantly (an unknown data coding is decoded as best it can be,
+  never refused); a multipart text's parts are kept in Redis by (source, destination,
+  reference, total) for ``mo_part_ttl`` and the whole text is taken when the last part arrives,
+  in part order, whatever order they came in;
+- a delivery receipt (esm_class 0x04 or 0x20): the id from ``receipted_message_id`` or the text,
+  tried in its hex and decimal forms; a receipt for a part of a multipart message is rolled up
+  (delivered when every part is; failed, expired or rejected as soon as one part is); a receipt
+  that comes before its submit_sm_resp is parked and applied when the send is recorded.
+
+A deliver_sm that cannot be stored (Redis away) is answered ESME_RX_T_APPN, so the SMSC
+delivers it again later; nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from engine import keys
+from engine.config import Duration
+from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
+from engine.intake import accept_inbound
+from engine.numbers import InvalidNumber, mask, to_e164
+from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
+from gateways.receipts import PARK_TTL_S, PROVIDER_ID_TTL_S, apply_receipt
+from gateways.smpp import dlr, pdu, text
+from gateways.smpp.pdu import Address, Pdu, ShortMessage
+from gateways.smpp.session import ConnectionLost, Session, SessionSettings
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+THROTTLES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
+TRANSIENT = THROTTLES | {pdu.ESME_RSYSERR, pdu.ESME_RX_T_APPN}
+#: esm_class message types that are receipts: SMSC delivery receipt, intermediate notification.
+RECEIPT_TYPES = frozenset({0x04, 0x20})
+FINAL_FAILURES = ("failed", "expired", "rejected")
+
+
+@dataclass(frozen=True)
+class SmppConfig:
+    #: The SMSC's address.
+    host: str
+    system_id: str
+    password: str
+    port: int = 2775
+    system_type: str = ""
+    #: ``transceiver`` (one bind sends and receives) or ``split`` (a transmitter and a receiver).
+    bind: str = "transceiver"
+    #: Binds (or transmitter/receiver pairs with ``split``) kept open at once.
+    binds: int = 1
+    #: submit_sm outstanding per bind (waiting for submit_sm_resp).
+    window: int = 10
+    #: Our source address: a number, a short code or an alphanumeric sender id.
+    sender: str = ""
+    #: Source TON/NPI; -1: from ``sender`` (alphanumeric 5/0, ``+`` number 1/1, short code 3/0).
+    source_ton: int = -1
+    source_npi: int = -1
+    #: address_range in the bind (which numbers' texts this bind receives; SMSC-specific).
+    address_range: str = ""
+    service_type: str = ""
+    #: How long texts are split: ``udh8``, ``udh16``, ``sar`` or ``payload`` (one message_payload).
+    concat: str = "udh8"
+    #: Ask for delivery receipts (registered_delivery 1).
+    registered_delivery: bool = True
+    #: What data_coding 0 (the SMSC default alphabet) means for texts we receive.
+    default_encoding: str = "gsm0338"
+    #: enquire_link after this long without any PDU from the SMSC.
+    enquire_link: Duration = Duration(30.0)
+    #: Longest wait for any response (submit_sm_resp, bind_resp, enquire_link_resp).
+    response_timeout: Duration = Duration(10.0)
+    connect_timeout: Duration = Duration(5.0)
+    #: Reconnect back-off: doubles per failure up to ``reconnect_max``, with jitter.
+    reconnect_delay: Duration = Duration(1.0)
+    reconnect_max: Duration = Duration(60.0)
+    #: After a refused bind (bad password, unknown system id): wait this long, not a hot loop.
+    bind_retry: Duration = Duration(60.0)
+    #: Pause of the whole connector after ESME_RTHROTTLED / ESME_RMSGQFUL; doubles while they go on.
+    throttle_backoff: Duration = Duration(1.0)
+    throttle_backoff_max: Duration = Duration(30.0)
+    #: Times one part is sent again after throttling before its message is left to the pipeline.
+    throttle_retries: int = 10
+    #: How long the parts of a multipart text wait for the rest.
+    mo_part_ttl: Duration = Duration(3600.0)
+    #: Longest PDU read (command_length above it drops the connection).
+    max_pdu: int = 65536
+
+
+class SmppGateway(Gateway):
+    Config = SmppConfig
+    config: SmppConfig
+
+    def __init__(self, name: str, config: SmppConfig, policy: SendPolicy | None = None) -> None:
+        super().__init__(name, config, policy)
+        self.rt: Runtime | None = None
+        self.active = False
+        self.sessions: list[Session] = []
+        self._ref = random.randrange(0x10000)
+        self._pause_until = 0.0
+        self._throttles = 0
+        #: Parts already taken of messages whose send is being retried: msg id -> (ref, ids).
+        self._progress: dict[str, tuple[int, list[str]]] = {}
+        self._conn_token = secrets.token_hex(4)
+        c = config
+        self._source = Address(c.sender, *_source_ton_npi(c))
+
+    @classmethod
+    def check(cls, name: str, config: SmppConfig) -> None:
+        where = f"gateways.{name}"
+        if not config.host:
+            raise ConfigError(f"{where}.host", "must not be empty")
+        if not 0 < config.port < 65536:
+            raise ConfigError(f"{where}.port", f"must be 1..65535, got {config.port}")
+        for key, limit in (("system_id", 15), ("password", 8), ("system_type", 12), ("service_type", 5)):
+            value = getattr(config, key)
+            if len(value) > limit:
+                raise ConfigError(
+                    f"{where}.{key}", f"at most {limit} characters (SMPP 3.4), got {len(value)}"
+                )
+            if not value.isascii():
+                raise ConfigError(f"{where}.{key}", "must be ASCII")
+        if not config.system_id:
+            raise ConfigError(f"{where}.system_id", "must not be empty")
+        if config.bind not in ("transceiver", "split"):
+            raise ConfigError(f"{where}.bind", f"must be transceiver or split, got {config.bind!r}")
+        if config.concat not in text.CONCAT_MODES:
+            raise ConfigError(
+                f"{where}.concat", f"must be one of {', '.join(text.CONCAT_MODES)}, got {config.concat!r}"
+            )
+        if config.default_encoding not in text.DEFAULT_CODINGS:
+            raise ConfigError(
+                f"{where}.default_encoding",
+                f"must be one of {', '.join(text.DEFAULT_CODINGS)}, got {config.default_encoding!r}",
+            )
+        for key in ("binds", "window", "throttle_retries"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"{where}.{key}", f"must be at least 1, got {getattr(config, key)}")
+        if config.max_pdu < 1024:
+            raise ConfigError(f"{where}.max_pdu", f"must be at least 1024, got {config.max_pdu}")
+        if len(config.sender) > 20:
+            raise ConfigError(f"{where}.sender", "at most 20 characters")
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    def attach(self, rt: Runtime, *, active: bool) -> None:
+        self.rt = rt
+        self.active = active
+
+    async def __aenter__(self) -> SmppGateway:
+        if not self.active:
+            return self  # a worker process: it neither sends nor binds
+        c = self.config
+        settings = SessionSettings(
+            host=c.host, port=c.port, system_id=c.system_id, password=c.password, system_type=c.system_type,
+            address_range=c.address_range, window=c.window, enquire_link=c.enquire_link,
+            response_timeout=c.response_timeout, connect_timeout=c.connect_timeout,
+            reconnect_delay=c.reconnect_delay, reconnect_max=c.reconnect_max, bind_retry=c.bind_retry,
+            max_pdu=c.max_pdu,
+        )  # fmt: skip
+        modes = ["transceiver"] if c.bind == "transceiver" else ["transmitter", "receiver"]
+        for i in range(c.binds):
+            for mode in modes:
+                self.sessions.append(Session(f"{self.name}/{i}:{mode}", mode, settings, self._on_deliver))
+        for s in self.sessions:
+            s.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
+
+    @property
+    def concurrency(self) -> int:
+        """The windows decide how many submits are in flight, not the pipeline's ``concurrency``."""
+        senders = sum(1 for s in self.sessions if s.can_submit) or self.config.binds
+        return senders * self.config.window
+
+    def health(self) -> dict[str, Any]:
+        return {"binds": {s.name: s.health() for s in self.sessions},
+                "bound": sum(1 for s in self.sessions if s.bound.is_set())}  # fmt: skip
+
+    # Sending --------------------------------------------------------------------------------
+
+    async def _session(self) -> Session:
+        """The bound submitting session with the fewest outstanding requests; waits a while for one."""
+        deadline = time.monotonic() + self.config.response_timeout
+        while True:
+            ready = [s for s in self.sessions if s.can_submit and s.bound.is_set()]
+            if ready:
+                return min(ready, key=lambda s: s.outstanding)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "; ".join(f"{s.name} {s.state}: {s.last_error}" for s in self.sessions if s.can_submit)
+                raise GatewayUnavailable(
+                    self.name, f"no bind is up ({why or 'not started'})", ambiguous=False
+                )
+            waits = [asyncio.ensure_future(s.bound.wait()) for s in self.sessions if s.can_submit]
+            if not waits:
+                raise GatewayUnavailable(self.name, "not started in this process", ambiguous=False)
+            _, pending = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+
+    async def _pause(self) -> None:
+        left = self._pause_until - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+
+    def _throttled(self) -> float:
+        """Pause the connector after a throttle reply; returns how long the pause lasts.
+
+        Only a throttle that arrives after the current pause ended escalates it: the replies to
+        submits that were already in flight when the SMSC started throttling belong to the same
+        episode (otherwise a full window of throttles would double the pause ``window`` times
+        and stall the connector for minutes)."""
+        c = self.config
+        now = time.monotonic()
+        if now < self._pause_until:
+            return self._pause_until - now
+        step = float(min(c.throttle_backoff_max, c.throttle_backoff * 2.0 ** min(self._throttles, 16)))
+        self._throttles += 1
+        self._pause_until = now + step
+        return step
+
+    def _next_ref(self) -> int:
+        self._ref = (self._ref + 1) & 0xFFFF
+        return self._ref
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        ref, ids = self._progress.pop(msg.id, (self._next_ref(), []))
+        segments = text.encode_message(msg.text, concat=self.config.concat, ref=ref)
+        dest = Address(msg.to.removeprefix("+"), 1, 1)
+        source = (
+            Address(msg.sender, *_source_ton_npi(self.config, msg.sender)) if msg.sender else self._source
+        )
+        rd = 1 if self.config.registered_delivery else 0
+        try:
+            for i in range(len(ids), len(segments)):
+                seg = segments[i]
+                sm = ShortMessage(
+                    source=source, dest=dest, short_message=seg.short_message, data_coding=seg.data_coding,
+                    esm_class=seg.esm_class, registered_delivery=rd, service_type=self.config.service_type,
+                    tlvs=seg.tlvs,
+                )  # fmt: skip
+                ids.append(await self._submit(sm, i, len(segments), taken=bool(ids)))
+        except (GatewayTimeout, GatewayUnavailable) as exc:
+            if exc.ambiguous or ids:
+                self._progress[msg.id] = (ref, ids)  # the retry resumes after the parts taken
+            raise
+        if len(ids) > 1:
+            await self._record_parts(ids)
+        return SendResult(ids[0])
+
+    async def _submit(self, sm: ShortMessage, i: int, n: int, *, taken: bool) -> str:
+        """One part; returns the SMSC's id for it (lower case)."""
+        part = f"part {i + 1}/{n}" if n > 1 else "submit_sm"
+        attempts = 0
+        while True:
+            await self._pause()
+            session = await self._session()
+            try:
+                resp = await session.request(lambda seq: pdu.encode_sm(pdu.SUBMIT_SM, seq, sm))
+            except TimeoutError:
+                raise GatewayTimeout(
+                    self.name, f"{part}: no submit_sm_resp within {self.config.response_timeout:g}s"
+                ) from None
+            except ConnectionLost as exc:
+                raise GatewayUnavailable(
+                    self.name, f"{part}: {exc}", ambiguous=exc.written or taken
+                ) from None  # fmt: skip
+            if resp.status == pdu.ESME_ROK and resp.command_id == pdu.SUBMIT_SM_RESP:
+                self._throttles = 0
+                return pdu.parse_message_id(resp).strip().lower()
+            name = pdu.status_name(resp.status)
+            if resp.status in TRANSIENT and resp.command_id != pdu.GENERIC_NACK:
+                attempts += 1
+                wait = self._throttled() if resp.status in THROTTLES else self.config.throttle_backoff
+                if attempts > self.config.throttle_retries:
+                    raise GatewayUnavailable(
+                        self.name, f"{part}: {name} {attempts} times", status=name, ambiguous=taken
+                    )  # fmt: skip
+                log.info("smpp %s: %s %s; again in %.1fs", self.name, part, name, wait)
+                if resp.status not in THROTTLES:
+                    await asyncio.sleep(wait)
+                continue
+            what = "generic_nack" if resp.command_id == pdu.GENERIC_NACK else "refused"
+            raise GatewayRejected(self.name, f"{part} {what}: {name}", status=name)
+
+    async def _record_parts(self, ids: list[str]) -> None:
+        """Map each part's id to the message for the receipts' roll-up (before the send is
+        recorded, so early receipts are found). Redis away: logged; the send still counts."""
+        rt = self._runtime()
+        roll_keys = [keys.smpp_rollup(self.name, ids[0])]
+        for i in ids:
+            roll_keys += [keys.smpp_segment(self.name, i), keys.parked_receipt(self.name, i)]
+
+        async def add(pipe: Pipeline) -> None:
+            await rt.store.run("smpp_parts", roll_keys, [ids[0], PROVIDER_ID_TTL_S], client=pipe)
+
+        try:
+            (flat,) = await rt.store.coalescer.run(add)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("smpp %s: parts of %s not recorded (%s); their receipts will not roll up",
+                        self.name, ids[0], exc)  # fmt: skip
+            return
+        rolled = _roll_up(_pairs(flat), len(ids))
+        if rolled is not None:
+            await apply_receipt(rt, self.name, Receipt(ids[0], *rolled))
+
+    # Receiving ------------------------------------------------------------------------------
+
+    def _runtime(self) -> Runtime:
+        assert self.rt is not None, "SMPP gateway used before attach()"
+        return self.rt
+
+    async def _on_deliver(self, session: Session, p: Pdu) -> int:
+        try:
+            sm = pdu.parse_sm(p)
+        except pdu.MalformedPdu as exc:
+            log.warning("smpp %s: %s", session.name, exc)
+            return exc.command_status
+        if sm.esm_class & 0x3C in RECEIPT_TYPES:
+            await self._on_receipt(sm)
+        else:
+            await self._on_text(session, p, sm)
+        return pdu.ESME_ROK
+
+    async def _on_receipt(self, sm: ShortMessage) -> None:
+        rt = self._runtime()
+        body = sm.short_message or sm.tlv.get(pdu.TAG_MESSAGE_PAYLOAD, b"")
+        r = dlr.receipt_from(text.decode_text(sm.data_coding, body, default="latin_1"), sm.tlv)
+        if r is None:
+            log.warning("smpp %s: a receipt without a message id: %r", self.name, body[:80])
+            return
+        if r.status is None:
+            return  # ENROUTE, UNKNOWN: nothing to record
+        forms = dlr.id_forms(r.smsc_id)
+        lookup = [k for f in forms for k in (keys.smpp_segment(self.name, f), keys.provider_id(self.name, f),
+                                             keys.parked_receipt(self.name, f))]  # fmt: skip
+        args = [r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
+
+        async def find(pipe: Pipeline) -> None:
+            await rt.store.run("smpp_receipt", lookup, args, client=pipe)
+
+        (found,) = await rt.store.coalescer.run(find)
+        kind = found[0]
+        if kind == b"single":
+            await apply_receipt(rt, self.name, Receipt(forms[int(found[1]) - 1], r.status, r.error))
+        elif kind == b"part":
+            if r.status == "sent":
+                return
+            first, parts, part = found[1].decode().split("|")
+            roll = keys.smpp_rollup(self.name, first)
+            async with rt.store.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(roll, part, f"{r.status}|{r.error}")
+                pipe.expire(roll, PROVIDER_ID_TTL_S)
+                pipe.hgetall(roll)
+                _, _, fields = await pipe.execute()
+            rolled = _roll_up({k.decode(): v.decode() for k, v in fields.items()}, int(parts))
+            if rolled is not None:
+                await apply_receipt(rt, self.name, Receipt(first, *rolled))
+        else:
+            rt.metrics.receipt(self.name, r.status, "parked")
+
+    async def _on_text(self, session: Session, p: Pdu, sm: ShortMessage) -> None:
+        rt = self._runtime()
+        data = sm.short_message or sm.tlv.get(pdu.TAG_MESSAGE_PAYLOAD, b"")
+        concat, body = text.parse_udh(sm.esm_class, data)
+        if concat is None:
+            concat = text.concat_from_tlvs(sm.tlv)
+        content = text.decode_text(sm.data_coding, body, default=self.config.default_encoding)
+        sender = sm.source.addr
+        try:
+            number = "+" + sender if sm.source.ton == 1 and sender.isdigit() else sender
+            contact = to_e164(number, rt.config.numbers.default_region)
+        except InvalidNumber as exc:
+            log.warning("smpp %s: text from %r dropped: not a phone number (%s)", session.name, sender, exc)
+            rt.metrics.inbound(self.name, "invalid_sender")
+            return
+        if concat is not None and concat.total > 1:
+            parts_key = keys.smpp_mo_parts(contact, self.name, sm.dest.addr, concat.ref, concat.total)
+            async with rt.store.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(parts_key, str(concat.seq), content)
+                pipe.expire(parts_key, int(self.config.mo_part_ttl))
+                pipe.hgetall(parts_key)
+                *_, parts = await pipe.execute()
+            if len(parts) < concat.total:
+                return
+            content = "".join(parts[str(k).encode()].decode() for k in sorted(int(x) for x in parts))
+            digest = hashlib.blake2b(f"{sm.dest.addr}|{concat.ref}|{content}".encode(), digest_size=8)
+            provider_id = f"sar-{concat.ref}-{concat.total}-{digest.hexdigest()}"
+        else:
+            parts_key = ""
+            provider_id = f"{self._conn_token}-{session.binds}-{p.seq}"
+        await accept_inbound(
+            rt, gateway=self.name, contact=contact, to=sm.dest.addr, text=content, provider_id=provider_id
+        )
+        if parts_key:
+            await rt.store.redis.delete(parts_key)
+        log.debug("smpp %s: text from %s taken (%s)", session.name, mask(contact), provider_id)
+
+
+def _source_ton_npi(config: SmppConfig, sender: str | None = None) -> tuple[int, int]:
+    addr = config.sender if sender is None else sender
+    if sender is None and config.source_ton >= 0:
+        return config.source_ton, max(0, config.source_npi)
+    if not addr.lstrip("+").isdigit():
+        return 5, 0  # alphanumeric
+    if addr.startswith("+") or len(addr) > 8:
+        return 1, 1  # international, E.164
+    return 3, 0  # short code: network specific
+
+
+def _pairs(flat: list[bytes]) -> dict[str, str]:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def _roll_up(parts: dict[str, str], total: int) -> tuple[str, str] | None:
+    """One status for a multipart message from its parts' receipts: a failure as soon as one
+    part failed, delivered once every part is; None while that is not known yet."""
+    states = {int(k): v.split("|", 1) for k, v in parts.items()}
+    for k in sorted(states):
+        status, error = (states[k] + [""])[:2]
+        if status in FINAL_FAILURES:
+            return status, f"part {k}/{total}: {error}".rstrip(": ")
+    if len(states) >= total and all(v[0] == "delivered" for v in states.values()):
+        return "delivered", ""
+    return None
