@@ -23,6 +23,8 @@ def test_demo_prints_personalised_conversations_with_latencies() -> None:
     assert "We're sorry to hear that, Raj. What went wrong?" in out
     assert "outcome completed; results: nps_score=9 (promoter)" in out
     assert "nps_score=4 (detractor)" in out
+    assert "bound as transceiver (SMPP 3.4)" in out
+    assert "delivery receipts: delivered, delivered, delivered\n" in out
     assert len(re.findall(r"\[reply +\d+\.\d ms\]", out)) == 5
     assert re.search(r"min \d+\.\d ms +median \d+\.\d ms +max \d+\.\d ms", out)
     assert "Traceback" not in proc.stderr

@@ -424,3 +424,18 @@ def test_configuration_mistakes_name_the_key(override: dict[str, Any], key: str)
     with pytest.raises(ConfigError) as info:
         validate_gateway_config("smsc", raw)
     assert info.value.key == key
+
+
+def test_the_carrier_connector_in_docs_smpp_is_a_valid_configuration() -> None:
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs/smpp.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", doc, re.S)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))
+    options, policy = validate_gateway_config("carrier", config["gateways"]["carrier"])
+    assert options.binds == 2 and options.window == 10 and policy.rate == 50
