@@ -92,7 +92,9 @@ async def run_demo(cfg: Config) -> int:
             print("Parley demo: NPS surveys over the real path\n")
             print(f"  redis    {redis_desc}")
             print(f"  engine   HTTP API {base}, flow {rt.flows.flows['nps'].source}")
-            print(f"  carrier  simulated SMSC smpp://127.0.0.1:{smsc.port}, bound as transceiver (SMPP 3.4)\n")
+            print(
+                f"  carrier  simulated SMSC smpp://127.0.0.1:{smsc.port}, bound as transceiver (SMPP 3.4)\n"
+            )
             latencies: list[float] = []
             headers = {"Authorization": f"Bearer {key}"}
             async with aiohttp.ClientSession(base, headers=headers) as http:

@@ -51,6 +51,15 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self._smpp_submits = Counter(
+            "parley_smpp_submits_total",
+            "submit_sm answered, by gateway and command status (ESME_ROK, ESME_RTHROTTLED, timeout...).",
+            ["gateway", "status"], registry=r,
+        )  # fmt: skip
+        self._smpp_bound = Gauge(
+            "parley_smpp_binds_up", "SMPP binds bound now, by gateway.", ["gateway"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self._in_flight = Gauge(
             "parley_turns_in_flight", "Turns being processed now.", registry=r, multiprocess_mode="livesum"
         )
@@ -166,6 +175,12 @@ class Metrics:
 
     def backlog(self, gateway: str, lane: str, n: int) -> None:
         self._lane_depth.labels(gateway, lane).set(n)
+
+    def smpp_submit(self, gateway: str, status: str) -> None:
+        self._smpp_submits.labels(gateway, status).inc()
+
+    def smpp_binds(self, gateway: str, up: int) -> None:
+        self._smpp_bound.labels(gateway).set(up)
 
     def receipt(self, gateway: str, status: str, result: str) -> None:
         self._receipts.labels(gateway, status, result).inc()

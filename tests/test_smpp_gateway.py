@@ -185,6 +185,9 @@ async def test_throttled_submits_slow_the_connector_and_are_sent_later(
         accepted = sorted(s.at for s in smsc.received if s.status == pdu.ESME_ROK)
         assert len(accepted) == 12
         assert max(sum(1 for t in accepted if a <= t < a + 1) for a in accepted) <= 5
+        metrics = e.rt.metrics.render().decode()
+        assert 'parley_smpp_submits_total{gateway="smsc",status="ESME_RTHROTTLED"}' in metrics
+        assert 'parley_smpp_binds_up{gateway="smsc"} 1.0' in metrics
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,9 @@ class SmppGateway(Gateway):
         modes = ["transceiver"] if c.bind == "transceiver" else ["transmitter", "receiver"]
         for i in range(c.binds):
             for mode in modes:
-                self.sessions.append(Session(f"{self.name}/{i}:{mode}", mode, settings, self._on_deliver))
+                self.sessions.append(
+                    Session(f"{self.name}/{i}:{mode}", mode, settings, self._on_deliver, self._bound_changed)
+                )
         for s in self.sessions:
             s.start()
         return self
@@ -292,13 +294,18 @@ class SmppGateway(Gateway):
             try:
                 resp = await session.request(lambda seq: pdu.encode_sm(pdu.SUBMIT_SM, seq, sm))
             except TimeoutError:
+                self._metric("timeout")
                 raise GatewayTimeout(
                     self.name, f"{part}: no submit_sm_resp within {self.config.response_timeout:g}s"
                 ) from None
             except ConnectionLost as exc:
+                self._metric("connection_lost")
                 raise GatewayUnavailable(
                     self.name, f"{part}: {exc}", ambiguous=exc.written or taken
                 ) from None  # fmt: skip
+            self._metric(
+                pdu.status_name(resp.status) if resp.command_id != pdu.GENERIC_NACK else "generic_nack"
+            )
             if resp.status == pdu.ESME_ROK and resp.command_id == pdu.SUBMIT_SM_RESP:
                 self._throttles = 0
                 return pdu.parse_message_id(resp).strip().lower()
@@ -316,6 +323,14 @@ class SmppGateway(Gateway):
                 continue
             what = "generic_nack" if resp.command_id == pdu.GENERIC_NACK else "refused"
             raise GatewayRejected(self.name, f"{part} {what}: {name}", status=name)
+
+    def _metric(self, status: str) -> None:
+        if self.rt is not None:
+            self.rt.metrics.smpp_submit(self.name, status)
+
+    def _bound_changed(self) -> None:
+        if self.rt is not None:
+            self.rt.metrics.smpp_binds(self.name, sum(1 for s in self.sessions if s.bound.is_set()))
 
     async def _record_parts(self, ids: list[str]) -> None:
         """Map each part's id to the message for the receipts' roll-up (before the send is
@@ -422,10 +437,16 @@ class SmppGateway(Gateway):
             provider_id = f"sar-{concat.ref}-{concat.total}-{digest.hexdigest()}"
         else:
             parts_key = ""
-            provider_id = f"{self._conn_token}-{session.binds}-{p.seq}"
-        await accept_inbound(
+            # Unique per process, bind and connection: an SMSC that resends a deliver_sm whose
+            # resp it missed uses the same sequence number on the same connection.
+            provider_id = f"{self._conn_token}-{session.name}-{session.binds}-{p.seq}"
+        accepted = await accept_inbound(
             rt, gateway=self.name, contact=contact, to=sm.dest.addr, text=content, provider_id=provider_id
         )
+        if accepted.status == "conflict":  # cannot happen with the ids above; say so if it does
+            log.error(
+                "smpp %s: text id %s reused with another text; kept the first", session.name, provider_id
+            )
         if parts_key:
             await rt.store.redis.delete(parts_key)
         log.debug("smpp %s: text from %s taken (%s)", session.name, mask(contact), provider_id)

@@ -76,8 +76,13 @@ class SessionSettings:
 class Session:
     """``name`` is ``GW/N:mode`` in logs and health."""
 
-    def __init__(self, name: str, mode: str, settings: SessionSettings, on_deliver: DeliverHandler) -> None:
+    def __init__(
+        self, name: str, mode: str, settings: SessionSettings, on_deliver: DeliverHandler,
+        on_state: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
+        """``on_state`` is called when the session becomes bound or stops being bound."""
         self.name = name
+        self.on_state = on_state
         self.mode = mode
         self.s = settings
         self.on_deliver = on_deliver
@@ -222,6 +227,7 @@ class Session:
             self.last_error = ""
             self.binds += 1
             self.bound.set()
+            self.on_state()
             log.info("smpp %s: bound to %s:%d as %s (smsc %s)", self.name, self.s.host, self.s.port,
                      self.s.system_id, pdu.parse_system_id(resp) or "-")  # fmt: skip
             keepalive = asyncio.create_task(self._keepalive(), name=f"smpp {self.name} keepalive")
@@ -238,7 +244,10 @@ class Session:
                 await reader_task
 
     def _teardown(self) -> None:
+        was_bound = self.bound.is_set()
         self.bound.clear()
+        if was_bound:
+            self.on_state()
         writer, self._writer = self._writer, None
         for seq, fut in list(self._pending.items()):
             if not fut.done():
