@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint fmt typecheck run clean help bench-rules bench bench-gateways loadtest
+.PHONY: demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
@@ -17,6 +17,8 @@ help:
 	@echo "                bytes per held conversation; JSON + PNG under bench-results/ (BENCH_ARGS=...)"
 	@echo "make bench-gateways  send pipeline: reply-lane latency idle vs behind a 100,000-message bulk backlog,"
 	@echo "                the rate on the wire (BENCH_GATEWAYS_ARGS=...)"
+	@echo "make bench-smpp  SMPP connector vs the simulated SMSC: submits/s per bind by binds x window,"
+	@echo "                submit->resp latency, rate accuracy at a configured TPS (BENCH_SMPP_ARGS=...)"
 	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
 
 $(BIN)/python:
@@ -46,6 +48,9 @@ bench: $(STAMP)
 
 bench-gateways: $(STAMP)
 	$(BIN)/python loadtests/bench_gateways.py $(BENCH_GATEWAYS_ARGS)
+
+bench-smpp: $(STAMP)
+	$(BIN)/python loadtests/bench_smpp.py $(BENCH_SMPP_ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/loadtest.py $(LOADTEST_ARGS)

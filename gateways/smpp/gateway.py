@@ -215,12 +215,14 @@ class SmppGateway(Gateway):
     # Sending --------------------------------------------------------------------------------
 
     async def _session(self) -> Session:
-        """The bound submitting session with the fewest outstanding requests; waits a while for one."""
+        """The bound submitting session with the fewest requests in hand (written or waiting for
+        its window: counting only those written would pile callers onto the first bind);
+        waits a while for one to be bound."""
         deadline = time.monotonic() + self.config.response_timeout
         while True:
             ready = [s for s in self.sessions if s.can_submit and s.bound.is_set()]
             if ready:
-                return min(ready, key=lambda s: s.outstanding)
+                return min(ready, key=lambda s: s.load)
             left = deadline - time.monotonic()
             if left <= 0:
                 why = "; ".join(f"{s.name} {s.state}: {s.last_error}" for s in self.sessions if s.can_submit)

@@ -93,6 +93,7 @@ class Session:
         self.can_submit = mode in ("transceiver", "transmitter")
         self.can_receive = mode in ("transceiver", "receiver")
         self._window = asyncio.Semaphore(settings.window)
+        self._load = 0  # requests written or waiting for the window
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -125,6 +126,11 @@ class Session:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    @property
+    def load(self) -> int:
+        """Requests outstanding plus those waiting for the window: what a new one queues behind."""
+        return self._load
+
     def health(self) -> dict[str, object]:
         return {"mode": self.mode, "state": self.state, "binds": self.binds, "outstanding": self.outstanding,
                 "last_error": self.last_error or None}  # fmt: skip
@@ -138,7 +144,11 @@ class Session:
     async def request(self, build: Callable[[int], bytes]) -> Pdu:
         """Send the PDU ``build(seq)`` within the window; its response (or generic_nack).
         Raises TimeoutError (no response within response_timeout) or ConnectionLost."""
-        return await self._request(build, windowed=True)
+        self._load += 1
+        try:
+            return await self._request(build, windowed=True)
+        finally:
+            self._load -= 1
 
     async def _request(self, build: Callable[[int], bytes], *, windowed: bool) -> Pdu:
         if windowed:
