@@ -35,7 +35,14 @@ async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
     if not found:
         rt.metrics.receipt(gateway, receipt.status, "parked")
         return "parked"
-    contact, _, message_id = found.decode().partition(" ")
+    return await record_receipt(rt, gateway, found.decode(), receipt)
+
+
+async def record_receipt(rt: Runtime, gateway: str, owner: str, receipt: Receipt) -> str:
+    """Record ``receipt`` on the message ``owner`` names (``"N message-id"``, the value of its
+    provider-id key). Returns ``applied``, or ``gone`` (the message left the log)."""
+    now = rt.clock.now_ms()
+    contact, _, message_id = owner.partition(" ")
 
     async def record(pipe: Pipeline) -> None:
         await rt.store.run(

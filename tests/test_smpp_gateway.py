@@ -276,6 +276,28 @@ async def test_a_wrong_password_is_reported_and_not_retried_in_a_hot_loop(
         assert smsc.stats()["binds_failed"] == 1
 
 
+async def test_an_smsc_that_hangs_up_on_the_bind_is_reported_at_once_not_after_the_timeout(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(16)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway = {"type": "smpp", "host": "127.0.0.1", "port": port, "system_id": "parley", "password": "secret",
+               "response_timeout": "30s", "reconnect_delay": "50ms", "reconnect_max": "100ms"}  # fmt: skip
+    cfg = make_config(redis_url, engine={"flows_dir": str(tmp_path)}, gateways={"smsc": gateway})
+    async with server, Runtime(cfg, http=False, worker=False) as rt:
+        gw = rt.gateways["smsc"]
+        assert isinstance(gw, SmppGateway)
+
+        async def reported() -> bool:
+            return "closed the connection" in gw.sessions[0].last_error and gw.sessions[0].binds == 0
+
+        await eventually(reported, attempts=400)  # 2 s, far less than response_timeout
+
+
 async def test_binds_come_back_after_the_smsc_drops_them(e: Engine, smsc: SimulatedSmsc) -> None:
     await smsc.drop_all()
     await eventually(lambda: _bind_count(smsc, 2), attempts=1000)

@@ -7,7 +7,8 @@
 --   for each form F of the id, i = 1..#KEYS/3, the receipt's own form first
 -- ARGV[1] our status   ARGV[2] error text   ARGV[3] now (ms)   ARGV[4] park TTL (s)
 --
--- Returns {"part", "first id|parts|part"}, {"single", F}, or {"parked"}. Parked under every
+-- Returns {"part", "first id|parts|part"}, {"single", "N message-id"} (the provider-id key's
+-- value: the message to record it on), or {"parked"}. Parked under every
 -- form: status.lua (single part) or smpp_parts.lua (multipart) finds it under the form the
 -- submit_sm_resp gave. Atomic with both, so a receipt is either found here or picked up there.
 local n = #KEYS / 3
@@ -16,7 +17,8 @@ for i = 1, n do
   if seg then return {'part', seg} end
 end
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 * i - 1]) == 1 then return {'single', tostring(i)} end
+  local owner = redis.call('GET', KEYS[3 * i - 1])
+  if owner then return {'single', owner} end
 end
 for i = 1, n do
   redis.call('SET', KEYS[3 * i], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])

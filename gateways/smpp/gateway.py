@@ -40,6 +40,7 @@ import logging
 import random
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayU
 from engine.intake import accept_inbound
 from engine.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
-from gateways.receipts import PARK_TTL_S, PROVIDER_ID_TTL_S, apply_receipt
+from gateways.receipts import PARK_TTL_S, PROVIDER_ID_TTL_S, apply_receipt, record_receipt
 from gateways.smpp import dlr, pdu, text
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -67,6 +68,8 @@ TRANSIENT = THROTTLES | {pdu.ESME_RSYSERR, pdu.ESME_RX_T_APPN}
 #: esm_class message types that are receipts: SMSC delivery receipt, intermediate notification.
 RECEIPT_TYPES = frozenset({0x04, 0x20})
 FINAL_FAILURES = ("failed", "expired", "rejected")
+#: Partly sent messages remembered for their retry (beyond: a retry sends every part again).
+MAX_PROGRESS = 10_000
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ class SmppGateway(Gateway):
         self._ref = random.randrange(0x10000)
         self._pause_until = 0.0
         self._throttles = 0
-        #: Parts already taken of messages whose send is being retried: msg id -> (ref, ids).
-        self._progress: dict[str, tuple[int, list[str]]] = {}
+        #: Parts already taken of messages whose send is being retried: msg id -> (ref, ids),
+        #: oldest first; bounded (a message the pipeline gave up on is not retried here again).
+        self._progress: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._conn_token = secrets.token_hex(4)
         c = config
         self._source = Address(c.sender, *_source_ton_npi(c))
@@ -281,6 +285,8 @@ class SmppGateway(Gateway):
         except (GatewayTimeout, GatewayUnavailable) as exc:
             if exc.ambiguous or ids:
                 self._progress[msg.id] = (ref, ids)  # the retry resumes after the parts taken
+                while len(self._progress) > MAX_PROGRESS:
+                    self._progress.popitem(last=False)
             raise
         if len(ids) > 1:
             await self._record_parts(ids)
@@ -392,8 +398,8 @@ class SmppGateway(Gateway):
 
         (found,) = await rt.store.coalescer.run(find)
         kind = found[0]
-        if kind == b"single":
-            await apply_receipt(rt, self.name, Receipt(forms[int(found[1]) - 1], r.status, r.error))
+        if kind == b"single":  # found, so recorded at once (one round trip less than apply_receipt)
+            await record_receipt(rt, self.name, found[1].decode(), Receipt(r.smsc_id, r.status, r.error))
         elif kind == b"part":
             if r.status == "sent":
                 return

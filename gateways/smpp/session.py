@@ -259,15 +259,31 @@ class Session:
         if was_bound:
             self.on_state()
         writer, self._writer = self._writer, None
-        for seq, fut in list(self._pending.items()):
-            if not fut.done():
-                fut.set_exception(ConnectionLost(f"{self.name}: connection lost (seq {seq})", written=True))
+        self._fail_pending("connection closed")
         self._pending.clear()
         if writer is not None:
             writer.close()
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        """Read PDUs until the connection ends; raises why it ended (EOF, malformed framing)."""
+        """Read PDUs until the connection ends; raises why it ended (EOF, malformed framing).
+        Requests still waiting fail at once, not after their timeout: nothing will answer them."""
+        why = "unbound"
+        try:
+            await self._read_pdus(reader)
+        except BaseException as exc:
+            why = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._fail_pending(why)
+
+    def _fail_pending(self, why: str) -> None:
+        for seq, fut in list(self._pending.items()):
+            if not fut.done():
+                fut.set_exception(
+                    ConnectionLost(f"{self.name}: connection lost (seq {seq}): {why}", written=True)
+                )
+
+    async def _read_pdus(self, reader: asyncio.StreamReader) -> None:
         while True:
             try:
                 p = await pdu.read_pdu(reader, self.s.max_pdu)
