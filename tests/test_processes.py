@@ -187,3 +187,77 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: str, tmp_path: Path) -> None:
+    """The two commands an operator would start: the SMSC simulator and ``parley run --workers 2``
+    with a ``type: smpp`` connector. Only the API/gateway process binds; a customer texts NPS and
+    answers through the simulator's control endpoint and gets the flow's replies."""
+    smpp_port, control, port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "smsc-sim", "--port", str(smpp_port), "--control-port", str(control),
+        "--system-id", "acme01", "--password", "s3cret", "--dlr-delay", "0.01",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    config = {
+        "redis": {"url": redis_url},
+        "http": {"port": port},
+        "api": {"keys": [API_KEY]},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4},
+        "gateways": {"carrier": {"type": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "acme01",
+                                 "password": "s3cret", "sender": "12345", "reconnect_delay": "100ms"}},
+        "log": {"level": "warning"},
+    }  # fmt: skip
+    path = tmp_path / "parley.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "--config", str(path), "run", "--workers", "2",
+        cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{control}") as smsc:
+
+            async def received(n: int) -> list[dict[str, Any]]:
+                for _ in range(400):
+                    try:
+                        async with smsc.get("/received") as r:
+                            got: list[dict[str, Any]] = await r.json()
+                        if len(got) >= n:
+                            return got
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"the SMSC did not receive {n} messages")
+
+            async def text(body: str) -> None:
+                for _ in range(400):  # until the engine has bound
+                    try:
+                        async with smsc.post(
+                            "/mo", json={"from": "447700900123", "to": "12345", "text": body}
+                        ) as r:
+                            if r.status == 200:
+                                assert (await r.json())["statuses"] == [0]
+                                return
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+                raise AssertionError("no bind to deliver to")
+
+            await text("NPS")
+            greeting = (await received(1))[0]
+            assert greeting["dest"] == "447700900123" and "0 (not at all) to 10" in greeting["text"]
+            await text("9")
+            assert (await received(2))[1]["text"] == PROMOTER
+            async with smsc.get("/stats") as r:
+                stats = await r.json()
+            assert stats["binds_ok"] == 1  # the worker processes do not bind
+    finally:
+        for proc in (run, sim):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(run.communicate(), 30)
+        out, _ = await asyncio.wait_for(sim.communicate(), 30)
+    assert run.returncode == 0, err.decode()[-2000:]
+    assert sim.returncode == 0
+    assert "bind transceiver as 'acme01': ESME_ROK" in out.decode()

@@ -209,6 +209,17 @@ async def test_a_refused_submit_fails_that_message_only_never_the_bind(
     assert smsc.stats()["binds_ok"] == 1
 
 
+async def test_a_generic_nack_fails_that_message_and_the_bind_carries_on(
+    e: Engine, smsc: SimulatedSmsc
+) -> None:
+    smsc.behaviour.nack_status = pdu.ESME_RINVCMDID
+    with pytest.raises(GatewayRejected, match="generic_nack: ESME_RINVCMDID"):
+        await gw_of(e).send(msg("hello"))
+    smsc.behaviour.nack_status = 0
+    assert (await gw_of(e).send(msg("hello again", mid="m-2"))).provider_id
+    assert smsc.stats()["binds_ok"] == 1
+
+
 async def test_a_refused_message_is_failed_with_its_status_through_the_pipeline(
     e: Engine, smsc: SimulatedSmsc
 ) -> None:

@@ -64,6 +64,8 @@ class SmscBehaviour:
     dlr_before_resp: bool = False
     dlr_resp_timeout: float = 5.0  # a receipt unanswered this long is re-sent once
     dlr_retry_delay: float = 1.0
+    #: Answer every submit_sm with a generic_nack of this status instead (0: off).
+    nack_status: int = 0
     parts_in_order: bool = True  # False: multipart MOs go out last part first
 
 
@@ -343,6 +345,10 @@ class SimulatedSmsc:
             self._rng, self._seed = random.Random(b.seed), b.seed
         if b.mode == "no-response":
             return
+        if b.nack_status:
+            conn.send(p.generic_nack(pdu.seq, b.nack_status))
+            sub.status, sub.answered_at = b.nack_status, time.time()
+            return
         if b.mode == "disconnecting" and self._rng.random() < b.drop_probability:
             self._stats["dropped"] += 1
             conn.close()
@@ -454,18 +460,19 @@ class SimulatedSmsc:
         self._stats["receipts_resent"] += 1
         self._send_receipt(conn, sm)
 
-    def _find_receiver(self, system_id: str, prefer: int = 0) -> _Conn | None:
-        found = [c for c in self._conns if c.system_id == system_id and c.mode in _RECEIVERS
+    def _find_receiver(self, system_id: str | None, prefer: int = 0) -> _Conn | None:
+        """A receiver-capable bind of ``system_id`` (None: of any account)."""
+        found = [c for c in self._conns if system_id in (None, c.system_id) and c.mode in _RECEIVERS
                  and not c.writer.is_closing()]  # fmt: skip
         return min(found, key=lambda c: (c.bind_id != prefer, c.bind_id)) if found else None
 
-    async def _receiver(self, system_id: str, *, prefer: int = 0, timeout: float = 5.0) -> _Conn:
+    async def _receiver(self, system_id: str | None, *, prefer: int = 0, timeout: float = 5.0) -> _Conn:
         """A receiver-capable bind of ``system_id`` (bind ``prefer`` first), waiting for one."""
         deadline = time.monotonic() + timeout
         while (conn := self._find_receiver(system_id, prefer)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no receiver-capable bind for {system_id!r}")
+                raise TimeoutError(f"no receiver-capable bind for {system_id or 'any account'!r}")
             self._bound.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bound.wait(), min(left, 0.5))
@@ -477,7 +484,7 @@ class SimulatedSmsc:
     # MO ----------------------------------------------------------------------------------
 
     async def deliver(
-        self, source: str, dest: str, text: str, *, system_id: str = "parley", concat: str = "udh8",
+        self, source: str, dest: str, text: str, *, system_id: str | None = None, concat: str = "udh8",
         ref: int | None = None, data_coding: int | None = None, raw: bytes | None = None,
     ) -> list[int]:  # fmt: skip
         """Text the ESME as handset ``source`` would; the deliver_sm_resp statuses, part by part."""
@@ -494,7 +501,7 @@ class SimulatedSmsc:
             sms.reverse()
         return [await self.deliver_sm(sm, system_id) for sm in sms]
 
-    async def deliver_sm(self, sm: p.ShortMessage, system_id: str = "parley") -> int:
+    async def deliver_sm(self, sm: p.ShortMessage, system_id: str | None = None) -> int:
         """Send one exact deliver_sm; its deliver_sm_resp status. TimeoutError when no receiver-capable
         bind turns up or no answer comes within 5 s; ConnectionError when the bind drops first."""
         conn = await self._receiver(system_id, timeout=5.0)
@@ -531,7 +538,7 @@ class SimulatedSmsc:
         body = await request.json()
         try:
             statuses = await self.deliver(body["from"], body["to"], body["text"],
-                                          system_id=body.get("system_id", "parley"))  # fmt: skip
+                                          system_id=body.get("system_id"))  # fmt: skip
         except (TimeoutError, ConnectionError) as exc:
             return web.json_response({"error": str(exc) or "no deliver_sm_resp"}, status=504)
         return web.json_response({"statuses": statuses})
