@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import keys
 from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
@@ -21,6 +24,7 @@ from gateways.registry import validate_gateway_config
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu
 from gateways.smpp.gateway import SmppGateway
+from gateways.smpp.text import encode_message
 from tests.conftest import ANN, eventually, make_config
 from tests.test_sender import Engine, engine, settled, start
 
@@ -475,3 +479,50 @@ def test_the_carrier_connector_in_docs_smpp_is_a_valid_configuration() -> None:
     config = yaml.safe_load(block.group(1))
     options, policy = validate_gateway_config("carrier", config["gateways"]["carrier"])
     assert options.binds == 2 and options.window == 10 and policy.rate == 50
+
+
+# Property: reassembly never mixes senders, whatever the order of the parts --------------------
+
+SENDERS = ["447700900123", "447700900456", "447700900789"]
+#: UCS-2 characters (no surrogate pairs): texts of one length have one part count, so senders'
+#: references collide for real.
+TEXT_CHARS = st.sampled_from("abc XYZ 019 €[]~ äöü Привет\n")
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> list[tuple[str, list[str]]]:
+    senders = draw(st.lists(st.sampled_from(SENDERS), min_size=2, max_size=3, unique=True))
+    length = draw(st.integers(min_value=60, max_value=210))
+    text = st.text(TEXT_CHARS, min_size=length, max_size=length).map(lambda t: "Ж" + t)
+    return [(s, draw(st.lists(text, min_size=1, max_size=2))) for s in senders]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    plan=plans(), concat=st.sampled_from(["udh8", "udh16", "sar"]), order=st.randoms(use_true_random=False)
+)
+def test_parts_in_any_order_from_senders_sharing_references_reassemble_to_their_own_texts(
+    redis_server: str, plan: list[tuple[str, list[str]]], concat: str, order: Any
+) -> None:
+    async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        parts, expected = [], []
+        for sender, texts in plan:
+            for ref, body in enumerate(texts):  # every sender's n-th text has reference n
+                expected.append(("+" + sender, body))
+                for seg in encode_message(body, concat=concat, ref=ref):
+                    parts.append(pdu.ShortMessage(pdu.Address(sender), pdu.Address("12345"), seg.short_message,
+                                                  seg.data_coding, seg.esm_class, tlvs=seg.tlvs))  # fmt: skip
+        order.shuffle(parts)
+        async with SimulatedSmsc() as smsc:
+            cfg = make_config(redis_server, gateways={"smsc": smpp_gw(smsc)})
+            async with Runtime(cfg, http=False, worker=False) as rt:
+                await bound(rt)
+                for sm in parts:
+                    assert await smsc.deliver_sm(sm) == pdu.ESME_ROK
+                return sorted(await inbound_texts(rt)), sorted(expected)
+
+    flush = redis.Redis.from_url(redis_server)
+    flush.flushdb()
+    flush.close()
+    got, expected = asyncio.run(scenario())
+    assert got == expected

@@ -204,7 +204,10 @@ class Session:
                 self.last_error = f"internal error: {exc!r}"
                 log.exception("smpp %s: session error", self.name)
             finally:
-                self._teardown()
+                writer = self._teardown()
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(writer.wait_closed(), 1.0)
             if self._stop.is_set():
                 break
             if not delay:
@@ -253,7 +256,8 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader_task
 
-    def _teardown(self) -> None:
+    def _teardown(self) -> asyncio.StreamWriter | None:
+        """Forget the connection and close it; returns its writer (to wait until it is closed)."""
         was_bound = self.bound.is_set()
         self.bound.clear()
         if was_bound:
@@ -263,6 +267,7 @@ class Session:
         self._pending.clear()
         if writer is not None:
             writer.close()
+        return writer
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         """Read PDUs until the connection ends; raises why it ended (EOF, malformed framing).
