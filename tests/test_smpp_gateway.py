@@ -156,6 +156,25 @@ async def test_receipts_match_whatever_order_and_id_form(
     assert last["status"] == "delivered", label
 
 
+@pytest.mark.parametrize(
+    ("extra", "ton_npi"),
+    [
+        ({"sender": "ACME"}, (5, 0)),
+        ({"sender": "+447700900000"}, (1, 1)),
+        ({"sender": "12345"}, (3, 0)),
+        ({"sender": "12345", "source_ton": 0, "source_npi": 1}, (0, 1)),
+    ],
+)
+async def test_the_source_address_type_follows_the_sender_unless_configured(
+    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc, extra: dict[str, Any], ton_npi: tuple[int, int]
+) -> None:
+    async for e in gateway_engine(redis_url, tmp_path, smsc, **extra):
+        await start(e.api, "note", [ANN], text="hello")
+        await smsc.next_message("447700900123")
+        sm = smsc.received[-1]
+        assert (sm.source, sm.source_ton, sm.source_npi) == (extra["sender"].lstrip("+"), *ton_npi)
+
+
 # Window, rate, throttling, errors ------------------------------------------------------------
 
 

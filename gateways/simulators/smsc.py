@@ -89,6 +89,8 @@ class Submit:
     message_id: str = ""
     status: int | None = None
     answered_at: float | None = None
+    source_ton: int = 0
+    source_npi: int = 0
 
 
 class Message(NamedTuple):
@@ -587,7 +589,8 @@ def _record(conn: _Conn, seq: int, sm: p.ShortMessage) -> Submit:
         at=time.time(), system_id=conn.system_id, bind_id=conn.bind_id, seq=seq, source=sm.source.addr,
         dest=sm.dest.addr, data_coding=sm.data_coding, esm_class=sm.esm_class,
         short_message=sm.short_message, tlvs=tlvs, registered_delivery=sm.registered_delivery,
-        text=decode_text(sm.data_coding, body), concat=concat,
+        text=decode_text(sm.data_coding, body), concat=concat, source_ton=sm.source.ton,
+        source_npi=sm.source.npi,
     )  # fmt: skip
 
 

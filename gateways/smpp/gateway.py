@@ -138,7 +138,7 @@ class SmppGateway(Gateway):
         self._progress: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._conn_token = secrets.token_hex(4)
         c = config
-        self._source = Address(c.sender, *_source_ton_npi(c))
+        self._source = _address(c.sender, *_source_ton_npi(c))
 
     @classmethod
     def check(cls, name: str, config: SmppConfig) -> None:
@@ -269,9 +269,10 @@ class SmppGateway(Gateway):
         ref, ids = self._progress.pop(msg.id, (self._next_ref(), []))
         segments = text.encode_message(msg.text, concat=self.config.concat, ref=ref)
         dest = Address(msg.to.removeprefix("+"), 1, 1)
-        source = (
-            Address(msg.sender, *_source_ton_npi(self.config, msg.sender)) if msg.sender else self._source
-        )
+        if msg.sender in ("", self.config.sender):
+            source = self._source  # with the configured source_ton / source_npi
+        else:
+            source = _address(msg.sender, *_source_ton_npi(self.config, msg.sender))
         rd = 1 if self.config.registered_delivery else 0
         try:
             for i in range(len(ids), len(segments)):
@@ -469,6 +470,11 @@ def _source_ton_npi(config: SmppConfig, sender: str | None = None) -> tuple[int,
     if addr.startswith("+") or len(addr) > 8:
         return 1, 1  # international, E.164
     return 3, 0  # short code: network specific
+
+
+def _address(addr: str, ton: int, npi: int) -> Address:
+    """An international number goes without its ``+`` (TON 1 says it is international)."""
+    return Address(addr.removeprefix("+") if ton == 1 else addr, ton, npi)
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
