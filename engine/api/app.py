@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import consent, contacts, conversations, flows, inbound, ops
+from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops
 from engine.api.common import RUNTIME, check_api_key, json_response
 from engine.errors import ApiError, NotFound, PayloadTooLarge
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Routes anyone may call (probes and scrapers); everything under /v1 needs a bearer key.
-PUBLIC = frozenset({"/healthz", "/metrics"})
+PUBLIC = frozenset({"/healthz", "/metrics", "/v1/openapi.json"})
 #: Provider webhooks: the route checks the connector's own scheme, or the bearer key.
 WEBHOOKS = ("/v1/inbound/", "/v1/receipts/")
 
@@ -92,6 +92,7 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)
     app.router.add_get("/v1/messages", conversations.get_messages)
+    app.router.add_get("/v1/openapi.json", openapi.get_openapi)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/metrics", ops.metrics)
     return app

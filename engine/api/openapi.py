@@ -1,0 +1,309 @@
+"""``GET /v1/openapi.json``: an OpenAPI 3.1 description of every route the app serves.
+
+Written by hand next to the handlers (they read bodies by hand too), and kept honest by a test
+that compares its paths and methods with the app's router both ways and validates it against
+the OpenAPI schema. docs/api.md stays the prose; this is what a client generator reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from engine import __version__
+from engine.api.common import json_response
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], content_type: str = JSON) -> dict[str, Any]:
+    return {"required": True, "content": {content_type: {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None, content_type: str = JSON) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {content_type: {"schema": schema}}
+    return out
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    why = {
+        400: "the body is not a JSON object", 401: "missing or wrong bearer key", 404: "not found",
+        409: "an id reused with another payload", 413: "body too large", 422: "a field is wrong (named)",
+        503: "Redis unavailable: nothing was accepted, retry",
+    }  # fmt: skip
+    return {str(s): {"description": why[s], "content": {JSON: {"schema": _ref("Error")}}} for s in statuses}
+
+
+def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, public: bool = False) -> dict[str, Any]:  # fmt: skip
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    if public:
+        op["security"] = []
+    return op
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+
+
+NUMBER = _path("number", "a phone number in any common form; stored and returned as E.164")
+STRING: dict[str, Any] = {"type": "string"}
+OBJECT: dict[str, Any] = {"type": "object"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": STRING,
+                    "message": STRING,
+                    "problems": {"type": "array", "items": STRING},
+                },
+            }
+        },
+    },
+    "ContactIn": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "fields": {"type": "object", "description": "CRM fields by name (letters, digits, _)"},
+            "tags": {"type": "array", "items": STRING},
+            "language": {"type": ["string", "null"], "examples": ["en", "pt-BR"]},
+            "timezone": {"type": ["string", "null"], "examples": ["Europe/London"]},
+        },
+    },
+    "Contact": {
+        "type": "object",
+        "properties": {
+            "number": STRING,
+            "fields": OBJECT,
+            "tags": {"type": "array", "items": STRING},
+            "language": {"type": ["string", "null"]},
+            "timezone": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ConsentIn": {
+        "type": "object",
+        "required": ["status", "source"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"enum": ["opted_in", "opted_out"]},
+            "source": {"enum": ["api", "import", "web", "paper", "carrier"]},
+            "note": {"type": "string", "maxLength": 500},
+        },
+    },
+    "SuppressionIn": {
+        "type": "object",
+        "required": ["reason"],
+        "additionalProperties": False,
+        "properties": {"reason": STRING, "source": STRING},
+    },
+    "StartIn": {
+        "type": "object",
+        "required": ["contacts"],
+        "additionalProperties": False,
+        "properties": {
+            "contacts": {"type": "array", "items": STRING, "maxItems": 10000},
+            "params": {"type": "object", "description": "available to templates as params.*"},
+            "interrupt": {"type": "boolean", "default": False},
+        },
+    },
+    "Started": {
+        "type": "object",
+        "properties": {
+            "flow": STRING,
+            "started": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"contact": STRING, "event_id": STRING}},
+            },
+            "skipped": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"contact": STRING, "reason": STRING}},
+            },
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "properties": {
+            "contact": STRING,
+            "flow": {"type": ["string", "null"]},
+            "status": {"enum": ["waiting", "ended", "none"]},
+            "node": {"type": ["string", "null"]},
+            "outcome": {"type": ["string", "null"]},
+            "results": OBJECT,
+        },
+    },
+    "Messages": {"type": "object", "properties": {"messages": {"type": "array", "items": OBJECT}}},
+}
+
+ERR = (401, 422, 503)
+
+
+def spec() -> dict[str, Any]:
+    """The whole description (a fresh dict each call)."""
+    contact = "/v1/contacts/{number}"
+    paths: dict[str, Any] = {
+        contact: {
+            "put": _op(
+                "Create or replace a contact (the CRM is the source of truth)",
+                {
+                    "200": _ok("replaced", _ref("Contact")),
+                    "201": _ok("created", _ref("Contact")),
+                    **_errors(400, *ERR),
+                },
+                body=_body(_ref("ContactIn")),
+                params=[NUMBER],
+            ),
+            "get": _op(
+                "Read a contact",
+                {"200": _ok("the contact", _ref("Contact")), **_errors(404, *ERR)},
+                params=[NUMBER],
+            ),
+        },
+        f"{contact}/consent": {
+            "get": _op(
+                "Consent status and its ledger (?format=csv: the ledger as CSV)",
+                {
+                    "200": {
+                        "description": "status and ledger",
+                        "content": {JSON: {"schema": OBJECT}, "text/csv": {"schema": STRING}},
+                    },
+                    **_errors(*ERR),
+                },
+                params=[NUMBER, _query("format", "json or csv", {"enum": ["json", "csv"]})],
+            ),
+            "put": _op(
+                "Record a consent change with its source",
+                {"200": _ok("recorded", OBJECT), **_errors(400, *ERR)},
+                body=_body(_ref("ConsentIn")),
+                params=[NUMBER],
+            ),
+        },
+        "/v1/suppressions/{number}": {
+            "put": _op(
+                "Suppress a number (nothing is sent to it)",
+                {"200": _ok("suppressed", OBJECT), **_errors(400, *ERR)},
+                body=_body(_ref("SuppressionIn")),
+                params=[NUMBER],
+            ),
+            "delete": _op(
+                "Lift a suppression", {"200": _ok("lifted", OBJECT), **_errors(*ERR)}, params=[NUMBER]
+            ),
+        },
+        "/v1/flows:reload": {
+            "post": _op(
+                "Load the flows directory again",
+                {"200": _ok("the flows now in use", OBJECT), **_errors(*ERR)},
+            ),
+        },
+        "/v1/flows/{flow}/start": {
+            "post": _op(
+                "Start a flow for contacts (202 once every start is in Redis)",
+                {"202": _ok("queued", _ref("Started")), **_errors(400, 404, *ERR)},
+                body=_body(_ref("StartIn")),
+                params=[_path("flow", "the flow's name")],
+            ),
+        },
+        "/v1/inbound/{gateway}": {
+            "post": _op(
+                "A provider's webhook: customers' texts (the connector's own shape and auth)",
+                {
+                    "200": _ok("a repeat of an accepted text"),
+                    "202": _ok("durably accepted"),
+                    **_errors(400, 404, 409, 413, *ERR),
+                },
+                body=_body(OBJECT),
+                params=[_path("gateway", "a gateway name from the config")],
+            ),
+        },
+        "/v1/receipts/{gateway}": {
+            "post": _op(
+                "A provider's webhook: delivery receipts",
+                {
+                    "200": _ok("applied, parked or gone counts (or the provider's own answer)"),
+                    **_errors(400, 404, 413, *ERR),
+                },
+                body=_body(OBJECT),
+                params=[_path("gateway", "a gateway name from the config")],
+            ),
+        },
+        "/v1/conversations/{number}": {
+            "get": _op(
+                "The current or last conversation with its results",
+                {"200": _ok("the conversation", _ref("Conversation")), **_errors(404, *ERR)},
+                params=[NUMBER],
+            ),
+        },
+        "/v1/messages": {
+            "get": _op(
+                "A contact's message log, oldest first, with status histories",
+                {"200": _ok("messages", _ref("Messages")), **_errors(404, *ERR)},
+                params=[
+                    _query("contact", "the contact's number", STRING, required=True),
+                    _query("limit", "at most this many (newest)", {"type": "integer", "minimum": 1}),
+                ],
+            ),
+        },
+        "/v1/openapi.json": {
+            "get": _op("This description", {"200": _ok("OpenAPI 3.1", OBJECT)}, public=True),
+        },
+        "/healthz": {
+            "get": _op(
+                "Health: Redis, workers, shards, gateways",
+                {"200": _ok("healthy", OBJECT), "503": _ok("degraded (the body says which part)", OBJECT)},
+                public=True,
+            ),
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                {"200": _ok("text exposition format", STRING, "text/plain")},
+                public=True,
+            ),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Parley",
+            "version": __version__,
+            "description": "Conversational SMS engine. Prose and curl examples: docs/api.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return json_response(spec())
