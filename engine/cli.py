@@ -1,5 +1,5 @@
-"""The ``parley`` command: run the service, the demo, a terminal chat, flow validation, an SMSC
-simulator."""
+"""The ``parley`` command: run the service, the demo, a terminal chat, contact import and
+erasure, flow validation, an SMSC simulator."""
 
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         help="a contact field (repeatable)",
     )
     chat.add_argument("--language", help="the contact's language, e.g. en")
+
+    cts = sub.add_parser("contacts", help="bulk import and erasure of contacts (against redis.url)")
+    csub = cts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
+    imp = csub.add_parser("import", help="import contacts from a JSONL or CSV file (docs/api.md)")
+    imp.add_argument("file", help="the file: .jsonl/.ndjson (one object a line) or .csv (a header row)")
+    imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file's extension")
+    imp.add_argument("--errors", metavar="FILE", help="write every refused row here (JSONL)")
+    forget = csub.add_parser("forget", help="erase a contact; its consent history is kept hashed")
+    forget.add_argument("number", help="the contact's number")
 
     flows = sub.add_parser("flows", help="work with flow files")
     fsub = flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION")
@@ -122,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = dict(_split_field(f) for f in args.field)
             return _run_async(run_chat(cfg, args.flow, args.contact, fields, args.language))
+        if args.command == "contacts":
+            from engine import contacts_cli
+
+            if args.contacts_command == "import":
+                return contacts_cli.run_import(cfg, args.file, args.format, args.errors, _run_async)
+            return _run_async(contacts_cli.run_forget(cfg, args.number))
         if args.command == "smsc-sim":
             return _run_async(_smsc_sim(args))
     except ConfigError as exc:

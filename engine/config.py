@@ -145,6 +145,8 @@ class GovernanceConfig:
     quiet_jitter: Duration = Duration(900.0)
     #: Replies to the customer's own text are sent in quiet hours too.
     quiet_allows_replies: bool = True
+    #: HMAC key naming the consent ledger of an erased contact ("" = one generated and kept in Redis).
+    erasure_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,8 @@ def _check(cfg: Config) -> None:
 
     if cfg.numbers.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError("numbers.default_region", f"unknown region {cfg.numbers.default_region!r}")
+    if cfg.governance.erasure_key and len(cfg.governance.erasure_key) < 16:
+        raise ConfigError("governance.erasure_key", "too short: use at least 16 characters")
     for i, key in enumerate(cfg.api.keys):
         if len(key) < 16:
             raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")

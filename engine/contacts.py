@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from engine import keys
 from engine.errors import Unprocessable
@@ -135,24 +136,40 @@ def validate_timezone(value: object) -> str | None:
 
 async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, bool]:
     """Write ``contact``; returns the stored contact and whether it was created."""
-    key = keys.contact(contact.number)
-    optional = {"l": contact.language, "tz": contact.timezone}
-    cleared = [k for k, v in optional.items() if v is None]
-    present: dict[Any, Any] = {k: v for k, v in optional.items() if v is not None}
-    async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.hsetnx(key, "ca", now_ms)
-        pipe.hset(
-            key, mapping={"f": orjson.dumps(contact.fields), "tg": orjson.dumps(contact.tags), "ua": now_ms}
-        )
-        if cleared:
-            pipe.hdel(key, *cleared)
-        if present:
-            pipe.hset(key, mapping=present)
-        pipe.hget(key, "ca")
-        res = await pipe.execute()
-    contact.created_at = int(res[-1])
-    contact.updated_at = now_ms
-    return contact, bool(res[0])
+    return contact, (await upsert_many(store, [contact], now_ms))[0]
+
+
+async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[bool]:
+    """Write every contact of ``batch`` in one round trip; which of them were created.
+
+    Each contact is one script call (contact.lua), so each is written whole or not at all; the
+    calls run in order, so a number twice in a batch ends as its last one (created, then
+    updated). Sets ``created_at``/``updated_at`` on the contacts."""
+    if not batch:
+        return []
+    for attempt in (1, 2):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for c in batch:
+                args = [
+                    now_ms,
+                    orjson.dumps(c.fields),
+                    orjson.dumps(c.tags),
+                    c.language or "",
+                    c.timezone or "",
+                ]
+                await store.run("contact", [keys.contact(c.number)], args, client=pipe)
+            try:
+                res = await pipe.execute()
+            except NoScriptError:
+                # Redis lost its script cache (a restart): nothing ran; load and go again once.
+                if attempt == 2:
+                    raise
+                await store.load_scripts()
+                continue
+        break
+    for c, (_, created_at) in zip(batch, res, strict=True):
+        c.created_at, c.updated_at = int(created_at), now_ms
+    return [bool(created) for created, _ in res]
 
 
 async def get(store: Store, number: str) -> Contact | None:

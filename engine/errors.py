@@ -12,6 +12,7 @@
     │   ├── NotFound           404  unknown contact, flow, gateway, route
     │   ├── Conflict           409  idempotency key reused with a different payload
     │   ├── PayloadTooLarge    413  body over http.max_body_bytes
+    │   ├── UnsupportedMediaType 415  a body in a format the route does not read
     │   └── Unprocessable      422  JSON is fine but a field is wrong (names the field)
     ├── GatewayError           a send failed; says whether retrying can help and whether the
     │   │                      provider may have taken the message anyway (``ambiguous``)
@@ -106,6 +107,11 @@ class Conflict(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unprocessable(ApiError):

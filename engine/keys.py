@@ -4,7 +4,7 @@ Per-contact keys carry the contact's E.164 number as a hash tag (``{+44770090012
 of one contact's keys live in one Redis Cluster slot and a script touching them stays
 cluster-safe. Shared keys (streams) are named by shard or gateway.
 
-    p:c:{N}            string  contact profile (orjson)                       no TTL
+    p:c:{N}            hash    contact profile: f fields, tg tags, l, tz, ca/ua ms  no TTL
     p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
     p:ml:{N}           zset    message log index: message id -> sequence      trimmed
     p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
@@ -24,6 +24,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:calls            stream  CRM webhook calls waiting for a caller
     p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
     p:cl:{N}           stream  consent ledger: every change, its source and cause        no TTL
+    p:cl:h:D           stream  the consent ledger of an erased contact, D = HMAC of the number  no TTL
+    p:erasure:key      string  the HMAC key for D when governance.erasure_key is not set   no TTL
     p:sent:{N}         zset    counted sends (message id -> ms) for frequency caps   TTL = longest cap
     p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
     p:workers          zset    worker -> heartbeat expiry ms (the live workers)
@@ -74,6 +76,16 @@ def consent_ledger(number: str) -> str:
     return f"{PREFIX}:cl:{{{number}}}"
 
 
+def erased_consent_ledger(digest: str) -> str:
+    """The consent ledger of an erased contact, named by a keyed hash of its number
+    (engine/erasure.py), so the history stays provable without the number in clear."""
+    return f"{PREFIX}:cl:h:{digest}"
+
+
+def erasure_key() -> str:
+    return f"{PREFIX}:erasure:key"
+
+
 def counted_sends(number: str) -> str:
     return f"{PREFIX}:sent:{{{number}}}"
 
@@ -94,6 +106,11 @@ def timer_member(number: str, kind: str, token: str) -> str:
     """A timer's identity: which contact, which kind (``w`` wait timeout, ``x`` expiry), and the
     token that says which wait or session it belongs to (a stale timer no longer matches)."""
     return f"{number}|{kind}|{token}"
+
+
+def timer_member_prefix(number: str) -> str:
+    """What every timer member of ``number`` starts with (erasure finds them by it)."""
+    return f"{number}|"
 
 
 def outbound_stream(gateway: str, lane: str = "reply") -> str:

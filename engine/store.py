@@ -30,6 +30,8 @@ SCRIPTS = (
     "rate",
     "smpp_receipt",
     "smpp_parts",
+    "contact",
+    "erase",
 )
 
 

@@ -82,6 +82,8 @@ def build_app(rt: Runtime) -> web.Application:
     app[RUNTIME] = rt
     app.router.add_put("/v1/contacts/{number}", contacts.put_contact)
     app.router.add_get("/v1/contacts/{number}", contacts.get_contact)
+    app.router.add_delete("/v1/contacts/{number}", contacts.delete_contact)
+    app.router.add_post("/v1/contacts:import", contacts.post_import)
     app.router.add_get("/v1/contacts/{number}/consent", consent.get_consent)
     app.router.add_put("/v1/contacts/{number}/consent", consent.put_consent)
     app.router.add_put("/v1/suppressions/{number}", consent.put_suppression)

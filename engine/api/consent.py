@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from engine import governance, keys
+from engine import erasure, governance, keys
 from engine.api.common import iso, json_response, number_param, read_object, runtime
 from engine.errors import Unprocessable
 
@@ -25,13 +25,17 @@ MAX_NOTE = 500
 
 
 async def _view(rt: Runtime, number: str) -> dict[str, Any]:
+    """Consent now and the ledger, oldest first: the entries kept from an erasure of the contact
+    (engine/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
+    erased = await erasure.erased_ledger_key(rt.store, rt.config.governance.erasure_key, number)
     async with rt.store.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.governance(number))
+        pipe.xrange(erased)
         pipe.xrange(keys.consent_ledger(number))
-        current, ledger = await pipe.execute()
+        current, before, ledger = await pipe.execute()
     c = governance.Consent.from_hash(current)
     entries = []
-    for entry_id, f in ledger:
+    for entry_id, f in [*before, *ledger]:
         e = {k.decode(): v.decode() for k, v in f.items()}
         entries.append(
             {
@@ -49,6 +53,7 @@ async def _view(rt: Runtime, number: str) -> dict[str, Any]:
         "changed_at": iso(c.at) if c.at else None,
         "suppressed": c.suppressed or None,
         "ledger": entries,
+        "erased_ledger": erased.rsplit(":", 1)[1] if before else None,
     }
 
 

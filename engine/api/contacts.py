@@ -1,4 +1,4 @@
-"""``PUT`` and ``GET /v1/contacts/{number}``."""
+"""``PUT``, ``GET`` and ``DELETE /v1/contacts/{number}``, and ``POST /v1/contacts:import``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import contacts
+from engine import contacts, erasure
 from engine.api.common import iso, json_response, number_param, read_object, runtime
-from engine.errors import NotFound
+from engine.contacts_import import import_contacts
+from engine.errors import NotFound, UnsupportedMediaType
+
+#: Content types the import reads, and the format each means.
+IMPORT_TYPES = {
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/json-lines": "jsonl",
+    "text/csv": "csv",
+}
+#: The import reads its body in pieces of this size (never the whole body at once).
+CHUNK_BYTES = 256 * 1024
 
 
 def contact_json(c: contacts.Contact) -> dict[str, Any]:
@@ -46,3 +57,41 @@ async def get_contact(request: web.Request) -> web.Response:
     if c is None:
         raise NotFound(f"no contact {number}", code="contact_not_found")
     return json_response(contact_json(c))
+
+
+async def delete_contact(request: web.Request) -> web.Response:
+    """Erase everything held about the number (engine/erasure.py); 204, or 404 when nothing is."""
+    rt = runtime(request)
+    number = number_param(rt, request.match_info["number"])
+    erased = await erasure.forget(
+        rt.store,
+        number,
+        shards=rt.config.engine.shards,
+        key=rt.config.governance.erasure_key,
+        now_ms=rt.clock.now_ms(),
+        source="api",
+    )
+    if not erased:
+        raise NotFound(f"no contact {number}", code="contact_not_found")
+    return web.Response(status=204)
+
+
+async def post_import(request: web.Request) -> web.Response:
+    """Import contacts from the body (JSONL or CSV by Content-Type), read as it arrives.
+
+    ``request.content`` is read in chunks, which ``client_max_size`` does not limit (only
+    ``read()``, ``json()`` and ``post()`` check it): an import may be far larger than
+    ``http.max_body_bytes``, and holds one batch of rows in memory, never the body."""
+    rt = runtime(request)
+    fmt = IMPORT_TYPES.get(request.content_type)
+    if fmt is None:
+        wanted = " or ".join(sorted(IMPORT_TYPES))
+        raise UnsupportedMediaType(f"send the file as Content-Type {wanted} (got {request.content_type!r})")
+    report = await import_contacts(
+        rt.store,
+        request.content.iter_chunked(CHUNK_BYTES),
+        fmt,
+        default_region=rt.config.numbers.default_region,
+        now_ms=rt.clock.now_ms,
+    )
+    return json_response(report.as_json())

@@ -35,7 +35,8 @@ def _ok(description: str, schema: dict[str, Any] | None = None, content_type: st
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         400: "the body is not a JSON object", 401: "missing or wrong bearer key", 404: "not found",
-        409: "an id reused with another payload", 413: "body too large", 422: "a field is wrong (named)",
+        409: "an id reused with another payload", 413: "body too large",
+        415: "a body in a format the route does not read", 422: "a field is wrong (named)",
         503: "Redis unavailable: nothing was accepted, retry",
     }  # fmt: skip
     return {str(s): {"description": why[s], "content": {JSON: {"schema": _ref("Error")}}} for s in statuses}
@@ -161,6 +162,29 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Messages": {"type": "object", "properties": {"messages": {"type": "array", "items": OBJECT}}},
+    "ImportReport": {
+        "type": "object",
+        "required": ["rows", "created", "updated", "failed", "errors", "errors_truncated"],
+        "properties": {
+            "rows": {"type": "integer"},
+            "created": {"type": "integer"},
+            "updated": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "errors": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "row": {"type": "integer"},
+                        "field": {"type": ["string", "null"]},
+                        "message": STRING,
+                    },
+                },
+            },
+            "errors_truncated": {"type": "boolean"},
+        },
+    },
 }
 
 ERR = (401, 422, 503)
@@ -185,6 +209,24 @@ def spec() -> dict[str, Any]:
                 "Read a contact",
                 {"200": _ok("the contact", _ref("Contact")), **_errors(404, *ERR)},
                 params=[NUMBER],
+            ),
+            "delete": _op(
+                "Erase a contact: profile, session, messages; the consent ledger is kept, hashed",
+                {"204": _ok("erased"), **_errors(404, *ERR)},
+                params=[NUMBER],
+            ),
+        },
+        "/v1/contacts:import": {
+            "post": _op(
+                "Import contacts from JSONL or CSV, streamed (not limited by http.max_body_bytes)",
+                {"200": _ok("the report", _ref("ImportReport")), **_errors(415, *ERR)},
+                body={
+                    "required": True,
+                    "content": {
+                        "application/x-ndjson": {"schema": STRING},
+                        "text/csv": {"schema": STRING},
+                    },
+                },
             ),
         },
         f"{contact}/consent": {
