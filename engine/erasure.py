@@ -23,6 +23,11 @@ honour an objection, which data-protection guidance expects (e.g. the UK ICO's o
 lists). A hashed gate key would have to be computed on every turn and is only as strong as
 the HMAC key.
 
+The contact's flow outcome events (``p:fx``: runs, replies, saved results such as a free-text
+reason, message statuses) are deleted after the script, by one pass over that stream (it is
+bounded by ``engine.outcome_events_max``): reports computed afterwards no longer count the
+person's runs.
+
 Not removed, because finding them means scanning every key and they expire on their own:
 inbound dedupe keys ``p:dd:{N}:...`` (a digest of the text, ``engine.dedupe_window``), the
 provider-id map ``p:pid:...`` (7 days), SMPP multipart parts ``p:mo:{N}:...``
@@ -40,6 +45,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import cast
+
+import orjson
 
 from engine import keys
 from engine.store import Store
@@ -82,7 +90,28 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
         keys.consent_ledger(number),
     ]
     done = await store.run("erase", [*per_contact, ledger, timers], [now_ms, source, *members])
-    return bool(done)
+    removed = await forget_outcomes(store, number)
+    return bool(done) or removed > 0
+
+
+async def forget_outcomes(store: Store, number: str, page: int = 5000) -> int:
+    """Delete ``number``'s entries from the flow outcome stream; how many were deleted."""
+    stream, start, removed = keys.flow_events(), "-", 0
+    needle = orjson.dumps(number)  # the number as it appears in an entry's JSON ("c": "+44...")
+    while True:
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], await store.redis.xrange(stream, min=start, count=page)
+        )
+        mine = [
+            eid
+            for eid, fields in entries
+            if needle in fields[b"e"] and orjson.loads(fields[b"e"]).get("c") == number
+        ]
+        if mine:
+            removed += int(await store.redis.xdel(stream, *mine))
+        if len(entries) < page:
+            return removed
+        start = "(" + entries[-1][0].decode()
 
 
 def _glob_escape(text: str) -> str:

@@ -20,6 +20,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error"
     p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
+    p:fx               stream  flow outcome events: runs started, replies, results, ends, message
+                               statuses (engine/outcomes.py); trimmed to engine.outcome_events_max
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
     p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
@@ -170,3 +172,8 @@ def smpp_rollup(gateway: str, first_id: str) -> str:
 def smpp_mo_parts(number: str, gateway: str, to: str, ref: int, total: int) -> str:
     """The parts received so far of one multipart text from ``number`` (reassembly)."""
     return f"{PREFIX}:mo:{{{number}}}:{gateway}:{to}|{ref}|{total}"
+
+
+def flow_events() -> str:
+    """The outcome events of every flow (reports, result exports, CRM event webhooks)."""
+    return f"{PREFIX}:fx"

@@ -23,7 +23,7 @@ import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from engine import flow_versions, governance, keys, sessions
+from engine import flow_versions, governance, keys, outcomes, sessions
 from engine.batching import Add
 from engine.contacts import Contact
 from engine.errors import RenderError
@@ -103,7 +103,8 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             consent = Consent.from_hash(consent_h)
-            plan = _governed(rt, ev, state, contact, consent) or _decide(rt, ev, state, contact)
+            governed = _governed(rt, ev, state, contact, consent)
+            plan = governed or _decide(rt, ev, state, contact)
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
                 rt.metrics.gate("deferred", len(plan.texts))
@@ -112,7 +113,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             if until is not None:
                 plan.timers_add.append((keys.timer_member(ev.contact, "d", _deferred_token(ev)), until))
             t2 = clock.monotonic()
-            status, outbound_ids = await _commit(rt, ev, version, plan)
+            status, outbound_ids = await _commit(rt, ev, version, plan, state, answered=governed is None)
             t3 = clock.monotonic()
             if status == "conflict":
                 rt.metrics.turn_retried()
@@ -383,8 +384,13 @@ def _contact_args(c: Contact | None, now: int) -> list[str | int]:
     ]
 
 
-async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[str, list[str]]:
+async def _commit(
+    rt: Runtime, ev: Event, version: int, plan: _Plan, old: dict[str, Any], *, answered: bool
+) -> tuple[str, list[str]]:
+    """``answered``: the flow decided (a keyword or a silenced contact's text is no answer)."""
     now = rt.clock.now_ms()
+    kind = ev.kind if answered else "keyword"
+    events = outcomes.events_for(ev.contact, kind, old, plan.state, now, plan.consent, ev.accepted_ms)
     route = rt.router.route(
         ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
     )
@@ -431,6 +437,7 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         keys.governance(ev.contact),
         keys.consent_ledger(ev.contact),
         keys.counted_sends(ev.contact),
+        keys.flow_events(),
     ]
     commit_args = [
         version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
@@ -439,8 +446,9 @@ async def _commit(rt: Runtime, ev: Event, version: int, plan: _Plan) -> tuple[st
         *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
         int(rt.config.engine.message_log_ttl),
         "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now, ",".join(route[1:]),
+        len(events), rt.config.engine.outcome_events_max,
         *records, *outbound, *plan.timers_remove,
-        *(x for member, due in plan.timers_add for x in (member, due)),
+        *(x for member, due in plan.timers_add for x in (member, due)), *events,
     ]  # fmt: skip
 
     async def add(pipe: Pipeline) -> None:

@@ -47,8 +47,20 @@ async def record_receipt(rt: Runtime, gateway: str, owner: str, receipt: Receipt
     async def record(pipe: Pipeline) -> None:
         await rt.store.run(
             "status",
-            keys=[keys.message_records(contact), "-", "-", "-"],
-            args=[message_id, receipt.status, now, "", receipt.error, contact, 0, "", "", ""],
+            keys=[keys.message_records(contact), "-", "-", "-", keys.flow_events()],
+            args=[
+                message_id,
+                receipt.status,
+                now,
+                "",
+                receipt.error,
+                contact,
+                0,
+                "",
+                "",
+                "",
+                rt.config.engine.outcome_events_max,
+            ],
             client=pipe,
         )
 

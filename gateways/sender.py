@@ -281,10 +281,11 @@ class Sender:
             keys.provider_id(name, pid or "-"),
             job.stream,
             keys.parked_receipt(name, pid or "-"),
+            keys.flow_events(),
         ]
         args = [
             msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S,
-            keys.OUTBOUND_GROUP, job.entry_id, name if pid else "",
+            keys.OUTBOUND_GROUP, job.entry_id, name if pid else "", self.rt.config.engine.outcome_events_max,
         ]  # fmt: skip
 
         async def add(pipe: Pipeline) -> None:

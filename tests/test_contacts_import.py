@@ -260,6 +260,8 @@ async def test_erasure_leaves_no_profile_session_or_message_and_keeps_consent_ha
         sync.close()
     for key, value in stored.items():
         assert b"Zelda" not in value, key  # not in a profile, nor in a message text ("Hi Zelda, ...")
+        if not key.startswith((b"p:dd:", b"p:pid:")):  # left to expire, as documented
+            assert ANN.encode() not in value, key  # nor the number (the flow outcome events are gone too)
         if ANN.encode() in key:  # only the inbound dedupe key, expiring (engine.dedupe_window)
             assert key.startswith(b"p:dd:"), key
     hashed = [k for k in stored if k.startswith(b"p:cl:h:")]

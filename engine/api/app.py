@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops
+from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops, results
 from engine.api.common import RUNTIME, check_api_key, json_response
 from engine.errors import ApiError, NotFound, PayloadTooLarge
 
@@ -90,6 +90,8 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_delete("/v1/suppressions/{number}", consent.delete_suppression)
     app.router.add_post("/v1/flows:reload", flows.reload_flows)
     app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
+    app.router.add_get("/v1/flows/{flow}/results", results.get_results)
+    app.router.add_get("/v1/flows/{flow}/report", results.get_report)
     app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
     app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)

@@ -162,6 +162,31 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Messages": {"type": "object", "properties": {"messages": {"type": "array", "items": OBJECT}}},
+    "Report": {
+        "type": "object",
+        "properties": {
+            "flow": STRING,
+            "runs": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "integer"}
+                    for k in ("started", "completed", "expired", "unanswered", "in_progress")
+                },
+            },
+            "response_rate": {"type": ["number", "null"]},
+            "opt_out_rate": {"type": ["number", "null"]},
+            "median_time_to_reply_s": {"type": ["number", "null"]},
+            "messages": OBJECT,
+            "nps": {
+                "type": "object",
+                "description": "per result name: respondents, promoters, passives, detractors, score",
+            },
+            "drop_off": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"node": STRING, "runs": {"type": "integer"}}},
+            },
+        },
+    },
     "ImportReport": {
         "type": "object",
         "required": ["rows", "created", "updated", "failed", "errors", "errors_truncated"],
@@ -270,6 +295,32 @@ def spec() -> dict[str, Any]:
                 "Start a flow for contacts (202 once every start is in Redis)",
                 {"202": _ok("queued", _ref("Started")), **_errors(400, 404, *ERR)},
                 body=_body(_ref("StartIn")),
+                params=[_path("flow", "the flow's name")],
+            ),
+        },
+        "/v1/flows/{flow}/results": {
+            "get": _op(
+                "One row per run of the flow, streamed",
+                {
+                    "200": {
+                        "description": "the runs",
+                        "content": {
+                            "text/csv": {"schema": STRING},
+                            "application/x-ndjson": {"schema": STRING},
+                        },
+                    },
+                    **_errors(404, *ERR),
+                },
+                params=[
+                    _path("flow", "the flow's name"),
+                    _query("format", "csv (default) or jsonl", {"enum": ["csv", "jsonl"]}),
+                ],
+            ),
+        },
+        "/v1/flows/{flow}/report": {
+            "get": _op(
+                "Runs, completion, response, opt-out and delivery rates, time to reply, NPS, drop-off",
+                {"200": _ok("the report", _ref("Report")), **_errors(404, *ERR)},
                 params=[_path("flow", "the flow's name")],
             ),
         },

@@ -12,6 +12,7 @@
 -- KEYS[8]  p:g:{N}    consent and suppression: cs status, src source, at ms, sup reason
 -- KEYS[9]  p:cl:{N}   consent ledger (stream): every change with its source and cause
 -- KEYS[10] p:sent:{N} counted sends (zset message id -> ms), for the frequency caps
+-- KEYS[11] p:fx       flow outcome events (stream, engine/outcomes.py), trimmed to ARGV[22]
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -28,8 +29,9 @@
 -- ARGV[18] frequency caps "limit:window ms:label;..." or "" (none)
 -- ARGV[19] now (ms): the gate's and the ledger's time; the messages' queued time
 -- ARGV[20] the rest of the route: connectors to fail over to, "a,b" or ""
+-- ARGV[21] E outcome events   ARGV[22] the outcome stream's length to keep (approximately)
 -- then R pairs (message id, record json), O triples (message id, text, kind),
---      T timer members, A pairs (timer member, due ms)
+--      T timer members, A pairs (timer member, due ms), E outcome events (json)
 --
 -- The gate: every outbound message passes it here, whatever caused it. Kinds: "s" (the opt-out
 -- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
@@ -100,7 +102,10 @@ local nrec, nout = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nrem, nadd = tonumber(ARGV[9]), tonumber(ARGV[10])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = tonumber(last[2] or '0')
-local i = 21
+local function outcome(json)
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[22], '*', 'e', json)
+end
+local i = 23
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -131,6 +136,10 @@ for _ = 1, nout do
     rec['history'] = {{'blocked', now}}
     redis.call('HSET', KEYS[3], id, cjson.encode(rec))
     blocked[#blocked + 1] = id .. ' ' .. code
+    if rec['flow'] and rec['flow'] ~= cjson.null then
+      outcome(cjson.encode({t = 'message', c = ARGV[6], f = rec['flow'], m = id, status = 'blocked',
+        error = code, at = now}))
+    end
   else
     redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])
   end
@@ -143,6 +152,10 @@ end
 for _ = 1, nadd do
   redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[i])
   i = i + 2
+end
+for _ = 1, tonumber(ARGV[21]) do
+  outcome(ARGV[i])
+  i = i + 1
 end
 
 local keep = tonumber(ARGV[5])

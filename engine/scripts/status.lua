@@ -4,11 +4,14 @@
 -- KEYS[2]  p:pid:GW:ID      provider id -> "N message-id" (only when ARGV[4] is not "")
 -- KEYS[3]  p:out:GW[:bulk]  the outbound lane the message came from (only with ARGV[9])
 -- KEYS[4]  p:dlrp:GW:ID     a receipt that arrived before we knew the provider id (only with ARGV[4])
+-- KEYS[5]  p:fx             flow outcome events: a flow's message that moved to sent or a final
+--                           status is reported there (engine/outcomes.py), trimmed to ARGV[11]
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
 -- ARGV[6]  contact number (E.164)           ARGV[7] provider-id map TTL (s)
 -- ARGV[8]  consumer group                   ARGV[9] stream entry id to XACK + XDEL, or ""
 -- ARGV[10] the gateway that sent it, or "" (recorded when the message was failed over)
+-- ARGV[11] the outcome stream's length to keep (approximately)
 --
 -- A status never moves back: a late "sent" after "delivered" is kept in the history only.
 -- A receipt parked under KEYS[4] is applied right after the provider id is recorded.
@@ -45,10 +48,24 @@ end
 local m = cjson.decode(raw)
 if ARGV[4] ~= '' then m['provider_id'] = ARGV[4] end
 if ARGV[10] and ARGV[10] ~= '' then m['gateway'] = ARGV[10] end
+local REPORTED = {sent = true, delivered = true, failed = true, expired = true, rejected = true}
+local function report(before, ms)
+  local st = m['status']
+  if st ~= before and REPORTED[st] and m['flow'] and m['flow'] ~= cjson.null then
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'e', cjson.encode({
+      t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'], at = ms}))
+  end
+end
+local before = m['status']
 apply(m, ARGV[2], tonumber(ARGV[3]), ARGV[5])
+report(before, tonumber(ARGV[3]))
 if parked then
   local st, err, ms = string.match(parked, '^([^|]*)|(.*)|(%d+)$')
-  if st then apply(m, st, tonumber(ms), err) end
+  if st then
+    before = m['status']
+    apply(m, st, tonumber(ms), err)
+    report(before, tonumber(ms))
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(m))
 return 1

@@ -1,0 +1,90 @@
+"""``GET /v1/flows/{flow}/results`` (CSV or JSONL, one row per run) and ``/report`` (JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from engine import reports
+from engine.api.common import iso, json_response, runtime
+from engine.errors import NotFound, Unprocessable
+
+ROWS_PER_WRITE = 500
+
+
+def _flow(request: web.Request) -> str:
+    rt = runtime(request)
+    name = request.match_info["flow"]
+    if rt.flows.get(name) is None:
+        raise NotFound(f"no flow {name!r}", code="flow_not_found")
+    return name
+
+
+async def get_report(request: web.Request) -> web.Response:
+    """Counts, rates, NPS and drop-off of the flow's runs (docs/api.md#results-and-reports)."""
+    rt = runtime(request)
+    flow = _flow(request)
+    return json_response(reports.report(flow, await reports.fold(rt.store, flow)))
+
+
+async def get_results(request: web.Request) -> web.StreamResponse:
+    """One row per run, oldest first, streamed: ``?format=csv`` (default) or ``jsonl``."""
+    rt = runtime(request)
+    flow = _flow(request)
+    fmt = request.query.get("format", "csv")
+    if fmt not in ("csv", "jsonl"):
+        raise Unprocessable("format", f"must be csv or jsonl, got {fmt!r}")
+    folded = await reports.fold(rt.store, flow)
+    runs = sorted(folded.runs.values(), key=lambda r: (r.started_at, r.contact))
+    names = reports.result_names(runs)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="{flow}-results.{fmt}"',
+        }
+    )
+    await resp.prepare(request)
+    header = [
+        "contact",
+        "started_at",
+        "ended_at",
+        "outcome",
+        "completed",
+        "replies",
+        "first_reply_s",
+        "opted_out",
+    ]
+    header += [c for n in names for c in (n, f"{n}_category")]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(header)
+    for i, run in enumerate(runs, 1):
+        r = reports.row(run, names)
+        r["started_at"], r["ended_at"] = iso(r["started_at"]), iso(r["ended_at"])
+        if fmt == "jsonl":
+            buf.write(orjson.dumps(r).decode() + "\n")
+        else:
+            res: dict[str, Any] = r.pop("results")
+            cells = [*r.values()] + [x for n in names for x in _cells(res.get(n))]
+            writer.writerow(["" if c is None else c for c in cells])
+        if i % ROWS_PER_WRITE == 0:
+            await resp.write(buf.getvalue().encode())
+            buf.seek(0)
+            buf.truncate()
+    await resp.write(buf.getvalue().encode())
+    await resp.write_eof()
+    return resp
+
+
+def _cells(result: dict[str, Any] | None) -> tuple[Any, Any]:
+    if result is None:
+        return None, None
+    value = result["value"]
+    if isinstance(value, dict | list):
+        value = orjson.dumps(value).decode()
+    return value, result["category"]

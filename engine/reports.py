@@ -1,0 +1,184 @@
+"""A flow's runs and report, read from the outcome events (``p:fx``, engine/outcomes.py).
+
+The stream is read in pages (XRANGE, oldest first) and folded into one :class:`Run` per run; a
+report and a results export are both made from those. Reading costs one pass over the stream
+(about a second per million events here), so a report covers the runs whose events are still
+kept (``engine.outcome_events_max``).
+
+Definitions (docs/api.md#results-and-reports says the same to a user):
+- **completed**: the run ended with one of the flow's own outcomes (an ``end:``), not one of
+  Parley's (expired, unanswered, failed, interrupted, flow_changed);
+- **response rate**: runs in which the customer answered at least once, over runs started;
+- **opt-out rate**: runs during which the customer opted out, over runs started;
+- **delivery rate**: the flow's messages delivered, over those whose fate a receipt or a
+  failure told (delivered + failed + expired + rejected); ``awaiting_receipt`` are the others
+  the provider took; ``total`` counts both, ``blocked`` (by the governance gate) apart;
+- **median time to reply**: from the question to the customer's first answer in a run;
+- **NPS**: for every result whose categories are promoter/passive/detractor, per run (its last
+  value): % promoters - % detractors among the runs that gave one;
+- **drop-off**: runs that ended without completing, by the node they were waiting at.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+
+from engine import keys
+from engine.outcomes import ENGINE_OUTCOMES
+from engine.store import Store
+
+PAGE = 5000
+NPS_CATEGORIES = frozenset({"promoter", "passive", "detractor"})
+FINAL = ("delivered", "failed", "expired", "rejected")
+
+
+@dataclass
+class Run:
+    contact: str
+    run: str
+    started_at: int = 0
+    ended_at: int | None = None
+    outcome: str | None = None
+    node: str | None = None
+    replies: int = 0
+    first_reply_ms: int | None = None
+    opted_out: bool = False
+    results: dict[str, tuple[Any, str | None]] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome is not None and self.outcome not in ENGINE_OUTCOMES
+
+
+async def events(store: Store, flow: str) -> AsyncIterator[dict[str, Any]]:
+    """The flow's outcome events, oldest first."""
+    start = "-"
+    while True:
+        page = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await store.redis.xrange(keys.flow_events(), min=start, count=PAGE),
+        )
+        for _, fields in page:
+            e = orjson.loads(fields[b"e"])
+            if e.get("f") == flow:
+                yield e
+        if len(page) < PAGE:
+            return
+        start = "(" + page[-1][0].decode()
+
+
+@dataclass
+class Fold:
+    runs: dict[str, Run] = field(default_factory=dict)
+    messages: Counter[str] = field(default_factory=Counter)
+    #: message id -> its last reported status (a message reported sent, then delivered, counts once)
+    status: dict[str, str] = field(default_factory=dict)
+
+
+async def fold(store: Store, flow: str) -> Fold:
+    out = Fold()
+    async for e in events(store, flow):
+        t = e.get("t")
+        if t == "message":
+            out.status[e["m"]] = e["status"]
+            continue
+        rid = e.get("run")
+        if rid is None:
+            continue
+        run = out.runs.get(rid)
+        if run is None:
+            run = out.runs[rid] = Run(contact=e["c"], run=rid, started_at=int(rid.rsplit("/", 1)[1]))
+        if t == "replied":
+            run.replies += 1
+            if run.first_reply_ms is None:
+                run.first_reply_ms = int(e.get("wait_ms", 0))
+        elif t == "result":
+            run.results[e["name"]] = (e.get("value"), e.get("category"))
+        elif t == "ended":
+            run.ended_at, run.outcome, run.node = int(e["at"]), e.get("outcome"), e.get("node")
+        elif t == "consent" and e.get("status") == "opted_out":
+            run.opted_out = True
+    out.messages = Counter(out.status.values())
+    return out
+
+
+def _rate(n: int, d: int) -> float | None:
+    return round(n / d, 4) if d else None
+
+
+def report(flow: str, f: Fold) -> dict[str, Any]:
+    runs = list(f.runs.values())
+    started = len(runs)
+    ended = [r for r in runs if r.outcome is not None]
+    outcomes = Counter(r.outcome for r in ended)
+    waits = [r.first_reply_ms for r in runs if r.first_reply_ms is not None]
+    m = f.messages
+    known = sum(m[s] for s in FINAL)
+    return {
+        "flow": flow,
+        "runs": {
+            "started": started,
+            "completed": sum(1 for r in ended if r.completed),
+            "expired": outcomes.get("expired", 0),
+            "unanswered": outcomes.get("unanswered", 0),
+            "in_progress": started - len(ended),
+            "outcomes": dict(sorted(outcomes.items())),
+        },
+        "response_rate": _rate(sum(1 for r in runs if r.replies), started),
+        "opt_out_rate": _rate(sum(1 for r in runs if r.opted_out), started),
+        "median_time_to_reply_s": round(statistics.median(waits) / 1000, 3) if waits else None,
+        "messages": {
+            "total": sum(m.values()) - m.get("blocked", 0),
+            **{s: m.get(s, 0) for s in FINAL},
+            "blocked": m.get("blocked", 0),
+            "awaiting_receipt": m.get("sent", 0),
+            "delivery_rate": _rate(m.get("delivered", 0), known),
+        },
+        "nps": _nps(runs),
+        "drop_off": [
+            {"node": node, "runs": n}
+            for node, n in Counter(r.node for r in ended if not r.completed and r.node).most_common()
+        ],
+    }
+
+
+def _nps(runs: Iterable[Run]) -> dict[str, Any]:
+    counts: dict[str, Counter[str]] = {}
+    for r in runs:
+        for name, (_, category) in r.results.items():
+            if category in NPS_CATEGORIES:
+                counts.setdefault(name, Counter())[category] += 1
+    out = {}
+    for name, c in sorted(counts.items()):
+        n = sum(c.values())
+        out[name] = {
+            "respondents": n,
+            "promoters": c["promoter"],
+            "passives": c["passive"],
+            "detractors": c["detractor"],
+            "score": round(100 * (c["promoter"] - c["detractor"]) / n, 1),
+        }
+    return out
+
+
+def result_names(runs: Iterable[Run]) -> list[str]:
+    return sorted({name for r in runs for name in r.results})
+
+
+def row(r: Run, names: list[str]) -> dict[str, Any]:
+    """One run as an export row (JSONL keeps ``results`` nested; CSV flattens it)."""
+    return {
+        "contact": r.contact, "started_at": r.started_at, "ended_at": r.ended_at, "outcome": r.outcome,
+        "completed": r.completed, "replies": r.replies,
+        "first_reply_s": None if r.first_reply_ms is None else round(r.first_reply_ms / 1000, 3),
+        "opted_out": r.opted_out,
+        "results": {
+            n: {"value": r.results[n][0], "category": r.results[n][1]} for n in names if n in r.results
+        },
+    }  # fmt: skip
