@@ -119,7 +119,7 @@ class EngineConfig:
     workers: int = 1
     #: A worker's hold on its shards; a dead worker's shards are taken over after at most this.
     lease_ttl: Duration = Duration(5.0)
-    #: Flow outcome events kept (runs, replies, results, message statuses; about 150 bytes each):
+    #: Flow outcome events kept (runs, replies, results, message statuses; about 170 bytes each):
     #: reports and result exports cover the runs whose events are still there.
     outcome_events_max: int = 1_000_000
 
