@@ -152,6 +152,35 @@ class GovernanceConfig:
     erasure_key: str = ""
 
 
+#: Outcome event types a CRM webhook can subscribe to (engine/outcomes.py).
+WEBHOOK_EVENTS = ("message", "replied", "result", "started", "ended", "consent")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    #: Where outcome events are POSTed (http or https).
+    url: str
+    #: HMAC key for X-Parley-Signature (16+ characters).
+    secret: str
+    #: Event types sent (the others are skipped).
+    events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    #: One request's time limit.
+    timeout: Duration = Duration(5.0)
+    #: Attempts for retryable failures before the event goes to the dead letters.
+    max_attempts: int = 8
+    #: First retry wait; doubles per attempt with jitter, up to backoff_max (Retry-After wins).
+    backoff: Duration = Duration(1.0)
+    backoff_max: Duration = Duration(300.0)
+    #: Events per request: 1 sends one JSON object, more sends a JSON array of up to this many.
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class CrmConfig:
+    #: Outcome webhooks: flow outcome events pushed to the CRM (engine/webhooks.py).
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -168,6 +197,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    crm: CrmConfig = field(default_factory=CrmConfig)
     #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Which connectors send to which numbers, with failover (gateways/routing.py).
@@ -256,6 +286,8 @@ def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[tuple[st
         path = (*prefix, f.name)
         if dataclasses.is_dataclass(tp):
             out.update(_leaves(tp, path))  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            continue  # a list of sections (crm.webhooks) is file-only
         elif typing.get_origin(tp) is not dict and typing.get_args(tp) != (Any,):  # file-only structures
             out[ENV_PREFIX + "_".join(path).upper()] = (path, tp)
     return out
@@ -438,6 +470,8 @@ def _check(cfg: Config) -> None:
     for i, key in enumerate(cfg.api.keys):
         if len(key) < 16:
             raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")
+    for i, hook in enumerate(cfg.crm.webhooks):
+        _check_webhook(hook, f"crm.webhooks[{i}]")
     # Each gateway's own options are checked by its connector class.
     from gateways.registry import GATEWAY_TYPES, validate_gateway_config
     from gateways.routing import parse_rules
@@ -450,3 +484,28 @@ def _check(cfg: Config) -> None:
             "engine.default_gateway",
             f"names {cfg.engine.default_gateway!r}, which is not in gateways",
         )
+
+
+def _check_webhook(hook: WebhookConfig, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hook.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{key}.url", f"expected an http:// or https:// URL, got {hook.url!r}")
+    if len(hook.secret) < 16:
+        raise ConfigError(f"{key}.secret", "too short: use at least 16 characters")
+    for j, kind in enumerate(hook.events):
+        if kind not in WEBHOOK_EVENTS:
+            raise ConfigError(
+                f"{key}.events[{j}]", f"unknown event type {kind!r} (known: {', '.join(WEBHOOK_EVENTS)})"
+            )
+    if not hook.events:
+        raise ConfigError(f"{key}.events", "subscribe to at least one event type")
+    if hook.timeout <= 0:
+        raise ConfigError(f"{key}.timeout", "must be more than 0")
+    if hook.max_attempts < 1:
+        raise ConfigError(f"{key}.max_attempts", "must be at least 1")
+    if hook.backoff <= 0 or hook.backoff_max < hook.backoff:
+        raise ConfigError(f"{key}.backoff", "must be more than 0 and at most backoff_max")
+    if not 1 <= hook.batch <= 1000:
+        raise ConfigError(f"{key}.batch", f"must be 1..1000, got {hook.batch}")

@@ -22,6 +22,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:fx               stream  flow outcome events: runs started, replies, results, ends, message
                                statuses (engine/outcomes.py); trimmed to engine.outcome_events_max
+    p:whre:I           stream  CRM outcome webhook I: dead letters replayed, waiting to be sent again
+    p:whdead:I         stream  CRM outcome webhook I: events it gave up on, with the last error
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
     p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
@@ -177,3 +179,18 @@ def smpp_mo_parts(number: str, gateway: str, to: str, ref: int, total: int) -> s
 def flow_events() -> str:
     """The outcome events of every flow (reports, result exports, CRM event webhooks)."""
     return f"{PREFIX}:fx"
+
+
+def webhook_group(index: int, url: str) -> str:
+    """The consumer group of outcome webhook ``index`` on ``p:fx``: a new URL is a new cursor."""
+    return f"webhook-{index}-{zlib.crc32(url.encode()):08x}"
+
+
+def webhook_retry(index: int) -> str:
+    """Dead letters of webhook ``index`` replayed, read by its dispatcher with ``p:fx``."""
+    return f"{PREFIX}:whre:{index}"
+
+
+def webhook_dead(index: int) -> str:
+    """Events webhook ``index`` gave up on (a 4xx, or out of attempts), with the last error."""
+    return f"{PREFIX}:whdead:{index}"

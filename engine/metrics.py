@@ -138,6 +138,23 @@ class Metrics:
             ["route", "status"], buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
 
+        self._webhooks = Counter(
+            "parley_webhook_deliveries_total",
+            "CRM outcome webhook events, by webhook (index) and result: delivered (2xx), retry (a "
+            "retryable failure, tried again), dead (given up: dead-lettered).",
+            ["webhook", "result"], registry=r,
+        )  # fmt: skip
+        self._webhook_latency = Histogram(
+            "parley_webhook_delivery_seconds",
+            "Outcome event appended to p:fx (or replayed) -> acknowledged by the CRM, by webhook.",
+            ["webhook"], buckets=(*STAGE_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0), registry=r,
+        )  # fmt: skip
+        self._webhook_lost = Counter(
+            "parley_webhook_events_lost_total",
+            "Outcome events trimmed from p:fx (engine.outcome_events_max) before a webhook sent them.",
+            ["webhook"], registry=r,
+        )  # fmt: skip
+
     def inbound(self, gateway: str, result: str) -> None:
         self._inbound.labels(gateway, result).inc()
         if result == "duplicate":
@@ -200,6 +217,14 @@ class Metrics:
 
     def workers_live(self, n: int) -> None:
         self._workers.set(n)
+
+    def webhook(self, webhook: str, result: str, n: int = 1, seconds: list[float] | None = None) -> None:
+        self._webhooks.labels(webhook, result).inc(n)
+        for s in seconds or ():
+            self._webhook_latency.labels(webhook).observe(s)
+
+    def webhook_lost(self, webhook: str, n: int) -> None:
+        self._webhook_lost.labels(webhook).inc(n)
 
     def render(self) -> bytes:
         path = os.environ.get(MULTIPROC_ENV)

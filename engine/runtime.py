@@ -1,8 +1,8 @@
 """The one object that owns Parley's resources, opened in order and closed in reverse.
 
     open:   flows -> Redis (embedded or configured) -> gateways -> senders -> caller
-            -> worker (in process, or N worker processes) -> HTTP
-    close:  HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> caller -> senders
+            -> outcome webhooks -> worker (in process, or N worker processes) -> HTTP
+    close:  HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> webhooks -> caller -> senders
             (finish sends) -> gateways -> Redis -> embedded redis-server
 
 Everything else receives the runtime (or the parts it needs) as an argument; there are no
@@ -32,6 +32,7 @@ from engine.redis_embedded import EmbeddedRedis
 from engine.shards import lease_holders
 from engine.store import Store
 from engine.supervisor import Supervisor
+from engine.webhooks import Webhooks
 from engine.worker import Worker
 from gateways.base import Gateway
 from gateways.registry import build_gateway
@@ -138,6 +139,8 @@ class Runtime:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
         if self._want["caller"]:
             await self._stack.enter_async_context(Caller(self))
+            if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
+                await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
                 Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout)

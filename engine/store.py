@@ -32,6 +32,7 @@ SCRIPTS = (
     "smpp_parts",
     "contact",
     "erase",
+    "webhook_replay",
 )
 
 

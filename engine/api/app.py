@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops, results
+from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops, results, webhooks
 from engine.api.common import RUNTIME, check_api_key, json_response
 from engine.errors import ApiError, NotFound, PayloadTooLarge
 
@@ -96,6 +96,8 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)
     app.router.add_get("/v1/messages", conversations.get_messages)
+    app.router.add_get("/v1/webhooks/dead", webhooks.get_dead)
+    app.router.add_post("/v1/webhooks/dead:replay", webhooks.post_replay)
     app.router.add_get("/v1/openapi.json", openapi.get_openapi)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/metrics", ops.metrics)

@@ -187,6 +187,44 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "DeadLetters": {
+        "type": "object",
+        "properties": {
+            "webhooks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "webhook": {"type": "integer"},
+                        "url": STRING,
+                        "count": {"type": "integer"},
+                        "dead": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": STRING,
+                                    "event_id": STRING,
+                                    "error": STRING,
+                                    "attempts": {"type": "integer"},
+                                    "dead_at": {"type": "string", "format": "date-time"},
+                                    "event": {"type": "object", "description": "the event as sent"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "ReplayIn": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "webhook": {"type": "integer", "description": "its index in crm.webhooks (default: every one)"},
+            "ids": {"type": "array", "items": STRING, "maxItems": 10000, "description": "dead letter ids"},
+        },
+    },
     "ImportReport": {
         "type": "object",
         "required": ["rows", "created", "updated", "failed", "errors", "errors_truncated"],
@@ -362,6 +400,23 @@ def spec() -> dict[str, Any]:
                     _query("contact", "the contact's number", STRING, required=True),
                     _query("limit", "at most this many (newest)", {"type": "integer", "minimum": 1}),
                 ],
+            ),
+        },
+        "/v1/webhooks/dead": {
+            "get": _op(
+                "Outcome webhooks' dead letters: each event given up on, with its last error",
+                {"200": _ok("dead letters per webhook, oldest first", _ref("DeadLetters")), **_errors(*ERR)},
+                params=[
+                    _query("webhook", "one webhook (its index in crm.webhooks)", {"type": "integer"}),
+                    _query("limit", "at most this many per webhook (100)", {"type": "integer", "minimum": 1}),
+                ],
+            ),
+        },
+        "/v1/webhooks/dead:replay": {
+            "post": _op(
+                "Send dead letters again (all, one webhook's, or some), with their original event ids",
+                {"200": _ok("how many were replayed, per webhook", OBJECT), **_errors(400, *ERR)},
+                body={"required": False, "content": {JSON: {"schema": _ref("ReplayIn")}}},
             ),
         },
         "/v1/openapi.json": {
