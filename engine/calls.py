@@ -11,6 +11,8 @@ answer comes at all, the session's safety timer takes the failure route.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -84,7 +86,7 @@ class Caller(StreamConsumer):
     async def _answer(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         contact = fields[b"c"].decode()
         job = orjson.loads(fields[b"j"])
-        ok, answer = await self._request(job)
+        ok, answer = await self._cached(job)
         if not ok:
             log.warning(
                 "CRM call failed contact=%s url=%s: %s", mask(contact), job["url"], answer.get("error")
@@ -105,6 +107,27 @@ class Caller(StreamConsumer):
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
                 await asyncio.sleep(delay)
         log.error("caller: could not record the answer for %s; the job stays pending", mask(contact))
+
+    async def _cached(self, job: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """A GET with ``cache`` reuses a successful answer to the same request (URL and headers)
+        for that long; failures are never cached. Redis away: the CRM is asked."""
+        ttl = float(job.get("cache") or 0)
+        if not ttl:
+            return await self._request(job)
+        ident = orjson.dumps([job["method"], job["url"], sorted((job.get("headers") or {}).items())])
+        key = keys.call_cache(hashlib.blake2b(ident, digest_size=16).hexdigest())
+        r = self.rt.store.redis
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            hit = await r.get(key)
+            if hit is not None:
+                self.rt.metrics.crm_call("cached")
+                return True, orjson.loads(hit)
+        ok, answer = await self._request(job)
+        self.rt.metrics.crm_call("ok" if ok else "failed")
+        if ok:
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await r.set(key, orjson.dumps(answer), px=int(ttl * 1000))
+        return ok, answer
 
     async def _request(self, job: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """(True, answer object) for a 2xx with a JSON object (or no body); else (False, {error})."""

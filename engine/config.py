@@ -122,6 +122,8 @@ class EngineConfig:
     #: Flow outcome events kept (runs, replies, results, message statuses; about 170 bytes each):
     #: reports and result exports cover the runs whose events are still there.
     outcome_events_max: int = 1_000_000
+    #: A conversion the CRM reports is attributed to the contact's last journey start within this.
+    attribution_window: Duration = Duration(7 * 86400.0)
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,18 @@ class GovernanceConfig:
 
 
 #: Outcome event types a CRM webhook can subscribe to (engine/outcomes.py).
-WEBHOOK_EVENTS = ("message", "replied", "result", "started", "ended", "consent")
+WEBHOOK_EVENTS = (
+    "message",
+    "replied",
+    "result",
+    "started",
+    "ended",
+    "consent",
+    "assigned",
+    "skipped",
+    "deferred",
+    "conversion",
+)
 
 
 @dataclass(frozen=True)

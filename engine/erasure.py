@@ -24,9 +24,11 @@ lists). A hashed gate key would have to be computed on every turn and is only as
 the HMAC key.
 
 The contact's flow outcome events (``p:fx``: runs, replies, saved results such as a free-text
-reason, message statuses) are deleted after the script, by one pass over that stream (it is
-bounded by ``engine.outcome_events_max``): reports computed afterwards no longer count the
-person's runs.
+reason, message statuses, journey assignments, conversions) are deleted after the script, by
+one pass over that stream (it is bounded by ``engine.outcome_events_max``): reports computed
+afterwards no longer count the person's runs. So are the last journey touch (``p:att:{N}``) and
+the number's arm in every experiment (``p:xa:*``, found with SCAN: there are few) and the ids
+of the conversions the CRM reported (``p:cv:{N}:*``).
 
 Not removed, because finding them means scanning every key and they expire on their own:
 inbound dedupe keys ``p:dd:{N}:...`` (a digest of the text, ``engine.dedupe_window``), the
@@ -91,6 +93,13 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     ]
     done = await store.run("erase", [*per_contact, ledger, timers], [now_ms, source, *members])
     removed = await forget_outcomes(store, number)
+    removed += int(await store.redis.delete(keys.attribution(number)))
+    async for xp in store.redis.scan_iter(match=keys.assignments("*"), count=1000):
+        removed += int(await store.redis.hdel(xp, number))
+    removed += await _forget_webhook_letters(store, number)
+    seen = _glob_escape(keys.conversion_seen(number, "")) + "*"
+    async for k in store.redis.scan_iter(match=seen, count=1000):
+        removed += int(await store.redis.delete(k))
     return bool(done) or removed > 0
 
 
@@ -112,6 +121,20 @@ async def forget_outcomes(store: Store, number: str, page: int = 5000) -> int:
         if len(entries) < page:
             return removed
         start = "(" + entries[-1][0].decode()
+
+
+async def _forget_webhook_letters(store: Store, number: str) -> int:
+    """Dead letters and replays waiting for a CRM webhook (``p:whdead:I``, ``p:whre:I``) that are
+    about ``number``: they hold its events, so they go too."""
+    removed = 0
+    needle = orjson.dumps(number)
+    for pattern in keys.webhook_letter_patterns():
+        async for stream in store.redis.scan_iter(match=pattern, count=1000, _type="STREAM"):
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await store.redis.xrange(stream))
+            mine = [eid for eid, fields in entries if any(needle in v for v in fields.values())]
+            if mine:
+                removed += int(await store.redis.xdel(stream, *mine))
+    return removed
 
 
 def _glob_escape(text: str) -> str:

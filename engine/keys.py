@@ -26,12 +26,17 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:whdead:I         stream  CRM outcome webhook I: events it gave up on, with the last error
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
     p:calls            stream  CRM webhook calls waiting for a caller
+    p:cc:D             string  a CRM GET's answer, reused for the call's cache time   TTL = cache
     p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
     p:cl:{N}           stream  consent ledger: every change, its source and cause        no TTL
     p:cl:h:D           stream  the consent ledger of an erased contact, D = HMAC of the number  no TTL
     p:erasure:key      string  the HMAC key for D when governance.erasure_key is not set   no TTL
     p:sent:{N}         zset    counted sends (message id -> ms) for frequency caps   TTL = longest cap
     p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
+    p:start:ID         hash    a journey start's request-time counts (flow, requested, queued...)  TTL 90d
+    p:xa:EXP           hash    experiment EXP's assignments: number -> arm or "holdout"   no TTL
+    p:att:{N}          hash    N's last journey touch: f flow, xp, arm, st start, at ms  TTL = window
+    p:cv:{N}:ID        string  a CRM conversion event already recorded (its id)     TTL = dedupe window
     p:workers          zset    worker -> heartbeat expiry ms (the live workers)
 
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
@@ -181,6 +186,31 @@ def flow_events() -> str:
     return f"{PREFIX}:fx"
 
 
+def contact_pattern() -> str:
+    """SCAN pattern of every contact profile key."""
+    return f"{PREFIX}:c:{{*}}"
+
+
+def number_of_contact_key(key: str) -> str:
+    """The number in a contact profile key (the inverse of :func:`contact`)."""
+    return key[len(PREFIX) + 4 : -1]
+
+
+def start_record(start_id: str) -> str:
+    """A journey start's request-time counts (engine/journeys.py)."""
+    return f"{PREFIX}:start:{start_id}"
+
+
+def assignments(experiment: str) -> str:
+    """Which arm (or the holdout) each contact of an experiment was put in: number -> arm."""
+    return f"{PREFIX}:xa:{experiment}"
+
+
+def attribution(number: str) -> str:
+    """The contact's last journey touch (flow, experiment, arm, start, at), for conversions."""
+    return f"{PREFIX}:att:{{{number}}}"
+
+
 def webhook_group(index: int, url: str) -> str:
     """The consumer group of outcome webhook ``index`` on ``p:fx``: a new URL is a new cursor."""
     return f"webhook-{index}-{zlib.crc32(url.encode()):08x}"
@@ -194,3 +224,18 @@ def webhook_retry(index: int) -> str:
 def webhook_dead(index: int) -> str:
     """Events webhook ``index`` gave up on (a 4xx, or out of attempts), with the last error."""
     return f"{PREFIX}:whdead:{index}"
+
+
+def conversion_seen(number: str, event_id: str) -> str:
+    """A CRM conversion event already recorded (its ``id``), for the dedupe window."""
+    return f"{PREFIX}:cv:{{{number}}}:{event_id}"
+
+
+def call_cache(digest: str) -> str:
+    """A CRM call's answer, reused for its flow's ``cache`` time (by a digest of the request)."""
+    return f"{PREFIX}:cc:{digest}"
+
+
+def webhook_letter_patterns() -> tuple[str, str]:
+    """SCAN patterns of every webhook's dead letters and replays (erasure looks through them)."""
+    return f"{PREFIX}:whdead:*", f"{PREFIX}:whre:*"

@@ -51,6 +51,10 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self._crm_calls = Counter(
+            "parley_crm_calls_total", "CRM webhook calls of flows with a cache: ok, failed, cached (answered "
+            "from the cache).", ["result"], registry=r,
+        )  # fmt: skip
         self._smpp_submits = Counter(
             "parley_smpp_submits_total",
             "submit_sm answered, by gateway and command status (ESME_ROK, ESME_RTHROTTLED, timeout...).",
@@ -198,6 +202,9 @@ class Metrics:
 
     def smpp_binds(self, gateway: str, up: int) -> None:
         self._smpp_bound.labels(gateway).set(up)
+
+    def crm_call(self, result: str) -> None:
+        self._crm_calls.labels(result).inc()
 
     def receipt(self, gateway: str, status: str, result: str) -> None:
         self._receipts.labels(gateway, status, result).inc()

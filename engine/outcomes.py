@@ -32,6 +32,18 @@ def run_id(contact: str, state: dict[str, Any]) -> str:
     return f"{contact}/{state['st']}"
 
 
+def start_events(contact: str, flow: str, result: str, params: dict[str, Any], at: int) -> list[str]:
+    """A journey start that did not start a run: ``skipped`` (why) or ``deferred`` (quiet hours)."""
+    meta = _journey(params)
+    if result == "deferred":
+        e: dict[str, Any] = {"t": "deferred", "c": contact, "f": flow, **meta}
+    elif result.startswith("skipped_"):
+        e = {"t": "skipped", "c": contact, "f": flow, "reason": result.removeprefix("skipped_"), **meta}
+    else:
+        return []
+    return [orjson.dumps({**e, "at": at}).decode()]
+
+
 def events_for(
     contact: str, kind: str, old: dict[str, Any], new: dict[str, Any] | None, at: int,
     consent: tuple[str, str, str] | None = None, accepted_ms: int = 0,
@@ -53,7 +65,8 @@ def events_for(
         else:  # a start with interrupt: true cut it short
             out.append(_ev("ended", contact, old, outcome="interrupted", node=old.get("n")))
     if after.get("st") and after.get("f") and not same_run:
-        out.append(_ev("started", contact, after, params=after.get("p") or {}))
+        params = {k: v for k, v in (after.get("p") or {}).items() if k != "_start"}
+        out.append(_ev("started", contact, after, **_journey(after.get("p") or {}), params=params))
     if kind == "in" and old_open and same_run and old.get("ws"):
         out.append(
             _ev("replied", contact, old, node=old.get("n"), wait_ms=max(0, accepted_ms - int(old["ws"])))
@@ -69,6 +82,11 @@ def events_for(
         out.append({"t": "consent", "c": contact, "status": consent[0], "source": consent[1],
                     **({"f": who["f"], "run": run_id(contact, who)} if who else {})})  # fmt: skip
     return [orjson.dumps({**e, "at": at}).decode() for e in out]
+
+
+def _journey(params: dict[str, Any]) -> dict[str, Any]:
+    """A journey start's id, arm and experiment (``params._start``, engine/journeys.py)."""
+    return {("start" if k == "id" else k): v for k, v in (params.get("_start") or {}).items()}
 
 
 def _results(

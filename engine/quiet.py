@@ -110,11 +110,34 @@ class QuietHours:
 
 @functools.lru_cache(maxsize=65536)
 def _zone_of_number(number: str) -> str:
+    """The number's zone when it tells one: its own zones, else (a range the data does not place,
+    like the UK's +44 7700 900xxx drama numbers) those of its country's example number; several
+    zones count when they keep one clock (a UK mobile: London, Guernsey, Jersey, Isle of Man)."""
     try:
-        zones = pn_timezone.time_zones_for_number(phonenumbers.parse(number))
+        parsed = phonenumbers.parse(number)
     except phonenumbers.NumberParseException:
         return ""
-    return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else ""
+    zones = [z for z in pn_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown"]
+    if not zones:
+        region = phonenumbers.region_code_for_number(parsed) or phonenumbers.region_code_for_country_code(
+            parsed.country_code or 0
+        )
+        example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        if example is not None:
+            zones = [z for z in pn_timezone.time_zones_for_number(example) if z != "Etc/Unknown"]
+    if len(zones) == 1 or (zones and _same_clock(zones)):
+        return str(zones[0])
+    return ""
+
+
+def _same_clock(zones: list[str]) -> bool:
+    """Whether the zones show the same time in winter and summer (so any of them will do)."""
+    probes = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
+    try:
+        offsets = {tuple(p.astimezone(ZoneInfo(z)).utcoffset() for p in probes) for z in zones}
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return len(offsets) == 1
 
 
 @functools.lru_cache(maxsize=4096)

@@ -16,11 +16,17 @@ Definitions (docs/api.md#results-and-reports says the same to a user):
 - **median time to reply**: from the question to the customer's first answer in a run;
 - **NPS**: for every result whose categories are promoter/passive/detractor, per run (its last
   value): % promoters - % detractors among the runs that gave one;
-- **drop-off**: runs that ended without completing, by the node they were waiting at.
+- **drop-off**: runs that ended without completing, by the node they were waiting at;
+- **experiments**: per arm (and the holdout) of each experiment started with this flow: contacts
+  assigned, runs started, contacts who converted (a CRM conversion attributed to that start),
+  the conversion rate, and for each arm against the holdout the lift (difference of the two
+  rates) with its 95% confidence interval (normal approximation: diff ± 1.96 · sqrt(p1(1-p1)/n1
+  + p0(1-p0)/n0)) and the relative lift.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -79,6 +85,11 @@ class Fold:
     messages: Counter[str] = field(default_factory=Counter)
     #: message id -> its last reported status (a message reported sent, then delivered, counts once)
     status: dict[str, str] = field(default_factory=dict)
+    #: experiment -> arm -> contacts assigned / runs started / contacts converted, value
+    assigned: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    started: Counter[tuple[str, str]] = field(default_factory=Counter)
+    converted: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    value: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 async def fold(store: Store, flow: str) -> Fold:
@@ -88,6 +99,17 @@ async def fold(store: Store, flow: str) -> Fold:
         if t == "message":
             out.status[e["m"]] = e["status"]
             continue
+        if t == "assigned":
+            out.assigned.setdefault(e["experiment"], {}).setdefault(e["arm"], set()).add(e["c"])
+            continue
+        if t == "conversion":
+            if e.get("experiment"):
+                xp, arm = e["experiment"], e.get("arm") or ""
+                out.converted.setdefault(xp, {}).setdefault(arm, set()).add(e["c"])
+                out.value[(xp, arm)] += e.get("value") or 0
+            continue
+        if t == "started" and e.get("experiment"):
+            out.started[(e["experiment"], e.get("arm") or "")] += 1
         rid = e.get("run")
         if rid is None:
             continue
@@ -141,11 +163,42 @@ def report(flow: str, f: Fold) -> dict[str, Any]:
             "delivery_rate": _rate(m.get("delivered", 0), known),
         },
         "nps": _nps(runs),
+        "experiments": {xp: _experiment(xp, f) for xp in sorted(f.assigned)},
         "drop_off": [
             {"node": node, "runs": n}
             for node, n in Counter(r.node for r in ended if not r.completed and r.node).most_common()
         ],
     }
+
+
+def _experiment(xp: str, f: Fold) -> dict[str, Any]:
+    """Per arm: assigned, started, converted, conversion rate; against the holdout, the lift (a
+    difference of proportions) with its 95% confidence interval (normal approximation)."""
+    arms = f.assigned[xp]
+    conv = f.converted.get(xp, {})
+
+    def rate(arm: str) -> tuple[int, int, float]:
+        n = len(arms[arm])
+        c = len(conv.get(arm, set()) & arms[arm])
+        return n, c, c / n if n else 0.0
+
+    out: dict[str, Any] = {}
+    base = rate("holdout") if "holdout" in arms else None
+    for arm in sorted(arms, key=lambda a: (a != "holdout", a)):
+        n, c, p = rate(arm)
+        row: dict[str, Any] = {
+            "assigned": n, "started": f.started[(xp, arm)], "converted": c,
+            "conversion_rate": round(p, 4), "value": f.value[(xp, arm)],
+        }  # fmt: skip
+        if base is not None and arm != "holdout" and n and base[0]:
+            n0, _, p0 = base
+            diff = p - p0
+            half = 1.96 * math.sqrt(p * (1 - p) / n + p0 * (1 - p0) / n0)
+            row["lift"] = round(diff, 4)
+            row["lift_ci95"] = [round(diff - half, 4), round(diff + half, 4)]
+            row["relative_lift"] = round(diff / p0, 4) if p0 else None
+        out[arm] = row
+    return {"arms": out}
 
 
 def _nps(runs: Iterable[Run]) -> dict[str, Any]:

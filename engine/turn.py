@@ -391,6 +391,8 @@ async def _commit(
     now = rt.clock.now_ms()
     kind = ev.kind if answered else "keyword"
     events = outcomes.events_for(ev.contact, kind, old, plan.state, now, plan.consent, ev.accepted_ms)
+    if ev.kind == "start" and plan.state is None:
+        events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
     route = rt.router.route(
         ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
     )

@@ -148,3 +148,62 @@ async def test_every_consumer_recovers_when_redis_loses_its_data(
         await rt.store.redis.flushdb()
         said = await _conversation(rt, crm)
     assert said == ["One moment, checking your account...", "Your balance is £12.50."]
+
+
+FRESH = """
+name: fresh
+start: fetch
+nodes:
+  fetch:
+    call:
+      url: "{{ params.crm }}/customers/{{ contact.number | urlencode }}"
+      timeout: 500ms
+      cache: 10m
+      fields: {tier: tier, balance: balance}
+    success: tell
+    failure: sorry
+  tell:
+    say: "Hello {{ contact.tier | default('new') }} member, your balance is {{ contact.balance | default(0) }}."
+    end: told
+  sorry:
+    say: Sorry.
+    end: crm_down
+"""
+
+
+async def test_a_crm_lookup_refreshes_contact_fields_and_is_cached(
+    redis_url: str, tmp_path: Path, crm: StubCrm
+) -> None:
+    (tmp_path / "fresh.yaml").write_text(FRESH)
+    async with Runtime(_cfg(redis_url, tmp_path), http=False) as rt:
+        await contacts.upsert(rt.store, contacts.Contact(ANN, fields={"tier": "silver"}), rt.clock.now_ms())
+        console = rt.gateways["console"]
+        assert isinstance(console, ConsoleGateway)
+        for _ in range(2):
+            await intake.enqueue_starts(rt, "fresh", [ANN], {"crm": crm.url}, interrupt=True)
+            msg = await asyncio.wait_for(console.outbox.get(), 5)
+            assert msg.text == "Hello gold member, your balance is 12.5."  # the CRM's tier, not ours
+        stored = await contacts.get(rt.store, ANN)
+        assert stored is not None and stored.fields == {"tier": "gold", "balance": 12.5}
+        assert len(crm.seen) == 1  # the second lookup came from the cache
+
+
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [
+        ("{url: 'http://x', method: POST, cache: 1m}", "only a GET's answer can be cached"),
+        ("{url: 'http://x', cache: 2d}", "call cache must be between 0 and 1d"),
+        ("{url: 'http://x', fields: {number: n}}", "'number' is not a contact field name"),
+        ("{url: 'http://x', fields: [tier]}", "call fields must map contact field -> answer path"),
+    ],
+)
+def test_a_bad_crm_lookup_is_refused_with_the_line(tmp_path: Path, call: str, problem: str) -> None:
+    from engine.errors import FlowErrors
+    from engine.flows import FlowRegistry
+
+    (tmp_path / "bad.yaml").write_text(
+        f"name: bad\nstart: a\nnodes:\n  a:\n    call: {call}\n    success: b\n    failure: b\n  b: {{say: hi, end: done}}\n"
+    )
+    with pytest.raises(FlowErrors) as info:
+        FlowRegistry.from_dir(str(tmp_path))
+    assert problem in str(info.value) and "bad.yaml:5" in str(info.value)

@@ -242,6 +242,8 @@ async def test_erasure_leaves_no_profile_session_or_message_and_keeps_consent_ha
     assert (await carrier.next_message(ANN)).text.startswith("Hi Zelda")
     await turns.wait((await _inbound(api, "9", "mo-1"))["event_id"])
     assert (await carrier.next_message(ANN)).text.startswith("Wonderful")
+    async with api.post(f"/v1/contacts/{ANN}/events", json={"type": "purchase", "id": "order-1"}) as resp:
+        assert (await resp.json())["attributed"]["flow"] == "nps"  # a journey touch and a conversion
     r = rt.store.redis
     shard_timers = keys.timers(keys.shard_of(ANN, rt.config.engine.shards))
     assert await r.exists(keys.session(ANN), keys.message_records(ANN), keys.consent_ledger(ANN)) == 3
@@ -350,3 +352,20 @@ async def test_import_after_redis_lost_its_scripts(rt: Runtime, api: aiohttp.Cli
         "/v1/contacts:import", data=body, headers={"Content-Type": "application/x-ndjson"}
     ) as r:
         assert (await r.json())["created"] == 10
+
+
+async def test_erasure_also_removes_the_contacts_waiting_webhook_letters(
+    rt: Runtime, api: aiohttp.ClientSession
+) -> None:
+    r = rt.store.redis
+    await api.put(f"/v1/contacts/{ANN}", json={"fields": {}})
+    other = orjson.dumps({"type": "ended", "contact": "+447700900456"})
+    await r.xadd(
+        keys.webhook_dead(0), {"e": orjson.dumps({"type": "ended", "contact": ANN}), "error": "HTTP 500"}
+    )
+    await r.xadd(keys.webhook_dead(0), {"e": other, "error": "HTTP 500"})
+    await r.xadd(keys.webhook_retry(0), {"e": orjson.dumps({"type": "result", "contact": ANN})})
+    async with api.delete(f"/v1/contacts/{ANN}") as resp:
+        assert resp.status == 204
+    assert [f[b"e"] for _, f in await r.xrange(keys.webhook_dead(0))] == [other]
+    assert await r.xlen(keys.webhook_retry(0)) == 0

@@ -122,3 +122,28 @@ async def test_a_journey_started_at_night_is_sent_when_the_window_opens(redis_ur
         # A customer who texts at night gets an answer at night: replies are not held.
         clock.advance(15 * 3600)  # 23:00
         assert (await phone.text("nps"))[0].startswith("Hi Ann")
+
+
+@pytest.mark.parametrize(
+    ("label", "number", "utc_offset_in_july"),
+    [
+        ("UK mobile: four zones, one clock", "+447911123456", 1),
+        ("UK drama range the data does not place: the country's", "+447700900123", 1),
+        ("New York", "+12125550100", -4),
+        ("Australian mobile: zones of different clocks, none", "+61412345678", None),
+    ],
+)
+def test_the_number_tells_the_zone_when_it_can(
+    label: str, number: str, utc_offset_in_july: int | None
+) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from engine.quiet import _zone_of_number
+
+    zone = _zone_of_number(number)
+    if utc_offset_in_july is None:
+        assert zone == "", label
+    else:
+        offset = datetime(2026, 7, 1, tzinfo=UTC).astimezone(ZoneInfo(zone)).utcoffset()
+        assert offset is not None and offset.total_seconds() == utc_offset_in_july * 3600, label

@@ -10,7 +10,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import consent, contacts, conversations, flows, inbound, openapi, ops, results, webhooks
+from engine.api import (
+    consent,
+    contacts,
+    conversations,
+    flows,
+    inbound,
+    openapi,
+    ops,
+    results,
+    starts,
+    webhooks,
+)
 from engine.api.common import RUNTIME, check_api_key, json_response
 from engine.errors import ApiError, NotFound, PayloadTooLarge
 
@@ -92,6 +103,8 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
     app.router.add_get("/v1/flows/{flow}/results", results.get_results)
     app.router.add_get("/v1/flows/{flow}/report", results.get_report)
+    app.router.add_get("/v1/starts/{id}", starts.get_start)
+    app.router.add_post("/v1/contacts/{number}/events", starts.post_contact_event)
     app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
     app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
     app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)

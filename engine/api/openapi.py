@@ -128,12 +128,45 @@ SCHEMAS: dict[str, Any] = {
     },
     "StartIn": {
         "type": "object",
-        "required": ["contacts"],
+        "description": "contacts or audience, not both",
         "additionalProperties": False,
         "properties": {
             "contacts": {"type": "array", "items": STRING, "maxItems": 10000},
+            "audience": {
+                "type": "array",
+                "items": OBJECT,
+                "description": "conditions on contact fields; all must hold",
+            },
             "params": {"type": "object", "description": "available to templates as params.*"},
             "interrupt": {"type": "boolean", "default": False},
+            "send_at": {
+                "type": "string",
+                "description": "ISO 8601; without a zone: each contact's local time",
+            },
+            "holdout": {"type": "number", "minimum": 0, "exclusiveMaximum": 100, "description": "percent"},
+            "arms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": STRING,
+                        "weight": {"type": "number", "exclusiveMinimum": 0},
+                        "params": OBJECT,
+                    },
+                },
+            },
+            "experiment": {"type": "string", "description": "the assignment's name (default: the flow)"},
+        },
+    },
+    "ContactEventIn": {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
+            "value": {"type": "number"},
+            "id": {"type": "string", "maxLength": 128},
         },
     },
     "Started": {
@@ -334,6 +367,25 @@ def spec() -> dict[str, Any]:
                 {"202": _ok("queued", _ref("Started")), **_errors(400, 404, *ERR)},
                 body=_body(_ref("StartIn")),
                 params=[_path("flow", "the flow's name")],
+            ),
+        },
+        "/v1/starts/{id}": {
+            "get": _op(
+                "What became of a journey start: counts at request time and its turns' outcomes",
+                {"200": _ok("the start", OBJECT), **_errors(404, *ERR)},
+                params=[_path("id", "the start id (st-...) the start answered")],
+            ),
+        },
+        "/v1/contacts/{number}/events": {
+            "post": _op(
+                "A conversion the CRM reports, attributed to the contact's last journey start",
+                {
+                    "202": _ok("recorded (attributed or not)", OBJECT),
+                    "200": _ok("a repeat of an id"),
+                    **_errors(400, *ERR),
+                },
+                body=_body(_ref("ContactEventIn")),
+                params=[NUMBER],
             ),
         },
         "/v1/flows/{flow}/results": {

@@ -35,7 +35,9 @@ NODE_KEYS = {
     "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call", "consent",
     "success", "failure",
 }  # fmt: skip
-CALL_KEYS = {"url", "method", "headers", "body", "timeout", "save"}
+CALL_KEYS = {"url", "method", "headers", "body", "timeout", "save", "fields", "cache"}
+#: The longest a CRM answer may be reused (``call: cache:``).
+MAX_CALL_CACHE_S = 86400.0
 TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WAIT_KEYS = {"save", "timeout"}
 CASE_KEYS = {"when", "goto", "category"}
@@ -384,6 +386,32 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
         if not 0.1 <= timeout_s <= 30:
             errs.add(spec.line_of("timeout"), node.name, "call timeout must be between 100ms and 30s")
     save = _snake(spec, "save", spec.line_of("save"), node.name, errs, "a result")
+    cache_s = 0.0
+    if "cache" in spec:
+        try:
+            cache_s = parse_duration(spec["cache"])
+        except ValueError as exc:
+            errs.add(spec.line_of("cache"), node.name, f"call cache: {exc}")
+        if not 0 <= cache_s <= MAX_CALL_CACHE_S:
+            errs.add(spec.line_of("cache"), node.name, "call cache must be between 0 and 1d")
+        if cache_s and method != "GET":
+            errs.add(spec.line_of("cache"), node.name, f"only a GET's answer can be cached, not a {method}'s")
+    from engine.contacts import FIELD_NAME_RE, RESERVED_FIELDS
+
+    fields: dict[str, str] = {}
+    raw_fields = spec.get("fields")
+    if raw_fields is not None:
+        if not isinstance(raw_fields, dict) or not all(isinstance(v, str) and v for v in raw_fields.values()):
+            errs.add(spec.line_of("fields"), node.name, "call fields must map contact field -> answer path")
+        else:
+            for name, path in raw_fields.items():
+                if not FIELD_NAME_RE.match(str(name)) or name in RESERVED_FIELDS:
+                    errs.add(
+                        spec.line_of("fields"),
+                        node.name,
+                        f"call fields: {name!r} is not a contact field name",
+                    )
+                fields[str(name)] = path
 
     def templates(key: str) -> dict[str, Template] | None:
         raw = spec.get(key)
@@ -407,6 +435,7 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
     return Call(
         url=url, method=method, headers=templates("headers") or {}, body=templates("body"),
         timeout=timeout_s, save=save, success=str(body["success"]), failure=str(body["failure"]),
+        fields=fields, cache=cache_s,
     )  # fmt: skip
 
 

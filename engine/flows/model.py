@@ -45,6 +45,10 @@ class Call:
     save: str | None = None
     success: str = ""
     failure: str = ""
+    #: Contact fields refreshed from the answer: field name -> dotted path in the answer.
+    fields: dict[str, str] = field(default_factory=dict)
+    #: Seconds a GET's successful answer is reused for the same request (0: always ask).
+    cache: float = 0.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.flows.conditions import resolve
 from engine.flows.model import Flow, Node
 from engine.flows.templates import Template
 from engine.flows.tests import Match
@@ -132,6 +133,7 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
                 "body": {k: t.render_value(ctx) for k, t in c.body.items()} if c.body is not None else None,
                 "timeout": c.timeout,
                 "token": f"{node.name}@{now_ms}",
+                **({"cache": c.cache} if c.cache else {}),
             }
             state["n"], state["ws"], state["rp"] = node.name, now_ms, 0
             return
@@ -228,8 +230,22 @@ def call_result(
     assert call is not None
     if call.save:
         d.state["r"][call.save] = {"v": data, "c": "success" if ok else "failure", "t": "", "at": now_ms}
+    if ok and call.fields:  # fresh data from the CRM, before the next nodes render with it
+        for name, path in call.fields.items():
+            value = resolve(data, tuple(path.split(".")))
+            if _field_value(value):
+                d.contact_updates[name] = value
+        contact = {**contact, **d.contact_updates}
     _walk(flow, call.success if ok else call.failure, contact, d, now_ms)
     return d
+
+
+def _field_value(v: Any) -> bool:
+    """A CRM value that fits a contact field: text (≤ 2,000 characters), a number, true/false, or
+    a list of those (objects and null are left out, as a CRM PUT would be refused for them)."""
+    if isinstance(v, list):
+        return len(v) <= 100 and all(_field_value(x) for x in v)
+    return isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 2000)
 
 
 #: A call's safety timer fires this long after its timeout, if no answer came at all.

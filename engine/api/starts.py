@@ -1,0 +1,80 @@
+"""``GET /v1/starts/{id}`` (what became of a journey start) and ``POST /v1/contacts/{number}/events``
+(a conversion the CRM reports, attributed to the contact's last journey start)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from engine import keys, reports
+from engine.api.common import iso, json_response, number_param, read_object, runtime
+from engine.errors import NotFound, Unprocessable
+
+EVENT_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+async def get_start(request: web.Request) -> web.Response:
+    """The start's request-time counts and, from the outcome events, what its turns did."""
+    rt = runtime(request)
+    sid = request.match_info["id"]
+    raw: dict[Any, Any] = await rt.store.redis.hgetall(keys.start_record(sid))
+    if not raw:
+        raise NotFound(f"no start {sid!r}", code="start_not_found")
+    rec = {k.decode(): v.decode() for k, v in raw.items()}
+    flow = rec.pop("flow")
+    at = int(rec.pop("at"))
+    experiment = rec.pop("experiment", None)
+    requested = {k: int(v) for k, v in rec.items() if not k.startswith("skipped_")}
+    skipped = {k.removeprefix("skipped_"): int(v) for k, v in rec.items() if k.startswith("skipped_")}
+    turns: dict[str, Any] = {"started": 0, "deferred": 0, "skipped": {}}
+    async for e in reports.events(rt.store, flow):
+        if e.get("start") != sid:
+            continue
+        if e["t"] in ("started", "deferred"):
+            turns[e["t"]] += 1
+        elif e["t"] == "skipped":
+            turns["skipped"][e["reason"]] = turns["skipped"].get(e["reason"], 0) + 1
+    return json_response({
+        "start": sid, "flow": flow, "at": iso(at), "experiment": experiment, **requested,
+        "skipped_at_request": skipped, "turns": turns,
+    })  # fmt: skip
+
+
+async def post_contact_event(request: web.Request) -> web.Response:
+    """A conversion (a purchase, a meeting set): attributed to the last journey start that reached
+    the contact within ``engine.attribution_window`` (its flow, experiment and arm), and recorded
+    as a ``conversion`` outcome event. ``id`` makes a resend harmless."""
+    rt = runtime(request)
+    number = number_param(rt, request.match_info["number"])
+    body = await read_object(request, {"type", "value", "id"})
+    kind = body.get("type")
+    if not isinstance(kind, str) or not kind or not set(kind) <= EVENT_TYPE_CHARS or len(kind) > 64:
+        raise Unprocessable("type", "must be a name like purchase or meeting_set (a-z, 0-9, _)")
+    value = body.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise Unprocessable("value", "must be a number (e.g. the order's amount) or left out")
+    eid = body.get("id")
+    if eid is not None and (not isinstance(eid, str) or not 0 < len(eid) <= 128):
+        raise Unprocessable("id", "must be a string of at most 128 characters")
+    r = rt.store.redis
+    if eid is not None:
+        fresh = await r.set(
+            keys.conversion_seen(number, eid), 1, nx=True, ex=int(rt.config.engine.dedupe_window)
+        )
+        if not fresh:
+            return json_response({"status": "duplicate"}, 200)
+    raw: dict[Any, Any] = await r.hgetall(keys.attribution(number))
+    touch = {k.decode(): v.decode() for k, v in raw.items()}
+    now = rt.clock.now_ms()
+    attributed: dict[str, Any] | None = None
+    if touch and now - int(touch["at"]) <= rt.config.engine.attribution_window * 1000:
+        attributed = {"flow": touch["f"], "start": touch["st"], "experiment": touch["xp"] or None,
+                      "arm": touch["arm"] or None}  # fmt: skip
+    e = {"t": "conversion", "c": number, "type": kind, "value": value, "at": now,
+         **({"f": attributed["flow"], "start": attributed["start"], "experiment": attributed["experiment"],
+             "arm": attributed["arm"]} if attributed else {})}  # fmt: skip
+    cap = rt.config.engine.outcome_events_max
+    await r.xadd(keys.flow_events(), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
+    return json_response({"status": "recorded", "attributed": attributed}, 202)
