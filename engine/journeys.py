@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 HOLDOUT = "holdout"
+#: The one arm of a start with a holdout and no ``arms``.
+TREATED = "treated"
 SCAN_COUNT = 1000
 #: How long a start's request-time record is kept (its outcomes are in p:fx).
 START_TTL_S = 90 * 86400
@@ -67,7 +69,7 @@ class Split:
         if b < self.holdout:
             return HOLDOUT
         if not self.arms:
-            return ""
+            return TREATED
         # The rest of the unit interval, split by weight.
         at = (b - self.holdout) / (1 - self.holdout) * sum(a.weight for a in self.arms)
         for arm in self.arms:
