@@ -103,24 +103,16 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     return bool(done) or removed > 0
 
 
-async def forget_outcomes(store: Store, number: str, page: int = 5000) -> int:
+async def forget_outcomes(store: Store, number: str) -> int:
     """Delete ``number``'s entries from the flow outcome stream; how many were deleted."""
-    stream, start, removed = keys.flow_events(), "-", 0
-    needle = orjson.dumps(number)  # the number as it appears in an entry's JSON ("c": "+44...")
-    while True:
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], await store.redis.xrange(stream, min=start, count=page)
-        )
-        mine = [
-            eid
-            for eid, fields in entries
-            if needle in fields[b"e"] and orjson.loads(fields[b"e"]).get("c") == number
-        ]
-        if mine:
-            removed += int(await store.redis.xdel(stream, *mine))
-        if len(entries) < page:
-            return removed
-        start = "(" + entries[-1][0].decode()
+    from engine import reports  # reports reads the stream; erasure is its one writer of deletions
+
+    needle = orjson.dumps({"c": number}).decode()[1:-1]  # '"c":"+44..."', as every event has it
+    mine = [eid async for eid, raw in reports.entries(store, needle) if orjson.loads(raw).get("c") == number]
+    removed = 0
+    for i in range(0, len(mine), 1000):
+        removed += int(await store.redis.xdel(keys.flow_events(), *mine[i : i + 1000]))
+    return removed
 
 
 async def _forget_webhook_letters(store: Store, number: str) -> int:

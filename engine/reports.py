@@ -1,9 +1,10 @@
 """A flow's runs and report, read from the outcome events (``p:fx``, engine/outcomes.py).
 
-The stream is read in pages (XRANGE, oldest first) and folded into one :class:`Run` per run; a
-report and a results export are both made from those. Reading costs one pass over the stream
-(about a second per million events here), so a report covers the runs whose events are still
-kept (``engine.outcome_events_max``).
+The stream is read in pages (a script filters each page in Redis, so only the flow's events
+are sent and parsed) and folded into one :class:`Run` per run; a report and a results export
+are both made from those. Reading costs one pass over the stream: about 4 s for a million
+events of one flow on the 2-core VM of docs/BENCHMARKS.md, the API answering other requests
+between pages. A report covers the runs whose events are still kept (``engine.outcome_events_max``).
 
 Definitions (docs/api.md#results-and-reports says the same to a user):
 - **completed**: the run ended with one of the flow's own outcomes (an ``end:``), not one of
@@ -31,7 +32,7 @@ import statistics
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -39,7 +40,7 @@ from engine import keys
 from engine.outcomes import ENGINE_OUTCOMES
 from engine.store import Store
 
-PAGE = 5000
+PAGE = 10_000
 NPS_CATEGORIES = frozenset({"promoter", "passive", "detractor"})
 FINAL = ("delivered", "failed", "expired", "rejected")
 
@@ -62,21 +63,25 @@ class Run:
         return self.outcome is not None and self.outcome not in ENGINE_OUTCOMES
 
 
-async def events(store: Store, flow: str) -> AsyncIterator[dict[str, Any]]:
-    """The flow's outcome events, oldest first."""
+async def entries(store: Store, needle: str = "") -> AsyncIterator[tuple[bytes, bytes]]:
+    """(entry id, event JSON) of the outcome stream, oldest first, for events whose JSON contains
+    ``needle`` (filtered in Redis a page at a time: only candidates are sent and parsed)."""
     start = "-"
     while True:
-        page = cast(
-            list[tuple[bytes, dict[bytes, bytes]]],
-            await store.redis.xrange(keys.flow_events(), min=start, count=PAGE),
-        )
-        for _, fields in page:
-            e = orjson.loads(fields[b"e"])
-            if e.get("f") == flow:
-                yield e
-        if len(page) < PAGE:
+        page = await store.run("fx_page", [keys.flow_events()], [start, PAGE, needle])
+        for i in range(1, len(page), 2):
+            yield page[i], page[i + 1]
+        if not page[0]:
             return
-        start = "(" + page[-1][0].decode()
+        start = "(" + page[0].decode()
+
+
+async def events(store: Store, flow: str) -> AsyncIterator[dict[str, Any]]:
+    """The flow's outcome events, oldest first."""
+    async for _, raw in entries(store, orjson.dumps({"f": flow}).decode()[1:-1]):
+        e = orjson.loads(raw)
+        if e.get("f") == flow:
+            yield e
 
 
 @dataclass

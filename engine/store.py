@@ -33,6 +33,7 @@ SCRIPTS = (
     "contact",
     "erase",
     "webhook_replay",
+    "fx_page",
 )
 
 

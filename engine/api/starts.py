@@ -29,8 +29,9 @@ async def get_start(request: web.Request) -> web.Response:
     requested = {k: int(v) for k, v in rec.items() if not k.startswith("skipped_")}
     skipped = {k.removeprefix("skipped_"): int(v) for k, v in rec.items() if k.startswith("skipped_")}
     turns: dict[str, Any] = {"started": 0, "deferred": 0, "skipped": {}}
-    async for e in reports.events(rt.store, flow):
-        if e.get("start") != sid:
+    async for _, event in reports.entries(rt.store, sid):
+        e = orjson.loads(event)
+        if e.get("start") != sid or e.get("f") != flow:
             continue
         if e["t"] in ("started", "deferred"):
             turns[e["t"]] += 1
