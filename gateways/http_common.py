@@ -110,18 +110,18 @@ class HttpConnector(Gateway):
             raise
         if 200 <= status < 300:
             return HttpAnswer(status, raw, headers)
-        detail = f"HTTP {status}: {raw[:200].decode(errors='replace')}"
+        detail = self.error_detail(status, raw)
+        wait = retry_after(headers.get("retry-after"))
         if status in NOT_TAKEN_STATUS:
-            raise GatewayUnavailable(
-                self.name, detail, status=status, retry_after=retry_after(headers.get("retry-after")),
-                ambiguous=False,
-            )  # fmt: skip
+            raise GatewayUnavailable(self.name, detail, status=status, retry_after=wait, ambiguous=False)
         if status in AMBIGUOUS_STATUS or status >= 500:
-            raise GatewayUnavailable(
-                self.name, detail, status=status, retry_after=retry_after(headers.get("retry-after")),
-                ambiguous=True,
-            )  # fmt: skip
+            raise GatewayUnavailable(self.name, detail, status=status, retry_after=wait, ambiguous=True)
         raise GatewayRejected(self.name, detail, status=status)
+
+    def error_detail(self, status: int, body: bytes) -> str:
+        """What a failed answer says, for the message's ``error`` (a connector may read its
+        provider's error format instead)."""
+        return f"HTTP {status}: {body[:200].decode(errors='replace')}"
 
 
 # Webhook authentication --------------------------------------------------------------------

@@ -29,7 +29,6 @@ backwards.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -44,13 +43,11 @@ from engine.config import Duration
 from engine.errors import (
     ConfigError,
     GatewayRejected,
-    GatewayTimeout,
-    GatewayUnavailable,
     Unprocessable,
     WebhookRejected,
 )
 from gateways.base import InboundText, OutboundMessage, Receipt, SendResult, Webhook, WebhookAnswer
-from gateways.http_common import AMBIGUOUS_STATUS, NOT_TAKEN_STATUS, HttpAnswer, HttpConnector, retry_after
+from gateways.http_common import HttpConnector
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -149,7 +146,7 @@ class TwilioGateway(HttpConnector):
             form["MessagingServiceSid"] = self.config.messaging_service_sid
         if self.status_callback_url:
             form["StatusCallback"] = self.status_callback_url
-        answer = await self._post(self.messages_url, form)
+        answer = await self.call("POST", self.messages_url, data=form)
         try:
             sid = orjson.loads(answer.body).get("sid")
         except (orjson.JSONDecodeError, AttributeError):
@@ -161,34 +158,9 @@ class TwilioGateway(HttpConnector):
             )  # fmt: skip
         return SendResult(sid)
 
-    async def _post(self, url: str, form: dict[str, str]) -> HttpAnswer:
-        """:meth:`HttpConnector.call` with the same translation of every failure, except that a
-        rejection names Twilio's error code and message (``call`` keeps only the body's start)."""
-        assert self._session is not None, "gateway used outside its async with"
-        try:
-            async with self._session.post(url, data=form) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = {k.lower(): v for k, v in resp.headers.items()}
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise GatewayUnavailable(self.name, "connect timed out", ambiguous=False) from exc
-        except TimeoutError as exc:
-            raise GatewayTimeout(self.name, f"no answer within {self.timeout:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise GatewayUnavailable(self.name, f"cannot connect: {exc}", ambiguous=False) from exc
-        except aiohttp.ClientError as exc:
-            raise GatewayUnavailable(self.name, f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
-        except asyncio.CancelledError:
-            raise
-        if 200 <= status < 300:
-            return HttpAnswer(status, raw, headers)
-        detail = _error_detail(status, raw)
-        wait = retry_after(headers.get("retry-after"))
-        if status in NOT_TAKEN_STATUS:
-            raise GatewayUnavailable(self.name, detail, status=status, retry_after=wait, ambiguous=False)
-        if status in AMBIGUOUS_STATUS or status >= 500:
-            raise GatewayUnavailable(self.name, detail, status=status, retry_after=wait, ambiguous=True)
-        raise GatewayRejected(self.name, detail, status=status)
+    def error_detail(self, status: int, body: bytes) -> str:
+        """A rejection names Twilio's error code and message."""
+        return _error_detail(status, body)
 
     # Webhooks -------------------------------------------------------------------------------
 
