@@ -25,9 +25,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 from aiohttp import web
+
+from gateways.simulators.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,11 @@ class Delivered:
     at: float
 
 
-class SimulatedCarrier:
+class SimulatedCarrier(LoopbackServer):
     """``async with SimulatedCarrier() as carrier: carrier.url`` — a provider on 127.0.0.1."""
 
     def __init__(self, *, delay: float = 0.0, name: str = "sim") -> None:
+        super().__init__()
         self.name = name
         self.delay = delay
         self.fail_next: list[int | tuple[int, dict[str, str]]] = []
@@ -61,33 +63,20 @@ class SimulatedCarrier:
         self._seen: dict[str, str] = {}  # idempotency key -> provider id
         self._inboxes: dict[str, asyncio.Queue[Delivered]] = defaultdict(asyncio.Queue)
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
         self._mo_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/send"
 
-    async def __aenter__(self) -> SimulatedCarrier:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/send", self._send)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        self._client = aiohttp.ClientSession()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         for t in list(self._tasks):
             t.cancel()
-        if self._client is not None:
-            await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().__aexit__(*exc)
 
     async def _send(self, request: web.Request) -> web.Response:
         self.attempts += 1

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from gateways.simulators.loopback import LoopbackServer
+
 
 @dataclass(frozen=True)
 class Received:
@@ -44,39 +46,24 @@ class Callback:
         return self.status == 200 and self.body.strip() == b"ACK/Jasmin"
 
 
-class JasminStub:
+class JasminStub(LoopbackServer):
     """``async with JasminStub("parley", "secret") as jasmin: jasmin.url``."""
 
     def __init__(self, username: str = "parley", password: str = "jpass") -> None:
+        super().__init__()
         self.username = username
         self.password = password
         self.received: list[Received] = []
         self.fail_next: list[tuple[int, str] | tuple[int, str, dict[str, str]]] = []
         self.webhook_auth: tuple[str, str] | None = None
         self._mo_ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> JasminStub:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/send", self._send)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        self._client = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     @staticmethod
     def _answer(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:

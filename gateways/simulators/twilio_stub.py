@@ -22,9 +22,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
+
+from gateways.simulators.loopback import LoopbackServer
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -55,10 +56,11 @@ class Callback:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class TwilioStub:
+class TwilioStub(LoopbackServer):
     """``async with TwilioStub(account_sid, auth_token) as twilio: twilio.base_url``."""
 
     def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "twilio-token") -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         #: Seconds every answer waits (longer than the client's timeout: a timeout).
@@ -66,29 +68,13 @@ class TwilioStub:
         self.received: list[Received] = []
         self.fail_next: list[tuple[Any, ...]] = []
         self._sids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> TwilioStub:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        self._client = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     @staticmethod
     def _error(status: int, code: int, message: str) -> web.Response:
