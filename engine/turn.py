@@ -393,6 +393,9 @@ async def _commit(
     events = outcomes.events_for(ev.contact, kind, old, plan.state, now, plan.consent, ev.accepted_ms)
     if ev.kind == "start" and plan.state is None:
         events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
+    if plan.state is not None and "_start" in plan.state.get("p", {}):
+        # The journey's bookkeeping is in the started event; the held session need not carry it.
+        plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
     route = rt.router.route(
         ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
     )
