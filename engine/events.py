@@ -47,6 +47,22 @@ class Event:
     def msg_base(self) -> str:
         return f"{self.shard}-{self.entry_id}"
 
+    def deferred_token(self) -> str:
+        """This event as the token of a ``d`` timer: it is processed again when the timer fires
+        (quiet hours deferring a send, a journey start scheduled for later)."""
+        return orjson.dumps(
+            {"k": self.kind, "f": self.flow, "p": self.params, "n": self.interrupt, "tk": self.timer_kind,
+             "tt": self.timer_token, "ts": self.accepted_ms}
+        ).decode()  # fmt: skip
+
+    def undeferred(self) -> Event:
+        """A fired ``d`` timer is the deferred event again (its own stream entry is the new cause)."""
+        d = orjson.loads(self.timer_token)
+        return Event(
+            self.shard, self.entry_id, d["k"], self.contact, d["ts"], flow=d["f"], params=d["p"],
+            interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"],
+        )  # fmt: skip
+
     @classmethod
     def from_entry(cls, shard: int, entry_id: bytes, f: dict[bytes, bytes]) -> Event:
         def s(k: bytes) -> str:

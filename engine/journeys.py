@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from engine import events, keys
+from engine import keys
 from engine.contacts import Contact
 from engine.errors import Unprocessable
 from engine.flows.conditions import Condition, compile_condition
@@ -170,30 +168,3 @@ def due_ms(rt: Runtime, send_at: datetime, number: str, contact_tz: str | None) 
 
 def new_start_id(now_ms: int) -> str:
     return f"st-{now_ms}-{secrets.token_hex(3)}"
-
-
-def start_event_token(flow: str, params: dict[str, Any], interrupt: bool, now_ms: int) -> str:
-    """A scheduled start as the token of a ``d`` timer (engine/turn.py's deferred format)."""
-    return orjson.dumps(
-        {"k": "start", "f": flow, "p": params, "n": interrupt, "tk": "", "tt": "", "ts": now_ms}
-    ).decode()
-
-
-async def enqueue(
-    rt: Runtime, flow: str, starts: list[tuple[str, dict[str, Any], int | None]], interrupt: bool, now: int
-) -> list[str]:
-    """Queue each (contact, params, due ms or None) start: now on its shard's stream, or later as a
-    timer. Pipelined, 1,000 per round trip. Returns each start's stream entry id ("" if scheduled)."""
-    ids: list[str] = []
-    for i in range(0, len(starts), 1000):
-        async with rt.store.redis.pipeline(transaction=False) as pipe:
-            for number, params, due in starts[i : i + 1000]:
-                shard = keys.shard_of(number, rt.config.engine.shards)
-                if due is None or due <= now:
-                    fields: Any = events.start_fields(number, flow, params, interrupt, now)
-                    pipe.xadd(keys.inbound_stream(shard), fields)
-                else:
-                    token = start_event_token(flow, params, interrupt, now)
-                    pipe.zadd(keys.timers(shard), {keys.timer_member(number, "d", token): due})
-            ids += [r.decode() if isinstance(r, bytes) else "" for r in await pipe.execute()]
-    return ids

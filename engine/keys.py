@@ -193,7 +193,9 @@ def contact_pattern() -> str:
 
 def number_of_contact_key(key: str) -> str:
     """The number in a contact profile key (the inverse of :func:`contact`)."""
-    return key[len(PREFIX) + 4 : -1]
+    head = contact("")[:-1]  # "p:c:{"
+    assert key.startswith(head) and key.endswith("}"), key
+    return key[len(head) : -1]
 
 
 def start_record(start_id: str) -> str:

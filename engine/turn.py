@@ -83,7 +83,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
     """Process one event to completion (retrying lost races); raises only on Redis failure."""
     clock = rt.clock
     if ev.kind == "timer" and ev.timer_kind == "d":
-        ev = _undeferred(ev)
+        ev = ev.undeferred()
     picked = clock.monotonic()
     stages = {"queue_wait": max(0.0, (clock.now_ms() - ev.accepted_ms) / 1000)}
     rt.metrics.turn_started()
@@ -111,7 +111,7 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
                 plan = _Plan("deferred", flow=plan.flow)  # nothing changes until the window opens
             _settle(rt, ev, state, plan)
             if until is not None:
-                plan.timers_add.append((keys.timer_member(ev.contact, "d", _deferred_token(ev)), until))
+                plan.timers_add.append((keys.timer_member(ev.contact, "d", ev.deferred_token()), until))
             t2 = clock.monotonic()
             status, outbound_ids = await _commit(rt, ev, version, plan, state, answered=governed is None)
             t3 = clock.monotonic()
@@ -170,23 +170,6 @@ def _quiet_until(rt: Runtime, ev: Event, plan: _Plan, contact: Contact) -> int |
     if all(k in plan.system for k in range(len(plan.texts))):
         return None
     return rt.quiet.next_allowed(rt.clock.now_ms(), ev.contact, contact.timezone)
-
-
-def _deferred_token(ev: Event) -> str:
-    """The event, to be processed again when the window opens (a timer of kind ``d``)."""
-    return orjson.dumps(
-        {"k": ev.kind, "f": ev.flow, "p": ev.params, "n": ev.interrupt, "tk": ev.timer_kind,
-         "tt": ev.timer_token, "ts": ev.accepted_ms}
-    ).decode()  # fmt: skip
-
-
-def _undeferred(ev: Event) -> Event:
-    """A fired ``d`` timer is the deferred event again (its own stream entry is the new cause)."""
-    d = orjson.loads(ev.timer_token)
-    return Event(
-        ev.shard, ev.entry_id, d["k"], ev.contact, d["ts"], flow=d["f"], params=d["p"],
-        interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"],
-    )  # fmt: skip
 
 
 def _governed(

@@ -4,6 +4,7 @@ engine wired to a simulated carrier; helpers that wait on events instead of slee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
 
 from engine.clock import FakeClock
 from engine.config import Config, load_config
@@ -68,6 +70,22 @@ def make_config(redis_url: str, **sections: Any) -> Config:
         else:
             base[name] = value
     return load_config(env={}, overrides=base)
+
+
+@contextlib.asynccontextmanager
+async def serve(*routes: tuple[str, str, Any]) -> AsyncIterator[str]:
+    """A far-edge stub on loopback: (method, path, handler) routes on a free port; yields the
+    base URL (``http://127.0.0.1:PORT``)."""
+    app = web.Application()
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

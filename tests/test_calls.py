@@ -14,7 +14,7 @@ from engine.clock import FakeClock
 from engine.runtime import Runtime
 from engine.worker import fire_timers
 from gateways.console import ConsoleGateway
-from tests.conftest import ANN, Turns, make_config, process_stream
+from tests.conftest import ANN, Turns, make_config, process_stream, serve
 from tests.conftest import outbound as queued
 
 FLOW = """
@@ -57,14 +57,8 @@ class StubCrm:
 @pytest.fixture
 async def crm() -> AsyncIterator[StubCrm]:
     stub = StubCrm()
-    app = web.Application()
-    app.router.add_get("/customers/{number}", stub.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    stub.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield stub
-    await runner.cleanup()
+    async with serve(("GET", "/customers/{number}", stub.handle)) as stub.url:
+        yield stub
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from engine.runtime import Runtime
 from gateways.base import OutboundMessage
 from gateways.registry import build_gateway, validate_gateway_config
 from gateways.routing import Router, parse_rules
-from tests.conftest import ANN, API_KEY, make_config
+from tests.conftest import ANN, API_KEY, make_config, serve
 
 
 class Provider:
@@ -45,14 +45,9 @@ class Provider:
 @pytest.fixture
 async def provider() -> AsyncIterator[Provider]:
     p = Provider()
-    app = web.Application()
-    app.router.add_post("/messages", p.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    p.url = f"http://127.0.0.1:{runner.addresses[0][1]}/messages"
-    yield p
-    await runner.cleanup()
+    async with serve(("POST", "/messages", p.handle)) as base:
+        p.url = f"{base}/messages"
+        yield p
 
 
 MSG = OutboundMessage(id="out-1-2-0", to=ANN, text='Say "hi" ✓', sender="ACME", segments=1)

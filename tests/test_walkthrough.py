@@ -22,7 +22,7 @@ from aiohttp import web
 
 from engine.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, eventually, make_config
+from tests.conftest import API_KEY, ROOT, eventually, make_config, serve
 
 SECTION = re.search(
     r"## A CRM integration, step by step\n(.*?)\n## ", (ROOT / "docs/api.md").read_text(), re.S
@@ -50,14 +50,9 @@ class Crm:
 @pytest.fixture
 async def crm() -> AsyncIterator[Crm]:
     stub = Crm()
-    app = web.Application()
-    app.router.add_post("/hooks/parley", stub.hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    stub.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks/parley"
-    yield stub
-    await runner.cleanup()
+    async with serve(("POST", "/hooks/parley", stub.hook)) as base:
+        stub.url = f"{base}/hooks/parley"
+        yield stub
 
 
 async def bash(script: str, env: dict[str, str], cwd: Path) -> str:

@@ -25,7 +25,7 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, eventually, make_config
+from tests.conftest import API_KEY, eventually, make_config, serve
 
 SECRET = "crm-webhook-secret-0123456789"
 A, B = "+447700900201", "+447700900202"
@@ -60,23 +60,16 @@ class StubCrm:
         self.answer: Callable[[Hit], tuple[int, dict[str, str]]] = lambda hit: (200, {})
         self.hang = False
         self.release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def __aenter__(self) -> StubCrm:
-        app = web.Application()
-        app.router.add_post("/events", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/events"
+        self._stack = contextlib.AsyncExitStack()
+        self.url = f"{await self._stack.enter_async_context(serve(('POST', '/events', self._handle)))}/events"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.release.set()
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await self._stack.aclose()
 
     async def _handle(self, request: web.Request) -> web.Response:
         hit = Hit(time.monotonic(), dict(request.headers), await request.read(), 0)

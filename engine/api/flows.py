@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from engine import contacts, journeys, keys, sessions
+from engine import contacts, intake, journeys, keys, sessions
 from engine.api.common import json_response, number_param, read_object, runtime
 from engine.errors import FlowErrors, NotFound, Unprocessable
 from engine.turn import missing_fields
@@ -109,8 +109,8 @@ async def start_flow(request: web.Request) -> web.Response:
         meta = {"id": sid, **({"arm": arm, "experiment": split.experiment} if split else {})}
         p = {**params, **(by_arm[arm].params if arm in by_arm else {}), "_start": meta}
         starts.append((n, p, journeys.due_ms(rt, send_at, n, tz) if send_at else None))
-    event_ids = await journeys.enqueue(rt, name, starts, interrupt, now)
-    scheduled = sum(1 for _, _, due in starts if due is not None and due > now)
+    event_ids = await intake.queue_starts(rt, name, starts, interrupt)
+    scheduled = event_ids.count("")  # waiting as timers
     counts = {"requested": len(numbers), "queued": len(starts) - scheduled, "scheduled": scheduled}
     reasons = Counter(x["reason"] for x in skipped)
     await _record(rt, sid, name, now, counts, reasons, split, arms, numbers)

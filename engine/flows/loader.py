@@ -377,25 +377,11 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
         errs.add(
             spec.line_of("method"), node.name, f"call method must be GET, POST, PUT or PATCH, got {method!r}"
         )
-    timeout_s = 5.0
-    if "timeout" in spec:
-        try:
-            timeout_s = parse_duration(spec["timeout"])
-        except ValueError as exc:
-            errs.add(spec.line_of("timeout"), node.name, f"call timeout: {exc}")
-        if not 0.1 <= timeout_s <= 30:
-            errs.add(spec.line_of("timeout"), node.name, "call timeout must be between 100ms and 30s")
+    timeout_s = _call_duration(spec, "timeout", 5.0, (0.1, 30.0), "between 100ms and 30s", node, errs)
     save = _snake(spec, "save", spec.line_of("save"), node.name, errs, "a result")
-    cache_s = 0.0
-    if "cache" in spec:
-        try:
-            cache_s = parse_duration(spec["cache"])
-        except ValueError as exc:
-            errs.add(spec.line_of("cache"), node.name, f"call cache: {exc}")
-        if not 0 <= cache_s <= MAX_CALL_CACHE_S:
-            errs.add(spec.line_of("cache"), node.name, "call cache must be between 0 and 1d")
-        if cache_s and method != "GET":
-            errs.add(spec.line_of("cache"), node.name, f"only a GET's answer can be cached, not a {method}'s")
+    cache_s = _call_duration(spec, "cache", 0.0, (0.0, MAX_CALL_CACHE_S), "between 0 and 1d", node, errs)
+    if cache_s and method != "GET":
+        errs.add(spec.line_of("cache"), node.name, f"only a GET's answer can be cached, not a {method}'s")
     from engine.contacts import FIELD_NAME_RE, RESERVED_FIELDS
 
     fields: dict[str, str] = {}
@@ -437,6 +423,23 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
         timeout=timeout_s, save=save, success=str(body["success"]), failure=str(body["failure"]),
         fields=fields, cache=cache_s,
     )  # fmt: skip
+
+
+def _call_duration(
+    spec: yamlsrc.LineDict, key: str, default: float, bounds: tuple[float, float], said: str, node: Node,
+    errs: _Collector,
+) -> float:  # fmt: skip
+    """A call's ``timeout`` or ``cache``: a duration within ``bounds`` (an error naming the line)."""
+    if key not in spec:
+        return default
+    try:
+        value = parse_duration(spec[key])
+    except ValueError as exc:
+        errs.add(spec.line_of(key), node.name, f"call {key}: {exc}")
+        return default
+    if not bounds[0] <= value <= bounds[1]:
+        errs.add(spec.line_of(key), node.name, f"call {key} must be {said}")
+    return value
 
 
 def _timeout(spec: Any, line: int, node: Node, errs: _Collector) -> None:

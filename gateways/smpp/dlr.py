@@ -21,9 +21,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-RECEIPTED_MESSAGE_ID = 0x001E
-NETWORK_ERROR_CODE = 0x0423
-MESSAGE_STATE = 0x0427
+from gateways.smpp import pdu
+
+RECEIPTED_MESSAGE_ID = pdu.TAG_RECEIPTED_MESSAGE_ID
+NETWORK_ERROR_CODE = pdu.TAG_NETWORK_ERROR_CODE
+MESSAGE_STATE = pdu.TAG_MESSAGE_STATE
 
 #: A receipt's stat (upper case) -> our status; None: an in-between or unknown state.
 STAT_TO_STATUS: dict[str, str | None] = {

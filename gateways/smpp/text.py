@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from aiosmpplib.codec import find_codec_info
 
 from engine.sms import MULTI, SINGLE, split_sizes, unit_sizes
+from gateways.smpp import pdu
 
 CONCAT_MODES = ("udh8", "udh16", "sar", "payload")
 #: What data coding 0 ("SMSC default alphabet") means on a given SMSC.
@@ -49,10 +50,10 @@ UCS2 = 0x08
 UDHI = 0x40  # esm_class: short_message starts with a user data header
 MAX_PARTS = 255
 
-SAR_MSG_REF_NUM = 0x020C
-SAR_TOTAL_SEGMENTS = 0x020E
-SAR_SEGMENT_SEQNUM = 0x020F
-MESSAGE_PAYLOAD = 0x0424
+SAR_MSG_REF_NUM = pdu.TAG_SAR_MSG_REF_NUM
+SAR_TOTAL_SEGMENTS = pdu.TAG_SAR_TOTAL_SEGMENTS
+SAR_SEGMENT_SEQNUM = pdu.TAG_SAR_SEGMENT_SEQNUM
+MESSAGE_PAYLOAD = pdu.TAG_MESSAGE_PAYLOAD
 
 IE_CONCAT_8 = 0x00
 IE_CONCAT_16 = 0x08
