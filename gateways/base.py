@@ -18,6 +18,7 @@ import orjson
 
 from engine.config import Duration
 from engine.errors import BadRequest
+from engine.sms import encoding_of
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -159,6 +160,10 @@ class Gateway:
     @property
     def concurrency(self) -> int:
         return self.policy.concurrency
+
+    def segments(self, text: str) -> int:
+        """What ``text`` costs at the rate: the SMS parts it takes on the air (at least 1)."""
+        return max(1, encoding_of(text).segments)
 
     def attach(self, rt: Runtime, *, active: bool) -> None:
         """Called by the runtime before the connector is opened. ``active``: this process runs

@@ -42,7 +42,6 @@ from engine import keys
 from engine.consumer import Entry, StreamConsumer, ensure_group
 from engine.errors import GatewayError
 from engine.numbers import mask
-from engine.sms import encoding_of
 from gateways.base import Gateway, OutboundMessage
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
@@ -159,19 +158,20 @@ class Sender:
         if (stream, entry_id) in self._busy:  # a re-read of pending entries returns those in hand too
             return
         text = fields[b"t"].decode()
+        cost = self.gw.segments(text)
         route = fields.get(b"r", b"").decode()
         queued = fields.get(b"q")
         job = Job(
             stream=stream, entry_id=entry_id, lane=lane,
             msg=OutboundMessage(
                 id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
-                segments=max(1, encoding_of(text).segments),
+                segments=cost,
             ),
             route=[g for g in route.split(",") if g],
             queued_ms=int(queued) if queued else int(entry_id.split(b"-")[0]),
             # Read back after a restart: it may have been on its way to the provider.
             pinned=recovering,
-            ticket=Ticket(cost=max(1, encoding_of(text).segments), urgent=lane == "reply"),
+            ticket=Ticket(cost=cost, urgent=lane == "reply"),
         )  # fmt: skip
         previous = self._tails.get(job.msg.to)
         if previous is not None and lane == "reply" and previous.waiting_rate:

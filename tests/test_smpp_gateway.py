@@ -91,10 +91,10 @@ async def test_a_conversation_runs_over_smpp_and_receipts_mark_delivered(
 ) -> None:
     await start(e.api, "nps", [ANN])
     greeting = await smsc.next_message("447700900123")
-    assert "0 to 10" in greeting.text or "0-10" in greeting.text or "10" in greeting.text
+    assert greeting.text.startswith("Hi there") and "from 0 (not at all) to 10" in greeting.text
     assert await smsc.deliver("447700900123", "12345", "9") == [pdu.ESME_ROK]
     reply = await smsc.next_message("447700900123")
-    assert reply.text != greeting.text
+    assert reply.text == "Wonderful, thank you! What do you like most about us?"
     last = await eventually(lambda: _status(e, "delivered"))
     assert last["gateway"] == "smsc" and last["provider_id"] == reply.ids[0]
 
@@ -118,6 +118,19 @@ async def test_long_messages_arrive_whole_in_every_concatenation_mode(
             parts = [s for s in smsc.received if s.message_id in got.ids]
             assert len(parts) == (1 if concat == "payload" else encoding_of(text).segments)
             assert {s.data_coding for s in parts} == {0 if text is LONG_GSM else 8}
+
+
+async def test_the_rate_is_charged_the_parts_the_configured_concatenation_makes(
+    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc
+) -> None:
+    text = "a" * 305  # udh8: 153 + 152 (2 parts); udh16, one septet less a part: 152 + 152 + 1 (3)
+    assert encoding_of(text).segments == 2
+    async for e in gateway_engine(redis_url, tmp_path, smsc, concat="udh16"):
+        await start(e.api, "note", [ANN], text=text)
+        got = await smsc.next_message("447700900123")
+        assert got.text == text and len(got.ids) == 3
+        metrics = e.rt.metrics.render().decode()
+        assert 'parley_outbound_segments_total{gateway="smsc"} 3.0' in metrics
 
 
 async def test_a_multipart_message_is_delivered_when_every_part_is(e: Engine, smsc: SimulatedSmsc) -> None:

@@ -212,6 +212,10 @@ class SmppGateway(Gateway):
         senders = sum(1 for s in self.sessions if s.can_submit) or self.config.binds
         return senders * self.config.window
 
+    def segments(self, body: str) -> int:
+        """As the configured concatenation splits it (udh16 leaves one septet less per part)."""
+        return text.segments_cost(body, self.config.concat)
+
     def health(self) -> dict[str, Any]:
         return {"binds": {s.name: s.health() for s in self.sessions},
                 "bound": sum(1 for s in self.sessions if s.bound.is_set())}  # fmt: skip
