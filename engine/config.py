@@ -166,6 +166,7 @@ WEBHOOK_EVENTS = (
     "skipped",
     "deferred",
     "conversion",
+    "opt_out_review",
 )
 
 

@@ -1,8 +1,11 @@
 """Consent and the keywords that change it: STOP, START, HELP and their equivalents.
 
-A keyword counts only as the whole message, compared after folding case and accents and
-dropping everything that is not a letter or digit: "Stop.", " stop ", "STOP!!", "Opt-out" match;
-"don't stop", "stopwatch", "stop it please" do not. Keywords of every configured language are
+A keyword counts as the whole message, compared after folding case and accents and dropping
+everything that is not a letter or digit: "Stop.", " stop ", "STOP!!", "Opt-out" match;
+"don't stop", "stopwatch", "stop it please" do not. Beyond that, a short request to stop in
+other words ("please stop", "Stop texting me", "STOP STOP", the stop sign) opts out too, and a
+message with an opt-out keyword in something else is flagged for review: the rule is in
+engine/optout.py (:meth:`Keywords.intent`). Keywords of every configured language are
 recognised whatever the contact's language (a customer who texts BAJA to an English programme
 has opted out); the confirmation is written in the contact's language when there is one, else
 in the keyword's language.
@@ -19,6 +22,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from engine.optout import REVIEW, OptOutRule, Verdict
 
 OPT_OUT, OPT_IN, HELP = "opt_out", "opt_in", "help"
 OPTED_IN, OPTED_OUT, UNKNOWN = "opted_in", "opted_out", "unknown"
@@ -87,6 +92,15 @@ class Keyword:
     language: str
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What an inbound text is to governance: a keyword (the whole message, or a request to stop
+    in other words), or a keyword in something else that a person should review."""
+
+    keyword: Keyword | None = None
+    review: bool = False
+
+
 class Keywords:
     """The configured keyword sets (defaults merged with ``governance.keywords``) and messages."""
 
@@ -108,11 +122,27 @@ class Keywords:
                 for word in words:
                     self._index[squash(word)] = Keyword(kind, language)
         self.messages = {k: {**v, **(messages or {}).get(k, {})} for k, v in DEFAULT_MESSAGES.items()}
+        self._opt_out = OptOutRule(merged[OPT_OUT], default_language)
 
     def match(self, text: str) -> Keyword | None:
         """The keyword ``text`` is, as a whole message, or None."""
         squashed = squash(text)
         return self._index.get(squashed) if squashed else None
+
+    def intent(self, text: str, *, in_conversation: bool = False) -> Verdict:
+        """Whether ``text`` asks to opt out in other words than a keyword, is a near miss, or
+        has an opt-out keyword in something else (for review): engine/optout.py."""
+        return self._opt_out.classify(text, in_conversation=in_conversation)
+
+    def read(self, text: str, *, in_conversation: bool = False) -> Reading:
+        """The whole-message keyword ``text`` is, else what the opt-out rule makes of it."""
+        kw = self.match(text)
+        if kw is not None:
+            return Reading(kw)
+        verdict = self.intent(text, in_conversation=in_conversation)
+        if verdict.kind == OPT_OUT:
+            return Reading(Keyword(OPT_OUT, verdict.language))
+        return Reading(review=verdict.kind == REVIEW)
 
     def message(self, kind: str, contact_language: str | None, keyword_language: str) -> str:
         texts = self.messages[kind]

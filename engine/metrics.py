@@ -100,6 +100,12 @@ class Metrics:
             "Turns decided again after losing a session race.",
             registry=r,
         )
+        self._reviews = Counter(
+            "parley_opt_out_reviews_total",
+            "Inbound texts with an opt-out keyword that neither opted out nor were a near miss: each "
+            "is an opt_out_review outcome event for a person to read (engine/optout.py).",
+            registry=r,
+        )
         self._outbound = Counter(
             "parley_outbound_total", "Outbound send attempts, by gateway and status.",
             ["gateway", "status"], registry=r,
@@ -211,6 +217,9 @@ class Metrics:
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._http.labels(route, str(status)).observe(seconds)
+
+    def opt_out_review(self) -> None:
+        self._reviews.inc()
 
     def gate(self, decision: str, n: int = 1) -> None:
         if n:

@@ -7,6 +7,8 @@ A turn's commit appends, in the same script and so exactly once per applied even
     result    a result was saved or changed   run, flow, name, value, category
     ended     the run finished                run, flow, outcome, node (where it stopped)
     consent   opted_out / opted_in            flow of the run in progress, if any
+    opt_out_review  a text with an opt-out keyword that the opt-out rule could not read
+              (engine/optout.py), for a person: text, m (its message id), flow and run if in one
 
 and the message status script appends ``message`` (a flow's message reached a final status:
 delivered, failed, expired, rejected; or blocked by the gate). A run is ``<contact>/<started
@@ -82,6 +84,15 @@ def events_for(
         out.append({"t": "consent", "c": contact, "status": consent[0], "source": consent[1],
                     **({"f": who["f"], "run": run_id(contact, who)} if who else {})})  # fmt: skip
     return [orjson.dumps({**e, "at": at}).decode() for e in out]
+
+
+def review_events(contact: str, state: dict[str, Any], text: str, message_id: str, at: int) -> list[str]:
+    """``opt_out_review``: the customer's text (in the run ``state`` holds, if one is open) has an
+    opt-out keyword in something that is neither a request to stop nor a near miss."""
+    e: dict[str, Any] = {"t": "opt_out_review", "c": contact, "m": message_id, "text": text}
+    if state.get("f") and state.get("n") is not None and state.get("st"):
+        e.update(f=state["f"], run=run_id(contact, state))
+    return [orjson.dumps({**e, "at": at}).decode()]
 
 
 def _journey(params: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from engine.errors import RenderError
 from engine.events import Event
 from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
 from engine.flows.runner import EXPIRED
-from engine.governance import Consent
+from engine.governance import Consent, Keyword
 from engine.numbers import mask
 from engine.sms import encoding_of
 
@@ -77,6 +77,8 @@ class _Plan:
     system: set[int] = field(default_factory=set)
     #: A consent change to record with the commit: (status, source, cause).
     consent: tuple[str, str, str] | None = None
+    #: The customer's text has an opt-out keyword in something else: flag it for a person.
+    review: bool = False
 
 
 async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
@@ -103,8 +105,14 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
             await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             consent = Consent.from_hash(consent_h)
-            governed = _governed(rt, ev, state, contact, consent)
+            reading = (
+                rt.keywords.read(ev.text, in_conversation=state.get("n") is not None)
+                if ev.kind == "in"
+                else governance.Reading()
+            )
+            governed = _governed(rt, ev, state, contact, consent, reading.keyword)
             plan = governed or _decide(rt, ev, state, contact)
+            plan.review = governed is None and reading.review
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
                 rt.metrics.gate("deferred", len(plan.texts))
@@ -119,6 +127,8 @@ async def run_turn(rt: Runtime, ev: Event) -> TurnDone:
                 rt.metrics.turn_retried()
                 continue
             stages.update(load=t1 - t0, decide=t2 - t1, commit=t3 - t2)
+            if status == "ok" and plan.review:
+                rt.metrics.opt_out_review()
             result = "duplicate" if status == "dup" else plan.result
             rt.metrics.turn_done(plan.flow, result, t3 - picked + stages["queue_wait"], stages)
             return TurnDone(ev, result, plan.flow, outbound_ids if status == "ok" else [], plan.outcome)
@@ -173,18 +183,18 @@ def _quiet_until(rt: Runtime, ev: Event, plan: _Plan, contact: Contact) -> int |
 
 
 def _governed(
-    rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact, consent: Consent
+    rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact, consent: Consent, kw: Keyword | None
 ) -> _Plan | None:
     """Pure: what consent decides before any flow does, or None to let the flow decide.
 
-    A keyword (the whole message) wins over any conversation: STOP ends it with outcome
+    A keyword (``kw``: the whole message, or a request to stop in other words, as
+    ``Keywords.read`` found it) wins over any conversation: STOP ends it with outcome
     ``opted_out`` and one confirmation (none if already opted out); START opts back in; HELP
     answers and leaves the conversation where it is. Any other text from an opted-out or
     suppressed contact is logged and answered by nothing: it never re-opts anyone in. A flow
     start for such a contact is skipped."""
     now = rt.clock.now_ms()
     if ev.kind == "in":
-        kw = rt.keywords.match(ev.text)
         if kw is not None:
             text = rt.keywords.message(kw.kind, contact.language, kw.language)
             if kw.kind == governance.HELP:
@@ -392,6 +402,9 @@ async def _commit(
             "gateway": ev.gateway, "provider_id": ev.provider_id, "status": "received",
             "at": ev.accepted_ms, "flow": plan.flow or None, "history": [["received", ev.accepted_ms]],
         }  # fmt: skip
+        if plan.review:
+            rec["opt_out_review"] = True
+            events += outcomes.review_events(ev.contact, old, ev.text, f"in-{ev.msg_base}", now)
         records += [f"in-{ev.msg_base}", orjson.dumps(rec).decode()]
     outbound: list[str] = []
     ids: list[str] = []

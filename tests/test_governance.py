@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine import contacts, intake, keys
 from engine.clock import FakeClock
-from engine.governance import HELP, OPT_IN, OPT_OUT, Keywords
+from engine.governance import HELP, OPT_IN, OPT_OUT, Keyword, Keywords
 from engine.runtime import Runtime
 from engine.worker import fire_timers
 from tests.conftest import ANN, make_config, outbound, process_stream
@@ -46,7 +46,9 @@ def test_keywords_match_the_whole_message_forgiving_case_accents_and_punctuation
     ["don't stop", "stopwatch", "stop it please", "start again tomorrow", "help me with my order",
      "", "   ", "🛑", "10", "STOP STOP", "unstoppable", "ending"],
 )  # fmt: skip
-def test_near_misses_are_not_keywords(text: str) -> None:
+def test_near_misses_are_not_whole_message_keywords(text: str) -> None:
+    """``match`` is the whole-message keyword; the opt-out rule (tests/test_opt_out_intent.py)
+    reads "stop it please", "STOP STOP" and the stop sign as opt-outs too."""
     assert KW.match(text) is None
 
 
@@ -147,9 +149,18 @@ async def test_a_suppressed_number_gets_nothing_at_all(phone: Phone) -> None:
 
 
 STEPS = st.lists(
-    st.sampled_from(["STOP", "stop.", "Start", "HELP", "10", "7", "fine", "nps", "BAJA", "@start", "@optin-api"]),
+    st.sampled_from(["STOP", "stop.", "Start", "HELP", "10", "7", "fine", "nps", "BAJA", "@start", "@optin-api",
+                     "please stop", "STOP STOP", "\U0001f6d1", "don't stop", "stop or else"]),
     min_size=1, max_size=12,
 )  # fmt: skip
+
+
+def _keyword(text: str) -> Keyword | None:
+    """What the turn reads ``text`` as: a keyword, or an opt-out in other words."""
+    kw = KW.match(text)
+    if kw is None and KW.intent(text).kind == OPT_OUT:
+        kw = Keyword(OPT_OUT, KW.intent(text).language)
+    return kw
 
 
 @settings(max_examples=30, deadline=None)
@@ -178,7 +189,7 @@ def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
                     opted_out, got = False, []
                 else:
                     got = await p.text(step)
-                kw = KW.match(step) if not step.startswith("@") else None
+                kw = _keyword(step) if not step.startswith("@") else None
                 if kw is not None and kw.kind == OPT_OUT:
                     assert got == ([] if opted_out else [KW.message(OPT_OUT, None, kw.language)])
                     opted_out = True
@@ -192,7 +203,7 @@ def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
                 else:
                     assert len(got) <= 1
             ledger = await rt.store.redis.xrange(keys.consent_ledger(ANN))
-            changes = [KW.match(s) for s in steps if not s.startswith("@")]
+            changes = [_keyword(s) for s in steps if not s.startswith("@")]
             assert len(ledger) == sum(1 for k in changes if k is not None and k.kind in (OPT_OUT, OPT_IN))
 
     asyncio.run(run())
@@ -439,3 +450,69 @@ async def test_yes_when_asked_opts_in_and_no_opts_out_with_its_goodbye(phone: Ph
     assert (await rt.store.redis.hget(keys.governance(ANN), "cs")) == b"opted_out"
     assert await phone.start("nps") == []
     assert await phone.text("yes") == []  # "yes" unasked is not an opt-in
+
+
+async def _reviews(rt: Runtime) -> list[dict[str, Any]]:
+    import orjson
+
+    events = [orjson.loads(f[b"e"]) for _, f in await rt.store.redis.xrange(keys.flow_events())]
+    return [e for e in events if e["t"] == "opt_out_review"]
+
+
+def _review_count(rt: Runtime) -> float:
+    from tests.test_processes import _samples
+
+    return _samples(rt.metrics.render().decode()).get(("parley_opt_out_reviews_total", ()), 0.0)
+
+
+@pytest.mark.parametrize(
+    "text", ["please stop", "Stop texting me", "STOP STOP", "\U0001f6d1", "Unsubscribe me"]
+)
+async def test_a_request_to_stop_in_other_words_ends_the_conversation_like_stop(
+    phone: Phone, text: str
+) -> None:
+    (greeting,) = await phone.start()
+    assert greeting.startswith(NPS_Q)
+    assert await phone.text(text) == [STOPPED]
+    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN))
+    assert entry[b"cs"] == b"opted_out" and entry[b"cause"] == text.encode()
+    state = await phone.rt.store.redis.get(keys.session(ANN))
+    assert b'"o":"opted_out"' in state
+    assert await phone.text("please stop") == []  # already opted out: no second confirmation
+    assert await phone.start() == []
+    assert await _reviews(phone.rt) == []
+
+
+async def test_a_cancellation_inside_a_conversation_is_the_flows_to_answer(phone: Phone) -> None:
+    """The appointment flow asks "reply 3 to cancel": a sentence about cancelling is its
+    answer, not a revocation of consent, and nobody needs to review it."""
+    (reminder,) = await phone.start("appointment")
+    assert "3 to cancel" in reminder
+    got = await phone.text("I want to cancel my order")
+    assert got and got != [STOPPED]
+    assert await phone.rt.store.redis.hget(keys.governance(ANN), "cs") is None
+    assert await _reviews(phone.rt) == [] and _review_count(phone.rt) == 0
+
+
+async def test_a_keyword_in_anything_else_is_flagged_for_review_and_counted(phone: Phone) -> None:
+    rt = phone.rt
+    # Outside a conversation: nobody answers it, so a person is asked to look.
+    assert await phone.text("I want to cancel my order") == []
+    # Inside one: the flow answers as usual, and a person is asked to look too.
+    await phone.start()
+    assert await phone.text("Please stop, this isn't my number") == [
+        "Sorry, please reply with a number from 0 to 10."
+    ]
+    assert await rt.store.redis.hget(keys.governance(ANN), "cs") is None  # neither opted out
+    first, second = await _reviews(rt)
+    assert (first["text"], first.get("f"), first.get("run")) == ("I want to cancel my order", None, None)
+    assert second["text"] == "Please stop, this isn't my number" and second["f"] == "nps" and second["run"]
+    assert second["m"].startswith("in-") and second["c"] == ANN
+    assert _review_count(rt) == 2
+    records = await rt.store.redis.hgetall(keys.message_records(ANN))
+    flagged = [r for r in records.values() if b'"opt_out_review":true' in r]
+    assert len(flagged) == 2  # the inbound records say so too (GET /v1/messages)
+    # A contact who already opted out: nothing to review.
+    assert await phone.text("STOP") == [STOPPED]
+    assert await phone.text("stop or I will report you") == []
+    assert len(await _reviews(rt)) == 2 and _review_count(rt) == 2
