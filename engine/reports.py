@@ -9,11 +9,14 @@ between pages. A report covers the runs whose events are still kept (``engine.ou
 Definitions (docs/api.md#results-and-reports says the same to a user):
 - **completed**: the run ended with one of the flow's own outcomes (an ``end:``), not one of
   Parley's (expired, unanswered, failed, interrupted, flow_changed);
-- **response rate**: runs in which the customer answered at least once, over runs started;
+- **response rate**: runs in which the customer answered at least once, over runs started (an
+  answer the flow matched to nothing, and reprompted, is an answer; a keyword is not);
 - **opt-out rate**: runs during which the customer opted out, over runs started;
 - **delivery rate**: the flow's messages delivered, over those whose fate a receipt or a
   failure told (delivered + failed + expired + rejected); ``awaiting_receipt`` are the others
-  the provider took; ``total`` counts both, ``blocked`` (by the governance gate) apart;
+  the provider took; ``total`` counts both, ``blocked`` (by the governance gate) apart. STOP and
+  START confirmations and HELP answers sent during a run are not the flow's messages: they are
+  counted apart, in ``governance_messages`` (their message events say ``governance: true``);
 - **median time to reply**: from the question to the customer's first answer in a run;
 - **NPS**: for every result whose categories are promoter/passive/detractor, per run (its last
   value): % promoters - % detractors among the runs that gave one;
@@ -21,8 +24,10 @@ Definitions (docs/api.md#results-and-reports says the same to a user):
 - **experiments**: per arm (and the holdout) of each experiment started with this flow: contacts
   assigned, runs started, contacts who converted (a CRM conversion attributed to that start),
   the conversion rate, and for each arm against the holdout the lift (difference of the two
-  rates) with its 95% confidence interval (normal approximation: diff ± 1.96 · sqrt(p1(1-p1)/n1
-  + p0(1-p0)/n0)) and the relative lift.
+  rates) with its 95% confidence interval, Newcombe's hybrid score interval (:func:`newcombe`),
+  the relative lift, and two flags: ``small_sample`` when the arm or the holdout has fewer than
+  :data:`MIN_EVENTS` conversions or non-conversions (too few to read a difference from, however
+  the interval looks) and ``conclusive`` when it does not and the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ from engine.outcomes import ENGINE_OUTCOMES
 from engine.store import Store
 
 PAGE = 10_000
+#: 97.5th percentile of the standard normal: a two-sided 95% interval.
+Z95 = 1.959963984540054
+#: Conversions and non-conversions each side needs before a lift is read (the usual rule of
+#: thumb for a comparison of two proportions: at least 10 of each outcome in each group).
+MIN_EVENTS = 10
 NPS_CATEGORIES = frozenset({"promoter", "passive", "detractor"})
 FINAL = ("delivered", "failed", "expired", "rejected")
 
@@ -90,6 +100,9 @@ class Fold:
     messages: Counter[str] = field(default_factory=Counter)
     #: message id -> its last reported status (a message reported sent, then delivered, counts once)
     status: dict[str, str] = field(default_factory=dict)
+    #: ids of messages that were STOP/START confirmations or HELP answers, not the flow's own
+    governance: set[str] = field(default_factory=set)
+    governance_messages: Counter[str] = field(default_factory=Counter)
     #: experiment -> arm -> contacts assigned / runs started / contacts converted, value
     assigned: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     started: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -103,6 +116,8 @@ async def fold(store: Store, flow: str) -> Fold:
         t = e.get("t")
         if t == "message":
             out.status[e["m"]] = e["status"]
+            if e.get("governance"):
+                out.governance.add(e["m"])
             continue
         if t == "assigned":
             out.assigned.setdefault(e["experiment"], {}).setdefault(e["arm"], set()).add(e["c"])
@@ -131,7 +146,8 @@ async def fold(store: Store, flow: str) -> Fold:
             run.ended_at, run.outcome, run.node = int(e["at"]), e.get("outcome"), e.get("node")
         elif t == "consent" and e.get("status") == "opted_out":
             run.opted_out = True
-    out.messages = Counter(out.status.values())
+    out.messages = Counter(s for m, s in out.status.items() if m not in out.governance)
+    out.governance_messages = Counter(s for m, s in out.status.items() if m in out.governance)
     return out
 
 
@@ -147,6 +163,7 @@ def report(flow: str, f: Fold) -> dict[str, Any]:
     waits = [r.first_reply_ms for r in runs if r.first_reply_ms is not None]
     m = f.messages
     known = sum(m[s] for s in FINAL)
+    g = f.governance_messages
     return {
         "flow": flow,
         "runs": {
@@ -167,6 +184,12 @@ def report(flow: str, f: Fold) -> dict[str, Any]:
             "awaiting_receipt": m.get("sent", 0),
             "delivery_rate": _rate(m.get("delivered", 0), known),
         },
+        "governance_messages": {
+            "total": sum(g.values()) - g.get("blocked", 0),
+            **{s: g.get(s, 0) for s in FINAL},
+            "blocked": g.get("blocked", 0),
+            "awaiting_receipt": g.get("sent", 0),
+        },
         "nps": _nps(runs),
         "experiments": {xp: _experiment(xp, f) for xp in sorted(f.assigned)},
         "drop_off": [
@@ -178,7 +201,8 @@ def report(flow: str, f: Fold) -> dict[str, Any]:
 
 def _experiment(xp: str, f: Fold) -> dict[str, Any]:
     """Per arm: assigned, started, converted, conversion rate; against the holdout, the lift (a
-    difference of proportions) with its 95% confidence interval (normal approximation)."""
+    difference of proportions) with its 95% confidence interval (Newcombe's) and whether the
+    counts are enough to conclude anything."""
     arms = f.assigned[xp]
     conv = f.converted.get(xp, {})
 
@@ -196,14 +220,40 @@ def _experiment(xp: str, f: Fold) -> dict[str, Any]:
             "conversion_rate": round(p, 4), "value": f.value[(xp, arm)],
         }  # fmt: skip
         if base is not None and arm != "holdout" and n and base[0]:
-            n0, _, p0 = base
-            diff = p - p0
-            half = 1.96 * math.sqrt(p * (1 - p) / n + p0 * (1 - p0) / n0)
-            row["lift"] = round(diff, 4)
-            row["lift_ci95"] = [round(diff - half, 4), round(diff + half, 4)]
-            row["relative_lift"] = round(diff / p0, 4) if p0 else None
+            n0, c0, p0 = base
+            low, high = newcombe(c, n, c0, n0)
+            small = min(c, n - c, c0, n0 - c0) < MIN_EVENTS
+            row["lift"] = round(p - p0, 4)
+            row["lift_ci95"] = [round(low, 4), round(high, 4)]
+            row["relative_lift"] = round((p - p0) / p0, 4) if p0 else None
+            row["small_sample"] = small
+            row["conclusive"] = not small and (low > 0 or high < 0)
         out[arm] = row
     return {"arms": out}
+
+
+def wilson(c: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for the proportion c/n (no continuity correction): sound at 0/n
+    and n/n, where the normal approximation collapses to a point."""
+    p = c / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(c1: int, n1: int, c0: int, n0: int, z: float = Z95) -> tuple[float, float]:
+    """The 95% interval for p1 - p0 (c1/n1 against c0/n0): Newcombe's hybrid score interval,
+    method 10 of Newcombe (1998), "Interval estimation for the difference between independent
+    proportions: comparison of eleven methods", Statistics in Medicine 17:873-890. Each
+    proportion's Wilson interval bounds its side of the difference:
+    lower = d - sqrt((p1 - l1)^2 + (u0 - p0)^2), upper = d + sqrt((u1 - p1)^2 + (p0 - l0)^2).
+    Unlike Wald's, it never claims certainty from small groups (0/17 against 0/7 gives
+    [-0.354, 0.184], not [0, 0]) and never leaves [-1, 1]."""
+    p1, p0 = c1 / n1, c0 / n0
+    l1, u1 = wilson(c1, n1, z)
+    l0, u0 = wilson(c0, n0, z)
+    d = p1 - p0
+    return d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
 
 
 def _nps(runs: Iterable[Run]) -> dict[str, Any]:

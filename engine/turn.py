@@ -423,6 +423,8 @@ async def _commit(
         }  # fmt: skip
         if error:
             rec["error"] = error
+        if not answered:  # a STOP/START confirmation or a HELP answer: not the flow's message
+            rec["governance"] = True
         records += [mid, orjson.dumps(rec).decode()]
         if gateway:
             outbound += [mid, text, kind]

@@ -3,7 +3,6 @@ conversions from the CRM attributed to it; the report's lift against a hand comp
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from engine import keys
+from engine import keys, reports
 from engine.clock import FakeClock
 from engine.journeys import Arm, Split
 from gateways.simulators.http_carrier import SimulatedCarrier
@@ -152,13 +151,17 @@ async def test_conversions_are_attributed_and_the_report_gives_the_lift_with_its
     # By hand.
     n1, c1, n0, c0 = len(treated), len(treated[::4]), len(held), len(held[::10])
     p1, p0 = c1 / n1, c0 / n0
-    half = 1.96 * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
     assert rows["holdout"] == {"assigned": n0, "started": 0, "converted": c0, "conversion_rate": round(p0, 4),
                                "value": 10 * c0}  # fmt: skip
     assert rows["sms"]["assigned"] == n1 and rows["sms"]["started"] == n1 and rows["sms"]["converted"] == c1
     assert rows["sms"]["lift"] == round(p1 - p0, 4)
-    assert rows["sms"]["lift_ci95"] == [round(p1 - p0 - half, 4), round(p1 - p0 + half, 4)]
+    # Newcombe's interval (its arithmetic is checked against his worked examples in test_reports).
+    assert rows["sms"]["lift_ci95"] == [round(x, 4) for x in reports.newcombe(c1, n1, c0, n0)]
     assert rows["sms"]["relative_lift"] == round((p1 - p0) / p0, 4)
+    low, high = rows["sms"]["lift_ci95"]
+    small = min(c1, n1 - c1, c0, n0 - c0) < reports.MIN_EVENTS
+    assert rows["sms"]["small_sample"] is small
+    assert rows["sms"]["conclusive"] is (not small and (low > 0 or high < 0))
 
 
 async def test_a_conversion_outside_the_window_is_recorded_unattributed(

@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
-from engine import keys
+from engine import keys, reports
 from engine.clock import FakeClock
 from engine.outcomes import events_for
 from engine.runtime import Runtime
@@ -27,7 +28,7 @@ SCRIPT: list[list[str]] = [
     ["3", "Late"],  # detractor, completed
     ["meh", "5"],  # a reprompt, then a detractor: expires at ask_detractor
     ["STOP"],  # opts out at ask_score
-    [],  # silent: expires at ask_score
+    ["HELP"],  # asks for help, then silent: expires at ask_score
 ]  # fmt: skip
 NUMBERS = [f"+4477009000{i:02d}" for i in range(len(SCRIPT))]
 
@@ -67,12 +68,13 @@ async def test_the_report_matches_a_hand_count(
         assert r.status == 200
         report = await r.json()
     # By hand from SCRIPT: 6 completed (4 promoters, 1 passive, 1 detractor with reasons), 3
-    # expired (passive without a reason, detractor without a reason, the silent one), 1 opted out.
+    # expired (passive without a reason, detractor without a reason, the one who only asked for
+    # help), 1 opted out.
     assert report["runs"] == {
         "started": 10, "completed": 6, "expired": 3, "unanswered": 0, "in_progress": 0,
         "outcomes": {"completed": 6, "expired": 3, "opted_out": 1},
     }  # fmt: skip
-    assert report["response_rate"] == 0.8  # 8 of 10 answered (STOP is not an answer; one was silent)
+    assert report["response_rate"] == 0.8  # 8 of 10 answered (STOP and HELP are not answers)
     assert report["opt_out_rate"] == 0.1
     # First answers came 10, 20, ..., 80 s after the question: the median is 45 s.
     assert report["median_time_to_reply_s"] == 45.0
@@ -84,9 +86,14 @@ async def test_the_report_matches_a_hand_count(
         "ask_score": 2, "ask_passive": 1, "ask_detractor": 1,
     }  # fmt: skip
     msgs = report["messages"]
-    # Every message the carrier took (it sends no receipts here) waits for one.
+    # Every message the carrier took (it sends no receipts here) waits for one. The STOP
+    # confirmation and the HELP answer are not the flow's messages: they are counted apart.
     sent = len(carrier.received)
-    assert msgs["total"] == sent and msgs["awaiting_receipt"] == sent and msgs["delivery_rate"] is None
+    assert (
+        msgs["total"] == sent - 2 and msgs["awaiting_receipt"] == sent - 2 and msgs["delivery_rate"] is None
+    )
+    assert report["governance_messages"] == {"total": 2, "awaiting_receipt": 2, "delivered": 0, "failed": 0,
+                                             "expired": 0, "rejected": 0, "blocked": 0}  # fmt: skip
 
 
 async def test_results_export_one_row_per_run_in_csv_and_jsonl(
@@ -163,3 +170,76 @@ async def test_the_delivery_rate_counts_what_the_receipts_said(
         await start(e.api, "note", NUMBERS[2:3], text="hello")
         await eventually(lambda: report_says(failed=1))
         assert await report_says(total=3, delivered=2, failed=1, awaiting_receipt=0, delivery_rate=0.6667)
+
+
+#: Newcombe (1998), "Interval estimation for the difference between independent proportions:
+#: comparison of eleven methods", Statistics in Medicine 17:873-890, Table II: method 10 (the
+#: hybrid score interval, no continuity correction) for his worked examples (a)-(h), and the two
+#: figures of the issue (0/17 and 1/16 against a holdout of 0/7). (The brief quoted [0.0342,
+#: 0.8113] for (c) and [0.7225, 1.0000] for (g); the method gives the table's 0.0582-0.8062 and
+#: 0.6791-1.0000: 0.7225 is the Wilson lower limit of 10/10 alone.)
+NEWCOMBE = [
+    ("(a) 56/70 vs 48/80", 56, 70, 48, 80, (0.0524, 0.3339)),
+    ("(b) 9/10 vs 3/10", 9, 10, 3, 10, (0.1705, 0.8090)),
+    ("(c) 6/7 vs 2/7", 6, 7, 2, 7, (0.0582, 0.8062)),
+    ("(d) 5/56 vs 0/29", 5, 56, 0, 29, (-0.0381, 0.1926)),
+    ("(e) 0/10 vs 0/20", 0, 10, 0, 20, (-0.1611, 0.2775)),
+    ("(f) 0/10 vs 0/10", 0, 10, 0, 10, (-0.2775, 0.2775)),
+    ("(g) 10/10 vs 0/20", 10, 10, 0, 20, (0.6791, 1.0000)),
+    ("(h) 10/10 vs 0/10", 10, 10, 0, 10, (0.6075, 1.0000)),
+]
+
+
+@pytest.mark.parametrize(("label", "c1", "n1", "c0", "n0", "want"), NEWCOMBE, ids=[x[0] for x in NEWCOMBE])
+def test_the_lift_interval_is_newcombes_hybrid_score_interval(
+    label: str, c1: int, n1: int, c0: int, n0: int, want: tuple[float, float]
+) -> None:
+    low, high = reports.newcombe(c1, n1, c0, n0)
+    assert (round(low, 4), round(high, 4)) == want, label
+
+
+@pytest.mark.parametrize(
+    ("c", "n", "want"),
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison
+    # of seven methods", Statistics in Medicine 17:857-872, Table I, method 3 (Wilson's score).
+    [
+        (81, 263, (0.2553, 0.3662)),
+        (15, 148, (0.0624, 0.1605)),
+        (0, 20, (0.0, 0.1611)),
+        (1, 29, (0.0061, 0.1718)),
+    ],
+)
+def test_the_wilson_score_interval_it_is_built_from(c: int, n: int, want: tuple[float, float]) -> None:
+    low, high = reports.wilson(c, n)
+    assert (round(low, 4), round(high, 4)) == want
+
+
+def test_the_issues_small_arms_no_longer_claim_certainty() -> None:
+    assert [round(x, 3) for x in reports.newcombe(0, 17, 0, 7)] == [-0.354, 0.184]
+    assert [round(x, 3) for x in reports.newcombe(1, 16, 0, 7)] == [-0.296, 0.283]
+
+
+def _fold(arms: dict[str, tuple[int, int]]) -> reports.Fold:
+    """An experiment "xp" whose arms have (assigned, converted) contacts."""
+    f = reports.Fold()
+    for arm, (n, c) in arms.items():
+        people = {f"+1555{arm}{i:04d}" for i in range(n)}
+        f.assigned.setdefault("xp", {})[arm] = people
+        f.converted.setdefault("xp", {})[arm] = set(sorted(people)[:c])
+    return f
+
+
+def test_an_arm_too_small_to_conclude_anything_is_flagged() -> None:
+    rows = reports.report("promo", _fold({"holdout": (7, 0), "a": (17, 0), "b": (16, 1)}))["experiments"]
+    arms = rows["xp"]["arms"]
+    assert arms["a"]["lift_ci95"] == [-0.3543, 0.1843] and arms["b"]["lift_ci95"] == [-0.2955, 0.2833]
+    assert arms["a"]["small_sample"] and arms["b"]["small_sample"]
+    assert not arms["a"]["conclusive"] and not arms["b"]["conclusive"]
+    assert "small_sample" not in arms["holdout"]
+    # Enough conversions on both sides, and an interval clear of 0: conclusive.
+    big = reports.report("promo", _fold({"holdout": (400, 20), "a": (400, 60)}))["experiments"]["xp"]["arms"]
+    assert big["a"]["small_sample"] is False and big["a"]["conclusive"] is True
+    assert big["a"]["lift_ci95"] == [round(x, 4) for x in reports.newcombe(60, 400, 20, 400)]
+    # Enough counts, but an interval that straddles 0: not conclusive, and not for want of data.
+    flat = reports.report("promo", _fold({"holdout": (400, 40), "a": (400, 44)}))["experiments"]["xp"]["arms"]
+    assert flat["a"]["small_sample"] is False and flat["a"]["conclusive"] is False

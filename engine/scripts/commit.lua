@@ -138,7 +138,7 @@ for _ = 1, nout do
     blocked[#blocked + 1] = id .. ' ' .. code
     if rec['flow'] and rec['flow'] ~= cjson.null then
       outcome(cjson.encode({t = 'message', c = ARGV[6], f = rec['flow'], m = id, status = 'blocked',
-        error = code, at = now}))
+        error = code, governance = rec['governance'], at = now}))
     end
   else
     redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])

@@ -5,7 +5,8 @@
 -- KEYS[3]  p:out:GW[:bulk]  the outbound lane the message came from (only with ARGV[9])
 -- KEYS[4]  p:dlrp:GW:ID     a receipt that arrived before we knew the provider id (only with ARGV[4])
 -- KEYS[5]  p:fx             flow outcome events: a flow's message that moved to sent or a final
---                           status is reported there (engine/outcomes.py), trimmed to ARGV[11]
+--                           status is reported there (engine/outcomes.py), trimmed to ARGV[11];
+--                           governance = true when it is a STOP/START/HELP answer, not the flow's
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
 -- ARGV[6]  contact number (E.164)           ARGV[7] provider-id map TTL (s)
@@ -53,7 +54,8 @@ local function report(before, ms)
   local st = m['status']
   if st ~= before and REPORTED[st] and m['flow'] and m['flow'] ~= cjson.null then
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'e', cjson.encode({
-      t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'], at = ms}))
+      t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'],
+      governance = m['governance'], at = ms}))
   end
 end
 local before = m['status']
