@@ -485,13 +485,16 @@ async def test_a_request_to_stop_in_other_words_ends_the_conversation_like_stop(
 
 async def test_a_cancellation_inside_a_conversation_is_the_flows_to_answer(phone: Phone) -> None:
     """The appointment flow asks "reply 3 to cancel": a sentence about cancelling is its
-    answer, not a revocation of consent, and nobody needs to review it."""
+    answer, not a revocation of consent, and nobody needs to review it; a bare CANCEL is one."""
     (reminder,) = await phone.start("appointment")
     assert "3 to cancel" in reminder
     got = await phone.text("I want to cancel my order")
     assert got and got != [STOPPED]
     assert await phone.rt.store.redis.hget(keys.governance(ANN), "cs") is None
     assert await _reviews(phone.rt) == [] and _review_count(phone.rt) == 0
+    # The documented precedence: a bare CANCEL is a revocation whatever the flow asked.
+    assert await phone.text("Cancel") == [STOPPED]
+    assert await phone.rt.store.redis.hget(keys.governance(ANN), "cs") == b"opted_out"
 
 
 async def test_a_keyword_in_anything_else_is_flagged_for_review_and_counted(phone: Phone) -> None:
