@@ -12,6 +12,7 @@ module-level singletons.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import tempfile
 import time
@@ -24,6 +25,7 @@ from engine import flow_versions, keys
 from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config, parse_cap
+from engine.errors import ConfigError
 from engine.flows import Flow, FlowRegistry
 from engine.governance import Keywords
 from engine.metrics import Metrics
@@ -165,8 +167,17 @@ class Runtime:
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        host, port = self.config.http.host, self.config.http.port
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # one line, not a traceback: usually another Parley on the port
+            problem = (
+                f"{host}:{port} is in use (another Parley, or another server, listens there)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            )
+            raise ConfigError("http.port", problem) from None
         self.http_port = runner.addresses[0][1]
         if not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
