@@ -16,10 +16,10 @@ from typing import Any, cast
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 import redis.asyncio as aioredis
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import keys
 from engine.clock import Clock, FakeClock
@@ -371,7 +371,7 @@ def test_a_webhook_without_a_url_names_the_key(redis_url: str) -> None:
 async def test_a_conversion_reaches_the_crm_with_its_own_type(
     redis_url: str, carrier: SimulatedCarrier, crm: StubCrm
 ) -> None:
-    async with running(config(redis_url, carrier, crm, events=["started", "conversion"])) as (rt, api):
+    async with running(config(redis_url, carrier, crm, events=["started", "conversion"])) as (_rt, api):
         await start_nps(api, A)
         event = {"type": "purchase", "value": 42.5, "id": "order-1"}
         async with api.post(f"/v1/contacts/{A}/events", json=event) as r:
