@@ -196,3 +196,25 @@ async def test_the_import_bodies_are_described_and_their_examples_import(api: ai
             report = await r.json()
         assert report["failed"] == 0 and report["rows"] >= 2, (media, report)
     assert orjson.loads(body["application/x-ndjson"]["example"].splitlines()[0])["number"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code", "field"),
+    [
+        ("GET", "/v1/webhooks/dead?webhook=0", None, 404, "webhook_not_found", ""),
+        ("POST", "/v1/webhooks/dead:replay", {"webhook": 3}, 404, "webhook_not_found", ""),
+        ("POST", "/v1/webhooks/dead:replay", {"ids": [], "webhook": None}, 422, "invalid", "ids: "),
+        ("POST", "/v1/webhooks/dead:replay", {"webhook": "0"}, 422, "invalid", "webhook: "),
+        ("POST", "/v1/webhooks/dead:replay", {"webhook": True}, 422, "invalid", "webhook: "),
+        ("POST", "/v1/webhooks/dead:replay", {"webhook": 2.0}, 404, "webhook_not_found", ""),
+        ("POST", "/v1/webhooks/dead:replay", {"webhook": 2.5}, 422, "invalid", "webhook: "),
+        ("POST", "/v1/contacts:import", None, 400, "bad_request", "body is empty"),
+    ],
+)
+async def test_routes_refuse_what_their_description_refuses(
+    api: aiohttp.ClientSession, method: str, path: str, body: Any, status: int, code: str, field: str
+) -> None:
+    async with api.request(method, path, json=body) as r:
+        err = (await r.json())["error"]
+        assert (r.status, err["code"]) == (status, code), err
+        assert err["message"].startswith(field)

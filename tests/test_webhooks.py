@@ -259,7 +259,7 @@ async def test_a_receiver_that_keeps_failing_gets_a_dead_letter_that_replay_deli
         async with api.post("/v1/webhooks/dead:replay", json={"webhook": 0}) as r:
             assert await r.json() == {"replayed": {"0": 0}}
         async with api.post("/v1/webhooks/dead:replay", json={"webhook": 3}) as r:
-            assert r.status == 422
+            assert r.status == 404 and (await r.json())["error"]["code"] == "webhook_not_found"
         async with api.post("/v1/webhooks/dead:replay", json={"ids": ["1-0"]}) as r:
             assert r.status == 422
 

@@ -11,8 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import __version__
+from engine import __version__, contacts
 from engine.api.common import json_response
+from engine.api.consent import API_SOURCES, MAX_NOTE
+from engine.api.conversations import MAX_LIMIT as MESSAGES_MAX
+from engine.api.flows import MAX_CONTACTS
+from engine.api.webhooks import ENTRY_ID
+from engine.api.webhooks import MAX_LIMIT as DEAD_MAX
 from engine.numbers import e164_pattern
 
 JSON = "application/json"
@@ -159,11 +164,40 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "fields": {"type": "object", "description": "CRM fields by name (letters, digits, _)"},
-            "tags": {"type": "array", "items": STRING},
-            "language": {"type": ["string", "null"], "examples": ["en", "pt-BR"]},
-            "timezone": {"type": ["string", "null"], "examples": ["Europe/London"]},
+            "fields": {
+                "type": ["object", "null"],
+                "description": "CRM fields by name; null or left out: none",
+                "maxProperties": contacts.MAX_FIELDS,
+                "propertyNames": {
+                    "pattern": contacts.FIELD_NAME_RE.pattern,
+                    "not": {"enum": sorted(contacts.RESERVED_FIELDS)},
+                },
+                "additionalProperties": {
+                    "oneOf": [_ref("FieldValue"), {"type": "array", "items": _ref("FieldValue")}]
+                },
+            },
+            "tags": {
+                "type": ["array", "null"],
+                "maxItems": contacts.MAX_TAGS,
+                "items": {"type": "string", "pattern": contacts.TAG_RE.pattern},
+            },
+            "language": {
+                "type": ["string", "null"],
+                "pattern": contacts.LANGUAGE_RE.pattern,
+                "examples": ["en", "pt-BR"],
+            },
+            "timezone": {
+                "description": "an IANA time zone name (the time zone database's list)",
+                "anyOf": [{"enum": sorted(contacts.time_zones())}, {"type": "null"}],
+                "examples": ["Europe/London"],
+            },
         },
+    },
+    "FieldValue": {
+        "anyOf": [
+            {"type": "string", "maxLength": contacts.MAX_VALUE_CHARS},
+            {"type": ["number", "boolean", "null"]},
+        ]
     },
     "Contact": {
         "type": "object",
@@ -191,24 +225,50 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["reason"],
         "additionalProperties": False,
-        "properties": {"reason": STRING, "source": STRING},
+        "properties": {
+            "reason": {"type": "string", "minLength": 1, "maxLength": MAX_NOTE, "pattern": "\\S"},
+            "source": {"enum": list(API_SOURCES), "default": "api"},
+        },
     },
     "StartIn": {
         "type": "object",
         "description": "contacts or audience, not both",
         "additionalProperties": False,
+        "oneOf": [
+            {"required": ["contacts"], "not": {"required": ["audience"]}},
+            {"required": ["audience"], "not": {"required": ["contacts"]}},
+        ],
         "properties": {
-            "contacts": {"type": "array", "items": _ref("PhoneNumber"), "maxItems": 10000},
+            "contacts": {
+                "type": "array",
+                "items": _ref("PhoneNumber"),
+                "minItems": 1,
+                "maxItems": MAX_CONTACTS,
+                "description": "existing contacts (404 names any that are not)",
+            },
             "audience": {
                 "type": "array",
-                "items": OBJECT,
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["field"],
+                    "properties": {"field": {"type": "string", "pattern": "^contact\\."}},
+                    "description": "a condition like {field: contact.city, equals: Leeds} (flows.md)",
+                },
                 "description": "conditions on contact fields; all must hold",
             },
-            "params": {"type": "object", "description": "available to templates as params.*"},
+            "params": {
+                "type": "object",
+                "not": {"required": ["_start"]},
+                "description": "available to templates as params.*",
+            },
             "interrupt": {"type": "boolean", "default": False},
             "send_at": {
-                "type": "string",
+                "type": ["string", "null"],
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                "(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\\.[0-9]{1,6})?)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?$",
                 "description": "ISO 8601; without a zone: each contact's local time",
+                "examples": ["2026-12-02T10:00", "2026-12-02T10:00:00Z"],
             },
             "holdout": {"type": "number", "minimum": 0, "exclusiveMaximum": 100, "description": "percent"},
             "arms": {
@@ -217,13 +277,18 @@ SCHEMAS: dict[str, Any] = {
                     "type": "object",
                     "required": ["name"],
                     "properties": {
-                        "name": STRING,
+                        "name": {"type": "string", "minLength": 1, "not": {"const": "holdout"}},
                         "weight": {"type": "number", "exclusiveMinimum": 0},
                         "params": OBJECT,
                     },
                 },
+                "description": "names unique, not holdout",
             },
-            "experiment": {"type": "string", "description": "the assignment's name (default: the flow)"},
+            "experiment": {
+                "type": "string",
+                "pattern": "^[^|]+$",
+                "description": "the assignment's name (default: the flow)",
+            },
         },
     },
     "ContactEventIn": {
@@ -232,8 +297,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "type": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
-            "value": {"type": "number"},
-            "id": {"type": "string", "maxLength": 128},
+            "value": {"type": ["number", "null"], "description": "e.g. the order's amount"},
+            "id": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "makes a resend harmless",
+            },
         },
     },
     "Started": {
@@ -321,8 +391,20 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "webhook": {"type": "integer", "description": "its index in crm.webhooks (default: every one)"},
-            "ids": {"type": "array", "items": STRING, "maxItems": 10000, "description": "dead letter ids"},
+            "webhook": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "its index in crm.webhooks (default: every one; required with ids)",
+            },
+            "ids": {
+                "type": "array",
+                "items": {"type": "string", "pattern": ENTRY_ID.pattern},
+                "maxItems": 10000,
+                "description": "dead letter ids (required with webhook)",
+            },
+        },
+        "dependentSchemas": {
+            "ids": {"required": ["webhook"], "properties": {"webhook": {"type": "integer"}}}
         },
     },
     "ImportReport": {
@@ -390,7 +472,7 @@ def spec() -> dict[str, Any]:
                 "import_contacts",
                 "contacts",
                 "Import contacts from JSONL or CSV, streamed (not limited by http.max_body_bytes)",
-                {"200": _ok("the report", _ref("ImportReport")), **_errors(415, *ERR)},
+                {"200": _ok("the report", _ref("ImportReport")), **_errors(400, 415, *ERR)},
                 body=IMPORT_BODY,
             ),
         },
@@ -549,7 +631,11 @@ def spec() -> dict[str, Any]:
                 {"200": _ok("messages", _ref("Messages")), **_errors(404, *ERR)},
                 params=[
                     _query("contact", "the contact's number", _ref("PhoneNumber"), required=True),
-                    _query("limit", "at most this many (newest)", {"type": "integer", "minimum": 1}),
+                    _query(
+                        "limit",
+                        "at most this many (newest; 50)",
+                        {"type": "integer", "minimum": 1, "maximum": MESSAGES_MAX},
+                    ),
                 ],
             ),
         },
@@ -558,10 +644,21 @@ def spec() -> dict[str, Any]:
                 "list_dead_letters",
                 "outcome webhooks",
                 "Outcome webhooks' dead letters: each event given up on, with its last error",
-                {"200": _ok("dead letters per webhook, oldest first", _ref("DeadLetters")), **_errors(*ERR)},
+                {
+                    "200": _ok("dead letters per webhook, oldest first", _ref("DeadLetters")),
+                    **_errors(404, *ERR),
+                },
                 params=[
-                    _query("webhook", "one webhook (its index in crm.webhooks)", {"type": "integer"}),
-                    _query("limit", "at most this many per webhook (100)", {"type": "integer", "minimum": 1}),
+                    _query(
+                        "webhook",
+                        "one webhook (its index in crm.webhooks)",
+                        {"type": "integer", "minimum": 0},
+                    ),
+                    _query(
+                        "limit",
+                        "at most this many per webhook (100)",
+                        {"type": "integer", "minimum": 1, "maximum": DEAD_MAX},
+                    ),
                 ],
             ),
         },
@@ -570,7 +667,7 @@ def spec() -> dict[str, Any]:
                 "replay_dead_letters",
                 "outcome webhooks",
                 "Send dead letters again (all, one webhook's, or some), with their original event ids",
-                {"200": _ok("how many were replayed, per webhook", OBJECT), **_errors(400, *ERR)},
+                {"200": _ok("how many were replayed, per webhook", OBJECT), **_errors(400, 404, *ERR)},
                 body={"required": False, "content": {JSON: {"schema": _ref("ReplayIn")}}},
             ),
         },
