@@ -51,7 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
     sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
 
-    chat = sub.add_parser("chat", help="talk to a flow from the terminal (reads stdin, works piped)")
+    chat = sub.add_parser(
+        "chat",
+        help="talk to a flow from the terminal (reads stdin, works piped)",
+        description="Talk to a flow from the terminal: each line on stdin is the customer's text; "
+        "'<' lines are the engine's answers, '~' lines what a turn did to the contact (set, tag) "
+        "and the CRM calls it made, '--' how it ended. A line '/timer' (or '/fire') makes the "
+        "contact's next pending timer (a wait's timeout, a reminder, the expiry) due now. Exits 2 "
+        "when the flow needs contact fields the contact lacks (give them with --field), 1 when "
+        "the contact cannot be started (opted out, suppressed).",
+    )
     chat.add_argument("flow", help="flow name, e.g. nps")
     chat.add_argument("--contact", required=True, help="the customer's number, e.g. +447700900123")
     chat.add_argument(

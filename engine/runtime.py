@@ -78,6 +78,7 @@ class Runtime:
         self.gateways: dict[str, Gateway] = {}
         self.router = Router([], [], "")
         self.embedded: EmbeddedRedis | None = None
+        self.caller: Caller | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
         self.supervisor: Supervisor | None = None
@@ -140,7 +141,7 @@ class Runtime:
                 if gw.can_send:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
         if self._want["caller"]:
-            await self._stack.enter_async_context(Caller(self))
+            self.caller = await self._stack.enter_async_context(Caller(self))
             if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
                 await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
