@@ -94,6 +94,17 @@ TAGS = [
     {"name": "operations", "description": "Health, metrics and this description (no key needed)"},
 ]
 
+#: A provider webhook's body is the connector's own shape (gateways.md): the generic connector's
+#: JSON object or list of them, Jasmin's and Twilio's forms.
+PROVIDER_BODY = {
+    "required": True,
+    "description": "the shape of the gateway's connector (docs/gateways.md)",
+    "content": {
+        JSON: {"schema": {"type": ["object", "array"], "description": "one message, or a list taken whole"}},
+        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+    },
+}
+
 #: The import's two body formats: described, with an example each (docs/api.md has the rest).
 IMPORT_CSV = (
     "number,first_name,last_order,language,timezone,tags\n"
@@ -597,7 +608,7 @@ def spec() -> dict[str, Any]:
                     "202": _ok("durably accepted"),
                     **_errors(400, 404, 409, 413, *ERR),
                 },
-                body=_body(OBJECT),
+                body=PROVIDER_BODY,
                 params=[_path("gateway", "a gateway name from the config")],
             ),
         },
@@ -610,7 +621,7 @@ def spec() -> dict[str, Any]:
                     "200": _ok("applied, parked or gone counts (or the provider's own answer)"),
                     **_errors(400, 404, 413, *ERR),
                 },
-                body=_body(OBJECT),
+                body=PROVIDER_BODY,
                 params=[_path("gateway", "a gateway name from the config")],
             ),
         },
