@@ -56,7 +56,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                     "--generation-deterministic",
                 ],
                 env={**env, "NO_COLOR": "1"},
-                cwd=ROOT,
+                cwd=tmp_path,  # its cache (.schemathesis/) goes there, not in the tree
                 capture_output=True,
                 text=True,
                 timeout=150,
