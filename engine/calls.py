@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -46,6 +47,9 @@ class Caller(StreamConsumer):
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: set[bytes] = set()  # job ids being called (still pending until answered)
         self._session: aiohttp.ClientSession | None = None
+        #: Told of every answered call (contact, job, ok, answer) before the answer is recorded;
+        #: ``parley chat`` prints them. Listeners must not block.
+        self.listeners: list[Callable[[str, dict[str, Any], bool, dict[str, Any]], None]] = []
 
     async def __aenter__(self) -> Caller:
         self._session = aiohttp.ClientSession(
@@ -87,6 +91,8 @@ class Caller(StreamConsumer):
         contact = fields[b"c"].decode()
         job = orjson.loads(fields[b"j"])
         ok, answer = await self._cached(job)
+        for listener in self.listeners:
+            listener(contact, job, ok, answer)
         if not ok:
             log.warning(
                 "CRM call failed contact=%s url=%s: %s", mask(contact), job["url"], answer.get("error")

@@ -24,13 +24,19 @@ from engine.errors import ConfigError, FlowErrors, ParleyError
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+CONFIG_HELP = "YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parley", description="Conversational SMS engine.")
     p.add_argument("--version", action="version", version=f"parley {__version__}")
-    p.add_argument(
-        "--config", help="YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)"
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--config", help=CONFIG_HELP)
+    # ``--config`` after a command (``parley run --config parley.yaml``, as the docs write it)
+    # is the same option: each command's parser has it too, with no default of its own, so
+    # the top-level value stands unless the command line repeats it later (the later one wins).
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    sub = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), config)
 
     run = sub.add_parser("run", help="run the engine: HTTP API, worker(s), gateways")
     run.add_argument(
@@ -45,7 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
     sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
 
-    chat = sub.add_parser("chat", help="talk to a flow from the terminal (reads stdin, works piped)")
+    chat = sub.add_parser(
+        "chat",
+        help="talk to a flow from the terminal (reads stdin, works piped)",
+        description="Talk to a flow from the terminal: each line on stdin is the customer's text; "
+        "'<' lines are the engine's answers, '~' lines what a turn did to the contact (set, tag) "
+        "and the CRM calls it made, '--' how it ended. A line '/timer' (or '/fire') makes the "
+        "contact's next pending timer (a wait's timeout, a reminder, the expiry) due now. Exits 2 "
+        "when the flow needs contact fields the contact lacks (give them with --field), 1 when "
+        "the contact cannot be started (opted out, suppressed).",
+    )
     chat.add_argument("flow", help="flow name, e.g. nps")
     chat.add_argument("--contact", required=True, help="the customer's number, e.g. +447700900123")
     chat.add_argument(
@@ -58,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--language", help="the contact's language, e.g. en")
 
     cts = sub.add_parser("contacts", help="bulk import and erasure of contacts (against redis.url)")
-    csub = cts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
+    csub = _Commands(cts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION"), config)
     imp = csub.add_parser("import", help="import contacts from a JSONL or CSV file (docs/api.md)")
     imp.add_argument("file", help="the file: .jsonl/.ndjson (one object a line) or .csv (a header row)")
     imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file's extension")
@@ -67,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("number", help="the contact's number")
 
     flows = sub.add_parser("flows", help="work with flow files")
-    fsub = flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION")
+    fsub = _Commands(flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION"), config)
     validate = fsub.add_parser("validate", help="check flow files (default: the configured flows dir)")
     validate.add_argument("paths", nargs="*", help="flow files or directories")
     graph = fsub.add_parser("graph", help="draw a flow as a text tree (or --mermaid)")
@@ -92,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--duration", type=float, default=0.0, help="seconds to run (default 0: forever)")
     return p
+
+
+class _Commands:
+    """A subparsers action whose every parser also takes the shared ``--config`` option."""
+
+    def __init__(self, action: Any, config: argparse.ArgumentParser) -> None:
+        self.action, self.config = action, config
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(name, parents=[self.config], **kwargs)
+        return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
     ParleyError
     ├── ConfigError            bad or missing configuration key (one line, names the key)
+    │   └── DataDirInUse       the embedded Redis data directory is another Parley's (its pid)
     ├── RedisUnavailable       no Redis to talk to (embedded server missing or failed to start)
     ├── FlowError              a flow file is invalid (names file, line, node)
     ├── FlowErrors             every problem found in one or more flow files
@@ -40,6 +41,19 @@ class ConfigError(ParleyError):
         self.key = key
         self.problem = problem
         super().__init__(f"config: {key}: {problem}")
+
+
+class DataDirInUse(ConfigError):
+    """Another live Parley holds the embedded Redis data directory (``pid``, if it wrote one)."""
+
+    def __init__(self, data_dir: str, pid: int | None) -> None:
+        self.data_dir, self.pid = data_dir, pid
+        owner = f"pid {pid}" if pid else "another process"
+        super().__init__(
+            "redis.embedded_dir",
+            f"{data_dir} is in use by {owner} (another parley run on this data); "
+            "stop it, or give this one its own redis.embedded_dir or a redis.url",
+        )
 
 
 class RedisUnavailable(ParleyError):

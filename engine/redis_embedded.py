@@ -3,6 +3,12 @@
 Used when ``redis.url`` is not configured, so that ``parley run`` and ``parley demo`` work on a
 machine with nothing set up. The child keeps its data and append-only file under one directory
 and is stopped (SHUTDOWN, then SIGTERM, then SIGKILL) when the owner exits.
+
+One directory, one server: the owner takes an exclusive ``flock`` on ``DIR/parley.lock`` (with
+its pid written in it) before it starts redis-server and lets go only after the server stopped.
+A second Parley pointed at the same directory is refused (``DataDirInUse``, naming that pid)
+instead of starting a second redis-server on the live data and append-only file. The kernel
+drops the lock when its holder dies, even by SIGKILL, so a crash leaves nothing to clean up.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -18,9 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.errors import RedisUnavailable
+from engine.errors import DataDirInUse, RedisUnavailable
 
 log = logging.getLogger(__name__)
+
+#: The lock file in the data directory (holds the owner's pid).
+LOCK_FILE = "parley.lock"
 
 HOW_TO_GET_REDIS = (
     "no redis-server on PATH: install it (Debian/Ubuntu: apt-get install redis-server; "
@@ -46,6 +57,7 @@ class EmbeddedRedis:
         self.fixed_port = port
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -66,6 +78,14 @@ class EmbeddedRedis:
         if exe is None:
             raise RedisUnavailable(HOW_TO_GET_REDIS)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._spawn(exe, timeout)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _spawn(self, exe: str, timeout: float) -> None:
         self.port = self.fixed_port or free_port()
         args = [
             exe,
@@ -115,7 +135,36 @@ class EmbeddedRedis:
         self.stop()
         raise RedisUnavailable(f"embedded redis-server did not answer within {timeout:.0f}s")
 
+    def _lock(self) -> None:
+        """Take the data directory, or raise DataDirInUse naming the pid that holds it."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DataDirInUse(str(self.data_dir), int(owner) if owner.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        # The file stays: removing it would let a third process lock a fresh inode while a
+        # second one still waits on the old. Closing the descriptor drops the flock.
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)
+
     def stop(self) -> None:
+        try:
+            self._stop_server()
+        finally:
+            self._unlock()
+
+    def _stop_server(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

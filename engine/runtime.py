@@ -12,6 +12,7 @@ module-level singletons.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import tempfile
 import time
@@ -24,6 +25,7 @@ from engine import flow_versions, keys
 from engine.calls import Caller
 from engine.clock import Clock
 from engine.config import Config, parse_cap
+from engine.errors import ConfigError
 from engine.flows import Flow, FlowRegistry
 from engine.governance import Keywords
 from engine.metrics import Metrics
@@ -76,6 +78,7 @@ class Runtime:
         self.gateways: dict[str, Gateway] = {}
         self.router = Router([], [], "")
         self.embedded: EmbeddedRedis | None = None
+        self.caller: Caller | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
         self.supervisor: Supervisor | None = None
@@ -138,7 +141,7 @@ class Runtime:
                 if gw.can_send:
                     self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
         if self._want["caller"]:
-            await self._stack.enter_async_context(Caller(self))
+            self.caller = await self._stack.enter_async_context(Caller(self))
             if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
                 await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
@@ -165,8 +168,17 @@ class Runtime:
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        host, port = self.config.http.host, self.config.http.port
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # one line, not a traceback: usually another Parley on the port
+            problem = (
+                f"{host}:{port} is in use (another Parley, or another server, listens there)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            )
+            raise ConfigError("http.port", problem) from None
         self.http_port = runner.addresses[0][1]
         if not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")

@@ -6,7 +6,9 @@ What is sent for a ``p:fx`` entry ``{"t", "c", "f", "run", "at", ...}`` (engine/
      "run": "+447700900123/1767225600000", "at": "2026-01-01T00:00:04.000Z", ...its own fields}
 
 (a ``message`` event's ``m`` is sent as ``message_id``; a ``consent`` event outside a run has
-``flow`` and ``run`` null). Headers: ``X-Parley-Timestamp`` (Unix seconds, at this attempt),
+``flow`` and ``run`` null). An event's own field whose name the envelope already uses is sent
+as ``<type>_<name>``, never dropped: a ``conversion``'s own ``type`` (``purchase``) arrives as
+``conversion_type``. Headers: ``X-Parley-Timestamp`` (Unix seconds, at this attempt),
 ``X-Parley-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}." + body>`` (the scheme Parley
 checks on inbound webhooks, gateways/http_common.py), ``X-Parley-Event-Id`` (the entry id, or
 the ids of a batch joined by commas: the receiver's idempotency key).
@@ -53,7 +55,11 @@ def payload(event_id: str, raw: bytes | str) -> dict[str, Any]:
     }  # fmt: skip
     if "m" in e:
         out["message_id"] = e.pop("m")
-    out.update({k: v for k, v in e.items() if k not in out})
+    for key, value in e.items():
+        # A clash is renamed, not dropped: the CRM must see a conversion's own type.
+        while key in out:
+            key = f"{out['type']}_{key}"
+        out[key] = value
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -36,3 +37,28 @@ def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) ->
     assert set(result["breakdown_bytes"]) >= {"session", "timers", "contact", "message_records"}
     assert (tmp_path / "latest.png").read_bytes()[:4] == b"\x89PNG"
     assert "max sustained" in proc.stdout
+    # Says why there is no figure at 1,000/s instead of printing "None ms".
+    assert "None ms" not in proc.stdout
+    assert "p99 at 1000/s: not measured (1000/s was not among the rates run: 40, 80)" in proc.stdout
+    assert result["p99_ms_at_1000_missing"] == "1000/s was not among the rates run: 40, 80"
+
+
+def _step(rate: int, *, sustained: bool) -> Any:
+    from loadtests.bench import Step
+
+    step = Step(rate, 1.0, offered=rate, answered=rate if sustained else rate // 2, achieved_rate=rate)
+    for ms in (3, 5, 8):
+        step.hist.record_value(ms * 1000)
+    return step
+
+
+def test_the_chart_marks_which_rates_were_sustained() -> None:
+    from loadtests.bench import chart
+
+    steps = [_step(250, sustained=True), _step(500, sustained=True), _step(1000, sustained=False)]
+    fig = chart(steps, "t")
+    ax = fig.axes[0]
+    marks = {round(t.get_position()[0]): t.get_text() for t in ax.texts}
+    assert marks == {250: "sustained", 500: "sustained", 1000: "not sustained"}
+    labels = ax.get_legend_handles_labels()[1]
+    assert "not sustained" in " ".join(labels)

@@ -18,6 +18,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import keys
 from engine.clock import Clock, FakeClock
@@ -257,7 +259,7 @@ async def test_a_receiver_that_keeps_failing_gets_a_dead_letter_that_replay_deli
         async with api.post("/v1/webhooks/dead:replay", json={"webhook": 0}) as r:
             assert await r.json() == {"replayed": {"0": 0}}
         async with api.post("/v1/webhooks/dead:replay", json={"webhook": 3}) as r:
-            assert r.status == 422
+            assert r.status == 404 and (await r.json())["error"]["code"] == "webhook_not_found"
         async with api.post("/v1/webhooks/dead:replay", json={"ids": ["1-0"]}) as r:
             assert r.status == 422
 
@@ -364,3 +366,50 @@ def test_a_wrong_webhook_is_refused_naming_the_key(
 def test_a_webhook_without_a_url_names_the_key(redis_url: str) -> None:
     with pytest.raises(ConfigError, match=r"crm\.webhooks\[0\]\.url: missing required key"):
         make_config(redis_url, crm={"webhooks": [{"secret": SECRET}]})
+
+
+async def test_a_conversion_reaches_the_crm_with_its_own_type(
+    redis_url: str, carrier: SimulatedCarrier, crm: StubCrm
+) -> None:
+    async with running(config(redis_url, carrier, crm, events=["started", "conversion"])) as (_rt, api):
+        await start_nps(api, A)
+        event = {"type": "purchase", "value": 42.5, "id": "order-1"}
+        async with api.post(f"/v1/contacts/{A}/events", json=event) as r:
+            assert r.status == 202
+            start = (await r.json())["attributed"]["start"]
+        await wait_for(lambda: len(crm.delivered()) == 2)
+    hit = crm.delivered()[1]
+    verify(hit)
+    assert hit.event["type"] == "conversion" and hit.event["contact"] == A
+    assert hit.event["conversion_type"] == "purchase" and hit.event["value"] == 42.5
+    assert hit.event["flow"] == "nps" and hit.event["start"] == start
+
+
+#: Names the webhook envelope uses (``m`` is a message event's id, sent as ``message_id``).
+envelope = st.sampled_from(["id", "type", "contact", "flow", "message_id", "m", "conversion_type"])
+field_names = st.one_of(envelope, st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["conversion", "result", "ended", "message"]),
+    fields=st.dictionaries(field_names, st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=8),
+)
+def test_a_payload_keeps_every_field_of_the_event(kind: str, fields: dict[str, Any]) -> None:
+    """No field of a stored event is dropped or overwritten on its way to the CRM, whatever its
+    name: one whose name the envelope uses is sent as ``<type>_<name>``."""
+    from engine.webhooks_http import payload
+
+    fields = {k: v for k, v in fields.items() if k not in ("t", "c", "f", "run", "at")}
+    stored = {"t": kind, "c": A, "f": "nps", "run": f"{A}/1", "at": 1767225600000, **fields}
+    out = payload("1-0", orjson.dumps(stored))
+    assert out["id"] == "1-0" and out["type"] == kind and out["contact"] == A
+    own = {k: v for k, v in stored.items() if k not in ("t", "c", "f", "run", "at", "m")}
+    assert len(out) == 6 + ("m" in stored) + len(own)
+    values = sorted(map(repr, out.values()))
+    for v in own.values():
+        assert repr(v) in values
+    if "m" in stored:
+        assert out["message_id"] == stored["m"]
+    if "type" in own and f"{kind}_type" not in own:
+        assert out[f"{kind}_type"] == own["type"]

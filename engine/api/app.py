@@ -54,13 +54,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPNotFound:
         resp = _error(NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
         resp = _error(
-            ApiError(
-                f"{request.method} is not allowed here (allowed: {', '.join(sorted(exc.allowed_methods))})",
-                code="method_not_allowed",
-            )
+            ApiError(f"{request.method} is not allowed here (allowed: {allowed})", code="method_not_allowed")
         )
         resp.set_status(405)
+        resp.headers["Allow"] = allowed  # RFC 9110 15.5.6: a 405 must say what is allowed
     except web.HTTPException as exc:
         resp = json_response({"error": {"code": "http_error", "message": exc.reason}}, exc.status)
     except (RedisError, OSError) as exc:

@@ -9,7 +9,7 @@ from aiohttp import web
 from engine import contacts, erasure
 from engine.api.common import iso, json_response, number_param, read_object, runtime
 from engine.contacts_import import import_contacts
-from engine.errors import NotFound, UnsupportedMediaType
+from engine.errors import BadRequest, NotFound, UnsupportedMediaType
 
 #: Content types the import reads, and the format each means.
 IMPORT_TYPES = {
@@ -83,6 +83,8 @@ async def post_import(request: web.Request) -> web.Response:
     ``read()``, ``json()`` and ``post()`` check it): an import may be far larger than
     ``http.max_body_bytes``, and holds one batch of rows in memory, never the body."""
     rt = runtime(request)
+    if not request.body_exists:
+        raise BadRequest("body is empty; send the file (CSV with a header row, or JSONL)")
     fmt = IMPORT_TYPES.get(request.content_type)
     if fmt is None:
         wanted = " or ".join(sorted(IMPORT_TYPES))

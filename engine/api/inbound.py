@@ -2,7 +2,9 @@
 
 Each connector reads its own provider's shape and checks its own scheme (a timestamped HMAC
 signature, a provider signature, basic auth); a connector without one asks for the API bearer
-key like every /v1 route. A text is acknowledged (2xx) only once it is durably in Redis.
+key like every /v1 route, and so does a gateway name that is not configured (only a caller with
+the key learns it is unknown: names cannot be probed). A text is acknowledged (2xx) only once it
+is durably in Redis.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ async def _webhook(request: web.Request) -> tuple[Gateway, Webhook]:
     name = request.match_info["gateway"]
     gw = rt.gateways.get(name)
     if gw is None:
-        raise NotFound(
-            f"no gateway {name!r}",
-            code="gateway_not_found",
-        )
+        # Answered as a known gateway without a scheme of its own answers (the bearer key
+        # first), so a caller without credentials cannot probe which gateway names exist.
+        check_api_key(request)
+        raise NotFound(f"no gateway {name!r}", code="gateway_not_found")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:

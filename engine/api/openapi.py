@@ -11,8 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import __version__
+from engine import __version__, contacts
 from engine.api.common import json_response
+from engine.api.consent import API_SOURCES, MAX_NOTE
+from engine.api.conversations import MAX_LIMIT as MESSAGES_MAX
+from engine.api.flows import MAX_CONTACTS
+from engine.api.webhooks import ENTRY_ID
+from engine.api.webhooks import MAX_LIMIT as DEAD_MAX
+from engine.numbers import e164_pattern
 
 JSON = "application/json"
 
@@ -42,9 +48,13 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"description": why[s], "content": {JSON: {"schema": _ref("Error")}}} for s in statuses}
 
 
-def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, public: bool = False) -> dict[str, Any]:  # fmt: skip
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
+def _op(operation_id: str, tag: str, summary: str, responses: dict[str, Any], *,
+        body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
+        public: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One operation; ``operation_id`` is what a generated client names its method."""
+    op: dict[str, Any] = {
+        "operationId": operation_id, "tags": [tag], "summary": summary, "responses": responses,
+    }  # fmt: skip
     if body is not None:
         op["requestBody"] = body
     if params:
@@ -54,13 +64,13 @@ def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None 
     return op
 
 
-def _path(name: str, description: str) -> dict[str, Any]:
+def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
     }
 
 
@@ -68,11 +78,84 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
     return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
-NUMBER = _path("number", "a phone number in any common form; stored and returned as E.164")
+NUMBER = _path("number", "the contact's phone number, E.164", _ref("PhoneNumber"))
 STRING: dict[str, Any] = {"type": "string"}
 OBJECT: dict[str, Any] = {"type": "object"}
 
+TAGS = [
+    {"name": "contacts", "description": "CRM contacts: create, read, erase, bulk import"},
+    {"name": "consent", "description": "Consent records and their ledger, suppressions"},
+    {"name": "flows", "description": "The flows in use"},
+    {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
+    {"name": "results", "description": "A flow's runs (rows) and its report"},
+    {"name": "conversations", "description": "A contact's conversation and message log"},
+    {"name": "provider webhooks", "description": "Texts and receipts from SMS providers, in their shapes"},
+    {"name": "outcome webhooks", "description": "Events sent to the CRM that it refused: list, replay"},
+    {"name": "operations", "description": "Health, metrics and this description (no key needed)"},
+]
+
+#: A provider webhook's body is the connector's own shape (gateways.md): the generic connector's
+#: JSON object or list of them, Jasmin's and Twilio's forms.
+PROVIDER_BODY = {
+    "required": True,
+    "description": "the shape of the gateway's connector (docs/gateways.md)",
+    "content": {
+        JSON: {"schema": {"type": ["object", "array"], "description": "one message, or a list taken whole"}},
+        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+    },
+}
+
+#: The import's two body formats: described, with an example each (docs/api.md has the rest).
+IMPORT_CSV = (
+    "number,first_name,last_order,language,timezone,tags\n"
+    "+447700900123,Ann,A-1042,en,Europe/London,vip;newsletter\n"
+    "+447700900456,Raj,A-1077,,,\n"
+)
+IMPORT_NDJSON = (
+    '{"number": "+447700900123", "fields": {"first_name": "Ann"}, "tags": ["vip"], "language": "en"}\n'
+    '{"number": "+447700900456", "fields": {"first_name": "Raj", "last_order": "A-1077"}}\n'
+)
+IMPORT_BODY = {
+    "required": True,
+    "description": "The file, streamed; its Content-Type says the format. Every row is checked as "
+    "PUT /v1/contacts/{number} checks a body and replaces that contact whole; a bad row is "
+    "reported (its row number, field and why) and never stops the import.",
+    "content": {
+        "text/csv": {
+            "schema": {
+                "type": "string",
+                "contentMediaType": "text/csv",
+                "description": "CSV (RFC 4180, UTF-8) with a header row. Columns: number (required, "
+                "any common form, read in numbers.default_region), and optionally language, timezone "
+                "and tags (separated by ; or |); every other column is a contact field, its values "
+                "text; an empty cell is an absent field.",
+            },
+            "example": IMPORT_CSV,
+        },
+        "application/x-ndjson": {
+            "schema": {
+                "type": "string",
+                "contentMediaType": "application/x-ndjson",
+                "description": "One JSON object a line (also as application/jsonl or "
+                "application/json-lines): number (required), fields (an object of values), tags "
+                "(an array of strings), language, timezone: the ContactIn body plus its number. "
+                "Blank lines are skipped.",
+            },
+            "example": IMPORT_NDJSON,
+        },
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
+    "PhoneNumber": {
+        "type": "string",
+        "pattern": e164_pattern(),
+        "description": "A phone number in E.164 (+ country code, national number, no spaces), of "
+        "a length possible for its country. The server also reads common national and spaced "
+        "forms (07700 900123, in numbers.default_region) and always answers E.164; it refuses "
+        "a number with an extension (ext. 5, x5, #5).",
+        "examples": ["+447700900123"],
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -92,16 +175,45 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "fields": {"type": "object", "description": "CRM fields by name (letters, digits, _)"},
-            "tags": {"type": "array", "items": STRING},
-            "language": {"type": ["string", "null"], "examples": ["en", "pt-BR"]},
-            "timezone": {"type": ["string", "null"], "examples": ["Europe/London"]},
+            "fields": {
+                "type": ["object", "null"],
+                "description": "CRM fields by name; null or left out: none",
+                "maxProperties": contacts.MAX_FIELDS,
+                "propertyNames": {
+                    "pattern": contacts.FIELD_NAME_RE.pattern,
+                    "not": {"enum": sorted(contacts.RESERVED_FIELDS)},
+                },
+                "additionalProperties": {
+                    "oneOf": [_ref("FieldValue"), {"type": "array", "items": _ref("FieldValue")}]
+                },
+            },
+            "tags": {
+                "type": ["array", "null"],
+                "maxItems": contacts.MAX_TAGS,
+                "items": {"type": "string", "pattern": contacts.TAG_RE.pattern},
+            },
+            "language": {
+                "type": ["string", "null"],
+                "pattern": contacts.LANGUAGE_RE.pattern,
+                "examples": ["en", "pt-BR"],
+            },
+            "timezone": {
+                "description": "an IANA time zone name (the time zone database's list)",
+                "anyOf": [{"enum": sorted(contacts.time_zones())}, {"type": "null"}],
+                "examples": ["Europe/London"],
+            },
         },
+    },
+    "FieldValue": {
+        "anyOf": [
+            {"type": "string", "maxLength": contacts.MAX_VALUE_CHARS},
+            {"type": ["number", "boolean", "null"]},
+        ]
     },
     "Contact": {
         "type": "object",
         "properties": {
-            "number": STRING,
+            "number": _ref("PhoneNumber"),
             "fields": OBJECT,
             "tags": {"type": "array", "items": STRING},
             "language": {"type": ["string", "null"]},
@@ -124,24 +236,50 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["reason"],
         "additionalProperties": False,
-        "properties": {"reason": STRING, "source": STRING},
+        "properties": {
+            "reason": {"type": "string", "minLength": 1, "maxLength": MAX_NOTE, "pattern": "\\S"},
+            "source": {"enum": list(API_SOURCES), "default": "api"},
+        },
     },
     "StartIn": {
         "type": "object",
         "description": "contacts or audience, not both",
         "additionalProperties": False,
+        "oneOf": [
+            {"required": ["contacts"], "not": {"required": ["audience"]}},
+            {"required": ["audience"], "not": {"required": ["contacts"]}},
+        ],
         "properties": {
-            "contacts": {"type": "array", "items": STRING, "maxItems": 10000},
+            "contacts": {
+                "type": "array",
+                "items": _ref("PhoneNumber"),
+                "minItems": 1,
+                "maxItems": MAX_CONTACTS,
+                "description": "existing contacts (404 names any that are not)",
+            },
             "audience": {
                 "type": "array",
-                "items": OBJECT,
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["field"],
+                    "properties": {"field": {"type": "string", "pattern": "^contact\\."}},
+                    "description": "a condition like {field: contact.city, equals: Leeds} (flows.md)",
+                },
                 "description": "conditions on contact fields; all must hold",
             },
-            "params": {"type": "object", "description": "available to templates as params.*"},
+            "params": {
+                "type": "object",
+                "not": {"required": ["_start"]},
+                "description": "available to templates as params.*",
+            },
             "interrupt": {"type": "boolean", "default": False},
             "send_at": {
-                "type": "string",
+                "type": ["string", "null"],
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                "(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\\.[0-9]{1,6})?)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?$",
                 "description": "ISO 8601; without a zone: each contact's local time",
+                "examples": ["2026-12-02T10:00", "2026-12-02T10:00:00Z"],
             },
             "holdout": {"type": "number", "minimum": 0, "exclusiveMaximum": 100, "description": "percent"},
             "arms": {
@@ -150,13 +288,18 @@ SCHEMAS: dict[str, Any] = {
                     "type": "object",
                     "required": ["name"],
                     "properties": {
-                        "name": STRING,
+                        "name": {"type": "string", "minLength": 1, "not": {"const": "holdout"}},
                         "weight": {"type": "number", "exclusiveMinimum": 0},
                         "params": OBJECT,
                     },
                 },
+                "description": "names unique, not holdout",
             },
-            "experiment": {"type": "string", "description": "the assignment's name (default: the flow)"},
+            "experiment": {
+                "type": "string",
+                "pattern": "^[^|]+$",
+                "description": "the assignment's name (default: the flow)",
+            },
         },
     },
     "ContactEventIn": {
@@ -165,8 +308,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "type": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
-            "value": {"type": "number"},
-            "id": {"type": "string", "maxLength": 128},
+            "value": {"type": ["number", "null"], "description": "e.g. the order's amount"},
+            "id": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "makes a resend harmless",
+            },
         },
     },
     "Started": {
@@ -254,8 +402,20 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "webhook": {"type": "integer", "description": "its index in crm.webhooks (default: every one)"},
-            "ids": {"type": "array", "items": STRING, "maxItems": 10000, "description": "dead letter ids"},
+            "webhook": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "its index in crm.webhooks (default: every one; required with ids)",
+            },
+            "ids": {
+                "type": "array",
+                "items": {"type": "string", "pattern": ENTRY_ID.pattern},
+                "maxItems": 10000,
+                "description": "dead letter ids (required with webhook)",
+            },
+        },
+        "dependentSchemas": {
+            "ids": {"required": ["webhook"], "properties": {"webhook": {"type": "integer"}}}
         },
     },
     "ImportReport": {
@@ -292,6 +452,8 @@ def spec() -> dict[str, Any]:
     paths: dict[str, Any] = {
         contact: {
             "put": _op(
+                "put_contact",
+                "contacts",
                 "Create or replace a contact (the CRM is the source of truth)",
                 {
                     "200": _ok("replaced", _ref("Contact")),
@@ -302,11 +464,15 @@ def spec() -> dict[str, Any]:
                 params=[NUMBER],
             ),
             "get": _op(
+                "get_contact",
+                "contacts",
                 "Read a contact",
                 {"200": _ok("the contact", _ref("Contact")), **_errors(404, *ERR)},
                 params=[NUMBER],
             ),
             "delete": _op(
+                "erase_contact",
+                "contacts",
                 "Erase a contact: profile, session, messages; the consent ledger is kept, hashed",
                 {"204": _ok("erased"), **_errors(404, *ERR)},
                 params=[NUMBER],
@@ -314,19 +480,17 @@ def spec() -> dict[str, Any]:
         },
         "/v1/contacts:import": {
             "post": _op(
+                "import_contacts",
+                "contacts",
                 "Import contacts from JSONL or CSV, streamed (not limited by http.max_body_bytes)",
-                {"200": _ok("the report", _ref("ImportReport")), **_errors(415, *ERR)},
-                body={
-                    "required": True,
-                    "content": {
-                        "application/x-ndjson": {"schema": STRING},
-                        "text/csv": {"schema": STRING},
-                    },
-                },
+                {"200": _ok("the report", _ref("ImportReport")), **_errors(400, 415, *ERR)},
+                body=IMPORT_BODY,
             ),
         },
         f"{contact}/consent": {
             "get": _op(
+                "get_consent",
+                "consent",
                 "Consent status and its ledger (?format=csv: the ledger as CSV)",
                 {
                     "200": {
@@ -338,6 +502,8 @@ def spec() -> dict[str, Any]:
                 params=[NUMBER, _query("format", "json or csv", {"enum": ["json", "csv"]})],
             ),
             "put": _op(
+                "put_consent",
+                "consent",
                 "Record a consent change with its source",
                 {"200": _ok("recorded", OBJECT), **_errors(400, *ERR)},
                 body=_body(_ref("ConsentIn")),
@@ -346,23 +512,33 @@ def spec() -> dict[str, Any]:
         },
         "/v1/suppressions/{number}": {
             "put": _op(
+                "suppress_number",
+                "consent",
                 "Suppress a number (nothing is sent to it)",
                 {"200": _ok("suppressed", OBJECT), **_errors(400, *ERR)},
                 body=_body(_ref("SuppressionIn")),
                 params=[NUMBER],
             ),
             "delete": _op(
-                "Lift a suppression", {"200": _ok("lifted", OBJECT), **_errors(*ERR)}, params=[NUMBER]
+                "lift_suppression",
+                "consent",
+                "Lift a suppression",
+                {"200": _ok("lifted", OBJECT), **_errors(*ERR)},
+                params=[NUMBER],
             ),
         },
         "/v1/flows:reload": {
             "post": _op(
+                "reload_flows",
+                "flows",
                 "Load the flows directory again",
                 {"200": _ok("the flows now in use", OBJECT), **_errors(*ERR)},
             ),
         },
         "/v1/flows/{flow}/start": {
             "post": _op(
+                "start_flow",
+                "journeys",
                 "Start a flow for contacts (202 once every start is in Redis)",
                 {"202": _ok("queued", _ref("Started")), **_errors(400, 404, *ERR)},
                 body=_body(_ref("StartIn")),
@@ -371,6 +547,8 @@ def spec() -> dict[str, Any]:
         },
         "/v1/starts/{id}": {
             "get": _op(
+                "get_start",
+                "journeys",
                 "What became of a journey start: counts at request time and its turns' outcomes",
                 {"200": _ok("the start", OBJECT), **_errors(404, *ERR)},
                 params=[_path("id", "the start id (st-...) the start answered")],
@@ -378,6 +556,8 @@ def spec() -> dict[str, Any]:
         },
         "/v1/contacts/{number}/events": {
             "post": _op(
+                "record_conversion",
+                "journeys",
                 "A conversion the CRM reports, attributed to the contact's last journey start",
                 {
                     "202": _ok("recorded (attributed or not)", OBJECT),
@@ -390,6 +570,8 @@ def spec() -> dict[str, Any]:
         },
         "/v1/flows/{flow}/results": {
             "get": _op(
+                "get_flow_results",
+                "results",
                 "One row per run of the flow, streamed",
                 {
                     "200": {
@@ -409,6 +591,8 @@ def spec() -> dict[str, Any]:
         },
         "/v1/flows/{flow}/report": {
             "get": _op(
+                "get_flow_report",
+                "results",
                 "Runs, completion, response, opt-out and delivery rates, time to reply, NPS, drop-off",
                 {"200": _ok("the report", _ref("Report")), **_errors(404, *ERR)},
                 params=[_path("flow", "the flow's name")],
@@ -416,29 +600,35 @@ def spec() -> dict[str, Any]:
         },
         "/v1/inbound/{gateway}": {
             "post": _op(
+                "receive_texts",
+                "provider webhooks",
                 "A provider's webhook: customers' texts (the connector's own shape and auth)",
                 {
                     "200": _ok("a repeat of an accepted text"),
                     "202": _ok("durably accepted"),
                     **_errors(400, 404, 409, 413, *ERR),
                 },
-                body=_body(OBJECT),
+                body=PROVIDER_BODY,
                 params=[_path("gateway", "a gateway name from the config")],
             ),
         },
         "/v1/receipts/{gateway}": {
             "post": _op(
+                "receive_receipts",
+                "provider webhooks",
                 "A provider's webhook: delivery receipts",
                 {
                     "200": _ok("applied, parked or gone counts (or the provider's own answer)"),
                     **_errors(400, 404, 413, *ERR),
                 },
-                body=_body(OBJECT),
+                body=PROVIDER_BODY,
                 params=[_path("gateway", "a gateway name from the config")],
             ),
         },
         "/v1/conversations/{number}": {
             "get": _op(
+                "get_conversation",
+                "conversations",
                 "The current or last conversation with its results",
                 {"200": _ok("the conversation", _ref("Conversation")), **_errors(404, *ERR)},
                 params=[NUMBER],
@@ -446,36 +636,65 @@ def spec() -> dict[str, Any]:
         },
         "/v1/messages": {
             "get": _op(
+                "list_messages",
+                "conversations",
                 "A contact's message log, oldest first, with status histories",
                 {"200": _ok("messages", _ref("Messages")), **_errors(404, *ERR)},
                 params=[
-                    _query("contact", "the contact's number", STRING, required=True),
-                    _query("limit", "at most this many (newest)", {"type": "integer", "minimum": 1}),
+                    _query("contact", "the contact's number", _ref("PhoneNumber"), required=True),
+                    _query(
+                        "limit",
+                        "at most this many (newest; 50)",
+                        {"type": "integer", "minimum": 1, "maximum": MESSAGES_MAX},
+                    ),
                 ],
             ),
         },
         "/v1/webhooks/dead": {
             "get": _op(
+                "list_dead_letters",
+                "outcome webhooks",
                 "Outcome webhooks' dead letters: each event given up on, with its last error",
-                {"200": _ok("dead letters per webhook, oldest first", _ref("DeadLetters")), **_errors(*ERR)},
+                {
+                    "200": _ok("dead letters per webhook, oldest first", _ref("DeadLetters")),
+                    **_errors(404, *ERR),
+                },
                 params=[
-                    _query("webhook", "one webhook (its index in crm.webhooks)", {"type": "integer"}),
-                    _query("limit", "at most this many per webhook (100)", {"type": "integer", "minimum": 1}),
+                    _query(
+                        "webhook",
+                        "one webhook (its index in crm.webhooks)",
+                        {"type": "integer", "minimum": 0},
+                    ),
+                    _query(
+                        "limit",
+                        "at most this many per webhook (100)",
+                        {"type": "integer", "minimum": 1, "maximum": DEAD_MAX},
+                    ),
                 ],
             ),
         },
         "/v1/webhooks/dead:replay": {
             "post": _op(
+                "replay_dead_letters",
+                "outcome webhooks",
                 "Send dead letters again (all, one webhook's, or some), with their original event ids",
-                {"200": _ok("how many were replayed, per webhook", OBJECT), **_errors(400, *ERR)},
+                {"200": _ok("how many were replayed, per webhook", OBJECT), **_errors(400, 404, *ERR)},
                 body={"required": False, "content": {JSON: {"schema": _ref("ReplayIn")}}},
             ),
         },
         "/v1/openapi.json": {
-            "get": _op("This description", {"200": _ok("OpenAPI 3.1", OBJECT)}, public=True),
+            "get": _op(
+                "get_openapi",
+                "operations",
+                "This description",
+                {"200": _ok("OpenAPI 3.1", OBJECT)},
+                public=True,
+            ),
         },
         "/healthz": {
             "get": _op(
+                "get_health",
+                "operations",
                 "Health: Redis, workers, shards, gateways",
                 {"200": _ok("healthy", OBJECT), "503": _ok("degraded (the body says which part)", OBJECT)},
                 public=True,
@@ -483,6 +702,8 @@ def spec() -> dict[str, Any]:
         },
         "/metrics": {
             "get": _op(
+                "get_metrics",
+                "operations",
                 "Prometheus metrics",
                 {"200": _ok("text exposition format", STRING, "text/plain")},
                 public=True,
@@ -496,6 +717,7 @@ def spec() -> dict[str, Any]:
             "version": __version__,
             "description": "Conversational SMS engine. Prose and curl examples: docs/api.md.",
         },
+        "tags": TAGS,
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
