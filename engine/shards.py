@@ -69,7 +69,7 @@ class ShardLeases:
         return await self.store.run(
             "lease",
             keys=[keys.leases(), keys.workers()],
-            args=[self.me, self.ttl_ms, self.shards, mode, *extra],
+            args=[self.me, self.ttl_ms, self.shards, mode, keys.lease_changes(), *extra],
         )
 
 
