@@ -29,7 +29,7 @@ from engine.governance import Keywords
 from engine.metrics import Metrics
 from engine.quiet import QuietHours
 from engine.redis_embedded import EmbeddedRedis
-from engine.shards import ShardLeases, lease_holders
+from engine.shards import lease_holders, release_dead
 from engine.store import Store
 from engine.supervisor import Supervisor
 from engine.webhooks import Webhooks
@@ -174,8 +174,7 @@ class Runtime:
 
     async def _release_leases(self, worker_id: str) -> None:
         """Give up a dead worker's shards in its name (the supervisor saw it die)."""
-        e = self.config.engine
-        await ShardLeases(self.store, worker_id, e.shards, e.lease_ttl).leave()
+        await release_dead(self.store, worker_id, self.config.engine.shards, self.config.engine.lease_ttl)
 
     def caps_for(self, flow: Flow | None) -> str:
         """The caps a flow's business-started sends are held to: its own, else the global ones."""

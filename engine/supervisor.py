@@ -48,6 +48,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import BinaryIO
 
 from engine.config import READY_FD_ENV
 from engine.metrics import MULTIPROC_ENV
@@ -169,14 +170,17 @@ class Supervisor:
         self.procs[index] = proc
         self.ready[index] = False
         log.info("worker %d started pid=%d", index, proc.pid)
-        return proc, asyncio.create_task(self._await_ready(index, r), name=f"parley-ready-w{index}")
+        pipe = os.fdopen(r, "rb", buffering=0)
+        return proc, asyncio.create_task(self._await_ready(index, pipe), name=f"parley-ready-w{index}")
 
-    async def _await_ready(self, index: int, fd: int) -> str:
+    async def _await_ready(self, index: int, pipe: BinaryIO) -> str:
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-        )
+        try:
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        except BaseException:
+            pipe.close()
+            raise
         try:
             line = await reader.readline()
         finally:
