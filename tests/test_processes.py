@@ -146,7 +146,8 @@ async def test_a_worker_killed_mid_load_loses_nothing_and_sends_nothing_twice(
     assert len({m.id for m in carrier.received}) == 3 * len(numbers)
 
     # The supervisor started a replacement, and the shards are spread over two live workers again.
-    # (Restarted after 1 s: until then /healthz shows the dead pid with running: false.)
+    # (Restarted at once, but until the supervisor has reaped it /healthz shows the dead pid with
+    # running: false.)
     for _ in range(100):
         health = await engine.until_healthy()
         if health["worker_processes"]["0"]["pid"] != victim:
