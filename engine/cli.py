@@ -211,10 +211,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _work(cfg: Config, index: int) -> int:
     from engine.runtime import Runtime
+    from engine.supervisor import report_ready
 
     stop = _stop_on_signals()
     async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
         assert rt.worker is not None
+        report_ready(rt.worker.me)
         print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
         await stop.wait()
     return 0

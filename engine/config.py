@@ -26,8 +26,10 @@ from engine.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "parley.yaml"
 ENV_PREFIX = "PARLEY_"
+#: The readiness pipe a supervisor hands each worker process it starts (engine.supervisor).
+READY_FD_ENV = "PARLEY_READY_FD"
 #: Environment variables with the prefix that are not config leaves.
-ENV_RESERVED = frozenset({"PARLEY_CONFIG"})
+ENV_RESERVED = frozenset({"PARLEY_CONFIG", READY_FD_ENV})
 
 
 class Duration(float):

@@ -38,6 +38,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:att:{N}          hash    N's last journey touch: f flow, xp, arm, st start, at ms  TTL = window
     p:cv:{N}:ID        string  a CRM conversion event already recorded (its id)     TTL = dedupe window
     p:workers          zset    worker -> heartbeat expiry ms (the live workers)
+    p:lease:changed    channel pub/sub: a worker joined or left, or shards were given up (its id)
 
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
 one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
@@ -148,6 +149,11 @@ def leases() -> str:
 
 def workers() -> str:
     return f"{PREFIX}:workers"
+
+
+def lease_changes() -> str:
+    """A pub/sub channel, not a key: lease.lua tells the workers the shares changed."""
+    return f"{PREFIX}:lease:changed"
 
 
 def flow_source(name: str, digest: str) -> str:

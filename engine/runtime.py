@@ -31,7 +31,7 @@ from engine.governance import Keywords
 from engine.metrics import Metrics
 from engine.quiet import QuietHours
 from engine.redis_embedded import EmbeddedRedis
-from engine.shards import lease_holders
+from engine.shards import lease_holders, release_dead
 from engine.store import Store
 from engine.supervisor import Supervisor
 from engine.webhooks import Webhooks
@@ -146,8 +146,9 @@ class Runtime:
                 await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
-                Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout)
-            )
+                Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout,
+                           self._release_leases)
+            )  # fmt: skip
         elif self._want["worker"]:
             self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
         if self._want["http"]:
@@ -182,6 +183,10 @@ class Runtime:
         self.http_port = runner.addresses[0][1]
         if not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
+
+    async def _release_leases(self, worker_id: str) -> None:
+        """Give up a dead worker's shards in its name (the supervisor saw it die)."""
+        await release_dead(self.store, worker_id, self.config.engine.shards, self.config.engine.lease_ttl)
 
     def caps_for(self, flow: Flow | None) -> str:
         """The caps a flow's business-started sends are held to: its own, else the global ones."""
@@ -263,7 +268,13 @@ class Runtime:
             out["worker"] = "processes"
             sup = self.supervisor
             out["worker_processes"] = {
-                str(i): {"pid": p.pid, "running": p.returncode is None, "restarts": sup.restarts[i]}
+                str(i): {
+                    "pid": p.pid,
+                    "running": p.returncode is None,
+                    "ready": sup.ready[i],
+                    "restarts": sup.restarts[i],
+                    "restart_wait": sup.waits[i],
+                }
                 for i, p in sorted(sup.procs.items())
             }
         return out

@@ -7,12 +7,17 @@ third of their length; shards are spread evenly over the live workers (a worker 
 than its share releases the surplus between batches, a worker holding less takes free ones).
 
 A worker that stops renewing (killed, frozen, cut off from Redis) loses its shards when its
-lease runs out; another worker takes them and first claims (XAUTOCLAIM) the entries the dead
-one had read but not acknowledged. A worker also *fences itself*: it starts no new turn once
-its own lease may have run out (counted from when it sent the renewal, which is before Redis
-stamped it), so two workers never process one shard at once. A commit already in flight at
-that moment is still safe: the commit script's compare-and-swap and last-applied check make
-the slower of two writers decide again or commit nothing.
+lease runs out, or at once when its supervisor saw it die (:func:`release_dead`); another worker
+takes them and first claims (XAUTOCLAIM) the entries the dead one had read but not
+acknowledged. Workers renew at once when ``lease.lua`` tells them the shares changed
+(``p:lease:changed``), so freed shards do not wait for the next periodic renewal.
+
+A worker also *fences itself*: it starts no new turn once its own lease may have run out
+(counted from when it sent the renewal, which is before Redis stamped it), so two workers never
+process one shard at once. A commit already in flight at that moment (or sent by a worker just
+before it was killed and run by Redis after its shards were released) is still safe: the commit
+script's compare-and-swap and last-applied check make the slower of two writers decide again or
+commit nothing.
 """
 
 from __future__ import annotations
@@ -69,8 +74,14 @@ class ShardLeases:
         return await self.store.run(
             "lease",
             keys=[keys.leases(), keys.workers()],
-            args=[self.me, self.ttl_ms, self.shards, mode, *extra],
+            args=[self.me, self.ttl_ms, self.shards, mode, keys.lease_changes(), *extra],
         )
+
+
+async def release_dead(store: Store, worker: str, shards: int, ttl_s: float) -> None:
+    """Give up the shards and heartbeat of ``worker``, which is known to be dead (its supervisor
+    reaped the process): the others take its shards now instead of when its leases run out."""
+    await ShardLeases(store, worker, shards, ttl_s).leave()
 
 
 async def lease_holders(store: Store) -> dict[int, str]:

@@ -81,9 +81,12 @@ class Worker(StreamConsumer):
         self._to_release: set[int] = set()
         self._lease_changed = asyncio.Event()
         self._leases_stop = asyncio.Event()
+        #: Renew now: another worker joined or left, or gave shards up (see _watch_leases).
+        self._renew_now = asyncio.Event()
         #: Stop starting turns this long before the leases could run out.
         self._fence_margin = cfg.lease_ttl / 4
         self._lease_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._failures: dict[str, int] = {}
         self._pause = 0.1
@@ -97,6 +100,7 @@ class Worker(StreamConsumer):
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             log.warning("worker %s: cannot take shard leases yet (%s); retrying", self.me, exc)
         self._lease_task = asyncio.create_task(self._keep_leases(), name="parley-leases")
+        self._watch_task = asyncio.create_task(self._watch_leases(), name="parley-lease-changes")
         self._timer_task = asyncio.create_task(self._poll_timers(), name="parley-timers")
         await super().__aenter__()
         return self
@@ -108,6 +112,11 @@ class Worker(StreamConsumer):
             await self._timer_task  # finishes its round trip in hand, then sees the stop
         await super().__aexit__(*exc)  # the batch in hand finishes (leases still renewed)
         self._leases_stop.set()
+        self._renew_now.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()  # it may be waiting for a message for a while
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         if self._lease_task is not None:
             await self._lease_task
         if self.owned or self._held:
@@ -133,9 +142,11 @@ class Worker(StreamConsumer):
             self._lease_changed.set()
 
     async def _keep_leases(self) -> None:
+        """Renew every third of the lease time, and at once when told the shares changed."""
         period = self.leases.ttl_ms / 3000
         was_valid = True
         while not self._leases_stop.is_set():
+            self._renew_now.clear()  # before the renewal: news during it renews again
             try:
                 self._take(await self.leases.tick())
                 was_valid = True
@@ -146,7 +157,31 @@ class Worker(StreamConsumer):
             except Exception:
                 log.exception("worker %s: unexpected error renewing leases; continuing", self.me)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leases_stop.wait(), period)
+                await asyncio.wait_for(self._renew_now.wait(), period)
+
+    async def _watch_leases(self) -> None:
+        """Listen on ``p:lease:changed`` (lease.lua publishes there when a worker joins or
+        leaves, a heartbeat expires, or shards are given up) and renew at once on news from
+        another worker: its freed shards are then read again within milliseconds rather than
+        at this worker's next periodic renewal. Best effort: while Redis is away the periodic
+        renewals carry on alone."""
+        period = self.leases.ttl_ms / 3000
+        while not self._leases_stop.is_set():
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as ps:
+                    await ps.subscribe(keys.lease_changes())
+                    self._renew_now.set()  # what changed while not listening
+                    while not self._leases_stop.is_set():
+                        msg = await ps.get_message(timeout=period)
+                        if msg is not None and msg["data"] not in (self.me, self.me.encode()):
+                            self._renew_now.set()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leases_stop.wait(), period)
+            except Exception:
+                log.exception("worker %s: unexpected error watching lease changes; continuing", self.me)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leases_stop.wait(), period)
 
     async def _rebalance(self) -> None:
         """Between batches: give up the surplus, claim what was taken over, read what is held."""

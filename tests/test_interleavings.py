@@ -136,7 +136,7 @@ class Crashy:
         """The dead worker's process is gone: its tasks stop, its leases run out."""
         w = self.worker
         assert w is not None
-        for task in (w._task, w._lease_task, w._timer_task):
+        for task in (w._task, w._lease_task, w._watch_task, w._timer_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

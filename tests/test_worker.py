@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from engine.consumer import ensure_group
 from engine.events import Event
 from engine.redis_embedded import EmbeddedRedis, free_port
 from engine.runtime import Runtime
+from engine.shards import release_dead
 from engine.turn import run_turn
+from engine.worker import Worker
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, Turns, make_config, outbound, process_stream
 
@@ -296,3 +299,51 @@ async def test_a_redis_that_lost_its_script_cache_is_reloaded_and_nothing_runs_t
         out = await outbound(rt, "carrier")
         assert [f[b"t"].decode() for f in out][-1] == "Wonderful, thank you! What do you like most about us?"
         assert len(out) == 2  # the greeting and one reply: the retried commit did not run twice
+
+
+async def test_a_dead_workers_released_shards_are_taken_at_once_not_at_the_next_renewal(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    """The supervisor saw worker A die and gives A's shards up in its name: B renews at once
+    (told on p:lease:changed) and holds every shard within moments, although its leases last
+    30 s and it would otherwise renew only every 10 s; a replacement joining gets its share
+    back as fast."""
+    cfg = make_config(
+        redis_url,
+        engine={"lease_ttl": "30s", "shards": 8},
+        gateways={"carrier": {"type": "http", "url": carrier.url}},
+    )
+    async with Runtime(cfg, worker=False, senders=False, http=False) as rt:
+        a, b = Worker(rt, 1), Worker(rt, 2)
+        await a.__aenter__()
+        await b.__aenter__()
+        try:
+            await _until_held(b, 4)
+            for task in (a._task, a._lease_task, a._watch_task, a._timer_task):  # A is SIGKILLed
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await release_dead(rt.store, a.me, 8, 30.0)
+            await _until_held(b, 8)
+            assert loop.time() - t0 < 2.0
+            c = Worker(rt, 3)  # the replacement
+            await c.__aenter__()
+            try:
+                await _until_held(c, 4)
+                await _until_held(b, 4)
+                assert loop.time() - t0 < 4.0
+            finally:
+                await c.__aexit__(None, None, None)
+        finally:
+            await b.__aexit__(None, None, None)
+
+
+async def _until_held(w: Worker, n: int) -> None:
+    for _ in range(400):
+        if len(w.owned) == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{w.me} reads {sorted(w.owned)}, not {n} shards")

@@ -54,6 +54,8 @@ class SmscBehaviour:
     error_mix: dict[int, float] = field(default_factory=lambda: {p.ESME_RSYSERR: 1.0})  # erroring
     seed: int = 0
     drop_probability: float = 0.5  # disconnecting
+    #: Close every bind this long after it was made (0: never), as SMSCs that recycle binds do.
+    drop_bind_after: float = 0.0
     answer_enquire_link: bool = True
     enquire_interval: float = 0.0  # the SMSC's own enquire_link; 0 = never
     id_format: str = "hex"
@@ -218,8 +220,8 @@ class SimulatedSmsc:
     # Records -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        keys = ("binds_ok", "binds_failed", "submits", "accepted", "throttled", "errors", "dropped",
-                "receipts_sent", "receipts_resent", "mo_sent", "enquire_links_answered",
+        keys = ("binds_ok", "binds_failed", "binds_dropped", "submits", "accepted", "throttled", "errors",
+                "dropped", "receipts_sent", "receipts_resent", "mo_sent", "enquire_links_answered",
                 "enquire_links_sent", "enquire_links_unanswered")  # fmt: skip
         return {k: self._stats[k] for k in keys}
 
@@ -325,8 +327,15 @@ class SimulatedSmsc:
         if status == p.ESME_ROK:
             conn.system_id, conn.mode = system_id, mode
             self._bound.set()
+            if self.behaviour.drop_bind_after > 0:
+                self._spawn(self._drop_later(conn, self.behaviour.drop_bind_after), conn)
         elif status != p.ESME_RALYBND:
             conn.close()
+
+    async def _drop_later(self, conn: _Conn, after: float) -> None:
+        await asyncio.sleep(after)
+        self._stats["binds_dropped"] += 1
+        conn.close()
 
     # submit_sm ---------------------------------------------------------------------------
 

@@ -105,7 +105,8 @@ class SmppConfig:
     #: Longest wait for any response (submit_sm_resp, bind_resp, enquire_link_resp).
     response_timeout: Duration = Duration(10.0)
     connect_timeout: Duration = Duration(5.0)
-    #: Reconnect back-off: doubles per failure up to ``reconnect_max``, with jitter.
+    #: Reconnect back-off: doubles per failure in a row up to ``reconnect_max``, with jitter; a
+    #: bind the SMSC answered traffic on starts it again from the first step.
     reconnect_delay: Duration = Duration(1.0)
     reconnect_max: Duration = Duration(60.0)
     #: After a refused bind (bad password, unknown system id): wait this long, not a hot loop.
@@ -194,10 +195,12 @@ class SmppGateway(Gateway):
             max_pdu=c.max_pdu,
         )  # fmt: skip
         modes = ["transceiver"] if c.bind == "transceiver" else ["transmitter", "receiver"]
+        clock = self.rt.clock if self.rt is not None else None  # the back-off waits on it
         for i in range(c.binds):
             for mode in modes:
+                name = f"{self.name}/{i}:{mode}"
                 self.sessions.append(
-                    Session(f"{self.name}/{i}:{mode}", mode, settings, self._on_deliver, self._bound_changed)
+                    Session(name, mode, settings, self._on_deliver, self._bound_changed, clock)
                 )
         for s in self.sessions:
             s.start()

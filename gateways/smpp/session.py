@@ -4,6 +4,7 @@
         ^                      |                                                       |
         |                 bind refused: "refused" (ESME_RINVPASWD...), waits bind_retry |
         +------------- back-off: reconnect_delay doubling to reconnect_max, jitter <---+
+                       (back to the first step after a bind the SMSC answered traffic on)
 
 Who holds what:
 - The read loop is the only reader of the socket. Every PDU that comes in is dispatched: a
@@ -32,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from engine.clock import Clock
 from gateways.smpp import pdu
 from gateways.smpp.pdu import Pdu
 
@@ -78,10 +80,12 @@ class Session:
 
     def __init__(
         self, name: str, mode: str, settings: SessionSettings, on_deliver: DeliverHandler,
-        on_state: Callable[[], None] = lambda: None,
+        on_state: Callable[[], None] = lambda: None, clock: Clock | None = None,
     ) -> None:  # fmt: skip
-        """``on_state`` is called when the session becomes bound or stops being bound."""
+        """``on_state`` is called when the session becomes bound or stops being bound; ``clock``
+        waits out the reconnect back-off (a test's clock records the waits instead)."""
         self.name = name
+        self.clock = clock or Clock()
         self.on_state = on_state
         self.mode = mode
         self.s = settings
@@ -103,6 +107,8 @@ class Session:
         self._last_rx = time.monotonic()
         self._stop = asyncio.Event()
         self._dropped = asyncio.Event()
+        #: The SMSC answered something on this connection after it was bound.
+        self._answered = False
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -181,9 +187,15 @@ class Session:
     # The connection loop --------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Failures in a row since the last bind that worked. A bind worked when the SMSC answered
+        # something on it after the bind_resp (a response, its own enquire_link, a deliver_sm):
+        # an SMSC that drops a working bind now and then is rebound after the first step every
+        # time, while one that takes the bind and hangs up at once (or never lets the TCP
+        # connection up) is backed off further each time.
         failures = 0
         while not self._stop.is_set():
             delay = 0.0
+            self._answered = False
             try:
                 await self._connect_and_serve()
                 failures = 0
@@ -196,11 +208,11 @@ class Session:
                 log.error("smpp %s: %s; next try in %.0fs", self.name, exc, self.s.bind_retry)
                 delay = self.s.bind_retry
             except (OSError, EOFError, TimeoutError, pdu.MalformedPdu, ConnectionLost) as exc:
-                failures += 1
+                failures = 1 if self._answered else failures + 1
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 log.warning("smpp %s: connection lost: %s", self.name, self.last_error)
             except Exception as exc:  # a bug: log it, never let the bind die silently
-                failures += 1
+                failures = 1 if self._answered else failures + 1
                 self.last_error = f"internal error: {exc!r}"
                 log.exception("smpp %s: session error", self.name)
             finally:
@@ -215,7 +227,7 @@ class Session:
                 delay = step * random.uniform(0.5, 1.0)
             if self.state != "refused":
                 self.state = "backoff"
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
 
     async def _connect_and_serve(self) -> None:
         self.state = "connecting"
@@ -295,6 +307,8 @@ class Session:
             except asyncio.IncompleteReadError:
                 raise EOFError("the SMSC closed the connection") from None
             self._last_rx = time.monotonic()
+            if self.bound.is_set():
+                self._answered = True  # the bind works (see _run)
             if p.is_response:
                 fut = self._pending.get(p.seq)
                 if fut is not None and not fut.done():
