@@ -32,10 +32,32 @@ class DuplicateKey(yaml.YAMLError):
         self.line = line
 
 
+class TooDeep(yaml.YAMLError):
+    def __init__(self, limit: int, line: int) -> None:
+        super().__init__(f"mappings and lists nested deeper than {limit} (engine.max_flow_depth)")
+        self.line = line
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false. In YAML 1.1 a bare ``yes``, ``no``,
     ``on`` or ``off`` becomes a boolean, which turns ``when: yes`` or ``choice: [yes, no]`` in
-    a flow into nonsense."""
+    a flow into nonsense.
+
+    Composing and constructing recurse once per level of nesting, so the depth is counted as
+    nodes are composed and a file nested past ``max_depth`` is refused long before Python's
+    recursion limit (20,000 nested ``[`` would otherwise raise RecursionError)."""
+
+    max_depth = 32
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth:
+                raise TooDeep(self.max_depth, self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -67,6 +89,12 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load(text: str) -> Any:
-    """Parse YAML text; mappings come back as :class:`LineDict`."""
-    return yaml.load(text, Loader=_Loader)
+def load(text: str, max_depth: int = 32) -> Any:
+    """Parse YAML text; mappings come back as :class:`LineDict`. :class:`TooDeep` past
+    ``max_depth`` levels of mappings and lists."""
+    loader = _Loader(text)
+    loader.max_depth = max_depth
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
