@@ -45,6 +45,10 @@ BROKEN = [
     Broken("bad YAML", "name: t\nstart: a\nnodes:\n  a: {end: x\n", 5, None, "invalid YAML"),
     Broken("typo in a contact field", HEAD + "  a:\n    say: |-\n      Hi\n      {{ contact.frist_name }}\n    end: x\n", 7, "a", "uses contact.frist_name, which the flow does not require"),
     Broken("field used in a set without a default", HEAD + "  a:\n    set:\n      x: '{{ contact.y }}'\n    end: x\n", 6, "a", "uses contact.y"),
+    Broken("fallback that is a template", "name: t\nfallback: 'Sorry {{ contact.first_name }}'\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "fallback must be plain text"),
+    Broken("fallback that is not text", "name: t\nfallback: [a, b]\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "fallback must be text"),
+    Broken("fallback over 10 segments", "name: t\nfallback: '" + "sorry " * 300 + "'\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "segments"),
+    Broken("template that fails for everyone", HEAD + "  a:\n    say: '{{ range(10**9) | list }}'\n    end: x\n", 5, "a", "fails for every contact"),
 ]  # fmt: skip
 
 
