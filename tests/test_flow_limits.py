@@ -30,6 +30,15 @@ def _chain(n: int) -> str:
     return f"name: t\nstart: a0\nnodes:\n{body}  a{n - 1}: {{end: x}}\n"
 
 
+def _laughs() -> str:
+    """Ten lists of ten aliases of the list before: 10**10 words once expanded."""
+    lists = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    return (
+        f"name: t\nstart: a\nl0: &l0 [{', '.join(['lol'] * 10)}]\n{lists}"
+        "nodes:\n  a:\n    wait: {}\n    cases: [{when: {any_word: *l9}, goto: a}]\n"
+    )
+
+
 @dataclass(frozen=True)
 class Hostile:
     label: str
@@ -49,6 +58,7 @@ HOSTILE = [
     Hostile("a 50,000-node goto chain", lambda: _chain(50_000), 1, "bytes"),
     Hostile("more nodes than the limit", lambda: _chain(1_001), 3, "1,001 nodes"),
     Hostile("a 50 MB file", lambda: HEAD + "  a: {say: '" + "x" * 50_000_000 + "', end: x}\n", 1, "bytes"),
+    Hostile("a billion laughs", lambda: _laughs(), 8, "aliases expand"),
     Hostile("a message longer than 10 segments", lambda: HEAD + "  a: {say: '" + "word " * 400 + "', end: x}\n", 4, "segments"),
 ]  # fmt: skip
 

@@ -160,7 +160,7 @@ def parse_flow(
         data = yamlsrc.load(text, limits.max_depth)
     except yamlsrc.DuplicateKey as exc:
         raise FlowErrors([FlowError(file, exc.line, None, str(exc))]) from None
-    except yamlsrc.TooDeep as exc:
+    except (yamlsrc.TooDeep, yamlsrc.TooLarge) as exc:
         raise FlowErrors([FlowError(file, exc.line, None, str(exc))]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
