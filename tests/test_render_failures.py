@@ -66,10 +66,12 @@ class Played:
     dead: int  # dead letters
 
 
-async def _play(tmp_path: Path, redis_url: str, flow: str, fields: dict[str, Any], steps: str) -> Played:
+async def _play(
+    tmp_path: Path, redis_url: str, flow: str, fields: dict[str, Any], steps: str, language: str = "en"
+) -> Played:
     (tmp_path / "t.yaml").write_text(flow)
     (tmp_path / "earlier.yaml").write_text(EARLIER)
-    t = Transcript(tmp_path / "case.txt", {"flow": "t", "by": "trigger"}, dict(fields))
+    t = Transcript(tmp_path / "case.txt", {"flow": "t", "by": "trigger", "language": language}, dict(fields))
     t.steps = [(n, line[0], line[2:]) for n, line in enumerate(steps.strip().splitlines(), 1)]
     clock = FakeClock(int(dt.datetime(2026, 11, 22, 9, tzinfo=dt.UTC).timestamp() * 1000))
     cfg = make_config(
@@ -137,3 +139,37 @@ async def test_a_contact_whose_data_fits_is_answered_as_usual(tmp_path: Path, re
         fallback=f"fallback: {FALLBACK}\n", first="'{{ contact.orders + 1 }} orders'", later="Bye"
     )
     await _play(tmp_path, redis_url, flow, {"orders": 2}, "> go\n< 3 orders\n> ok\n< Bye\n= outcome: done")
+
+
+async def test_a_failure_in_a_flow_handed_off_to_fails_that_flow_only(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "switch.yaml").write_text(
+        "name: switch\ntriggers: [switch]\nstart: a\nnodes:\n  a: {say: Switch now, wait: {}, default: b}\n"
+        "  b: {say: Switching you over, start: t}\n"
+    )
+    flow = FLOW.format(fallback=f"fallback: {FALLBACK}\n", first=FAILING[0].template, later="Bye")
+    played = await _play(
+        tmp_path,
+        redis_url,
+        flow,
+        FAILING[0].fields,
+        f"> switch\n< Switch now\n> yes\n< {FALLBACK}\n= outcome: failed",
+    )
+    ended = {e["f"]: e for e in played.events if e["t"] == "ended"}
+    assert ended["switch"]["outcome"] == "handed_off" and ended["switch"]["next"] == "t"
+    assert ended["t"]["outcome"] == "failed" and ended["t"]["node"] == "a"
+    assert played.dead == 0
+
+
+async def test_the_fallback_is_in_the_contacts_language(tmp_path: Path, redis_url: str) -> None:
+    fallback = "fallback:\n  en: Sorry!\n  es: ¡Lo sentimos!\n"
+    flow = FLOW.format(fallback=fallback, first=FAILING[0].template, later="Bye")
+    (tmp_path / "t.yaml").write_text(flow)
+    played = await _play(
+        tmp_path,
+        redis_url,
+        flow,
+        {**FAILING[0].fields},
+        "> go\n< ¡Lo sentimos!\n= outcome: failed",
+        language="es",
+    )
+    assert played.dead == 0
