@@ -68,6 +68,8 @@ class Runtime:
         self.clock = clock or Clock()
         self.metrics = Metrics()
         self.flows = FlowRegistry({})
+        #: One reload at a time: two loading side by side could finish in the wrong order.
+        self._reloading = asyncio.Lock()
         gov = config.governance
         self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
         self.quiet = QuietHours.from_config(
@@ -184,13 +186,14 @@ class Runtime:
     async def reload_flows(self) -> FlowRegistry:
         """Load the flows directory again. New conversations take the new files; conversations
         in progress finish on their version. An invalid set raises FlowErrors and changes nothing."""
-        # Off the event loop: a big file takes seconds to parse, and serving goes on meanwhile.
-        fresh = await asyncio.to_thread(
-            FlowRegistry.from_dir, self.config.engine.flows_dir, Limits.of(self.config.engine)
-        )
-        fresh.succeed(self.flows)
-        await flow_versions.publish(self.store, fresh)
-        self.flows = fresh
+        async with self._reloading:
+            # Off the event loop: a big file takes seconds to parse, and serving goes on meanwhile.
+            fresh = await asyncio.to_thread(
+                FlowRegistry.from_dir, self.config.engine.flows_dir, Limits.of(self.config.engine)
+            )
+            fresh.succeed(self.flows)
+            await flow_versions.publish(self.store, fresh)
+            self.flows = fresh
         log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
         return fresh
 

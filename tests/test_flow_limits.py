@@ -175,6 +175,10 @@ GREEDY = [
     ("doubling in a loop", "{% set ns = namespace(s=contact.x) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}"),
     ("a long loop of output", "{% for i in range(100000) %}{{ contact.x * 99999 }}{% endfor %}"),
     ("lipsum", "{{ lipsum(10**6) }}"),
+    ("a %-format width from an argument", "{{ '%*d' % (10**9, contact.n) }}"),
+    ("a format() width from an argument", "{{ '{0:{1}}'.format(contact.n, 10**9) }}"),
+    ("a batch filled to a billion", "{{ contact.x | batch(10**9, '-') | list }}"),
+    ("a billion slices", "{{ contact.x | slice(10**9) | list }}"),
 ]  # fmt: skip
 
 
@@ -188,3 +192,22 @@ def test_a_template_is_stopped_before_it_builds_a_huge_value(label: str, source:
     with pytest.raises(RenderError):
         tpl.render({"contact": {"x": "ab", "n": 7, "nl": "a\n"}})
     assert time.monotonic() - t0 < 1, label
+
+
+#: Ordinary templates the bounds must leave alone (long numbers in text, small widths).
+MODEST = [
+    ("a long number in a %-format", "{{ 'Call 0800123456 about %s' % contact.x }}", "Call 0800123456 about ab"),
+    ("a long number in a format()", "{{ 'Order 12345678: {}'.format(contact.x) }}", "Order 12345678: ab"),
+    ("a precision", "{{ '%.2f' | format(contact.n) }}", "7.00"),
+    ("thousands", "{{ '{:,}'.format(contact.n * 1000000) }}", "7,000,000"),
+    ("a list a few times", "{{ ([contact.x] * 3) | join('-') }}", "ab-ab-ab"),
+    ("a page of text", "{{ (contact.x * 700) | length }}", "1400"),
+    ("a big but fine number", "{{ contact.n ** 100 > 0 }}", "True"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("label", "source", "shown"), MODEST, ids=[m[0] for m in MODEST])
+def test_ordinary_templates_are_left_alone(label: str, source: str, shown: str) -> None:
+    from engine.flows.templates import Template, make_environment
+
+    assert Template(make_environment(), source).render({"contact": {"x": "ab", "n": 7}}) == shown

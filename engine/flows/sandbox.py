@@ -26,7 +26,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 MAX_VALUE = 100_000
 #: The largest whole number a template may compute (about 4,900 decimal digits).
 MAX_INT_BITS = 16_384
-_WIDTH = re.compile(r"(\d+)")
+#: Widths and precisions: ``%-08.3f`` (and ``%(name)5s``), and the spec of ``{0:>12.3}``.
+_PCT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")
+_BRACE_SPEC = re.compile(r"\{[^{}:]*:([^{}]*)\}")
+_DIGITS = re.compile(r"\d+")
+_ARG_WIDTH = re.compile(r"%[-#0 +]*\*|%[-#0 +]*\d*\.\*|\{[^{}]*\{")
 
 
 class ValueTooBig(ValueError):
@@ -43,11 +47,18 @@ def _refuse_size(n: int, what: str = "a value") -> None:
         raise ValueTooBig(f"{what} of {n:,} characters is too long (the limit is {MAX_VALUE:,})")
 
 
-def _check_format(fmt: str) -> None:
-    """``'%999999999d'`` or ``'{:>999999999}'``: a width or precision that pads past the bound."""
-    for digits in _WIDTH.findall(fmt):
+def _check_format(fmt: str, args: Iterable[Any] = ()) -> None:
+    """``'%999999999d'`` or ``'{:>999999999}'``: a width or precision that pads past the bound;
+    or one taken from the arguments (``'%*d'``, ``'{0:{1}}'``) when an argument is that big."""
+    specs = [w for m in _PCT_SPEC.finditer(fmt) for w in m.groups() if w]
+    specs += [d for spec in _BRACE_SPEC.findall(fmt) for d in _DIGITS.findall(spec)]
+    for digits in specs:
         if len(digits) > 6 or int(digits) > MAX_VALUE:
             _refuse_size(int(digits[:12]), "a padded value")
+    if _ARG_WIDTH.search(fmt):
+        for a in args:
+            if isinstance(a, int) and a > MAX_VALUE:
+                _refuse_size(a, "a padded value")
 
 
 def check_binop(op: str, left: Any, right: Any) -> None:
@@ -66,7 +77,7 @@ def check_binop(op: str, left: Any, right: Any) -> None:
         if a is not None and b is not None:
             _refuse_size(a + b)
     elif op == "%" and isinstance(left, str):
-        _check_format(left)
+        _check_format(left, right if isinstance(right, tuple) else (right,))
 
 
 def _check_bits(bits: float) -> None:
@@ -100,7 +111,10 @@ def _replace(s: str, old: object = "", new: object = "", count: object = -1, *ar
 
 
 def _format(s: str, *args: object, **kwargs: object) -> None:
-    _check_format(s)
+    values = [*args, *kwargs.values()]
+    if len(args) == 1 and isinstance(args[0], dict):  # format_map
+        values += list(args[0].values())
+    _check_format(s, values)
 
 
 #: str methods that can build a large value from small arguments, checked before they run.
@@ -122,8 +136,18 @@ def _filter_indent(s: str, width: int | str = 4, first: bool = False, blank: boo
 
 
 def _filter_format(value: str, *args: Any, **kwargs: Any) -> str:
-    _check_format(str(value))
+    _check_format(str(value), [*args, *kwargs.values()])
     return jfilters.do_format(value, *args, **kwargs)
+
+
+def _filter_batch(value: Iterable[Any], linecount: int, fill_with: Any = None) -> Any:
+    _refuse_size(linecount if isinstance(linecount, int) else 0, "a batch")
+    return jfilters.do_batch(value, linecount, fill_with)
+
+
+def _filter_slice(value: Iterable[Any], slices: int, fill_with: Any = None) -> Any:
+    _refuse_size(slices if isinstance(slices, int) else 0, "a slicing")
+    return jfilters.do_slice(value, slices, fill_with)
 
 
 @jinja2.pass_eval_context
@@ -134,6 +158,7 @@ def _filter_join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: An
     return str(jfilters.do_join(eval_ctx, seq, d, attribute))
 
 
+@jinja2.pass_eval_context
 def _filter_replace(eval_ctx: Any, s: str, old: str, new: str, count: int | None = None) -> str:
     _estimate_replace(str(s), str(old), str(new), -1 if count is None else count)
     return jfilters.do_replace(eval_ctx, s, old, new, count)
@@ -151,7 +176,9 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             indent=_filter_indent,
             format=_filter_format,
             join=_filter_join,
-            replace=jinja2.pass_eval_context(_filter_replace),
+            replace=_filter_replace,
+            batch=_filter_batch,
+            slice=_filter_slice,
         )
         self.globals.pop("lipsum", None)  # lipsum(10**9) writes gigabytes of Latin
 
