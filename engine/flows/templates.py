@@ -140,7 +140,7 @@ class Template:
         except RenderError:
             raise
         except jinja2.UndefinedError as exc:
-            raise RenderError(str(exc.message), self.source) from None
+            raise RenderError(exc.message or "a value is missing", self.source) from None
         except ValueTooBig as exc:
             raise RenderError(str(exc), self.source) from None
         except RecursionError:
