@@ -315,13 +315,15 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
 
 def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
     from engine.flows import graph
+    from engine.flows.limits import Limits
     from engine.flows.loader import FlowRegistry, load_flow
 
     path = Path(name)
+    limits = Limits.of(cfg.engine)
     if path.suffix in (".yaml", ".yml"):
-        flow = load_flow(path)
+        flow = load_flow(path, limits=limits)
     else:
-        registry = FlowRegistry.from_dir(cfg.engine.flows_dir)
+        registry = FlowRegistry.from_dir(cfg.engine.flows_dir, limits)
         found = registry.get(name)
         if found is None:
             raise ParleyError(
@@ -333,25 +335,27 @@ def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
 
 
 def _validate(cfg: Config, paths: list[str]) -> int:
+    from engine.flows.limits import Limits
     from engine.flows.loader import FlowRegistry, load_flow
 
     targets = [Path(p) for p in paths] or [Path(cfg.engine.flows_dir)]
+    limits = Limits.of(cfg.engine)
     problems = 0
     count = 0
     for target in targets:
         try:
             if target.is_dir():
-                count += len(FlowRegistry.from_dir(target).flows)
+                count += len(FlowRegistry.from_dir(target, limits).flows)
             else:
-                load_flow(target)
+                load_flow(target, limits=limits)
                 count += 1
         except FlowErrors as exc:
             problems += len(exc.errors)
             for e in exc.errors:
                 print(e, file=sys.stderr)
-    if problems:
+    if problems:  # exit 2, as for invalid flows at start-up
         print(f"{problems} problem(s) found", file=sys.stderr)
-        return 1
+        return 2
     print(f"{count} flow(s) valid")
     return 0
 

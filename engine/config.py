@@ -126,6 +126,15 @@ class EngineConfig:
     outcome_events_max: int = 1_000_000
     #: A conversion the CRM reports is attributed to the contact's last journey start within this.
     attribution_window: Duration = Duration(7 * 86400.0)
+    #: A message longer than this many SMS segments is not sent: its run fails (docs/flows.md).
+    #: 10 segments (1,530 GSM-7 characters) is what carriers commonly accept.
+    max_segments: int = 10
+    #: A flow file larger than this is refused (bytes).
+    max_flow_bytes: int = 262_144
+    #: A flow file whose mappings and lists nest deeper than this is refused.
+    max_flow_depth: int = 32
+    #: A flow with more nodes than this is refused.
+    max_flow_nodes: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -471,6 +480,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError("engine.lease_ttl", f"must be at least 300ms, got {cfg.engine.lease_ttl}s")
     if cfg.engine.batch_size < 1:
         raise ConfigError("engine.batch_size", "must be at least 1")
+    if not 1 <= cfg.engine.max_segments <= 255:  # a concatenated SMS has at most 255 parts
+        raise ConfigError("engine.max_segments", f"must be 1..255, got {cfg.engine.max_segments}")
+    for key, low in (("max_flow_bytes", 1024), ("max_flow_depth", 8), ("max_flow_nodes", 1)):
+        if getattr(cfg.engine, key) < low:
+            raise ConfigError(f"engine.{key}", f"must be at least {low}")
     if cfg.redis.max_connections < 2:
         raise ConfigError("redis.max_connections", "must be at least 2")
     if cfg.log.level.lower() not in {"debug", "info", "warning", "error"}:

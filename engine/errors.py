@@ -29,6 +29,8 @@ callers decide on these types, never on aiohttp's or redis-py's.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ParleyError(Exception):
     """Base of every deliberate Parley error."""
@@ -82,7 +84,16 @@ class FlowErrors(ParleyError):
 
 
 class RenderError(ParleyError):
-    """A message template failed for this contact (e.g. missing field without a default)."""
+    """A message template failed for this contact (a value of the wrong type, a refusal of the
+    sandbox, a message over the size limit). ``reason`` is short and safe to store in an outcome
+    event; the runner adds the ``node`` it failed at and the ``state`` of the run it failed in
+    (a new run's, at a journey's first node), so the failure is blamed on that run."""
+
+    def __init__(self, reason: str, template: str = "") -> None:
+        self.reason = reason if len(reason) <= 200 else reason[:199] + "…"
+        self.node: str | None = None
+        self.state: dict[str, Any] | None = None
+        super().__init__(f"{self.reason} in template {template[:200]!r}" if template else self.reason)
 
 
 class ApiError(ParleyError):

@@ -3,6 +3,7 @@ finishes on the version it started with, even after a reload or on another proce
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -38,7 +39,9 @@ async def ensure(store: Store, registry: FlowRegistry, state: dict[str, Any]) ->
         log.warning("flow %s version %s is gone; its conversations end as flow_changed", name, digest)
         return
     try:
-        flow = parse_flow(text.decode() if isinstance(text, bytes) else text, f"{name}@{digest}")
+        source = text.decode() if isinstance(text, bytes) else text
+        # Off the event loop, as every flow load: turns of other contacts go on meanwhile.
+        flow = await asyncio.to_thread(parse_flow, source, f"{name}@{digest}", None, registry.limits)
     except FlowErrors as exc:  # cannot happen for a source that loaded once, unless code changed
         log.error("flow %s version %s no longer compiles: %s", name, digest, exc)
         return

@@ -5,7 +5,8 @@ A turn's commit appends, in the same script and so exactly once per applied even
     started   a run of a flow began           run, flow, params
     replied   the customer answered a wait    run, flow, node, wait_ms (since the question)
     result    a result was saved or changed   run, flow, name, value, category
-    ended     the run finished                run, flow, outcome, node (where it stopped)
+    ended     the run finished                run, flow, outcome, node (where it stopped),
+                                              reason (outcome failed: why a template failed)
     consent   opted_out / opted_in            flow of the run in progress, if any
     opt_out_review  a text with an opt-out keyword that the opt-out rule could not read
               (engine/optout.py), for a person: text, m (its message id), flow and run if in one
@@ -76,9 +77,9 @@ def events_for(
     if after.get("f"):
         out += _results(contact, after, (old.get("r") or {}) if same_run else {}, after.get("r") or {})
     if after.get("f") and after.get("n") is None and (not same_run or old.get("n") is not None):
-        out.append(
-            _ev("ended", contact, after, outcome=after.get("o"), node=old.get("n") if same_run else None)
-        )
+        node = after.get("fn") or (old.get("n") if same_run else None)  # fn: where a render failed
+        why = {"reason": after["err"]} if after.get("o") == "failed" and after.get("err") else {}
+        out.append(_ev("ended", contact, after, outcome=after.get("o"), node=node, **why))
     if consent is not None:
         who = after if after.get("f") and after.get("n") is not None else old if old_open else {}
         out.append({"t": "consent", "c": contact, "status": consent[0], "source": consent[1],

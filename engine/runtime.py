@@ -11,6 +11,7 @@ module-level singletons.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -27,6 +28,7 @@ from engine.clock import Clock
 from engine.config import Config, parse_cap
 from engine.errors import ConfigError
 from engine.flows import Flow, FlowRegistry
+from engine.flows.limits import Limits
 from engine.governance import Keywords
 from engine.metrics import Metrics
 from engine.quiet import QuietHours
@@ -68,6 +70,8 @@ class Runtime:
         self.clock = clock or Clock()
         self.metrics = Metrics()
         self.flows = FlowRegistry({})
+        #: One reload at a time: two loading side by side could finish in the wrong order.
+        self._reloading = asyncio.Lock()
         gov = config.governance
         self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
         self.quiet = QuietHours.from_config(
@@ -116,7 +120,9 @@ class Runtime:
     async def _open(self) -> None:
         cfg = self.config
         # Flows first: an invalid flow refuses start-up before anything is started.
-        self.flows = FlowRegistry.from_dir(cfg.engine.flows_dir)
+        self.flows = await asyncio.to_thread(
+            FlowRegistry.from_dir, cfg.engine.flows_dir, Limits.of(cfg.engine)
+        )
         url = cfg.redis.url
         if not url:
             if self._ephemeral:
@@ -197,10 +203,14 @@ class Runtime:
     async def reload_flows(self) -> FlowRegistry:
         """Load the flows directory again. New conversations take the new files; conversations
         in progress finish on their version. An invalid set raises FlowErrors and changes nothing."""
-        fresh = FlowRegistry.from_dir(self.config.engine.flows_dir)
-        fresh.succeed(self.flows)
-        await flow_versions.publish(self.store, fresh)
-        self.flows = fresh
+        async with self._reloading:
+            # Off the event loop: a big file takes seconds to parse, and serving goes on meanwhile.
+            fresh = await asyncio.to_thread(
+                FlowRegistry.from_dir, self.config.engine.flows_dir, Limits.of(self.config.engine)
+            )
+            fresh.succeed(self.flows)
+            await flow_versions.publish(self.store, fresh)
+            self.flows = fresh
         log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
         return fresh
 

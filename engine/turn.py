@@ -274,15 +274,12 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
         else:
             log.error("unknown event kind %r in %s; dropped", ev.kind, ev.ref)
             return _Plan("failed")
-    except RenderError as exc:
         assert flow is not None
-        log.error("turn failed flow=%s contact=%s event=%s: %s", flow.name, mask(ev.contact), ev.ref, exc)
-        failed = {**state, "f": flow.name, "n": None, "o": "failed", "ea": now, "err": str(exc)}
-        return _Plan("failed", flow=flow.name, state=failed, outcome="failed")
+        if decision.next_flow is not None:
+            flow, decision = _hand_off(rt, flow, decision, view, now)
+    except RenderError as exc:
+        return _render_failed(rt, ev, state, flow, contact, exc, now)
 
-    assert flow is not None
-    if decision.next_flow is not None:
-        flow, decision = _hand_off(rt, flow, decision, view, now)
     changed = None
     if decision.contact_updates or decision.tags_added:
         changed = Contact(
@@ -313,6 +310,33 @@ def _decide(rt: Runtime, ev: Event, state: dict[str, Any], contact: Contact) -> 
     )
 
 
+def _render_failed(
+    rt: Runtime,
+    ev: Event,
+    old: dict[str, Any],
+    flow: Flow | None,
+    contact: Contact,
+    exc: RenderError,
+    now: int,
+) -> _Plan:
+    """A template failed for this contact: the run it failed in (a new one, at a journey's
+    first node) ends ``failed``, its outcome event naming the node and a short reason; what the
+    turn would have said or changed is dropped and the flow's ``fallback`` is the one message, if
+    it has one. Committed like any turn: retrying would fail the same way, and the customer
+    would hear nothing while the event went to the dead letters."""
+    run = exc.state if exc.state is not None else old
+    failing = rt.flows.for_state(run) if run.get("f") else flow
+    name = str(run.get("f") or (failing.name if failing else ""))
+    log.error(
+        "render failed flow=%s node=%s contact=%s event=%s: %s", name, exc.node, mask(ev.contact), ev.ref, exc
+    )
+    failed = {**run, "n": None, "o": "failed", "ea": now, "err": exc.reason, "fn": exc.node}
+    failed.pop("ws", None)
+    failed.pop("rp", None)
+    fallback = failing.fallback_for(contact.language) if failing is not None else None
+    return _Plan("failed", flow=name, state=failed, texts=[fallback] if fallback else [], outcome="failed")
+
+
 def _call_job(ev: Event, call: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the caller needs: the rendered request, and where to send the answer back."""
     return None if call is None else {**call, "shard": ev.shard}
@@ -330,7 +354,12 @@ def _hand_off(
     loader checked it exists). The finished one's outcome and results are kept under ``prev``."""
     nxt = rt.flows.get(decision.next_flow or "")
     assert nxt is not None
-    then = start(nxt, view, decision.state.get("p", {}), now)
+    try:
+        then = start(nxt, view, decision.state.get("p", {}), now)
+    except RenderError as exc:  # the first run still ended, handed off; the new one failed
+        if exc.state is not None:
+            exc.state["prev"] = {"f": flow.name, "o": decision.outcome, "r": decision.state.get("r", {})}
+        raise
     then.messages = decision.messages + then.messages
     then.contact_updates = {**decision.contact_updates, **then.contact_updates}
     then.tags_added = decision.tags_added + [t for t in then.tags_added if t not in decision.tags_added]

@@ -76,7 +76,7 @@ def test_flows_validate_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nstart: a\nnodes:\n  a:\n    say: hi\n    goto: nowhere\n")
     proc = run_parley("flows", "validate", str(bad), "rules")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert f"{bad}:4: node 'a': goes to 'nowhere', which is not a node" in proc.stderr
     ok = run_parley("flows", "validate")
     shipped = len(list((Path(__file__).parent.parent / "rules").glob("*.yaml")))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import FlowErrors
-from engine.flows import load_flow, resume, start
+from engine.flows import FlowRegistry, load_flow, resume, start
 from engine.flows.loader import parse_flow
 from engine.flows.tests import compile_test
 from engine.flows.text import Reply
@@ -45,6 +45,10 @@ BROKEN = [
     Broken("bad YAML", "name: t\nstart: a\nnodes:\n  a: {end: x\n", 5, None, "invalid YAML"),
     Broken("typo in a contact field", HEAD + "  a:\n    say: |-\n      Hi\n      {{ contact.frist_name }}\n    end: x\n", 7, "a", "uses contact.frist_name, which the flow does not require"),
     Broken("field used in a set without a default", HEAD + "  a:\n    set:\n      x: '{{ contact.y }}'\n    end: x\n", 6, "a", "uses contact.y"),
+    Broken("fallback that is a template", "name: t\nfallback: 'Sorry {{ contact.first_name }}'\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "fallback must be plain text"),
+    Broken("fallback that is not text", "name: t\nfallback: [a, b]\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "fallback must be text"),
+    Broken("fallback over 10 segments", "name: t\nfallback: '" + "sorry " * 300 + "'\nstart: a\nnodes:\n  a: {end: x}\n", 2, None, "segments"),
+    Broken("template that fails for everyone", HEAD + "  a:\n    say: '{{ range(10**9) | list }}'\n    end: x\n", 5, "a", "fails for every contact"),
 ]  # fmt: skip
 
 
@@ -114,6 +118,18 @@ SAID = [
     Said("regex group", {"regex": r"order (\w+)"}, "Where is order A1042?", "A1042"),
     Said("anything", "anything", " hi ", "hi"),
     Said("anything but blank", "anything", "   ", None),
+    Said("Arabic-Indic digit", {"number_between": [0, 10]}, "٩", 9),
+    Said("Devanagari digits", {"number_between": [0, 10]}, "१०", 10),
+    Said("fullwidth digit", {"number_between": [0, 10]}, "\uff19", 9),
+    Said("a digit that is not a decimal", {"number_between": [0, 10]}, "᧚", None),
+    Said("a Kharoshthi digit", {"number_between": [0, 10]}, "𐩀", None),
+    Said("5,000 digits are no score", {"number_between": [0, 10]}, "9" * 5000, None),
+    Said("choice by an Arabic-Indic digit", {"choice": ["Confirm", "Rebook", "Cancel"]}, "٢", "Rebook"),
+    Said("choice by a digit that is not a decimal", {"choice": ["Confirm", "Rebook", "Cancel"]}, "᧚", None),
+    Said("choice by a Kharoshthi digit", {"choice": ["Confirm", "Rebook", "Cancel"]}, "𐩀", None),
+    Said("choice by 5,000 digits", {"choice": ["Confirm", "Rebook", "Cancel"]}, "1" * 5000, None),
+    Said("date in Arabic-Indic digits", "date", "٢٥/١٢", "2026-12-25"),
+    Said("time in Devanagari digits", "time", "१५:३०", "15:30"),
 ]
 
 
@@ -198,3 +214,30 @@ def test_an_empty_crm_value_counts_as_missing(empty: object) -> None:
 
     view = Contact("+447700900123", {"first_name": empty, "company": empty}).template_view()
     assert start(NPS, view, {}, 0).messages[0].startswith("Hi there, thanks for choosing us.")
+
+
+#: Every reply test of every shipped flow, labelled ``flow.node#case``.
+SHIPPED_TESTS = {
+    f"{flow.name}.{node.name}#{i}": case.test
+    for flow in FlowRegistry.from_dir(ROOT / "rules").flows.values()
+    for node in flow.nodes.values()
+    for i, case in enumerate(node.cases)
+    if case.test is not None
+}
+#: Text as it may arrive: any Unicode, digits of every script, runs of digits past int()'s limit.
+hostile_text = st.one_of(
+    st.text(max_size=60),
+    st.text(st.characters(categories=["Nd", "No", "Nl"]), max_size=20),
+    st.builds(lambda d, n, tail: d * n + tail, st.characters(categories=["Nd", "No"]),
+              st.integers(1, 6000), st.text(max_size=5)),
+    st.sampled_from(["᧚", "𐩀", "1" * 4301, "٢٥/١٢", "9/10", "1e999", "-0", "+3", "²"]),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=hostile_text)
+def test_no_text_crashes_any_reply_test_of_a_shipped_flow(text: str) -> None:
+    for label, test in SHIPPED_TESTS.items():
+        m = test(Reply(text, timezone="Europe/London", contact_number="+447700900123"))
+        if m is not None and isinstance(m.value, float):
+            assert m.value == m.value and abs(m.value) < 1e16, (label, m.value)

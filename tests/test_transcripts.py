@@ -4,6 +4,7 @@
 A transcript has a header, ``---``, then one step per line::
 
     flow: appointment                  the flow under test; started first unless "by: trigger"
+    flows: transcripts/flows           where the flows are, under tests/ (default: the shipped rules/)
     by: trigger                        the conversation starts with the customer's keyword
     contact: +447700900123
     clock: 2026-11-22T09:00:00Z        the fake clock's start (UTC)
@@ -170,9 +171,10 @@ async def test_transcript(path: Path, redis_url: str) -> None:
         t.header.get("clock", "2026-11-22T09:00:00+00:00").replace("Z", "+00:00")
     )
     clock = FakeClock(int(start.timestamp() * 1000))
+    flows = {"flows_dir": str(Path(__file__).parent / t.header["flows"])} if "flows" in t.header else {}
     cfg = make_config(
         redis_url,
-        engine={"timer_poll": "1h"},  # timers fire only when a transcript moves the clock
+        engine={"timer_poll": "1h", **flows},  # timers fire only when a transcript moves the clock
         gateways={"console": {"type": "console"}},
     )
     async with Runtime(cfg, clock=clock, http=False) as rt:

@@ -4,7 +4,10 @@ Validation collects every problem in a file before giving up, and each problem n
 the line and the node, so that ``parley flows validate`` is a to-do list rather than a guessing
 game. Checked: the YAML itself, unknown and missing keys, references to nodes that do not exist,
 nodes nothing reaches, loops that never wait for the customer, reply tests and their arguments,
-template syntax, and nodes with nowhere to go.
+template syntax, and nodes with nowhere to go. Bounded (engine/flows/limits.py): the file's
+size, its nesting, its node count, the nesting of its templates and the length of its messages,
+so a hostile file is refused quickly instead of stalling or crashing the process that loads it;
+the graph walks are iterative for the same reason.
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ import jinja2
 import yaml
 
 from engine.config import parse_cap, parse_duration
-from engine.errors import FlowError, FlowErrors
+from engine.errors import FlowError, FlowErrors, RenderError
 from engine.flows import yamlsrc
 from engine.flows.conditions import compile_condition, is_condition
 from engine.flows.fields import BUILT_IN, unguarded
+from engine.flows.limits import MAX_TEMPLATE_NESTING, Limits
 from engine.flows.model import Call, Case, Flow, Node, Reprompt
 from engine.flows.templates import Template, make_environment
 from engine.flows.tests import TestArgError, compile_test
 from engine.flows.text import fold
+from engine.sms import encoding_of
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational", "fields", "caps",
+    "conversational", "fields", "caps", "fallback",
 }  # fmt: skip
 NODE_KEYS = {
     "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call", "consent",
@@ -45,9 +50,42 @@ REPROMPT_KEYS = {"say", "max", "after"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+#: Jinja tags that open a block closed by an ``end...`` tag (``set`` is left out: mostly inline).
+_BLOCK_TAGS = frozenset({"if", "for", "macro", "call", "filter", "with", "block", "autoescape", "trans"})
+
+
+def _template_nesting(env: jinja2.Environment, source: str) -> tuple[int, int]:
+    """The deepest nesting of blocks and brackets in a template, and the line where it is
+    reached, from Jinja's lexer (which does not recurse: its parser and Python's compiler do,
+    and fail on a few thousand levels)."""
+    depth = deepest = 0
+    at = 1
+    after_block_start = False
+    for lineno, kind, value in env.lex(source):
+        if kind == "whitespace":
+            continue
+        if kind == "block_begin":
+            after_block_start = True
+            continue
+        if after_block_start and kind == "name":
+            if value in _BLOCK_TAGS:
+                depth += 1
+            elif value.startswith("end") and value[3:] in _BLOCK_TAGS:
+                depth -= 1
+        elif kind == "operator" and value in "([{":
+            depth += 1
+        elif kind == "operator" and value in ")]}":
+            depth -= 1
+        after_block_start = False
+        if depth > deepest:
+            deepest, at = depth, lineno
+    return deepest, at
+
+
 class _Collector:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, limits: Limits) -> None:
         self.file = file
+        self.limits = limits
         self.errors: list[FlowError] = []
         #: (node, contact field, line) for every unguarded ``contact.X`` in a template.
         self.uses: list[tuple[str, str, int]] = []
@@ -55,9 +93,27 @@ class _Collector:
     def template(self, env: jinja2.Environment, source: str, line: int, node: str) -> Template | None:
         """Compile one template, noting its unguarded contact fields; None on a syntax error."""
         try:
+            deepest, at = _template_nesting(env, source)
+        except jinja2.TemplateSyntaxError as exc:
+            self.add(line + max(exc.lineno - 1, 0), node, f"template syntax: {exc.message}")
+            return None
+        if deepest > MAX_TEMPLATE_NESTING:
+            self.add(
+                line + at - 1,
+                node,
+                f"template blocks or brackets nested too deeply (more than {MAX_TEMPLATE_NESTING})",
+            )
+            return None
+        try:
             tpl = Template(env, source)
         except jinja2.TemplateSyntaxError as exc:
             self.add(line + max(exc.lineno - 1, 0), node, f"template syntax: {exc.message}")
+            return None
+        except RenderError as exc:  # uses no data, and fails: it would fail for every contact
+            self.add(line, node, f"this template fails for every contact: {exc.reason}")
+            return None
+        except (RecursionError, SyntaxError, MemoryError) as exc:  # what the nesting check missed
+            self.add(line, node, f"template cannot be compiled: {type(exc).__name__}")
             return None
         for field_name, at in unguarded(env.parse(source)):
             self.uses.append((node, field_name, line + at - 1))
@@ -67,23 +123,44 @@ class _Collector:
         self.errors.append(FlowError(self.file, line, node, problem))
 
 
-def load_flow(path: str | Path, env: jinja2.Environment | None = None) -> Flow:
+def _too_big(file: str, size: int, limits: Limits) -> FlowErrors:
+    return FlowErrors(
+        [FlowError(file, 1, None, f"the file is {size:,} bytes, over the limit of {limits.max_bytes:,} "
+                                  "(engine.max_flow_bytes)")]
+    )  # fmt: skip
+
+
+def load_flow(path: str | Path, env: jinja2.Environment | None = None, limits: Limits | None = None) -> Flow:
     """Load and compile one flow file; raise :class:`FlowErrors` listing every problem."""
     path = Path(path)
     file = str(path)
+    limits = limits or Limits()
     try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:  # refused before reading a byte of it
+            raise _too_big(file, size, limits)
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FlowErrors([FlowError(file, None, None, f"cannot read: {exc.strerror}")]) from None
-    return parse_flow(text, file, env)
+    except UnicodeDecodeError as exc:
+        raise FlowErrors([FlowError(file, None, None, f"not UTF-8 text: {exc.reason}")]) from None
+    return parse_flow(text, file, env, limits)
 
 
-def parse_flow(text: str, file: str, env: jinja2.Environment | None = None) -> Flow:
+def parse_flow(
+    text: str, file: str, env: jinja2.Environment | None = None, limits: Limits | None = None
+) -> Flow:
     """Compile flow YAML ``text`` (``file`` is only used in error messages)."""
-    errs = _Collector(file)
+    limits = limits or Limits()
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        raise _too_big(file, size, limits)
+    errs = _Collector(file, limits)
     try:
-        data = yamlsrc.load(text)
+        data = yamlsrc.load(text, limits.max_depth)
     except yamlsrc.DuplicateKey as exc:
+        raise FlowErrors([FlowError(file, exc.line, None, str(exc))]) from None
+    except (yamlsrc.TooDeep, yamlsrc.TooLarge) as exc:
         raise FlowErrors([FlowError(file, exc.line, None, str(exc))]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -163,6 +240,14 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
     if "nodes" in d:
         if not isinstance(raw_nodes, yamlsrc.LineDict) or not raw_nodes:
             errs.add(d.line_of("nodes"), None, "nodes must be a mapping of node name -> node")
+        elif len(raw_nodes) > errs.limits.max_nodes:
+            errs.add(
+                d.line_of("nodes"),
+                None,
+                f"{len(raw_nodes):,} nodes, more than the limit of {errs.limits.max_nodes:,} "
+                "(engine.max_flow_nodes)",
+            )
+            return None
         else:
             for node_name, body in raw_nodes.items():
                 node = _node(node_name, body, raw_nodes.line_of(node_name), errs, env)
@@ -178,6 +263,9 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
                 f"uses contact.{field_name}, which the flow does not require: add it to fields: "
                 f"(contacts without it are not started) or write contact.{field_name} | default(...)",
             )
+    fallback: dict[str, str] = {}
+    if "fallback" in d:
+        fallback = _fallback(d, errs, env)
     start = d.get("start")
     if "start" in d and isinstance(raw_nodes, dict) and start not in raw_nodes:
         errs.add(d.line_of("start"), None, f"start names {start!r}, which is not a node")
@@ -196,7 +284,43 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: _Collector, env: jinja2.Environm
         conversational=conversational,
         fields=list(required),
         caps=caps,
+        fallback=fallback,
+        max_segments=errs.limits.max_segments,
     )
+
+
+def _fallback(d: yamlsrc.LineDict, errs: _Collector, env: jinja2.Environment) -> dict[str, str]:
+    """``fallback:``: plain text (or language -> text) sent when a template fails at run time.
+    It cannot be a template itself: it is what is said when templates cannot be trusted."""
+    line = d.line_of("fallback")
+    value = d["fallback"]
+    variants = {"": value} if isinstance(value, str) else value
+    if not (
+        isinstance(variants, dict)
+        and variants
+        and all(isinstance(v, str) and v.strip() for v in variants.values())
+    ):
+        errs.add(line, None, "fallback must be text, or a mapping of language -> text")
+        return {}
+    out: dict[str, str] = {}
+    for lang, text in variants.items():
+        if any(mark in text for mark in ("{{", "{%", "{#")):
+            errs.add(line, None, "fallback must be plain text: it is sent when a template has failed")
+            continue
+        out[str(lang)] = " ".join(text.split())
+        _check_segments(out[str(lang)], line, None, errs)
+    return out
+
+
+def _check_segments(text: str, line: int, node: str | None, errs: _Collector) -> None:
+    segments = encoding_of(text).segments
+    if segments > errs.limits.max_segments:
+        errs.add(
+            line,
+            node,
+            f"the message is {segments} SMS segments long, more than the limit of {errs.limits.max_segments} "
+            "(engine.max_segments)",
+        )
 
 
 def _say(
@@ -218,6 +342,8 @@ def _say(
         tpl = errs.template(env, src, lines.get(lang, line), node)
         if tpl is not None:
             out[lang] = tpl
+            if tpl.constant is not None:
+                _check_segments(tpl.constant, lines.get(lang, line), node, errs)
     return out
 
 
@@ -577,27 +703,32 @@ def _check_graph(flow: Flow, declared: set[str], errs: _Collector) -> None:
         if node.name not in reachable:
             errs.add(node.line, node.name, "unreachable: no path from start leads here")
     # A loop through nodes that never wait would spin without ever hearing from the customer.
+    # Depth-first with an explicit stack (a recursive walk overflows on a long chain of gotos).
     moving = {n for n, node in flow.nodes.items() if not node.wait}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(n: str, path: list[str]) -> bool:
-        state[n] = 1
-        for nxt in flow.nodes[n].successors():
+    for root in sorted(moving, key=lambda k: flow.nodes[k].line):
+        if state.get(root) is not None:
+            continue
+        path = [root]
+        stack = [iter(flow.nodes[root].successors())]
+        state[root] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                state[path.pop()] = 2
+                continue
             if nxt not in moving:
                 continue
             if state.get(nxt) == 1:
-                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [n, nxt]
-                start = flow.nodes[cycle[0]]
-                errs.add(start.line, start.name, f"loops without waiting for a reply: {' -> '.join(cycle)}")
-                return True
-            if state.get(nxt) is None and visit(nxt, [*path, nxt]):
-                return True
-        state[n] = 2
-        return False
-
-    for n in sorted(moving, key=lambda k: flow.nodes[k].line):
-        if state.get(n) is None and visit(n, [n]):
-            return
+                cycle = [*path[path.index(nxt) :], nxt]
+                first = flow.nodes[cycle[0]]
+                errs.add(first.line, first.name, f"loops without waiting for a reply: {' -> '.join(cycle)}")
+                return
+            if state.get(nxt) is None:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(flow.nodes[nxt].successors()))
 
 
 class FlowRegistry:
@@ -607,8 +738,10 @@ class FlowRegistry:
     with (its state records the digest). Loading refuses the whole set if any file is invalid.
     """
 
-    def __init__(self, flows: dict[str, Flow]) -> None:
+    def __init__(self, flows: dict[str, Flow], limits: Limits | None = None) -> None:
         self.flows = flows
+        #: The bounds these flows were loaded with (a stored version is re-read with them too).
+        self.limits = limits or Limits()
         self._triggers = {t: f for f in flows.values() for t in f.triggers}
         self.versions: dict[tuple[str, str], Flow] = {(f.name, f.digest): f for f in flows.values()}
 
@@ -631,7 +764,10 @@ class FlowRegistry:
             self.versions.setdefault(key, flow)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> FlowRegistry:
+    def from_dir(cls, path: str | Path, limits: Limits | None = None) -> FlowRegistry:
+        """Load every flow file in a directory; :class:`FlowErrors` lists every problem. Slow
+        for big files (pure-Python YAML): call it off the event loop (``asyncio.to_thread``)."""
+        limits = limits or Limits()
         root = Path(path)
         if not root.is_dir():
             raise FlowErrors([FlowError(str(root), None, None, "flows directory not found")])
@@ -640,7 +776,7 @@ class FlowRegistry:
         errors: list[FlowError] = []
         for file in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):
             try:
-                flow = load_flow(file, env)
+                flow = load_flow(file, env, limits)
             except FlowErrors as exc:
                 errors.extend(exc.errors)
                 continue
@@ -680,7 +816,7 @@ class FlowRegistry:
                 seen[t] = flow.name
         if errors:
             raise FlowErrors(errors)
-        return cls(flows)
+        return cls(flows, limits)
 
     def get(self, name: str) -> Flow | None:
         return self.flows.get(name)

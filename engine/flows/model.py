@@ -108,3 +108,14 @@ class Flow:
     digest: str = ""
     #: The YAML it was compiled from (kept in Redis so a session can finish on it).
     text: str = ""
+    #: What to say when a template fails at run time: language -> plain text ("" = any).
+    fallback: dict[str, str] = field(default_factory=dict)
+    #: A message longer than this many segments is a render failure (engine.max_segments).
+    max_segments: int = 10
+
+    def fallback_for(self, language: str | None) -> str | None:
+        """The fallback message in the contact's language, else the flow's, else any."""
+        for lang in (language, self.language, ""):
+            if lang is not None and lang in self.fallback:
+                return self.fallback[lang]
+        return next(iter(self.fallback.values()), None)

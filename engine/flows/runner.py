@@ -10,6 +10,7 @@ Session state is a small dict with short keys, because it is what Redis holds pe
     st  started (ms)         ws  waiting since (ms) rp  reprompts used at this node
     r   results {name: {v: value, c: category, t: text, at: ms}}
     p   start parameters     o   outcome once ended  ea  ended at (ms)
+    err why a run failed (a template could not render)   fn  the node it failed at
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import RenderError
 from engine.flows.conditions import resolve
 from engine.flows.model import Flow, Node
 from engine.flows.templates import Template
 from engine.flows.tests import Match
 from engine.flows.text import Reply
+from engine.sms import encoding_of
 
 #: A turn that passes through more nodes than this without waiting is a flow bug.
 MAX_STEPS = 64
@@ -53,31 +56,79 @@ class Decision:
         return self.state.get("n") is not None
 
 
-class ResultView:
-    """A saved result as templates see it: prints as its value, with ``.category`` and ``.text``;
-    a CRM answer (a JSON object) also reads through: ``results.crm.balance``."""
+class _Saved:
+    """What a saved result adds to its value in templates: ``.category`` and ``.text`` (and
+    ``.value``, the plain value, as flows written before results were their values say)."""
 
-    __slots__ = ("category", "text", "value")
+    category: Any = None
+    text: Any = None
+    value: Any = None
 
-    def __getattr__(self, name: str) -> Any:
-        if isinstance(self.value, dict) and name in self.value:
-            return self.value[name]
-        raise AttributeError(name)
 
-    def __init__(self, r: dict[str, Any]) -> None:
-        self.value = r.get("v")
-        self.category = r.get("c")
-        self.text = r.get("t")
+class _SavedStr(str, _Saved):
+    pass
+
+
+class _SavedInt(int, _Saved):
+    pass
+
+
+class _SavedFloat(float, _Saved):
+    pass
+
+
+class _SavedDict(dict[str, Any], _Saved):
+    pass
+
+
+class _SavedList(list[Any], _Saved):
+    pass
+
+
+class ResultView(_Saved):
+    """A saved true/false or empty result (``bool`` cannot be subclassed): prints, tests and
+    compares as its value."""
 
     def __str__(self) -> str:
         return "" if self.value is None else str(self.value)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.value == (other.value if isinstance(other, ResultView) else other))
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+_SAVED: dict[type, type] = {
+    str: _SavedStr,
+    int: _SavedInt,
+    float: _SavedFloat,
+    dict: _SavedDict,
+    list: _SavedList,
+}
+
+
+def saved_result(r: dict[str, Any]) -> Any:
+    """A saved result as templates see it: its value itself (a text, number, list or CRM answer,
+    so filters, comparisons and arithmetic work on it: ``results.day | datetime``,
+    ``results.score >= 9``, ``results.crm.balance``), with ``.category`` and ``.text`` added."""
+    value = r.get("v")
+    kind = _SAVED.get(type(value))
+    view: _Saved = kind(value) if kind is not None else ResultView()
+    view.value = value
+    view.category = r.get("c")
+    view.text = r.get("t")
+    return view
 
 
 def template_context(contact: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """The names a template can use: ``contact.*``, ``results.*``, ``params.*``."""
     return {
         "contact": contact,
-        "results": {k: ResultView(v) for k, v in state.get("r", {}).items()},
+        "results": {k: saved_result(v) for k, v in state.get("r", {}).items()},
         "params": state.get("p", {}),
     }
 
@@ -108,53 +159,79 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
     ctx = template_context(contact, state)
     for _ in range(MAX_STEPS):
         node: Node = flow.nodes[node_name]
-        if node.sets:
-            for key, tpl in node.sets.items():
-                value = tpl.render_value(ctx)
-                d.contact_updates[key] = contact[key] = value  # later templates see the new value
-        for tag in node.tags:
-            if tag not in contact.get("tags", []):
-                contact["tags"] = [*contact.get("tags", []), tag]
-                d.tags_added.append(tag)
-        if node.consent is not None:
-            d.consent = node.consent
-        if node.say:
-            d.messages.append(_pick(node.say, language, flow).render(ctx))
-        if node.start_flow is not None:
-            _end(d, HANDED_OFF, now_ms)
-            d.next_flow = node.start_flow
-            return
-        if node.call is not None:
-            c = node.call
-            d.call = {
-                "url": c.url.render(ctx),
-                "method": c.method,
-                "headers": {k: str(t.render_value(ctx)) for k, t in c.headers.items()},
-                "body": {k: t.render_value(ctx) for k, t in c.body.items()} if c.body is not None else None,
-                "timeout": c.timeout,
-                "token": f"{node.name}@{now_ms}",
-                **({"cache": c.cache} if c.cache else {}),
-            }
-            state["n"], state["ws"], state["rp"] = node.name, now_ms, 0
-            return
-        if not node.wait and node.cases:
-            data = condition_data(contact, state)
-            hit = next((c for c in node.cases if c.condition is not None and c.condition(data)), None)
-            target = hit.goto if hit else node.default
-            assert target is not None  # the loader requires a default on routing nodes
-            node_name = target
-            continue
-        if node.wait:
-            state["n"] = node.name
-            state["ws"] = now_ms
-            state["rp"] = 0
-            return
-        if node.end is not None:
-            _end(d, node.end, now_ms)
-            return
-        assert node.goto is not None  # guaranteed by the loader
-        node_name = node.goto
+        try:
+            if node.sets:
+                for key, tpl in node.sets.items():
+                    value = tpl.render_value(ctx)
+                    d.contact_updates[key] = contact[key] = value  # later templates see the new value
+            for tag in node.tags:
+                if tag not in contact.get("tags", []):
+                    contact["tags"] = [*contact.get("tags", []), tag]
+                    d.tags_added.append(tag)
+            if node.consent is not None:
+                d.consent = node.consent
+            if node.say:
+                d.messages.append(_message(_pick(node.say, language, flow), ctx, flow))
+            if node.start_flow is not None:
+                _end(d, HANDED_OFF, now_ms)
+                d.next_flow = node.start_flow
+                return
+            if node.call is not None:
+                c = node.call
+                d.call = {
+                    "url": c.url.render(ctx),
+                    "method": c.method,
+                    "headers": {k: str(t.render_value(ctx)) for k, t in c.headers.items()},
+                    "body": {k: t.render_value(ctx) for k, t in c.body.items()}
+                    if c.body is not None
+                    else None,
+                    "timeout": c.timeout,
+                    "token": f"{node.name}@{now_ms}",
+                    **({"cache": c.cache} if c.cache else {}),
+                }
+                state["n"], state["ws"], state["rp"] = node.name, now_ms, 0
+                return
+            if not node.wait and node.cases:
+                data = condition_data(contact, state)
+                hit = next((c for c in node.cases if c.condition is not None and c.condition(data)), None)
+                target = hit.goto if hit else node.default
+                assert target is not None  # the loader requires a default on routing nodes
+                node_name = target
+                continue
+            if node.wait:
+                state["n"] = node.name
+                state["ws"] = now_ms
+                state["rp"] = 0
+                return
+            if node.end is not None:
+                _end(d, node.end, now_ms)
+                return
+            assert node.goto is not None  # guaranteed by the loader
+            node_name = node.goto
+        except RenderError as exc:
+            raise _blamed(exc, node.name, d) from None
     raise RuntimeError(f"flow {flow.name}: more than {MAX_STEPS} steps without waiting")
+
+
+def _blamed(exc: RenderError, node: str, d: Decision) -> RenderError:
+    """The failure, with the node it happened at and the run it happened in (this decision's:
+    a new run's when the flow was starting, not the contact's previous one)."""
+    exc.node = exc.node or node
+    exc.state = exc.state if exc.state is not None else d.state
+    return exc
+
+
+def _message(tpl: Template, ctx: dict[str, Any], flow: Flow) -> str:
+    """A rendered message, refused if it is longer than the flow may send."""
+    text = tpl.render(ctx)
+    if len(text) * 2 > flow.max_segments * 67:  # shorter ones fit in any alphabet: not counted
+        segments = encoding_of(text).segments
+        if segments > flow.max_segments:
+            raise RenderError(
+                f"the message is {segments} SMS segments long, over the limit of {flow.max_segments}",
+                tpl.source,
+            )
+    return text
 
 
 def _end(d: Decision, outcome: str, now_ms: int) -> None:
@@ -201,9 +278,14 @@ def resume(flow: Flow, state: dict[str, Any], contact: dict[str, Any], text: str
     assert rp is not None  # the loader refuses a waiting node with neither
     used = int(state.get("rp", 0))
     if used < rp.max:
-        d.messages.append(
-            _pick(rp.say, contact.get("language"), flow).render(template_context(contact, d.state))
-        )
+        try:
+            d.messages.append(
+                _message(
+                    _pick(rp.say, contact.get("language"), flow), template_context(contact, d.state), flow
+                )
+            )
+        except RenderError as exc:
+            raise _blamed(exc, node.name, d) from None
         d.state["rp"] = used + 1
     elif rp.after:
         _walk(flow, rp.after, contact, d, now_ms)

@@ -11,9 +11,10 @@ import string
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta
 
 from engine.errors import RenderError
+from engine.flows.sandbox import MAX_VALUE, BoundedSandbox, ValueTooBig
 
 
 @jinja2.pass_environment
@@ -79,8 +80,8 @@ def currency(env: jinja2.Environment, value: object, code: str = "GBP") -> objec
     return f"{sign}{symbol}{digits}" if symbol else f"{sign}{digits} {code.upper()}"
 
 
-def make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True)
+def make_environment() -> BoundedSandbox:
+    env = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True)
     env.filters["first_name"] = first_name
     env.filters["datetime"] = datetime_filter
     env.filters["currency"] = currency
@@ -88,31 +89,63 @@ def make_environment() -> ImmutableSandboxedEnvironment:
 
 
 class Template:
-    """A compiled template and the source it came from."""
+    """A compiled template and the source it came from.
+
+    Compiling raises ``TemplateSyntaxError`` for bad syntax, and a template that uses no data
+    (only constants and Jinja's globals) is rendered once here, so one that can never render
+    (``{{ 'a' * 10**9 }}``, ``{{ range(10**9) | list }}``) raises :class:`RenderError` at load
+    rather than failing every conversation that reaches it."""
 
     __slots__ = ("_constant", "_globals", "_tpl", "source")
 
     def __init__(self, env: jinja2.Environment, source: str) -> None:
         self.source = source
         self._tpl = env.from_string(source)  # raises TemplateSyntaxError
-        # Most messages have no template syntax: render those once, here, not on every turn.
-        has_syntax = any(mark in source for mark in ("{{", "{%", "{#"))
-        self._constant = None if has_syntax else " ".join(self._tpl.render().split())
         self._globals = dict(env.globals)
+        self._constant: str | None = None
+        # Most messages have no template syntax, and some use no data: render those once, here,
+        # not on every turn.
+        has_syntax = any(mark in source for mark in ("{{", "{%", "{#"))
+        if not has_syntax or meta.find_undeclared_variables(env.parse(source)) <= set(env.globals):
+            self._constant = self._render({})
+
+    @property
+    def constant(self) -> str | None:
+        """The message, when it is the same for every contact (rendered at load)."""
+        return self._constant
 
     def render_value(self, context: dict[str, Any]) -> Any:
         """What ``set:`` stores: the rendered text."""
         return self.render(context)
 
     def render(self, context: dict[str, Any]) -> str:
+        """The message for this context, whitespace collapsed; :class:`RenderError` if it fails."""
         if self._constant is not None:
             return self._constant
+        return self._render(context)
+
+    def _render(self, context: dict[str, Any]) -> str:
         try:
             # A shared context skips Jinja's per-render merge of globals (half the cost of a
             # render, measured); the globals go in with the turn's own names instead.
             ctx = self._tpl.new_context({**self._globals, **context}, shared=True)
-            return " ".join("".join(self._tpl.root_render_func(ctx)).split())
+            parts: list[str] = []
+            size = 0
+            for chunk in self._tpl.root_render_func(ctx):  # stopped early if it grows too long
+                size += len(chunk)
+                if size > MAX_VALUE:
+                    raise RenderError(f"the message is over {MAX_VALUE:,} characters long", self.source)
+                parts.append(chunk)
+            return " ".join("".join(parts).split())
+        except RenderError:
+            raise
         except jinja2.UndefinedError as exc:
-            raise RenderError(f"{exc.message} in template {self.source!r}") from None
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"{exc} in template {self.source!r}") from None
+            raise RenderError(exc.message or "a value is missing", self.source) from None
+        except ValueTooBig as exc:
+            raise RenderError(str(exc), self.source) from None
+        except RecursionError:
+            raise RenderError("too deep a recursion (a macro calling itself?)", self.source) from None
+        except MemoryError:
+            raise RenderError("out of memory", self.source) from None
+        except Exception as exc:  # a template is data: any failure fails this render, not the turn
+            raise RenderError(f"{type(exc).__name__}: {exc}", self.source) from None

@@ -15,7 +15,7 @@ from typing import Any
 import phonenumbers
 
 from engine.flows.dates import parse_date, parse_time
-from engine.flows.text import Reply, fold
+from engine.flows.text import Reply, fold, parse_whole
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,9 @@ def _choice(arg: Any) -> ReplyTest:
 
     def test(r: Reply) -> Match | None:
         text = r.folded.strip(" .!?")
-        if text.isdigit() and 1 <= int(text) <= len(options):
-            return Match(options[int(text) - 1][1])
+        n = parse_whole(text)
+        if n is not None and 1 <= n <= len(options):
+            return Match(options[n - 1][1])
         hits = {orig for key, orig in options if key in r.words or key == text}
         if len(hits) == 1:
             return Match(hits.pop())
@@ -195,7 +196,7 @@ def _date(arg: Any) -> ReplyTest:
         raise TestArgError(f"date takes no argument or {{order: dmy | mdy}}, got {arg!r}")
 
     def test(r: Reply) -> Match | None:
-        d = parse_date(r.folded, r.today, day_first)
+        d = parse_date(r.plain, r.today, day_first)
         return Match(d.isoformat()) if d else None
 
     return test
@@ -203,7 +204,7 @@ def _date(arg: Any) -> ReplyTest:
 
 def _time(arg: Any) -> ReplyTest:
     def test(r: Reply) -> Match | None:
-        t = parse_time(r.folded)
+        t = parse_time(r.plain)
         return Match(t.strftime("%H:%M")) if t else None
 
     return test

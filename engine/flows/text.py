@@ -14,8 +14,11 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _WORD_RE = re.compile(r"[\w']+|[\U0001F300-\U0001FAFF\u2600-\u27BF]", re.UNICODE)
-_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?")
-_OUT_OF_RE = re.compile(r"^\s*([-+]?\d+(?:[.,]\d+)?)\s*(?:/|out of|of)\s*\d+")
+#: A number in a reply: at most 15 digits either side of the point (beyond that it is an order
+#: or card number, not an answer, and no longer exact as a float), not part of a longer run.
+_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?[0-9]{1,15}(?:[.,][0-9]{1,15})?(?![0-9])")
+_OUT_OF_RE = re.compile(r"^\s*([-+]?[0-9]{1,15}(?:[.,][0-9]{1,15})?)\s*(?:/|out of|of)\s*[0-9]")
+_WHOLE_RE = re.compile(r"[0-9]{1,15}")
 
 NUMBER_WORDS = {
     "zero": 0, "nought": 0, "nil": 0, "none": 0, "one": 1, "two": 2, "three": 3, "four": 4,
@@ -23,6 +26,33 @@ NUMBER_WORDS = {
     "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
     "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
 }  # fmt: skip
+
+
+class _Decimals(dict[int, int]):
+    """``str.translate`` table: every Unicode decimal digit (Arabic-Indic ``٣``, Devanagari
+    ``३``, ...) to its ASCII digit, worked out once per character seen. Only decimals (category
+    Nd): ``᧚`` or ``²`` are digits to ``str.isdigit`` but not decimal, so ``int()`` refuses them;
+    they stay as they are and are not read as numbers."""
+
+    def __missing__(self, code: int) -> int:
+        value = unicodedata.decimal(chr(code), None)
+        self[code] = code if value is None else ord("0") + value
+        return self[code]
+
+
+_DECIMALS = _Decimals()
+
+
+def ascii_digits(text: str) -> str:
+    """``text`` with every Unicode decimal digit written as its ASCII digit."""
+    return text if text.isascii() else text.translate(_DECIMALS)
+
+
+def parse_whole(text: str) -> int | None:
+    """A whole number that is all of ``text`` (any script's decimal digits, at most 15 of them:
+    ``int()`` refuses over 4,300 and some digits it does not read at all), else None."""
+    text = ascii_digits(text)
+    return int(text) if _WHOLE_RE.fullmatch(text) else None
 
 
 def fold(text: str) -> str:
@@ -79,13 +109,19 @@ class Reply:
         return fold(self.raw)
 
     @_lazy
+    def plain(self) -> str:
+        """Folded, with every script's decimal digits as ASCII: what numbers, dates and times
+        are read from."""
+        return ascii_digits(self.folded)
+
+    @_lazy
     def words(self) -> list[str]:
         return _WORD_RE.findall(self.folded)
 
     @_lazy
     def number(self) -> float | None:
         """The number the customer gave: ``9``, `` 9! ``, ``9/10``, ``nine``, ``8.5``; else None."""
-        text = self.folded
+        text = self.plain
         m = _OUT_OF_RE.match(text)
         if m:
             return _to_number(m.group(1))

@@ -32,10 +32,59 @@ class DuplicateKey(yaml.YAMLError):
         self.line = line
 
 
+class TooDeep(yaml.YAMLError):
+    def __init__(self, limit: int, line: int) -> None:
+        super().__init__(f"mappings and lists nested deeper than {limit} (engine.max_flow_depth)")
+        self.line = line
+
+
+class TooLarge(yaml.YAMLError):
+    """Aliases (``*name``) that expand a small file into a huge one ("a billion laughs")."""
+
+    def __init__(self, limit: int, line: int) -> None:
+        super().__init__(f"aliases expand the file past {limit:,} values")
+        self.line = line
+
+
+#: The most values (scalars, mappings, lists) a flow file may hold once its aliases are expanded.
+MAX_EXPANDED = 200_000
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false. In YAML 1.1 a bare ``yes``, ``no``,
     ``on`` or ``off`` becomes a boolean, which turns ``when: yes`` or ``choice: [yes, no]`` in
-    a flow into nonsense."""
+    a flow into nonsense.
+
+    Composing and constructing recurse once per level of nesting, so the depth is counted as
+    nodes are composed and a file nested past ``max_depth`` is refused long before Python's
+    recursion limit (20,000 nested ``[`` would otherwise raise RecursionError). Each node's size
+    with its aliases expanded is counted too (once per node, from its children's), so a few
+    lines of nested aliases cannot make validation print or walk a billion values."""
+
+    max_depth = 32
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
+            if self._depth > self.max_depth:
+                raise TooDeep(self.max_depth, line)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        sizes: dict[int, int] = self.__dict__.setdefault("_sizes", {})
+        if id(node) not in sizes:
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(sizes.get(id(c), 1) for c in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in node.value)
+            else:
+                size = 1
+            if size > MAX_EXPANDED:
+                raise TooLarge(MAX_EXPANDED, line)
+            sizes[id(node)] = size
+        return node
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -67,6 +116,12 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load(text: str) -> Any:
-    """Parse YAML text; mappings come back as :class:`LineDict`."""
-    return yaml.load(text, Loader=_Loader)
+def load(text: str, max_depth: int = 32) -> Any:
+    """Parse YAML text; mappings come back as :class:`LineDict`. :class:`TooDeep` past
+    ``max_depth`` levels of mappings and lists."""
+    loader = _Loader(text)
+    loader.max_depth = max_depth
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
