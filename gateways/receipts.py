@@ -17,6 +17,43 @@ PARK_TTL_S = 86400
 PROVIDER_ID_TTL_S = 7 * 86400
 
 
+def status_call(
+    rt: Runtime,
+    gateway: str,
+    msg_id: str,
+    contact: str,
+    status: str,
+    pid: str,
+    error: str,
+    *,
+    stream: str = "-",
+    entry_id: str | bytes = "",
+    record_gateway: bool = False,
+) -> tuple[list[str], list[str | bytes | int]]:
+    """Keys and arguments of status.lua recording a send's outcome: the message's new status,
+    its provider id (when there is one: receipts find the message by it, and a receipt that
+    came first, parked under that literal id, is applied), the outbound entry acknowledged, and
+    with ``record_gateway`` the connector that sent it."""
+    status_keys = [
+        keys.message_records(contact),
+        keys.provider_id(gateway, pid or "-"),
+        stream,
+        keys.parked_receipt(gateway, pid or "-"),
+        keys.flow_events(),
+    ]
+    args: list[str | bytes | int] = [
+        msg_id, status, rt.clock.now_ms(), pid, error, contact, PROVIDER_ID_TTL_S,
+        keys.OUTBOUND_GROUP, entry_id, gateway if record_gateway else "", rt.config.engine.outcome_events_max,
+    ]  # fmt: skip
+    return status_keys, args
+
+
+async def record_sent(rt: Runtime, gateway: str, msg_id: str, contact: str, pid: str) -> None:
+    """Record that message ``msg_id`` of ``contact`` went out with provider id ``pid``."""
+    status_keys, args = status_call(rt, gateway, msg_id, contact, "sent", pid, "", record_gateway=True)
+    await rt.store.run("status", keys=status_keys, args=args)
+
+
 async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
     """Record ``receipt`` on its message. Returns ``applied``, ``parked`` (the send is not
     recorded yet: applied when it is) or ``gone`` (the message left the log)."""

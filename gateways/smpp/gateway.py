@@ -98,6 +98,10 @@ class SmppConfig:
     concat: str = "udh8"
     #: Ask for delivery receipts (registered_delivery 1).
     registered_delivery: bool = True
+    #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
+    #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
+    #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
+    receipt_id_format: str = "same"
     #: What data_coding 0 (the SMSC default alphabet) means for texts we receive.
     default_encoding: str = "gsm0338"
     #: enquire_link after this long without any PDU from the SMSC.
@@ -162,6 +166,12 @@ class SmppGateway(Gateway):
         if config.concat not in text.CONCAT_MODES:
             raise ConfigError(
                 f"{where}.concat", f"must be one of {', '.join(text.CONCAT_MODES)}, got {config.concat!r}"
+            )
+        if config.receipt_id_format not in dlr.ID_FORMATS:
+            raise ConfigError(
+                f"{where}.receipt_id_format",
+                f"must be one of {', '.join(dlr.ID_FORMATS)} (how a receipt's id relates to the "
+                f"submit_sm_resp's), got {config.receipt_id_format!r}",
             )
         if config.default_encoding not in text.DEFAULT_CODINGS:
             raise ConfigError(
@@ -321,7 +331,7 @@ class SmppGateway(Gateway):
             )
             if resp.status == pdu.ESME_ROK and resp.command_id == pdu.SUBMIT_SM_RESP:
                 self._throttles = 0
-                return pdu.parse_message_id(resp).strip().lower()
+                return dlr.sent_id(pdu.parse_message_id(resp), self.config.receipt_id_format)
             name = pdu.status_name(resp.status)
             if resp.status in TRANSIENT and resp.command_id != pdu.GENERIC_NACK:
                 attempts += 1
@@ -393,9 +403,9 @@ class SmppGateway(Gateway):
             return
         if r.status is None:
             return  # ENROUTE, UNKNOWN: nothing to record
-        forms = dlr.id_forms(r.smsc_id)
-        lookup = [k for f in forms for k in (keys.smpp_segment(self.name, f), keys.provider_id(self.name, f),
-                                             keys.parked_receipt(self.name, f))]  # fmt: skip
+        rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
+        name = self.name
+        lookup = [keys.smpp_segment(name, rid), keys.provider_id(name, rid), keys.parked_receipt(name, rid)]
         args = [r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
 
         async def find(pipe: Pipeline) -> None:
@@ -404,7 +414,7 @@ class SmppGateway(Gateway):
         (found,) = await rt.store.coalescer.run(find)
         kind = found[0]
         if kind == b"single":  # found, so recorded at once (one round trip less than apply_receipt)
-            await record_receipt(rt, self.name, found[1].decode(), Receipt(r.smsc_id, r.status, r.error))
+            await record_receipt(rt, self.name, found[1].decode(), Receipt(rid, r.status, r.error))
         elif kind == b"part":
             if r.status == "sent":
                 return
