@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from engine import keys
+from engine import idmaps, keys
 from engine.config import Duration
 from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
 from engine.intake import accept_inbound
 from engine.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
-from gateways.receipts import PARK_TTL_S, PROVIDER_ID_TTL_S, apply_receipt, record_receipt
+from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt
 from gateways.smpp import dlr, pdu, text
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -358,13 +358,16 @@ class SmppGateway(Gateway):
     async def _record_parts(self, ids: list[str]) -> None:
         """Map each part's id to the message for the receipts' roll-up (before the send is
         recorded, so early receipts are found). Redis away: logged; the send still counts."""
-        rt = self._runtime()
-        roll_keys = [keys.smpp_rollup(self.name, ids[0])]
-        for i in ids:
-            roll_keys += [keys.smpp_segment(self.name, i), keys.parked_receipt(self.name, i)]
+        rt, name = self._runtime(), self.name
+        b, now = self.receipt_buckets, rt.clock.now_ms()
+        fields = [idmaps.field(i) for i in ids]
+        roll_keys = [keys.smpp_rollup(name, fields[0])]
+        for f in fields:
+            roll_keys += [keys.smpp_segments(name, b.slot(f), b.bucket(now)), parked_key(rt, name, f)]
+        args = [fields[0], b.window_s, b.ttl_s(now), *fields]
 
         async def add(pipe: Pipeline) -> None:
-            await rt.store.run("smpp_parts", roll_keys, [ids[0], PROVIDER_ID_TTL_S], client=pipe)
+            await rt.store.run("smpp_parts", roll_keys, args, client=pipe)
 
         try:
             (flat,) = await rt.store.coalescer.run(add)
@@ -404,9 +407,11 @@ class SmppGateway(Gateway):
         if r.status is None:
             return  # ENROUTE, UNKNOWN: nothing to record
         rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
-        name = self.name
-        lookup = [keys.smpp_segment(name, rid), keys.provider_id(name, rid), keys.parked_receipt(name, rid)]
-        args = [r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
+        name, f = self.name, idmaps.field(rid)
+        segs, pids = lookup_keys(rt, name, f, "seg"), lookup_keys(rt, name, f, "pid")
+        legacy = [keys.legacy_smpp_segment(name, rid), keys.legacy_provider_id(name, rid)]
+        lookup = [parked_key(rt, name, f), *legacy, *segs, *pids]
+        args = [f, len(segs), r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
 
         async def find(pipe: Pipeline) -> None:
             await rt.store.run("smpp_receipt", lookup, args, client=pipe)
@@ -422,7 +427,7 @@ class SmppGateway(Gateway):
             roll = keys.smpp_rollup(self.name, first)
             async with rt.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(roll, part, f"{r.status}|{r.error}")
-                pipe.expire(roll, PROVIDER_ID_TTL_S)
+                pipe.expire(roll, self.receipt_buckets.window_s)
                 pipe.hgetall(roll)
                 _, _, fields = await pipe.execute()
             rolled = _roll_up({k.decode(): v.decode() for k, v in fields.items()}, int(parts))
