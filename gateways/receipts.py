@@ -33,7 +33,9 @@ def lookup_keys(rt: Runtime, gateway: str, field: str, kind: str = "pid") -> lis
     return [build(gateway, slot, n) for n in b.lookback(rt.clock.now_ms())]
 
 
-def parked_key(rt: Runtime, gateway: str, field: str) -> str:
+def parked_key(rt: Runtime, gateway: str, pid: str) -> str:
+    """Where a receipt for provider id ``pid`` (or its field: the same) of ``gateway`` is parked."""
+    field = idmaps.field(pid)
     return keys.parked_receipt(gateway, buckets_of(rt, gateway).slot(field), field)
 
 
