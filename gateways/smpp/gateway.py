@@ -409,7 +409,8 @@ class SmppGateway(Gateway):
         rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
         name, f = self.name, idmaps.field(rid)
         segs, pids = lookup_keys(rt, name, f, "seg"), lookup_keys(rt, name, f, "pid")
-        legacy = [keys.legacy_smpp_segment(name, rid), keys.legacy_provider_id(name, rid)]
+        old = rid.lower()  # earlier releases kept SMPP ids in lower case
+        legacy = [keys.legacy_smpp_segment(name, old), keys.legacy_provider_id(name, old)]
         lookup = [parked_key(rt, name, f), *legacy, *segs, *pids]
         args = [f, len(segs), r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
 
