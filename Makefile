@@ -5,11 +5,14 @@ BIN    := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest
+PEERS  := tests/peers/node_smsc
+
+.PHONY: peers demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
-	@echo "make test       run the whole test suite (lint, types, pytest)"
+	@echo "make test       run the whole test suite (lint, types, pytest; installs the test peers)"
+	@echo "make peers      install the test peers (node-smpp SMSC under tests/peers, npm ci)"
 	@echo "make run        run the engine (HTTP API on 127.0.0.1:8080)"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make bench-rules  decisions per second of the flow engine alone"
@@ -36,7 +39,15 @@ demo: $(STAMP)
 run: $(STAMP)
 	$(BIN)/parley run
 
-test: $(STAMP) lint
+# Peers the tests run Parley against (an SMSC built on node-smpp): npm ci from the lock file,
+# once per lock file (quick when installed).
+$(PEERS)/node_modules/.installed: $(PEERS)/package.json $(PEERS)/package-lock.json
+	cd $(PEERS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+peers: $(PEERS)/node_modules/.installed
+
+test: $(STAMP) peers lint
 	$(BIN)/python -m pytest
 
 bench-rules: $(STAMP)

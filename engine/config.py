@@ -103,6 +103,9 @@ class EngineConfig:
     shards: int = 8
     #: How long a (gateway, provider id) pair is remembered to drop duplicate inbound texts.
     dedupe_window: Duration = Duration(86400.0)
+    #: Inbound texts per second (all connectors) the dedupe map is sized for (engine/idmaps.py):
+    #: more costs memory (its hashes outgrow Redis's compact encoding), never correctness.
+    inbound_rate: float = 100.0
     #: Where flows (YAML) are loaded from.
     flows_dir: str = "rules"
     #: Gateway used for flow starts and for replies to texts from a gateway that cannot send.
@@ -476,6 +479,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
     if cfg.engine.message_log_ttl < 60:
         raise ConfigError("engine.message_log_ttl", f"must be at least 1m, got {cfg.engine.message_log_ttl}s")
+    if cfg.engine.dedupe_window < 60:
+        raise ConfigError("engine.dedupe_window", f"must be at least 1m, got {cfg.engine.dedupe_window}s")
+    if cfg.engine.inbound_rate <= 0:
+        raise ConfigError("engine.inbound_rate", f"must be more than 0, got {cfg.engine.inbound_rate:g}")
     if cfg.engine.lease_ttl < 0.3:
         raise ConfigError("engine.lease_ttl", f"must be at least 300ms, got {cfg.engine.lease_ttl}s")
     if cfg.engine.batch_size < 1:

@@ -30,9 +30,11 @@ afterwards no longer count the person's runs. So are the last journey touch (``p
 the number's arm in every experiment (``p:xa:*``, found with SCAN: there are few) and the ids
 of the conversions the CRM reported (``p:cv:{N}:*``).
 
-Not removed, because finding them means scanning every key and they expire on their own:
-inbound dedupe keys ``p:dd:{N}:...`` (a digest of the text, ``engine.dedupe_window``), the
-provider-id map ``p:pid:...`` (7 days), SMPP multipart parts ``p:mo:{N}:...``
+Not removed, because finding them means scanning every key and they expire on their own: the
+provider-id map ``p:pid:...`` (number and message id per reply, the connector's
+``receipt_window``, 72 h by default; a later receipt finds no record and changes nothing),
+inbound dedupe marks in ``p:dd:...`` (a 32-bit hash of the number and a digest of the text, no
+number in clear, ``engine.dedupe_window``), SMPP multipart parts ``p:mo:{N}:...``
 (``mo_part_ttl``). Stream entries already queued (a reply on an outbound lane, an inbound text,
 a CRM call) are consumed and deleted by their readers within moments; a message queued just
 before the erasure can still go out.

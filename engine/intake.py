@@ -7,13 +7,14 @@ acknowledge its peer only after :func:`accept_inbound` returned: by then the tex
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.client import Pipeline
 
-from engine import events, keys
+from engine import events, idmaps, keys
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -26,6 +27,13 @@ class Accepted:
     event_id: str
 
 
+@functools.cache
+def dedupe_buckets(window_s: float, rate: float, shards: int) -> idmaps.Buckets:
+    """How each shard's inbound dedupe map is cut (engine/idmaps.py): ``engine.dedupe_window``,
+    sized for ``engine.inbound_rate`` spread over the shards."""
+    return idmaps.plan(window_s, rate / shards)
+
+
 def _digest(contact: str, to: str, text: str) -> str:
     return hashlib.blake2b(f"{contact}\x00{to}\x00{text}".encode(), digest_size=8).hexdigest()
 
@@ -35,11 +43,22 @@ async def accept_inbound(
 ) -> Accepted:
     """Append an inbound text to its contact's shard stream, once per (gateway, provider id)."""
     now = rt.clock.now_ms()
-    shard = keys.shard_of(contact, rt.config.engine.shards)
-    intake_keys = [keys.inbound_dedupe(contact, gateway, provider_id), keys.inbound_stream(shard)]
+    cfg = rt.config.engine
+    shard = keys.shard_of(contact, cfg.shards)
+    b = dedupe_buckets(cfg.dedupe_window, cfg.inbound_rate, cfg.shards)
+    field = idmaps.field(keys.inbound_dedupe_field(contact, gateway, provider_id))
+    slot = b.slot(field)
+    current, *older = [keys.inbound_dedupe(shard, slot, n) for n in b.lookback(now)]
+    intake_keys = [
+        current,
+        keys.inbound_stream(shard),
+        keys.legacy_inbound_dedupe(contact, gateway, provider_id),
+        *older,
+    ]
     intake_args = [
         _digest(contact, to, text),
-        int(rt.config.engine.dedupe_window),
+        b.ttl_s(now),
+        field,
         *events.inbound_fields(contact, gateway, to, text, provider_id, now),
     ]
 

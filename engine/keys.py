@@ -8,16 +8,22 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
     p:ml:{N}           zset    message log index: message id -> sequence      trimmed
     p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
-    p:dd:{N}:GW:ID     string  inbound dedupe: digest of the payload          TTL = dedupe window
+    p:dd:S:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/idmaps.py):
+                               "GW:ID:h" (h = crc32 of N) -> "<payload digest> <entry id>"
+                               expires whole dedupe window after B ends
     p:in:S             stream  inbound events for shard S (texts, flow starts, fired timers)
     p:tm:S             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
     p:out:GW           stream  reply lane of gateway GW: replies to a customer's text, confirmations
     p:out:GW:bulk      stream  bulk lane of gateway GW: journey starts, reminders (sent after replies)
-    p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
-    p:dlrp:GW:ID       string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
+    p:pid:{GW:K}:B     hash    provider ids of GW's sends in slot K, time bucket B (engine/idmaps.py):
+                               provider id -> "N message id" (receipts find the message by it);
+                               expires whole receipt_window (72h) after B ends
+    p:dlrp:{GW:K}:ID   string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
     p:rate:GW          string  the connector's rate: next free slot (us, Redis clock)
-    p:seg:GW:ID        string  SMPP: one segment's SMSC id -> "first id|parts|part", TTL 7d
-    p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error"
+    p:seg:{GW:K}:B     hash    SMPP: segments' SMSC ids in slot K, bucket B -> "first id|parts|part"
+                               (as p:pid; only parts of multipart messages)
+    p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error",
+                               TTL receipt_window
     p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:fx               stream  flow outcome events: runs started, replies, results, ends, message
@@ -43,6 +49,21 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
 Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
 one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
 per-contact outbox relayed by the sender.
+
+Where the bookkeeping maps live, for cluster support (issue 15): an id's buckets in ``p:pid``,
+``p:seg`` and its parked receipt ``p:dlrp`` share the hash tag ``{GW:K}`` (K = the id's slot,
+the same in all three), so the receipt scripts (receipt.lua, smpp_receipt.lua) touch one slot.
+status.lua writes that slot next to the contact's message records ``p:mh:{N}`` and the lane
+``p:out:GW`` (like commit.lua, three slots in a Cluster: cluster support splits it into the
+record and a receipt-map write, or keys the map by the contact). ``p:dd:S:K:B`` is named by the
+shard S it is written with (intake.lua appends to ``p:in:S``): cluster support tags both with
+``{S}``. smpp_parts.lua writes one part's slot per segment: in a Cluster, one call per part.
+
+Migration (issue 15): the per-message string keys of earlier releases (``p:pid:GW:ID``,
+``p:seg:GW:ID``, ``p:dd:{N}:GW:ID``) are still read, by :func:`legacy_provider_id`,
+:func:`legacy_smpp_segment` and :func:`legacy_inbound_dedupe`, so receipts and retries of
+messages from before an upgrade are still matched until those keys expire (7 days, 1 day);
+nothing writes them any more.
 """
 
 from __future__ import annotations
@@ -100,7 +121,19 @@ def counted_sends(number: str) -> str:
     return f"{PREFIX}:sent:{{{number}}}"
 
 
-def inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:
+def inbound_dedupe(shard: int, slot: int, bucket: int) -> str:
+    """The dedupe marks of one shard's inbound texts in one slot and time bucket."""
+    return f"{PREFIX}:dd:{shard}:{slot}:{bucket}"
+
+
+def inbound_dedupe_field(number: str, gateway: str, provider_id: str) -> str:
+    """A text's field in :func:`inbound_dedupe`: gateway and provider id, and a 32-bit hash of the
+    sender (two senders' texts with one id stay apart; the number is not kept in clear)."""
+    return f"{gateway}:{provider_id}:{zlib.crc32(number.encode()):08x}"
+
+
+def legacy_inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:
+    """An earlier release's dedupe key (one string per text): read during an upgrade only."""
     return f"{PREFIX}:dd:{{{number}}}:{gateway}:{provider_id}"
 
 
@@ -160,20 +193,33 @@ def flow_source(name: str, digest: str) -> str:
     return f"{PREFIX}:flow:{name}:{digest}"
 
 
-def provider_id(gateway: str, pid: str) -> str:
+def provider_ids(gateway: str, slot: int, bucket: int) -> str:
+    """Provider ids of ``gateway``'s sends in one slot and time bucket -> "N message-id"."""
+    return f"{PREFIX}:pid:{{{gateway}:{slot}}}:{bucket}"
+
+
+def legacy_provider_id(gateway: str, pid: str) -> str:
+    """An earlier release's provider-id key (one string per send): read during an upgrade only."""
     return f"{PREFIX}:pid:{gateway}:{pid}"
 
 
-def parked_receipt(gateway: str, pid: str) -> str:
-    return f"{PREFIX}:dlrp:{gateway}:{pid}"
+def parked_receipt(gateway: str, slot: int, pid: str) -> str:
+    """A receipt that came before its send was recorded, in its id's slot of ``gateway``."""
+    return f"{PREFIX}:dlrp:{{{gateway}:{slot}}}:{pid}"
 
 
 def rate(gateway: str) -> str:
     return f"{PREFIX}:rate:{gateway}"
 
 
-def smpp_segment(gateway: str, smsc_id: str) -> str:
-    """One segment of a multipart message sent over SMPP, by the SMSC's id for it."""
+def smpp_segments(gateway: str, slot: int, bucket: int) -> str:
+    """Segments of multipart messages sent over SMPP, by the SMSC's id for each, in one slot and
+    time bucket -> "first id|parts|part"."""
+    return f"{PREFIX}:seg:{{{gateway}:{slot}}}:{bucket}"
+
+
+def legacy_smpp_segment(gateway: str, smsc_id: str) -> str:
+    """An earlier release's segment key (one string per part): read during an upgrade only."""
     return f"{PREFIX}:seg:{gateway}:{smsc_id}"
 
 

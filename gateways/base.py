@@ -9,6 +9,7 @@ failover, status records) is the pipeline's, the same for every connector.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from engine import idmaps
 from engine.config import Duration
 from engine.errors import BadRequest
 from engine.sms import encoding_of
@@ -53,6 +55,10 @@ class SendPolicy:
     circuit_cooldown_max: Duration = Duration(300.0)
     #: Bulk messages read ahead into memory (waiting for their turn at the rate).
     bulk_prefetch: int = 64
+    #: How long a sent message's provider id is kept for its delivery receipt. Most receipts come
+    #: within minutes; a carrier retries an unreachable handset for up to 72 h (the usual SMSC
+    #: validity period) before the final receipt. A later receipt finds nothing and is dropped.
+    receipt_window: Duration = Duration(72 * 3600.0)
 
 
 POLICY_KEYS = frozenset(SendPolicy.__dataclass_fields__)
@@ -152,6 +158,12 @@ class Gateway:
     @classmethod
     def check(cls, name: str, config: Any) -> None:
         """Cross-field checks of the connector's options; raise ConfigError naming the key."""
+
+    @functools.cached_property
+    def receipt_buckets(self) -> idmaps.Buckets:
+        """How the connector's provider-id map is cut (engine/idmaps.py): its receipt window,
+        sized for its rate."""
+        return idmaps.plan(self.policy.receipt_window, self.policy.rate)
 
     @property
     def sender(self) -> str:

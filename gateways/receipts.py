@@ -6,15 +6,78 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio.client import Pipeline
 
-from engine import keys
-from gateways.base import Receipt
+from engine import idmaps, keys
+from gateways.base import Receipt, SendPolicy
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 #: How long a receipt waits for its send to be recorded before it is dropped.
 PARK_TTL_S = 86400
-PROVIDER_ID_TTL_S = 7 * 86400
+#: Buckets of connectors that are no longer configured (their receipts still resolve).
+DEFAULT_BUCKETS = idmaps.plan(SendPolicy().receipt_window, 0)
+
+
+def buckets_of(rt: Runtime, gateway: str) -> idmaps.Buckets:
+    """How ``gateway``'s provider-id map is cut (engine/idmaps.py)."""
+    gw = rt.gateways.get(gateway)
+    return gw.receipt_buckets if gw is not None else DEFAULT_BUCKETS
+
+
+def lookup_keys(rt: Runtime, gateway: str, field: str, kind: str = "pid") -> list[str]:
+    """The buckets of ``gateway``'s ``pid`` (provider ids) or ``seg`` (SMPP segments) map that
+    ``field`` may be in, newest first, over the receipt window."""
+    b = buckets_of(rt, gateway)
+    slot = b.slot(field)
+    build = keys.provider_ids if kind == "pid" else keys.smpp_segments
+    return [build(gateway, slot, n) for n in b.lookback(rt.clock.now_ms())]
+
+
+def parked_key(rt: Runtime, gateway: str, pid: str) -> str:
+    """Where a receipt for provider id ``pid`` (or its field: the same) of ``gateway`` is parked."""
+    field = idmaps.field(pid)
+    return keys.parked_receipt(gateway, buckets_of(rt, gateway).slot(field), field)
+
+
+def status_call(
+    rt: Runtime,
+    gateway: str,
+    msg_id: str,
+    contact: str,
+    status: str,
+    pid: str,
+    error: str,
+    *,
+    stream: str = "-",
+    entry_id: str | bytes = "",
+    record_gateway: bool = False,
+) -> tuple[list[str], list[str | bytes | int]]:
+    """Keys and arguments of status.lua recording a send's outcome: the message's new status,
+    its provider id (when there is one: receipts find the message by it, and a receipt that
+    came first, parked under that literal id, is applied), the outbound entry acknowledged, and
+    with ``record_gateway`` the connector that sent it."""
+    now = rt.clock.now_ms()
+    b = buckets_of(rt, gateway)
+    field = idmaps.field(pid) if pid else "-"
+    slot = b.slot(field)
+    status_keys = [
+        keys.message_records(contact),
+        keys.provider_ids(gateway, slot, b.bucket(now)),
+        stream,
+        keys.parked_receipt(gateway, slot, field),
+        keys.flow_events(),
+    ]
+    args: list[str | bytes | int] = [
+        msg_id, status, now, pid, error, contact, b.ttl_s(now), keys.OUTBOUND_GROUP, entry_id,
+        gateway if record_gateway else "", rt.config.engine.outcome_events_max, field,
+    ]  # fmt: skip
+    return status_keys, args
+
+
+async def record_sent(rt: Runtime, gateway: str, msg_id: str, contact: str, pid: str) -> None:
+    """Record that message ``msg_id`` of ``contact`` went out with provider id ``pid``."""
+    status_keys, args = status_call(rt, gateway, msg_id, contact, "sent", pid, "", record_gateway=True)
+    await rt.store.run("status", keys=status_keys, args=args)
 
 
 async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
@@ -22,12 +85,15 @@ async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
     recorded yet: applied when it is) or ``gone`` (the message left the log)."""
     now = rt.clock.now_ms()
     pid = receipt.provider_id
+    field = idmaps.field(pid)
+    legacy = keys.legacy_provider_id(gateway, pid)
+    find_keys = [parked_key(rt, gateway, field), legacy, *lookup_keys(rt, gateway, field)]
 
     async def find(pipe: Pipeline) -> None:
         await rt.store.run(
             "receipt",
-            keys=[keys.provider_id(gateway, pid), keys.parked_receipt(gateway, pid)],
-            args=[receipt.status, receipt.error.replace("|", "/"), now, PARK_TTL_S],
+            keys=find_keys,
+            args=[field, receipt.status, receipt.error.replace("|", "/"), now, PARK_TTL_S],
             client=pipe,
         )
 

@@ -45,7 +45,7 @@ from engine.numbers import mask
 from gateways.base import Gateway, OutboundMessage
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
-from gateways.receipts import PROVIDER_ID_TTL_S
+from gateways.receipts import status_call
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -275,18 +275,10 @@ class Sender:
         """Store the outcome and acknowledge the entry; retried until Redis takes it."""
         self.rt.metrics.finished(self.gw.name, status)
         msg = job.msg
-        name = self.gw.name
-        status_keys = [
-            keys.message_records(msg.to),
-            keys.provider_id(name, pid or "-"),
-            job.stream,
-            keys.parked_receipt(name, pid or "-"),
-            keys.flow_events(),
-        ]
-        args = [
-            msg.id, status, self.rt.clock.now_ms(), pid, error, msg.to, PROVIDER_ID_TTL_S,
-            keys.OUTBOUND_GROUP, job.entry_id, name if pid else "", self.rt.config.engine.outcome_events_max,
-        ]  # fmt: skip
+        status_keys, args = status_call(
+            self.rt, self.gw.name, msg.id, msg.to, status, pid, error,
+            stream=job.stream, entry_id=job.entry_id, record_gateway=bool(pid),
+        )  # fmt: skip
 
         async def add(pipe: Pipeline) -> None:
             await self.rt.store.run("status", keys=status_keys, args=args, client=pipe)

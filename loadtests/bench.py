@@ -22,6 +22,11 @@ Method:
 4. Repeat at increasing rates until one is not sustained: a rate is *sustained* when every text
    offered at it was answered, its p99 stayed under 1 s, and the generator kept to at least 95%
    of the schedule (else the generator, not Parley, was the limit, and the run says so).
+5. ``bytes_per_message_steady``: the receipt and dedupe bookkeeping each message leaves, at a
+   steady rate (loadtests/bookkeeping.py: ``--bookkeeping`` messages each way through the real
+   scripts with a clock moving at the planned rate, in database 1 of the same server; MEMORY
+   USAGE of the bookkeeping hashes over their entries). The rate steps above last seconds: their
+   maps are nowhere near the fill a steady stream gives, so they are not used for this figure.
 
 Writes ``bench-results/bench-<time>.json`` (and ``latest.json``), a PNG of the latency
 percentiles against the offered rate, and prints a table. Ctrl-C stops the run and still writes
@@ -51,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bookkeeping  # loadtests/bookkeeping.py, beside this script
 import orjson
 import redis.asyncio as aioredis
 import yaml
@@ -537,6 +543,12 @@ async def run(args: argparse.Namespace) -> int:
                     # Replies that matched no text: a duplicate send would show here.
                     await asyncio.sleep(0.5)
                     result["unmatched_replies"] = handsets.greetings - len(numbers)
+                    # Receipt and dedupe bookkeeping at a steady rate, in a database of its own
+                    # on the same server (loadtests/bookkeeping.py says how and why).
+                    console.print("[bold]bookkeeping[/]: bytes per message at a steady rate ...")
+                    result.update(
+                        await bookkeeping.measure(server.url.rsplit("/", 1)[0] + "/1", args.bookkeeping)
+                    )
                     result["partial"] = False
         except (KeyboardInterrupt, asyncio.CancelledError):
             main_task.uncancel()
@@ -598,6 +610,7 @@ def report(result: dict[str, Any], steps: list[Step], out_dir: Path, stamp: str)
         f"p99 at 1000/s: {p99_at_1000}   "
         f"bytes/conversation: {result.get('bytes_per_conversation')} (state), "
         f"{result.get('bytes_per_conversation_all')} (all, incl. message log)   "
+        f"bytes/message (receipt + dedupe bookkeeping): {result.get('bytes_per_message_steady')}   "
         f"baseline EVALSHA: {result.get('baseline_evalsha_pipelined_per_s')}/s"
     )
     if generator_limited:
@@ -624,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
         help="offered texts per second, in order (stops after the first one not sustained at >= 1000)",
     )
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per rate")
+    p.add_argument(
+        "--bookkeeping",
+        type=int,
+        default=20_000,
+        help="messages each way for bytes_per_message_steady (20,000)",
+    )
     p.add_argument("--out", default=str(ROOT / "bench-results"))
     args = p.parse_args(argv)
     import uvloop

@@ -17,7 +17,7 @@ def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) ->
     proc = subprocess.run(
         [
             sys.executable, "loadtests/bench.py", "--conversations", "60", "--rates", "40,80",
-            "--seconds", "1", "--out", str(tmp_path),
+            "--seconds", "1", "--bookkeeping", "500", "--out", str(tmp_path),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -25,7 +25,7 @@ def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) ->
     result = orjson.loads((tmp_path / "latest.json").read_bytes())
     for key in (
         "max_sustained_turns_per_s", "p99_ms_at_1000", "bytes_per_conversation",
-        "baseline_evalsha_pipelined_per_s",
+        "baseline_evalsha_pipelined_per_s", "bytes_per_message_steady",
     ):  # fmt: skip
         assert key in result, key
     assert result["partial"] is False
@@ -34,6 +34,7 @@ def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) ->
     assert result["unmatched_replies"] == 0  # nothing was sent twice
     assert result["p99_ms_at_1000"] is None  # no step at 1,000/s was run
     assert result["bytes_per_conversation"] > 0 and result["baseline_evalsha_pipelined_per_s"] > 0
+    assert result["bytes_per_message_steady"] > 0 and result["bookkeeping"]["messages"] == 500
     assert set(result["breakdown_bytes"]) >= {"session", "timers", "contact", "message_records"}
     assert (tmp_path / "latest.png").read_bytes()[:4] == b"\x89PNG"
     assert "max sustained" in proc.stdout

@@ -26,6 +26,7 @@ from engine.errors import (
 )
 from engine.runtime import Runtime
 from gateways.base import OutboundMessage, Webhook
+from gateways.receipts import parked_key
 from gateways.registry import build_gateway, validate_gateway_config
 from gateways.simulators.jasmin_stub import JasminStub
 from gateways.simulators.twilio_stub import TwilioStub, twilio_signature
@@ -348,7 +349,7 @@ async def test_twilio_status_callbacks_park_early_receipts_and_skip_interim_stat
     assert (interim.status, _json(interim.body)) == (200, {"applied": 0, "parked": 0, "gone": 0})
     assert odd.status == 422 and _error(odd.body).startswith("MessageStatus: unknown status 'exploded'")
     assert forged.status == 401
-    parked = await rt.store.redis.get(keys.parked_receipt("tw", "SM" + "b" * 32))
+    parked = await rt.store.redis.get(parked_key(rt, "tw", "SM" + "b" * 32))
     assert parked is not None and parked.decode().startswith("failed|undelivered 30003|")
 
 
@@ -407,7 +408,7 @@ async def test_jasmin_dlrs_are_acked_and_recorded_with_their_state(hooks: tuple[
     for answer in (submitted, failed, unknown):
         assert answer.acked
     assert odd.status == 422 and "unknown status 'VANISHED'" in _error(odd.body)
-    parked = await rt.store.redis.get(keys.parked_receipt("jas", pid))
+    parked = await rt.store.redis.get(parked_key(rt, "jas", pid))
     assert parked is not None and parked.decode().startswith("failed|UNDELIV 001|")
 
 

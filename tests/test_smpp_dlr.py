@@ -1,4 +1,4 @@
-"""SMPP delivery receipts: the appendix B text, the TLVs that override it, and id forms."""
+"""SMPP delivery receipts: the appendix B text, the TLVs that override it, and receipt_id_format."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from gateways.smpp.dlr import (
     MESSAGE_STATE_TO_STAT,
     STAT_TO_STATUS,
     SmppReceipt,
-    id_forms,
     parse_receipt_text,
     receipt_from,
+    receipt_id,
+    sent_id,
 )
 
 STANDARD = "id:1234567890 sub:001 dlvrd:001 submit date:2301011200 done date:2301011201 stat:DELIVRD err:000 text:Hello"
@@ -97,24 +98,28 @@ def test_no_id_no_receipt(text: str) -> None:
     assert receipt_from(text, {RMID: b"\x00\x00"}) is None
 
 
-# (label, id, forms)
+# (label, receipt_id_format, submit_sm_resp id, receipt id, same message?)
 ID_CASES = [
-    ("hex to decimal", "0A1B", ["0a1b", "2587", "a1b"]),
-    ("decimal to hex", "2587", ["2587", "a1b"]),
-    ("leading zeros", "000123", ["000123", "7b", "123"]),
-    ("stripped and lower-cased", "  ABC  ", ["abc", "2748"]),
-    ("zero", "0", ["0"]),
-    ("zeros", "000", ["000", "0"]),
-    ("neither hex nor decimal", "msg-0042", ["msg-0042"]),
-    ("uuid-like", "0f8e-77", ["0f8e-77"]),
-    ("empty", "", []),
-    ("blank", "   ", []),
+    ("same: the very string", "same", "1a2b", "1a2b", True),
+    ("same: spaces and NULs around", "same", "1a2b", " 1a2b\x00", True),
+    ("same: all-digit hex is not another number's hex", "same", "a", "10", False),
+    ("same: no decimal guess", "same", "10", "a", False),
+    ("same: no zero stripping", "same", "0042", "42", False),
+    ("hex_to_dec", "hex_to_dec", "2587", "0A1B", True),
+    ("hex_to_dec: leading zeros", "hex_to_dec", "002587", "a1b", True),
+    ("hex_to_dec: another number", "hex_to_dec", "10", "10", False),
+    ("dec_to_hex", "dec_to_hex", "0A1B", "2587", True),
+    ("dec_to_hex: all-digit hex", "dec_to_hex", "10", "16", True),
+    ("dec_to_hex: another number", "dec_to_hex", "10", "10", False),
+    ("not a number stays literal", "dec_to_hex", "msg-0042", "msg-0042", True),
 ]
 
 
-@pytest.mark.parametrize(("label", "smsc_id", "forms"), ID_CASES, ids=[c[0] for c in ID_CASES])
-def test_id_forms(label: str, smsc_id: str, forms: list[str]) -> None:
-    assert id_forms(smsc_id) == forms
+@pytest.mark.parametrize(("label", "fmt", "resp", "rid", "match"), ID_CASES, ids=[c[0] for c in ID_CASES])
+def test_receipt_ids_meet_the_response_id_only_as_configured(
+    label: str, fmt: str, resp: str, rid: str, match: bool
+) -> None:
+    assert (sent_id(resp, fmt) == receipt_id(rid, fmt)) is match
 
 
 def test_state_tables() -> None:
@@ -156,11 +161,19 @@ def test_appendix_format_round_trip(smsc_id: str, stat: str, err: int, body: str
     assert parse_receipt_text(text)["text"] == body.strip()
 
 
-@given(st.integers(0, 2**64))
-def test_id_forms_bridge_hex_and_decimal(n: int) -> None:
-    decimal, hexa = str(n), format(n, "x")
-    # Whichever form the SMSC answered with, the other form of the receipt's id matches it.
-    assert hexa in id_forms(decimal)
-    if not hexa.isdigit():
-        assert decimal in id_forms(hexa.upper())
-    assert id_forms("00" + decimal)[-1] == decimal
+@given(
+    n=st.integers(0, 2**64),
+    m=st.integers(0, 2**64),
+    fmt=st.sampled_from(["same", "hex_to_dec", "dec_to_hex"]),
+)
+def test_a_receipt_id_meets_only_its_own_number(n: int, m: int, fmt: str) -> None:
+    """Whatever the format, the receipt for message n never meets message m's id (m != n), and
+    meets n's own when the SMSC writes the ids as the format says."""
+    resp_base, receipt_base = {"same": ("x", "x"), "hex_to_dec": ("d", "x"), "dec_to_hex": ("x", "d")}[fmt]
+    resp_n, resp_m = format(n, resp_base), format(m, resp_base)
+    rid = format(n, receipt_base).upper()
+    if fmt == "same":
+        rid = rid.lower()
+    assert receipt_id(rid, fmt) == sent_id(resp_n, fmt)
+    if m != n:
+        assert receipt_id(rid, fmt) != sent_id(resp_m, fmt)

@@ -157,16 +157,18 @@ async def test_one_undelivered_part_fails_the_multipart_message(e: Engine, smsc:
         ("receipt before resp, multipart, decimal", {"dlr_before_resp": True, "dlr_id_format": "decimal"}),
     ],
 )
-async def test_receipts_match_whatever_order_and_id_form(
-    e: Engine, smsc: SimulatedSmsc, label: str, behaviour: dict[str, Any]
+async def test_receipts_match_whatever_order_and_the_configured_id_form(
+    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc, label: str, behaviour: dict[str, Any]
 ) -> None:
     for k, v in behaviour.items():
         setattr(smsc.behaviour, k, v)
-    text = LONG_GSM if "multipart" in label else "Hello Ann"
-    await start(e.api, "note", [ANN], text=text)
-    await smsc.next_message("447700900123")
-    last = await eventually(lambda: _status(e, "delivered"), attempts=600)
-    assert last["status"] == "delivered", label
+    fmt = "dec_to_hex" if "decimal" in label else "same"
+    async for e in gateway_engine(redis_url, tmp_path, smsc, receipt_id_format=fmt):
+        text = LONG_GSM if "multipart" in label else "Hello Ann"
+        await start(e.api, "note", [ANN], text=text)
+        await smsc.next_message("447700900123")
+        last = await eventually(lambda e=e: _status(e, "delivered"), attempts=600)
+        assert last["status"] == "delivered", label
 
 
 @pytest.mark.parametrize(
@@ -489,6 +491,7 @@ async def test_a_text_that_cannot_be_stored_is_answered_with_a_temporary_error(
         ({"window": 0}, "gateways.smsc.window"),
         ({"system_id": ""}, "gateways.smsc.system_id"),
         ({"default_encoding": "utf-7"}, "gateways.smsc.default_encoding"),
+        ({"receipt_id_format": "guess"}, "gateways.smsc.receipt_id_format"),
     ],
 )
 def test_configuration_mistakes_name_the_key(override: dict[str, Any], key: str) -> None:

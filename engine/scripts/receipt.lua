@@ -1,16 +1,21 @@
 -- Find the message a delivery receipt is about, or park the receipt until we know.
 --
--- KEYS[1]  p:pid:GW:ID    provider id -> "N message-id" (written when the send was recorded)
--- KEYS[2]  p:dlrp:GW:ID   the parked receipt "status|error|ms"
--- ARGV[1]  our status     ARGV[2] error text     ARGV[3] now (ms)    ARGV[4] park TTL (s)
+-- KEYS[1]      p:dlrp:{GW:K}:F  where the receipt is parked ("status|error|ms")
+-- KEYS[2]      p:pid:GW:ID      an earlier release's provider-id key (read during an upgrade)
+-- KEYS[3..]    p:pid:{GW:K}:B   the provider-id map's buckets over the receipt window, newest
+--                               first (engine/idmaps.py): field F -> "N message-id"
+-- ARGV[1]  F, the provider id as a field    ARGV[2] our status    ARGV[3] error text
+-- ARGV[4]  now (ms)    ARGV[5] park TTL (s)
 --
 -- A provider may report delivery before its answer to our send reached us (or before we wrote
 -- it down). Then the receipt is parked; status.lua applies it when it records the provider id.
 -- Both run atomically, so a receipt is either found here or picked up there, never lost.
 -- Returns "N message-id", or "" when parked.
-local found = redis.call('GET', KEYS[1])
-if found then
-  return found
+for i = 3, #KEYS do
+  local found = redis.call('HGET', KEYS[i], ARGV[1])
+  if found then return found end
 end
-redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])
+local legacy = redis.call('GET', KEYS[2])
+if legacy then return legacy end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4], 'EX', ARGV[5])
 return ''

@@ -2,16 +2,20 @@
 -- in any receipt for a part that arrived before we knew its id.
 --
 -- KEYS[1]       p:roll:GW:FIRST   receipts per part (part -> "status|error")
--- KEYS[2i]      p:seg:GW:ID_i     segment i's id -> "FIRST|parts|i"
--- KEYS[2i+1]    p:dlrp:GW:ID_i    a receipt parked under segment i's id ("status|error|ms")
+-- KEYS[2i]      p:seg:{GW:K}:B    the segment map's current bucket for part i's slot K:
+--                                 field ARGV[3+i] -> "FIRST|parts|i"
+-- KEYS[2i+1]    p:dlrp:{GW:K}:F   a receipt parked under part i's id ("status|error|ms")
 --   for i = 1..parts
--- ARGV[1] FIRST (the first part's id, the message's provider id)   ARGV[2] TTL (s)
+-- ARGV[1] FIRST (the first part's id as a field: the message's provider id)
+-- ARGV[2] TTL of the roll-up (s)   ARGV[3] TTL of the segment buckets (s)
+-- ARGV[3+i] part i's id as a field (itself, or a digest when long: engine/idmaps.py)
 --
 -- A parked receipt for part 1 is moved here too, so status.lua does not take one part's
 -- receipt for the whole message's. Returns the roll-up hash as a flat list.
 local parts = (#KEYS - 1) / 2
 for i = 1, parts do
-  redis.call('SET', KEYS[2 * i], ARGV[1] .. '|' .. parts .. '|' .. i, 'EX', ARGV[2])
+  redis.call('HSET', KEYS[2 * i], ARGV[3 + i], ARGV[1] .. '|' .. parts .. '|' .. i)
+  redis.call('EXPIRE', KEYS[2 * i], ARGV[3])
   local parked = redis.call('GET', KEYS[2 * i + 1])
   if parked then
     local st, err = string.match(parked, '^([^|]*)|(.*)|%d+$')

@@ -1,26 +1,33 @@
--- Find what an SMPP delivery receipt is about, trying each form of the SMSC's id (SMSCs and
--- their receipts disagree on hex and decimal), or park it until the send is recorded.
+-- Find what an SMPP delivery receipt is about, by the literal id it names, or park it under
+-- that id until the send is recorded.
 --
--- KEYS[3i-2]  p:seg:GW:F    F is a segment of a multipart message -> "first id|parts|part"
--- KEYS[3i-1]  p:pid:GW:F    F is a message's provider id (written when the send was recorded)
--- KEYS[3i]    p:dlrp:GW:F   where the receipt is parked under form F
---   for each form F of the id, i = 1..#KEYS/3, the receipt's own form first
--- ARGV[1] our status   ARGV[2] error text   ARGV[3] now (ms)   ARGV[4] park TTL (s)
+-- KEYS[1]        p:dlrp:{GW:K}:F   where the receipt is parked ("status|error|ms")
+-- KEYS[2]        p:seg:GW:F        an earlier release's segment key (read during an upgrade)
+-- KEYS[3]        p:pid:GW:F        an earlier release's provider-id key (likewise)
+-- KEYS[4..3+n]   p:seg:{GW:K}:B    segments of multipart messages, buckets over the receipt
+--                                  window newest first: F -> "first id|parts|part"
+-- KEYS[4+n..]    p:pid:{GW:K}:B    provider ids, the same buckets: F -> "N message-id"
+-- ARGV[1] F, the id as a field   ARGV[2] n   ARGV[3] our status   ARGV[4] error text
+-- ARGV[5] now (ms)   ARGV[6] park TTL (s)
 --
--- Returns {"part", "first id|parts|part"}, {"single", "N message-id"} (the provider-id key's
--- value: the message to record it on), or {"parked"}. Parked under every
--- form: status.lua (single part) or smpp_parts.lua (multipart) finds it under the form the
--- submit_sm_resp gave. Atomic with both, so a receipt is either found here or picked up there.
-local n = #KEYS / 3
-for i = 1, n do
-  local seg = redis.call('GET', KEYS[3 * i - 2])
+-- F is the receipt's id as it stands (or as the connector's receipt_id_format converts it):
+-- never another form of it, which could be another message's id (hex "10" is decimal 16, and
+-- "a" in hex is ten). Returns {"part", "first id|parts|part"}, {"single", "N message-id"} (the
+-- message to record it on), or {"parked"}: status.lua (single part) or smpp_parts.lua
+-- (multipart) finds it under the id the submit_sm_resp gave. Atomic with both, so a receipt is
+-- either found here or picked up there.
+local n = tonumber(ARGV[2])
+for i = 4, 3 + n do
+  local seg = redis.call('HGET', KEYS[i], ARGV[1])
   if seg then return {'part', seg} end
 end
-for i = 1, n do
-  local owner = redis.call('GET', KEYS[3 * i - 1])
+local seg = redis.call('GET', KEYS[2])
+if seg then return {'part', seg} end
+for i = 4 + n, #KEYS do
+  local owner = redis.call('HGET', KEYS[i], ARGV[1])
   if owner then return {'single', owner} end
 end
-for i = 1, n do
-  redis.call('SET', KEYS[3 * i], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])
-end
+local owner = redis.call('GET', KEYS[3])
+if owner then return {'single', owner} end
+redis.call('SET', KEYS[1], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5], 'EX', ARGV[6])
 return {'parked'}

@@ -1,18 +1,20 @@
 -- Record a status change of one message (queued -> sent -> delivered / failed / expired ...).
 --
 -- KEYS[1]  p:mh:{N}         message records hash
--- KEYS[2]  p:pid:GW:ID      provider id -> "N message-id" (only when ARGV[4] is not "")
+-- KEYS[2]  p:pid:{GW:K}:B   the provider-id map's current bucket for the id's slot K: field
+--                           ARGV[12] -> "N message-id" (only when ARGV[4] is not "")
 -- KEYS[3]  p:out:GW[:bulk]  the outbound lane the message came from (only with ARGV[9])
--- KEYS[4]  p:dlrp:GW:ID     a receipt that arrived before we knew the provider id (only with ARGV[4])
+-- KEYS[4]  p:dlrp:{GW:K}:F  a receipt that arrived before we knew the provider id (only with ARGV[4])
 -- KEYS[5]  p:fx             flow outcome events: a flow's message that moved to sent or a final
 --                           status is reported there (engine/outcomes.py), trimmed to ARGV[11];
 --                           governance = true when it is a STOP/START/HELP answer, not the flow's
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
--- ARGV[6]  contact number (E.164)           ARGV[7] provider-id map TTL (s)
+-- ARGV[6]  contact number (E.164)           ARGV[7] TTL of KEYS[2] (s): receipt window after B ends
 -- ARGV[8]  consumer group                   ARGV[9] stream entry id to XACK + XDEL, or ""
 -- ARGV[10] the gateway that sent it, or "" (recorded when the message was failed over)
 -- ARGV[11] the outcome stream's length to keep (approximately)
+-- ARGV[12] the provider id as a field of KEYS[2] (itself, or a digest when long: engine/idmaps.py)
 --
 -- A status never moves back: a late "sent" after "delivered" is kept in the history only.
 -- A receipt parked under KEYS[4] is applied right after the provider id is recorded.
@@ -38,7 +40,8 @@ if ARGV[9] and ARGV[9] ~= '' then
 end
 local parked = false
 if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. ARGV[1], 'EX', ARGV[7])
+  redis.call('HSET', KEYS[2], ARGV[12], ARGV[6] .. ' ' .. ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
   parked = redis.call('GET', KEYS[4])
   if parked then redis.call('DEL', KEYS[4]) end
 end

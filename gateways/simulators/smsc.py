@@ -59,6 +59,9 @@ class SmscBehaviour:
     answer_enquire_link: bool = True
     enquire_interval: float = 0.0  # the SMSC's own enquire_link; 0 = never
     id_format: str = "hex"
+    #: The first message id (as a number; read when the SMSC starts). 10 makes hex ids ``a``,
+    #: ``b``... ``f``, then all-digit ones (``10``, ``11``...) that are also decimal numbers.
+    id_start: int = 0x1A2B3C
     dlr_id_format: str = "same"  # "same", "decimal" or "hex": the id as the receipt states it
     dlr_delay: float = 0.05
     dlr_stat: str = "DELIVRD"
@@ -169,7 +172,7 @@ class SimulatedSmsc:
         self._stats: dict[str, int] = defaultdict(int)
         self._rng = random.Random(self.behaviour.seed)
         self._seed = self.behaviour.seed
-        self._ids = itertools.count(0x1A2B3C)
+        self._ids = itertools.count(self.behaviour.id_start)
         self._bind_ids = itertools.count(1)
         self._mo_refs = itertools.count(1)
         self._conns: set[_Conn] = set()

@@ -10,9 +10,12 @@ TLVs, when the SMSC sends them, are more reliable than the text and win over it:
 receipted_message_id (0x001E) over ``id``, message_state (0x0427) over ``stat``;
 network_error_code (0x0423) adds the network's error to ours.
 
-The id in a receipt is not always the id submit_sm_resp gave: some SMSCs answer in hex and
-report in decimal or the reverse, or pad with zeros (jasmin issue 643). :func:`id_forms` gives
-every form an id may take, for the gateway to match on.
+A receipt is matched on the literal id it names (surrounding spaces and NULs stripped), never
+on a guess: trying an id "in its hex and decimal forms" let the receipt for hex ``10`` land on
+the message whose id is ``a`` (ten) whenever it came before its own submit_sm_resp was recorded.
+An SMSC that answers in one base and reports in the other (jasmin issue 643; Kannel's
+``msg-id-type``) is configured so, per connector: ``receipt_id_format`` (:data:`ID_FORMATS`),
+and both ids are then brought to the same base by :func:`sent_id` and :func:`receipt_id`.
 """
 
 from __future__ import annotations
@@ -158,20 +161,39 @@ def receipt_from(text: str, tlvs: Mapping[int, bytes]) -> SmppReceipt | None:
     return SmppReceipt(smsc_id=smsc_id, stat=stat, status=status, error=error)
 
 
-def id_forms(smsc_id: str) -> list[str]:
-    """Every form ``smsc_id`` may take in a receipt, the canonical one (stripped, lower case)
-    first: then its hex form when it is decimal, its decimal form when it is hex (and not
-    decimal), and, for a hex or decimal id, its form without leading zeros. Unique; empty for an
-    empty id."""
-    canonical = smsc_id.strip().lower()
-    if not canonical:
-        return []
-    forms = [canonical]
-    if len(canonical) <= _MAX_NUMERIC:
-        if _DEC.fullmatch(canonical):
-            forms.append(format(int(canonical), "x"))
-        elif _HEX.fullmatch(canonical):
-            forms.append(str(int(canonical, 16)))
-    if _HEX.fullmatch(canonical):
-        forms.append(canonical.lstrip("0") or "0")
-    return list(dict.fromkeys(forms))
+#: ``receipt_id_format``: how a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type).
+#: ``same``: the very same string; ``hex_to_dec``: the receipt says in hex what the response said in
+#: decimal; ``dec_to_hex``: the receipt says in decimal what the response said in hex.
+ID_FORMATS = ("same", "hex_to_dec", "dec_to_hex")
+
+
+def _number(text: str, base: int) -> int | None:
+    pattern = _DEC if base == 10 else _HEX
+    if len(text) > _MAX_NUMERIC or not pattern.fullmatch(text.lower()):
+        return None
+    return int(text, base)
+
+
+def sent_id(resp_id: str, fmt: str = "same") -> str:
+    """The form a submit_sm_resp's message id is recorded under: the literal id (``same``), or
+    for a converting format its number in the response's base without leading zeros (hex in
+    lower case), so that :func:`receipt_id` of the same number meets it. An id that is not a
+    number in that base stays literal."""
+    literal = resp_id.strip("\x00 \t\r\n")
+    base = {"hex_to_dec": 10, "dec_to_hex": 16}.get(fmt)
+    n = None if base is None else _number(literal, base)
+    if n is None:
+        return literal
+    return str(n) if base == 10 else format(n, "x")
+
+
+def receipt_id(smsc_id: str, fmt: str = "same") -> str:
+    """The form a receipt's id is looked up under: the literal id (``same``), or converted to the
+    response's base (``hex_to_dec``: the receipt's hex to decimal; ``dec_to_hex``: its decimal to
+    lower-case hex). An id that is not a number in the receipt's base stays literal."""
+    literal = smsc_id.strip("\x00 \t\r\n")
+    base = {"hex_to_dec": 16, "dec_to_hex": 10}.get(fmt)
+    n = None if base is None else _number(literal, base)
+    if n is None:
+        return literal
+    return str(n) if base == 16 else format(n, "x")

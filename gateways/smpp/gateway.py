@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from engine import keys
+from engine import idmaps, keys
 from engine.config import Duration
 from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
 from engine.intake import accept_inbound
 from engine.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
-from gateways.receipts import PARK_TTL_S, PROVIDER_ID_TTL_S, apply_receipt, record_receipt
+from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt
 from gateways.smpp import dlr, pdu, text
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -98,6 +98,10 @@ class SmppConfig:
     concat: str = "udh8"
     #: Ask for delivery receipts (registered_delivery 1).
     registered_delivery: bool = True
+    #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
+    #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
+    #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
+    receipt_id_format: str = "same"
     #: What data_coding 0 (the SMSC default alphabet) means for texts we receive.
     default_encoding: str = "gsm0338"
     #: enquire_link after this long without any PDU from the SMSC.
@@ -163,6 +167,12 @@ class SmppGateway(Gateway):
         if config.concat not in text.CONCAT_MODES:
             raise ConfigError(
                 f"{where}.concat", f"must be one of {', '.join(text.CONCAT_MODES)}, got {config.concat!r}"
+            )
+        if config.receipt_id_format not in dlr.ID_FORMATS:
+            raise ConfigError(
+                f"{where}.receipt_id_format",
+                f"must be one of {', '.join(dlr.ID_FORMATS)} (how a receipt's id relates to the "
+                f"submit_sm_resp's), got {config.receipt_id_format!r}",
             )
         if config.default_encoding not in text.DEFAULT_CODINGS:
             raise ConfigError(
@@ -324,7 +334,7 @@ class SmppGateway(Gateway):
             )
             if resp.status == pdu.ESME_ROK and resp.command_id == pdu.SUBMIT_SM_RESP:
                 self._throttles = 0
-                return pdu.parse_message_id(resp).strip().lower()
+                return dlr.sent_id(pdu.parse_message_id(resp), self.config.receipt_id_format)
             name = pdu.status_name(resp.status)
             if resp.status in TRANSIENT and resp.command_id != pdu.GENERIC_NACK:
                 attempts += 1
@@ -351,13 +361,16 @@ class SmppGateway(Gateway):
     async def _record_parts(self, ids: list[str]) -> None:
         """Map each part's id to the message for the receipts' roll-up (before the send is
         recorded, so early receipts are found). Redis away: logged; the send still counts."""
-        rt = self._runtime()
-        roll_keys = [keys.smpp_rollup(self.name, ids[0])]
-        for i in ids:
-            roll_keys += [keys.smpp_segment(self.name, i), keys.parked_receipt(self.name, i)]
+        rt, name = self._runtime(), self.name
+        b, now = self.receipt_buckets, rt.clock.now_ms()
+        fields = [idmaps.field(i) for i in ids]
+        roll_keys = [keys.smpp_rollup(name, fields[0])]
+        for f in fields:
+            roll_keys += [keys.smpp_segments(name, b.slot(f), b.bucket(now)), parked_key(rt, name, f)]
+        args = [fields[0], b.window_s, b.ttl_s(now), *fields]
 
         async def add(pipe: Pipeline) -> None:
-            await rt.store.run("smpp_parts", roll_keys, [ids[0], PROVIDER_ID_TTL_S], client=pipe)
+            await rt.store.run("smpp_parts", roll_keys, args, client=pipe)
 
         try:
             (flat,) = await rt.store.coalescer.run(add)
@@ -396,10 +409,13 @@ class SmppGateway(Gateway):
             return
         if r.status is None:
             return  # ENROUTE, UNKNOWN: nothing to record
-        forms = dlr.id_forms(r.smsc_id)
-        lookup = [k for f in forms for k in (keys.smpp_segment(self.name, f), keys.provider_id(self.name, f),
-                                             keys.parked_receipt(self.name, f))]  # fmt: skip
-        args = [r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
+        rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
+        name, f = self.name, idmaps.field(rid)
+        segs, pids = lookup_keys(rt, name, f, "seg"), lookup_keys(rt, name, f, "pid")
+        old = rid.lower()  # earlier releases kept SMPP ids in lower case
+        legacy = [keys.legacy_smpp_segment(name, old), keys.legacy_provider_id(name, old)]
+        lookup = [parked_key(rt, name, f), *legacy, *segs, *pids]
+        args = [f, len(segs), r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
 
         async def find(pipe: Pipeline) -> None:
             await rt.store.run("smpp_receipt", lookup, args, client=pipe)
@@ -407,7 +423,7 @@ class SmppGateway(Gateway):
         (found,) = await rt.store.coalescer.run(find)
         kind = found[0]
         if kind == b"single":  # found, so recorded at once (one round trip less than apply_receipt)
-            await record_receipt(rt, self.name, found[1].decode(), Receipt(r.smsc_id, r.status, r.error))
+            await record_receipt(rt, self.name, found[1].decode(), Receipt(rid, r.status, r.error))
         elif kind == b"part":
             if r.status == "sent":
                 return
@@ -415,7 +431,7 @@ class SmppGateway(Gateway):
             roll = keys.smpp_rollup(self.name, first)
             async with rt.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(roll, part, f"{r.status}|{r.error}")
-                pipe.expire(roll, PROVIDER_ID_TTL_S)
+                pipe.expire(roll, self.receipt_buckets.window_s)
                 pipe.hgetall(roll)
                 _, _, fields = await pipe.execute()
             rolled = _roll_up({k.decode(): v.decode() for k, v in fields.items()}, int(parts))

@@ -1,0 +1,116 @@
+"""Receipts against an SMSC nobody here wrote: node-smpp (tests/peers/node_smsc/server.js).
+
+It answers hex ids counting from ``a`` (so ``10``, ``11``... come early and often) and sends
+each receipt right after its submit_sm_resp, so most receipts race their send's record. Every
+message must end with its own receipt: none stays ``sent``, none carries another's status.
+The npm install is ``make peers`` (a step of ``make test``).
+
+``PARLEY_NODE_SMSC_MESSAGES`` and ``PARLEY_NODE_SMSC_RATE`` scale the run by hand (the issue's
+1,000 messages at 100/s); the suite runs 300 at 150/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine import keys
+from tests.conftest import ROOT
+from tests.test_sender import Engine, engine, start
+from tests.test_smpp_gateway import bound
+
+PEER = ROOT / "tests/peers/node_smsc"
+MESSAGES = int(os.environ.get("PARLEY_NODE_SMSC_MESSAGES", "300"))
+RATE = float(os.environ.get("PARLEY_NODE_SMSC_RATE", "150"))
+
+
+@contextlib.asynccontextmanager
+async def node_smsc() -> AsyncIterator[int]:
+    """The node-smpp SMSC on a free port (its port); stopped by closing its stdin."""
+    node = shutil.which("node")
+    if node is None or not (PEER / "node_modules/smpp").is_dir():
+        pytest.fail("node-smpp is not installed: run `make peers` (npm ci in tests/peers/node_smsc)")
+    proc = await asyncio.create_subprocess_exec(
+        node, "server.js", "--port", "0", "--id-start", "10", cwd=PEER,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line, "node-smpp SMSC did not start"
+        yield int(orjson.loads(line)["port"])
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def contacts(n: int) -> list[str]:
+    return [f"+4477009{i:05d}" for i in range(n)]
+
+
+def expected(number: str) -> tuple[str, str]:
+    """What the node SMSC reports for a message to ``number`` (see server.js)."""
+    if int(number[-1]) % 2 == 0:
+        return "delivered", ""
+    return "failed", f"UNDELIV err:{number[-3:]}"
+
+
+async def outcomes(e: Engine, numbers: list[str]) -> dict[str, tuple[str, str, str]]:
+    """number -> (status, error, provider id) of its one outbound message."""
+    out = {}
+    async with e.rt.store.redis.pipeline(transaction=False) as pipe:
+        for n in numbers:
+            pipe.hvals(keys.message_records(n))
+        for n, values in zip(numbers, await pipe.execute(), strict=True):
+            sent = [m for m in map(orjson.loads, values) if m.get("dir") == "out"]
+            m = sent[-1] if sent else {}
+            out[n] = (m.get("status", "none"), m.get("error") or "", m.get("provider_id", ""))
+    return out
+
+
+async def test_node_smpp_receipts_right_after_the_response_land_on_their_own_messages(
+    redis_url: str, tmp_path: Path
+) -> None:
+    numbers = contacts(MESSAGES)
+    async with node_smsc() as port:
+        gw = {
+            "type": "smpp", "host": "127.0.0.1", "port": port, "system_id": "parley", "password": "secret",
+            "sender": "12345", "rate": RATE, "window": 20, "reconnect_delay": "50ms", "response_timeout": "5s",
+        }  # fmt: skip
+        async for e in engine(redis_url, tmp_path, {"smsc": gw}):
+            await bound(e.rt)
+            t0 = time.monotonic()
+            for i in range(0, len(numbers), 500):
+                await start(e.api, "note", numbers[i : i + 500], text="Hello")
+            deadline = t0 + MESSAGES / RATE + 30
+            while True:
+                got = await outcomes(e, numbers)
+                done = all(s not in ("none", "queued", "sent") for s, _, _ in got.values())
+                if done or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+    stayed_sent = [n for n, (s, _, _) in got.items() if s == "sent"]
+    wrong = [
+        n for n, (s, err, _) in got.items() if s not in ("none", "queued", "sent") and (s, err) != expected(n)
+    ]
+    hex_digit_ids = sum(1 for _, _, pid in got.values() if pid.isdigit())
+    print(
+        f"node-smpp: {MESSAGES} messages at {RATE:g}/s: {hex_digit_ids} all-digit hex ids, "
+        f"{len(stayed_sent)} stayed sent, {len(wrong)} carry another message's status, "
+        f"settled in {time.monotonic() - t0:.1f}s"
+    )
+    assert hex_digit_ids > MESSAGES // 10  # the race was on: many ids read as decimal numbers too
+    assert stayed_sent == [] and wrong == []
+    assert all(s in ("delivered", "failed") for s, _, _ in got.values())
