@@ -49,8 +49,13 @@ class SendPolicy:
     #: Consecutive retryable failures that open the circuit (stop sending, probe later).
     circuit_failures: int = 5
     #: How long an open circuit waits before one probe message; doubles while probes fail.
-    circuit_cooldown: Duration = Duration(15.0)
-    circuit_cooldown_max: Duration = Duration(300.0)
+    #: Short, so a provider that recovers sees traffic again within seconds: a probe is one
+    #: message, so even a provider down for an hour gets one request every few seconds.
+    circuit_cooldown: Duration = Duration(1.0)
+    circuit_cooldown_max: Duration = Duration(5.0)
+    #: The longest a probe waits for the provider's answer (the connector's ``timeout`` is for
+    #: every other send): a probe that lands in a hanging provider costs seconds.
+    probe_timeout: Duration = Duration(2.0)
     #: Bulk messages read ahead into memory (waiting for their turn at the rate).
     bulk_prefetch: int = 64
 
@@ -179,8 +184,10 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
-        """Hand ``msg`` to the provider; raise a GatewayError subclass on failure."""
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
+        """Hand ``msg`` to the provider; raise a GatewayError subclass on failure (GatewayThrottled
+        for a rate signal). ``timeout``: the longest to wait for the provider's answer to this
+        attempt (a circuit probe's); None: the connector's own."""
         raise NotImplementedError
 
     # Webhooks -------------------------------------------------------------------------------

@@ -14,10 +14,14 @@ Guarantees:
   and the rate's slots go to waiting replies before bulk (a later reply to a contact whose bulk
   message is still waiting lifts that message to the reply lane's priority, keeping their order);
 - per-contact order within the connector: a message waits for the previous one to its contact;
-- retryable failures (timeouts, 429, 5xx, refused connections) are retried with exponential
+- retryable failures (timeouts, 5xx, refused connections) are retried with exponential
   back-off and jitter, or after the provider's ``Retry-After``, up to ``max_attempts``; a
   rejection fails the message at once; a message older than ``max_age`` expires;
-- the circuit breaker stops sending to a provider that keeps failing and probes it; while it is
+- a rate signal (429, SMPP throttling) pauses the whole connector for the time the provider
+  asked and is neither a failure nor an attempt (``max_age`` still bounds the message);
+- the circuit breaker stops sending to a provider that keeps failing and probes it (the probe
+  with ``probe_timeout``); while it is open a failed message waits for the probes instead of
+  its own back-off, and a back-off ends when a probe gets through; while it is
   open, messages whose route names another connector move there (``move.lua``, atomically:
   in one lane at a time), unless an attempt here may have reached the provider (a timeout, a
   500, a connection dropped mid-request, or a send interrupted by a crash): those stay and are
@@ -40,7 +44,7 @@ from redis.asyncio.client import Pipeline
 
 from engine import keys
 from engine.consumer import Entry, StreamConsumer, ensure_group
-from engine.errors import GatewayError
+from engine.errors import GatewayError, GatewayThrottled
 from engine.numbers import mask
 from gateways.base import Gateway, OutboundMessage
 from gateways.circuit import Circuit
@@ -107,6 +111,7 @@ class Sender:
         self.circuit = Circuit(
             gateway.name, self.policy.circuit_failures, self.policy.circuit_cooldown,
             self.policy.circuit_cooldown_max, rt.clock, rt.metrics,
+            throttle_backoff=self.policy.backoff, throttle_backoff_max=self.policy.backoff_max,
         )  # fmt: skip
         self.reply_limit = max(64, self.policy.concurrency * 4)
         self._jobs: dict[str, dict[asyncio.Task[None], Job]] = {"reply": {}, "bulk": {}}
@@ -223,7 +228,6 @@ class Sender:
             job.waiting_rate = True
             await self.pacer.acquire(job.ticket)
             job.waiting_rate = False
-            job.attempts += 1
             t0 = clock.monotonic()
             waited = max(0.0, (clock.now_ms() - job.queued_ms) / 1000)
             m.dispatched(gw.name, job.lane, waited, job.msg.segments)
@@ -231,9 +235,18 @@ class Sender:
                 async with self._slots:
                     job.sending = True
                     try:
-                        result = await gw.send(job.msg)
+                        # A probe waits only probe_timeout: a hanging provider costs seconds.
+                        result = await gw.send(job.msg, timeout=self.policy.probe_timeout if probe else None)
                     finally:
                         job.sending = False
+            except GatewayThrottled as exc:
+                # A rate signal from a live provider: the connector pauses (admit waits for it);
+                # not a failure, not an attempt; max_age bounds how long a message keeps trying.
+                job.error = str(exc)
+                job.pinned = job.pinned or exc.ambiguous  # SMPP: some parts already taken
+                m.sent(gw.name, "throttled")
+                self.circuit.throttled(probe, exc.retry_after)
+                continue
             except GatewayError as exc:
                 job.error = str(exc)
                 if not exc.retryable:
@@ -242,17 +255,20 @@ class Sender:
                     log.warning("send rejected msg=%s to=%s: %s", job.msg.id, mask(job.msg.to), exc)
                     return await self._finish(job, "failed", "", job.error)
                 m.sent(gw.name, "retry")
+                job.attempts += 1
                 job.pinned = job.pinned or exc.ambiguous
-                self.circuit.failure(probe)
+                self.circuit.failure(probe, exc.retry_after)
                 if job.attempts >= self.policy.max_attempts:
                     if job.route and not job.pinned:
                         return await self._move(job)
                     log.warning("send failed msg=%s to=%s after %d attempts: %s",
                                 job.msg.id, mask(job.msg.to), job.attempts, exc)  # fmt: skip
                     return await self._finish(job, "failed", "", job.error)
-                if self.circuit.is_open and job.route and not job.pinned:
-                    return await self._move(job)
-                await clock.sleep(self._backoff(job.attempts, exc.retry_after))
+                if self.circuit.is_open:
+                    if job.route and not job.pinned:
+                        return await self._move(job)
+                    continue  # the breaker's probes say when it goes next, not its own back-off
+                await self.circuit.rest(self._backoff(job.attempts, exc.retry_after))
                 continue
             except Exception as exc:  # a connector bug: fail this message, never the loop
                 log.exception("gateway %s crashed sending %s", gw.name, job.msg.id)

@@ -4,9 +4,10 @@ Sending: ``POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json``, fo
 ``To``, ``From`` (our ``sender``) and/or ``MessagingServiceSid``, ``Body`` and, when
 ``public_url`` is set and ``status_callback`` is on, ``StatusCallback =
 {public_url}/v1/receipts/NAME``; HTTP basic auth ``account_sid:auth_token``. A 2xx answer is JSON
-carrying the message's ``sid``. Failures map as for every HTTP connector (429 and 503 retryable and
-not taken, other 5xx retryable but maybe taken, other 4xx rejected) and a rejection names Twilio's
-error code and message (``Twilio error 21211: The 'To' number … is not a valid phone number``).
+carrying the message's ``sid``. Failures map as for every HTTP connector (429 a rate signal, 503
+retryable and not taken, other 5xx retryable but maybe taken, other 4xx rejected) and a
+rejection names Twilio's error code and message (``Twilio error 21211: The 'To' number … is
+not a valid phone number``).
 Twilio takes no idempotency key on this call: a retry after an ambiguous failure (a timeout, a
 500) may send the text twice.
 
@@ -138,7 +139,7 @@ class TwilioGateway(HttpConnector):
             return ""
         return f"{self.config.public_url.rstrip('/')}/v1/receipts/{self.name}"
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         form = {"To": msg.to, "Body": msg.text}
         if msg.sender:
             form["From"] = msg.sender
@@ -146,7 +147,7 @@ class TwilioGateway(HttpConnector):
             form["MessagingServiceSid"] = self.config.messaging_service_sid
         if self.status_callback_url:
             form["StatusCallback"] = self.status_callback_url
-        answer = await self.call("POST", self.messages_url, data=form)
+        answer = await self.call("POST", self.messages_url, data=form, timeout=timeout)
         try:
             sid = orjson.loads(answer.body).get("sid")
         except (orjson.JSONDecodeError, AttributeError):
