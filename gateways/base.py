@@ -148,6 +148,10 @@ class Gateway:
     Config: ClassVar[type[Any]]
     #: Whether the send pipeline may hand it messages (an inbound-only connector says False).
     can_send: ClassVar[bool] = True
+    #: Whether :meth:`find_sent` can ask the provider if it already took a message. Only for
+    #: providers that take no idempotency key: the pipeline asks before sending again a message
+    #: that may have been taken (read back after a crash, or after an ambiguous failure).
+    can_reconcile: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         self.name = name
@@ -188,6 +192,12 @@ class Gateway:
         """Hand ``msg`` to the provider; raise a GatewayError subclass on failure (GatewayThrottled
         for a rate signal). ``timeout``: the longest to wait for the provider's answer to this
         attempt (a circuit probe's); None: the connector's own."""
+        raise NotImplementedError
+
+    async def find_sent(self, msg: OutboundMessage, since_ms: int, timeout: float | None = None) -> list[str]:
+        """The provider's ids of messages it took that are ``msg`` (same recipient, sender and
+        text, created at or after ``since_ms``, Unix ms), oldest first; [] when none.
+        Raise a GatewayError when the provider cannot be asked."""
         raise NotImplementedError
 
     # Webhooks -------------------------------------------------------------------------------
