@@ -13,9 +13,13 @@ import logging
 import time
 from pathlib import Path
 
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from engine import keys
 from engine.clock import FakeClock
+from engine.consumer import ensure_group
 from gateways.base import SendPolicy
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
@@ -37,6 +41,21 @@ async def customers(
         await asyncio.sleep(0.25)
 
 
+async def queued(redis_url: str, gateway: str, contacts: list[str], text: str, now_ms: int) -> None:
+    """Messages waiting in the gateway's reply lane, as a turn's commit leaves them."""
+    r = aioredis.Redis.from_url(redis_url)
+    lane = keys.outbound_stream(gateway)
+    await ensure_group(r, lane, keys.OUTBOUND_GROUP)
+    for i, to in enumerate(contacts):
+        msg_id = f"out-t-{i}"
+        rec = {"id": msg_id, "dir": "out", "text": text, "to": to, "gateway": gateway, "status": "queued",
+               "at": now_ms, "history": [["queued", now_ms]]}  # fmt: skip
+        await r.zadd(keys.message_index(to), {msg_id: now_ms})
+        await r.hset(keys.message_records(to), msg_id, orjson.dumps(rec))
+        await r.xadd(lane, {"m": msg_id, "c": to, "t": text, "q": now_ms})
+    await r.aclose()
+
+
 async def test_429s_with_retry_after_pause_the_connector_that_long_and_never_open_the_breaker(
     redis_url: str,
     tmp_path: Path,
@@ -49,8 +68,9 @@ async def test_429s_with_retry_after_pause_the_connector_that_long_and_never_ope
     carrier.fail_next = [(429, {"Retry-After": "2"})] * 5  # as many as open the breaker (default 5)
     gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345", "concurrency": 5}}
     contacts = [number(i) for i in range(5)]
+    # Queued before the sender starts, so it takes all five at once and sends them together.
+    await queued(redis_url, "carrier", contacts, "hello", clock.now_ms())
     async for e in engine(redis_url, tmp_path, gw, clock):
-        await start(e.api, "note", contacts, text="hello")
         for c in contacts:
             assert (await settled(e.api, c))["status"] == "sent"
         assert e.rt.senders["carrier"].circuit.state == "closed"
