@@ -20,13 +20,14 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.clock import FakeClock
 from engine.consumer import ensure_group
+from engine.errors import GatewayTimeout
 from gateways.base import SendPolicy
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu
 from tests.conftest import API_KEY
 from tests.test_sender import engine, number, settled, start
-from tests.test_smpp_gateway import bound, smpp_gw
+from tests.test_smpp_gateway import bound, gw_of, msg, smpp_gw
 
 
 async def customers(
@@ -153,3 +154,19 @@ async def test_an_smsc_that_keeps_throttling_pauses_the_connector_and_never_open
     assert not [r.message for r in caplog.records if "circuit open" in r.message]
     accepted = [s for s in smsc.received if s.status == pdu.ESME_ROK]
     assert sorted("+" + s.dest for s in accepted) == sorted(contacts)  # each exactly once
+
+
+async def test_an_smpp_probe_waits_probe_timeout_for_its_submit_sm_resp_not_response_timeout(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with SimulatedSmsc(behaviour=SmscBehaviour(latency=1.0)) as smsc:
+        async for e in engine(redis_url, tmp_path, {"smsc": smpp_gw(smsc, response_timeout="5s")}):
+            await bound(e.rt)
+            gw = gw_of(e)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with pytest.raises(GatewayTimeout, match=r"within 0\.2s") as slow:
+                await gw.send(msg("hello", mid="m-probe"), timeout=0.2)
+            assert loop.time() - began < 0.9 and slow.value.ambiguous
+            smsc.behaviour.latency = 0.0
+            assert (await gw.send(msg("hello again", mid="m-next"))).provider_id  # the bind carries on
