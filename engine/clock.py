@@ -13,6 +13,11 @@ class Clock:
         """Wait (back-off between retries); a fake clock moves instead of waiting."""
         await asyncio.sleep(seconds)
 
+    async def sleep_until(self, deadline: float) -> None:
+        """Wait until ``monotonic()`` reaches ``deadline``: many waiters on one deadline (a
+        connector's pause) wake together, and a fake clock moves to it once, not once each."""
+        await self.sleep(max(0.0, deadline - self.monotonic()))
+
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
@@ -35,6 +40,11 @@ class FakeClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         self.advance(seconds)
+        await asyncio.sleep(0)
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline > self._mono:
+            self.advance(deadline - self._mono)
         await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:

@@ -18,8 +18,10 @@
     ├── GatewayError           a send failed; says whether retrying can help and whether the
     │   │                      provider may have taken the message anyway (``ambiguous``)
     │   ├── GatewayTimeout         retryable, ambiguous
-    │   ├── GatewayUnavailable     retryable (connection refused, 429, 503: not taken; 500/502/504,
-    │   │                          connection dropped mid-request: ambiguous); may carry Retry-After
+    │   ├── GatewayUnavailable     retryable (connection refused, 503: not taken; 500/502/504,
+    │   │   │                      connection dropped mid-request: ambiguous); may carry Retry-After
+    │   │   └── GatewayThrottled   a rate signal (429, SMPP throttling): the provider is up and asks
+    │   │                          us to slow down; pauses the connector, never opens the breaker
     │   └── GatewayRejected        permanent (4xx, invalid destination)
     └── WebhookRejected        401  a provider webhook without a valid signature or credentials
 
@@ -181,6 +183,13 @@ class GatewayTimeout(GatewayError):
 
 class GatewayUnavailable(GatewayError):
     retryable = True
+
+
+class GatewayThrottled(GatewayUnavailable):
+    """The provider answered "too fast" (HTTP 429, ESME_RTHROTTLED): not taken, and not a sign of
+    ill health. ``retry_after`` is how long it asked us to wait (None: it did not say)."""
+
+    ambiguous = False
 
 
 class GatewayRejected(GatewayError):

@@ -51,8 +51,13 @@ class SendPolicy:
     #: Consecutive retryable failures that open the circuit (stop sending, probe later).
     circuit_failures: int = 5
     #: How long an open circuit waits before one probe message; doubles while probes fail.
-    circuit_cooldown: Duration = Duration(15.0)
-    circuit_cooldown_max: Duration = Duration(300.0)
+    #: Short, so a provider that recovers sees traffic again within seconds: a probe is one
+    #: message, so even a provider down for an hour gets one request every few seconds.
+    circuit_cooldown: Duration = Duration(1.0)
+    circuit_cooldown_max: Duration = Duration(5.0)
+    #: The longest a probe waits for the provider's answer (the connector's ``timeout`` is for
+    #: every other send): a probe that lands in a hanging provider costs seconds.
+    probe_timeout: Duration = Duration(2.0)
     #: Bulk messages read ahead into memory (waiting for their turn at the rate).
     bulk_prefetch: int = 64
     #: How long a sent message's provider id is kept for its delivery receipt. Most receipts come
@@ -149,6 +154,10 @@ class Gateway:
     Config: ClassVar[type[Any]]
     #: Whether the send pipeline may hand it messages (an inbound-only connector says False).
     can_send: ClassVar[bool] = True
+    #: Whether :meth:`find_sent` can ask the provider if it already took a message. Only for
+    #: providers that take no idempotency key: the pipeline asks before sending again a message
+    #: that may have been taken (read back after a crash, or after an ambiguous failure).
+    can_reconcile: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         self.name = name
@@ -191,8 +200,16 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
-        """Hand ``msg`` to the provider; raise a GatewayError subclass on failure."""
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
+        """Hand ``msg`` to the provider; raise a GatewayError subclass on failure (GatewayThrottled
+        for a rate signal). ``timeout``: the longest to wait for the provider's answer to this
+        attempt (a circuit probe's); None: the connector's own."""
+        raise NotImplementedError
+
+    async def find_sent(self, msg: OutboundMessage, since_ms: int, timeout: float | None = None) -> list[str]:
+        """The provider's ids of messages it took that are ``msg`` (same recipient, sender and
+        text, created at or after ``since_ms``, Unix ms), oldest first; [] when none.
+        Raise a GatewayError when the provider cannot be asked."""
         raise NotImplementedError
 
     # Webhooks -------------------------------------------------------------------------------

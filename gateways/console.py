@@ -24,6 +24,6 @@ class ConsoleGateway(Gateway):
         self.outbox: asyncio.Queue[OutboundMessage] = asyncio.Queue()
         self._ids = itertools.count(1)
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         await self.outbox.put(msg)
         return SendResult(f"console-{next(self._ids)}")

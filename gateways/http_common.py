@@ -4,7 +4,9 @@
 vocabulary (:mod:`engine.errors`):
 
 - the connection could not be made (refused, DNS, connect timeout): retryable, *not* taken;
-- 429 and 503: retryable, not taken; ``Retry-After`` (seconds or an HTTP date) is passed on;
+- 429: a rate signal (``GatewayThrottled``: the connector pauses, the breaker does not count it),
+  not taken, with its ``Retry-After`` (seconds or an HTTP date);
+- 503: retryable, not taken; ``Retry-After`` is passed on;
 - 408, 500, 502, 504, a read timeout, a connection dropped mid-request: retryable but
   *ambiguous* (the provider may have the message), so never failed over to another connector;
 - any other 4xx: a rejection, the message fails at once;
@@ -24,10 +26,17 @@ from typing import Any
 
 import aiohttp
 
-from engine.errors import GatewayRejected, GatewayTimeout, GatewayUnavailable, WebhookRejected
+from engine.errors import (
+    GatewayRejected,
+    GatewayThrottled,
+    GatewayTimeout,
+    GatewayUnavailable,
+    WebhookRejected,
+)
 from gateways.base import Gateway, SendPolicy, Webhook
 
 NOT_TAKEN_STATUS = frozenset({429, 503})
+THROTTLED_STATUS = 429
 AMBIGUOUS_STATUS = frozenset({408, 425, 500, 502, 504})
 
 
@@ -89,9 +98,13 @@ class HttpConnector(Gateway):
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, url: str, **kwargs: Any) -> HttpAnswer:
-        """One request; a 2xx comes back, every failure is raised as a GatewayError."""
+    async def call(self, method: str, url: str, *, timeout: float | None = None, **kwargs: Any) -> HttpAnswer:
+        """One request; a 2xx comes back, every failure is raised as a GatewayError.
+        ``timeout``: this request's own (a circuit probe's), else the connector's."""
         assert self._session is not None, "gateway used outside its async with"
+        limit = self.timeout if timeout is None else timeout
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
         try:
             async with self._session.request(method, url, **kwargs) as resp:
                 raw = await resp.read()
@@ -100,7 +113,7 @@ class HttpConnector(Gateway):
         except aiohttp.ConnectionTimeoutError as exc:
             raise GatewayUnavailable(self.name, "connect timed out", ambiguous=False) from exc
         except TimeoutError as exc:
-            raise GatewayTimeout(self.name, f"no answer within {self.timeout:g}s") from exc
+            raise GatewayTimeout(self.name, f"no answer within {limit:g}s") from exc
         except aiohttp.ClientConnectorError as exc:
             raise GatewayUnavailable(self.name, f"cannot connect: {exc}", ambiguous=False) from exc
         except aiohttp.ClientError as exc:
@@ -112,6 +125,8 @@ class HttpConnector(Gateway):
             return HttpAnswer(status, raw, headers)
         detail = self.error_detail(status, raw)
         wait = retry_after(headers.get("retry-after"))
+        if status == THROTTLED_STATUS:
+            raise GatewayThrottled(self.name, detail, status=status, retry_after=wait)
         if status in NOT_TAKEN_STATUS:
             raise GatewayUnavailable(self.name, detail, status=status, retry_after=wait, ambiguous=False)
         if status in AMBIGUOUS_STATUS or status >= 500:

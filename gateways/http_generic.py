@@ -125,12 +125,14 @@ class HttpGenericGateway(HttpConnector):
             headers["Authorization"] = self.config.authorization
         return headers
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         values = {
             "id": msg.id, "from": msg.sender, "to": msg.to, "text": msg.text, "segments": str(msg.segments)
         }  # fmt: skip
         body = orjson.dumps(_fill(self.config.body, values, msg.segments))
-        answer = await self.call("POST", self.config.url, data=body, headers={"Idempotency-Key": msg.id})
+        answer = await self.call(
+            "POST", self.config.url, data=body, headers={"Idempotency-Key": msg.id}, timeout=timeout
+        )
         try:
             pid = _dig(orjson.loads(answer.body), self.config.id_path)
         except orjson.JSONDecodeError:

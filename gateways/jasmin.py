@@ -6,7 +6,8 @@ converts it), else ``coding=8`` with ``hex-content``, the text in UTF-16-BE as h
 wire). With ``dlr`` on and ``public_url`` set it asks for delivery reports: ``dlr=yes``,
 ``dlr-url={public_url}/v1/receipts/NAME``, ``dlr-level`` and ``dlr-method=POST``. Jasmin answers
 200 ``Success "<message id>"``, or ``Error "<why>"`` with 400 (a parameter or a credential rule),
-403 (authentication, charging, or "User throughput exceeded": that one is retried, not taken),
+403 (authentication, charging, or "User throughput exceeded": that one is a rate signal, which
+pauses the connector and is retried, not taken),
 412 (no route or no connector), 500 (retried, maybe taken) or 503 (interceptor unavailable:
 retried, not taken).
 
@@ -39,7 +40,7 @@ import re
 from dataclasses import dataclass
 
 from engine.config import Duration
-from engine.errors import ConfigError, GatewayRejected, GatewayUnavailable, Unprocessable
+from engine.errors import ConfigError, GatewayRejected, GatewayThrottled, Unprocessable
 from engine.sms import encoding_of
 from gateways.base import InboundText, OutboundMessage, Receipt, SendResult, Webhook, WebhookAnswer
 from gateways.http_common import HttpConnector, check_basic
@@ -133,7 +134,7 @@ class JasminGateway(HttpConnector):
             return ""
         return f"{self.config.public_url.rstrip('/')}/v1/receipts/{self.name}"
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         form = {"username": self.config.username, "password": self.config.password, "to": msg.to}
         if msg.sender:
             form["from"] = msg.sender
@@ -147,12 +148,14 @@ class JasminGateway(HttpConnector):
                 "dlr-method": "POST",
             }  # fmt: skip
         try:
-            answer = await self.call("POST", f"{self.config.url.rstrip('/')}/send", data=form)
+            answer = await self.call(
+                "POST", f"{self.config.url.rstrip('/')}/send", data=form, timeout=timeout
+            )
         except GatewayRejected as exc:
             # Jasmin's error bodies are one short line (Error "..."), whole in call()'s message.
             detail = str(exc).removeprefix(f"gateway {self.name}: ")
             if exc.status == 403 and re.search(r"throughput|throttl", detail, re.IGNORECASE):
-                raise GatewayUnavailable(self.name, detail, status=403, ambiguous=False) from exc
+                raise GatewayThrottled(self.name, detail, status=403) from exc
             raise
         m = SUCCESS_RE.match(answer.body.decode(errors="replace"))
         if m is None:

@@ -46,8 +46,9 @@ def _check_policy(name: str, p: SendPolicy) -> None:
             raise ConfigError(f"gateways.{name}.{key}", f"must be at least 1, got {getattr(p, key)}")
     if p.rate < 0:
         raise ConfigError(f"gateways.{name}.rate", f"must be 0 (no limit) or more, got {p.rate:g}")
-    if p.max_age <= 0:
-        raise ConfigError(f"gateways.{name}.max_age", "must be more than 0")
+    for key in ("max_age", "probe_timeout"):
+        if getattr(p, key) <= 0:
+            raise ConfigError(f"gateways.{name}.{key}", "must be more than 0")
     if not 60 <= p.receipt_window <= 30 * 86400:
         raise ConfigError(
             f"gateways.{name}.receipt_window", f"must be between 1m and 30d, got {p.receipt_window:g}s"

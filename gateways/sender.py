@@ -9,15 +9,21 @@ Guarantees:
 - at-least-once towards the provider: an entry is acknowledged only when its final status is
   recorded (one script with the status), so a crash mid-send leaves it pending and it is sent
   again on restart with the same message id (our idempotency key, passed to providers that
-  take one);
+  take one); a connector whose provider takes no key but can be asked (``can_reconcile``:
+  Twilio) is asked first whether it already has such a message, and if so it is recorded as
+  sent with the provider's id instead of being sent again (also after a timeout or a 500);
 - replies first: the reply lane is read as it comes; the bulk lane only ``bulk_prefetch`` ahead,
   and the rate's slots go to waiting replies before bulk (a later reply to a contact whose bulk
   message is still waiting lifts that message to the reply lane's priority, keeping their order);
 - per-contact order within the connector: a message waits for the previous one to its contact;
-- retryable failures (timeouts, 429, 5xx, refused connections) are retried with exponential
+- retryable failures (timeouts, 5xx, refused connections) are retried with exponential
   back-off and jitter, or after the provider's ``Retry-After``, up to ``max_attempts``; a
   rejection fails the message at once; a message older than ``max_age`` expires;
-- the circuit breaker stops sending to a provider that keeps failing and probes it; while it is
+- a rate signal (429, SMPP throttling) pauses the whole connector for the time the provider
+  asked and is neither a failure nor an attempt (``max_age`` still bounds the message);
+- the circuit breaker stops sending to a provider that keeps failing and probes it (the probe
+  with ``probe_timeout``); while it is open a failed message waits for the probes instead of
+  its own back-off, and a back-off ends when a probe gets through; while it is
   open, messages whose route names another connector move there (``move.lua``, atomically:
   in one lane at a time), unless an attempt here may have reached the provider (a timeout, a
   500, a connection dropped mid-request, or a send interrupted by a crash): those stay and are
@@ -35,14 +41,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from engine import keys
 from engine.consumer import Entry, StreamConsumer, ensure_group
-from engine.errors import GatewayError
+from engine.errors import GatewayError, GatewayThrottled, GatewayUnavailable
 from engine.numbers import mask
-from gateways.base import Gateway, OutboundMessage
+from gateways.base import Gateway, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
 from gateways.receipts import status_call
@@ -51,6 +58,10 @@ if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+#: How much earlier than our queue time a provider's record of a message may say it was created
+#: (the two clocks disagree) and still be looked at when reconciling.
+RECONCILE_SKEW_MS = 60_000
 
 
 @dataclass(eq=False)
@@ -66,6 +77,9 @@ class Job:
     #: An attempt here may have reached the provider: never fail this one over.
     pinned: bool
     ticket: Ticket
+    #: The provider may have it right now (read back after a crash, or an ambiguous failure):
+    #: a connector that can reconcile is asked before it is sent again.
+    unsure: bool = False
     waiting_rate: bool = False
     #: In the provider's hands right now (a graceful stop waits for these only).
     sending: bool = False
@@ -107,6 +121,7 @@ class Sender:
         self.circuit = Circuit(
             gateway.name, self.policy.circuit_failures, self.policy.circuit_cooldown,
             self.policy.circuit_cooldown_max, rt.clock, rt.metrics,
+            throttle_backoff=self.policy.backoff, throttle_backoff_max=self.policy.backoff_max,
         )  # fmt: skip
         self.reply_limit = max(64, self.policy.concurrency * 4)
         self._jobs: dict[str, dict[asyncio.Task[None], Job]] = {"reply": {}, "bulk": {}}
@@ -172,6 +187,7 @@ class Sender:
             # Read back after a restart: it may have been on its way to the provider.
             pinned=recovering,
             ticket=Ticket(cost=cost, urgent=lane == "reply"),
+            unsure=recovering,
         )  # fmt: skip
         previous = self._tails.get(job.msg.to)
         if previous is not None and lane == "reply" and previous.waiting_rate:
@@ -223,17 +239,28 @@ class Sender:
             job.waiting_rate = True
             await self.pacer.acquire(job.ticket)
             job.waiting_rate = False
-            job.attempts += 1
             t0 = clock.monotonic()
             waited = max(0.0, (clock.now_ms() - job.queued_ms) / 1000)
             m.dispatched(gw.name, job.lane, waited, job.msg.segments)
+            timeout = self.policy.probe_timeout if probe else None  # a hanging provider costs seconds
+            taken: SendResult | None = None
             try:
                 async with self._slots:
                     job.sending = True
                     try:
-                        result = await gw.send(job.msg)
+                        if job.unsure and gw.can_reconcile:
+                            taken = await self._reconcile(job, timeout)
+                        result = taken or await gw.send(job.msg, timeout=timeout)
                     finally:
                         job.sending = False
+            except GatewayThrottled as exc:
+                # A rate signal from a live provider: the connector pauses (admit waits for it);
+                # not a failure, not an attempt; max_age bounds how long a message keeps trying.
+                job.error = str(exc)
+                job.pinned = job.pinned or exc.ambiguous  # SMPP: some parts already taken
+                m.sent(gw.name, "throttled")
+                self.circuit.throttled(probe, exc.retry_after)
+                continue
             except GatewayError as exc:
                 job.error = str(exc)
                 if not exc.retryable:
@@ -242,17 +269,21 @@ class Sender:
                     log.warning("send rejected msg=%s to=%s: %s", job.msg.id, mask(job.msg.to), exc)
                     return await self._finish(job, "failed", "", job.error)
                 m.sent(gw.name, "retry")
+                job.attempts += 1
                 job.pinned = job.pinned or exc.ambiguous
-                self.circuit.failure(probe)
+                job.unsure = job.unsure or exc.ambiguous
+                self.circuit.failure(probe, exc.retry_after)
                 if job.attempts >= self.policy.max_attempts:
                     if job.route and not job.pinned:
                         return await self._move(job)
                     log.warning("send failed msg=%s to=%s after %d attempts: %s",
                                 job.msg.id, mask(job.msg.to), job.attempts, exc)  # fmt: skip
                     return await self._finish(job, "failed", "", job.error)
-                if self.circuit.is_open and job.route and not job.pinned:
-                    return await self._move(job)
-                await clock.sleep(self._backoff(job.attempts, exc.retry_after))
+                if self.circuit.is_open:
+                    if job.route and not job.pinned:
+                        return await self._move(job)
+                    continue  # the breaker's probes say when it goes next, not its own back-off
+                await self.circuit.rest(self._backoff(job.attempts, exc.retry_after))
                 continue
             except Exception as exc:  # a connector bug: fail this message, never the loop
                 log.exception("gateway %s crashed sending %s", gw.name, job.msg.id)
@@ -260,8 +291,47 @@ class Sender:
                     self.circuit.abandon_probe()
                 return await self._finish(job, "failed", "", f"gateway {gw.name}: internal error {exc!r}")
             self.circuit.success(probe)
-            m.sent(gw.name, "sent", clock.monotonic() - t0)
+            if taken is not None:
+                m.sent(gw.name, "reconciled")
+                log.info("msg=%s to=%s: %s already has it as %s; not sent again",
+                         job.msg.id, mask(job.msg.to), gw.name, taken.provider_id)  # fmt: skip
+            else:
+                m.sent(gw.name, "sent", clock.monotonic() - t0)
             return await self._finish(job, "sent", result.provider_id, "")
+
+    async def _reconcile(self, job: Job, timeout: float | None) -> SendResult | None:
+        """Ask the provider whether it already took ``job`` (it takes no idempotency key, and we
+        may have died, or lost the answer, after it did). Its id when it has it: the message is
+        recorded as sent, not sent again; None: not there, send it.
+
+        The provider matches by recipient, text and time, so a message it took that another of
+        the contact's messages already owns (the same text sent earlier) is not this one. A
+        message it takes after the lookup (a request still in its hands) is not seen: that
+        window, about a request's time, is what remains of at-least-once here."""
+        since = job.queued_ms - RECONCILE_SKEW_MS
+        candidates = await self.gw.find_sent(job.msg, since, timeout=timeout)
+        job.unsure = False
+        if not candidates:
+            return None
+        try:
+            records = await self.rt.store.redis.hgetall(keys.message_records(job.msg.to))
+        except (aioredis.RedisError, OSError) as exc:
+            job.unsure = True
+            raise GatewayUnavailable(
+                self.gw.name, f"cannot check {len(candidates)} possible earlier send(s): Redis: {exc}",
+                ambiguous=False,
+            ) from exc  # fmt: skip
+        owned = set()
+        for message_id, raw in records.items():
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            name = message_id.decode() if isinstance(message_id, bytes) else message_id
+            if name != job.msg.id and isinstance(rec, dict) and rec.get("provider_id"):
+                owned.add(str(rec["provider_id"]))
+        mine = [pid for pid in candidates if pid not in owned]
+        return SendResult(mine[0]) if mine else None
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -4,11 +4,18 @@ Sending: ``POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json``, fo
 ``To``, ``From`` (our ``sender``) and/or ``MessagingServiceSid``, ``Body`` and, when
 ``public_url`` is set and ``status_callback`` is on, ``StatusCallback =
 {public_url}/v1/receipts/NAME``; HTTP basic auth ``account_sid:auth_token``. A 2xx answer is JSON
-carrying the message's ``sid``. Failures map as for every HTTP connector (429 and 503 retryable and
-not taken, other 5xx retryable but maybe taken, other 4xx rejected) and a rejection names Twilio's
-error code and message (``Twilio error 21211: The 'To' number … is not a valid phone number``).
-Twilio takes no idempotency key on this call: a retry after an ambiguous failure (a timeout, a
-500) may send the text twice.
+carrying the message's ``sid``. Failures map as for every HTTP connector (429 a rate signal, 503
+retryable and not taken, other 5xx retryable but maybe taken, other 4xx rejected) and a
+rejection names Twilio's error code and message (``Twilio error 21211: The 'To' number … is
+not a valid phone number``).
+Twilio takes no idempotency key on this call, so before sending again a message it may already
+have (read back after a crash, or after a timeout or a 500) the pipeline asks it
+(:meth:`TwilioGateway.find_sent`): ``GET Messages.json?To=…&From=…`` (``From`` left out with a
+Messaging Service), newest first, page after page until the messages are older than the one we
+look for; an outbound message with the same ``Body`` (and Messaging Service) created since is
+it. The Message resource carries nothing of ours (no reference, no callback URL), so the text,
+recipient, sender and time are the match; the pipeline leaves out the sids its other messages
+already own.
 
 Webhooks: point the number's (or Messaging Service's) "a message comes in" webhook at
 ``{public_url}/v1/inbound/NAME`` (HTTP POST). Inbound texts are forms with ``From``, ``To``,
@@ -30,6 +37,7 @@ backwards.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import urllib.parse
@@ -43,6 +51,7 @@ from engine.config import Duration
 from engine.errors import (
     ConfigError,
     GatewayRejected,
+    GatewayUnavailable,
     Unprocessable,
     WebhookRejected,
 )
@@ -60,6 +69,8 @@ STATUS_MAP = {
     "sent": "sent",
 }
 #: Statuses on the way (or of inbound messages): answered 200, nothing recorded.
+#: Pages of the Messages list read looking for one message (50 messages a page).
+LOOKUP_PAGES = 10
 IN_BETWEEN = frozenset(
     {"queued", "accepted", "sending", "scheduled", "receiving", "received", "read", "partially_delivered"}
 )
@@ -107,9 +118,20 @@ def _error_detail(status: int, body: bytes) -> str:
     return f"HTTP {status}: {body[:200].decode(errors='replace')}"
 
 
+def _created_ms(value: object) -> int | None:
+    """Twilio's ``date_created`` (RFC 2822, ``Tue, 01 Dec 2026 20:39:48 +0000``) in Unix ms."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return None
+
+
 class TwilioGateway(HttpConnector):
     Config = TwilioConfig
     config: TwilioConfig
+    can_reconcile = True
 
     @classmethod
     def check(cls, name: str, config: TwilioConfig) -> None:
@@ -138,7 +160,7 @@ class TwilioGateway(HttpConnector):
             return ""
         return f"{self.config.public_url.rstrip('/')}/v1/receipts/{self.name}"
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         form = {"To": msg.to, "Body": msg.text}
         if msg.sender:
             form["From"] = msg.sender
@@ -146,7 +168,7 @@ class TwilioGateway(HttpConnector):
             form["MessagingServiceSid"] = self.config.messaging_service_sid
         if self.status_callback_url:
             form["StatusCallback"] = self.status_callback_url
-        answer = await self.call("POST", self.messages_url, data=form)
+        answer = await self.call("POST", self.messages_url, data=form, timeout=timeout)
         try:
             sid = orjson.loads(answer.body).get("sid")
         except (orjson.JSONDecodeError, AttributeError):
@@ -157,6 +179,45 @@ class TwilioGateway(HttpConnector):
                 status=answer.status,
             )  # fmt: skip
         return SendResult(sid)
+
+    async def find_sent(self, msg: OutboundMessage, since_ms: int, timeout: float | None = None) -> list[str]:
+        """Twilio's sids of outbound messages to ``msg.to`` with its text, created since
+        ``since_ms`` (see the module docstring), oldest first."""
+        params = {"To": msg.to, "PageSize": "50"}
+        if msg.sender and not self.config.messaging_service_sid:
+            params["From"] = msg.sender
+        url = f"{self.messages_url}?{urllib.parse.urlencode(params)}"
+        found: list[str] = []
+        for _ in range(LOOKUP_PAGES):
+            answer = await self.call("GET", url, timeout=timeout)
+            try:
+                page = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                page = None
+            messages = page.get("messages") if isinstance(page, dict) else None
+            if not isinstance(page, dict) or not isinstance(messages, list):
+                raise GatewayUnavailable(
+                    self.name, f"cannot read Twilio's message list: {answer.body[:200]!r}", ambiguous=False
+                )
+            oldest: int | None = None
+            for m in messages:
+                created = _created_ms(m.get("date_created")) if isinstance(m, dict) else None
+                if created is None:
+                    continue
+                oldest = created if oldest is None else min(oldest, created)
+                if (
+                    created >= since_ms and m.get("body") == msg.text
+                    and str(m.get("direction", "outbound-api")).startswith("outbound")
+                    and (not self.config.messaging_service_sid
+                         or m.get("messaging_service_sid") == self.config.messaging_service_sid)
+                    and isinstance(m.get("sid"), str)
+                ):  # fmt: skip
+                    found.append(m["sid"])
+            following = page.get("next_page_uri")
+            if not isinstance(following, str) or not following or (oldest is not None and oldest < since_ms):
+                break
+            url = self.config.base_url.rstrip("/") + following
+        return found[::-1]
 
     def error_detail(self, status: int, body: bytes) -> str:
         """A rejection names Twilio's error code and message."""

@@ -5,11 +5,15 @@ answering ``{"id": "sim-N"}``) into a per-number inbox, and it texts Parley as a
 through Parley's inbound webhook. Tests make it misbehave:
 
 - ``fail_next``: answer the next sends with these statuses (an int, or ``(status, headers)``
-  such as ``(429, {"Retry-After": "7"})``); ``down``: answer every send with this status;
+  such as ``(429, {"Retry-After": "7"})``); ``down``: answer every send with this status (an
+  int or ``(status, headers)`` likewise);
 - ``delay``: slow every answer down; ``hang``: never answer (the client times out);
 - ``receipts``: call ``receipt_url`` back with a delivery report per accepted message
   (``"before"`` the send's answer, as fast providers sometimes do, or ``"after"``), signed with
   ``receipt_secret`` when set.
+
+``answers`` keeps ``(time, status)`` per request as it was answered (0: never answered), the
+time from ``now`` (``time.perf_counter`` unless a test hands it a fake clock's ``monotonic``).
 
 It remembers each message's ``Idempotency-Key`` and answers a repeat with the same id without
 delivering it again, as a provider that dedupes does.
@@ -23,6 +27,7 @@ import hmac
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -51,7 +56,7 @@ class SimulatedCarrier(LoopbackServer):
         self.name = name
         self.delay = delay
         self.fail_next: list[int | tuple[int, dict[str, str]]] = []
-        self.down: int = 0
+        self.down: int | tuple[int, dict[str, str]] = 0
         self.hang = False
         self.receipts: str = ""  # "", "before" or "after"
         self.receipt_url = ""
@@ -59,6 +64,8 @@ class SimulatedCarrier(LoopbackServer):
         self.receipt_status = "delivered"
         self.received: list[Delivered] = []
         self.attempts = 0
+        self.now: Callable[[], float] = time.perf_counter
+        self.answers: list[tuple[float, int]] = []
         self.receipt_answers: list[int] = []
         self._seen: dict[str, str] = {}  # idempotency key -> provider id
         self._inboxes: dict[str, asyncio.Queue[Delivered]] = defaultdict(asyncio.Queue)
@@ -79,8 +86,14 @@ class SimulatedCarrier(LoopbackServer):
         await super().__aexit__(*exc)
 
     async def _send(self, request: web.Request) -> web.Response:
+        resp = await self._answer(request)
+        self.answers.append((self.now(), resp.status))
+        return resp
+
+    async def _answer(self, request: web.Request) -> web.Response:
         self.attempts += 1
         if self.hang:
+            self.answers.append((self.now(), 0))
             await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -89,14 +102,15 @@ class SimulatedCarrier(LoopbackServer):
             status, headers = failure if isinstance(failure, tuple) else (failure, {})
             return web.Response(status=status, text="simulated failure", headers=headers)
         if self.down:
-            return web.Response(status=self.down, text="simulated outage")
+            status, headers = self.down if isinstance(self.down, tuple) else (self.down, {})
+            return web.Response(status=status, text="simulated outage", headers=headers)
         body = orjson.loads(await request.read())
         key = request.headers.get("Idempotency-Key", "")
         if key and key in self._seen:
             return web.json_response({"id": self._seen[key]})
         msg = Delivered(
             id=body["id"], provider_id=f"{self.name}-{next(self._ids)}", sender=body.get("from", ""),
-            to=body["to"], text=body["text"], at=time.perf_counter(),
+            to=body["to"], text=body["text"], at=self.now(),
         )  # fmt: skip
         if key:
             self._seen[key] = msg.provider_id

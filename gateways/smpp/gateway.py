@@ -10,7 +10,10 @@ Answers, per part:
 - ESME_ROK: the part is taken; the next one goes.
 - ESME_RTHROTTLED / ESME_RMSGQFUL: the whole connector pauses (``throttle_backoff``, doubling
   while throttles continue, up to ``throttle_backoff_max``) and the part is sent again after it,
-  up to ``throttle_retries`` times; ESME_RSYSERR / ESME_RX_T_APPN likewise without the pause.
+  up to ``throttle_retries`` times; then the pipeline is told it is a rate signal
+  (``GatewayThrottled`` with the pause: the connector waits, the circuit breaker does not count
+  it; a message with parts already taken stays on this connector). ESME_RSYSERR /
+  ESME_RX_T_APPN likewise without the pause, and those count as failures.
 - any other status (ESME_RINVDSTADR...), or a generic_nack: that message fails with the status
   named; the bind carries on.
 - no answer within ``response_timeout``, or the connection lost after the write: the SMSC may
@@ -49,7 +52,7 @@ from redis.asyncio.client import Pipeline
 
 from engine import idmaps, keys
 from engine.config import Duration
-from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
+from engine.errors import ConfigError, GatewayRejected, GatewayThrottled, GatewayTimeout, GatewayUnavailable
 from engine.intake import accept_inbound
 from engine.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
@@ -282,7 +285,7 @@ class SmppGateway(Gateway):
         self._ref = (self._ref + 1) & 0xFFFF
         return self._ref
 
-    async def send(self, msg: OutboundMessage) -> SendResult:
+    async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         ref, ids = self._progress.pop(msg.id, (self._next_ref(), []))
         segments = text.encode_message(msg.text, concat=self.config.concat, ref=ref)
         dest = Address(msg.to.removeprefix("+"), 1, 1)
@@ -299,7 +302,7 @@ class SmppGateway(Gateway):
                     esm_class=seg.esm_class, registered_delivery=rd, service_type=self.config.service_type,
                     tlvs=seg.tlvs,
                 )  # fmt: skip
-                ids.append(await self._submit(sm, i, len(segments), taken=bool(ids)))
+                ids.append(await self._submit(sm, i, len(segments), taken=bool(ids), timeout=timeout))
         except (GatewayTimeout, GatewayUnavailable) as exc:
             if exc.ambiguous or ids:
                 self._progress[msg.id] = (ref, ids)  # the retry resumes after the parts taken
@@ -310,20 +313,25 @@ class SmppGateway(Gateway):
             await self._record_parts(ids)
         return SendResult(ids[0])
 
-    async def _submit(self, sm: ShortMessage, i: int, n: int, *, taken: bool) -> str:
-        """One part; returns the SMSC's id for it (lower case)."""
+    async def _submit(self, sm: ShortMessage, i: int, n: int, *, taken: bool, timeout: float | None) -> str:
+        """One part; returns the SMSC's id for it (lower case). ``timeout`` (a circuit probe's)
+        bounds the wait for the response, not the throttle pause before the write."""
         part = f"part {i + 1}/{n}" if n > 1 else "submit_sm"
         attempts = 0
         while True:
             await self._pause()
             session = await self._session()
             try:
-                resp = await session.request(lambda seq: pdu.encode_sm(pdu.SUBMIT_SM, seq, sm))
+                request = session.request(lambda seq: pdu.encode_sm(pdu.SUBMIT_SM, seq, sm))
+                resp = await (request if timeout is None else asyncio.wait_for(request, timeout))
             except TimeoutError:
                 self._metric("timeout")
-                raise GatewayTimeout(
-                    self.name, f"{part}: no submit_sm_resp within {self.config.response_timeout:g}s"
-                ) from None
+                limit = (
+                    self.config.response_timeout
+                    if timeout is None
+                    else min(timeout, self.config.response_timeout)
+                )
+                raise GatewayTimeout(self.name, f"{part}: no submit_sm_resp within {limit:g}s") from None
             except ConnectionLost as exc:
                 self._metric("connection_lost")
                 raise GatewayUnavailable(
@@ -340,6 +348,13 @@ class SmppGateway(Gateway):
                 attempts += 1
                 wait = self._throttled() if resp.status in THROTTLES else self.config.throttle_backoff
                 if attempts > self.config.throttle_retries:
+                    if resp.status in THROTTLES:
+                        # A rate signal, not ill health: the pipeline pauses the connector for
+                        # the pause this one is in, and the breaker does not count it.
+                        raise GatewayThrottled(
+                            self.name, f"{part}: {name} {attempts} times", status=name, retry_after=wait,
+                            ambiguous=taken,
+                        )  # fmt: skip
                     raise GatewayUnavailable(
                         self.name, f"{part}: {name} {attempts} times", status=name, ambiguous=taken
                     )  # fmt: skip
