@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import bookkeeping  # loadtests/bookkeeping.py, beside this script
 import orjson
 import redis.asyncio as aioredis
 import yaml
@@ -68,6 +67,11 @@ from rich.table import Table
 
 from engine import __version__, keys
 from engine.redis_embedded import EmbeddedRedis, die_with_parent, free_port
+
+try:  # imported as loadtests.bench (the tests)
+    from loadtests import bookkeeping
+except ImportError:  # run as a script: loadtests/ is sys.path[0]
+    import bookkeeping  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-0123456789abcdef"
