@@ -14,7 +14,7 @@ help:
 	@echo "make test       run the whole test suite (lint, types, pytest; installs the test peers)"
 	@echo "make peers      install the test peers (node-smpp SMSC under tests/peers, npm ci)"
 	@echo "make run        run the engine (HTTP API on 127.0.0.1:8080)"
-	@echo "make lint       ruff check + ruff format --check + mypy"
+	@echo "make lint       ruff check + ruff format --check + mypy + lint-imports (the layering)"
 	@echo "make bench-rules  decisions per second of the flow engine alone"
 	@echo "make bench      end-to-end benchmark: open-loop texts at rising rates, latency percentiles,"
 	@echo "                bytes per held conversation; JSON + PNG under bench-results/ (BENCH_ARGS=...)"
@@ -70,6 +70,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check engine gateways tests loadtests
 	$(BIN)/ruff format --check engine gateways tests loadtests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix engine gateways tests loadtests

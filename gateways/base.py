@@ -13,17 +13,15 @@ import functools
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from engine import idmaps
-from engine.config import Duration
-from engine.errors import BadRequest
-from engine.sms import encoding_of
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
+from engine.core import idmaps
+from engine.core.config import Duration
+from engine.core.errors import BadRequest
+from engine.core.ports import GatewayHost
+from engine.core.sms import encoding_of
 
 #: Our message statuses a receipt may report, in the order a message moves through them.
 #: A final status (rank 2) is never replaced by an earlier one arriving late.
@@ -186,7 +184,7 @@ class Gateway:
         """What ``text`` costs at the rate: the SMS parts it takes on the air (at least 1)."""
         return max(1, encoding_of(text).segments)
 
-    def attach(self, rt: Runtime, *, active: bool) -> None:
+    def attach(self, rt: Host, *, active: bool) -> None:
         """Called by the runtime before the connector is opened. ``active``: this process runs
         the senders (a connector with its own sessions, like SMPP, opens them only then)."""
 
@@ -238,3 +236,12 @@ class Gateway:
 
     def receipt_answer(self) -> WebhookAnswer | None:
         return None
+
+
+class Host(GatewayHost, Protocol):
+    """The port a connector is handed (:meth:`Gateway.attach`), with its sender: the core's
+    :class:`~engine.core.ports.GatewayHost` plus the configured connectors by name (a receipt
+    finds the id map of the connector that sent it)."""
+
+    @property
+    def gateways(self) -> Mapping[str, Gateway]: ...

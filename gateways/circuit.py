@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from engine.clock import Clock
-from engine.metrics import Metrics
+from engine.core.clock import Clock
+from engine.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

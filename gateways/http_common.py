@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
-import hashlib
 import hmac
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from engine.errors import (
+from engine.core.errors import (
     GatewayRejected,
     GatewayThrottled,
     GatewayTimeout,
     GatewayUnavailable,
     WebhookRejected,
 )
+from engine.core.http import retry_after, sign
 from gateways.base import Gateway, SendPolicy, Webhook
 
 NOT_TAKEN_STATUS = frozenset({429, 503})
@@ -45,22 +43,6 @@ class HttpAnswer:
     status: int
     body: bytes
     headers: dict[str, str]
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), capped at 1 h."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), 3600.0)
 
 
 class HttpConnector(Gateway):
@@ -140,12 +122,6 @@ class HttpConnector(Gateway):
 
 
 # Webhook authentication --------------------------------------------------------------------
-
-
-def sign(secret: str, timestamp: int | str, body: bytes) -> str:
-    """Parley's webhook signature: ``sha256=`` hex HMAC-SHA256 of ``"{timestamp}." + body``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 def check_signature(

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from engine.config import Duration
-from engine.errors import ConfigError, GatewayRejected, Unprocessable
+from engine.core.config import Duration
+from engine.core.errors import ConfigError, GatewayRejected, Unprocessable
 from gateways.base import InboundText, OutboundMessage, Receipt, SendResult, Webhook
 from gateways.http_common import HttpConnector, check_basic, check_signature
 

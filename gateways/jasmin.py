@@ -39,9 +39,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.config import Duration
-from engine.errors import ConfigError, GatewayRejected, GatewayThrottled, Unprocessable
-from engine.sms import encoding_of
+from engine.core.config import Duration
+from engine.core.errors import ConfigError, GatewayRejected, GatewayThrottled, Unprocessable
+from engine.core.sms import encoding_of
 from gateways.base import InboundText, OutboundMessage, Receipt, SendResult, Webhook, WebhookAnswer
 from gateways.http_common import HttpConnector, check_basic
 

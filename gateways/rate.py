@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.store import Store
+from engine.core import keys
+from engine.core.store import Store
+from gateways.scripts import install
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Pacer:
 
     def __init__(self, store: Store, gateway: str, rate: float) -> None:
         self.store = store
+        install(store, ("rate",))  # a pacer used alone (a benchmark, a test) brings its script
         self.gateway = gateway
         self.rate = rate
         self._interval_us = int(1_000_000 / (rate * HEADROOM)) if rate > 0 else 0

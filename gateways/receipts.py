@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from redis.asyncio.client import Pipeline
 
-from engine import idmaps, keys
-from gateways.base import Receipt, SendPolicy
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
+from engine.core import idmaps, keys
+from gateways.base import Host, Receipt, SendPolicy
 
 #: How long a receipt waits for its send to be recorded before it is dropped.
 PARK_TTL_S = 86400
@@ -18,13 +13,13 @@ PARK_TTL_S = 86400
 DEFAULT_BUCKETS = idmaps.plan(SendPolicy().receipt_window, 0)
 
 
-def buckets_of(rt: Runtime, gateway: str) -> idmaps.Buckets:
+def buckets_of(rt: Host, gateway: str) -> idmaps.Buckets:
     """How ``gateway``'s provider-id map is cut (engine/idmaps.py)."""
     gw = rt.gateways.get(gateway)
     return gw.receipt_buckets if gw is not None else DEFAULT_BUCKETS
 
 
-def lookup_keys(rt: Runtime, gateway: str, field: str, kind: str = "pid") -> list[str]:
+def lookup_keys(rt: Host, gateway: str, field: str, kind: str = "pid") -> list[str]:
     """The buckets of ``gateway``'s ``pid`` (provider ids) or ``seg`` (SMPP segments) map that
     ``field`` may be in, newest first, over the receipt window."""
     b = buckets_of(rt, gateway)
@@ -33,14 +28,14 @@ def lookup_keys(rt: Runtime, gateway: str, field: str, kind: str = "pid") -> lis
     return [build(gateway, slot, n) for n in b.lookback(rt.clock.now_ms())]
 
 
-def parked_key(rt: Runtime, gateway: str, pid: str) -> str:
+def parked_key(rt: Host, gateway: str, pid: str) -> str:
     """Where a receipt for provider id ``pid`` (or its field: the same) of ``gateway`` is parked."""
     field = idmaps.field(pid)
     return keys.parked_receipt(gateway, buckets_of(rt, gateway).slot(field), field)
 
 
 def status_call(
-    rt: Runtime,
+    rt: Host,
     gateway: str,
     msg_id: str,
     contact: str,
@@ -74,13 +69,13 @@ def status_call(
     return status_keys, args
 
 
-async def record_sent(rt: Runtime, gateway: str, msg_id: str, contact: str, pid: str) -> None:
+async def record_sent(rt: Host, gateway: str, msg_id: str, contact: str, pid: str) -> None:
     """Record that message ``msg_id`` of ``contact`` went out with provider id ``pid``."""
     status_keys, args = status_call(rt, gateway, msg_id, contact, "sent", pid, "", record_gateway=True)
     await rt.store.run("status", keys=status_keys, args=args)
 
 
-async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
+async def apply_receipt(rt: Host, gateway: str, receipt: Receipt) -> str:
     """Record ``receipt`` on its message. Returns ``applied``, ``parked`` (the send is not
     recorded yet: applied when it is) or ``gone`` (the message left the log)."""
     now = rt.clock.now_ms()
@@ -104,7 +99,7 @@ async def apply_receipt(rt: Runtime, gateway: str, receipt: Receipt) -> str:
     return await record_receipt(rt, gateway, found.decode(), receipt)
 
 
-async def record_receipt(rt: Runtime, gateway: str, owner: str, receipt: Receipt) -> str:
+async def record_receipt(rt: Host, gateway: str, owner: str, receipt: Receipt) -> str:
     """Record ``receipt`` on the message ``owner`` names (``"N message-id"``, the value of its
     provider-id key). Returns ``applied``, or ``gone`` (the message left the log)."""
     now = rt.clock.now_ms()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.config import build_section
-from engine.errors import ConfigError
+from engine.core.config import Config, build_section
+from engine.core.errors import ConfigError
 from gateways.base import POLICY_KEYS, Gateway, SendPolicy
 from gateways.console import ConsoleGateway
 from gateways.http_generic import HttpGenericGateway
 from gateways.jasmin import JasminGateway
+from gateways.routing import parse_rules
 from gateways.smpp.gateway import SmppGateway
 from gateways.twilio import TwilioGateway
 
@@ -59,3 +60,12 @@ def build_gateway(name: str, raw: dict[str, Any]) -> Gateway:
     cls = GATEWAY_TYPES[raw["type"]]
     config, policy = validate_gateway_config(name, raw)
     return cls(name, config, policy)
+
+
+def check_config(cfg: Config) -> None:
+    """The connectors' part of the configuration check, run by
+    :func:`engine.app.settings.load_config`: each gateway's options by its connector class, and
+    the routes against the connectors that can send."""
+    for name, gw in cfg.gateways.items():
+        validate_gateway_config(name, gw)
+    parse_rules(cfg.routing, {n for n, gw in cfg.gateways.items() if GATEWAY_TYPES[gw["type"]].can_send})

@@ -28,7 +28,7 @@ from typing import Any
 
 import phonenumbers
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 MATCH_KEYS = ("prefix", "country", "flow", "sender")
 

@@ -39,23 +39,19 @@ import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from engine import keys
-from engine.consumer import Entry, StreamConsumer, ensure_group
-from engine.errors import GatewayError, GatewayThrottled, GatewayUnavailable
-from engine.numbers import mask
-from gateways.base import Gateway, OutboundMessage, SendResult
+from engine.core import keys
+from engine.core.consumer import Entry, StreamConsumer, ensure_group
+from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
+from engine.core.numbers import mask
+from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
 from gateways.receipts import status_call
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +107,7 @@ class _Lane(StreamConsumer):
 class Sender:
     """Owns the send loop of one connector (``async with Sender(rt, gateway)``)."""
 
-    def __init__(self, rt: Runtime, gateway: Gateway) -> None:
+    def __init__(self, rt: Host, gateway: Gateway) -> None:
         self.rt = rt
         self.gw = gateway
         self.policy = gateway.policy

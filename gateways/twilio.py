@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from engine.config import Duration
-from engine.errors import (
+from engine.core.config import Duration
+from engine.core.errors import (
     ConfigError,
     GatewayRejected,
     GatewayUnavailable,

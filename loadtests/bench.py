@@ -65,8 +65,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine import __version__, keys
-from engine.redis_embedded import EmbeddedRedis, die_with_parent, free_port
+from engine import __version__
+from engine.core import keys
+from engine.core.redis_embedded import EmbeddedRedis, die_with_parent, free_port
 
 try:  # imported as loadtests.bench (the tests)
     from loadtests import bookkeeping
@@ -212,7 +213,7 @@ class Engine:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "engine.cli", "--config", str(self.config_path), "run"]
+        argv = [sys.executable, "-m", "engine.app.cli", "--config", str(self.config_path), "run"]
         if self.workers != 1:
             argv += ["--workers", str(self.workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "PROMETHEUS_"))}

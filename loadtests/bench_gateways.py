@@ -38,10 +38,10 @@ from bench import machine  # loadtests/bench.py (this directory is on sys.path w
 from rich.console import Console
 from rich.table import Table
 
-from engine import keys
-from engine.config import load_config
-from engine.redis_embedded import EmbeddedRedis
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.app.settings import load_config
+from engine.core import keys
+from engine.core.redis_embedded import EmbeddedRedis
 from gateways.simulators.http_carrier import SimulatedCarrier
 
 ROOT = Path(__file__).resolve().parent.parent

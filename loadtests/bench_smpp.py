@@ -51,10 +51,10 @@ from bench_gateways import busiest_second, load_backlog, percentiles
 from rich.console import Console
 from rich.table import Table
 
-from engine import keys
-from engine.config import load_config
-from engine.redis_embedded import EmbeddedRedis
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.app.settings import load_config
+from engine.core import keys
+from engine.core.redis_embedded import EmbeddedRedis
 from gateways.base import OutboundMessage
 from gateways.simulators.smsc import Message, SimulatedSmsc, SmscBehaviour
 from gateways.smpp.gateway import SmppGateway

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine import keys  # noqa: E402
-from engine.clock import FakeClock  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.intake import accept_inbound  # noqa: E402
-from engine.runtime import Runtime  # noqa: E402
+from engine.app.runtime import Runtime  # noqa: E402
+from engine.app.settings import load_config  # noqa: E402
+from engine.conversation.intake import accept_inbound  # noqa: E402
+from engine.core import keys  # noqa: E402
+from engine.core.clock import FakeClock  # noqa: E402
 from gateways.receipts import record_sent  # noqa: E402
 
 #: One full bucket of an 8 h window (1 h buckets) at this rate is about 20,000 messages.
@@ -152,7 +152,7 @@ async def _legacy(r: aioredis.Redis, messages: int, rate: float) -> tuple[int, i
 def main() -> None:
     import orjson
 
-    from engine.redis_embedded import EmbeddedRedis
+    from engine.core.redis_embedded import EmbeddedRedis
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import API_KEY, ROOT, Engine
 
-from engine.redis_embedded import EmbeddedRedis, free_port
+from engine.core.redis_embedded import EmbeddedRedis, free_port
 
 
 def wait_healthy(url: str, engine: Engine, timeout: float = 30) -> None:

@@ -18,11 +18,12 @@ import pytest
 import redis
 from aiohttp import web
 
-from engine.clock import FakeClock
-from engine.config import Config, load_config
-from engine.redis_embedded import EmbeddedRedis
-from engine.runtime import Runtime
-from engine.turn import TurnDone
+from engine.app.runtime import Runtime
+from engine.app.settings import load_config
+from engine.conversation.turn import TurnDone
+from engine.core.clock import FakeClock
+from engine.core.config import Config
+from engine.core.redis_embedded import EmbeddedRedis
 from gateways.simulators.http_carrier import SimulatedCarrier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,9 +180,9 @@ async def eventually(probe: Any, *, attempts: int = 400, interval: float = 0.005
 async def process_stream(rt: Runtime, number: str) -> list[str]:
     """Run what waits on a contact's shard stream, in order, as the worker would; for tests that
     run no worker so they can set up an exact interleaving. Returns each turn's result."""
-    from engine import keys
-    from engine.events import Event
-    from engine.turn import run_turn
+    from engine.conversation.events import Event
+    from engine.conversation.turn import run_turn
+    from engine.core import keys
 
     shard = keys.shard_of(number, rt.config.engine.shards)
     stream = keys.inbound_stream(shard)
@@ -195,7 +196,7 @@ async def process_stream(rt: Runtime, number: str) -> list[str]:
 async def outbound(rt: Runtime, gateway: str) -> list[dict[bytes, bytes]]:
     """Every message queued for ``gateway`` in both lanes (reply and bulk), in the order the
     turns that sent them happened (message ids are ``out-S-ms-seq-k``: the causing event, then k)."""
-    from engine import keys
+    from engine.core import keys
 
     entries = []
     for lane in keys.LANES:

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
 from tests.conftest import ANN, API_KEY, ROOT
 
 

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from engine.batching import Coalescer
+from engine.core.batching import Coalescer
 
 
 async def test_requests_in_one_pass_share_a_pipeline_and_keep_their_own_errors(redis_url: str) -> None:

@@ -17,10 +17,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.clock import FakeClock
-from engine.consumer import ensure_group
-from engine.errors import GatewayTimeout
+from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.core.consumer import ensure_group
+from engine.core.errors import GatewayTimeout
 from gateways.base import SendPolicy
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour

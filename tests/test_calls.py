@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine import contacts, conversations, intake, keys
-from engine.clock import FakeClock
-from engine.runtime import Runtime
-from engine.worker import fire_timers
+from engine.app.runtime import Runtime
+from engine.conversation import conversations, intake
+from engine.conversation.worker import fire_timers
+from engine.core import contacts, keys
+from engine.core.clock import FakeClock
 from gateways.console import ConsoleGateway
 from tests.conftest import ANN, Turns, make_config, process_stream, serve
 from tests.conftest import outbound as queued
@@ -192,7 +193,7 @@ async def test_a_crm_lookup_refreshes_contact_fields_and_is_cached(
     ],
 )
 def test_a_bad_crm_lookup_is_refused_with_the_line(tmp_path: Path, call: str, problem: str) -> None:
-    from engine.errors import FlowErrors
+    from engine.core.errors import FlowErrors
     from engine.flows import FlowRegistry
 
     (tmp_path / "bad.yaml").write_text(

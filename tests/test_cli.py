@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import RedisUnavailable
-from engine.redis_embedded import EmbeddedRedis
+from engine.core.errors import RedisUnavailable
+from engine.core.redis_embedded import EmbeddedRedis
 from tests.conftest import run_parley
 
 
@@ -97,7 +97,7 @@ def test_run_refuses_to_start_with_an_invalid_flow(tmp_path: Path, redis_url: st
 
 
 def test_run_serves_until_sigterm_then_stops_cleanly(redis_url: str) -> None:
-    from engine.redis_embedded import free_port
+    from engine.core.redis_embedded import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import _parser
+from engine.app.cli import _parser
 from tests.conftest import run_parley
 
 #: Every command line the CLI has, with its required arguments.

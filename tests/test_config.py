@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.config import load_config, parse_duration
-from engine.errors import ConfigError
+from engine.app.settings import load_config
+from engine.core.config import parse_duration
+from engine.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: An empty config file, so that a parley.yaml in the working directory is not read.

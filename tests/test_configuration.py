@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config, parse_duration
-from engine.errors import ConfigError
+from engine.app.settings import load_config
+from engine.core.config import parse_duration
+from engine.core.errors import ConfigError
 from tests.conftest import run_parley
 
 

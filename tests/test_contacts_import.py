@@ -13,9 +13,9 @@ import orjson
 import pytest
 import redis
 
-from engine import keys
-from engine.contacts_import import MAX_REPORTED_ERRORS
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core import keys
+from engine.crm.contacts_import import MAX_REPORTED_ERRORS
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, Turns, make_config, run_parley
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, Turns
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.redis_embedded import EmbeddedRedis, free_port
+from engine.core.errors import ConfigError
+from engine.core.redis_embedded import EmbeddedRedis, free_port
 from tests.conftest import run_parley
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from engine.config import Config, _leaves, load_config
-from engine.metrics import Metrics
+from engine.app.settings import load_config
+from engine.core.config import Config, _leaves
+from engine.core.metrics import Metrics
 from tests.conftest import ROOT
 
 

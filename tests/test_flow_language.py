@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import FlowErrors
+from engine.core.errors import FlowErrors
 from engine.flows import FlowRegistry, load_flow, resume, start
 from engine.flows.loader import parse_flow
-from engine.flows.tests import compile_test
+from engine.flows.reply_tests import compile_test
 from engine.flows.text import Reply
 from tests.conftest import ROOT
 
@@ -210,7 +210,7 @@ def test_graph_cli_refuses_an_unknown_flow() -> None:
 
 @pytest.mark.parametrize("empty", [None, "", []], ids=["null", "empty text", "empty list"])
 def test_an_empty_crm_value_counts_as_missing(empty: object) -> None:
-    from engine.contacts import Contact
+    from engine.core.contacts import Contact
 
     view = Contact("+447700900123", {"first_name": empty, "company": empty}).template_view()
     assert start(NPS, view, {}, 0).messages[0].startswith("Hi there, thanks for choosing us.")

@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.errors import FlowErrors
+from engine.app.runtime import Runtime
+from engine.core.errors import FlowErrors
 from engine.flows.limits import Limits
 from engine.flows.loader import FlowRegistry, load_flow, parse_flow
-from engine.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, make_config, run_parley
 
@@ -184,7 +184,7 @@ GREEDY = [
 
 @pytest.mark.parametrize(("label", "source"), GREEDY, ids=[g[0] for g in GREEDY])
 def test_a_template_is_stopped_before_it_builds_a_huge_value(label: str, source: str) -> None:
-    from engine.errors import RenderError
+    from engine.core.errors import RenderError
     from engine.flows.templates import Template, make_environment
 
     tpl = Template(make_environment(), source)

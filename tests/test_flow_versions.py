@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, make_config
 

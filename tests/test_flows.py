@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import FlowErrors
+from engine.core.errors import FlowErrors
 from engine.flows import Decision, FlowRegistry, load_flow, resume, start
 from engine.flows.loader import parse_flow
+from engine.flows.reply_tests import compile_test
 from engine.flows.runner import template_context
-from engine.flows.tests import compile_test
 from engine.flows.text import Reply
 
 ROOT = Path(__file__).resolve().parent.parent

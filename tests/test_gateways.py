@@ -16,8 +16,8 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import ConfigError, GatewayRejected, GatewayUnavailable
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core.errors import ConfigError, GatewayRejected, GatewayUnavailable
 from gateways.base import OutboundMessage
 from gateways.registry import build_gateway, validate_gateway_config
 from gateways.routing import Router, parse_rules
@@ -219,7 +219,7 @@ async def test_inbound_webhooks_are_checked_by_the_connectors_scheme(signed: tup
         ) as r:
             assert r.status == 202
     # Three texts taken (one per connector that let it in), nothing from the refused requests.
-    from engine import keys
+    from engine.core import keys
 
     taken = [await rt.store.redis.xlen(keys.inbound_stream(s)) for s in range(rt.config.engine.shards)]
     assert sum(taken) == 3

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import contacts, intake, keys
-from engine.clock import FakeClock
-from engine.governance import HELP, OPT_IN, OPT_OUT, Keyword, Keywords
-from engine.runtime import Runtime
-from engine.worker import fire_timers
+from engine.app.runtime import Runtime
+from engine.conversation import intake
+from engine.conversation.worker import fire_timers
+from engine.core import contacts, keys
+from engine.core.clock import FakeClock
+from engine.governance.consent import HELP, OPT_IN, OPT_OUT, Keyword, Keywords
 from tests.conftest import ANN, make_config, outbound, process_stream
 
 KW = Keywords()
@@ -424,7 +425,7 @@ async def test_a_flow_can_set_its_own_caps(redis_url: str) -> None:
 
 
 def test_a_flow_with_a_bad_cap_is_refused_with_its_line(tmp_path: Any) -> None:
-    from engine.errors import FlowErrors
+    from engine.core.errors import FlowErrors
     from engine.flows.loader import load_flow
 
     path = tmp_path / "promo.yaml"

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.api.openapi import spec
-from engine.numbers import InvalidNumber, to_e164
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core.numbers import InvalidNumber, to_e164
 from tests.conftest import ANN, API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

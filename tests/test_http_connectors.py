@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import keys
-from engine.errors import (
+from engine.app.runtime import Runtime
+from engine.core import keys
+from engine.core.errors import (
     ConfigError,
     GatewayRejected,
     GatewayTimeout,
@@ -24,7 +25,6 @@ from engine.errors import (
     Unprocessable,
     WebhookRejected,
 )
-from engine.runtime import Runtime
 from gateways.base import OutboundMessage, Webhook
 from gateways.receipts import parked_key
 from gateways.registry import build_gateway, validate_gateway_config

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import idmaps, keys
-from engine.clock import FakeClock
-from engine.errors import ConfigError
-from engine.intake import accept_inbound
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.conversation.intake import accept_inbound
+from engine.core import idmaps, keys
+from engine.core.clock import FakeClock
+from engine.core.errors import ConfigError
 from gateways.base import Receipt
 from gateways.receipts import apply_receipt, record_sent
 from gateways.registry import validate_gateway_config

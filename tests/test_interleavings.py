@@ -20,12 +20,13 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import contacts, intake, keys, sessions
-from engine.clock import FakeClock
-from engine.events import Event
-from engine.runtime import Runtime
-from engine.turn import TurnDone, run_turn
-from engine.worker import Worker, fire_timers
+from engine.app.runtime import Runtime
+from engine.conversation import intake, sessions
+from engine.conversation.events import Event
+from engine.conversation.turn import TurnDone, run_turn
+from engine.conversation.worker import Worker, fire_timers
+from engine.core import contacts, keys
+from engine.core.clock import FakeClock
 from tests.conftest import make_config, outbound
 
 NUMBERS = ["+447700900101", "+447700900202", "+447700900303"]

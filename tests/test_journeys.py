@@ -12,9 +12,10 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from engine import keys, reports
-from engine.clock import FakeClock
-from engine.journeys import Arm, Split
+from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.crm import reports
+from engine.crm.journeys import Arm, Split
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import eventually
 from tests.test_sender import Engine, engine

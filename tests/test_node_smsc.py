@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine import keys
+from engine.core import keys
 from tests.conftest import ROOT
 from tests.test_sender import Engine, engine, start
 from tests.test_smpp_gateway import bound

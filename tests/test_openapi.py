@@ -8,7 +8,7 @@ import aiohttp
 from openapi_spec_validator import validate
 
 from engine.api.app import build_app
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
 
 
 def _served(rt: Runtime) -> set[tuple[str, str]]:

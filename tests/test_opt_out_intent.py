@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.governance import DEFAULT_KEYWORDS, OPT_OUT, Keywords, squash
-from engine.optout import MAX_WORDS, NONE, REVIEW, STOP_SIGN, WORDS
+from engine.governance.consent import DEFAULT_KEYWORDS, OPT_OUT, Keywords, squash
+from engine.governance.optout import MAX_WORDS, NONE, REVIEW, STOP_SIGN, WORDS
 
 KW = Keywords()
 IN, OUT = True, False  # inside an active conversation, or not

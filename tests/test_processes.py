@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import yaml
 
-from engine.redis_embedded import free_port
-from engine.supervisor import RESTART_READY_S
+from engine.app.supervisor import RESTART_READY_S
+from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, ROOT
 
@@ -76,7 +76,7 @@ async def parley_run(config: dict[str, Any], path: Path) -> AsyncIterator[Engine
     write_config(path, config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--config", str(path), "run", "--workers", "2",
+        sys.executable, "-m", "engine.app.cli", "--config", str(path), "run", "--workers", "2",
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     port = config["http"]["port"]
@@ -217,7 +217,7 @@ async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: 
     smpp_port, control, port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "smsc-sim", "--port", str(smpp_port), "--control-port", str(control),
+        sys.executable, "-m", "engine.app.cli", "smsc-sim", "--port", str(smpp_port), "--control-port", str(control),
         "--system-id", "acme01", "--password", "s3cret", "--dlr-delay", "0.01",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -233,7 +233,7 @@ async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: 
     path = tmp_path / "parley.yaml"
     path.write_text(yaml.safe_dump(config))
     run = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--config", str(path), "run", "--workers", "2",
+        sys.executable, "-m", "engine.app.cli", "--config", str(path), "run", "--workers", "2",
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import contacts, keys
-from engine.clock import FakeClock
-from engine.quiet import QuietHours
-from engine.runtime import Runtime
-from engine.worker import fire_timers
+from engine.app.runtime import Runtime
+from engine.conversation.worker import fire_timers
+from engine.core import contacts, keys
+from engine.core.clock import FakeClock
+from engine.governance.quiet import QuietHours
 from tests.conftest import ANN, make_config
 from tests.test_governance import Phone
 
@@ -139,7 +139,7 @@ def test_the_number_tells_the_zone_when_it_can(
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from engine.quiet import _zone_of_number
+    from engine.governance.quiet import _zone_of_number
 
     zone = _zone_of_number(number)
     if utc_offset_in_july is None:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.config import RedisConfig
-from engine.store import Store
+from engine.core.config import RedisConfig
+from engine.core.store import Store
 from gateways.rate import Pacer, Ticket
 
 

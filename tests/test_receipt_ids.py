@@ -18,8 +18,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core import keys
 from gateways.receipts import record_sent
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu

@@ -20,10 +20,10 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from engine import keys
-from engine.clock import FakeClock
-from engine.consumer import ensure_group
-from engine.redis_embedded import free_port
+from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.core.consumer import ensure_group
+from engine.core.redis_embedded import free_port
 from gateways.base import OutboundMessage
 from gateways.registry import build_gateway
 from gateways.simulators.twilio_stub import Received, TwilioStub
@@ -202,7 +202,7 @@ async def test_parley_killed_after_twilio_took_a_reply_sends_it_exactly_once_aft
 
     async def run() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "--config", str(path), "run",
+            sys.executable, "-m", "engine.app.cli", "--config", str(path), "run",
             cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
 

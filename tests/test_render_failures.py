@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from engine import keys
-from engine.clock import FakeClock
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core import keys
+from engine.core.clock import FakeClock
 from tests.conftest import make_config
 from tests.test_transcripts import Player, Transcript
 

@@ -12,10 +12,11 @@ import aiohttp
 import orjson
 import pytest
 
-from engine import keys, reports
-from engine.clock import FakeClock
-from engine.outcomes import events_for
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.conversation.outcomes import events_for
+from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.crm import reports
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, eventually
 from tests.test_sender import SECRET, engine, start

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.redis_embedded import free_port
+from engine.core.redis_embedded import free_port
 from tests.conftest import ROOT
 
 KEY = "schemathesis-key-0123456789"

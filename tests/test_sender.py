@@ -14,10 +14,10 @@ import aiohttp
 import orjson
 import pytest
 
-from engine import keys
-from engine.clock import FakeClock
-from engine.redis_embedded import free_port
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, eventually, make_config
 

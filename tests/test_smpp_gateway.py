@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys
-from engine.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
-from engine.events import Event
-from engine.runtime import Runtime
-from engine.sms import encoding_of
+from engine.app.runtime import Runtime
+from engine.conversation.events import Event
+from engine.core import keys
+from engine.core.errors import ConfigError, GatewayRejected, GatewayTimeout, GatewayUnavailable
+from engine.core.sms import encoding_of
 from gateways.base import OutboundMessage
 from gateways.registry import validate_gateway_config
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine.clock import Clock
+from engine.core.clock import Clock
 from gateways.simulators.smsc import SimulatedSmsc
 from gateways.smpp import pdu
 from gateways.smpp.pdu import Pdu

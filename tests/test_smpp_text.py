@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.sms import GSM7_BASIC, GSM7_EXTENSION, encoding_of
+from engine.core.sms import GSM7_BASIC, GSM7_EXTENSION, encoding_of
 from gateways.smpp.text import (
     CONCAT_MODES,
     MESSAGE_PAYLOAD,

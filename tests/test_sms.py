@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.sms import GSM7_BASIC, GSM7_EXTENSION, MULTI, SINGLE, encoding_of, split
+from engine.core.sms import GSM7_BASIC, GSM7_EXTENSION, MULTI, SINGLE, encoding_of, split
 
 CASES = [
     ("empty", "", "GSM-7", 0, 0),

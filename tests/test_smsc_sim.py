@@ -472,7 +472,7 @@ def test_parley_smsc_sim_command_serves_binds_and_prints_stats() -> None:
     cmd = [
         sys.executable,
         "-m",
-        "engine.cli",
+        "engine.app.cli",
         "smsc-sim",
         "--port",
         "0",

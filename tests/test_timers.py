@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import contacts, conversations, intake, keys
-from engine.clock import FakeClock
-from engine.runtime import Runtime
-from engine.worker import fire_timers
+from engine.app.runtime import Runtime
+from engine.conversation import conversations, intake
+from engine.conversation.worker import fire_timers
+from engine.core import contacts, keys
+from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, Turns, eventually, make_config, process_stream
 from tests.conftest import outbound as queued

@@ -29,11 +29,12 @@ from typing import Any
 import orjson
 import pytest
 
-from engine import contacts, conversations, intake
-from engine.clock import FakeClock
-from engine.config import parse_duration
-from engine.runtime import Runtime
-from engine.turn import TurnDone
+from engine.app.runtime import Runtime
+from engine.conversation import conversations, intake
+from engine.conversation.turn import TurnDone
+from engine.core import contacts
+from engine.core.clock import FakeClock
+from engine.core.config import parse_duration
 from gateways.console import ConsoleGateway
 from tests.conftest import make_config
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, ROOT, eventually, make_config, serve
 

@@ -21,11 +21,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys
-from engine.clock import Clock, FakeClock
-from engine.config import Config
-from engine.errors import ConfigError
-from engine.runtime import Runtime
+from engine.app.runtime import Runtime
+from engine.core import keys
+from engine.core.clock import Clock, FakeClock
+from engine.core.config import Config
+from engine.core.errors import ConfigError
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, eventually, make_config, serve
 
@@ -398,7 +398,7 @@ field_names = st.one_of(envelope, st.text("abcdefghijklmnopqrstuvwxyz_", min_siz
 def test_a_payload_keeps_every_field_of_the_event(kind: str, fields: dict[str, Any]) -> None:
     """No field of a stored event is dropped or overwritten on its way to the CRM, whatever its
     name: one whose name the envelope uses is sent as ``<type>_<name>``."""
-    from engine.webhooks_http import payload
+    from engine.crm.webhooks_http import payload
 
     fields = {k: v for k, v in fields.items() if k not in ("t", "c", "f", "run", "at")}
     stored = {"t": kind, "c": A, "f": "nps", "run": f"{A}/1", "at": 1767225600000, **fields}

@@ -10,14 +10,15 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from engine import intake, keys
-from engine.consumer import ensure_group
-from engine.events import Event
-from engine.redis_embedded import EmbeddedRedis, free_port
-from engine.runtime import Runtime
-from engine.shards import release_dead
-from engine.turn import run_turn
-from engine.worker import Worker
+from engine.app.runtime import Runtime
+from engine.conversation import intake
+from engine.conversation.events import Event
+from engine.conversation.shards import release_dead
+from engine.conversation.turn import run_turn
+from engine.conversation.worker import Worker
+from engine.core import keys
+from engine.core.consumer import ensure_group
+from engine.core.redis_embedded import EmbeddedRedis, free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, Turns, make_config, outbound, process_stream
 
@@ -28,7 +29,7 @@ def _cfg(redis_url: str, carrier: SimulatedCarrier):  # type: ignore[no-untyped-
 
 async def _ann_waiting(rt: Runtime) -> None:
     """Ann exists and is waiting at the NPS score question (state written through a real turn)."""
-    from engine import contacts
+    from engine.core import contacts
 
     await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms())
     (eid,) = await intake.enqueue_starts(rt, "nps", [ANN], {})
@@ -269,7 +270,7 @@ async def test_a_waiting_conversation_is_small_and_its_log_expires(
 async def test_a_session_stored_by_an_older_build_is_converted_and_carries_on(
     redis_url: str, carrier: SimulatedCarrier
 ) -> None:
-    from engine import sessions
+    from engine.conversation import sessions
 
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -23,10 +22,8 @@ from engine.api import (
     webhooks,
 )
 from engine.api.common import RUNTIME, check_api_key, json_response
-from engine.errors import ApiError, NotFound, PayloadTooLarge
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
+from engine.api.ports import ApiServices
+from engine.core.errors import ApiError, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +82,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-def build_app(rt: Runtime) -> web.Application:
+def build_app(rt: ApiServices) -> web.Application:
     app = web.Application(
         middlewares=[errors_and_metrics, bearer_auth], client_max_size=rt.config.http.max_body_bytes
     )

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from engine.errors import BadRequest, PayloadTooLarge, Unauthorized, Unprocessable
-from engine.numbers import InvalidNumber, to_e164
+from engine.api.ports import ApiServices
+from engine.core.errors import BadRequest, PayloadTooLarge, Unauthorized, Unprocessable
+from engine.core.numbers import InvalidNumber, to_e164
 
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
-
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+RUNTIME: web.AppKey[ApiServices] = web.AppKey("runtime")
 
 
-def runtime(request: web.Request) -> Runtime:
+def runtime(request: web.Request) -> ApiServices:
     return request.app[RUNTIME]
 
 
@@ -59,7 +57,7 @@ async def read_object(request: web.Request, allowed: set[str]) -> dict[str, Any]
     return body
 
 
-def number_param(rt: Runtime, value: str, field: str = "number") -> str:
+def number_param(rt: ApiServices, value: str, field: str = "number") -> str:
     try:
         return to_e164(value, rt.config.numbers.default_region)
     except InvalidNumber as exc:

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from engine import erasure, governance, keys
 from engine.api.common import iso, json_response, number_param, read_object, runtime
-from engine.errors import Unprocessable
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
+from engine.api.ports import ApiServices
+from engine.core import keys
+from engine.core.errors import Unprocessable
+from engine.crm import erasure
+from engine.governance import consent as governance
 
 API_SOURCES = tuple(s for s in governance.SOURCES if s != "keyword")
 MAX_NOTE = 500
 
 
-async def _view(rt: Runtime, number: str) -> dict[str, Any]:
+async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
     """Consent now and the ledger, oldest first: the entries kept from an erasure of the contact
     (engine/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
     erased = await erasure.erased_ledger_key(rt.store, rt.config.governance.erasure_key, number)

@@ -6,10 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import contacts, erasure
 from engine.api.common import iso, json_response, number_param, read_object, runtime
-from engine.contacts_import import import_contacts
-from engine.errors import BadRequest, NotFound, UnsupportedMediaType
+from engine.core import contacts
+from engine.core.errors import BadRequest, NotFound, UnsupportedMediaType
+from engine.crm import erasure
+from engine.crm.contacts_import import import_contacts
 
 #: Content types the import reads, and the format each means.
 IMPORT_TYPES = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine import contacts, conversations
 from engine.api.common import iso, json_response, number_param, runtime
-from engine.errors import NotFound, Unprocessable
+from engine.conversation import conversations
+from engine.core import contacts
+from engine.core.errors import NotFound, Unprocessable
 
 MAX_LIMIT = 500
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from engine import contacts, intake, journeys, keys, sessions
 from engine.api.common import json_response, number_param, read_object, runtime
-from engine.errors import FlowErrors, NotFound, Unprocessable
-from engine.turn import missing_fields
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
+from engine.api.ports import ApiServices
+from engine.conversation import intake, sessions
+from engine.conversation.turn import missing_fields
+from engine.core import contacts, keys
+from engine.core.errors import FlowErrors, NotFound, Unprocessable
+from engine.crm import journeys
 
 MAX_CONTACTS = 10_000
 
@@ -126,7 +126,7 @@ async def start_flow(request: web.Request) -> web.Response:
 MAX_AUDIENCE = 1_000_000
 
 
-async def _listed(rt: Runtime, raw: Any) -> list[str]:
+async def _listed(rt: ApiServices, raw: Any) -> list[str]:
     if not isinstance(raw, list) or not raw:
         raise Unprocessable("contacts", "must be a non-empty list of phone numbers")
     if len(raw) > MAX_CONTACTS:
@@ -147,7 +147,7 @@ async def _listed(rt: Runtime, raw: Any) -> list[str]:
     return numbers
 
 
-async def _assign(rt: Runtime, split: journeys.Split, numbers: list[str]) -> dict[str, str]:
+async def _assign(rt: ApiServices, split: journeys.Split, numbers: list[str]) -> dict[str, str]:
     """Each contact's arm: the one it already had in this experiment, else its bucket's (kept)."""
     key = keys.assignments(split.experiment)
     out: dict[str, str] = {}
@@ -163,7 +163,7 @@ async def _assign(rt: Runtime, split: journeys.Split, numbers: list[str]) -> dic
 
 
 async def _record(
-    rt: Runtime, sid: str, flow: str, now: int, counts: dict[str, int], reasons: Counter[str],
+    rt: ApiServices, sid: str, flow: str, now: int, counts: dict[str, int], reasons: Counter[str],
     split: journeys.Split | None, arms: dict[str, str], numbers: list[str],
 ) -> None:  # fmt: skip
     """The start's counts, every assignment as an outcome event, and each contact's last touch."""

@@ -13,9 +13,9 @@ import time
 
 from aiohttp import web
 
-from engine import intake
 from engine.api.common import check_api_key, json_response, number_param, runtime
-from engine.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from engine.conversation import intake
+from engine.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from gateways.base import Gateway, Webhook
 from gateways.receipts import apply_receipt
 

@@ -11,14 +11,15 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import __version__, contacts
+from engine import __version__
 from engine.api.common import json_response
 from engine.api.consent import API_SOURCES, MAX_NOTE
 from engine.api.conversations import MAX_LIMIT as MESSAGES_MAX
 from engine.api.flows import MAX_CONTACTS
 from engine.api.webhooks import ENTRY_ID
 from engine.api.webhooks import MAX_LIMIT as DEAD_MAX
-from engine.numbers import e164_pattern
+from engine.core import contacts
+from engine.core.numbers import e164_pattern
 
 JSON = "application/json"
 

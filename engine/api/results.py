@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from engine import reports
 from engine.api.common import iso, json_response, runtime
-from engine.errors import NotFound, Unprocessable
+from engine.core.errors import NotFound, Unprocessable
+from engine.crm import reports
 
 ROWS_PER_WRITE = 500
 

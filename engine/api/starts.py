@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from engine import keys, reports
 from engine.api.common import iso, json_response, number_param, read_object, runtime
-from engine.errors import NotFound, Unprocessable
+from engine.core import keys
+from engine.core.errors import NotFound, Unprocessable
+from engine.crm import reports
 
 EVENT_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 

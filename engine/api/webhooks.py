@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import webhooks_dead
 from engine.api.common import json_response, read_object, runtime
-from engine.errors import NotFound, Unprocessable
+from engine.core.errors import NotFound, Unprocessable
+from engine.crm import webhooks_dead
 
 MAX_LIMIT = 1000
 ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")

@@ -16,7 +16,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from engine.flows.tests import TestArgError
+from engine.flows.reply_tests import TestArgError
 from engine.flows.text import fold
 
 Condition = Callable[[dict[str, Any]], bool]

@@ -20,17 +20,17 @@ from typing import Any
 import jinja2
 import yaml
 
-from engine.config import parse_cap, parse_duration
-from engine.errors import FlowError, FlowErrors, RenderError
+from engine.core.config import parse_cap, parse_duration
+from engine.core.errors import FlowError, FlowErrors, RenderError
+from engine.core.sms import encoding_of
 from engine.flows import yamlsrc
 from engine.flows.conditions import compile_condition, is_condition
 from engine.flows.fields import BUILT_IN, unguarded
 from engine.flows.limits import MAX_TEMPLATE_NESTING, Limits
 from engine.flows.model import Call, Case, Flow, Node, Reprompt
+from engine.flows.reply_tests import TestArgError, compile_test
 from engine.flows.templates import Template, make_environment
-from engine.flows.tests import TestArgError, compile_test
 from engine.flows.text import fold
-from engine.sms import encoding_of
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
@@ -444,7 +444,7 @@ def _node(name: str, body: Any, line: int, errs: _Collector, env: jinja2.Environ
 
 def _sets(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Environment) -> None:
     """``set: {field: value}``: contact fields to write; text values are templates."""
-    from engine.contacts import FIELD_NAME_RE, RESERVED_FIELDS
+    from engine.core.contacts import FIELD_NAME_RE, RESERVED_FIELDS
 
     spec, line = body["set"], body.line_of("set")
     if not isinstance(spec, dict) or not spec:
@@ -508,7 +508,7 @@ def _call(body: yamlsrc.LineDict, node: Node, errs: _Collector, env: jinja2.Envi
     cache_s = _call_duration(spec, "cache", 0.0, (0.0, MAX_CALL_CACHE_S), "between 0 and 1d", node, errs)
     if cache_s and method != "GET":
         errs.add(spec.line_of("cache"), node.name, f"only a GET's answer can be cached, not a {method}'s")
-    from engine.contacts import FIELD_NAME_RE, RESERVED_FIELDS
+    from engine.core.contacts import FIELD_NAME_RE, RESERVED_FIELDS
 
     fields: dict[str, str] = {}
     raw_fields = spec.get("fields")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.flows.conditions import Condition
+from engine.flows.reply_tests import ReplyTest
 from engine.flows.templates import Template
-from engine.flows.tests import ReplyTest
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import RenderError
+from engine.core.errors import RenderError
+from engine.core.sms import encoding_of
 from engine.flows.conditions import resolve
 from engine.flows.model import Flow, Node
+from engine.flows.reply_tests import Match
 from engine.flows.templates import Template
-from engine.flows.tests import Match
 from engine.flows.text import Reply
-from engine.sms import encoding_of
 
 #: A turn that passes through more nodes than this without waiting is a flow bug.
 MAX_STEPS = 64

@@ -13,7 +13,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
-from engine.errors import RenderError
+from engine.core.errors import RenderError
 from engine.flows.sandbox import MAX_VALUE, BoundedSandbox, ValueTooBig
 
 

@@ -45,24 +45,26 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from engine import idmaps, keys
-from engine.config import Duration
-from engine.errors import ConfigError, GatewayRejected, GatewayThrottled, GatewayTimeout, GatewayUnavailable
-from engine.intake import accept_inbound
-from engine.numbers import InvalidNumber, mask, to_e164
-from gateways.base import Gateway, OutboundMessage, Receipt, SendPolicy, SendResult
+from engine.core import idmaps, keys
+from engine.core.config import Duration
+from engine.core.errors import (
+    ConfigError,
+    GatewayRejected,
+    GatewayThrottled,
+    GatewayTimeout,
+    GatewayUnavailable,
+)
+from engine.core.numbers import InvalidNumber, mask, to_e164
+from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, SendResult
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt
 from gateways.smpp import dlr, pdu, text
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
-
-if TYPE_CHECKING:
-    from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class SmppGateway(Gateway):
 
     def __init__(self, name: str, config: SmppConfig, policy: SendPolicy | None = None) -> None:
         super().__init__(name, config, policy)
-        self.rt: Runtime | None = None
+        self.rt: Host | None = None
         self.active = False
         self.sessions: list[Session] = []
         self._ref = random.randrange(0x10000)
@@ -192,7 +194,7 @@ class SmppGateway(Gateway):
 
     # Lifecycle ------------------------------------------------------------------------------
 
-    def attach(self, rt: Runtime, *, active: bool) -> None:
+    def attach(self, rt: Host, *, active: bool) -> None:
         self.rt = rt
         self.active = active
 
@@ -399,7 +401,7 @@ class SmppGateway(Gateway):
 
     # Receiving ------------------------------------------------------------------------------
 
-    def _runtime(self) -> Runtime:
+    def _runtime(self) -> Host:
         assert self.rt is not None, "SMPP gateway used before attach()"
         return self.rt
 
@@ -487,8 +489,8 @@ class SmppGateway(Gateway):
             # Unique per process, bind and connection: an SMSC that resends a deliver_sm whose
             # resp it missed uses the same sequence number on the same connection.
             provider_id = f"{self._conn_token}-{session.name}-{session.binds}-{p.seq}"
-        accepted = await accept_inbound(
-            rt, gateway=self.name, contact=contact, to=sm.dest.addr, text=content, provider_id=provider_id
+        accepted = await rt.accept_inbound(
+            gateway=self.name, contact=contact, to=sm.dest.addr, text=content, provider_id=provider_id
         )
         if accepted.status == "conflict":  # cannot happen with the ids above; say so if it does
             log.error(

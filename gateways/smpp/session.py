@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engine.clock import Clock
+from engine.core.clock import Clock
 from gateways.smpp import pdu
 from gateways.smpp.pdu import Pdu
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from aiosmpplib.codec import find_codec_info
 
-from engine.sms import MULTI, SINGLE, split_sizes, unit_sizes
+from engine.core.sms import MULTI, SINGLE, split_sizes, unit_sizes
 from gateways.smpp import pdu
 
 CONCAT_MODES = ("udh8", "udh16", "sar", "payload")

@@ -1,0 +1,1 @@
+"""The composition root (runtime, supervisor) and the programs built on it (CLI, chat, demo)."""

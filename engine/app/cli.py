@@ -1,0 +1,366 @@
+"""The ``parley`` command: run the service, the demo, a terminal chat, contact import and
+erasure, flow validation, an SMSC simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.app.settings import load_config
+from engine.core import logs
+from engine.core.config import Config
+from engine.core.errors import ConfigError, FlowErrors, ParleyError
+
+#: engine.metrics.MULTIPROC_ENV, spelled out: importing engine.metrics here would be too early.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+CONFIG_HELP = "YAML config file (default: $PARLEY_CONFIG, else ./parley.yaml if present)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parley", description="Conversational SMS engine.")
+    p.add_argument("--version", action="version", version=f"parley {__version__}")
+    p.add_argument("--config", help=CONFIG_HELP)
+    # ``--config`` after a command (``parley run --config parley.yaml``, as the docs write it)
+    # is the same option: each command's parser has it too, with no default of its own, so
+    # the top-level value stands unless the command line repeats it later (the later one wins).
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    sub = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), config)
+
+    run = sub.add_parser("run", help="run the engine: HTTP API, worker(s), gateways")
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes to start (default: engine.workers, 1 = inside this process)",
+    )
+    worker = sub.add_parser(
+        "worker", help="run one worker process against a shared Redis (what `run --workers N` starts)"
+    )
+    worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
+    sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
+
+    chat = sub.add_parser(
+        "chat",
+        help="talk to a flow from the terminal (reads stdin, works piped)",
+        description="Talk to a flow from the terminal: each line on stdin is the customer's text; "
+        "'<' lines are the engine's answers, '~' lines what a turn did to the contact (set, tag) "
+        "and the CRM calls it made, '--' how it ended. A line '/timer' (or '/fire') makes the "
+        "contact's next pending timer (a wait's timeout, a reminder, the expiry) due now. Exits 2 "
+        "when the flow needs contact fields the contact lacks (give them with --field), 1 when "
+        "the contact cannot be started (opted out, suppressed).",
+    )
+    chat.add_argument("flow", help="flow name, e.g. nps")
+    chat.add_argument("--contact", required=True, help="the customer's number, e.g. +447700900123")
+    chat.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a contact field (repeatable)",
+    )
+    chat.add_argument("--language", help="the contact's language, e.g. en")
+
+    cts = sub.add_parser("contacts", help="bulk import and erasure of contacts (against redis.url)")
+    csub = _Commands(cts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION"), config)
+    imp = csub.add_parser("import", help="import contacts from a JSONL or CSV file (docs/api.md)")
+    imp.add_argument("file", help="the file: .jsonl/.ndjson (one object a line) or .csv (a header row)")
+    imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file's extension")
+    imp.add_argument("--errors", metavar="FILE", help="write every refused row here (JSONL)")
+    forget = csub.add_parser("forget", help="erase a contact; its consent history is kept hashed")
+    forget.add_argument("number", help="the contact's number")
+
+    flows = sub.add_parser("flows", help="work with flow files")
+    fsub = _Commands(flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION"), config)
+    validate = fsub.add_parser("validate", help="check flow files (default: the configured flows dir)")
+    validate.add_argument("paths", nargs="*", help="flow files or directories")
+    graph = fsub.add_parser("graph", help="draw a flow as a text tree (or --mermaid)")
+    graph.add_argument("flow", help="a flow name from the flows dir, or a path to a flow file")
+    graph.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart instead")
+
+    sim = sub.add_parser("smsc-sim", help="run a simulated SMPP 3.4 SMSC (demos, tests, load tests)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=2775, help="SMPP port (default 2775; 0 = a free port)")
+    sim.add_argument(
+        "--mode",
+        default="happy",
+        help="happy, slow, throttling, erroring, disconnecting or no-response (default happy)",
+    )
+    sim.add_argument("--system-id", default="parley", help="the system_id ESMEs bind as")
+    sim.add_argument("--password", default="secret", help="its password")
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each submit_sm_resp")
+    sim.add_argument("--dlr-delay", type=float, default=0.05, help="seconds before a delivery receipt")
+    sim.add_argument("--max-rate", type=int, default=100, help="throttling: submits accepted a second")
+    sim.add_argument(
+        "--control-port", type=int, default=0, help="HTTP control endpoint port (default 0: off)"
+    )
+    sim.add_argument("--duration", type=float, default=0.0, help="seconds to run (default 0: forever)")
+    return p
+
+
+class _Commands:
+    """A subparsers action whose every parser also takes the shared ``--config`` option."""
+
+    def __init__(self, action: Any, config: argparse.ArgumentParser) -> None:
+        self.action, self.config = action, config
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(name, parents=[self.config], **kwargs)
+        return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        logs.setup(cfg.log.level, cfg.log.format)
+        if args.command == "flows" and args.flows_command == "graph":
+            return _graph(cfg, args.flow, args.mermaid)
+        if args.command == "flows":
+            return _validate(cfg, args.paths)
+        if args.command == "run":
+            if args.workers is not None:
+                if not 1 <= args.workers <= 64:
+                    raise ConfigError("--workers", f"must be 1..64, got {args.workers}")
+                cfg = replace(cfg, engine=replace(cfg.engine, workers=args.workers))
+            if cfg.engine.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+                # Before anything imports prometheus_client: every process then writes its
+                # figures to this directory and /metrics adds them up (engine.metrics).
+                metrics_dir = tempfile.mkdtemp(prefix="parley-metrics-")
+                os.environ[MULTIPROC_ENV] = metrics_dir
+                try:
+                    return _run_async(_serve(cfg, args.config))
+                finally:
+                    shutil.rmtree(metrics_dir, ignore_errors=True)
+            return _run_async(_serve(cfg, args.config))
+        if args.command == "worker":
+            if not cfg.redis.url:
+                raise ConfigError("redis.url", "a worker process needs a shared Redis (set redis.url)")
+            return _run_async(_work(cfg, args.index))
+        if args.command == "demo":
+            from engine.app.demo import run_demo
+
+            return _run_async(run_demo(cfg))
+        if args.command == "chat":
+            from engine.app.chat import run_chat
+
+            fields = dict(_split_field(f) for f in args.field)
+            return _run_async(run_chat(cfg, args.flow, args.contact, fields, args.language))
+        if args.command == "contacts":
+            from engine.app import contacts_cli
+
+            if args.contacts_command == "import":
+                return contacts_cli.run_import(cfg, args.file, args.format, args.errors, _run_async)
+            return _run_async(contacts_cli.run_forget(cfg, args.number))
+        if args.command == "smsc-sim":
+            return _run_async(_smsc_sim(args))
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    except FlowErrors as exc:
+        print(f"parley: invalid flows ({len(exc.errors)} problem(s)):", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 2
+    except ParleyError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _split_field(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError("--field", f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    factory: Callable[[], asyncio.AbstractEventLoop]
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _work(cfg: Config, index: int) -> int:
+    from engine.app.runtime import Runtime
+    from engine.app.supervisor import report_ready
+
+    stop = _stop_on_signals()
+    async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
+        assert rt.worker is not None
+        report_ready(rt.worker.me)
+        print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
+        await stop.wait()
+    return 0
+
+
+async def _serve(cfg: Config, config_path: str | None) -> int:
+    from engine.app.runtime import Runtime
+
+    stop = _stop_on_signals()
+    loop = asyncio.get_running_loop()
+    async with Runtime(cfg, worker_processes=True, config_path=config_path) as rt:
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                await rt.reload_flows()
+            except FlowErrors as exc:
+                print(
+                    f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):",
+                    file=sys.stderr,
+                )
+                for e in exc.errors:
+                    print(f"  {e}", file=sys.stderr)
+
+        def on_hup() -> None:
+            task = asyncio.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        print(
+            f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port} "
+            f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}; "
+            f"workers: {cfg.engine.workers if rt.supervisor else 'in process'}); "
+            "Ctrl-C or SIGTERM stops it gracefully",
+            file=sys.stderr,
+        )
+        await stop.wait()
+        print("parley: stopping (finishing in-flight turns and sends)", file=sys.stderr)
+    return 0
+
+
+async def _smsc_sim(args: argparse.Namespace) -> int:
+    from gateways.simulators.smsc import MODES, BindEvent, Message, SimulatedSmsc, SmscBehaviour
+    from gateways.smpp.pdu import status_name
+
+    if args.mode not in MODES:
+        raise ConfigError("--mode", f"must be one of {', '.join(MODES)}, got {args.mode!r}")
+    behaviour = SmscBehaviour(
+        credentials={args.system_id: args.password},
+        mode=args.mode,
+        latency=args.latency,
+        dlr_delay=args.dlr_delay,
+        max_rate=args.max_rate,
+    )
+    smsc: SimulatedSmsc
+
+    def on_bind(e: BindEvent) -> None:
+        print(f"bind {e.mode} as {e.system_id!r}: {status_name(e.status)}", flush=True)
+
+    def on_message(m: Message) -> None:
+        ids, answered = set(m.ids), []
+        for s in reversed(smsc.received):  # the parts are among the latest submits
+            if s.message_id in ids and s.answered_at is not None:
+                answered.append(s.answered_at - s.at)
+                if len(answered) == len(ids):
+                    break
+        parts = f"{len(m.ids)} parts, " if len(m.ids) > 1 else ""
+        ms = 1000 * max(answered, default=0.0)
+        print(f"message to {m.dest} ({parts}answered in {ms:.1f} ms): {m.text!r}", flush=True)
+
+    stop = _stop_on_signals()
+    smsc = SimulatedSmsc(
+        host=args.host,
+        port=args.port,
+        behaviour=behaviour,
+        control_port=args.control_port or None,
+        on_bind=on_bind,
+        on_message=on_message,
+    )
+    async with smsc:
+        control = f"; control http://{smsc.host}:{smsc.control_port}" if smsc.control_port else ""
+        print(
+            f"parley smsc-sim listening on smpp://{smsc.host}:{smsc.port} (mode {args.mode}, "
+            f"system_id {args.system_id!r}{control}); Ctrl-C or SIGTERM stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration or None)
+        stats = smsc.stats()
+    print("stats: " + " ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+    return 0
+
+
+def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
+    from engine.flows import graph
+    from engine.flows.limits import Limits
+    from engine.flows.loader import FlowRegistry, load_flow
+
+    path = Path(name)
+    limits = Limits.of(cfg.engine)
+    if path.suffix in (".yaml", ".yml"):
+        flow = load_flow(path, limits=limits)
+    else:
+        registry = FlowRegistry.from_dir(cfg.engine.flows_dir, limits)
+        found = registry.get(name)
+        if found is None:
+            raise ParleyError(
+                f"no flow {name!r} in {cfg.engine.flows_dir} (loaded: {', '.join(sorted(registry.flows))})"
+            )
+        flow = found
+    print(graph.mermaid(flow) if as_mermaid else graph.text(flow))
+    return 0
+
+
+def _validate(cfg: Config, paths: list[str]) -> int:
+    from engine.flows.limits import Limits
+    from engine.flows.loader import FlowRegistry, load_flow
+
+    targets = [Path(p) for p in paths] or [Path(cfg.engine.flows_dir)]
+    limits = Limits.of(cfg.engine)
+    problems = 0
+    count = 0
+    for target in targets:
+        try:
+            if target.is_dir():
+                count += len(FlowRegistry.from_dir(target, limits).flows)
+            else:
+                load_flow(target, limits=limits)
+                count += 1
+        except FlowErrors as exc:
+            problems += len(exc.errors)
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+    if problems:  # exit 2, as for invalid flows at start-up
+        print(f"{problems} problem(s) found", file=sys.stderr)
+        return 2
+    print(f"{count} flow(s) valid")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

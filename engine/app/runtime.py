@@ -1,0 +1,307 @@
+"""The one object that owns Parley's resources, opened in order and closed in reverse.
+
+    open:   flows -> Redis (embedded or configured) -> gateways -> senders -> caller
+            -> outcome webhooks -> worker (in process, or N worker processes) -> HTTP
+    close:  HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> webhooks -> caller -> senders
+            (finish sends) -> gateways -> Redis -> embedded redis-server
+
+Everything else receives the runtime (or the parts it needs) as an argument; there are no
+module-level singletons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.app.supervisor import Supervisor
+from engine.conversation import intake
+from engine.conversation.calls import Caller
+from engine.conversation.shards import lease_holders, release_dead
+from engine.conversation.worker import Worker
+from engine.core import keys
+from engine.core.clock import Clock
+from engine.core.config import Config, parse_cap
+from engine.core.errors import ConfigError
+from engine.core.metrics import Metrics
+from engine.core.ports import Accepted
+from engine.core.redis_embedded import EmbeddedRedis
+from engine.core.store import Store
+from engine.crm.webhooks import Webhooks
+from engine.flows import Flow, FlowRegistry
+from engine.flows import versions as flow_versions
+from engine.flows.limits import Limits
+from engine.governance.consent import Keywords
+from engine.governance.quiet import QuietHours
+from gateways import scripts as gateway_scripts
+from gateways.base import Gateway
+from gateways.registry import build_gateway
+from gateways.routing import Router, parse_rules
+from gateways.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """``async with Runtime(config) as rt:`` — a running engine."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        http: bool = True,
+        worker: bool = True,
+        senders: bool = True,
+        caller: bool | None = None,
+        ephemeral_redis: bool = False,
+        worker_index: int = 0,
+        worker_processes: bool = False,
+        config_path: str | None = None,
+    ) -> None:
+        """``worker``: run turns in this process, or (``worker_processes`` and ``engine.workers``
+        > 1, as ``parley run`` does) in that many worker processes started with ``config_path``.
+        ``caller`` (CRM webhooks) defaults to ``worker``."""
+        self.config = config
+        self.clock = clock or Clock()
+        self.metrics = Metrics()
+        self.flows = FlowRegistry({})
+        #: One reload at a time: two loading side by side could finish in the wrong order.
+        self._reloading = asyncio.Lock()
+        gov = config.governance
+        self.keywords = Keywords(gov.keywords, gov.messages, gov.default_language)
+        self.quiet = QuietHours.from_config(
+            gov.send_window, gov.send_windows, gov.holidays, gov.default_timezone, gov.quiet_jitter
+        )
+        #: The frequency caps as the commit script reads them ("limit:window ms:label;...").
+        self.caps = _caps_arg(gov.caps)
+        self.gateways: dict[str, Gateway] = {}
+        self.router = Router([], [], "")
+        self.embedded: EmbeddedRedis | None = None
+        self.caller: Caller | None = None
+        self.worker: Worker | None = None
+        self.senders: dict[str, Sender] = {}
+        self.supervisor: Supervisor | None = None
+        self.http_port = 0
+        self._want = {
+            "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
+        }  # fmt: skip
+        self._worker_index = worker_index
+        self._processes = worker_processes
+        self._config_path = config_path
+        self._ephemeral = ephemeral_redis
+        self._stack = contextlib.AsyncExitStack()
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "runtime not started"
+        return self._store
+
+    @property
+    def redis_url(self) -> str:
+        return self.config.redis.url or (self.embedded.url if self.embedded else "")
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _open(self) -> None:
+        cfg = self.config
+        # Flows first: an invalid flow refuses start-up before anything is started.
+        self.flows = await asyncio.to_thread(
+            FlowRegistry.from_dir, cfg.engine.flows_dir, Limits.of(cfg.engine)
+        )
+        url = cfg.redis.url
+        if not url:
+            if self._ephemeral:
+                tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="parley-redis-"))
+                self.embedded = EmbeddedRedis(Path(tmp), persistent=False)
+            else:
+                self.embedded = EmbeddedRedis(cfg.redis.embedded_dir, persistent=True)
+            await self._stack.enter_async_context(self.embedded)
+            url = self.embedded.url
+        self._store = Store.connect(url, cfg.redis)
+        self._stack.push_async_callback(self._store.close)
+        gateway_scripts.install(self._store)
+        await self._store.ping()
+        await flow_versions.publish(self._store, self.flows)
+        for name, raw in cfg.gateways.items():
+            gw = build_gateway(name, raw)
+            gw.attach(self, active=self._want["senders"])
+            self.gateways[name] = await self._stack.enter_async_context(gw)
+        can_send = [n for n, g in self.gateways.items() if g.can_send]
+        self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
+        if self._want["senders"]:
+            for name, gw in self.gateways.items():
+                if gw.can_send:
+                    self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
+        if self._want["caller"]:
+            self.caller = await self._stack.enter_async_context(Caller(self))
+            if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
+                await self._stack.enter_async_context(Webhooks(self))
+        if self._want["worker"] and self._processes and cfg.engine.workers > 1:
+            self.supervisor = await self._stack.enter_async_context(
+                Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout,
+                           self._release_leases)
+            )  # fmt: skip
+        elif self._want["worker"]:
+            self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
+        if self._want["http"]:
+            await self._start_http()
+        log.info(
+            "parley started flows=%s gateways=%s redis=%s http=%s",
+            ",".join(sorted(self.flows.flows)) or "-",
+            ",".join(sorted(self.gateways)) or "-",
+            "embedded" if self.embedded else "configured",
+            f"{cfg.http.host}:{self.http_port}" if self._want["http"] else "off",
+        )
+
+    async def _start_http(self) -> None:
+        from engine.api.app import build_app
+
+        runner = web.AppRunner(
+            build_app(self), access_log=None, shutdown_timeout=self.config.engine.shutdown_timeout
+        )
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        host, port = self.config.http.host, self.config.http.port
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # one line, not a traceback: usually another Parley on the port
+            problem = (
+                f"{host}:{port} is in use (another Parley, or another server, listens there)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            )
+            raise ConfigError("http.port", problem) from None
+        self.http_port = runner.addresses[0][1]
+        if not self.config.api.keys:
+            log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
+
+    async def _release_leases(self, worker_id: str) -> None:
+        """Give up a dead worker's shards in its name (the supervisor saw it die)."""
+        await release_dead(self.store, worker_id, self.config.engine.shards, self.config.engine.lease_ttl)
+
+    async def accept_inbound(
+        self, *, gateway: str, contact: str, to: str, text: str, provider_id: str
+    ) -> Accepted:
+        """The connectors' port onto intake (engine/core/ports.py: GatewayHost)."""
+        return await intake.accept_inbound(
+            self, gateway=gateway, contact=contact, to=to, text=text, provider_id=provider_id
+        )
+
+    def caps_for(self, flow: Flow | None) -> str:
+        """The caps a flow's business-started sends are held to: its own, else the global ones."""
+        if flow is None or flow.caps is None:
+            return self.caps
+        return _caps_arg(flow.caps)
+
+    async def reload_flows(self) -> FlowRegistry:
+        """Load the flows directory again. New conversations take the new files; conversations
+        in progress finish on their version. An invalid set raises FlowErrors and changes nothing."""
+        async with self._reloading:
+            # Off the event loop: a big file takes seconds to parse, and serving goes on meanwhile.
+            fresh = await asyncio.to_thread(
+                FlowRegistry.from_dir, self.config.engine.flows_dir, Limits.of(self.config.engine)
+            )
+            fresh.succeed(self.flows)
+            await flow_versions.publish(self.store, fresh)
+            self.flows = fresh
+        log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
+        return fresh
+
+    async def refresh_stream_metrics(self) -> None:
+        """Read each shard's backlog and the live workers from Redis into the gauges (one round
+        trip; called when /metrics is scraped, so it shows every worker process's shards)."""
+        r = self.store.redis
+        n = self.config.engine.shards
+        async with r.pipeline(transaction=False) as pipe:
+            for shard in range(n):
+                stream = keys.inbound_stream(shard)
+                pipe.xlen(stream)
+                pipe.xpending(stream, keys.INBOUND_GROUP)
+                pipe.xrange(stream, count=1)
+            lanes = [(gw, lane) for gw in self.senders for lane in keys.LANES]
+            for gw, lane in lanes:
+                pipe.xlen(keys.outbound_stream(gw, lane))
+            pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
+            res = await pipe.execute(raise_on_error=False)
+        for (gw, lane), depth in zip(lanes, res[3 * n : 3 * n + len(lanes)], strict=True):
+            if not isinstance(depth, Exception):
+                self.metrics.backlog(gw, lane, int(depth))
+        now_ms = self.clock.now_ms()
+        for shard in range(n):
+            length, pending, first = res[3 * shard : 3 * shard + 3]
+            if isinstance(length, Exception):
+                continue
+            waiting = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            oldest = 0.0
+            if first and not isinstance(first, Exception):
+                oldest = max(0.0, (now_ms - int(first[0][0].split(b"-")[0])) / 1000)
+            self.metrics.streams(shard, max(0, int(length) - waiting), waiting, oldest)
+        if not isinstance(res[-1], Exception):
+            self.metrics.workers_live(int(res[-1]))
+
+    async def health(self) -> dict[str, Any]:
+        """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
+        redis_ok = True
+        holders: dict[int, str] = {}
+        try:
+            await self.store.redis.ping()
+            holders = await lease_holders(self.store)
+        except Exception:
+            redis_ok = False
+        by_worker: dict[str, list[int]] = {}
+        for shard, who in sorted(holders.items()):
+            by_worker.setdefault(who, []).append(shard)
+        unread = [s for s in range(self.config.engine.shards) if s not in holders]
+        worker_ok = self.worker.healthy if self.worker else None
+        runs_workers = self.worker is not None or self.supervisor is not None
+        ok = redis_ok and worker_ok is not False and not (runs_workers and unread)
+        out: dict[str, Any] = {
+            "status": "ok" if ok else "degraded",
+            "redis": "ok" if redis_ok else "unreachable",
+            "worker": {True: "ok", False: "waiting for redis", None: "off"}[worker_ok],
+            "workers": by_worker,
+            "unread_shards": unread if redis_ok else None,
+            "flows": sorted(self.flows.flows),
+            "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
+        }
+        details = {n: h for n, g in self.gateways.items() if (h := g.health()) is not None}
+        if details:
+            out["gateway_state"] = details
+        if self.supervisor is not None:
+            out["worker"] = "processes"
+            sup = self.supervisor
+            out["worker_processes"] = {
+                str(i): {
+                    "pid": p.pid,
+                    "running": p.returncode is None,
+                    "ready": sup.ready[i],
+                    "restarts": sup.restarts[i],
+                    "restart_wait": sup.waits[i],
+                }
+                for i, p in sorted(sup.procs.items())
+            }
+        return out
+
+
+def _caps_arg(caps: list[str]) -> str:
+    return ";".join(f"{n}:{ms}:{text.strip()}" for text in caps for n, ms in [parse_cap(text)])

@@ -1,0 +1,497 @@
+"""One turn: load a contact's state, decide with the flow, commit, in two Redis round trips.
+
+    worker                       Redis
+      |-- HGETALL session, contact -->|   1. load (one pipelined round trip)
+      |   decide (pure Python)        |   2. decide: no I/O
+      |-- EVALSHA commit ------------>|   3. commit: CAS on the session version; writes state,
+      |<-- ok / dup / conflict -------|      message log and replies atomically
+
+Two writers for one contact (a redelivered event racing its first delivery, or two workers
+during a hand-over) both load version v; the first commit moves it to v+1, the second gets
+``conflict`` and decides again from the new state: retried, never merged. An event that was
+already applied (the session records the last applied event per shard) commits nothing and
+returns ``dup``, so a redelivery never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from engine.conversation import outcomes, sessions
+from engine.conversation.events import Event
+from engine.conversation.ports import TurnServices
+from engine.core import keys
+from engine.core.batching import Add
+from engine.core.contacts import Contact
+from engine.core.errors import RenderError
+from engine.core.numbers import mask
+from engine.core.sms import encoding_of
+from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
+from engine.flows import versions as flow_versions
+from engine.flows.runner import EXPIRED
+from engine.governance import consent as governance
+from engine.governance.consent import Consent, Keyword
+
+log = logging.getLogger(__name__)
+
+#: A turn that loses the session race this many times in a row is given up (and redelivered).
+MAX_ATTEMPTS = 8
+
+
+@dataclass
+class TurnDone:
+    """What a turn did, for listeners (``parley chat``) and metrics."""
+
+    event: Event
+    result: str  # replied | no_reply | started | skipped_active | failed | duplicate
+    flow: str = ""
+    outbound_ids: list[str] = field(default_factory=list)
+    outcome: str | None = None
+
+
+#: An active session outlives its flow's expiry by this much, so the expiry timer finds it.
+EXPIRY_GRACE_S = 86400
+
+
+@dataclass
+class _Plan:
+    result: str
+    flow: str = ""
+    state: dict[str, Any] | None = None  # None: leave the stored state as it is
+    texts: list[str] = field(default_factory=list)
+    outcome: str | None = None
+    ttl: int = 0
+    timers_remove: list[str] = field(default_factory=list)
+    timers_add: list[tuple[str, int]] = field(default_factory=list)
+    #: The contact's fields and tags after this turn, when the flow changed them.
+    contact: Contact | None = None
+    #: A CRM webhook job to enqueue with the commit.
+    call: dict[str, Any] | None = None
+    #: Messages that pass the gate even when the contact opted out (the opt-out confirmation,
+    #: HELP answers): their indexes in ``texts``.
+    system: set[int] = field(default_factory=set)
+    #: A consent change to record with the commit: (status, source, cause).
+    consent: tuple[str, str, str] | None = None
+    #: The customer's text has an opt-out keyword in something else: flag it for a person.
+    review: bool = False
+
+
+async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
+    """Process one event to completion (retrying lost races); raises only on Redis failure."""
+    clock = rt.clock
+    if ev.kind == "timer" and ev.timer_kind == "d":
+        ev = ev.undeferred()
+    picked = clock.monotonic()
+    stages = {"queue_wait": max(0.0, (clock.now_ms() - ev.accepted_ms) / 1000)}
+    rt.metrics.turn_started()
+    try:
+        for _ in range(MAX_ATTEMPTS):
+            t0 = clock.monotonic()
+            try:
+                sess_raw, contact_h, consent_h = await rt.store.coalescer.run(_load(ev.contact))
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
+                    rt.store.redis, keys.session(ev.contact)
+                ):
+                    raise
+                continue  # an older build's session, now converted: load again
+            t1 = clock.monotonic()
+            version, _, state = sessions.unpack(sess_raw)
+            await flow_versions.ensure(rt.store, rt.flows, state)
+            contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
+            consent = Consent.from_hash(consent_h)
+            reading = (
+                rt.keywords.read(ev.text, in_conversation=state.get("n") is not None)
+                if ev.kind == "in"
+                else governance.Reading()
+            )
+            governed = _governed(rt, ev, state, contact, consent, reading.keyword)
+            plan = governed or _decide(rt, ev, state, contact)
+            plan.review = governed is None and reading.review
+            until = _quiet_until(rt, ev, plan, contact)
+            if until is not None:
+                rt.metrics.gate("deferred", len(plan.texts))
+                plan = _Plan("deferred", flow=plan.flow)  # nothing changes until the window opens
+            _settle(rt, ev, state, plan)
+            if until is not None:
+                plan.timers_add.append((keys.timer_member(ev.contact, "d", ev.deferred_token()), until))
+            t2 = clock.monotonic()
+            status, outbound_ids = await _commit(rt, ev, version, plan, state, answered=governed is None)
+            t3 = clock.monotonic()
+            if status == "conflict":
+                rt.metrics.turn_retried()
+                continue
+            stages.update(load=t1 - t0, decide=t2 - t1, commit=t3 - t2)
+            if status == "ok" and plan.review:
+                rt.metrics.opt_out_review()
+            result = "duplicate" if status == "dup" else plan.result
+            rt.metrics.turn_done(plan.flow, result, t3 - picked + stages["queue_wait"], stages)
+            return TurnDone(ev, result, plan.flow, outbound_ids if status == "ok" else [], plan.outcome)
+    except BaseException:
+        rt.metrics.turn_done("", "error", clock.monotonic() - picked, {})
+        raise
+    rt.metrics.turn_done("", "error", clock.monotonic() - picked, {})
+    raise RuntimeError(f"turn {ev.ref}: lost the session race {MAX_ATTEMPTS} times")
+
+
+def _load(number: str) -> Add:
+    async def add(pipe: Pipeline) -> None:
+        pipe.get(keys.session(number))
+        pipe.hgetall(keys.contact(number))
+        pipe.hgetall(keys.governance(number))
+
+    return add
+
+
+def _settle(rt: TurnServices, ev: Event, old: dict[str, Any], plan: _Plan) -> None:
+    """Pure: the session TTL and the timer changes that follow from the old and new state."""
+    new = plan.state if plan.state is not None else old
+    new_flow = rt.flows.for_state(new) if new else None
+    old_flow = rt.flows.for_state(old) if old else None
+    if new.get("n") is not None and new_flow is not None:
+        plan.ttl = int(new_flow.expire_after) + EXPIRY_GRACE_S
+    else:
+        plan.ttl = int(rt.config.engine.dedupe_window)
+    before, after = timers_of(old_flow, old), timers_of(new_flow, new)
+    plan.timers_remove = [keys.timer_member(ev.contact, k, t) for (k, t) in before if (k, t) not in after]
+    plan.timers_add = [
+        (keys.timer_member(ev.contact, k, t), due)
+        for (k, t), due in after.items()
+        if before.get((k, t)) != due
+    ]
+
+
+def _customer_led(ev: Event) -> bool:
+    """The customer's own text, or the CRM's answer to a request their text made."""
+    return ev.kind in ("in", "call")
+
+
+def _quiet_until(rt: TurnServices, ev: Event, plan: _Plan, contact: Contact) -> int | None:
+    """When this turn may send, if it sends something business-started in quiet hours."""
+    if not rt.quiet.enabled or not plan.texts:
+        return None
+    if _customer_led(ev) and rt.config.governance.quiet_allows_replies:
+        return None
+    if all(k in plan.system for k in range(len(plan.texts))):
+        return None
+    return rt.quiet.next_allowed(rt.clock.now_ms(), ev.contact, contact.timezone)
+
+
+def _governed(
+    rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact, consent: Consent, kw: Keyword | None
+) -> _Plan | None:
+    """Pure: what consent decides before any flow does, or None to let the flow decide.
+
+    A keyword (``kw``: the whole message, or a request to stop in other words, as
+    ``Keywords.read`` found it) wins over any conversation: STOP ends it with outcome
+    ``opted_out`` and one confirmation (none if already opted out); START opts back in; HELP
+    answers and leaves the conversation where it is. Any other text from an opted-out or
+    suppressed contact is logged and answered by nothing: it never re-opts anyone in. A flow
+    start for such a contact is skipped."""
+    now = rt.clock.now_ms()
+    if ev.kind == "in":
+        if kw is not None:
+            text = rt.keywords.message(kw.kind, contact.language, kw.language)
+            if kw.kind == governance.HELP:
+                return _Plan("help", flow=state.get("f", ""), texts=[text], system={0})
+            if kw.kind == governance.OPT_IN:
+                return _Plan(
+                    "opted_in", flow=state.get("f", ""), texts=[text], system={0},
+                    consent=(governance.OPTED_IN, "keyword", ev.text),
+                )  # fmt: skip
+            ended = None
+            if state.get("n") is not None:
+                ended = {**state, "n": None, "o": "opted_out", "ea": now}
+            again = consent.status == governance.OPTED_OUT
+            return _Plan(
+                "opted_out", flow=state.get("f", ""), state=ended, texts=[] if again else [text],
+                system=set() if again else {0}, outcome="opted_out" if ended else None,
+                consent=(governance.OPTED_OUT, "keyword", ev.text),
+            )  # fmt: skip
+        if consent.silenced:
+            return _Plan("silenced", flow=state.get("f", ""))
+    elif ev.kind == "start" and consent.silenced:
+        reason = "suppressed" if consent.suppressed else "opted_out"
+        log.info("start skipped flow=%s contact=%s: %s", ev.flow, mask(ev.contact), reason)
+        return _Plan(f"skipped_{reason}", flow=ev.flow)
+    return None
+
+
+def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact) -> _Plan:
+    """Pure: from the loaded state and the event, what to say and what to store."""
+    now = rt.clock.now_ms()
+    active = state.get("n") is not None
+    flow = rt.flows.for_state(state) if active else None
+    view = contact.template_view()
+    if active and (flow is None or state["n"] not in flow.nodes):
+        # The flow was removed or no longer has this node: end cleanly instead of guessing.
+        state = {**state, "n": None, "o": "flow_changed", "ea": now}
+        active, flow = False, None
+
+    decision: Decision | None = None
+    try:
+        if ev.kind == "in":
+            if active and flow is not None:
+                decision = resume(flow, state, view, ev.text, now)
+            else:
+                flow = rt.flows.by_trigger(ev.text)
+                if flow is not None and not missing_fields(flow, contact):
+                    decision = start(flow, view, {}, now)
+            if decision is None:
+                return _Plan("no_reply", state=state or None)
+        elif ev.kind == "start":
+            flow = rt.flows.get(ev.flow)
+            if flow is None:
+                log.warning("start skipped: flow %s no longer loaded contact=%s", ev.flow, mask(ev.contact))
+                return _Plan("failed", flow=ev.flow)
+            if active and not ev.interrupt:
+                return _Plan("skipped_active", flow=ev.flow)
+            lacking = missing_fields(flow, contact)
+            if lacking:
+                log.info(
+                    "start skipped flow=%s contact=%s missing=%s",
+                    flow.name,
+                    mask(ev.contact),
+                    ",".join(lacking),
+                )
+                return _Plan("skipped_missing_fields", flow=ev.flow)
+            decision = start(flow, view, ev.params, now)
+        elif ev.kind == "timer":
+            decision = _fire(flow, state, view, ev, now)
+            if decision is None:  # the conversation moved on since the timer was set
+                return _Plan("stale_timer", flow=state.get("f", ""))
+        elif ev.kind == "call":
+            node = flow.nodes.get(state["n"]) if flow is not None and active else None
+            if node is None or node.call is None or ev.timer_token != f"{state['n']}@{state.get('ws')}":
+                return _Plan("stale_call", flow=state.get("f", ""))
+            assert flow is not None
+            decision = call_result(flow, state, view, ev.ok, orjson.loads(ev.text or "null"), now)
+        else:
+            log.error("unknown event kind %r in %s; dropped", ev.kind, ev.ref)
+            return _Plan("failed")
+        assert flow is not None
+        if decision.next_flow is not None:
+            flow, decision = _hand_off(rt, flow, decision, view, now)
+    except RenderError as exc:
+        return _render_failed(rt, ev, state, flow, contact, exc, now)
+
+    changed = None
+    if decision.contact_updates or decision.tags_added:
+        changed = Contact(
+            ev.contact,
+            fields={**contact.fields, **decision.contact_updates},
+            tags=[*contact.tags, *decision.tags_added],
+            updated_at=contact.updated_at,
+        )
+    if ev.kind == "call":
+        result = "called" if ev.ok else "call_failed"
+    elif ev.kind == "timer":
+        result = "expired" if decision.outcome == EXPIRED else "timed_out"
+    else:
+        result = "started" if ev.kind == "start" or not active else "replied"
+    return _Plan(
+        result,
+        flow=flow.name,
+        state=decision.state,
+        texts=decision.messages,
+        outcome=decision.outcome,
+        contact=changed,
+        call=_call_job(ev, decision.call),
+        consent=(decision.consent, "keyword", f"{ev.text} (in reply to {flow.name})")
+        if decision.consent and ev.kind == "in"
+        else None,
+        # A flow's goodbye to a customer who just opted out is that opt-out's one confirmation.
+        system=set(range(len(decision.messages))) if decision.consent == governance.OPTED_OUT else set(),
+    )
+
+
+def _render_failed(
+    rt: TurnServices,
+    ev: Event,
+    old: dict[str, Any],
+    flow: Flow | None,
+    contact: Contact,
+    exc: RenderError,
+    now: int,
+) -> _Plan:
+    """A template failed for this contact: the run it failed in (a new one, at a journey's
+    first node) ends ``failed``, its outcome event naming the node and a short reason; what the
+    turn would have said or changed is dropped and the flow's ``fallback`` is the one message, if
+    it has one. Committed like any turn: retrying would fail the same way, and the customer
+    would hear nothing while the event went to the dead letters."""
+    run = exc.state if exc.state is not None else old
+    failing = rt.flows.for_state(run) if run.get("f") else flow
+    name = str(run.get("f") or (failing.name if failing else ""))
+    log.error(
+        "render failed flow=%s node=%s contact=%s event=%s: %s", name, exc.node, mask(ev.contact), ev.ref, exc
+    )
+    failed = {**run, "n": None, "o": "failed", "ea": now, "err": exc.reason, "fn": exc.node}
+    failed.pop("ws", None)
+    failed.pop("rp", None)
+    fallback = failing.fallback_for(contact.language) if failing is not None else None
+    return _Plan("failed", flow=name, state=failed, texts=[fallback] if fallback else [], outcome="failed")
+
+
+def _call_job(ev: Event, call: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the caller needs: the rendered request, and where to send the answer back."""
+    return None if call is None else {**call, "shard": ev.shard}
+
+
+def missing_fields(flow: Flow, contact: Contact) -> list[str]:
+    """The fields ``flow`` requires that the contact lacks (empty values count as missing)."""
+    return [f for f in flow.fields if contact.fields.get(f) in (None, "", [])]
+
+
+def _hand_off(
+    rt: TurnServices, flow: Flow, decision: Decision, view: dict[str, Any], now: int
+) -> tuple[Flow, Decision]:
+    """``start: other``: the conversation ended; the other flow starts in the same turn (the
+    loader checked it exists). The finished one's outcome and results are kept under ``prev``."""
+    nxt = rt.flows.get(decision.next_flow or "")
+    assert nxt is not None
+    try:
+        then = start(nxt, view, decision.state.get("p", {}), now)
+    except RenderError as exc:  # the first run still ended, handed off; the new one failed
+        if exc.state is not None:
+            exc.state["prev"] = {"f": flow.name, "o": decision.outcome, "r": decision.state.get("r", {})}
+        raise
+    then.messages = decision.messages + then.messages
+    then.contact_updates = {**decision.contact_updates, **then.contact_updates}
+    then.tags_added = decision.tags_added + [t for t in then.tags_added if t not in decision.tags_added]
+    then.state["prev"] = {"f": flow.name, "o": decision.outcome, "r": decision.state.get("r", {})}
+    return nxt, then
+
+
+def _fire(
+    flow: Flow | None, state: dict[str, Any], view: dict[str, Any], ev: Event, now: int
+) -> Decision | None:
+    """A fired timer's decision, or None when it no longer matches the session (stale)."""
+    if flow is None or state.get("n") is None:
+        return None
+    if ev.timer_kind == "x" and ev.timer_token == str(state.get("st")):
+        return expire(state, now)
+    node = flow.nodes.get(state["n"])
+    if (
+        ev.timer_kind == "c"
+        and node is not None
+        and node.call is not None
+        and ev.timer_token == f"{state['n']}@{state.get('ws')}"
+    ):
+        return call_result(flow, state, view, False, {"error": "no answer from the CRM"}, now)
+    if (
+        ev.timer_kind == "w"
+        and node is not None
+        and node.timeout_goto
+        and ev.timer_token == f"{state['n']}@{state.get('ws')}"
+    ):
+        return timeout(flow, state, view, now)
+    return None
+
+
+def _contact_args(c: Contact | None, now: int) -> list[str | int]:
+    """ARGV[11..14] of the commit script: the contact CAS and its new fields and tags."""
+    if c is None:
+        return ["", "", "", 0]
+    # updated-at doubles as the contact's version: it must move even within one millisecond.
+    return [
+        c.updated_at,
+        orjson.dumps(c.fields).decode(),
+        orjson.dumps(c.tags).decode(),
+        max(now, c.updated_at + 1),
+    ]
+
+
+async def _commit(
+    rt: TurnServices, ev: Event, version: int, plan: _Plan, old: dict[str, Any], *, answered: bool
+) -> tuple[str, list[str]]:
+    """``answered``: the flow decided (a keyword or a silenced contact's text is no answer)."""
+    now = rt.clock.now_ms()
+    kind = ev.kind if answered else "keyword"
+    events = outcomes.events_for(ev.contact, kind, old, plan.state, now, plan.consent, ev.accepted_ms)
+    if ev.kind == "start" and plan.state is None:
+        events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
+    if plan.state is not None and "_start" in plan.state.get("p", {}):
+        # The journey's bookkeeping is in the started event; the held session need not carry it.
+        plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
+    route = rt.router.route(
+        ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
+    )
+    gateway = route[0] if route else ""
+    # Someone waiting for an answer goes in the reply lane; what the business starts, in bulk.
+    lane = "reply" if _customer_led(ev) else "bulk"
+    records: list[str] = []
+    if ev.kind == "in":
+        rec = {
+            "id": f"in-{ev.msg_base}", "dir": "in", "text": ev.text, "from": ev.contact, "to": ev.to,
+            "gateway": ev.gateway, "provider_id": ev.provider_id, "status": "received",
+            "at": ev.accepted_ms, "flow": plan.flow or None, "history": [["received", ev.accepted_ms]],
+        }  # fmt: skip
+        if plan.review:
+            rec["opt_out_review"] = True
+            events += outcomes.review_events(ev.contact, old, ev.text, f"in-{ev.msg_base}", now)
+        records += [f"in-{ev.msg_base}", orjson.dumps(rec).decode()]
+    outbound: list[str] = []
+    ids: list[str] = []
+    # A reply to the customer's own text, in a conversational flow, does not count towards caps.
+    flow = rt.flows.get(plan.flow) if plan.flow else None
+    exempt = rt.config.governance.exempt_replies and ev.kind == "in" and (flow is None or flow.conversational)
+    for k, text in enumerate(plan.texts):
+        mid = f"out-{ev.msg_base}-{k}"
+        kind = "s" if k in plan.system else "r" if exempt else "c"
+        status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
+        enc = encoding_of(text)
+        rec = {
+            "id": mid, "dir": "out", "text": text, "to": ev.contact, "gateway": gateway,
+            "status": status, "at": now, "flow": plan.flow, "cause": ev.ref,
+            "encoding": enc.name, "segments": enc.segments, "history": [[status, now]],
+        }  # fmt: skip
+        if error:
+            rec["error"] = error
+        if not answered:  # a STOP/START confirmation or a HELP answer: not the flow's message
+            rec["governance"] = True
+        records += [mid, orjson.dumps(rec).decode()]
+        if gateway:
+            outbound += [mid, text, kind]
+            ids.append(mid)
+    commit_keys = [
+        keys.session(ev.contact),
+        keys.message_index(ev.contact),
+        keys.message_records(ev.contact),
+        keys.outbound_stream(gateway or "-", lane),
+        keys.timers(ev.shard),
+        keys.contact(ev.contact),
+        keys.calls(),
+        keys.governance(ev.contact),
+        keys.consent_ledger(ev.contact),
+        keys.counted_sends(ev.contact),
+        keys.flow_events(),
+    ]
+    commit_args = [
+        version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
+        max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
+        len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
+        *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
+        int(rt.config.engine.message_log_ttl),
+        "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now, ",".join(route[1:]),
+        len(events), rt.config.engine.outcome_events_max,
+        *records, *outbound, *plan.timers_remove,
+        *(x for member, due in plan.timers_add for x in (member, due)), *events,
+    ]  # fmt: skip
+
+    async def add(pipe: Pipeline) -> None:
+        await rt.store.run("commit", keys=commit_keys, args=commit_args, client=pipe)
+
+    (res,) = await rt.store.coalescer.run(add)
+    why = dict(b.decode().split(" ", 1) for b in res[2:])
+    blocked = set(why)
+    if res[0] == b"ok":
+        rt.metrics.gate("sent", len(ids) - len(blocked))
+        for code in why.values():
+            rt.metrics.gate(code)
+    return res[0].decode(), [i for i in ids if i not in blocked]

@@ -1,0 +1,1 @@
+"""The engine's foundation: configuration, errors, clock, Redis keys and store, metrics, logs."""

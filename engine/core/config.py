@@ -1,0 +1,536 @@
+"""Configuration: one YAML file plus ``PARLEY_*`` environment overrides, validated once.
+
+The schema is the dataclasses below. Every leaf can be overridden from the environment by its
+path in upper case, joined by ``_``: ``redis.url`` is ``PARLEY_REDIS_URL``, ``http.port`` is
+``PARLEY_HTTP_PORT``, ``api.keys`` is ``PARLEY_API_KEYS`` (comma-separated). Anything wrong (an
+unknown key, a missing one, a wrong type, a bad duration) raises :class:`ConfigError`, whose
+message is a single line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from engine.core.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "parley.yaml"
+ENV_PREFIX = "PARLEY_"
+#: The readiness pipe a supervisor hands each worker process it starts (engine.supervisor).
+READY_FD_ENV = "PARLEY_READY_FD"
+#: Environment variables with the prefix that are not config leaves.
+ENV_RESERVED = frozenset({"PARLEY_CONFIG", READY_FD_ENV})
+
+
+class Duration(float):
+    """Seconds, written in config as ``500ms``, ``30s``, ``15m``, ``24h``, ``7d`` or a number."""
+
+
+_INT_RE = re.compile(r"^\s*-?[0-9]+\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_cap(text: str) -> tuple[int, int]:
+    """``"4 per 30d"`` -> (4, window in ms)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:per|/)\s*(\S+)\s*", text)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"expected a cap like '4 per 30d', got {text!r}")
+    window = parse_duration(m.group(2))
+    if window < 60:
+        raise ValueError(f"a cap's window must be at least 1m, got {text!r}")
+    return int(m.group(1)), int(window * 1000)
+
+
+def parse_duration(value: object) -> float:
+    """Parse a duration (see :class:`Duration`); raise ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 15m, 24h or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"expected a duration like 30s, 15m, 24h or 7d, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    #: ``redis://host:port/db``; when empty, Parley runs its own redis-server (embedded).
+    url: str = ""
+    #: Where the embedded redis-server keeps its data and AOF.
+    embedded_dir: str = "var/redis"
+    #: Upper bound of the blocking connection pool (callers wait, never fail, when it is full).
+    max_connections: int = 64
+    #: How long a caller waits for a pooled connection before giving up.
+    pool_timeout: Duration = Duration(5.0)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Larger request bodies are refused with 413.
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    #: Bearer keys accepted by every /v1 route. Empty means the API refuses every request.
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NumbersConfig:
+    #: Region (ISO 3166 alpha-2) used to read numbers written without a country code.
+    default_region: str = "GB"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    #: Inbound streams are sharded by a hash of the contact; one contact always maps to one shard.
+    shards: int = 8
+    #: How long a (gateway, provider id) pair is remembered to drop duplicate inbound texts.
+    dedupe_window: Duration = Duration(86400.0)
+    #: Inbound texts per second (all connectors) the dedupe map is sized for (engine/idmaps.py):
+    #: more costs memory (its hashes outgrow Redis's compact encoding), never correctness.
+    inbound_rate: float = 100.0
+    #: Where flows (YAML) are loaded from.
+    flows_dir: str = "rules"
+    #: Gateway used for flow starts and for replies to texts from a gateway that cannot send.
+    default_gateway: str = ""
+    #: How many stream entries one worker reads per batch.
+    batch_size: int = 256
+    #: How many message log entries are kept per contact.
+    message_log_size: int = 200
+    #: A contact's message log expires after this long without a new message.
+    message_log_ttl: Duration = Duration(30 * 86400.0)
+    #: How long graceful shutdown waits for in-flight turns and sends.
+    shutdown_timeout: Duration = Duration(10.0)
+    #: How often due timers (wait timeouts, expiry) are moved onto the inbound streams.
+    timer_poll: Duration = Duration(0.1)
+    #: Worker processes ``parley run`` starts (1: the worker runs inside the main process).
+    workers: int = 1
+    #: A worker's hold on its shards; a dead worker's shards are taken over after at most this.
+    lease_ttl: Duration = Duration(5.0)
+    #: Flow outcome events kept (runs, replies, results, message statuses; about 170 bytes each):
+    #: reports and result exports cover the runs whose events are still there.
+    outcome_events_max: int = 1_000_000
+    #: A conversion the CRM reports is attributed to the contact's last journey start within this.
+    attribution_window: Duration = Duration(7 * 86400.0)
+    #: A message longer than this many SMS segments is not sent: its run fails (docs/flows.md).
+    #: 10 segments (1,530 GSM-7 characters) is what carriers commonly accept.
+    max_segments: int = 10
+    #: A flow file larger than this is refused (bytes).
+    max_flow_bytes: int = 262_144
+    #: A flow file whose mappings and lists nest deeper than this is refused.
+    max_flow_depth: int = 32
+    #: A flow with more nodes than this is refused.
+    max_flow_nodes: int = 1_000
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    #: Language of confirmations when neither the contact's nor the keyword's has a text.
+    default_language: str = "en"
+    #: Extra keywords: {opt_out|opt_in|help: {language: [words]}} (merged over the defaults).
+    keywords: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: Confirmation texts: {opt_out|opt_in|help: {language: text}} (merged over the defaults).
+    messages: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Frequency caps over rolling windows, all programmes together, e.g. ["4 per 30d", "1 per 1d"].
+    caps: list[str] = field(default_factory=list)
+    #: Replies to a customer's text inside a conversational flow do not count towards the caps.
+    exempt_replies: bool = True
+    #: When business-started messages may be sent, recipient's local time ("08:00-21:00"; "" = any time).
+    send_window: str = ""
+    #: Per-day windows overriding send_window: {mon..sun or holiday: "10:00-16:00" or "" (none)}.
+    send_windows: dict[str, str] = field(default_factory=dict)
+    #: Country code whose public holidays use the "holiday" window (no sending unless set).
+    holidays: str = ""
+    #: Time zone of recipients whose zone is unknown (no contact timezone, ambiguous number).
+    default_timezone: str = "UTC"
+    #: A deferred send leaves within this long after the window opens (spread per contact).
+    quiet_jitter: Duration = Duration(900.0)
+    #: Replies to the customer's own text are sent in quiet hours too.
+    quiet_allows_replies: bool = True
+    #: HMAC key naming the consent ledger of an erased contact ("" = one generated and kept in Redis).
+    erasure_key: str = ""
+
+
+#: Outcome event types a CRM webhook can subscribe to (engine/outcomes.py).
+WEBHOOK_EVENTS = (
+    "message",
+    "replied",
+    "result",
+    "started",
+    "ended",
+    "consent",
+    "assigned",
+    "skipped",
+    "deferred",
+    "conversion",
+    "opt_out_review",
+)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    #: Where outcome events are POSTed (http or https).
+    url: str
+    #: HMAC key for X-Parley-Signature (16+ characters).
+    secret: str
+    #: Event types sent (the others are skipped).
+    events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    #: One request's time limit.
+    timeout: Duration = Duration(5.0)
+    #: Attempts for retryable failures before the event goes to the dead letters.
+    max_attempts: int = 8
+    #: First retry wait; doubles per attempt with jitter, up to backoff_max (Retry-After wins).
+    backoff: Duration = Duration(1.0)
+    backoff_max: Duration = Duration(300.0)
+    #: Events per request: 1 sends one JSON object, more sends a JSON array of up to this many.
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class CrmConfig:
+    #: Outcome webhooks: flow outcome events pushed to the CRM (engine/webhooks.py).
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    #: ``text`` for humans, ``json`` for log shippers.
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    crm: CrmConfig = field(default_factory=CrmConfig)
+    #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
+    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Which connectors send to which numbers, with failover (gateways/routing.py).
+    routing: list[Any] = field(default_factory=list)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    checks: Sequence[Callable[[Config], None]] = (),
+) -> Config:
+    """Read ``path`` (or ``$PARLEY_CONFIG``, or ``parley.yaml`` if present), apply env, validate.
+
+    ``overrides`` is a nested dict merged over the file before the environment (used by the
+    demo and the tests). ``checks`` are the cross-field rules owned by parts above the core (the
+    send windows, each connector's options, the routes): the app hands them in
+    (:func:`engine.app.settings.load_config`), so the core imports none of those parts.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    chosen = path or env.get("PARLEY_CONFIG")
+    if chosen is None and Path(DEFAULT_CONFIG_FILE).exists():
+        chosen = DEFAULT_CONFIG_FILE
+    if chosen is not None:
+        raw = _read_yaml(Path(chosen))
+    if overrides:
+        raw = _merge(raw, overrides)
+    raw = _apply_env(raw, env)
+    cfg: Config = _build(Config, raw, "")
+    _check(cfg)
+    for check in checks:
+        check(cfg)
+    return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (plain YAML lets the second
+    silently win, so ``port: 80`` further up a file would be ignored without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(where, problem) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "the top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """Map each env var name to (path, type) for every scalar/list leaf of the schema."""
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = (*prefix, f.name)
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaves(tp, path))  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            continue  # a list of sections (crm.webhooks) is file-only
+        elif typing.get_origin(tp) is not dict and typing.get_args(tp) != (Any,):  # file-only structures
+            out[ENV_PREFIX + "_".join(path).upper()] = (path, tp)
+    return out
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    leaves = _leaves(Config)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        if name not in leaves:
+            raise ConfigError(name, "unknown environment override (no such config key)")
+        path, tp = leaves[name]
+        parsed: Any = value
+        if typing.get_origin(tp) is list:
+            parsed = [p.strip() for p in value.split(",") if p.strip()]
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = parsed
+    return raw
+
+
+def _build(cls: type, data: object, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "(top level)", "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(_join(prefix, str(key)), f"unknown key (known: {known})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], _join(prefix, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(prefix, f.name), "missing required key")
+    return cls(**kwargs)
+
+
+def build_section(cls: type, data: object, prefix: str) -> Any:
+    """Validate ``data`` against the dataclass ``cls`` (used for each gateway's own options)."""
+    return _build(cls, data, prefix)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if tp is Duration:
+        try:
+            return Duration(parse_duration(value))
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _INT_RE.match(value):  # not isdigit(): "--5" and "²" pass it
+            return int(value)
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, _join(key, str(k))) for k, v in value.items()}
+    if origin in (Union, types.UnionType) or tp is Any:
+        return value
+    raise ConfigError(key, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules the types cannot express."""
+    if not 0 <= cfg.http.port <= 65535:
+        raise ConfigError("http.port", f"must be 0..65535, got {cfg.http.port}")
+    if cfg.http.max_body_bytes < 1024:
+        raise ConfigError("http.max_body_bytes", "must be at least 1024")
+    if not 1 <= cfg.engine.shards <= 1024:
+        raise ConfigError("engine.shards", f"must be 1..1024, got {cfg.engine.shards}")
+    for i, cap in enumerate(cfg.governance.caps):
+        try:
+            parse_cap(cap)
+        except ValueError as exc:
+            raise ConfigError(f"governance.caps[{i}]", str(exc)) from None
+    gov = cfg.governance
+    try:
+        ZoneInfo(gov.default_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "governance.default_timezone", f"unknown time zone {gov.default_timezone!r}"
+        ) from None
+    if gov.holidays:
+        import holidays
+
+        try:
+            holidays.country_holidays(gov.holidays.upper())
+        except NotImplementedError:
+            raise ConfigError("governance.holidays", f"unknown country {gov.holidays!r}") from None
+    for section in ("keywords", "messages"):
+        for kind in getattr(cfg.governance, section):
+            if kind not in ("opt_out", "opt_in", "help"):
+                raise ConfigError(f"governance.{section}.{kind}", "must be opt_out, opt_in or help")
+    if not 1 <= cfg.engine.workers <= 64:
+        raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
+    if cfg.engine.message_log_ttl < 60:
+        raise ConfigError("engine.message_log_ttl", f"must be at least 1m, got {cfg.engine.message_log_ttl}s")
+    if cfg.engine.dedupe_window < 60:
+        raise ConfigError("engine.dedupe_window", f"must be at least 1m, got {cfg.engine.dedupe_window}s")
+    if cfg.engine.inbound_rate <= 0:
+        raise ConfigError("engine.inbound_rate", f"must be more than 0, got {cfg.engine.inbound_rate:g}")
+    if cfg.engine.lease_ttl < 0.3:
+        raise ConfigError("engine.lease_ttl", f"must be at least 300ms, got {cfg.engine.lease_ttl}s")
+    if cfg.engine.batch_size < 1:
+        raise ConfigError("engine.batch_size", "must be at least 1")
+    if not 1 <= cfg.engine.max_segments <= 255:  # a concatenated SMS has at most 255 parts
+        raise ConfigError("engine.max_segments", f"must be 1..255, got {cfg.engine.max_segments}")
+    for key, low in (("max_flow_bytes", 1024), ("max_flow_depth", 8), ("max_flow_nodes", 1)):
+        if getattr(cfg.engine, key) < low:
+            raise ConfigError(f"engine.{key}", f"must be at least {low}")
+    if cfg.redis.max_connections < 2:
+        raise ConfigError("redis.max_connections", "must be at least 2")
+    if cfg.log.level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("log.level", f"must be debug, info, warning or error, got {cfg.log.level!r}")
+    if cfg.log.format not in {"text", "json"}:
+        raise ConfigError("log.format", f"must be text or json, got {cfg.log.format!r}")
+    import phonenumbers
+
+    if cfg.numbers.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError("numbers.default_region", f"unknown region {cfg.numbers.default_region!r}")
+    if cfg.governance.erasure_key and len(cfg.governance.erasure_key) < 16:
+        raise ConfigError("governance.erasure_key", "too short: use at least 16 characters")
+    for i, key in enumerate(cfg.api.keys):
+        if len(key) < 16:
+            raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")
+    for i, hook in enumerate(cfg.crm.webhooks):
+        _check_webhook(hook, f"crm.webhooks[{i}]")
+    if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
+        raise ConfigError(
+            "engine.default_gateway",
+            f"names {cfg.engine.default_gateway!r}, which is not in gateways",
+        )
+
+
+def _check_webhook(hook: WebhookConfig, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hook.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{key}.url", f"expected an http:// or https:// URL, got {hook.url!r}")
+    if len(hook.secret) < 16:
+        raise ConfigError(f"{key}.secret", "too short: use at least 16 characters")
+    for j, kind in enumerate(hook.events):
+        if kind not in WEBHOOK_EVENTS:
+            raise ConfigError(
+                f"{key}.events[{j}]", f"unknown event type {kind!r} (known: {', '.join(WEBHOOK_EVENTS)})"
+            )
+    if not hook.events:
+        raise ConfigError(f"{key}.events", "subscribe to at least one event type")
+    if hook.timeout <= 0:
+        raise ConfigError(f"{key}.timeout", "must be more than 0")
+    if hook.max_attempts < 1:
+        raise ConfigError(f"{key}.max_attempts", "must be at least 1")
+    if hook.backoff <= 0 or hook.backoff_max < hook.backoff:
+        raise ConfigError(f"{key}.backoff", "must be more than 0 and at most backoff_max")
+    if not 1 <= hook.batch <= 1000:
+        raise ConfigError(f"{key}.batch", f"must be 1..1000, got {hook.batch}")

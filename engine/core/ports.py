@@ -1,0 +1,80 @@
+"""The ports: what a part of Parley may ask of the engine, as small Protocols.
+
+The composition root (engine/app/runtime.py) builds the engine and hands each part an object
+that implements the port it needs; no part imports the root, not even for types. A connector in
+gateways/ sees the engine only through :class:`GatewayHost` (as courier's channel handlers see
+storage only through its ``Backend``): it may accept an inbound text, record statuses and
+receipts with its own scripts (gateways/scripts/, registered on the store by name) and its keys
+(engine/core/keys.py), read the configuration, the clock and the metrics. It never imports the
+conversation layer or the runtime.
+
+    Services      config, clock, metrics, store: what nearly every part uses
+    ScriptRunner  run a Lua script by name; register a part's own scripts
+    Routes        which connectors send a message (gateways/routing.py implements it)
+    GatewayHost   Services + accept an inbound text (what a connector is handed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio.client import Pipeline
+
+from engine.core.clock import Clock
+from engine.core.config import Config
+from engine.core.metrics import Metrics
+from engine.core.store import Store
+
+
+class Services(Protocol):
+    """The engine's shared services: the parsed configuration, the clock, the metrics facade and
+    the Redis store (with its scripts)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def store(self) -> Store: ...
+
+
+class ScriptRunner(Protocol):
+    """Lua scripts by name (engine/core/store.py implements it)."""
+
+    def register(self, name: str, source: str) -> None: ...
+
+    async def run(
+        self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None
+    ) -> Any: ...
+
+
+class Routes(Protocol):
+    """Which connectors send one message, in order (empty: nothing can send it)."""
+
+    def route(self, contact: str, *, flow: str = "", inbound: str = "", sender: str = "") -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of an inbound text handed to the engine."""
+
+    #: "accepted" (new), "duplicate" (same id and text seen before) or "conflict" (same id, other text)
+    status: str
+    event_id: str
+
+
+class GatewayHost(Services, Protocol):
+    """What a connector (and its sender) may do with the engine, handed in by the app."""
+
+    async def accept_inbound(
+        self, *, gateway: str, contact: str, to: str, text: str, provider_id: str
+    ) -> Accepted:
+        """Take an inbound text durably (in Redis) before the connector acknowledges its peer;
+        once per (gateway, provider id)."""
+        ...

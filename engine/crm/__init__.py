@@ -1,0 +1,1 @@
+"""The CRM side: contacts, their import, journeys, reports, outcome webhooks."""

@@ -1,0 +1,1 @@
+"""Consent and its keywords, opt-out intent, quiet hours, erasure."""

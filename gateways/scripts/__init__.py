@@ -1,0 +1,22 @@
+"""The Lua scripts the connectors own: the shared send rate (rate.lua), message statuses and
+receipts (status.lua, receipt.lua), failover moves (move.lua) and SMPP's segment maps
+(smpp_receipt.lua, smpp_parts.lua). Each is commented with its KEYS and ARGV; the keys are built
+in engine/core/keys.py like every other key.
+
+The engine's store runs them by name once :func:`install` registered them on it (the app does
+so at start; a :class:`~gateways.rate.Pacer` used alone installs its own).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from engine.core.ports import ScriptRunner
+
+SCRIPTS = ("status", "receipt", "move", "rate", "smpp_receipt", "smpp_parts")
+
+
+def install(store: ScriptRunner, names: tuple[str, ...] = SCRIPTS) -> None:
+    """Register ``names`` on ``store`` (idempotent: a registered name is left alone)."""
+    for name in names:
+        store.register(name, resources.files(__package__).joinpath(f"{name}.lua").read_text())
