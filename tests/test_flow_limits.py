@@ -17,7 +17,8 @@ import pytest
 from engine.app.runtime import Runtime
 from engine.core.errors import FlowErrors
 from engine.flows.limits import Limits
-from engine.flows.loader import FlowRegistry, load_flow, parse_flow
+from engine.flows.loader import load_flow, parse_flow
+from engine.flows.registry import FlowRegistry
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, make_config, run_parley
 

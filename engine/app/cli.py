@@ -318,7 +318,8 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
 def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
     from engine.flows import graph
     from engine.flows.limits import Limits
-    from engine.flows.loader import FlowRegistry, load_flow
+    from engine.flows.loader import load_flow
+    from engine.flows.registry import FlowRegistry
 
     path = Path(name)
     limits = Limits.of(cfg.engine)
@@ -338,7 +339,8 @@ def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
 
 def _validate(cfg: Config, paths: list[str]) -> int:
     from engine.flows.limits import Limits
-    from engine.flows.loader import FlowRegistry, load_flow
+    from engine.flows.loader import load_flow
+    from engine.flows.registry import FlowRegistry
 
     targets = [Path(p) for p in paths] or [Path(cfg.engine.flows_dir)]
     limits = Limits.of(cfg.engine)

@@ -10,7 +10,8 @@ from typing import Any
 from engine.core import keys
 from engine.core.errors import FlowErrors
 from engine.core.store import Store
-from engine.flows.loader import FlowRegistry, parse_flow
+from engine.flows.loader import parse_flow
+from engine.flows.registry import FlowRegistry
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,10 @@ text plus the receipted_message_id / message_state TLVs), injects mobile-origina
 :meth:`SimulatedSmsc.deliver` and records everything it was sent. Every knob lives on
 :class:`SmscBehaviour` and may be changed while it runs. PDUs are built and read by
 ``gateways.smpp.pdu`` only, texts by ``gateways.smpp.text``.
+
+Over 500 lines on purpose: it is a test peer, one carrier whose behaviours (modes, receipts,
+throttles, disconnects, the control port the process tests drive) are read together; it ships
+with the connectors so that ``parley smsc-sim`` works without the tests.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ Receiving (``deliver_sm`` on a transceiver or receiver bind), answered only afte
 
 A deliver_sm that cannot be stored (Redis away) is answered ESME_RX_T_APPN, so the SMSC
 delivers it again later; nothing is acknowledged before it is durable.
+
+Over 500 lines on purpose: the connector is one state machine over its binds (which session a
+part goes on, what a throttle or a lost resp does to the parts already taken, how a receipt
+finds its parts); the wire (pdu.py), the texts (text.py), the sessions (session.py) and the
+receipt ids (dlr.py) are already their own modules.
 """
 
 from __future__ import annotations
