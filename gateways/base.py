@@ -148,7 +148,7 @@ class WebhookAnswer:
 class Gateway:
     """Base class. A connector is an async context manager (it owns its client sessions)."""
 
-    #: The connector's own options, a dataclass validated by ``engine.config.build_section``.
+    #: The connector's own options, a dataclass validated by ``engine.core.config.build_section``.
     Config: ClassVar[type[Any]]
     #: Whether the send pipeline may hand it messages (an inbound-only connector says False).
     can_send: ClassVar[bool] = True
@@ -168,7 +168,7 @@ class Gateway:
 
     @functools.cached_property
     def receipt_buckets(self) -> idmaps.Buckets:
-        """How the connector's provider-id map is cut (engine/idmaps.py): its receipt window,
+        """How the connector's provider-id map is cut (engine/core/idmaps.py): its receipt window,
         sized for its rate."""
         return idmaps.plan(self.policy.receipt_window, self.policy.rate)
 
@@ -219,7 +219,7 @@ class Gateway:
         return False
 
     def authenticate(self, hook: Webhook, now: float) -> None:
-        """Raise :class:`engine.errors.WebhookRejected` unless ``hook`` comes from the provider.
+        """Raise :class:`engine.core.errors.WebhookRejected` unless ``hook`` comes from the provider.
         ``now`` is Unix seconds, for timestamp windows (replay protection)."""
 
     def parse_inbound(self, hook: Webhook) -> list[InboundText]:

@@ -1,7 +1,7 @@
 """What every HTTP connector shares: its client session, error translation, webhook checks.
 
 ``HttpConnector.call`` sends one request and turns every way it can fail into the pipeline's
-vocabulary (:mod:`engine.errors`):
+vocabulary (:mod:`engine.core.errors`):
 
 - the connection could not be made (refused, DNS, connect timeout): retryable, *not* taken;
 - 429: a rate signal (``GatewayThrottled``: the connector pauses, the breaker does not count it),

@@ -14,7 +14,7 @@ DEFAULT_BUCKETS = idmaps.plan(SendPolicy().receipt_window, 0)
 
 
 def buckets_of(rt: Host, gateway: str) -> idmaps.Buckets:
-    """How ``gateway``'s provider-id map is cut (engine/idmaps.py)."""
+    """How ``gateway``'s provider-id map is cut (engine/core/idmaps.py)."""
     gw = rt.gateways.get(gateway)
     return gw.receipt_buckets if gw is not None else DEFAULT_BUCKETS
 

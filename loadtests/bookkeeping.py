@@ -2,7 +2,7 @@
 
 Each message leaves an entry for as long as its window: an outbound one its provider id (for
 its delivery receipt, ``receipt_window``), an inbound one its dedupe mark (``dedupe_window``).
-The cost per entry depends on how full the bucket hashes are (engine/idmaps.py), and a bucket is
+The cost per entry depends on how full the bucket hashes are (engine/core/idmaps.py), and a bucket is
 as full as the planned rate makes it. So this drives the real code paths (``record_sent``, the
 sender's status script; ``accept_inbound``, the intake script) with a fake clock that moves at
 the planned rate, from the start of a bucket, for ``messages`` messages: exactly how a steady

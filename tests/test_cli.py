@@ -143,7 +143,7 @@ def test_embedded_redis_dies_with_a_killed_parley(tmp_path: Path) -> None:
     import time
 
     code = (
-        "import sys, time; from engine.redis_embedded import EmbeddedRedis;"
+        "import sys, time; from engine.core.redis_embedded import EmbeddedRedis;"
         f"r = EmbeddedRedis({str(tmp_path)!r}); r.start(); print(r.proc.pid, flush=True); time.sleep(60)"
     )
     with subprocess.Popen(

@@ -3,7 +3,7 @@ exactly once, in order per contact, and the conversations end in the same state 
 worker processes everything one event at a time.
 
 Each example is run twice on the real Redis: once by a reference that runs every event in stream
-order with no worker at all, once by real :class:`~engine.worker.Worker` instances that are killed
+order with no worker at all, once by real :class:`~engine.conversation.worker.Worker` instances that are killed
 at chosen points (right after the k-th committed turn, before the batch is acknowledged; other
 contacts' turns in the batch are cut off wherever they are). A killed worker's leases are
 expired, and a new worker takes the shards over, claiming what the dead one left pending.

@@ -26,7 +26,7 @@ MAX_NOTE = 500
 
 async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
     """Consent now and the ledger, oldest first: the entries kept from an erasure of the contact
-    (engine/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
+    (engine/crm/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
     erased = await erasure.erased_ledger_key(rt.store, rt.config.governance.erasure_key, number)
     async with rt.store.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.governance(number))

@@ -61,7 +61,7 @@ async def get_contact(request: web.Request) -> web.Response:
 
 
 async def delete_contact(request: web.Request) -> web.Response:
-    """Erase everything held about the number (engine/erasure.py); 204, or 404 when nothing is."""
+    """Erase everything held about the number (engine/crm/erasure.py); 204, or 404 when nothing is."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     erased = await erasure.forget(

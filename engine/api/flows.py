@@ -43,7 +43,7 @@ async def reload_flows(request: web.Request) -> web.Response:
 
 async def start_flow(request: web.Request) -> web.Response:
     """Queue a start per contact (a list, or an ``audience``), now or at ``send_at``, split by
-    ``arms`` and ``holdout``; 202 once every start is in Redis (engine/journeys.py).
+    ``arms`` and ``holdout``; 202 once every start is in Redis (engine/crm/journeys.py).
 
     Listed contacts must exist (404 names the missing ones, nothing is started). A contact
     already waiting in a conversation is skipped (reported) unless ``interrupt`` is true.

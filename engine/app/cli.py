@@ -22,7 +22,7 @@ from engine.core import logs
 from engine.core.config import Config
 from engine.core.errors import ConfigError, FlowErrors, ParleyError
 
-#: engine.metrics.MULTIPROC_ENV, spelled out: importing engine.metrics here would be too early.
+#: engine.core.metrics.MULTIPROC_ENV, spelled out: importing engine.core.metrics here would be too early.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = replace(cfg, engine=replace(cfg.engine, workers=args.workers))
             if cfg.engine.workers > 1 and not os.environ.get(MULTIPROC_ENV):
                 # Before anything imports prometheus_client: every process then writes its
-                # figures to this directory and /metrics adds them up (engine.metrics).
+                # figures to this directory and /metrics adds them up (engine.core.metrics).
                 metrics_dir = tempfile.mkdtemp(prefix="parley-metrics-")
                 os.environ[MULTIPROC_ENV] = metrics_dir
                 try:

@@ -138,7 +138,7 @@ async def _import(
 
 
 async def run_forget(cfg: Config, number: str) -> int:
-    """Erase one contact (engine/erasure.py)."""
+    """Erase one contact (engine/crm/erasure.py)."""
     try:
         e164 = to_e164(number, cfg.numbers.default_region)
     except InvalidNumber as exc:

@@ -20,7 +20,7 @@ from engine.core.ports import Accepted, Services
 
 @functools.cache
 def dedupe_buckets(window_s: float, rate: float, shards: int) -> idmaps.Buckets:
-    """How each shard's inbound dedupe map is cut (engine/idmaps.py): ``engine.dedupe_window``,
+    """How each shard's inbound dedupe map is cut (engine/core/idmaps.py): ``engine.dedupe_window``,
     sized for ``engine.inbound_rate`` spread over the shards."""
     return idmaps.plan(window_s, rate / shards)
 

@@ -9,7 +9,7 @@ A turn's commit appends, in the same script and so exactly once per applied even
                                               reason (outcome failed: why a template failed)
     consent   opted_out / opted_in            flow of the run in progress, if any
     opt_out_review  a text with an opt-out keyword that the opt-out rule could not read
-              (engine/optout.py), for a person: text, m (its message id), flow and run if in one
+              (engine/governance/optout.py), for a person: text, m (its message id), flow and run if in one
 
 and the message status script appends ``message`` (a flow's message reached a final status:
 delivered, failed, expired, rejected; or blocked by the gate). A run is ``<contact>/<started
@@ -97,7 +97,7 @@ def review_events(contact: str, state: dict[str, Any], text: str, message_id: st
 
 
 def _journey(params: dict[str, Any]) -> dict[str, Any]:
-    """A journey start's id, arm and experiment (``params._start``, engine/journeys.py)."""
+    """A journey start's id, arm and experiment (``params._start``, engine/crm/journeys.py)."""
     return {("start" if k == "id" else k): v for k, v in (params.get("_start") or {}).items()}
 
 

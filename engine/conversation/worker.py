@@ -5,7 +5,7 @@ one after another in stream order, different contacts run concurrently. The batc
 acknowledged (XACK + XDEL, one round trip) only after every turn in it committed, so a worker
 that dies mid-batch leaves its entries pending; on start it first re-reads its own pending
 entries (stream id ``0``) and the commit script drops those already applied. The read loop
-itself (pending first, outages, lost groups, stopping) is :class:`engine.consumer.StreamConsumer`.
+itself (pending first, outages, lost groups, stopping) is :class:`engine.core.consumer.StreamConsumer`.
 
 Which shards a worker reads is decided by leases (:mod:`engine.shards`): one reader per shard,
 shards spread over the live workers (``parley run --workers N`` or ``parley worker`` processes on

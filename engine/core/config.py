@@ -26,7 +26,7 @@ from engine.core.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "parley.yaml"
 ENV_PREFIX = "PARLEY_"
-#: The readiness pipe a supervisor hands each worker process it starts (engine.supervisor).
+#: The readiness pipe a supervisor hands each worker process it starts (engine.app.supervisor).
 READY_FD_ENV = "PARLEY_READY_FD"
 #: Environment variables with the prefix that are not config leaves.
 ENV_RESERVED = frozenset({"PARLEY_CONFIG", READY_FD_ENV})
@@ -103,7 +103,7 @@ class EngineConfig:
     shards: int = 8
     #: How long a (gateway, provider id) pair is remembered to drop duplicate inbound texts.
     dedupe_window: Duration = Duration(86400.0)
-    #: Inbound texts per second (all connectors) the dedupe map is sized for (engine/idmaps.py):
+    #: Inbound texts per second (all connectors) the dedupe map is sized for (engine/core/idmaps.py):
     #: more costs memory (its hashes outgrow Redis's compact encoding), never correctness.
     inbound_rate: float = 100.0
     #: Where flows (YAML) are loaded from.
@@ -168,7 +168,7 @@ class GovernanceConfig:
     erasure_key: str = ""
 
 
-#: Outcome event types a CRM webhook can subscribe to (engine/outcomes.py).
+#: Outcome event types a CRM webhook can subscribe to (engine/conversation/outcomes.py).
 WEBHOOK_EVENTS = (
     "message",
     "replied",
@@ -205,7 +205,7 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class CrmConfig:
-    #: Outcome webhooks: flow outcome events pushed to the CRM (engine/webhooks.py).
+    #: Outcome webhooks: flow outcome events pushed to the CRM (engine/crm/webhooks.py).
     webhooks: list[WebhookConfig] = field(default_factory=list)
 
 

@@ -8,14 +8,14 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
     p:ml:{N}           zset    message log index: message id -> sequence      trimmed
     p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
-    p:dd:S:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/idmaps.py):
+    p:dd:S:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/core/idmaps.py):
                                "GW:ID:h" (h = crc32 of N) -> "<payload digest> <entry id>"
                                expires whole dedupe window after B ends
     p:in:S             stream  inbound events for shard S (texts, flow starts, fired timers)
     p:tm:S             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
     p:out:GW           stream  reply lane of gateway GW: replies to a customer's text, confirmations
     p:out:GW:bulk      stream  bulk lane of gateway GW: journey starts, reminders (sent after replies)
-    p:pid:{GW:K}:B     hash    provider ids of GW's sends in slot K, time bucket B (engine/idmaps.py):
+    p:pid:{GW:K}:B     hash    provider ids of GW's sends in slot K, time bucket B (engine/core/idmaps.py):
                                provider id -> "N message id" (receipts find the message by it);
                                expires whole receipt_window (72h) after B ends
     p:dlrp:{GW:K}:ID   string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
@@ -27,7 +27,7 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:fx               stream  flow outcome events: runs started, replies, results, ends, message
-                               statuses (engine/outcomes.py); trimmed to engine.outcome_events_max
+                               statuses (engine/conversation/outcomes.py); trimmed to engine.outcome_events_max
     p:whre:I           stream  CRM outcome webhook I: dead letters replayed, waiting to be sent again
     p:whdead:I         stream  CRM outcome webhook I: events it gave up on, with the last error
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
@@ -109,7 +109,7 @@ def consent_ledger(number: str) -> str:
 
 def erased_consent_ledger(digest: str) -> str:
     """The consent ledger of an erased contact, named by a keyed hash of its number
-    (engine/erasure.py), so the history stays provable without the number in clear."""
+    (engine/crm/erasure.py), so the history stays provable without the number in clear."""
     return f"{PREFIX}:cl:h:{digest}"
 
 
@@ -251,7 +251,7 @@ def number_of_contact_key(key: str) -> str:
 
 
 def start_record(start_id: str) -> str:
-    """A journey start's request-time counts (engine/journeys.py)."""
+    """A journey start's request-time counts (engine/crm/journeys.py)."""
     return f"{PREFIX}:start:{start_id}"
 
 

@@ -103,7 +103,7 @@ class Metrics:
         self._reviews = Counter(
             "parley_opt_out_reviews_total",
             "Inbound texts with an opt-out keyword that neither opted out nor were a near miss: each "
-            "is an opt_out_review outcome event for a person to read (engine/optout.py).",
+            "is an opt_out_review outcome event for a person to read (engine/governance/optout.py).",
             registry=r,
         )
         self._outbound = Counter(

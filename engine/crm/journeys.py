@@ -13,7 +13,7 @@ a time, split into arms and a holdout, each start tracked under its own id.
   bucket is a hash of (experiment, number): deterministic, so the same contact lands in the same
   arm every time, and kept (``p:xa:EXPERIMENT``) so changing the weights later does not move
   anyone already assigned. The holdout gets nothing; every assignment (holdout included) is an
-  ``assigned`` outcome event, so conversions can be compared (engine/reports.py).
+  ``assigned`` outcome event, so conversions can be compared (engine/crm/reports.py).
 - Every start gets an id (``st-…``); its request-time counts are kept in ``p:start:ID`` and the
   turns' outcomes (started, skipped, deferred) carry the id, so ``GET /v1/starts/{id}`` adds them
   up. An arm's ``params`` are merged over the start's; the journey's own bookkeeping rides in

@@ -1,4 +1,4 @@
-"""A flow's runs and report, read from the outcome events (``p:fx``, engine/outcomes.py).
+"""A flow's runs and report, read from the outcome events (``p:fx``, engine/conversation/outcomes.py).
 
 The stream is read in pages (a script filters each page in Redis, so only the flow's events
 are sent and parsed) and folded into one :class:`Run` per run; a report and a results export

@@ -3,11 +3,11 @@
 One dispatcher per ``crm.webhooks[I]``, run where the caller runs (the API process of ``parley
 run``, never a worker process: two dispatchers of one webhook would split the stream and lose
 the per-contact order). It reads ``p:fx`` and the webhook's replay stream ``p:whre:I`` in the
-consumer group ``webhook-I-<crc32 of the URL>`` (engine/keys.py), so a new URL is a new cursor.
+consumer group ``webhook-I-<crc32 of the URL>`` (engine/core/keys.py), so a new URL is a new cursor.
 A new group starts at the end of ``p:fx``: a webhook gets the events from when it first ran,
 not the history (reports and exports have that).
 
-Each event of a subscribed type is POSTed (engine/webhooks_http.py); others are acknowledged
+Each event of a subscribed type is POSTed (engine/crm/webhooks_http.py); others are acknowledged
 unsent. A 2xx acknowledges the entry (a replayed one is also deleted). Timeouts, connection
 errors, 408, 425, 429 and 5xx are tried again after ``backoff`` doubling with jitter up to
 ``backoff_max`` (a ``Retry-After`` wins), up to ``max_attempts``; then, or at once on another
@@ -23,7 +23,7 @@ least once, with the same ``X-Parley-Event-Id``. Stopping cancels back-off waits
 requests in flight ``engine.shutdown_timeout``, and leaves the rest pending.
 
 Trimming: ``p:fx`` keeps ``engine.outcome_events_max`` entries; one trimmed before this webhook
-read it is lost to it, measured before reads and on start (engine/webhooks_gap.py), logged and
+read it is lost to it, measured before reads and on start (engine/crm/webhooks_gap.py), logged and
 counted (``parley_webhook_events_lost_total``).
 """
 

@@ -1,6 +1,6 @@
 """One outcome webhook request: the JSON a CRM receives, its signature, and what an answer means.
 
-What is sent for a ``p:fx`` entry ``{"t", "c", "f", "run", "at", ...}`` (engine/outcomes.py):
+What is sent for a ``p:fx`` entry ``{"t", "c", "f", "run", "at", ...}`` (engine/conversation/outcomes.py):
 
     {"id": "<p:fx entry id>", "type": "replied", "contact": "+447700900123", "flow": "nps",
      "run": "+447700900123/1767225600000", "at": "2026-01-01T00:00:04.000Z", ...its own fields}

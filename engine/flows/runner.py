@@ -1,7 +1,7 @@
 """Deciding a turn: pure functions from (flow, session state, contact, reply) to a Decision.
 
 No I/O, no parsing: the flow was compiled at load, the reply is normalised once. The caller
-loads the state before and commits the Decision after (see ``engine/turn.py``).
+loads the state before and commits the Decision after (see ``engine/conversation/turn.py``).
 
 Session state is a small dict with short keys, because it is what Redis holds per conversation:
 

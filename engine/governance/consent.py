@@ -5,7 +5,7 @@ everything that is not a letter or digit: "Stop.", " stop ", "STOP!!", "Opt-out"
 "don't stop", "stopwatch", "stop it please" do not. Beyond that, a short request to stop in
 other words ("please stop", "Stop texting me", "STOP STOP", the stop sign) opts out too, and a
 message with an opt-out keyword in something else is flagged for review: the rule is in
-engine/optout.py (:meth:`Keywords.intent`). Keywords of every configured language are
+engine/governance/optout.py (:meth:`Keywords.intent`). Keywords of every configured language are
 recognised whatever the contact's language (a customer who texts BAJA to an English programme
 has opted out); the confirmation is written in the contact's language when there is one, else
 in the keyword's language.
@@ -131,7 +131,7 @@ class Keywords:
 
     def intent(self, text: str, *, in_conversation: bool = False) -> Verdict:
         """Whether ``text`` asks to opt out in other words than a keyword, is a near miss, or
-        has an opt-out keyword in something else (for review): engine/optout.py."""
+        has an opt-out keyword in something else (for review): engine/governance/optout.py."""
         return self._opt_out.classify(text, in_conversation=in_conversation)
 
     def read(self, text: str, *, in_conversation: bool = False) -> Reading:

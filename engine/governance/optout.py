@@ -4,7 +4,7 @@ The US FCC's revocation rule (47 CFR 64.1200(a)(10), in force from 11 April 2025
 using "stop", "quit", "end", "revoke", "opt out", "cancel" or "unsubscribe" a definitive
 revocation of consent, and any other wording one when a reasonable person would read it so;
 CTIA's Messaging Principles expect the same of every programme. A whole-message keyword
-(engine/governance.py) covers "STOP"; this rule covers the rest of what people actually send:
+(engine/governance/consent.py) covers "STOP"; this rule covers the rest of what people actually send:
 
 - **opt-out**: a message of at most :data:`MAX_WORDS` words, made only of opt-out keywords (any
   language, repeated or not, or the stop-sign emoji) and one language's filler: politeness
@@ -16,7 +16,7 @@ CTIA's Messaging Principles expect the same of every programme. A whole-message 
   to cancel my order", "cancel the appointment"): there the flow is asking, and it answers.
 - **review**: anything else with a keyword in it ("cancel my subscription", "Please stop, this
   isn't my number", a long message, a cancellation outside any conversation). It changes
-  nothing, and is recorded so that a person can look (engine/outcomes.py ``opt_out_review``).
+  nothing, and is recorded so that a person can look (engine/conversation/outcomes.py ``opt_out_review``).
 
 Words are compared as :func:`tokens` makes them: accents and case folded, split at spaces,
 punctuation and apostrophes ("don't" is "don" "t", "s'il" is "s" "il"), joined across hyphens

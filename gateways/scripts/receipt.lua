@@ -3,7 +3,7 @@
 -- KEYS[1]      p:dlrp:{GW:K}:F  where the receipt is parked ("status|error|ms")
 -- KEYS[2]      p:pid:GW:ID      an earlier release's provider-id key (read during an upgrade)
 -- KEYS[3..]    p:pid:{GW:K}:B   the provider-id map's buckets over the receipt window, newest
---                               first (engine/idmaps.py): field F -> "N message-id"
+--                               first (engine/core/idmaps.py): field F -> "N message-id"
 -- ARGV[1]  F, the provider id as a field    ARGV[2] our status    ARGV[3] error text
 -- ARGV[4]  now (ms)    ARGV[5] park TTL (s)
 --

@@ -8,7 +8,7 @@
 --   for i = 1..parts
 -- ARGV[1] FIRST (the first part's id as a field: the message's provider id)
 -- ARGV[2] TTL of the roll-up (s)   ARGV[3] TTL of the segment buckets (s)
--- ARGV[3+i] part i's id as a field (itself, or a digest when long: engine/idmaps.py)
+-- ARGV[3+i] part i's id as a field (itself, or a digest when long: engine/core/idmaps.py)
 --
 -- A parked receipt for part 1 is moved here too, so status.lua does not take one part's
 -- receipt for the whole message's. Returns the roll-up hash as a flat list.

@@ -6,7 +6,7 @@
 -- KEYS[3]  p:out:GW[:bulk]  the outbound lane the message came from (only with ARGV[9])
 -- KEYS[4]  p:dlrp:{GW:K}:F  a receipt that arrived before we knew the provider id (only with ARGV[4])
 -- KEYS[5]  p:fx             flow outcome events: a flow's message that moved to sent or a final
---                           status is reported there (engine/outcomes.py), trimmed to ARGV[11];
+--                           status is reported there (engine/conversation/outcomes.py), trimmed to ARGV[11];
 --                           governance = true when it is a STOP/START/HELP answer, not the flow's
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
@@ -14,7 +14,7 @@
 -- ARGV[8]  consumer group                   ARGV[9] stream entry id to XACK + XDEL, or ""
 -- ARGV[10] the gateway that sent it, or "" (recorded when the message was failed over)
 -- ARGV[11] the outcome stream's length to keep (approximately)
--- ARGV[12] the provider id as a field of KEYS[2] (itself, or a digest when long: engine/idmaps.py)
+-- ARGV[12] the provider id as a field of KEYS[2] (itself, or a digest when long: engine/core/idmaps.py)
 --
 -- A status never moves back: a late "sent" after "delivered" is kept in the history only.
 -- A receipt parked under KEYS[4] is applied right after the provider id is recorded.

@@ -1,6 +1,6 @@
 """SMPP 3.4 message text: our text into submit_sm segments, and a deliver_sm's bytes back into text.
 
-Sending: the alphabet and the cut points are ``engine.sms``'s, so what goes on the air is what
+Sending: the alphabet and the cut points are ``engine.core.sms``'s, so what goes on the air is what
 the rate limiter charged. GSM 03.38 (data coding 0) when every character is in the default
 alphabet or its extension table, written unpacked, one septet an octet, an extension character
 as ESC (0x1B) and the character, by aiosmpplib's ``gsm0338`` codec; otherwise UCS-2 (data coding
@@ -9,7 +9,7 @@ septets, 70 units) is one segment without a header. A longer one is concatenated
 :data:`CONCAT_MODES`:
 
 - ``udh8``: a user data header ``05 00 03 ref total seq`` (esm_class 0x40), 153 septets or 67
-  units a part: the carrier arithmetic ``engine.sms.encoding_of`` counts.
+  units a part: the carrier arithmetic ``engine.core.sms.encoding_of`` counts.
 - ``udh16``: ``06 08 04 ref_hi ref_lo total seq``, one octet longer, so 152 septets or 66 units.
 - ``sar``: no header; the sar_msg_ref_num / sar_total_segments / sar_segment_seqnum TLVs, 153 or
   67 a part (the SMSC builds the header it needs).

@@ -2,7 +2,7 @@
 -- which inbound event was applied, log the messages, enqueue the replies, move the timers.
 --
 -- KEYS[1]  p:s:{N}    session string "v|li|d": version, last applied event "S/ms-seq", state
---                      json (engine/sessions.py)
+--                      json (engine/conversation/sessions.py)
 -- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
 -- KEYS[3]  p:mh:{N}   message records (hash id -> json)
 -- KEYS[4]  p:out:GW[:bulk]  the lane of the first connector of the route (reply or bulk)
@@ -12,7 +12,7 @@
 -- KEYS[8]  p:g:{N}    consent and suppression: cs status, src source, at ms, sup reason
 -- KEYS[9]  p:cl:{N}   consent ledger (stream): every change with its source and cause
 -- KEYS[10] p:sent:{N} counted sends (zset message id -> ms), for the frequency caps
--- KEYS[11] p:fx       flow outcome events (stream, engine/outcomes.py), trimmed to ARGV[22]
+-- KEYS[11] p:fx       flow outcome events (stream, engine/conversation/outcomes.py), trimmed to ARGV[22]
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is

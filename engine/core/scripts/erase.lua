@@ -1,6 +1,6 @@
 -- Erase one contact (right to be forgotten), atomically: profile, session, message log and
 -- records, counted sends and the given timers go; the consent ledger moves to a key named by a
--- keyed hash of the number (engine/erasure.py), ending with an "erased" entry. Consent status
+-- keyed hash of the number (engine/crm/erasure.py), ending with an "erased" entry. Consent status
 -- (p:g:{N}) is kept only when it silences the number (opted out or suppressed): the gate reads
 -- it, so an erased customer who opted out is still not texted if the CRM brings the number back.
 --

@@ -1,7 +1,7 @@
 -- Accept one inbound text durably and at most once per (contact, gateway, provider id).
 --
 -- KEYS[1]   p:dd:S:K:B        the dedupe map's current bucket for the text's slot K
---                             (engine/idmaps.py): field ARGV[3] -> "<payload digest> <entry id>"
+--                             (engine/core/idmaps.py): field ARGV[3] -> "<payload digest> <entry id>"
 -- KEYS[2]   p:in:S            the contact's inbound shard stream
 -- KEYS[3]   p:dd:{N}:GW:ID    an earlier release's dedupe key (read during an upgrade)
 -- KEYS[4..] p:dd:S:K:B        the older buckets within the dedupe window, newest first
