@@ -31,6 +31,7 @@ from engine.core.batching import Add
 from engine.core.contacts import Contact
 from engine.core.errors import RenderError
 from engine.core.numbers import mask
+from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.sms import encoding_of
 from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
 from engine.flows import versions as flow_versions
@@ -394,17 +395,17 @@ def _fire(
     return None
 
 
-def _contact_args(c: Contact | None, now: int) -> list[str | int]:
-    """ARGV[11..14] of the commit script: the contact CAS and its new fields and tags."""
+def _contact_change(c: Contact | None, now: int) -> ContactChange | None:
+    """The commit's contact CAS and its new fields and tags."""
     if c is None:
-        return ["", "", "", 0]
+        return None
     # updated-at doubles as the contact's version: it must move even within one millisecond.
-    return [
+    return ContactChange(
         c.updated_at,
         orjson.dumps(c.fields).decode(),
         orjson.dumps(c.tags).decode(),
         max(now, c.updated_at + 1),
-    ]
+    )
 
 
 async def _commit(
@@ -425,7 +426,7 @@ async def _commit(
     gateway = route[0] if route else ""
     # Someone waiting for an answer goes in the reply lane; what the business starts, in bulk.
     lane = "reply" if _customer_led(ev) else "bulk"
-    records: list[str] = []
+    records: list[tuple[str, str]] = []
     if ev.kind == "in":
         rec = {
             "id": f"in-{ev.msg_base}", "dir": "in", "text": ev.text, "from": ev.contact, "to": ev.to,
@@ -435,8 +436,8 @@ async def _commit(
         if plan.review:
             rec["opt_out_review"] = True
             events += outcomes.review_events(ev.contact, old, ev.text, f"in-{ev.msg_base}", now)
-        records += [f"in-{ev.msg_base}", orjson.dumps(rec).decode()]
-    outbound: list[str] = []
+        records.append((f"in-{ev.msg_base}", orjson.dumps(rec).decode()))
+    outbound: list[Outbound] = []
     ids: list[str] = []
     # A reply to the customer's own text, in a conversational flow, does not count towards caps.
     flow = rt.flows.get(plan.flow) if plan.flow else None
@@ -455,37 +456,36 @@ async def _commit(
             rec["error"] = error
         if not answered:  # a STOP/START confirmation or a HELP answer: not the flow's message
             rec["governance"] = True
-        records += [mid, orjson.dumps(rec).decode()]
+        records.append((mid, orjson.dumps(rec).decode()))
         if gateway:
-            outbound += [mid, text, kind]
+            outbound.append(Outbound(mid, text, kind))
             ids.append(mid)
-    commit_keys = [
-        keys.session(ev.contact),
-        keys.message_index(ev.contact),
-        keys.message_records(ev.contact),
-        keys.outbound_stream(gateway or "-", lane),
-        keys.timers(ev.shard),
-        keys.contact(ev.contact),
-        keys.calls(),
-        keys.governance(ev.contact),
-        keys.consent_ledger(ev.contact),
-        keys.counted_sends(ev.contact),
-        keys.flow_events(),
-    ]
-    commit_args = [
-        version, ev.ref, sessions.pack_state(plan.state) if plan.state is not None else "",
-        max(plan.ttl, 1), rt.config.engine.message_log_size, ev.contact,
-        len(records) // 2, len(outbound) // 3, len(plan.timers_remove), len(plan.timers_add),
-        *_contact_args(plan.contact, now), orjson.dumps(plan.call).decode() if plan.call else "",
-        int(rt.config.engine.message_log_ttl),
-        "|".join(plan.consent) if plan.consent else "", rt.caps_for(flow), now, ",".join(route[1:]),
-        len(events), rt.config.engine.outcome_events_max,
-        *records, *outbound, *plan.timers_remove,
-        *(x for member, due in plan.timers_add for x in (member, due)), *events,
-    ]  # fmt: skip
+    commit = CommitArgs(
+        version=version,
+        event=ev.ref,
+        contact=ev.contact,
+        shard=ev.shard,
+        outbound_stream=keys.outbound_stream(gateway or "-", lane),
+        state=sessions.pack_state(plan.state) if plan.state is not None else "",
+        ttl_s=plan.ttl,
+        log_size=rt.config.engine.message_log_size,
+        log_ttl_s=int(rt.config.engine.message_log_ttl),
+        records=records,
+        outbound=outbound,
+        timers_remove=plan.timers_remove,
+        timers_add=plan.timers_add,
+        contact_change=_contact_change(plan.contact, now),
+        call=orjson.dumps(plan.call).decode() if plan.call else "",
+        consent="|".join(plan.consent) if plan.consent else "",
+        caps=rt.caps_for(flow),
+        now_ms=now,
+        failover=route[1:],
+        events=events,
+        events_max=rt.config.engine.outcome_events_max,
+    )
 
     async def add(pipe: Pipeline) -> None:
-        await rt.store.run("commit", keys=commit_keys, args=commit_args, client=pipe)
+        await rt.store.run("commit", keys=commit.to_keys(), args=commit.to_argv(), client=pipe)
 
     (res,) = await rt.store.coalescer.run(add)
     why = dict(b.decode().split(" ", 1) for b in res[2:])

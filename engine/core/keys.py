@@ -27,7 +27,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
     p:fx               stream  flow outcome events: runs started, replies, results, ends, message
-                               statuses (engine/conversation/outcomes.py); trimmed to engine.outcome_events_max
+                               statuses (engine/conversation/outcomes.py); trimmed to
+                               engine.outcome_events_max
     p:whre:I           stream  CRM outcome webhook I: dead letters replayed, waiting to be sent again
     p:whdead:I         stream  CRM outcome webhook I: events it gave up on, with the last error
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)

@@ -17,14 +17,18 @@ conversation layer or the runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio.client import Pipeline
 
 from engine.core.clock import Clock
 from engine.core.config import Config
-from engine.core.metrics import Metrics
 from engine.core.store import Store
+
+if TYPE_CHECKING:
+    # Types only: importing a port (every connector does) must not import the Prometheus client,
+    # which `parley run` configures for worker processes after it has read the configuration.
+    from engine.core.metrics import Metrics
 
 
 class Services(Protocol):

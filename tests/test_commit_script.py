@@ -1,0 +1,150 @@
+"""commit.lua called directly, through its typed wrapper (engine/core/scripts/commit.py), with
+edge inputs: the version CAS, redeliveries, the contact CAS, the gate and the caps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.core import keys
+from engine.core.config import RedisConfig
+from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
+from engine.core.store import Store
+
+ANN = "+447700900123"
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store.connect(redis_url, RedisConfig())
+    yield s
+    await s.close()
+
+
+def reply(n: int, kind: str = "r", text: str = "Thanks!") -> tuple[tuple[str, str], Outbound]:
+    mid = f"out-{n}"
+    rec = {"id": mid, "dir": "out", "text": text, "to": ANN, "status": "queued", "flow": "nps"}
+    return (mid, orjson.dumps(rec).decode()), Outbound(mid, text, kind)
+
+
+def turn(version: int, event: str, *messages: tuple[tuple[str, str], Outbound], **extra: Any) -> CommitArgs:
+    return CommitArgs(
+        version=version, event=event, contact=ANN, shard=0, outbound_stream=keys.outbound_stream("sms"),
+        state='{"f":"nps"}', ttl_s=60, now_ms=NOW, records=[m[0] for m in messages],
+        outbound=[m[1] for m in messages], **extra,
+    )  # fmt: skip
+
+
+async def commit(store: Store, args: CommitArgs) -> list[str]:
+    res = await store.run("commit", keys=args.to_keys(), args=args.to_argv())
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in res]
+
+
+async def queued(store: Store) -> list[str]:
+    return [f[b"m"].decode() for _, f in await store.redis.xrange(keys.outbound_stream("sms"))]
+
+
+@dataclass
+class Case:
+    label: str
+    first: CommitArgs
+    then: CommitArgs
+    expected: list[str]
+    queued: list[str] = field(default_factory=list)
+
+
+CASES = [
+    Case(
+        "the next version commits",
+        turn(0, "0/1-0", reply(1)),
+        turn(1, "0/2-0", reply(2)),
+        ["ok", "2"],
+        ["out-1", "out-2"],
+    ),
+    Case(
+        "a redelivered event commits nothing",
+        turn(0, "0/5-0", reply(1)),
+        turn(1, "0/5-0", reply(2)),
+        ["dup", "1"],
+        ["out-1"],
+    ),
+    Case(
+        "an event older than the applied one on its shard is a redelivery",
+        turn(0, "0/5-3", reply(1)),
+        turn(1, "0/5-2", reply(2)),
+        ["dup", "1"],
+        ["out-1"],
+    ),
+    Case(
+        "an older id from another shard is not a redelivery",
+        turn(0, "0/5-3", reply(1)),
+        turn(1, "1/4-0", reply(2)),
+        ["ok", "2"],
+        ["out-1", "out-2"],
+    ),
+    Case(
+        "a stale version is a conflict",
+        turn(0, "0/1-0", reply(1)),
+        turn(0, "0/2-0", reply(2)),
+        ["conflict", "1"],
+        ["out-1"],
+    ),
+    Case(
+        "a contact changed since it was loaded is a conflict",
+        turn(0, "0/1-0", reply(1)),
+        turn(1, "0/2-0", reply(2), contact_change=ContactChange(123, "{}", "[]", NOW)),
+        ["conflict", "1"],
+        ["out-1"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+async def test_the_session_version_and_the_applied_event_decide_what_commits(
+    store: Store, case: Case
+) -> None:
+    assert await commit(store, case.first) == ["ok", "1"]
+    assert await commit(store, case.then) == case.expected
+    assert await queued(store) == case.queued
+
+
+async def test_an_opted_out_contact_gets_system_messages_only_and_the_reply_is_recorded_blocked(
+    store: Store,
+) -> None:
+    args = turn(
+        0, "0/1-0", reply(1, "s", "You are unsubscribed."), reply(2, "r"), consent="opted_out|sms|STOP"
+    )
+    assert await commit(store, args) == ["ok", "1", "out-2 opted_out"]
+    assert await queued(store) == ["out-1"]
+    rec = orjson.loads(await store.redis.hget(keys.message_records(ANN), "out-2"))
+    assert (rec["status"], rec["error"]) == ("blocked", "opted out")
+
+
+async def test_a_full_cap_blocks_business_messages_but_not_replies(store: Store) -> None:
+    caps = "1:86400000:one a day"
+    assert await commit(store, turn(0, "0/1-0", reply(1, "c"), caps=caps)) == ["ok", "1"]
+    assert await commit(store, turn(1, "0/2-0", reply(2, "c"), reply(3, "r"), caps=caps)) == [
+        "ok",
+        "2",
+        "out-2 capped",
+    ]
+    assert await queued(store) == ["out-1", "out-3"]
+
+
+async def test_an_empty_state_keeps_the_stored_one_and_the_contact_change_is_written(store: Store) -> None:
+    assert await commit(store, turn(0, "0/1-0")) == ["ok", "1"]
+    change = ContactChange(0, '{"plan": "gold"}', '["vip"]', NOW)
+    args = turn(1, "0/2-0", contact_change=change)
+    args.state = ""
+    assert await commit(store, args) == ["ok", "2"]
+    assert await store.redis.get(keys.session(ANN)) == b'2|0/2-0|{"f":"nps"}'
+    assert await store.redis.hmget(keys.contact(ANN), "f", "tg", "ua") == [
+        b'{"plan": "gold"}',
+        b'["vip"]',
+        str(NOW).encode(),
+    ]
