@@ -1,4 +1,5 @@
-"""Helpers every route uses: the runtime key, JSON in and out, number parsing, timestamps."""
+"""Helpers every route uses: the runtime key, JSON out, path numbers, timestamps (bodies and
+query strings are read by their models: engine/api/schema.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from engine.errors import BadRequest, PayloadTooLarge, Unauthorized, Unprocessable
+from engine.errors import Unauthorized, Unprocessable
 from engine.numbers import InvalidNumber, to_e164
 
 if TYPE_CHECKING:
@@ -37,26 +38,6 @@ def check_api_key(request: web.Request) -> None:
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def read_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """The request body as a JSON object with only ``allowed`` keys, or a 400/413/422."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body is larger than {request.client_max_size} bytes") from None
-    if not raw:
-        raise BadRequest("body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            raise Unprocessable(key, f"unknown field (allowed: {', '.join(sorted(allowed))})")
-    return body
 
 
 def number_param(rt: Runtime, value: str, field: str = "number") -> str:
