@@ -5,18 +5,18 @@ Every route's request body and query string is a pydantic model that lives besid
 writes ``/v1/openapi.json`` from the same models (their JSON Schema) and from the
 :func:`operation` each handler is declared with. A rule is therefore written once.
 
-Why pydantic v2 and not msgspec (measured on this machine, loaded, best of 7 x 20,000 calls;
-/tmp/mbench/bench.py in the commit message): decoding and validating a generic connector's inbound
-body (from, to, text, id) costs 0.53 µs with a msgspec Struct and 1.09 µs with a pydantic model
-(``model_validate_json``); a flow start with 20 contacts and 2 arms 6.7 µs with msgspec and 5.4 µs
-with pydantic (the phone pattern dominates both). Against the ~650 µs one inbound turn may
-spend at 3,000 turns/s the difference is under 0.1 %, and the inbound route does not read a
-model anyway (each connector parses its provider's body). What decides is the rest: pydantic
-reports an error's location as a tuple (``("arms", 0, "name")``, rendered ``arms[0].name``)
-instead of a sentence to parse, validators can reach the runtime's default region through
-``context``, its JSON Schema generator takes hooks (``WithJsonSchema``, ``json_schema_extra``)
-for the phone pattern and the time zone list, it was already installed (schemathesis uses it),
-and pydantic-settings can carry the configuration next.
+Why pydantic v2 and not msgspec (loadtests/bench_api_models.py on this 2-core machine, under
+load; best of 7 x 20,000 calls): decoding and validating a generic connector's inbound body
+(from, to, text, id) costs 0.5-0.8 µs with a msgspec Struct and 1.1-1.2 µs with a pydantic model
+(``model_validate_json``); a flow start with 20 contacts and 2 arms 6.7-9.0 µs with msgspec and
+5.4-6.9 µs with pydantic (the phone pattern dominates both). Against the ~650 µs one turn may
+spend at 3,000 turns/s either is under 0.2 %, and the inbound route reads no model anyway (each
+connector parses its provider's body): cost does not decide. The rest does: pydantic reports
+an error's location as a tuple (``("arms", 0, "name")``, rendered ``arms[0].name``) instead of
+a sentence to parse, validators reach the runtime's default region through ``context``, its
+JSON Schema generator takes hooks (``WithJsonSchema``, ``json_schema_extra``,
+``__get_pydantic_json_schema__``) for the phone pattern and the time zone list, it was already
+installed (schemathesis depends on it), and pydantic-settings can carry the configuration next.
 
 Errors keep today's shape: a 422 whose message starts with the field's path
 (``contacts[1]: ...``), code ``invalid`` (``invalid_number`` for a phone number); a model may
