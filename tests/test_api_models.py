@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from engine.api.consent import ConsentIn, SuppressionIn
+from engine.api.contacts import ContactIn
 from engine.api.openapi import spec
 from engine.api.schema import Model
 from engine.api.starts import ContactEventIn
@@ -96,3 +97,28 @@ async def test_an_unknown_key_names_the_keys_the_route_reads(api: aiohttp.Client
         err = (await r.json())["error"]
     assert r.status == 422
     assert err["message"] == "sauce: unknown field (allowed: note, source, status)"
+
+
+NAMES = st.sampled_from(["city", "first_name", "_x", "a\n", "9a", "number", "tags", "x" * 65, "été"])
+VALUES = st.one_of(
+    SCALARS, st.lists(st.one_of(st.none(), st.integers(0, 3), st.text(max_size=3)), max_size=2)
+)
+CONTACT_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "fields": st.one_of(st.none(), st.dictionaries(NAMES, VALUES, max_size=3), SCALARS),
+        "tags": st.one_of(
+            st.none(), st.lists(st.sampled_from(["vip", "a-b", "x y", "", "t\n", 3]), max_size=3), SCALARS
+        ),
+        "language": st.sampled_from([None, "en", "pt-BR", "English", "en\n", "e", 3]),
+        "timezone": st.sampled_from([None, "Europe/London", "Mars/Olympus", "UTC", "posixrules", 3, ""]),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=CONTACT_BODIES)
+def test_the_description_and_the_server_agree_on_a_contact(body: dict[str, Any]) -> None:
+    """ContactIn's schemas are hooks beside the checks engine/contacts.py makes (the import's
+    too), built from the same constants: they must still accept exactly what the checks accept."""
+    assert _schema_accepts(ContactIn, body) == _model_accepts(ContactIn, body), body
