@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.api.openapi import spec
+from engine.api.routes import spec
 from engine.app.runtime import Runtime
 from engine.core.numbers import InvalidNumber, to_e164
 from tests.conftest import ANN, API_KEY

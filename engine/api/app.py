@@ -9,20 +9,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine.api import (
-    consent,
-    contacts,
-    conversations,
-    flows,
-    inbound,
-    openapi,
-    ops,
-    results,
-    starts,
-    webhooks,
-)
-from engine.api.common import RUNTIME, check_api_key, json_response
+from engine.api.common import ROUTES_SERVED, RUNTIME, check_api_key, json_response
 from engine.api.ports import ApiServices
+from engine.api.routes import ROUTES
 from engine.core.errors import ApiError, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -87,27 +76,10 @@ def build_app(rt: ApiServices) -> web.Application:
         middlewares=[errors_and_metrics, bearer_auth], client_max_size=rt.config.http.max_body_bytes
     )
     app[RUNTIME] = rt
-    app.router.add_put("/v1/contacts/{number}", contacts.put_contact)
-    app.router.add_get("/v1/contacts/{number}", contacts.get_contact)
-    app.router.add_delete("/v1/contacts/{number}", contacts.delete_contact)
-    app.router.add_post("/v1/contacts:import", contacts.post_import)
-    app.router.add_get("/v1/contacts/{number}/consent", consent.get_consent)
-    app.router.add_put("/v1/contacts/{number}/consent", consent.put_consent)
-    app.router.add_put("/v1/suppressions/{number}", consent.put_suppression)
-    app.router.add_delete("/v1/suppressions/{number}", consent.delete_suppression)
-    app.router.add_post("/v1/flows:reload", flows.reload_flows)
-    app.router.add_post("/v1/flows/{flow}/start", flows.start_flow)
-    app.router.add_get("/v1/flows/{flow}/results", results.get_results)
-    app.router.add_get("/v1/flows/{flow}/report", results.get_report)
-    app.router.add_get("/v1/starts/{id}", starts.get_start)
-    app.router.add_post("/v1/contacts/{number}/events", starts.post_contact_event)
-    app.router.add_post("/v1/inbound/{gateway}", inbound.post_inbound)
-    app.router.add_post("/v1/receipts/{gateway}", inbound.post_receipts)
-    app.router.add_get("/v1/conversations/{number}", conversations.get_conversation)
-    app.router.add_get("/v1/messages", conversations.get_messages)
-    app.router.add_get("/v1/webhooks/dead", webhooks.get_dead)
-    app.router.add_post("/v1/webhooks/dead:replay", webhooks.post_replay)
-    app.router.add_get("/v1/openapi.json", openapi.get_openapi)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/metrics", ops.metrics)
+    app[ROUTES_SERVED] = tuple(ROUTES)
+    for method, path, handler in ROUTES:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD, as ever
+        else:
+            app.router.add_route(method, path, handler)
     return app

@@ -1,19 +1,26 @@
-"""Helpers every route uses: the runtime key, JSON in and out, number parsing, timestamps."""
+"""Helpers every route uses: the runtime key, JSON out, path numbers, timestamps (bodies and
+query strings are read by their models: engine/api/schema.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from engine.api.ports import ApiServices
-from engine.core.errors import BadRequest, PayloadTooLarge, Unauthorized, Unprocessable
+from engine.core.errors import Unauthorized, Unprocessable
 from engine.core.numbers import InvalidNumber, to_e164
 
 RUNTIME: web.AppKey[ApiServices] = web.AppKey("runtime")
+#: One route: method, path, handler (the table is engine/api/routes.py).
+Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+#: The routes the app serves, as ``/v1/openapi.json`` describes them (handed in by build_app,
+#: so the description's module need not import the route table that imports it).
+ROUTES_SERVED: web.AppKey[tuple[Route, ...]] = web.AppKey("routes")
 
 
 def runtime(request: web.Request) -> ApiServices:
@@ -35,26 +42,6 @@ def check_api_key(request: web.Request) -> None:
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def read_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """The request body as a JSON object with only ``allowed`` keys, or a 400/413/422."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body is larger than {request.client_max_size} bytes") from None
-    if not raw:
-        raise BadRequest("body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            raise Unprocessable(key, f"unknown field (allowed: {', '.join(sorted(allowed))})")
-    return body
 
 
 def number_param(rt: ApiServices, value: str, field: str = "number") -> str:

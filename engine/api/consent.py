@@ -9,19 +9,78 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
-from engine.api.common import iso, json_response, number_param, read_object, runtime
+from engine.api.common import iso, json_response, number_param, runtime
 from engine.api.ports import ApiServices
+from engine.api.schema import NUMBER, Answer, Model, Operation, Query, operation, read_body, read_query
 from engine.core import keys
-from engine.core.errors import Unprocessable
 from engine.crm import erasure
 from engine.governance import consent as governance
 
 API_SOURCES = tuple(s for s in governance.SOURCES if s != "keyword")
 MAX_NOTE = 500
+#: The sources a change through the API may name (engine/governance/consent.py's, without keyword).
+Source = Literal["api", "import", "carrier", "web", "paper"]
+assert get_args(Source) == API_SOURCES, "Source must list governance.SOURCES without keyword"
+
+
+class ConsentIn(Model):
+    """``PUT /v1/contacts/{number}/consent``."""
+
+    status: Literal["opted_in", "opted_out"]
+    source: Source
+    note: Annotated[str, Field(max_length=MAX_NOTE)] = ""
+
+    MESSAGES = {
+        "status": "must be opted_in or opted_out",
+        "source": f"required: one of {', '.join(API_SOURCES)}",
+        "note": f"must be a string of at most {MAX_NOTE} characters",
+    }
+
+
+class SuppressionIn(Model):
+    """``PUT /v1/suppressions/{number}``: the reason is kept (stripped) in the ledger."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_NOTE, pattern=r"\S")]
+    source: Source = "api"
+
+    MESSAGES = {
+        "reason": f"required: why this number must not be texted (≤ {MAX_NOTE} chars)",
+        "source": f"one of {', '.join(API_SOURCES)}",
+    }
+
+
+class ConsentQuery(Query):
+    format: Annotated[Literal["json", "csv"], Field(description="json or csv")] = "json"
+
+    MESSAGES = {"format": "must be json or csv"}
+
+
+class LedgerEntry(BaseModel):
+    at: str
+    change: str
+    source: str
+    cause: str
+    event: str | None
+
+
+class ConsentView(BaseModel):
+    """A contact's consent now and its ledger, oldest first."""
+
+    contact: str
+    status: str
+    source: str | None
+    changed_at: str | None
+    suppressed: str | None
+    ledger: list[LedgerEntry]
+    erased_ledger: str | None = Field(description="the erased contact's hashed ledger, when kept")
+
+
+ERR = (401, 422, 503)
 
 
 async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
@@ -57,16 +116,18 @@ async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
     }
 
 
+@operation(Operation(
+    "get_consent", "consent", "Consent status and its ledger (?format=csv: the ledger as CSV)",
+    {200: Answer("status and ledger", ConsentView, more={"text/csv": {"type": "string"}})},
+    errors=ERR, params=(NUMBER,), query=ConsentQuery,
+))  # fmt: skip
 async def get_consent(request: web.Request) -> web.Response:
     """The contact's consent now, and every change that led to it (oldest first);
     ``?format=csv`` gives the ledger alone as CSV, for an audit."""
     rt = runtime(request)
     view = await _view(rt, number_param(rt, request.match_info["number"]))
-    fmt = request.query.get("format", "json")
-    if fmt == "json":
+    if read_query(request, ConsentQuery, rt).format == "json":
         return json_response(view)
-    if fmt != "csv":
-        raise Unprocessable("format", "must be json or csv")
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["contact", "at", "change", "source", "cause", "event"])
@@ -79,25 +140,16 @@ async def get_consent(request: web.Request) -> web.Response:
     )
 
 
-def _note(body: dict[str, Any]) -> str:
-    note = body.get("note", "")
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
-        raise Unprocessable("note", f"must be a string of at most {MAX_NOTE} characters")
-    return note
-
-
+@operation(Operation(
+    "put_consent", "consent", "Record a consent change with its source",
+    {200: Answer("recorded", ConsentView)}, errors=(400, *ERR), params=(NUMBER,), body=ConsentIn,
+))  # fmt: skip
 async def put_consent(request: web.Request) -> web.Response:
     """Record an opt-in or opt-out from outside the SMS channel (a web form, a call, an import)."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    body = await read_object(request, {"status", "source", "note"})
-    status = body.get("status")
-    if status not in (governance.OPTED_IN, governance.OPTED_OUT):
-        raise Unprocessable("status", "must be opted_in or opted_out")
-    source = body.get("source")
-    if source not in API_SOURCES:
-        raise Unprocessable("source", f"required: one of {', '.join(API_SOURCES)}")
-    note = _note(body)
+    body = await read_body(request, ConsentIn, rt)
+    status, source, note = body.status, body.source, body.note
     now = rt.clock.now_ms()
     async with rt.store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.governance(number), mapping={"cs": status, "src": source, "at": now})
@@ -109,17 +161,16 @@ async def put_consent(request: web.Request) -> web.Response:
     return json_response(await _view(rt, number))
 
 
+@operation(Operation(
+    "suppress_number", "consent", "Suppress a number (nothing is sent to it)",
+    {200: Answer("suppressed", ConsentView)}, errors=(400, *ERR), params=(NUMBER,), body=SuppressionIn,
+))  # fmt: skip
 async def put_suppression(request: web.Request) -> web.Response:
     """Never text this number (whatever its consent) until the suppression is removed."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    body = await read_object(request, {"reason", "source"})
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_NOTE:
-        raise Unprocessable("reason", f"required: why this number must not be texted (≤ {MAX_NOTE} chars)")
-    source = body.get("source", "api")
-    if source not in API_SOURCES:
-        raise Unprocessable("source", f"one of {', '.join(API_SOURCES)}")
+    body = await read_body(request, SuppressionIn, rt)
+    reason, source = body.reason, body.source
     now = rt.clock.now_ms()
     async with rt.store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.governance(number), "sup", reason.strip())
@@ -131,6 +182,10 @@ async def put_suppression(request: web.Request) -> web.Response:
     return json_response(await _view(rt, number))
 
 
+@operation(Operation(
+    "lift_suppression", "consent", "Lift a suppression",
+    {200: Answer("lifted", ConsentView)}, errors=ERR, params=(NUMBER,),
+))  # fmt: skip
 async def delete_suppression(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any, Self
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from engine.api.common import json_response, number_param, read_object, runtime
+from engine.api.common import json_response, runtime
 from engine.api.ports import ApiServices
+from engine.api.schema import FLOW, OMITTED, Answer, Model, Operation, PhoneNumber, operation, read_body
 from engine.conversation import intake, sessions
 from engine.conversation.turn import missing_fields
 from engine.core import contacts, keys
@@ -17,8 +19,149 @@ from engine.core.errors import FlowErrors, NotFound, Unprocessable
 from engine.crm import journeys
 
 MAX_CONTACTS = 10_000
+MAX_AUDIENCE = 1_000_000
+#: What engine/crm/journeys.py's parse_send_at reads (a date, a time, a zone or none).
+SEND_AT = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    "(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\\.[0-9]{1,6})?)?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?$"
+)
 
 
+class Condition(BaseModel):
+    """One audience condition: a contact field and a test with its arguments (flows.md)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, title="Condition")
+    field: Annotated[str, Field(pattern="^contact\\.")]
+
+
+class ArmIn(BaseModel):
+    """One arm of an experiment: its share (``weight``) and the params its starts get."""
+
+    model_config = ConfigDict(strict=True)
+    name: Annotated[
+        str,
+        Field(min_length=1),
+        WithJsonSchema({"type": "string", "minLength": 1, "not": {"const": "holdout"}}),
+    ]
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    params: dict[str, Any] = {}
+
+
+class StartIn(Model):
+    """``POST /v1/flows/{flow}/start``: contacts or audience, not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "contacts or audience, not both",
+            "oneOf": [
+                {"required": ["contacts"], "not": {"required": ["audience"]}},
+                {"required": ["audience"], "not": {"required": ["contacts"]}},
+            ],
+        }
+    )
+    contacts: Annotated[
+        list[PhoneNumber],
+        Field(
+            min_length=1,
+            max_length=MAX_CONTACTS,
+            description="existing contacts (404 names any that are not)",
+        ),
+    ] = OMITTED
+    audience: Annotated[
+        list[Condition], Field(min_length=1, description="conditions on contact fields; all must hold")
+    ] = OMITTED
+    params: Annotated[
+        dict[str, Any],
+        Field(
+            description="available to templates as params.*",
+            json_schema_extra={"not": {"required": ["_start"]}},
+        ),
+    ] = {}
+    interrupt: bool = False
+    send_at: Annotated[
+        str | None,
+        Field(
+            pattern=SEND_AT,
+            description="ISO 8601; without a zone: each contact's local time",
+            examples=["2026-12-02T10:00", "2026-12-02T10:00:00Z"],
+        ),
+    ] = None
+    holdout: Annotated[float, Field(ge=0, lt=100, description="percent")] = 0
+    arms: Annotated[list[ArmIn], Field(description="names unique, not holdout")] = OMITTED
+    experiment: Annotated[
+        str, Field(pattern="^[^|]+$", description="the assignment's name (default: the flow)")
+    ] = OMITTED
+
+    MESSAGES = {
+        "contacts": f"must be a list of 1 to {MAX_CONTACTS} phone numbers (more: use audience)",
+        "contacts[]": "must be a phone number string",
+        "params": "must be an object (without _start, which is Parley's)",
+        "interrupt": "must be true or false",
+        "holdout": "must be a percentage from 0 to under 100",
+        "arms[].name": "each arm needs a name",
+        "arms[].weight": "must be a number above 0",
+        "arms[].params": "must be an object",
+        "experiment": "must be a name",
+        "send_at": "must be an ISO 8601 time like 2026-12-02T10:00 or 2026-12-02T10:00:00Z",
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        """Either list is checked only once it is the one given (as the schema's oneOf says)."""
+        if isinstance(data, dict) and ("contacts" in data) == ("audience" in data):
+            raise Unprocessable(
+                "contacts", "give either contacts (a list of numbers) or audience (conditions)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _params_are_the_callers(self) -> Self:
+        if "_start" in self.params:
+            raise Unprocessable("params", "must be an object (without _start, which is Parley's)")
+        return self
+
+
+class Skipped(BaseModel):
+    contact: str
+    reason: str
+
+
+class StartedOne(BaseModel):
+    contact: str
+    event_id: str
+
+
+class Started(BaseModel):
+    """What a start did: counts always; who, for a list of contacts; arms, for an experiment."""
+
+    flow: str
+    start: str
+    requested: int
+    queued: int
+    scheduled: int
+    skipped_counts: dict[str, int]
+    started: list[StartedOne] = []
+    skipped: list[Skipped] = []
+    arms: dict[str, int] = {}
+
+
+class Loaded(BaseModel):
+    version: int
+    digest: str
+
+
+class FlowsLoaded(BaseModel):
+    flows: dict[str, Loaded]
+
+
+ERR = (401, 422, 503)
+
+
+@operation(Operation(
+    "reload_flows", "flows", "Load the flows directory again",
+    {200: Answer("the flows now in use", FlowsLoaded)}, errors=ERR,
+))  # fmt: skip
 async def reload_flows(request: web.Request) -> web.Response:
     """Reload the flows directory: 200 with the loaded versions, or 422 listing every problem
     (nothing changes then). Conversations in progress finish on the version they started with."""
@@ -41,6 +184,10 @@ async def reload_flows(request: web.Request) -> web.Response:
     )
 
 
+@operation(Operation(
+    "start_flow", "journeys", "Start a flow for contacts (202 once every start is in Redis)",
+    {202: Answer("queued", Started)}, errors=(400, 404, *ERR), params=(FLOW,), body=StartIn,
+))  # fmt: skip
 async def start_flow(request: web.Request) -> web.Response:
     """Queue a start per contact (a list, or an ``audience``), now or at ``send_at``, split by
     ``arms`` and ``holdout``; 202 once every start is in Redis (engine/crm/journeys.py).
@@ -55,22 +202,15 @@ async def start_flow(request: web.Request) -> web.Response:
             f"no flow {name!r} (loaded: {', '.join(sorted(rt.flows.flows)) or 'none'})",
             code="flow_not_found",
         )
-    body = await read_object(
-        request, {"contacts", "audience", "params", "interrupt", "send_at", "holdout", "arms", "experiment"}
-    )
-    if ("contacts" in body) == ("audience" in body):
-        raise Unprocessable("contacts", "give either contacts (a list of numbers) or audience (conditions)")
-    params = body.get("params", {})
-    if not isinstance(params, dict) or "_start" in params:
-        raise Unprocessable("params", "must be an object (without _start, which is Parley's)")
-    interrupt = body.get("interrupt", False)
-    if not isinstance(interrupt, bool):
-        raise Unprocessable("interrupt", "must be true or false")
-    send_at = journeys.parse_send_at(body.get("send_at"))
+    start = await read_body(request, StartIn, rt)
+    # The domain reads what the model checked: send_at's calendar, the split, the conditions' tests.
+    body = start.model_dump(exclude_unset=True)
+    params, interrupt = start.params, start.interrupt
+    send_at = journeys.parse_send_at(start.send_at)
     split = journeys.parse_split(name, body)
-    listed = "contacts" in body
+    listed = start.contacts is not None
     if listed:
-        numbers = await _listed(rt, body["contacts"])
+        numbers = await _listed(rt, start.contacts)
     else:
         numbers = await journeys.select(rt, journeys.parse_audience(body["audience"]))
         if len(numbers) > MAX_AUDIENCE:
@@ -123,19 +263,7 @@ async def start_flow(request: web.Request) -> web.Response:
     return json_response(out, 202)
 
 
-MAX_AUDIENCE = 1_000_000
-
-
-async def _listed(rt: ApiServices, raw: Any) -> list[str]:
-    if not isinstance(raw, list) or not raw:
-        raise Unprocessable("contacts", "must be a non-empty list of phone numbers")
-    if len(raw) > MAX_CONTACTS:
-        raise Unprocessable("contacts", f"at most {MAX_CONTACTS} per request (or use audience)")
-    numbers: list[str] = []
-    for i, n in enumerate(raw):
-        if not isinstance(n, str):
-            raise Unprocessable(f"contacts[{i}]", "must be a phone number string")
-        numbers.append(number_param(rt, n, f"contacts[{i}]"))
+async def _listed(rt: ApiServices, numbers: list[str]) -> list[str]:
     numbers = list(dict.fromkeys(numbers))  # the same person twice is one start
     missing = await contacts.missing(rt.store, numbers)
     if missing:

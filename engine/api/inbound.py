@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from engine.api.common import check_api_key, json_response, number_param, runtime
+from engine.api.schema import GATEWAY, Answer, Operation, operation
 from engine.conversation import intake
 from engine.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from gateways.base import Gateway, Webhook
@@ -21,6 +22,20 @@ from gateways.receipts import apply_receipt
 
 MAX_TEXT_CHARS = 10_000
 MAX_ID_CHARS = 128
+
+#: A provider webhook's body is the connector's own shape (docs/gateways.md): the generic
+#: connector's JSON object or list of them, Jasmin's and Twilio's forms. Each connector parses it
+#: (``parse_inbound``), so it has no model here: the description says what the route takes.
+PROVIDER_BODY = {
+    "required": True,
+    "description": "the shape of the gateway's connector (docs/gateways.md)",
+    "content": {
+        "application/json": {
+            "schema": {"type": ["object", "array"], "description": "one message, or a list taken whole"}
+        },
+        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+    },
+}
 
 
 async def _webhook(request: web.Request) -> tuple[Gateway, Webhook]:
@@ -53,6 +68,12 @@ def _answer(gw: Gateway, data: object, status: int, *, receipt: bool = False) ->
     return web.Response(body=custom.body, status=custom.status, content_type=custom.content_type)
 
 
+@operation(Operation(
+    "receive_texts", "provider webhooks",
+    "A provider's webhook: customers' texts (the connector's own shape and auth)",
+    {200: Answer("a repeat of an accepted text"), 202: Answer("durably accepted")},
+    errors=(400, 404, 409, 413, 401, 422, 503), params=(GATEWAY,), body=PROVIDER_BODY,
+))  # fmt: skip
 async def post_inbound(request: web.Request) -> web.Response:
     """Accept inbound texts. 202 once they are durably in Redis; 200 for a repeat of the same
     message id and text (nothing is processed twice); 409 for a reused id with another text."""
@@ -84,6 +105,11 @@ async def post_inbound(request: web.Request) -> web.Response:
     return _answer(gw, {"results": results}, 202 if new else 200)
 
 
+@operation(Operation(
+    "receive_receipts", "provider webhooks", "A provider's webhook: delivery receipts",
+    {200: Answer("applied, parked or gone counts (or the provider's own answer)")},
+    errors=(400, 404, 413, 401, 422, 503), params=(GATEWAY,), body=PROVIDER_BODY,
+))  # fmt: skip
 async def post_receipts(request: web.Request) -> web.Response:
     """Delivery receipts: each is applied to its message, or parked until its send is recorded."""
     rt = runtime(request)

@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from engine.api.common import iso, json_response, runtime
-from engine.core.errors import NotFound, Unprocessable
+from engine.api.schema import FLOW, Answer, Operation, Query, operation, read_query
+from engine.core.errors import NotFound
 from engine.crm import reports
 
 ROWS_PER_WRITE = 500
+STRING = {"type": "string"}
+
+
+class ResultsQuery(Query):
+    format: Annotated[Literal["csv", "jsonl"], Field(description="csv (default) or jsonl")] = "csv"
+
+    MESSAGES = {"format": "must be csv or jsonl"}
+
+
+class Runs(BaseModel):
+    started: int
+    completed: int
+    expired: int
+    unanswered: int
+    in_progress: int
+    outcomes: dict[str, int]
+
+
+class DropOff(BaseModel):
+    node: str
+    runs: int
+
+
+class Report(BaseModel):
+    """A flow's report (engine/crm/reports.py)."""
+
+    flow: str
+    runs: Runs
+    response_rate: float | None
+    opt_out_rate: float | None
+    median_time_to_reply_s: float | None
+    messages: dict[str, Any]
+    governance_messages: dict[str, Any]
+    nps: Annotated[
+        dict[str, Any],
+        Field(description="per result name: respondents, promoters, passives, detractors, score"),
+    ]
+    experiments: Annotated[dict[str, Any], Field(description="per experiment: its arms against the holdout")]
+    drop_off: list[DropOff]
+
+
+ERR = (401, 422, 503)
 
 
 def _flow(request: web.Request) -> str:
@@ -24,6 +68,11 @@ def _flow(request: web.Request) -> str:
     return name
 
 
+@operation(Operation(
+    "get_flow_report", "results",
+    "Runs, completion, response, opt-out and delivery rates, time to reply, NPS, drop-off",
+    {200: Answer("the report", Report)}, errors=(404, *ERR), params=(FLOW,),
+))  # fmt: skip
 async def get_report(request: web.Request) -> web.Response:
     """Counts, rates, NPS and drop-off of the flow's runs (docs/api.md#results-and-reports)."""
     rt = runtime(request)
@@ -31,13 +80,16 @@ async def get_report(request: web.Request) -> web.Response:
     return json_response(reports.report(flow, await reports.fold(rt.store, flow)))
 
 
+@operation(Operation(
+    "get_flow_results", "results", "One row per run of the flow, streamed",
+    {200: Answer("the runs", STRING, "text/csv", more={"application/x-ndjson": STRING})},
+    errors=(404, *ERR), params=(FLOW,), query=ResultsQuery,
+))  # fmt: skip
 async def get_results(request: web.Request) -> web.StreamResponse:
     """One row per run, oldest first, streamed: ``?format=csv`` (default) or ``jsonl``."""
     rt = runtime(request)
     flow = _flow(request)
-    fmt = request.query.get("format", "csv")
-    if fmt not in ("csv", "jsonl"):
-        raise Unprocessable("format", f"must be csv or jsonl, got {fmt!r}")
+    fmt = read_query(request, ResultsQuery, rt).format
     folded = await reports.fold(rt.store, flow)
     runs = sorted(folded.runs.values(), key=lambda r: (r.started_at, r.contact))
     names = reports.result_names(runs)

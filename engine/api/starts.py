@@ -3,19 +3,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, Field
 
-from engine.api.common import iso, json_response, number_param, read_object, runtime
+from engine.api.common import iso, json_response, number_param, runtime
+from engine.api.schema import NUMBER, Answer, Model, Operation, Param, operation, read_body
 from engine.core import keys
-from engine.core.errors import NotFound, Unprocessable
+from engine.core.errors import NotFound
 from engine.crm import reports
 
-EVENT_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+class ContactEventIn(Model):
+    """``POST /v1/contacts/{number}/events``: a conversion."""
+
+    type: Annotated[str, Field(pattern="^[a-z0-9_]{1,64}$")]
+    value: Annotated[int | float | None, Field(description="e.g. the order's amount")] = None
+    id: Annotated[str | None, Field(min_length=1, max_length=128, description="makes a resend harmless")] = (
+        None
+    )
+
+    MESSAGES = {
+        "type": "must be a name like purchase or meeting_set (a-z, 0-9, _)",
+        "value": "must be a number (e.g. the order's amount) or left out",
+        "id": "must be a string of at most 128 characters",
+    }
 
 
+class Turns(BaseModel):
+    started: int
+    deferred: int
+    skipped: dict[str, int]
+
+
+class StartView(BaseModel):
+    """A start's counts at request time (requested, queued, scheduled) and its turns' outcomes."""
+
+    start: str
+    flow: str
+    at: str
+    experiment: str | None
+    skipped_at_request: dict[str, int]
+    turns: Turns
+
+
+class Attribution(BaseModel):
+    flow: str
+    start: str
+    experiment: str | None
+    arm: str | None
+
+
+class Recorded(BaseModel):
+    status: str = Field(description="recorded, or duplicate for a repeat of an id")
+    attributed: Attribution | None = None
+
+
+ERR = (401, 422, 503)
+
+
+@operation(Operation(
+    "get_start", "journeys",
+    "What became of a journey start: counts at request time and its turns' outcomes",
+    {200: Answer("the start", StartView)}, errors=(404, *ERR),
+    params=(Param("id", "the start id (st-...) the start answered"),),
+))  # fmt: skip
 async def get_start(request: web.Request) -> web.Response:
     """The start's request-time counts and, from the outcome events, what its turns did."""
     rt = runtime(request)
@@ -44,22 +98,20 @@ async def get_start(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+@operation(Operation(
+    "record_conversion", "journeys",
+    "A conversion the CRM reports, attributed to the contact's last journey start",
+    {202: Answer("recorded (attributed or not)", Recorded), 200: Answer("a repeat of an id", Recorded)},
+    errors=(400, *ERR), params=(NUMBER,), body=ContactEventIn,
+))  # fmt: skip
 async def post_contact_event(request: web.Request) -> web.Response:
     """A conversion (a purchase, a meeting set): attributed to the last journey start that reached
     the contact within ``engine.attribution_window`` (its flow, experiment and arm), and recorded
     as a ``conversion`` outcome event. ``id`` makes a resend harmless."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    body = await read_object(request, {"type", "value", "id"})
-    kind = body.get("type")
-    if not isinstance(kind, str) or not kind or not set(kind) <= EVENT_TYPE_CHARS or len(kind) > 64:
-        raise Unprocessable("type", "must be a name like purchase or meeting_set (a-z, 0-9, _)")
-    value = body.get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise Unprocessable("value", "must be a number (e.g. the order's amount) or left out")
-    eid = body.get("id")
-    if eid is not None and (not isinstance(eid, str) or not 0 < len(eid) <= 128):
-        raise Unprocessable("id", "must be a string of at most 128 characters")
+    body = await read_body(request, ContactEventIn, rt)
+    kind, value, eid = body.type, body.value, body.id
     r = rt.store.redis
     if eid is not None:
         fresh = await r.set(
