@@ -15,7 +15,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:out:GW:bulk      stream  bulk lane of gateway GW: journey starts, reminders (sent after replies)
     p:pid:GW:ID        string  provider message id -> "N message id" (for receipts), TTL 7d
     p:dlrp:GW:ID       string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
-    p:rate:GW          string  the connector's rate: next free slot (us, Redis clock)
+    p:slots:GW         zset    the connector's rate: its last send slots ("us:segments" ->
+                               segments booked so far), the last rate + 1 of them
     p:seg:GW:ID        string  SMPP: one segment's SMSC id -> "first id|parts|part", TTL 7d
     p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error"
     p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
@@ -163,7 +164,8 @@ def parked_receipt(gateway: str, pid: str) -> str:
 
 
 def rate(gateway: str) -> str:
-    return f"{PREFIX}:rate:{gateway}"
+    """The connector's booked send slots (``rate.lua``; was the string ``p:rate:GW``)."""
+    return f"{PREFIX}:slots:{gateway}"
 
 
 def smpp_segment(gateway: str, smsc_id: str) -> str:

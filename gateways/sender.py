@@ -229,6 +229,7 @@ class Sender:
             m.dispatched(gw.name, job.lane, waited, job.msg.segments)
             try:
                 async with self._slots:
+                    await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
                     job.sending = True
                     try:
                         result = await gw.send(job.msg)
