@@ -10,7 +10,7 @@ failover, status records) is the pipeline's, the same for every connector.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -68,6 +68,9 @@ class OutboundMessage:
     sender: str
     #: Segments it costs on the wire (GSM-7 / UCS-2 with concatenation).
     segments: int = 1
+    #: For a connector that puts the parts on the wire one by one (``paces_parts``): awaited
+    #: before each part after the first, it returns when that part's rate slot is due.
+    pace: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ class Gateway:
     Config: ClassVar[type[Any]]
     #: Whether the send pipeline may hand it messages (an inbound-only connector says False).
     can_send: ClassVar[bool] = True
+    #: It sends a long text as separate parts, one after another (SMPP's submit_sm per part):
+    #: the rate books a slot per part (``OutboundMessage.pace``), not one for the whole text.
+    paces_parts: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         self.name = name

@@ -17,9 +17,11 @@ holding more than ``rate`` segments.
   than ``LATE_S`` does not go: it books a fresh slot, first in line (:meth:`Pacer.recheck`, which
   the sender calls just before handing the message over). A late wake-up costs that slot; it
   never costs the carrier's ceiling.
-- A message of N segments is one event on the wire: it takes N slots' worth of spacing after it,
-  and waits until its N segments fit in the window behind it (``rate.lua``), so a long text after
-  a run of short ones cannot overfill a second either.
+- A message of N segments sent as one request (HTTP) is one event on the wire: it is spaced by
+  its N segments and waits until they fit in the window behind it (``rate.lua``), so a long text
+  after a run of short ones cannot overfill a second either. A connector that sends the parts
+  one by one (SMPP, ``Gateway.paces_parts``) books a slot per part instead (:meth:`next_part`):
+  a part sent a round trip after the one before is then never a late one.
 
 Within a process, waiting messages are served replies first, then bulk, each in arrival order: a
 bulk backlog never stands between a customer and their answer for more than one slot. A process
@@ -140,6 +142,13 @@ class Pacer:
         while self.rate > 0 and time.monotonic() - ticket.due > LATE_S:
             self.rebooked += 1
             await self._wait(ticket, self._retake)
+
+    async def next_part(self) -> None:
+        """The next part of a message going out part by part (SMPP): a one-segment slot, first
+        in line (the message is on its way), used only while fresh."""
+        ticket = Ticket(cost=1, urgent=True)
+        await self._wait(ticket, self._retake)
+        await self.recheck(ticket)
 
     async def _wait(self, ticket: Ticket, queue: deque[Ticket]) -> None:
         if ticket.done.done():
