@@ -188,7 +188,16 @@ class Pacer:
         self.clock.sample(int(now_us), time.monotonic())
         return bool(granted), self.clock.local(int(slot_us))
 
+    async def _calibrate(self, samples: int = 5) -> None:
+        """A few readings of Redis's clock before the first booking, so the first slots are not
+        mapped through one slow reply (the mapping errs late, never early; bookings refine it)."""
+        for _ in range(samples):
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                secs, micros = await self.store.redis.time()
+                self.clock.sample(int(secs) * 1_000_000 + int(micros), time.monotonic())
+
     async def _run(self) -> None:
+        await self._calibrate()
         backoff = 0.05
         while True:
             ticket = self._next()

@@ -27,7 +27,7 @@ from engine.config import RedisConfig
 from engine.runtime import Runtime
 from engine.store import Store
 from gateways.base import OutboundMessage, SendResult
-from gateways.rate import JITTER_S, MAX_AHEAD_S, Pacer, Ticket, slot_args
+from gateways.rate import CLOCK_CREEP, JITTER_S, MAX_AHEAD_S, Pacer, RedisClock, Ticket, slot_args
 from gateways.sender import Sender
 from tests.conftest import make_config
 
@@ -110,6 +110,31 @@ async def test_a_message_of_three_segments_takes_three_slots(stores: list[Store]
             granted.append(time.perf_counter())
     gaps = [b - a for a, b in itertools.pairwise(granted)]
     assert min(gaps) >= 3 / 60 * 0.9, gaps
+
+
+# Redis's clock on this process's clock ------------------------------------------------------
+
+
+@given(
+    offset=st.floats(-1e6, 1e6),
+    delays=st.lists(st.tuples(st.floats(0.0, 0.05), st.floats(0.0, 0.02)), min_size=1, max_size=50),
+)
+def test_a_slot_is_never_mapped_early_and_a_slow_reply_does_not_shift_it(
+    offset: float, delays: list[tuple[float, float]]
+) -> None:
+    """Replies take 0-50 ms to arrive; the mapped slot is never before the true moment and is
+    within the fastest reply's delay of it (plus the allowed drift), however slow the others."""
+    clock, t = RedisClock(), 1000.0
+    fastest = float("inf")
+    for delay, gap in delays:
+        t += gap
+        redis_us = round((t - offset) * 1_000_000)  # what Redis's clock said at local time t
+        clock.sample(redis_us, t + delay)
+        fastest = min(fastest, delay)
+    slot_us = round((t + 5 - offset) * 1_000_000)
+    mapped = clock.local(slot_us)
+    assert mapped >= t + 5 - 1e-5
+    assert mapped <= t + 5 + fastest + 1.0 * CLOCK_CREEP + 1e-5
 
 
 # The slot algorithm (rate.lua) on a simulated clock -------------------------------------------
