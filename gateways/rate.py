@@ -5,18 +5,20 @@ both: the mean on the wire within 1% of ``rate``, and no one-second window, howe
 holding more than ``rate`` segments.
 
 - Every process sending through a connector books its slots in the same Redis key
-  (``rate.lua``): evenly spaced, never in the past (no credit for idle time, so no bursts), and
-  never more than ``rate`` segments in any window of one second plus ``JITTER_S``. The spacing
-  is 1.008 s / ``rate``: 99.2% of the rate, the 0.8% being the jitter allowance below.
+  (``rate.lua``): evenly paced, never in the past, and never more than ``rate`` segments in any
+  window of one second plus ``JITTER_S``. The pace is 1.008 s / ``rate``: 99.2% of the rate,
+  the 0.8% being the jitter allowance below. Time lost to a late send (up to ``CATCH_UP_S``) is
+  made up by sending closer together, never past the ceiling; idle time earns no burst.
 - The slot is a time on Redis's clock. Each process maps it onto its own monotonic clock (the
   smallest observed difference between a reply's arrival and Redis's time in it, so a slow
   reply does not shift the slot) and waits for exactly that moment, no earlier.
 - A send may reach the wire late (the event loop was busy, a concurrency slot was taken), and a
-  late send followed by an on-time one squeezes two into less than a slot's spacing: catching up
-  is how a one-second window gets ``rate + 1``. So a message that finds its slot passed by more
-  than ``LATE_S`` does not go: it books a fresh slot, first in line (:meth:`Pacer.recheck`, which
-  the sender calls just before handing the message over). A late wake-up costs that slot; it
-  never costs the carrier's ceiling.
+  late send followed by an on-time one squeezes two into less than a slot's spacing: going out
+  long after its booked time is how a one-second window gets ``rate + 1``. So a message that
+  finds its slot passed by more than ``LATE_S`` does not go: it gives the missed slot back and
+  books a fresh one, first in line (:meth:`Pacer.recheck`, which the sender calls just before
+  handing the message over), so the log the ceiling is checked against holds when it really
+  leaves. A late wake-up costs a little throughput, never the carrier's ceiling.
 - A message of N segments sent as one request (HTTP) is one event on the wire: it is spaced by
   its N segments and waits until they fit in the window behind it (``rate.lua``), so a long text
   after a run of short ones cannot overfill a second either. A connector that sends the parts
@@ -53,6 +55,10 @@ JITTER_S = 0.008
 #: How late a slot may be found (by the pacer waking, by the sender about to send) and still be
 #: used; the rest of JITTER_S covers the way from that check to the socket.
 LATE_S = 0.003
+#: How far behind its pace the connector may be and catch up (a late wake-up's lost time is made
+#: up by sending closer together, within the window's ceiling); further behind, it was idle or
+#: stalled long, and the pace restarts from now (idle time earns no burst).
+CATCH_UP_S = 0.02
 #: How fast this process's idea of Redis's clock may drift upwards (NTP slews, seconds per second).
 CLOCK_CREEP = 50e-6
 
@@ -66,6 +72,8 @@ class Ticket:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     #: When its slot is, on this process's monotonic clock (set when granted).
     due: float = 0.0
+    #: Its reservation in ``rate.lua``'s log, given back if the slot is missed.
+    booking: str = ""
 
 
 class RedisClock:
@@ -134,6 +142,7 @@ class Pacer:
     async def acquire(self, ticket: Ticket) -> None:
         if self.rate <= 0:
             return
+        ticket.booking = ""  # a new send (a retry): the last booking was used, not missed
         await self._wait(ticket, self._queues[ticket.urgent])
 
     async def recheck(self, ticket: Ticket) -> None:
@@ -182,10 +191,23 @@ class Pacer:
 
     async def _book(self, ticket: Ticket) -> tuple[bool, float]:
         """One reservation: (granted, when the slot is on the monotonic clock)."""
-        ahead_us = int(MAX_AHEAD_S * 1_000_000)
-        args = [self._spacing, ticket.cost, ahead_us, self._window_us, self._cap, ""]
-        granted, slot_us, now_us = await self.store.run("rate", keys=[keys.rate(self.gateway)], args=args)
+        ahead_us, catch_up_us = int(MAX_AHEAD_S * 1_000_000), int(CATCH_UP_S * 1_000_000)
+        args = [
+            self._spacing,
+            ticket.cost,
+            ahead_us,
+            self._window_us,
+            self._cap,
+            "",
+            catch_up_us,
+            ticket.booking,
+        ]
+        granted, slot_us, now_us, booking = await self.store.run(
+            "rate", keys=[keys.rate(self.gateway)], args=args
+        )
         self.clock.sample(int(now_us), time.monotonic())
+        if granted:
+            ticket.booking = booking.decode() if isinstance(booking, bytes) else str(booking)
         return bool(granted), self.clock.local(int(slot_us))
 
     async def _calibrate(self, samples: int = 5) -> None:

@@ -27,7 +27,17 @@ from engine.config import RedisConfig
 from engine.runtime import Runtime
 from engine.store import Store
 from gateways.base import OutboundMessage, SendResult
-from gateways.rate import CLOCK_CREEP, JITTER_S, MAX_AHEAD_S, Pacer, RedisClock, Ticket, slot_args
+from gateways.rate import (
+    CATCH_UP_S,
+    CLOCK_CREEP,
+    JITTER_S,
+    LATE_S,
+    MAX_AHEAD_S,
+    Pacer,
+    RedisClock,
+    Ticket,
+    slot_args,
+)
 from gateways.sender import Sender
 from tests.conftest import make_config
 
@@ -144,35 +154,48 @@ AHEAD_US = int(MAX_AHEAD_S * 1_000_000)
 
 
 def simulate(
-    r: redis.Redis, rate: float, demands: list[list[tuple[int, int]]], pauses: list[int], until_us: int
+    r: redis.Redis,
+    rate: float,
+    demands: list[list[tuple[int, int]]],
+    pauses: list[int],
+    until_us: int,
+    lates: tuple[int, ...] = (0,),
 ) -> list[tuple[int, int]]:
     """Reservers booking through the real script on a simulated clock, as pacers do: reserver i
-    books its messages ``demands[i]`` ((arrival us, segments), in order) one at a time, sends at
-    the slot and books the next ``pauses[...]`` us later; a refusal asks again when the slot it
-    was told comes within MAX_AHEAD_S. Returns the granted (slot us, segments)."""
+    books its messages ``demands[i]`` ((arrival us, segments), in order) one at a time, wakes
+    ``lates[...]`` us after the slot (more than LATE_S: it gives the slot back and books again
+    then; otherwise it sends), and books the next ``pauses[...]`` us after sending; a refusal
+    asks again when the slot it was told comes within MAX_AHEAD_S. Returns the (slot us,
+    segments) that were sent."""
     script = r.register_script(RATE_LUA)
     key = f"p:slots:prop-{uuid.uuid4().hex}"
     spacing, window_us, cap = slot_args(rate)
-    heap = [(d[0][0], i, 0) for i, d in enumerate(demands) if d]
+    heap: list[tuple[int, int, int, str]] = [(d[0][0], i, 0, "") for i, d in enumerate(demands) if d]
     heapq.heapify(heap)
-    granted: list[tuple[int, int]] = []
+    sent: list[tuple[int, int]] = []
     turn = 0
     while heap:
-        now, i, k = heapq.heappop(heap)
+        now, i, k, missed = heapq.heappop(heap)
         if now > until_us:
             break
         _, cost = demands[i][k]
-        ok, slot, _ = script(keys=[key], args=[spacing, cost, AHEAD_US, window_us, cap, now])
+        args = [spacing, cost, AHEAD_US, window_us, cap, now, int(CATCH_UP_S * 1e6), missed]
+        ok, slot, _, booking = script(keys=[key], args=args)
         if not ok:
-            heapq.heappush(heap, (max(now + 1000, slot - AHEAD_US), i, k))
+            heapq.heappush(heap, (max(now + 1000, slot - AHEAD_US), i, k, ""))
             continue
-        assert slot >= now  # never in the past: no burst to catch up
-        granted.append((slot, cost))
+        assert slot >= now  # never in the past
         turn += 1
+        late = lates[turn % len(lates)] if not missed else 0  # a stall passes
+        if late > LATE_S * 1_000_000:  # woke too late for it: give it back, book again
+            heapq.heappush(heap, (slot + late, i, k, booking.decode()))
+            continue
+        sent.append((slot, cost))
         if k + 1 < len(demands[i]):
-            heapq.heappush(heap, (max(slot + pauses[turn % len(pauses)], demands[i][k + 1][0]), i, k + 1))
+            nxt = (max(slot + pauses[turn % len(pauses)], demands[i][k + 1][0]), i, k + 1, "")
+            heapq.heappush(heap, nxt)
     r.delete(key)
-    return sorted(granted)
+    return sorted(sent)
 
 
 def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
@@ -195,18 +218,20 @@ def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
         min_size=1, max_size=5,
     ),
     pauses=st.lists(st.integers(0, 20_000), min_size=1, max_size=8),
+    lates=st.lists(st.integers(0, 30_000), min_size=1, max_size=8),
 )  # fmt: skip
 def test_no_window_of_booked_slots_holds_more_than_the_rate(
-    redis_server: str, rate: int, demands: list[list[tuple[int, int]]], pauses: list[int]
+    redis_server: str, rate: int, demands: list[list[tuple[int, int]]], pauses: list[int], lates: list[int]
 ) -> None:
-    """Any arrival pattern, any number of processes, messages of 1-4 segments: no window of one
-    second plus the send jitter holds more than ``rate`` segments of booked slots, so no
-    one-second window on the wire does (a send leaves at its slot and no later than JITTER_S
-    after it). A message longer than the whole window goes alone."""
+    """Any arrival pattern, any number of processes, messages of 1-4 segments, wake-ups late by
+    up to 30 ms (a late one gives its slot back and books again): no window of one second plus
+    the send jitter holds more than ``rate`` segments of the slots sent, so no one-second window
+    on the wire does (a send leaves at its slot and no later than JITTER_S after it). A message
+    longer than the whole window goes alone."""
     arrivals = [sorted(itertools.accumulate(a for a, _ in d)) for d in demands]
     timed = [list(zip(a, (c for _, c in d), strict=True)) for a, d in zip(arrivals, demands, strict=True)]
     with redis.Redis.from_url(redis_server) as r:
-        granted = simulate(r, rate, timed, pauses, until_us=10**12)
+        granted = simulate(r, rate, timed, pauses, until_us=10**12, lates=tuple(lates))
     assert len(granted) == sum(len(d) for d in demands)  # nothing starved
     window_us = slot_args(rate)[1]
     assert window_us >= 1_000_000 + JITTER_S * 1_000_000 - 1
