@@ -123,6 +123,7 @@ class Pacer:
         self.rebooked = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> Pacer:
         if self.rate > 0:
@@ -130,8 +131,12 @@ class Pacer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
         if self._task is not None:
+            # A cancel that lands inside a Redis call can come back as a connection error (the
+            # client drops the connection); the loop checks _closing, so it ends either way.
             self._task.cancel()
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -214,6 +219,8 @@ class Pacer:
         """A few readings of Redis's clock before the first booking, so the first slots are not
         mapped through one slow reply (the mapping errs late, never early; bookings refine it)."""
         for _ in range(samples):
+            if self._closing:
+                return
             with contextlib.suppress(aioredis.RedisError, OSError):
                 secs, micros = await self.store.redis.time()
                 self.clock.sample(int(secs) * 1_000_000 + int(micros), time.monotonic())
@@ -221,7 +228,7 @@ class Pacer:
     async def _run(self) -> None:
         await self._calibrate()
         backoff = 0.05
-        while True:
+        while not self._closing:
             ticket = self._next()
             if ticket is None:
                 self._wake.clear()
