@@ -230,7 +230,7 @@ def test_no_window_of_booked_slots_holds_more_than_the_rate(
     longer than the whole window goes alone."""
     arrivals = [sorted(itertools.accumulate(a for a, _ in d)) for d in demands]
     timed = [list(zip(a, (c for _, c in d), strict=True)) for a, d in zip(arrivals, demands, strict=True)]
-    with redis.Redis.from_url(redis_server) as r:
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
         granted = simulate(r, rate, timed, pauses, until_us=10**12, lates=tuple(lates))
     assert len(granted) == sum(len(d) for d in demands)  # nothing starved
     window_us = slot_args(rate)[1]
@@ -254,7 +254,7 @@ def test_a_saturated_connector_gets_at_least_99_percent_of_its_rate(
     seconds = max(2.0, 20 / rate)  # enough slots to measure at low rates too
     n = int(rate * seconds) + 2
     demands = [[(0, 1)] * n for _ in range(processes)]
-    with redis.Redis.from_url(redis_server) as r:
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
         granted = simulate(r, rate, demands, pauses, until_us=int(seconds * 1_000_000))
     slots = [s for s, _ in granted]
     mean = (len(slots) - 1) / ((slots[-1] - slots[0]) / 1_000_000)
@@ -268,7 +268,7 @@ def test_long_and_short_messages_mixed_still_get_most_of_the_rate(redis_server: 
     rng = random.Random(7)
     rate = 100
     demands = [[(0, rng.choice((1, 1, 2, 3))) for _ in range(400)] for _ in range(2)]
-    with redis.Redis.from_url(redis_server) as r:
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
         granted = simulate(r, rate, demands, [300], until_us=5_000_000)
     span = (granted[-1][0] - granted[0][0]) / 1_000_000
     mean = sum(c for _, c in granted[:-1]) / span
