@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -77,6 +77,9 @@ class OutboundMessage:
     sender: str
     #: Segments it costs on the wire (GSM-7 / UCS-2 with concatenation).
     segments: int = 1
+    #: For a connector that puts the parts on the wire one by one (``paces_parts``): awaited
+    #: before each part after the first, it returns when that part's rate slot is due.
+    pace: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,9 @@ class Gateway:
     #: providers that take no idempotency key: the pipeline asks before sending again a message
     #: that may have been taken (read back after a crash, or after an ambiguous failure).
     can_reconcile: ClassVar[bool] = False
+    #: It sends a long text as separate parts, one after another (SMPP's submit_sm per part):
+    #: the rate books a slot per part (``OutboundMessage.pace``), not one for the whole text.
+    paces_parts: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         self.name = name

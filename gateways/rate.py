@@ -1,14 +1,33 @@
-"""A connector's rate: slots handed out in priority order, paced by a bucket shared in Redis.
+"""A connector's rate: slots handed out in priority order, booked in Redis for every process.
 
-Every process that sends through a connector asks the same Redis key (``rate.lua``, GCRA on
-Redis's clock) for the next slot, so the connector's rate holds however many processes send.
-Within a process, waiting messages are served replies first, then bulk, each in arrival order:
-a bulk backlog never stands between a customer and their answer for more than one slot.
+Carriers sell throughput and count what arrives in any one-second window, so the pacing aims at
+both: the mean on the wire within 1% of ``rate``, and no one-second window, however aligned,
+holding more than ``rate`` segments.
 
-A message of N segments takes N slots' worth of time and leaves when its first slot is due, so
-segments stay evenly spaced; with single-segment messages no one-second window ever holds more
-than ``rate`` of them (each process books at most one slot ahead of time, ``MAX_AHEAD_S``, and
-the spacing leaves ``HEADROOM`` for jitter on the way to the carrier).
+- Every process sending through a connector books its slots in the same Redis key
+  (``rate.lua``): evenly paced, never in the past, and never more than ``rate`` segments in any
+  window of one second plus ``JITTER_S``. The pace is 1.008 s / ``rate``: 99.2% of the rate,
+  the 0.8% being the jitter allowance below. Time lost to a late send (up to ``CATCH_UP_S``) is
+  made up by sending closer together, never past the ceiling; idle time earns no burst.
+- The slot is a time on Redis's clock. Each process maps it onto its own monotonic clock (the
+  smallest observed difference between a reply's arrival and Redis's time in it, so a slow
+  reply does not shift the slot) and waits for exactly that moment, no earlier.
+- A send may reach the wire late (the event loop was busy, a concurrency slot was taken), and a
+  late send followed by an on-time one squeezes two into less than a slot's spacing: going out
+  long after its booked time is how a one-second window gets ``rate + 1``. So a message that
+  finds its slot passed by more than ``LATE_S`` does not go: it gives the missed slot back and
+  books a fresh one, first in line (:meth:`Pacer.recheck`, which the sender calls just before
+  handing the message over), so the log the ceiling is checked against holds when it really
+  leaves. A late wake-up costs a little throughput, never the carrier's ceiling.
+- A message of N segments sent as one request (HTTP) is one event on the wire: it is spaced by
+  its N segments and waits until they fit in the window behind it (``rate.lua``), so a long text
+  after a run of short ones cannot overfill a second either. A connector that sends the parts
+  one by one (SMPP, ``Gateway.paces_parts``) books a slot per part instead (:meth:`next_part`):
+  a part sent a round trip after the one before is then never a late one.
+
+Within a process, waiting messages are served replies first, then bulk, each in arrival order: a
+bulk backlog never stands between a customer and their answer for more than one slot. A process
+books one slot at a time, at most ``MAX_AHEAD_S`` before it is due.
 """
 
 from __future__ import annotations
@@ -16,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -29,9 +50,18 @@ log = logging.getLogger(__name__)
 
 #: A slot is only booked when it is due within this long (then the process waits for it).
 MAX_AHEAD_S = 0.05
-#: Segments are spaced for 98% of the configured rate: 20 ms of network and scheduling jitter
-#: per second can then never put one segment too many into a carrier's one-second window.
-HEADROOM = 0.98
+#: How much later than its slot a send may reach the wire: slots keep one second plus this free
+#: of ``rate`` segments, so the spacing is (1 + JITTER_S) / rate (99.2% of the rate).
+JITTER_S = 0.008
+#: How late a slot may be found (by the pacer waking, by the sender about to send) and still be
+#: used; the rest of JITTER_S covers the way from that check to the socket.
+LATE_S = 0.003
+#: How far behind its pace the connector may be and catch up (a late wake-up's lost time is made
+#: up by sending closer together, within the window's ceiling); further behind, it was idle or
+#: stalled long, and the pace restarts from now (idle time earns no burst).
+CATCH_UP_S = 0.02
+#: How fast this process's idea of Redis's clock may drift upwards (NTP slews, seconds per second).
+CLOCK_CREEP = 50e-6
 
 
 @dataclass(eq=False)
@@ -41,6 +71,40 @@ class Ticket:
     cost: int
     urgent: bool
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    #: When its slot is, on this process's monotonic clock (set when granted).
+    due: float = 0.0
+    #: Its reservation in ``rate.lua``'s log, given back if the slot is missed.
+    booking: str = ""
+
+
+class RedisClock:
+    """Redis's clock (the slots' clock) on this process's ``time.monotonic()``.
+
+    A reply carrying Redis's time ``t`` arrives at least as late as ``t`` happened, so the least
+    (arrival - t) seen is the offset, to within the fastest reply's latency; it may creep upwards
+    by ``CLOCK_CREEP`` so a drifting clock is followed. A slot mapped with it is never early."""
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+        self._at = 0.0
+
+    def sample(self, redis_us: int, arrived: float) -> None:
+        seen = arrived - redis_us / 1_000_000
+        if self._offset is None:
+            self._offset = seen
+        else:
+            self._offset = min(seen, self._offset + (arrived - self._at) * CLOCK_CREEP)
+        self._at = arrived
+
+    def local(self, redis_us: int) -> float:
+        assert self._offset is not None, "no sample yet"
+        return redis_us / 1_000_000 + self._offset
+
+
+def slot_args(rate: float) -> tuple[str, int, int]:
+    """``rate.lua``'s spacing (us per segment, a decimal), window (us) and segments per window."""
+    window_us = round((1 + JITTER_S) * 1_000_000)
+    return f"{window_us / rate:.3f}", window_us, max(1, math.floor(rate))
 
 
 class Pacer:
@@ -51,10 +115,17 @@ class Pacer:
         install(store, ("rate",))  # a pacer used alone (a benchmark, a test) brings its script
         self.gateway = gateway
         self.rate = rate
-        self._interval_us = int(1_000_000 / (rate * HEADROOM)) if rate > 0 else 0
+        if rate > 0:
+            self._spacing, self._window_us, self._cap = slot_args(rate)
         self._queues: dict[bool, deque[Ticket]] = {True: deque(), False: deque()}
+        #: Tickets whose slot passed before they could use it: first in line for the next one.
+        self._retake: deque[Ticket] = deque()
+        self.clock = RedisClock()
+        #: Slots given up because the send could not use them in time (the cost of lateness).
+        self.rebooked = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> Pacer:
         if self.rate > 0:
@@ -62,19 +133,43 @@ class Pacer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
         if self._task is not None:
+            # A cancel that lands inside a Redis call can come back as a connection error (the
+            # client drops the connection); the loop checks _closing, so it ends either way.
             self._task.cancel()
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     @property
     def waiting(self) -> int:
-        return len(self._queues[True]) + len(self._queues[False])
+        return len(self._retake) + len(self._queues[True]) + len(self._queues[False])
 
     async def acquire(self, ticket: Ticket) -> None:
         if self.rate <= 0:
             return
-        self._queues[ticket.urgent].append(ticket)
+        ticket.booking = ""  # a new send (a retry): the last booking was used, not missed
+        await self._wait(ticket, self._queues[ticket.urgent])
+
+    async def recheck(self, ticket: Ticket) -> None:
+        """Just before the message goes: if its slot passed more than ``LATE_S`` ago (it waited
+        for a concurrency slot, the loop was busy), book a fresh one, first in line, and wait."""
+        while self.rate > 0 and time.monotonic() - ticket.due > LATE_S:
+            self.rebooked += 1
+            await self._wait(ticket, self._retake)
+
+    async def next_part(self) -> None:
+        """The next part of a message going out part by part (SMPP): a one-segment slot, first
+        in line (the message is on its way), used only while fresh."""
+        ticket = Ticket(cost=1, urgent=True)
+        await self._wait(ticket, self._retake)
+        await self.recheck(ticket)
+
+    async def _wait(self, ticket: Ticket, queue: deque[Ticket]) -> None:
+        if ticket.done.done():
+            ticket.done = asyncio.get_running_loop().create_future()
+        queue.append(ticket)
         self._wake.set()
         await ticket.done
 
@@ -88,27 +183,61 @@ class Pacer:
             self._queues[True].append(ticket)
 
     def _next(self) -> Ticket | None:
-        for urgent in (True, False):
-            q = self._queues[urgent]
+        for q in (self._retake, self._queues[True], self._queues[False]):
             while q and q[0].done.done():  # cancelled while waiting (shutdown)
                 q.popleft()
             if q:
                 return q[0]
         return None
 
+    def _unqueue(self, ticket: Ticket) -> None:
+        for q in (self._retake, self._queues[True], self._queues[False]):
+            with contextlib.suppress(ValueError):
+                q.remove(ticket)
+                return
+
+    async def _book(self, ticket: Ticket) -> tuple[bool, float]:
+        """One reservation: (granted, when the slot is on the monotonic clock)."""
+        ahead_us, catch_up_us = int(MAX_AHEAD_S * 1_000_000), int(CATCH_UP_S * 1_000_000)
+        args = [
+            self._spacing,
+            ticket.cost,
+            ahead_us,
+            self._window_us,
+            self._cap,
+            "",
+            catch_up_us,
+            ticket.booking,
+        ]
+        granted, slot_us, now_us, booking = await self.store.run(
+            "rate", keys=[keys.rate(self.gateway)], args=args
+        )
+        self.clock.sample(int(now_us), time.monotonic())
+        if granted:
+            ticket.booking = booking.decode() if isinstance(booking, bytes) else str(booking)
+        return bool(granted), self.clock.local(int(slot_us))
+
+    async def _calibrate(self, samples: int = 5) -> None:
+        """A few readings of Redis's clock before the first booking, so the first slots are not
+        mapped through one slow reply (the mapping errs late, never early; bookings refine it)."""
+        for _ in range(samples):
+            if self._closing:
+                return
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                secs, micros = await self.store.redis.time()
+                self.clock.sample(int(secs) * 1_000_000 + int(micros), time.monotonic())
+
     async def _run(self) -> None:
+        await self._calibrate()
         backoff = 0.05
-        ahead_us = int(MAX_AHEAD_S * 1_000_000)
-        while True:
+        while not self._closing:
             ticket = self._next()
             if ticket is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
-                granted, wait_us = await self.store.run(
-                    "rate", keys=[keys.rate(self.gateway)], args=[self._interval_us, ticket.cost, ahead_us]
-                )
+                granted, due = await self._book(ticket)
                 backoff = 0.05
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("pacer %s: Redis unavailable (%s); retrying in %.2fs", self.gateway, exc, backoff)
@@ -121,11 +250,22 @@ class Pacer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if not granted:
-                # Another process booked ahead of us: ask again when our turn could come.
-                await asyncio.sleep(max(wait_us - ahead_us, 1000) / 1_000_000)
+                # Other processes booked ahead of us: ask again when our turn could come.
+                await asyncio.sleep(max(due - MAX_AHEAD_S - time.monotonic(), 0.001))
                 continue
-            self._queues[ticket.urgent].remove(ticket)
-            if wait_us > 0:
-                await asyncio.sleep(wait_us / 1_000_000)
-            if not ticket.done.done():
-                ticket.done.set_result(None)
+            await _until(due)
+            self._unqueue(ticket)
+            if ticket.done.done():
+                continue  # cancelled meanwhile: the slot goes unused
+            if time.monotonic() - due > LATE_S:  # this process woke too late for it
+                self.rebooked += 1
+                self._retake.appendleft(ticket)
+                continue
+            ticket.due = due
+            ticket.done.set_result(None)
+
+
+async def _until(t: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``t``, never less (uvloop rounds timers to ms)."""
+    while (left := t - time.monotonic()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
+        await asyncio.sleep(left)

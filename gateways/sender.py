@@ -170,19 +170,20 @@ class Sender:
             return
         text = fields[b"t"].decode()
         cost = self.gw.segments(text)
+        paced = self.gw.paces_parts and self.policy.rate > 0  # a slot per part, booked as it goes
         route = fields.get(b"r", b"").decode()
         queued = fields.get(b"q")
         job = Job(
             stream=stream, entry_id=entry_id, lane=lane,
             msg=OutboundMessage(
                 id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
-                segments=cost,
+                segments=cost, pace=self.pacer.next_part if paced else None,
             ),
             route=[g for g in route.split(",") if g],
             queued_ms=int(queued) if queued else int(entry_id.split(b"-")[0]),
             # Read back after a restart: it may have been on its way to the provider.
             pinned=recovering,
-            ticket=Ticket(cost=cost, urgent=lane == "reply"),
+            ticket=Ticket(cost=1 if paced else cost, urgent=lane == "reply"),
             unsure=recovering,
         )  # fmt: skip
         previous = self._tails.get(job.msg.to)
@@ -242,6 +243,7 @@ class Sender:
             taken: SendResult | None = None
             try:
                 async with self._slots:
+                    await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
                     job.sending = True
                     try:
                         if job.unsure and gw.can_reconcile:

@@ -31,7 +31,7 @@ def test_bench_smpp_measures_the_matrix_and_the_rate(tmp_path: Path) -> None:
         assert row["msgs_per_s"] > 0 and row["msgs_per_s_per_bind"] > 0
         assert row["submit_resp_ms"]["n"] == 300 and "p99" in row["submit_resp_ms"]
         assert row["receipts_drained"]
-    rate = result["rate"]
+    rate = result["rates"][0]
     assert rate["received"] == 300
     assert rate["max_in_any_1s_window"] <= 100  # never above the configured rate
     assert rate["mean_per_s"] > 0

@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import itertools
+import random
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+import redis
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from engine.core import keys
 from engine.core.config import RedisConfig
+from engine.app.runtime import Runtime
 from engine.core.store import Store
-from gateways.rate import Pacer, Ticket
+from gateways.base import OutboundMessage, SendResult
+from gateways.rate import (
+    CATCH_UP_S,
+    CLOCK_CREEP,
+    JITTER_S,
+    LATE_S,
+    MAX_AHEAD_S,
+    Pacer,
+    RedisClock,
+    Ticket,
+    slot_args,
+)
+from gateways.sender import Sender
+from tests.conftest import make_config
 
 
 def busiest_second(times: list[float]) -> int:
+    """The most in any window [t, t + 1 s) (the busiest ones start at an event)."""
     times = sorted(times)
     return max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
 
@@ -34,7 +63,9 @@ async def test_two_processes_sending_through_one_connector_share_its_rate(stores
     async def process(store: Store) -> None:
         async with Pacer(store, "carrier", 40) as pacer:
             for _ in range(30):
-                await pacer.acquire(Ticket(cost=1, urgent=False))
+                ticket = Ticket(cost=1, urgent=False)
+                await pacer.acquire(ticket)
+                await pacer.recheck(ticket)  # as the sender does just before sending
                 granted.append(time.perf_counter())
 
     await asyncio.gather(*(process(s) for s in stores))
@@ -87,5 +118,277 @@ async def test_a_message_of_three_segments_takes_three_slots(stores: list[Store]
         for _ in range(5):
             await pacer.acquire(Ticket(cost=3, urgent=False))
             granted.append(time.perf_counter())
-    gaps = [b - a for a, b in itertools.pairwise(granted)]
-    assert min(gaps) >= 3 / 60 * 0.9, gaps
+    # 15 segments at 60/s: the last of 5 messages goes 12 segments' time after the first (one
+    # segment each would be 4), less at most the catch-up after a late wake-up.
+    assert granted[-1] - granted[0] >= 12 / 60 - CATCH_UP_S - 0.01, granted
+
+
+# Redis's clock on this process's clock ------------------------------------------------------
+
+
+@given(
+    offset=st.floats(-1e6, 1e6),
+    delays=st.lists(st.tuples(st.floats(0.0, 0.05), st.floats(0.0, 0.02)), min_size=1, max_size=50),
+)
+def test_a_slot_is_never_mapped_early_and_a_slow_reply_does_not_shift_it(
+    offset: float, delays: list[tuple[float, float]]
+) -> None:
+    """Replies take 0-50 ms to arrive; the mapped slot is never before the true moment and is
+    within the fastest reply's delay of it (plus the allowed drift), however slow the others."""
+    clock, t = RedisClock(), 1000.0
+    fastest = float("inf")
+    for delay, gap in delays:
+        t += gap
+        redis_us = round((t - offset) * 1_000_000)  # what Redis's clock said at local time t
+        clock.sample(redis_us, t + delay)
+        fastest = min(fastest, delay)
+    slot_us = round((t + 5 - offset) * 1_000_000)
+    mapped = clock.local(slot_us)
+    assert mapped >= t + 5 - 1e-5
+    assert mapped <= t + 5 + fastest + 1.0 * CLOCK_CREEP + 1e-5
+
+
+# The slot algorithm (rate.lua) on a simulated clock -------------------------------------------
+
+RATE_LUA = (Path(__file__).resolve().parent.parent / "engine" / "scripts" / "rate.lua").read_text()
+AHEAD_US = int(MAX_AHEAD_S * 1_000_000)
+
+
+def simulate(
+    r: redis.Redis,
+    rate: float,
+    demands: list[list[tuple[int, int]]],
+    pauses: list[int],
+    until_us: int,
+    lates: tuple[int, ...] = (0,),
+) -> list[tuple[int, int]]:
+    """Reservers booking through the real script on a simulated clock, as pacers do: reserver i
+    books its messages ``demands[i]`` ((arrival us, segments), in order) one at a time, wakes
+    ``lates[...]`` us after the slot (more than LATE_S: it gives the slot back and books again
+    then; otherwise it sends), and books the next ``pauses[...]`` us after sending; a refusal
+    asks again when the slot it was told comes within MAX_AHEAD_S. Returns the (slot us,
+    segments) that were sent."""
+    script = r.register_script(RATE_LUA)
+    key = f"p:slots:prop-{uuid.uuid4().hex}"
+    spacing, window_us, cap = slot_args(rate)
+    heap: list[tuple[int, int, int, str]] = [(d[0][0], i, 0, "") for i, d in enumerate(demands) if d]
+    heapq.heapify(heap)
+    sent: list[tuple[int, int]] = []
+    turn = 0
+    while heap:
+        now, i, k, missed = heapq.heappop(heap)
+        if now > until_us:
+            break
+        _, cost = demands[i][k]
+        args = [spacing, cost, AHEAD_US, window_us, cap, now, int(CATCH_UP_S * 1e6), missed]
+        ok, slot, _, booking = script(keys=[key], args=args)
+        if not ok:
+            heapq.heappush(heap, (max(now + 1000, slot - AHEAD_US), i, k, ""))
+            continue
+        assert slot >= now  # never in the past
+        turn += 1
+        late = lates[turn % len(lates)] if not missed else 0  # a stall passes
+        if late > LATE_S * 1_000_000:  # woke too late for it: give it back, book again
+            heapq.heappush(heap, (slot + late, i, k, booking.decode()))
+            continue
+        sent.append((slot, cost))
+        if k + 1 < len(demands[i]):
+            nxt = (max(slot + pauses[turn % len(pauses)], demands[i][k + 1][0]), i, k + 1, "")
+            heapq.heappush(heap, nxt)
+    r.delete(key)
+    return sorted(sent)
+
+
+def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
+    """The most segments in any window (t - width, t] (the busiest ones end at a slot)."""
+    best, lo, inside = 0, 0, 0
+    for slot, cost in granted:
+        inside += cost
+        while granted[lo][0] <= slot - width_us:
+            inside -= granted[lo][1]
+            lo += 1
+        best = max(best, inside)
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.integers(1, 300),
+    demands=st.lists(
+        st.lists(st.tuples(st.integers(0, 400_000), st.integers(1, 4)), min_size=1, max_size=40),
+        min_size=1, max_size=5,
+    ),
+    pauses=st.lists(st.integers(0, 20_000), min_size=1, max_size=8),
+    lates=st.lists(st.integers(0, 30_000), min_size=1, max_size=8),
+)  # fmt: skip
+def test_no_window_of_booked_slots_holds_more_than_the_rate(
+    redis_server: str, rate: int, demands: list[list[tuple[int, int]]], pauses: list[int], lates: list[int]
+) -> None:
+    """Any arrival pattern, any number of processes, messages of 1-4 segments, wake-ups late by
+    up to 30 ms (a late one gives its slot back and books again): no window of one second plus
+    the send jitter holds more than ``rate`` segments of the slots sent, so no one-second window
+    on the wire does (a send leaves at its slot and no later than JITTER_S after it). A message
+    longer than the whole window goes alone."""
+    arrivals = [sorted(itertools.accumulate(a for a, _ in d)) for d in demands]
+    timed = [list(zip(a, (c for _, c in d), strict=True)) for a, d in zip(arrivals, demands, strict=True)]
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
+        granted = simulate(r, rate, timed, pauses, until_us=10**12, lates=tuple(lates))
+    assert len(granted) == sum(len(d) for d in demands)  # nothing starved
+    window_us = slot_args(rate)[1]
+    assert window_us >= 1_000_000 + JITTER_S * 1_000_000 - 1
+    for j, (slot, cost) in enumerate(granted):
+        inside = sum(c for s, c in granted[: j + 1] if s > slot - window_us)
+        assert inside <= rate or inside == cost, (slot, inside, granted)
+    assert most_in_window(granted, 1_000_000) <= max(rate, max(c for _, c in granted))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rate=st.integers(1, 400),
+    processes=st.integers(1, 4),
+    pauses=st.lists(st.integers(0, 1_500), min_size=1, max_size=8),
+)
+def test_a_saturated_connector_gets_at_least_99_percent_of_its_rate(
+    redis_server: str, rate: int, processes: int, pauses: list[int]
+) -> None:
+    """Every process always has a message waiting: the booked slots come at 99.2% of the rate."""
+    seconds = max(2.0, 20 / rate)  # enough slots to measure at low rates too
+    n = int(rate * seconds) + 2
+    demands = [[(0, 1)] * n for _ in range(processes)]
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
+        granted = simulate(r, rate, demands, pauses, until_us=int(seconds * 1_000_000))
+    slots = [s for s, _ in granted]
+    mean = (len(slots) - 1) / ((slots[-1] - slots[0]) / 1_000_000)
+    assert rate * 0.99 <= mean <= rate, mean
+    assert most_in_window(granted, 1_000_000) <= rate
+
+
+def test_long_and_short_messages_mixed_still_get_most_of_the_rate(redis_server: str) -> None:
+    """Segments of 1-3 part messages in random order: the window rule costs some spacing when a
+    long text follows short ones; measured here so the docs' figure stays true."""
+    rng = random.Random(7)
+    rate = 100
+    demands = [[(0, rng.choice((1, 1, 2, 3))) for _ in range(400)] for _ in range(2)]
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
+        granted = simulate(r, rate, demands, [300], until_us=5_000_000)
+    span = (granted[-1][0] - granted[0][0]) / 1_000_000
+    mean = sum(c for _, c in granted[:-1]) / span
+    assert most_in_window(granted, 1_000_000) <= rate
+    assert mean >= rate * 0.97, mean
+
+
+# On the wire: two sender processes sharing one connector's rate ------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: WireStub
+
+    def do_POST(self) -> None:
+        at = time.monotonic()
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with self.server.lock:
+            self.server.arrivals.append(at)
+            answer = orjson.dumps({"id": f"w-{len(self.server.arrivals)}"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        del body
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+class WireStub(ThreadingHTTPServer):
+    """A provider on loopback in its own thread, timing each request as it arrives: its clock is
+    not the senders' event loop, so a stalled loop shows on the wire as it would at a carrier."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.arrivals: list[float] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, name="wire-stub", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/send"
+
+    def __enter__(self) -> WireStub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+async def queue_bulk(r: aioredis.Redis, n: int) -> None:
+    """``n`` one-segment messages in the bulk lane, as a journey's commit writes them."""
+    now_ms = int(time.time() * 1000)
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            contact, mid = f"+4477{i:08d}", f"out-b-{i}"
+            record = {"id": mid, "dir": "out", "text": "hi", "to": contact, "gateway": "carrier",
+                      "status": "queued", "at": now_ms, "history": [["queued", now_ms]]}  # fmt: skip
+            pipe.hset(keys.message_records(contact), mid, orjson.dumps(record))
+            pipe.xadd(
+                keys.outbound_stream("carrier", "bulk"), {"m": mid, "c": contact, "t": "hi", "q": now_ms}
+            )
+        await pipe.execute()
+
+
+async def test_two_senders_sharing_a_rate_never_put_more_than_it_in_any_second_on_the_wire(
+    redis_url: str,
+) -> None:
+    """Two sender instances (own Redis connections, as two hosts), one connector at 20/s, and an
+    event loop that stalls for 40 ms every 400 ms, as a loaded machine's does: a send that wakes
+    late must not go late and let the next one squeeze a 21st segment into a second."""
+    rate, n = 20, 80
+    with WireStub() as stub:
+        gw = {"carrier": {"type": "http", "url": stub.url, "rate": rate, "max_age": "1h"}}
+        cfg = make_config(redis_url, gateways=gw)
+        async with (
+            Runtime(cfg, http=False, worker=False, senders=False) as a,
+            Runtime(cfg, http=False, worker=False, senders=False) as b,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            sent = [0, 0]
+            senders = []
+            for i, rt in enumerate((a, b)):
+                gateway = rt.gateways["carrier"]
+                send = gateway.send
+
+                async def counted(msg: OutboundMessage, i: int = i, send: Any = send) -> SendResult:
+                    sent[i] += 1
+                    return await send(msg)
+
+                gateway.send = counted  # type: ignore[method-assign]
+                sender = Sender(rt, gateway)
+                sender.consumer_name = f"host{i}-s"
+                senders.append(await stack.enter_async_context(sender))
+
+            async def stalls() -> None:
+                while True:
+                    await asyncio.sleep(0.36)
+                    time.sleep(0.04)  # noqa: ASYNC251 (on purpose: the whole loop is late)
+
+            stalling = asyncio.create_task(stalls())
+            try:
+                await queue_bulk(a.store.redis, n)
+                deadline = time.monotonic() + 30
+                while len(stub.arrivals) < n:
+                    assert time.monotonic() < deadline, f"{len(stub.arrivals)} of {n} arrived"
+                    await asyncio.sleep(0.02)
+            finally:
+                stalling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stalling
+        at = sorted(stub.arrivals)
+    assert len(at) == n and min(sent) > 0, sent  # both senders took part
+    assert busiest_second(at) <= rate, busiest_second(at)
+    # Loosely (this machine may be loaded): each stall costs a slot, never more.
+    assert (n - 1) / (at[-1] - at[0]) >= rate * 0.6, (n - 1) / (at[-1] - at[0])

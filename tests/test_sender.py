@@ -4,7 +4,6 @@ the circuit breaker, failover without duplicates, lanes, the rate on the wire, r
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -346,8 +345,9 @@ async def test_a_three_part_message_costs_three_slots(redis_url: str, tmp_path: 
             await start(e.api, "note", [number(i) for i in range(6)], text=long_text)
             await until(lambda: len(carrier.received) == 6)
     at = sorted(m.at for m in carrier.received)
-    gaps = [b - a for a, b in itertools.pairwise(at)]
-    assert min(gaps) >= 0.1 * 0.9, gaps  # 3 segments / 30 per second
+    # 3 segments / 30 per second: 0.1 s a message (less a late wake-up's catch-up, 20 ms at most)
+    assert at[-1] - at[0] >= 5 * 0.1 - 0.03, at
+    assert max(sum(1 for t in at if a <= t < a + 1) for a in at) * 3 <= 30
 
 
 # Receipts ------------------------------------------------------------------------------------

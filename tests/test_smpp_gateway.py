@@ -4,6 +4,7 @@ window, throttling, errors, reconnects, long messages, MO reassembly and receipt
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from gateways.smpp import pdu
 from gateways.smpp.gateway import SmppGateway
 from gateways.smpp.text import encode_message
 from tests.conftest import ANN, eventually, make_config
-from tests.test_sender import Engine, engine, settled, start
+from tests.test_sender import Engine, engine, settled, start, until
 
 BEA = "+447700900456"
 LONG_GSM = ("Your parcel A-1042 is on its way [tracking: ~42] " * 5).strip()  # 250 chars, escapes included
@@ -209,6 +210,22 @@ async def test_never_more_than_window_submits_outstanding(
             level += d
             peak = max(peak, level)
         assert peak == 3
+
+
+async def test_each_part_of_a_long_text_has_its_own_rate_slot(
+    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc
+) -> None:
+    """Parts go one submit_sm at a time, each after the answer to the one before: with a slow
+    SMSC, a text paced as one event would put its later parts a round trip late, next to the
+    following text's first part. Each part is paced instead: evenly spaced, never over the rate."""
+    smsc.behaviour.latency = 0.03
+    async for e in gateway_engine(redis_url, tmp_path, smsc, rate=20):
+        await start(e.api, "note", [f"+4477009{i:05d}" for i in range(5)], text=LONG_GSM)  # 2 parts
+        await until(lambda: len(smsc.received) >= 10)
+    at = sorted(s.at for s in smsc.received)
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert min(gaps) >= 1 / 20 * 0.9, gaps
+    assert max(sum(1 for t in at if a <= t < a + 1) for a in at) <= 20
 
 
 async def test_throttled_submits_slow_the_connector_and_are_sent_later(

@@ -19,7 +19,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
                                provider id -> "N message id" (receipts find the message by it);
                                expires whole receipt_window (72h) after B ends
     p:dlrp:{GW:K}:ID   string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
-    p:rate:GW          string  the connector's rate: next free slot (us, Redis clock)
+    p:slots:GW         zset    the connector's rate: its last send slots ("us:segments" ->
+                               segments booked so far), the last rate + 1 of them
     p:seg:{GW:K}:B     hash    SMPP: segments' SMSC ids in slot K, bucket B -> "first id|parts|part"
                                (as p:pid; only parts of multipart messages)
     p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error",
@@ -210,7 +211,8 @@ def parked_receipt(gateway: str, slot: int, pid: str) -> str:
 
 
 def rate(gateway: str) -> str:
-    return f"{PREFIX}:rate:{gateway}"
+    """The connector's booked send slots (``rate.lua``; was the string ``p:rate:GW``)."""
+    return f"{PREFIX}:slots:{gateway}"
 
 
 def smpp_segments(gateway: str, slot: int, bucket: int) -> str:

@@ -139,6 +139,7 @@ class SmppConfig:
 class SmppGateway(Gateway):
     Config = SmppConfig
     config: SmppConfig
+    paces_parts = True
 
     def __init__(self, name: str, config: SmppConfig, policy: SendPolicy | None = None) -> None:
         super().__init__(name, config, policy)
@@ -302,8 +303,11 @@ class SmppGateway(Gateway):
             source = _address(msg.sender, *_source_ton_npi(self.config, msg.sender))
         rd = 1 if self.config.registered_delivery else 0
         try:
-            for i in range(len(ids), len(segments)):
+            first = len(ids)  # a retry resumes after the parts already taken
+            for i in range(first, len(segments)):
                 seg = segments[i]
+                if i > first and msg.pace is not None:
+                    await msg.pace()  # each part is its own event on the wire: its own rate slot
                 sm = ShortMessage(
                     source=source, dest=dest, short_message=seg.short_message, data_coding=seg.data_coding,
                     esm_class=seg.esm_class, registered_delivery=rd, service_type=self.config.service_type,
