@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.core.config import RedisConfig
-from engine.app.runtime import Runtime
 from engine.core.store import Store
 from gateways.base import OutboundMessage, SendResult
 from gateways.rate import (
@@ -150,7 +150,7 @@ def test_a_slot_is_never_mapped_early_and_a_slow_reply_does_not_shift_it(
 
 # The slot algorithm (rate.lua) on a simulated clock -------------------------------------------
 
-RATE_LUA = (Path(__file__).resolve().parent.parent / "engine" / "scripts" / "rate.lua").read_text()
+RATE_LUA = (Path(__file__).resolve().parent.parent / "gateways" / "scripts" / "rate.lua").read_text()
 AHEAD_US = int(MAX_AHEAD_S * 1_000_000)
 
 
@@ -362,9 +362,11 @@ async def test_two_senders_sharing_a_rate_never_put_more_than_it_in_any_second_o
                 gateway = rt.gateways["carrier"]
                 send = gateway.send
 
-                async def counted(msg: OutboundMessage, i: int = i, send: Any = send) -> SendResult:
+                async def counted(
+                    msg: OutboundMessage, timeout: float | None = None, i: int = i, send: Any = send
+                ) -> SendResult:
                     sent[i] += 1
-                    return await send(msg)
+                    return await send(msg, timeout=timeout)
 
                 gateway.send = counted  # type: ignore[method-assign]
                 sender = Sender(rt, gateway)
