@@ -168,6 +168,52 @@ def test_a_port_that_is_not_a_number_is_a_config_error_not_a_crash(text: str) ->
         assert port == 0 and int(text) == 0
 
 
+# --- what a value may be written as -------------------------------------------------------------
+# The library's own lax rules would read 8080.0 and "1_0" as whole numbers and 1 as true; its
+# strict ones would refuse "9090" from a file. Parley's rules are the same as before it.
+
+
+@dataclass(frozen=True)
+class ValueCase:
+    label: str
+    yaml: str
+    key: str
+    outcome: object  # the value read, or the error's message
+
+
+VALUE_CASES = [
+    ValueCase("a decimal is not a port", "http: {port: 8080.0}", "http.port", "expected a whole number, got 8080.0"),
+    ValueCase("underscores are not a port", "http: {port: '1_0'}", "http.port", "expected a whole number, got '1_0'"),
+    ValueCase("a quoted port is read", "http: {port: ' 9090 '}", "http.port", 9090),
+    ValueCase("1 is not true", "governance: {exempt_replies: 1}", "governance.exempt_replies", "expected true or false, got 1"),
+    ValueCase("off in quotes is false", "governance: {exempt_replies: 'off'}", "governance.exempt_replies", False),
+    ValueCase("true is not a rate", "engine: {inbound_rate: true}", "engine.inbound_rate", "expected a number, got True"),
+    ValueCase("a quoted rate is read", "engine: {inbound_rate: '2.5'}", "engine.inbound_rate", 2.5),
+    ValueCase("a number is not a text", "log: {level: 3}", "log.level", "expected a string, got 3"),
+    ValueCase("an empty text is empty", "engine: {default_gateway: }", "engine.default_gateway", ""),
+    ValueCase("an empty section is the defaults", "http:", "http.port", 8080),
+    ValueCase("an empty mapping is empty", "gateways:", "gateways", {}),
+    ValueCase("a list of sections names the item", "crm: {webhooks: [{url: 'http://crm'}]}", "crm.webhooks[0].secret", "missing required key"),
+    ValueCase("a connector's option too", "gateways: {s: {type: http, url: 'http://x', concurrency: 2.0}}", "gateways.s.concurrency", "expected a whole number, got 2.0"),
+    ValueCase("a connector's unknown key", "gateways: {s: {type: console, voice: true}}", "gateways.s.voice", "unknown key (known: sender)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", VALUE_CASES, ids=[c.label for c in VALUE_CASES])
+def test_what_a_value_may_be_written_as(case: ValueCase, tmp_path: Path) -> None:
+    path = tmp_path / "parley.yaml"
+    path.write_text(case.yaml + "\n")
+    if isinstance(case.outcome, str) and case.outcome.startswith(("expected", "missing", "unknown")):
+        with pytest.raises(ConfigError) as info:
+            load_config(path, env={})
+        assert (info.value.key, info.value.problem) == (case.key, case.outcome)
+    else:
+        value: object = load_config(path, env={})
+        for part in case.key.split("."):
+            value = getattr(value, part)
+        assert value == case.outcome and type(value) is type(case.outcome)
+
+
 # --- durations --------------------------------------------------------------------------------
 
 

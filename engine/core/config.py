@@ -6,25 +6,29 @@ path in upper case, joined by ``_``: ``redis.url`` is ``PARLEY_REDIS_URL``, ``ht
 unknown key, a missing one, a wrong type, a bad duration) raises :class:`ConfigError`, whose
 message is a single line naming the key.
 
-Over 500 lines for now: the schema, its home-made type converter (about 120 lines, to be
-replaced by the library the API models use) and the core's cross-field checks live together.
-The checks owned by parts above the core are theirs, handed in by engine/app/settings.py.
+Pydantic (as for the API models) validates, with Parley's scalars swapped into its core schema:
+its lax ones take "1_0" and 5.0 as whole numbers, its strict ones refuse environment text. Over
+500 lines: the schema, its validation and the core's cross-field checks live together. The
+checks owned by parts above the core are theirs, handed in by engine/app/settings.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import re
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator, core_schema
 
 from engine.core.errors import ConfigError
 
@@ -38,6 +42,10 @@ ENV_RESERVED = frozenset({"PARLEY_CONFIG", READY_FD_ENV})
 
 class Duration(float):
     """Seconds, written in config as ``500ms``, ``30s``, ``15m``, ``24h``, ``7d`` or a number."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(lambda value: cls(parse_duration(value)))
 
 
 _INT_RE = re.compile(r"^\s*-?[0-9]+\s*$")
@@ -260,7 +268,7 @@ def load_config(
     if overrides:
         raw = _merge(raw, overrides)
     raw = _apply_env(raw, env)
-    cfg: Config = _build(Config, raw, "")
+    cfg: Config = build_section(Config, raw, "")
     _check(cfg)
     for check in checks:
         check(cfg)
@@ -352,95 +360,84 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     return raw
 
 
-def _build(cls: type, data: object, prefix: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "(top level)", "expected a mapping")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            known = ", ".join(sorted(names))
-            raise ConfigError(_join(prefix, str(key)), f"unknown key (known: {known})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], _join(prefix, f.name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(_join(prefix, f.name), "missing required key")
-    return cls(**kwargs)
+def _int(value: Any) -> int:
+    if isinstance(value, str) and _INT_RE.match(value):  # not isdigit(): "--5" and "²" pass it
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    raise ValueError(f"expected a number, got {value!r}")
+
+
+def _bool(value: Any) -> bool:
+    word = _BOOLS.get(value.lower()) if isinstance(value, str) else value
+    if isinstance(word, bool):
+        return word
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _str(value: Any) -> str:
+    if value is None or isinstance(value, str):  # None: ``sender:`` with nothing after it
+        return value or ""
+    raise ValueError(f"expected a string, got {value!r}")
+
+
+_BOOLS = {w: True for w in ("1", "true", "yes", "on")} | {w: False for w in ("0", "false", "no", "off")}
+_SCALARS: dict[str, Callable[[Any], Any]] = {"int": _int, "float": _float, "bool": _bool, "str": _str}
+_MESSAGES = {"missing": "missing required key", "list_type": "expected a list, got {0!r}"}
+
+
+def _mapping(value: Any, known: list[str] | None = None) -> Any:
+    """None (``gateways:`` left empty) is {}, keys are text; a section refuses keys not ``known``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping" if known is not None else f"expected a mapping, got {value!r}")
+    if known is not None and (unknown := [k for k in value if str(k) not in known]):
+        raise ValueError(f"unknown key (known: {', '.join(known)})", str(unknown[0]))
+    return {str(k): v for k, v in value.items()}
+
+
+def _house_rules(node: Any) -> Any:
+    """``node`` (a pydantic core schema) with Parley's scalars, empty mappings and sections."""
+    if isinstance(node, list):
+        return [_house_rules(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: v if k in ("serialization", "metadata") else _house_rules(v) for k, v in node.items()}
+    kind = node.get("type")  # not every mapping in a schema is a schema node
+    if kind in _SCALARS:
+        return core_schema.no_info_plain_validator_function(_SCALARS[kind])
+    if kind == "dict":
+        return core_schema.no_info_before_validator_function(_mapping, node)
+    if kind == "dataclass":
+        known = sorted(f.name for f in dataclasses.fields(node["cls"]))
+        return core_schema.no_info_before_validator_function(functools.partial(_mapping, known=known), node)
+    return node
+
+
+#: One validator per dataclass, built on first use (tens of ms for Config, then reused).
+_validator = functools.cache(lambda cls: SchemaValidator(_house_rules(TypeAdapter(cls).core_schema)))
 
 
 def build_section(cls: type, data: object, prefix: str) -> Any:
-    """Validate ``data`` against the dataclass ``cls`` (used for each gateway's own options)."""
-    return _build(cls, data, prefix)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)  # type: ignore[arg-type]
-    if tp is Duration:
-        try:
-            return Duration(parse_duration(value))
-        except ValueError as exc:
-            raise ConfigError(key, str(exc)) from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        }:
-            return value.lower() in {"1", "true", "yes", "on"}
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and _INT_RE.match(value):  # not isdigit(): "--5" and "²" pass it
-            return int(value)
-        raise ConfigError(key, f"expected a whole number, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if value is None:
-            return ""
-        raise ConfigError(key, f"expected a string, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list, got {value!r}")
-        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(val_tp, v, _join(key, str(k))) for k, v in value.items()}
-    if origin in (Union, types.UnionType) or tp is Any:
-        return value
-    raise ConfigError(key, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
+    """Validate ``data`` against the dataclass ``cls`` (the config, each gateway's options): the
+    first problem is a :class:`ConfigError` naming its key under ``prefix``."""
+    try:
+        return _validator(cls).validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+    path, problem = prefix, err.get("ctx", {}).get("error")  # ValueError(message, *keys below loc)
+    for part in (*err["loc"], *(problem.args[1:] if problem else ())):
+        path = f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}" if path else str(part)
+    text = problem.args[0] if problem else _MESSAGES.get(err["type"], "{1}").format(err["input"], err["msg"])
+    raise ConfigError(path or "(top level)", text) from None
 
 
 def _check(cfg: Config) -> None:
