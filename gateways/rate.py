@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from engine.core import keys
 from engine.core.store import Store
 from gateways.scripts import install
+from gateways.scripts.rate import RateArgs, RateReply
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class Pacer:
                 await self._wake.wait()
                 continue
             try:
-                granted, wait_us = await self.store.run(
-                    "rate", keys=[keys.rate(self.gateway)], args=[self._interval_us, ticket.cost, ahead_us]
-                )
+                call = RateArgs(self.gateway, self._interval_us, ticket.cost, ahead_us)
+                got = RateReply.parse(await self.store.run("rate", keys=call.to_keys(), args=call.to_argv()))
+                granted, wait_us = got.granted, got.wait_us
                 backoff = 0.05
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("pacer %s: Redis unavailable (%s); retrying in %.2fs", self.gateway, exc, backoff)

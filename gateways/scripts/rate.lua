@@ -6,6 +6,8 @@
 -- A reservation further ahead than ARGV[3] us is refused (the caller asks again later), so a
 -- process never books the connector far into the future.
 --
+-- Called only through RateArgs (rate.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:rate:GW       ARGV[1] interval us per segment   ARGV[2] segments   ARGV[3] max ahead us
 -- Returns {1, wait_us} when reserved (send after wait_us), {0, wait_us} when refused.
 local t = redis.call('TIME')
