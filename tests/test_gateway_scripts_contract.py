@@ -147,7 +147,10 @@ def receipt(error: str = "", ttl: int = 60) -> ReceiptArgs:
 async def test_a_receipt_is_found_in_the_oldest_bucket_or_the_earlier_release_key(store: Store) -> None:
     await store.redis.hset(B_OLD, "P1", f"{ANN} m1")
     assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m1"
-    await store.redis.delete(B_OLD)
+    # In two buckets (an id reused by the provider): the newest bucket's message.
+    await store.redis.hset(B_NEW, "P1", f"{ANN} m2")
+    assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m2"
+    await store.redis.delete(B_OLD, B_NEW)
     await store.redis.set(keys.legacy_provider_id("g", "P1"), f"{ANN} m0")
     assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m0"
     assert await store.redis.exists(PARKED) == 0
@@ -213,10 +216,20 @@ async def test_an_smpp_receipt_names_a_part_before_a_single_message(store: Store
     assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
         "single", f"{ANN} m1"
     )
+    await r.hset(B_NEW, "P1", f"{ANN} m2")  # the newest bucket first
+    assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
+        "single", f"{ANN} m2"
+    )
+    await r.delete(B_NEW)
     await r.hset(SEG_OLD, "P1", "F|2|2")
     assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
         "part", "F|2|2"
     )
+    await r.hset(SEG_NEW, "P1", "G|3|1")
+    assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
+        "part", "G|3|1"
+    )
+    await r.delete(SEG_NEW)
     # With no segment buckets (n = 0) the first bucket given is a provider-id bucket.
     found = SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt(segments=())))
     assert found == SmppReceiptFound("single", f"{ANN} m1")
