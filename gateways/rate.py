@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from engine.core import keys
 from engine.core.store import Store
 from gateways.scripts import install
+from gateways.scripts.rate import RateArgs, RateReply
 
 log = logging.getLogger(__name__)
 
@@ -198,24 +198,15 @@ class Pacer:
 
     async def _book(self, ticket: Ticket) -> tuple[bool, float]:
         """One reservation: (granted, when the slot is on the monotonic clock)."""
-        ahead_us, catch_up_us = int(MAX_AHEAD_S * 1_000_000), int(CATCH_UP_S * 1_000_000)
-        args = [
-            self._spacing,
-            ticket.cost,
-            ahead_us,
-            self._window_us,
-            self._cap,
-            "",
-            catch_up_us,
-            ticket.booking,
-        ]
-        granted, slot_us, now_us, booking = await self.store.run(
-            "rate", keys=[keys.rate(self.gateway)], args=args
-        )
-        self.clock.sample(int(now_us), time.monotonic())
-        if granted:
-            ticket.booking = booking.decode() if isinstance(booking, bytes) else str(booking)
-        return bool(granted), self.clock.local(int(slot_us))
+        call = RateArgs(
+            self.gateway, self._spacing, ticket.cost, int(MAX_AHEAD_S * 1_000_000), self._window_us,
+            self._cap, int(CATCH_UP_S * 1_000_000), ticket.booking,
+        )  # fmt: skip
+        got = RateReply.parse(await self.store.run("rate", keys=call.to_keys(), args=call.to_argv()))
+        self.clock.sample(got.now_us, time.monotonic())
+        if got.granted:
+            ticket.booking = got.booking
+        return got.granted, self.clock.local(got.slot_us)
 
     async def _calibrate(self, samples: int = 5) -> None:
         """A few readings of Redis's clock before the first booking, so the first slots are not

@@ -6,6 +6,8 @@ from redis.asyncio.client import Pipeline
 
 from engine.core import idmaps, keys
 from gateways.base import Host, Receipt, SendPolicy
+from gateways.scripts.receipt import ReceiptArgs, parse_owner
+from gateways.scripts.status import StatusArgs
 
 #: How long a receipt waits for its send to be recorded before it is dropped.
 PARK_TTL_S = 86400
@@ -46,33 +48,29 @@ def status_call(
     stream: str = "-",
     entry_id: str | bytes = "",
     record_gateway: bool = False,
-) -> tuple[list[str], list[str | bytes | int]]:
-    """Keys and arguments of status.lua recording a send's outcome: the message's new status,
-    its provider id (when there is one: receipts find the message by it, and a receipt that
-    came first, parked under that literal id, is applied), the outbound entry acknowledged, and
-    with ``record_gateway`` the connector that sent it."""
+) -> StatusArgs:
+    """The status.lua call recording a send's outcome: the message's new status, its provider
+    id (when there is one: receipts find the message by it, and a receipt that came first,
+    parked under that literal id, is applied), the outbound entry acknowledged, and with
+    ``record_gateway`` the connector that sent it."""
     now = rt.clock.now_ms()
     b = buckets_of(rt, gateway)
     field = idmaps.field(pid) if pid else "-"
     slot = b.slot(field)
-    status_keys = [
-        keys.message_records(contact),
-        keys.provider_ids(gateway, slot, b.bucket(now)),
-        stream,
-        keys.parked_receipt(gateway, slot, field),
-        keys.flow_events(),
-    ]
-    args: list[str | bytes | int] = [
-        msg_id, status, now, pid, error, contact, b.ttl_s(now), keys.OUTBOUND_GROUP, entry_id,
-        gateway if record_gateway else "", rt.config.engine.outcome_events_max, field,
-    ]  # fmt: skip
-    return status_keys, args
+    return StatusArgs(
+        contact=contact, message_id=msg_id, status=status, now_ms=now,
+        events_max=rt.config.engine.outcome_events_max, error=error, provider_id=pid,
+        provider_field=field, provider_ids_key=keys.provider_ids(gateway, slot, b.bucket(now)),
+        provider_ids_ttl_s=b.ttl_s(now), parked_key=keys.parked_receipt(gateway, slot, field),
+        stream=stream, entry_id=entry_id, group=keys.OUTBOUND_GROUP,
+        gateway=gateway if record_gateway else "",
+    )  # fmt: skip
 
 
 async def record_sent(rt: Host, gateway: str, msg_id: str, contact: str, pid: str) -> None:
     """Record that message ``msg_id`` of ``contact`` went out with provider id ``pid``."""
-    status_keys, args = status_call(rt, gateway, msg_id, contact, "sent", pid, "", record_gateway=True)
-    await rt.store.run("status", keys=status_keys, args=args)
+    call = status_call(rt, gateway, msg_id, contact, "sent", pid, "", record_gateway=True)
+    await rt.store.run("status", keys=call.to_keys(), args=call.to_argv())
 
 
 async def apply_receipt(rt: Host, gateway: str, receipt: Receipt) -> str:
@@ -82,21 +80,20 @@ async def apply_receipt(rt: Host, gateway: str, receipt: Receipt) -> str:
     pid = receipt.provider_id
     field = idmaps.field(pid)
     legacy = keys.legacy_provider_id(gateway, pid)
-    find_keys = [parked_key(rt, gateway, field), legacy, *lookup_keys(rt, gateway, field)]
+    call = ReceiptArgs(
+        parked_key(rt, gateway, field), legacy, tuple(lookup_keys(rt, gateway, field)), field,
+        receipt.status, receipt.error, now, PARK_TTL_S,
+    )  # fmt: skip
 
     async def find(pipe: Pipeline) -> None:
-        await rt.store.run(
-            "receipt",
-            keys=find_keys,
-            args=[field, receipt.status, receipt.error.replace("|", "/"), now, PARK_TTL_S],
-            client=pipe,
-        )
+        await rt.store.run("receipt", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
     (found,) = await rt.store.coalescer.run(find)
-    if not found:
+    owner = parse_owner(found)
+    if owner is None:
         rt.metrics.receipt(gateway, receipt.status, "parked")
         return "parked"
-    return await record_receipt(rt, gateway, found.decode(), receipt)
+    return await record_receipt(rt, gateway, owner, receipt)
 
 
 async def record_receipt(rt: Host, gateway: str, owner: str, receipt: Receipt) -> str:
@@ -105,25 +102,13 @@ async def record_receipt(rt: Host, gateway: str, owner: str, receipt: Receipt) -
     now = rt.clock.now_ms()
     contact, _, message_id = owner.partition(" ")
 
+    call = StatusArgs(
+        contact=contact, message_id=message_id, status=receipt.status, now_ms=now,
+        events_max=rt.config.engine.outcome_events_max, error=receipt.error,
+    )  # fmt: skip
+
     async def record(pipe: Pipeline) -> None:
-        await rt.store.run(
-            "status",
-            keys=[keys.message_records(contact), "-", "-", "-", keys.flow_events()],
-            args=[
-                message_id,
-                receipt.status,
-                now,
-                "",
-                receipt.error,
-                contact,
-                0,
-                "",
-                "",
-                "",
-                rt.config.engine.outcome_events_max,
-            ],
-            client=pipe,
-        )
+        await rt.store.run("status", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
     (ok,) = await rt.store.coalescer.run(record)
     result = "applied" if ok else "gone"

@@ -52,6 +52,7 @@ from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
 from gateways.receipts import status_call
+from gateways.scripts.move import MoveArgs
 
 log = logging.getLogger(__name__)
 
@@ -343,13 +344,13 @@ class Sender:
         """Store the outcome and acknowledge the entry; retried until Redis takes it."""
         self.rt.metrics.finished(self.gw.name, status)
         msg = job.msg
-        status_keys, args = status_call(
+        call = status_call(
             self.rt, self.gw.name, msg.id, msg.to, status, pid, error,
             stream=job.stream, entry_id=job.entry_id, record_gateway=bool(pid),
         )  # fmt: skip
 
         async def add(pipe: Pipeline) -> None:
-            await self.rt.store.run("status", keys=status_keys, args=args, client=pipe)
+            await self.rt.store.run("status", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
         await self._persist(add, msg.id)
         return status
@@ -360,14 +361,14 @@ class Sender:
         self.rt.metrics.finished(self.gw.name, "rerouted")
         why = job.error or f"circuit open at {self.gw.name}"
         await ensure_group(self.rt.store.redis, keys.outbound_stream(target, job.lane), keys.OUTBOUND_GROUP)
-        move_keys = [job.stream, keys.outbound_stream(target, job.lane), keys.message_records(job.msg.to)]
-        args = [
-            keys.OUTBOUND_GROUP, job.entry_id, job.msg.id, job.msg.to, job.msg.text, ",".join(rest),
-            job.queued_ms, self.rt.clock.now_ms(), target, why,
-        ]  # fmt: skip
+        call = MoveArgs(
+            from_stream=job.stream, to_stream=keys.outbound_stream(target, job.lane), entry_id=job.entry_id,
+            message_id=job.msg.id, contact=job.msg.to, text=job.msg.text, target=target, rest=tuple(rest),
+            queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why,
+        )  # fmt: skip
 
         async def add(pipe: Pipeline) -> None:
-            await self.rt.store.run("move", keys=move_keys, args=args, client=pipe)
+            await self.rt.store.run("move", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
         await self._persist(add, job.msg.id)
         log.info("msg=%s failed over %s -> %s (%s)", job.msg.id, self.gw.name, target, why)

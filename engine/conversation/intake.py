@@ -16,6 +16,7 @@ from redis.asyncio.client import Pipeline
 from engine.conversation import events
 from engine.core import idmaps, keys
 from engine.core.ports import Accepted, Services
+from engine.core.scripts.intake import IntakeArgs, IntakeReply
 
 
 @functools.cache
@@ -40,27 +41,26 @@ async def accept_inbound(
     field = idmaps.field(keys.inbound_dedupe_field(contact, gateway, provider_id))
     slot = b.slot(field)
     current, *older = [keys.inbound_dedupe(shard, slot, n) for n in b.lookback(now)]
-    intake_keys = [
-        current,
-        keys.inbound_stream(shard),
-        keys.legacy_inbound_dedupe(contact, gateway, provider_id),
-        *older,
-    ]
-    intake_args = [
-        _digest(contact, to, text),
-        b.ttl_s(now),
-        field,
-        *events.inbound_fields(contact, gateway, to, text, provider_id, now),
-    ]
+    call = IntakeArgs(
+        current_bucket=current,
+        stream=keys.inbound_stream(shard),
+        legacy=keys.legacy_inbound_dedupe(contact, gateway, provider_id),
+        digest=_digest(contact, to, text),
+        ttl_s=b.ttl_s(now),
+        field=field,
+        entry=tuple(events.inbound_fields(contact, gateway, to, text, provider_id, now)),
+        older_buckets=tuple(older),
+    )
 
     async def add(pipe: Pipeline) -> None:
-        await rt.store.run("intake", keys=intake_keys, args=intake_args, client=pipe)
+        await rt.store.run("intake", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
     # Coalesced with the other webhooks being answered in the same pass: one round trip.
-    ((status, entry),) = await rt.store.coalescer.run(add)
-    result = {b"ok": "accepted", b"dup": "duplicate", b"conflict": "conflict"}[status]
+    (raw,) = await rt.store.coalescer.run(add)
+    reply = IntakeReply.parse(raw)
+    result = {"ok": "accepted", "dup": "duplicate", "conflict": "conflict"}[reply.status]
     rt.metrics.inbound(gateway, result)
-    return Accepted(result, entry.decode())
+    return Accepted(result, reply.entry)
 
 
 async def enqueue_starts(

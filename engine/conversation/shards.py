@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from engine.core import keys
+from engine.core.scripts.lease import LeaseArgs, LeaseTick
 from engine.core.store import Store
 
 
@@ -57,25 +58,22 @@ class ShardLeases:
     async def tick(self) -> Tick:
         """Heartbeat, renew, and take free shards up to this worker's share."""
         sent = time.monotonic()
-        share, held, taken = await self._run("tick")
+        got = LeaseTick.parse(await self._run("tick"))
         self.valid_until = sent + self.ttl_ms / 1000
-        return Tick(int(share), frozenset(int(s) for s in held), frozenset(int(s) for s in taken))
+        return Tick(got.share, got.held, got.taken)
 
     async def release(self, shards: set[int]) -> None:
         if shards:
-            await self._run("release", *sorted(shards))
+            await self._run("release", tuple(sorted(shards)))
 
     async def leave(self) -> None:
         """Give up every shard and the heartbeat, so other workers take over at once."""
         self.valid_until = 0.0
         await self._run("leave")
 
-    async def _run(self, mode: str, *extra: int) -> Any:
-        return await self.store.run(
-            "lease",
-            keys=[keys.leases(), keys.workers()],
-            args=[self.me, self.ttl_ms, self.shards, mode, keys.lease_changes(), *extra],
-        )
+    async def _run(self, mode: Literal["tick", "release", "leave"], release: tuple[int, ...] = ()) -> Any:
+        call = LeaseArgs(self.me, self.ttl_ms, self.shards, mode, release)
+        return await self.store.run("lease", keys=call.to_keys(), args=call.to_argv())
 
 
 async def release_dead(store: Store, worker: str, shards: int, ttl_s: float) -> None:

@@ -33,6 +33,7 @@ from engine.conversation.shards import ShardLeases, Tick
 from engine.conversation.turn import TurnDone, run_turn
 from engine.core import keys
 from engine.core.consumer import BACKOFF_MAX_S, Entry, StreamConsumer, ensure_group
+from engine.core.scripts.timers import TimersArgs
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,8 @@ async def fire_timers(rt: TurnServices, shards: list[int] | None = None) -> int:
 
     async def add(pipe: Pipeline) -> None:
         for shard in targets:
-            await rt.store.run(
-                "timers", keys=[keys.timers(shard), keys.inbound_stream(shard)], args=[now, 500], client=pipe
-            )
+            call = TimersArgs(shard, now)
+            await rt.store.run("timers", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
     return sum(int(n) for n in await rt.store.coalescer.run(add))
 

@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 
 from engine.core import keys
 from engine.core.errors import Unprocessable
+from engine.core.scripts.contact import ContactArgs, ContactWritten
 from engine.core.store import Store
 
 FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -154,14 +155,9 @@ async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[b
     for attempt in (1, 2):
         async with store.redis.pipeline(transaction=False) as pipe:
             for c in batch:
-                args = [
-                    now_ms,
-                    orjson.dumps(c.fields),
-                    orjson.dumps(c.tags),
-                    c.language or "",
-                    c.timezone or "",
-                ]
-                await store.run("contact", [keys.contact(c.number)], args, client=pipe)
+                fields, tags = orjson.dumps(c.fields), orjson.dumps(c.tags)
+                call = ContactArgs(c.number, now_ms, fields, tags, c.language or "", c.timezone or "")
+                await store.run("contact", call.to_keys(), call.to_argv(), client=pipe)
             try:
                 res = await pipe.execute()
             except NoScriptError:
@@ -171,9 +167,10 @@ async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[b
                 await store.load_scripts()
                 continue
         break
-    for c, (_, created_at) in zip(batch, res, strict=True):
-        c.created_at, c.updated_at = int(created_at), now_ms
-    return [bool(created) for created, _ in res]
+    written = [ContactWritten.parse(r) for r in res]
+    for c, w in zip(batch, written, strict=True):
+        c.created_at, c.updated_at = w.created_at, now_ms
+    return [w.created for w in written]
 
 
 async def get(store: Store, number: str) -> Contact | None:

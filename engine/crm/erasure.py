@@ -54,6 +54,7 @@ from typing import cast
 import orjson
 
 from engine.core import keys
+from engine.core.scripts.erase import EraseArgs
 from engine.core.store import Store
 
 
@@ -80,20 +81,13 @@ async def erased_ledger_key(store: Store, configured: str, number: str) -> str:
 async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: int, source: str) -> bool:
     """Erase ``number`` (E.164); False when nothing was held for it. Idempotent: a second call
     changes nothing and returns False."""
-    timers = keys.timers(keys.shard_of(number, shards))
+    shard = keys.shard_of(number, shards)
+    timers = keys.timers(shard)
     pattern = _glob_escape(keys.timer_member_prefix(number)) + "*"
     members = [m async for m, _ in store.redis.zscan_iter(timers, match=pattern, count=1000)]
     ledger = await erased_ledger_key(store, key, number)
-    per_contact = [
-        keys.contact(number),
-        keys.session(number),
-        keys.message_index(number),
-        keys.message_records(number),
-        keys.counted_sends(number),
-        keys.governance(number),
-        keys.consent_ledger(number),
-    ]
-    done = await store.run("erase", [*per_contact, ledger, timers], [now_ms, source, *members])
+    call = EraseArgs(number, ledger, shard, now_ms, source, tuple(members))
+    done = await store.run("erase", call.to_keys(), call.to_argv())
     removed = await forget_outcomes(store, number)
     removed += int(await store.redis.delete(keys.attribution(number)))
     async for xp in store.redis.scan_iter(match=keys.assignments("*"), count=1000):

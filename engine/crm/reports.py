@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from engine.conversation.outcomes import ENGINE_OUTCOMES
-from engine.core import keys
+from engine.core.scripts.fx_page import FxPage, FxPageArgs
 from engine.core.store import Store
 
 PAGE = 10_000
@@ -78,12 +78,13 @@ async def entries(store: Store, needle: str = "") -> AsyncIterator[tuple[bytes, 
     ``needle`` (filtered in Redis a page at a time: only candidates are sent and parsed)."""
     start = "-"
     while True:
-        page = await store.run("fx_page", [keys.flow_events()], [start, PAGE, needle])
-        for i in range(1, len(page), 2):
-            yield page[i], page[i + 1]
-        if not page[0]:
+        call = FxPageArgs(start, PAGE, needle)
+        page = FxPage.parse(await store.run("fx_page", call.to_keys(), call.to_argv()))
+        for entry in page.entries:
+            yield entry
+        if not page.next:
             return
-        start = "(" + page[0].decode()
+        start = page.after()
 
 
 async def events(store: Store, flow: str) -> AsyncIterator[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from engine.core import keys
+from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import Store
 from engine.crm.webhooks_http import iso, payload
 
@@ -41,13 +42,17 @@ async def letters(store: Store, index: int, limit: int) -> tuple[int, list[dict[
     return int(count), [_letter(eid, f) for eid, f in entries]
 
 
+async def _replay(store: Store, call: WebhookReplayArgs) -> int:
+    return int(await store.run("webhook_replay", call.to_keys(), call.to_argv()))
+
+
 async def replay(store: Store, index: int, ids: list[str] | None = None) -> int:
     """Replay the letters ``ids`` of webhook ``index`` (all of those there now when None)."""
-    dead, again = keys.webhook_dead(index), keys.webhook_retry(index)
+    dead = keys.webhook_dead(index)
     if ids is not None:
         return sum(
             [
-                int(await store.run("webhook_replay", [dead, again], ids[i : i + PAGE]))
+                await _replay(store, WebhookReplayArgs(index, tuple(ids[i : i + PAGE])))
                 for i in range(0, len(ids), PAGE)
             ]
         )
@@ -62,5 +67,5 @@ async def replay(store: Store, index: int, ids: list[str] | None = None) -> int:
         )
         if not page:
             return moved
-        moved += int(await store.run("webhook_replay", [dead, again], [eid for eid, _ in page]))
+        moved += await _replay(store, WebhookReplayArgs(index, tuple(eid for eid, _ in page)))
         start = "(" + page[-1][0].decode()

@@ -1,7 +1,8 @@
 """The Lua scripts the connectors own: the shared send rate (rate.lua), message statuses and
 receipts (status.lua, receipt.lua), failover moves (move.lua) and SMPP's segment maps
-(smpp_receipt.lua, smpp_parts.lua). Each is commented with its KEYS and ARGV; the keys are built
-in engine/core/keys.py like every other key.
+(smpp_receipt.lua, smpp_parts.lua). Each is commented with its KEYS and ARGV and called through
+the typed wrapper of the same name beside it (``status.py``'s ``StatusArgs``...); the keys are
+built in engine/core/keys.py like every other key.
 
 The engine's store runs them by name once :func:`install` registered them on it (the app does
 so at start; a :class:`~gateways.rate.Pacer` used alone installs its own).

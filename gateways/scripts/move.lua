@@ -1,6 +1,8 @@
 -- Fail one message over to the next connector of its route: queue it there and take it off here,
 -- atomically, so it is in exactly one connector's lane at any time (never sent by two).
 --
+-- Called only through MoveArgs (move.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:out:GW[:bulk]     the lane it is in now
 -- KEYS[2]  p:out:GW2[:bulk]    the same lane of the next connector
 -- KEYS[3]  p:mh:{N}            message records hash

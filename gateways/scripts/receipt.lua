@@ -1,5 +1,7 @@
 -- Find the message a delivery receipt is about, or park the receipt until we know.
 --
+-- Called only through ReceiptArgs (receipt.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]      p:dlrp:{GW:K}:F  where the receipt is parked ("status|error|ms")
 -- KEYS[2]      p:pid:GW:ID      an earlier release's provider-id key (read during an upgrade)
 -- KEYS[3..]    p:pid:{GW:K}:B   the provider-id map's buckets over the receipt window, newest

@@ -1,6 +1,8 @@
 -- Record the parts of a multipart message sent over SMPP, before its send is recorded, and take
 -- in any receipt for a part that arrived before we knew its id.
 --
+-- Called only through SmppPartsArgs (smpp_parts.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]       p:roll:GW:FIRST   receipts per part (part -> "status|error")
 -- KEYS[2i]      p:seg:{GW:K}:B    the segment map's current bucket for part i's slot K:
 --                                 field ARGV[3+i] -> "FIRST|parts|i"

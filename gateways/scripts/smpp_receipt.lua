@@ -1,6 +1,8 @@
 -- Find what an SMPP delivery receipt is about, by the literal id it names, or park it under
 -- that id until the send is recorded.
 --
+-- Called only through SmppReceiptArgs (smpp_receipt.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]        p:dlrp:{GW:K}:F   where the receipt is parked ("status|error|ms")
 -- KEYS[2]        p:seg:GW:F        an earlier release's segment key (read during an upgrade)
 -- KEYS[3]        p:pid:GW:F        an earlier release's provider-id key (likewise)

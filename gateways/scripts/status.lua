@@ -1,5 +1,7 @@
 -- Record a status change of one message (queued -> sent -> delivered / failed / expired ...).
 --
+-- Called only through StatusArgs (status.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:mh:{N}         message records hash
 -- KEYS[2]  p:pid:{GW:K}:B   the provider-id map's current bucket for the id's slot K: field
 --                           ARGV[12] -> "N message-id" (only when ARGV[4] is not "")

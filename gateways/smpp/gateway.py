@@ -67,6 +67,8 @@ from engine.core.errors import (
 from engine.core.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, SendResult
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt
+from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
+from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
 from gateways.smpp import dlr, pdu, text
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -390,13 +392,14 @@ class SmppGateway(Gateway):
         rt, name = self._runtime(), self.name
         b, now = self.receipt_buckets, rt.clock.now_ms()
         fields = [idmaps.field(i) for i in ids]
-        roll_keys = [keys.smpp_rollup(name, fields[0])]
-        for f in fields:
-            roll_keys += [keys.smpp_segments(name, b.slot(f), b.bucket(now)), parked_key(rt, name, f)]
-        args = [fields[0], b.window_s, b.ttl_s(now), *fields]
+        parts = tuple(
+            Part(f, keys.smpp_segments(name, b.slot(f), b.bucket(now)), parked_key(rt, name, f))
+            for f in fields
+        )
+        call = SmppPartsArgs(keys.smpp_rollup(name, fields[0]), parts, b.window_s, b.ttl_s(now))
 
         async def add(pipe: Pipeline) -> None:
-            await rt.store.run("smpp_parts", roll_keys, args, client=pipe)
+            await rt.store.run("smpp_parts", call.to_keys(), call.to_argv(), client=pipe)
 
         try:
             (flat,) = await rt.store.coalescer.run(add)
@@ -404,7 +407,7 @@ class SmppGateway(Gateway):
             log.warning("smpp %s: parts of %s not recorded (%s); their receipts will not roll up",
                         self.name, ids[0], exc)  # fmt: skip
             return
-        rolled = _roll_up(_pairs(flat), len(ids))
+        rolled = _roll_up(parse_rollup(flat), len(ids))
         if rolled is not None:
             await apply_receipt(rt, self.name, Receipt(ids[0], *rolled))
 
@@ -439,21 +442,24 @@ class SmppGateway(Gateway):
         name, f = self.name, idmaps.field(rid)
         segs, pids = lookup_keys(rt, name, f, "seg"), lookup_keys(rt, name, f, "pid")
         old = rid.lower()  # earlier releases kept SMPP ids in lower case
-        legacy = [keys.legacy_smpp_segment(name, old), keys.legacy_provider_id(name, old)]
-        lookup = [parked_key(rt, name, f), *legacy, *segs, *pids]
-        args = [f, len(segs), r.status, r.error.replace("|", "/"), rt.clock.now_ms(), PARK_TTL_S]
+        call = SmppReceiptArgs(
+            parked_key=parked_key(rt, name, f), legacy_segment_key=keys.legacy_smpp_segment(name, old),
+            legacy_provider_key=keys.legacy_provider_id(name, old), segment_buckets=tuple(segs),
+            provider_buckets=tuple(pids), field=f, status=r.status, error=r.error, now_ms=rt.clock.now_ms(),
+            park_ttl_s=PARK_TTL_S,
+        )  # fmt: skip
 
         async def find(pipe: Pipeline) -> None:
-            await rt.store.run("smpp_receipt", lookup, args, client=pipe)
+            await rt.store.run("smpp_receipt", call.to_keys(), call.to_argv(), client=pipe)
 
-        (found,) = await rt.store.coalescer.run(find)
-        kind = found[0]
-        if kind == b"single":  # found, so recorded at once (one round trip less than apply_receipt)
-            await record_receipt(rt, self.name, found[1].decode(), Receipt(rid, r.status, r.error))
-        elif kind == b"part":
+        (raw,) = await rt.store.coalescer.run(find)
+        found = SmppReceiptFound.parse(raw)
+        if found.kind == "single":  # found, so recorded at once (one round trip less than apply_receipt)
+            await record_receipt(rt, self.name, found.value, Receipt(rid, r.status, r.error))
+        elif found.kind == "part":
             if r.status == "sent":
                 return
-            first, parts, part = found[1].decode().split("|")
+            first, parts, part = found.value.split("|")
             roll = keys.smpp_rollup(self.name, first)
             async with rt.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(roll, part, f"{r.status}|{r.error}")
@@ -524,10 +530,6 @@ def _source_ton_npi(config: SmppConfig, sender: str | None = None) -> tuple[int,
 def _address(addr: str, ton: int, npi: int) -> Address:
     """An international number goes without its ``+`` (TON 1 says it is international)."""
     return Address(addr.removeprefix("+") if ton == 1 else addr, ton, npi)
-
-
-def _pairs(flat: list[bytes]) -> dict[str, str]:
-    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def _roll_up(parts: dict[str, str], total: int) -> tuple[str, str] | None:

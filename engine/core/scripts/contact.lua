@@ -1,6 +1,8 @@
 -- Write one contact whole (a CRM PUT, one row of an import): fields, tags, language and
 -- timezone replace what was there; created-at is set only the first time.
 --
+-- Called only through ContactArgs (contact.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:c:{N}   contact hash: f fields, tg tags, l language, tz timezone, ca/ua ms
 -- ARGV[1]  now (ms)            ARGV[2] fields json     ARGV[3] tags json
 -- ARGV[4]  language or ""      ARGV[5] timezone or ""  ("" removes it)

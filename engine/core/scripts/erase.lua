@@ -4,6 +4,8 @@
 -- (p:g:{N}) is kept only when it silences the number (opted out or suppressed): the gate reads
 -- it, so an erased customer who opted out is still not texted if the CRM brings the number back.
 --
+-- Called only through EraseArgs (erase.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:c:{N}     contact          KEYS[2] p:s:{N}   session
 -- KEYS[3]  p:ml:{N}    message index    KEYS[4] p:mh:{N}  message records (bodies)
 -- KEYS[5]  p:sent:{N}  counted sends    KEYS[6] p:g:{N}   consent status (cs, src, at, sup)

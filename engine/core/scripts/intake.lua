@@ -1,5 +1,7 @@
 -- Accept one inbound text durably and at most once per (contact, gateway, provider id).
 --
+-- Called only through IntakeArgs (intake.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]   p:dd:S:K:B        the dedupe map's current bucket for the text's slot K
 --                             (engine/core/idmaps.py): field ARGV[3] -> "<payload digest> <entry id>"
 -- KEYS[2]   p:in:S            the contact's inbound shard stream

@@ -3,6 +3,8 @@
 -- workers; a dead worker's shards are taken over once its lease runs out, or at once when it
 -- is known to be dead (its supervisor calls "leave" in its name).
 --
+-- Called only through LeaseArgs (lease.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:lease    hash  shard -> "worker|expires ms" (Redis server time)
 -- KEYS[2]  p:workers  zset  worker -> heartbeat expiry ms
 -- ARGV[1]  this worker's id   ARGV[2] lease length ms   ARGV[3] number of shards

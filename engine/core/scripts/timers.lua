@@ -3,6 +3,8 @@
 -- second to be processed finds the session moved on). Atomic, so a timer fires exactly once
 -- however many workers poll.
 --
+-- Called only through TimersArgs (timers.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:tm:S   timers (zset "N|kind|token" -> due ms)
 -- KEYS[2]  p:in:S   the shard's inbound stream
 -- ARGV[1]  now (ms)   ARGV[2] at most this many timers per call

@@ -2,6 +2,8 @@
 -- to the webhook's replay stream (its event and original event id) and deleted from the dead
 -- stream, atomically, so a letter is in exactly one of the two (two replays never send it twice).
 --
+-- Called only through WebhookReplayArgs (webhook_replay.py) beside this file, which builds the KEYS and ARGV below.
+--
 -- KEYS[1]  p:whdead:I   the webhook's dead letters (fields: id, e, error, attempts, at)
 -- KEYS[2]  p:whre:I     the webhook's replay stream, read by its dispatcher with p:fx
 -- ARGV     entry ids of dead letters to replay

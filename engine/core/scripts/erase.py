@@ -1,0 +1,34 @@
+"""The typed call of erase.lua: erase one contact atomically (its header comment is the
+contract; tests/test_scripts_contract.py calls the script through this with edge inputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.core import keys
+
+
+@dataclass(frozen=True, slots=True)
+class EraseArgs:
+    number: str
+    #: The hashed ledger key the consent ledger moves to (engine/crm/erasure.py).
+    erased_ledger: str
+    #: The contact's shard (its timers live there).
+    shard: int
+    now_ms: int
+    #: Who erased it ("api", "cli").
+    source: str
+    #: The contact's timer members (found with ZSCAN before the call).
+    timer_members: tuple[str | bytes, ...] = ()
+
+    def to_keys(self) -> list[str]:
+        """KEYS[1..9]."""
+        n = self.number
+        return [
+            keys.contact(n), keys.session(n), keys.message_index(n), keys.message_records(n),
+            keys.counted_sends(n), keys.governance(n), keys.consent_ledger(n), self.erased_ledger,
+            keys.timers(self.shard),
+        ]  # fmt: skip
+
+    def to_argv(self) -> list[str | bytes | int]:
+        return [self.now_ms, self.source, *self.timer_members]

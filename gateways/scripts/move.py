@@ -1,0 +1,46 @@
+"""The typed call of move.lua: fail one message over to the next connector of its route (its
+header comment is the contract; tests/test_gateway_scripts_contract.py calls the script through
+this with edge inputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.core import keys
+
+
+@dataclass(frozen=True, slots=True)
+class MoveArgs:
+    #: The lane the message is in now, and the same lane of the next connector.
+    from_stream: str
+    to_stream: str
+    #: The entry id in ``from_stream``.
+    entry_id: str | bytes
+    message_id: str
+    contact: str
+    text: str
+    #: The next connector, and the rest of the route after it.
+    target: str
+    rest: tuple[str, ...]
+    queued_ms: int
+    now_ms: int
+    #: Why (the failure seen at the connector it leaves).
+    why: str
+    group: str = keys.OUTBOUND_GROUP
+
+    def to_keys(self) -> list[str]:
+        """KEYS[1] from, KEYS[2] to, KEYS[3] the contact's message records."""
+        return [self.from_stream, self.to_stream, keys.message_records(self.contact)]
+
+    def to_argv(self) -> list[str | bytes | int]:
+        return [
+            self.group, self.entry_id, self.message_id, self.contact, self.text, ",".join(self.rest),
+            self.queued_ms, self.now_ms, self.target, self.why,
+        ]  # fmt: skip
+
+
+def parse_moved(raw: Any) -> str | None:
+    """The new entry id, or None when the entry was already gone (acknowledged elsewhere)."""
+    new = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return new or None

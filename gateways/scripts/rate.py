@@ -1,0 +1,58 @@
+"""The typed call of rate.lua: book the next send slot of a connector's shared rate (its header
+comment is the contract; tests/test_gateway_scripts_contract.py calls the script through this).
+Kept thin: the pacing around it (clock mapping, late sends, queues) lives in gateways/rate.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.core import keys
+
+
+@dataclass(frozen=True, slots=True)
+class RateArgs:
+    gateway: str
+    #: Pace: us per segment, as a decimal string (rate.lua keeps fractions of a microsecond).
+    spacing_us: str
+    segments: int
+    #: How far ahead a slot may be booked (us) before the booking is refused.
+    max_ahead_us: int
+    #: The window a send's segments are counted in (us: one second plus the wire's jitter) and
+    #: how many segments it may hold.
+    window_us: int
+    cap: int
+    #: How far behind its pace a connector may catch up (us).
+    catch_up_us: int
+    #: The booking of a slot given back (missed, never sent), or "".
+    give_back: str = ""
+    #: The clock in us ("" or None: Redis's TIME; contract tests pass their own).
+    now_us: int | None = None
+
+    def to_keys(self) -> list[str]:
+        """KEYS[1]: the connector's booked slots."""
+        return [keys.rate(self.gateway)]
+
+    def to_argv(self) -> list[str | int]:
+        now = "" if self.now_us is None else self.now_us
+        return [
+            self.spacing_us, self.segments, self.max_ahead_us, self.window_us, self.cap, now,
+            self.catch_up_us, self.give_back,
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RateReply:
+    """Booked (``booking`` names it, to give it back) or refused; ``slot_us`` is when it is (or
+    would have been) and ``now_us`` the clock the script used."""
+
+    granted: bool
+    slot_us: int
+    now_us: int
+    booking: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> RateReply:
+        granted, slot_us, now_us, booking = raw
+        b = booking.decode() if isinstance(booking, bytes) else str(booking)
+        return cls(bool(int(granted)), int(slot_us), int(now_us), b)
