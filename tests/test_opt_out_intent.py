@@ -28,6 +28,13 @@ CASES: list[tuple[str, str, bool, str, str]] = [
     ("punctuation between", "Stop.  Please!", OUT, OPT_OUT, "en"),
     ("stop it please", "stop it please", IN, OPT_OUT, "en"),
     ("two-word keyword", "opt out please", OUT, OPT_OUT, "en"),
+    (
+        "an English article before Portuguese filler is no object",
+        ", parar parar \U0001f6d1 a a",
+        IN,
+        OPT_OUT,
+        "pt",
+    ),
     ("the regulation's words", "I want to revoke", OUT, OPT_OUT, "en"),
     ("quit texting me", "quit texting me", IN, OPT_OUT, "en"),
     ("an angry one", "STOP FUCKING TEXTING ME", IN, OPT_OUT, "en"),

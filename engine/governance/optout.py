@@ -121,6 +121,9 @@ WORDS: dict[str, Words] = {
     ),
 }
 _NO_WORDS = Words(filler=frozenset())
+#: Filler in any shipped language: an object after a keyword is a word that is filler nowhere
+#: (so "🛑 a a", a Portuguese filler after an English article, is no "cancel a thing").
+ANY_FILLER: frozenset[str] = frozenset().union(*(w.filler for w in WORDS.values()))
 
 
 def tokens(text: str) -> list[str]:
@@ -204,7 +207,7 @@ class OptOutRule:
                 and after[0] in words.determiners
                 and then[0]
                 and not then[1]
-                and then[0] not in words.filler
+                and then[0] not in ANY_FILLER
             ):
                 return False
         return True
