@@ -219,7 +219,7 @@ def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
 
 # derandomize: a fixed sequence of examples, so the suite's run time is bounded the same on every
 # machine. Random exploration found a case where reservers that always wake 3-4 ms late stop
-# making progress (filed as an issue with its input); the bound in simulate() turns such a case
+# making progress (docs/gateways.md, known limits); the bound in simulate() turns such a case
 # into a failure that names its input instead of a hang.
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
