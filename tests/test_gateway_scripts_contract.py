@@ -6,7 +6,7 @@ effect on Redis and the reply, so two arguments swapped in a wrapper fail it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import pytest
@@ -21,15 +21,11 @@ from gateways.scripts.receipt import ReceiptArgs, parse_owner
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
 from gateways.scripts.status import StatusArgs
+from tests.scripts_call import run, text
 
 ANN = "+447700900123"
 NOW = 1_700_000_000_000
 GROUP = keys.OUTBOUND_GROUP
-
-
-class Call(Protocol):
-    def to_keys(self) -> list[str]: ...
-    def to_argv(self) -> Any: ...
 
 
 @pytest.fixture
@@ -38,14 +34,6 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
     install(s)
     yield s
     await s.close()
-
-
-async def run(store: Store, name: str, call: Call) -> Any:
-    return await store.run(name, keys=call.to_keys(), args=call.to_argv())
-
-
-def text(d: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in d.items()}
 
 
 async def record(store: Store, msg_id: str = "m1", **extra: Any) -> None:

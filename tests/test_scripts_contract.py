@@ -6,7 +6,7 @@ wrapper fail it (commit.lua has its own file, tests/test_commit_script.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import pytest
@@ -21,15 +21,11 @@ from engine.core.scripts.lease import LeaseArgs, LeaseTick
 from engine.core.scripts.timers import TimersArgs
 from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import Store
+from tests.scripts_call import run, text
 
 ANN = "+447700900123"
 BOB = "+447700900456"
 NOW = 1_700_000_000_000
-
-
-class Call(Protocol):
-    def to_keys(self) -> list[str]: ...
-    def to_argv(self) -> Any: ...
 
 
 @pytest.fixture
@@ -37,14 +33,6 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
     s = Store.connect(redis_url, RedisConfig())
     yield s
     await s.close()
-
-
-async def run(store: Store, name: str, call: Call) -> Any:
-    return await store.run(name, keys=call.to_keys(), args=call.to_argv())
-
-
-def text(d: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in d.items()}
 
 
 # contact.lua ---------------------------------------------------------------------------------
