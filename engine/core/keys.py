@@ -1,150 +1,218 @@
 """Every Redis key Parley uses is built here, and nowhere else.
 
-Per-contact keys carry the contact's E.164 number as a hash tag (``{+447700900123}``), so all
-of one contact's keys live in one Redis Cluster slot and a script touching them stays
-cluster-safe. Shared keys (streams) are named by shard or gateway.
+Layout 2 (issue 18): every Lua script touches one Redis Cluster slot. The unit of placement is
+the **shard**: a contact belongs to shard ``crc32(number) % engine.shards`` for life, and every
+key a turn touches (the contact's own keys, its shard's inbound stream, timers, outbound lanes,
+CRM calls and outcome events) carries that shard's hash tag ``T`` (:func:`shard_tag`), so the
+turn's one commit script runs on one slot, on one node. Shard tags are chosen so that shard
+``s`` lands near slot ``bitreverse10(s) * 16``: any power-of-two number of shards is spread
+evenly over the slot range, so the masters of a cluster created with ``redis-cli --cluster
+create`` (contiguous, equal slot ranges) hold equal shares of the shards. Keys that are not a
+shard's carry their own tag (``{GW:K}`` for a connector's receipt maps, ``{l}`` for leases) or
+are one key alone.
 
-    p:c:{N}            hash    contact profile: f fields, tg tags, l, tz, ca/ua ms  no TTL
-    p:s:{N}            string  conversation session (orjson, versioned)       TTL = flow expiry
-    p:ml:{N}           zset    message log index: message id -> sequence      trimmed
-    p:mh:{N}           hash    message records: message id -> orjson          trimmed with ml
-    p:dd:S:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/core/idmaps.py):
+Per contact N in shard S (T = shard_tag(S)); functions take ``(number, shard)``:
+
+    p:c:TN             hash    contact profile: f fields, tg tags, l, tz, ca/ua ms  no TTL
+    p:s:TN             string  conversation session (orjson, versioned)       TTL = flow expiry
+    p:ml:TN            zset    message log index: message id -> sequence      trimmed
+    p:mh:TN            hash    message records: message id -> orjson          trimmed with ml
+    p:g:TN             hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
+    p:cl:TN            stream  consent ledger: every change, its source and cause        no TTL
+    p:cl:h:TD          stream  the consent ledger of an erased contact, D = HMAC of the number  no TTL
+    p:sent:TN          zset    counted sends (message id -> ms) for frequency caps   TTL = longest cap
+    p:att:TN           hash    N's last journey touch: f flow, xp, arm, st start, at ms  TTL = window
+    p:cv:TN:ID         string  a CRM conversion event already recorded (its id)     TTL = dedupe window
+    p:mo:TN:GW:K       hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
+
+Per shard S (T = shard_tag(S)); functions take ``shard``:
+
+    p:in:T             stream  inbound events of shard S (texts, flow starts, fired timers)
+    p:tm:T             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
+    p:dd:T:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/core/idmaps.py):
                                "GW:ID:h" (h = crc32 of N) -> "<payload digest> <entry id>"
                                expires whole dedupe window after B ends
-    p:in:S             stream  inbound events for shard S (texts, flow starts, fired timers)
-    p:tm:S             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
-    p:out:GW           stream  reply lane of gateway GW: replies to a customer's text, confirmations
-    p:out:GW:bulk      stream  bulk lane of gateway GW: journey starts, reminders (sent after replies)
+    p:out:T:GW         stream  reply lane of gateway GW for shard S's contacts
+    p:out:T:GW:bulk    stream  bulk lane of gateway GW for shard S's contacts (sent after replies)
+    p:calls:T          stream  CRM webhook calls of shard S's turns, waiting for a caller
+    p:fx:T             stream  flow outcome events of shard S's contacts (runs started, replies,
+                               results, ends, message statuses; engine/conversation/outcomes.py),
+                               trimmed to engine.outcome_events_max per shard
+
+A connector's (one slot per id slot K, so receipt scripts touch one slot):
+
     p:pid:{GW:K}:B     hash    provider ids of GW's sends in slot K, time bucket B (engine/core/idmaps.py):
-                               provider id -> "N message id" (receipts find the message by it);
-                               expires whole receipt_window (72h) after B ends
+                               provider id -> "N message id"; expires receipt_window after B ends
     p:dlrp:{GW:K}:ID   string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
-    p:slots:GW         zset    the connector's rate: its last send slots ("us:segments" ->
-                               segments booked so far), the last rate + 1 of them
     p:seg:{GW:K}:B     hash    SMPP: segments' SMSC ids in slot K, bucket B -> "first id|parts|part"
-                               (as p:pid; only parts of multipart messages)
-    p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error",
-                               TTL receipt_window
-    p:mo:{N}:GW:K      hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
+    p:roll:{GW:K}:ID   hash    SMPP: receipts per part of a multipart message (K = the slot of its
+                               first part's id ID): part -> "status|error", TTL receipt_window
+    p:slots:{GW}       zset    the connector's rate: its last send slots ("us:segments" ->
+                               segments booked so far), the last rate + 1 of them
+    p:binds:{GW}       hash    SMPP: the connector's binds, global across processes: bind index ->
+                               "holder|expires ms" (at most ``binds`` of them)
+
+Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``, ``sender``):
+
+    p:{l}:lease:R      hash    shard -> "holder|expires ms": which process of role R reads which shard
+    p:{l}:live:R       zset    holder -> heartbeat expiry ms (the live processes of role R)
+    p:{l}:changed:R    channel pub/sub: a holder joined or left, or shards were given up (its id)
+
+Alone (one key per script call, or written by plain commands):
+
     p:dead             stream  events a worker failed on repeatedly (for inspection and replay)
-    p:fx               stream  flow outcome events: runs started, replies, results, ends, message
-                               statuses (engine/conversation/outcomes.py); trimmed to
-                               engine.outcome_events_max
-    p:whre:I           stream  CRM outcome webhook I: dead letters replayed, waiting to be sent again
-    p:whdead:I         stream  CRM outcome webhook I: events it gave up on, with the last error
+    p:whre:{wI}        stream  CRM outcome webhook I: dead letters replayed, waiting to be sent again
+    p:whdead:{wI}      stream  CRM outcome webhook I: events it gave up on, with the last error
     p:flow:NAME:D      string  the YAML of flow NAME at digest D (sessions finish on their version)
-    p:calls            stream  CRM webhook calls waiting for a caller
     p:cc:D             string  a CRM GET's answer, reused for the call's cache time   TTL = cache
-    p:g:{N}            hash    consent: cs status, src source, at ms; sup suppression reason  no TTL
-    p:cl:{N}           stream  consent ledger: every change, its source and cause        no TTL
-    p:cl:h:D           stream  the consent ledger of an erased contact, D = HMAC of the number  no TTL
     p:erasure:key      string  the HMAC key for D when governance.erasure_key is not set   no TTL
-    p:sent:{N}         zset    counted sends (message id -> ms) for frequency caps   TTL = longest cap
-    p:lease            hash    shard -> "worker|expires ms": which worker reads which shard
     p:start:ID         hash    a journey start's request-time counts (flow, requested, queued...)  TTL 90d
     p:xa:EXP           hash    experiment EXP's assignments: number -> arm or "holdout"   no TTL
-    p:att:{N}          hash    N's last journey touch: f flow, xp, arm, st start, at ms  TTL = window
-    p:cv:{N}:ID        string  a CRM conversion event already recorded (its id)     TTL = dedupe window
-    p:workers          zset    worker -> heartbeat expiry ms (the live workers)
-    p:lease:changed    channel pub/sub: a worker joined or left, or shards were given up (its id)
+    p:layout           string  the key layout version of this database ("2")
 
-Known limit: the turn commit script writes ``p:out:GW`` next to the contact's keys, which is
-one server in a single Redis but two slots in a Cluster; cluster support moves that write to a
-per-contact outbox relayed by the sender.
-
-Where the bookkeeping maps live, for cluster support (issue 15): an id's buckets in ``p:pid``,
-``p:seg`` and its parked receipt ``p:dlrp`` share the hash tag ``{GW:K}`` (K = the id's slot,
-the same in all three), so the receipt scripts (receipt.lua, smpp_receipt.lua) touch one slot.
-status.lua writes that slot next to the contact's message records ``p:mh:{N}`` and the lane
-``p:out:GW`` (like commit.lua, three slots in a Cluster: cluster support splits it into the
-record and a receipt-map write, or keys the map by the contact). ``p:dd:S:K:B`` is named by the
-shard S it is written with (intake.lua appends to ``p:in:S``): cluster support tags both with
-``{S}``. smpp_parts.lua writes one part's slot per segment: in a Cluster, one call per part.
-
-Migration (issue 15): the per-message string keys of earlier releases (``p:pid:GW:ID``,
-``p:seg:GW:ID``, ``p:dd:{N}:GW:ID``) are still read, by :func:`legacy_provider_id`,
-:func:`legacy_smpp_segment` and :func:`legacy_inbound_dedupe`, so receipts and retries of
-messages from before an upgrade are still matched until those keys expire (7 days, 1 day);
-nothing writes them any more.
+Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
+migration (``parley migrate``), never a restart.
 """
 
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
+
+from redis.crc import key_slot
 
 PREFIX = "p"
+#: The key layout this code reads and writes (``p:layout``).
+LAYOUT = 2
+#: Redis Cluster's slot count.
+SLOTS = 16384
+#: The most shards a deployment may have (engine.shards), and so the tag table's size.
+MAX_SHARDS = 1024
 
 #: Consumer group of engine workers on every inbound shard stream.
 INBOUND_GROUP = "engine"
 #: Consumer group of senders on every outbound stream.
 OUTBOUND_GROUP = "senders"
+#: Consumer group of callers on the calls streams.
+CALLS_GROUP = "callers"
+
+LANES = ("reply", "bulk")
+ROLES = ("worker", "sender")
 
 
 def shard_of(contact: str, shards: int) -> int:
-    """The inbound shard a contact's events go to (stable across processes and restarts)."""
+    """The shard a contact belongs to (stable across processes and restarts)."""
     return zlib.crc32(contact.encode()) % shards
 
 
-def contact(number: str) -> str:
-    return f"{PREFIX}:c:{{{number}}}"
+def _bitreverse10(n: int) -> int:
+    return int(f"{n:010b}"[::-1], 2)
 
 
-def session(number: str) -> str:
-    return f"{PREFIX}:s:{{{number}}}"
+@lru_cache(maxsize=MAX_SHARDS)
+def shard_tag(shard: int) -> str:
+    """The hash tag of ``shard``'s keys, braces included: ``{S.j}``, with ``j`` the first
+    suffix whose slot falls in the 16-slot window at ``bitreverse10(S) * 16`` (so shards spread
+    evenly over the slot range; about a thousand CRC16s per shard, once per process)."""
+    if not 0 <= shard < MAX_SHARDS:
+        raise ValueError(f"shard {shard} out of range 0..{MAX_SHARDS - 1}")
+    width = SLOTS // MAX_SHARDS
+    low = _bitreverse10(shard) * width
+    j = 0
+    while True:
+        tag = f"{shard}.{j}"
+        if low <= key_slot(tag.encode()) < low + width:
+            return "{" + tag + "}"
+        j += 1
 
 
-def message_index(number: str) -> str:
-    return f"{PREFIX}:ml:{{{number}}}"
+def slot_of_shard(shard: int) -> int:
+    """The Redis Cluster slot of every key of ``shard``."""
+    return key_slot(shard_tag(shard).encode())
 
 
-def message_records(number: str) -> str:
-    return f"{PREFIX}:mh:{{{number}}}"
+def layout() -> str:
+    return f"{PREFIX}:layout"
 
 
-def governance(number: str) -> str:
-    return f"{PREFIX}:g:{{{number}}}"
+# -- per contact (the contact's shard's tag) ---------------------------------------------------
 
 
-def consent_ledger(number: str) -> str:
-    return f"{PREFIX}:cl:{{{number}}}"
+def _c(kind: str, number: str, shard: int) -> str:
+    return f"{PREFIX}:{kind}:{shard_tag(shard)}{number}"
 
 
-def erased_consent_ledger(digest: str) -> str:
+def contact(number: str, shard: int) -> str:
+    return _c("c", number, shard)
+
+
+def session(number: str, shard: int) -> str:
+    return _c("s", number, shard)
+
+
+def message_index(number: str, shard: int) -> str:
+    return _c("ml", number, shard)
+
+
+def message_records(number: str, shard: int) -> str:
+    return _c("mh", number, shard)
+
+
+def governance(number: str, shard: int) -> str:
+    return _c("g", number, shard)
+
+
+def consent_ledger(number: str, shard: int) -> str:
+    return _c("cl", number, shard)
+
+
+def erased_consent_ledger(digest: str, shard: int) -> str:
     """The consent ledger of an erased contact, named by a keyed hash of its number
-    (engine/crm/erasure.py), so the history stays provable without the number in clear."""
-    return f"{PREFIX}:cl:h:{digest}"
+    (engine/crm/erasure.py), so the history stays provable without the number in clear; in the
+    shard the number was in (whoever proves consent for a number knows the number)."""
+    return f"{PREFIX}:cl:h:{shard_tag(shard)}{digest}"
 
 
-def erasure_key() -> str:
-    return f"{PREFIX}:erasure:key"
+def counted_sends(number: str, shard: int) -> str:
+    return _c("sent", number, shard)
 
 
-def counted_sends(number: str) -> str:
-    return f"{PREFIX}:sent:{{{number}}}"
+def attribution(number: str, shard: int) -> str:
+    """The contact's last journey touch (flow, experiment, arm, start, at), for conversions."""
+    return _c("att", number, shard)
 
 
-def inbound_dedupe(shard: int, slot: int, bucket: int) -> str:
-    """The dedupe marks of one shard's inbound texts in one slot and time bucket."""
-    return f"{PREFIX}:dd:{shard}:{slot}:{bucket}"
+def conversion_seen(number: str, shard: int, event_id: str) -> str:
+    """A CRM conversion event already recorded (its ``id``), for the dedupe window."""
+    return f"{_c('cv', number, shard)}:{event_id}"
 
 
-def inbound_dedupe_field(number: str, gateway: str, provider_id: str) -> str:
-    """A text's field in :func:`inbound_dedupe`: gateway and provider id, and a 32-bit hash of the
-    sender (two senders' texts with one id stay apart; the number is not kept in clear)."""
-    return f"{gateway}:{provider_id}:{zlib.crc32(number.encode()):08x}"
+def smpp_mo_parts(number: str, shard: int, gateway: str, to: str, ref: int, total: int) -> str:
+    """The parts received so far of one multipart text from ``number`` (reassembly)."""
+    return f"{_c('mo', number, shard)}:{gateway}:{to}|{ref}|{total}"
 
 
-def legacy_inbound_dedupe(number: str, gateway: str, provider_id: str) -> str:
-    """An earlier release's dedupe key (one string per text): read during an upgrade only."""
-    return f"{PREFIX}:dd:{{{number}}}:{gateway}:{provider_id}"
+def contact_pattern() -> str:
+    """SCAN pattern of every contact profile key (run on every master of a cluster)."""
+    return f"{PREFIX}:c:{{*}}*"
+
+
+def number_of_contact_key(key: str) -> str:
+    """The number in a contact profile key (the inverse of :func:`contact`)."""
+    head = f"{PREFIX}:c:{{"
+    assert key.startswith(head) and "}" in key, key
+    return key[key.index("}") + 1 :]
+
+
+# -- per shard -----------------------------------------------------------------------------------
 
 
 def inbound_stream(shard: int) -> str:
-    return f"{PREFIX}:in:{shard}"
+    return f"{PREFIX}:in:{shard_tag(shard)}"
 
 
 def timers(shard: int) -> str:
-    return f"{PREFIX}:tm:{shard}"
+    return f"{PREFIX}:tm:{shard_tag(shard)}"
 
 
 def timer_member(number: str, kind: str, token: str) -> str:
@@ -158,51 +226,58 @@ def timer_member_prefix(number: str) -> str:
     return f"{number}|"
 
 
-def outbound_stream(gateway: str, lane: str = "reply") -> str:
-    """A gateway's outbound lane: ``reply`` (someone is waiting) or ``bulk``."""
-    return f"{PREFIX}:out:{gateway}" if lane == "reply" else f"{PREFIX}:out:{gateway}:bulk"
+def inbound_dedupe(shard: int, slot: int, bucket: int) -> str:
+    """The dedupe marks of one shard's inbound texts in one slot and time bucket."""
+    return f"{PREFIX}:dd:{shard_tag(shard)}:{slot}:{bucket}"
 
 
-LANES = ("reply", "bulk")
+def inbound_dedupe_field(number: str, gateway: str, provider_id: str) -> str:
+    """A text's field in :func:`inbound_dedupe`: gateway and provider id, and a 32-bit hash of the
+    sender (two senders' texts with one id stay apart; the number is not kept in clear)."""
+    return f"{gateway}:{provider_id}:{zlib.crc32(number.encode()):08x}"
 
 
-def dead_letters() -> str:
-    return f"{PREFIX}:dead"
+def outbound_stream(shard: int, gateway: str, lane: str = "reply") -> str:
+    """Shard ``shard``'s outbound lane of ``gateway``: ``reply`` (someone is waiting) or ``bulk``."""
+    base = f"{PREFIX}:out:{shard_tag(shard)}:{gateway}"
+    return base if lane == "reply" else f"{base}:bulk"
 
 
-def calls() -> str:
-    return f"{PREFIX}:calls"
+def calls(shard: int) -> str:
+    """CRM webhook calls that shard ``shard``'s turns asked for."""
+    return f"{PREFIX}:calls:{shard_tag(shard)}"
 
 
-#: Consumer group of callers on the calls stream.
-CALLS_GROUP = "callers"
+def flow_events(shard: int) -> str:
+    """The outcome events of shard ``shard``'s contacts (reports, result exports, CRM event
+    webhooks read every shard's; each is in order, there is no order across shards)."""
+    return f"{PREFIX}:fx:{shard_tag(shard)}"
 
 
-def leases() -> str:
-    return f"{PREFIX}:lease"
+# -- leases ------------------------------------------------------------------------------------
 
 
-def workers() -> str:
-    return f"{PREFIX}:workers"
+def leases(role: str = "worker") -> str:
+    """Which process of ``role`` reads which shard: shard -> "holder|expires ms"."""
+    return f"{PREFIX}:{{l}}:lease:{role}"
 
 
-def lease_changes() -> str:
-    """A pub/sub channel, not a key: lease.lua tells the workers the shares changed."""
-    return f"{PREFIX}:lease:changed"
+def live(role: str = "worker") -> str:
+    """The live processes of ``role``: holder -> heartbeat expiry ms."""
+    return f"{PREFIX}:{{l}}:live:{role}"
 
 
-def flow_source(name: str, digest: str) -> str:
-    return f"{PREFIX}:flow:{name}:{digest}"
+def lease_changes(role: str = "worker") -> str:
+    """A pub/sub channel, not a key: lease.lua tells the holders of ``role`` the shares changed."""
+    return f"{PREFIX}:{{l}}:changed:{role}"
+
+
+# -- a connector's ---------------------------------------------------------------------------
 
 
 def provider_ids(gateway: str, slot: int, bucket: int) -> str:
     """Provider ids of ``gateway``'s sends in one slot and time bucket -> "N message-id"."""
     return f"{PREFIX}:pid:{{{gateway}:{slot}}}:{bucket}"
-
-
-def legacy_provider_id(gateway: str, pid: str) -> str:
-    """An earlier release's provider-id key (one string per send): read during an upgrade only."""
-    return f"{PREFIX}:pid:{gateway}:{pid}"
 
 
 def parked_receipt(gateway: str, slot: int, pid: str) -> str:
@@ -211,8 +286,13 @@ def parked_receipt(gateway: str, slot: int, pid: str) -> str:
 
 
 def rate(gateway: str) -> str:
-    """The connector's booked send slots (``rate.lua``; was the string ``p:rate:GW``)."""
-    return f"{PREFIX}:slots:{gateway}"
+    """The connector's booked send slots (``rate.lua``), one key for every process."""
+    return f"{PREFIX}:slots:{{{gateway}}}"
+
+
+def binds(gateway: str) -> str:
+    """An SMPP connector's binds across every process: bind index -> "holder|expires ms"."""
+    return f"{PREFIX}:binds:{{{gateway}}}"
 
 
 def smpp_segments(gateway: str, slot: int, bucket: int) -> str:
@@ -221,36 +301,25 @@ def smpp_segments(gateway: str, slot: int, bucket: int) -> str:
     return f"{PREFIX}:seg:{{{gateway}:{slot}}}:{bucket}"
 
 
-def legacy_smpp_segment(gateway: str, smsc_id: str) -> str:
-    """An earlier release's segment key (one string per part): read during an upgrade only."""
-    return f"{PREFIX}:seg:{gateway}:{smsc_id}"
+def smpp_rollup(gateway: str, slot: int, first_id: str) -> str:
+    """The receipts of a multipart message's parts, by the SMSC id of its first part (in that
+    id's slot ``slot``)."""
+    return f"{PREFIX}:roll:{{{gateway}:{slot}}}:{first_id}"
 
 
-def smpp_rollup(gateway: str, first_id: str) -> str:
-    """The receipts of a multipart message's parts, by the SMSC id of its first part."""
-    return f"{PREFIX}:roll:{gateway}:{first_id}"
+# -- alone -----------------------------------------------------------------------------------
 
 
-def smpp_mo_parts(number: str, gateway: str, to: str, ref: int, total: int) -> str:
-    """The parts received so far of one multipart text from ``number`` (reassembly)."""
-    return f"{PREFIX}:mo:{{{number}}}:{gateway}:{to}|{ref}|{total}"
+def dead_letters() -> str:
+    return f"{PREFIX}:dead"
 
 
-def flow_events() -> str:
-    """The outcome events of every flow (reports, result exports, CRM event webhooks)."""
-    return f"{PREFIX}:fx"
+def erasure_key() -> str:
+    return f"{PREFIX}:erasure:key"
 
 
-def contact_pattern() -> str:
-    """SCAN pattern of every contact profile key."""
-    return f"{PREFIX}:c:{{*}}"
-
-
-def number_of_contact_key(key: str) -> str:
-    """The number in a contact profile key (the inverse of :func:`contact`)."""
-    head = contact("")[:-1]  # "p:c:{"
-    assert key.startswith(head) and key.endswith("}"), key
-    return key[len(head) : -1]
+def flow_source(name: str, digest: str) -> str:
+    return f"{PREFIX}:flow:{name}:{digest}"
 
 
 def start_record(start_id: str) -> str:
@@ -263,29 +332,19 @@ def assignments(experiment: str) -> str:
     return f"{PREFIX}:xa:{experiment}"
 
 
-def attribution(number: str) -> str:
-    """The contact's last journey touch (flow, experiment, arm, start, at), for conversions."""
-    return f"{PREFIX}:att:{{{number}}}"
-
-
 def webhook_group(index: int, url: str) -> str:
-    """The consumer group of outcome webhook ``index`` on ``p:fx``: a new URL is a new cursor."""
+    """The consumer group of outcome webhook ``index`` on every ``p:fx:T``: a new URL is a new cursor."""
     return f"webhook-{index}-{zlib.crc32(url.encode()):08x}"
 
 
 def webhook_retry(index: int) -> str:
-    """Dead letters of webhook ``index`` replayed, read by its dispatcher with ``p:fx``."""
-    return f"{PREFIX}:whre:{index}"
+    """Dead letters of webhook ``index`` replayed, read by its dispatcher with the ``p:fx:T``."""
+    return f"{PREFIX}:whre:{{w{index}}}"
 
 
 def webhook_dead(index: int) -> str:
     """Events webhook ``index`` gave up on (a 4xx, or out of attempts), with the last error."""
-    return f"{PREFIX}:whdead:{index}"
-
-
-def conversion_seen(number: str, event_id: str) -> str:
-    """A CRM conversion event already recorded (its ``id``), for the dedupe window."""
-    return f"{PREFIX}:cv:{{{number}}}:{event_id}"
+    return f"{PREFIX}:whdead:{{w{index}}}"
 
 
 def call_cache(digest: str) -> str:
