@@ -13,7 +13,7 @@ import orjson
 from engine.app.runtime import Runtime
 from engine.conversation import intake
 from engine.conversation.events import Event
-from engine.conversation.shards import release_dead
+from engine.core.leases import release_dead
 from engine.conversation.turn import run_turn
 from engine.conversation.worker import Worker
 from engine.core import keys

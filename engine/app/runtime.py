@@ -25,7 +25,7 @@ from aiohttp import web
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
-from engine.conversation.shards import lease_holders, release_dead
+from engine.core.leases import lease_holders, release_dead
 from engine.conversation.worker import Worker
 from engine.core import keys
 from engine.core.clock import Clock

@@ -5,13 +5,13 @@
 --
 -- Called only through LeaseArgs (lease.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:lease    hash  shard -> "worker|expires ms" (Redis server time)
--- KEYS[2]  p:workers  zset  worker -> heartbeat expiry ms
+-- KEYS[1]  p:{l}:lease:R  hash  shard -> "worker|expires ms" (Redis server time)
+-- KEYS[2]  p:{l}:live:R   zset  worker -> heartbeat expiry ms (R: the role, worker or sender)
 -- ARGV[1]  this worker's id   ARGV[2] lease length ms   ARGV[3] number of shards
 -- ARGV[4]  "tick": heartbeat, renew what this worker holds, take free shards up to its share
 --          "release": give up the shards ARGV[6..] (this worker finished with them)
 --          "leave": give up every shard and the heartbeat (clean shutdown, or a dead worker)
--- ARGV[5]  the channel (p:lease:changed) told this worker's id when the shares change: a
+-- ARGV[5]  the channel (p:{l}:changed:R) told this worker's id when the shares change: a
 --          worker joined or left (or its heartbeat expired), or shards were given up; the
 --          other workers renew at once instead of at their next period, so freed shards are
 --          read again within milliseconds (a missed message only costs that period)

@@ -17,13 +17,15 @@ class LeaseArgs:
     mode: Literal["tick", "release", "leave"]
     #: With "release": the shards given up.
     release: tuple[int, ...] = ()
+    #: Whose leases: "worker" (inbound shards) or "sender" (outbound lanes).
+    role: str = "worker"
 
     def to_keys(self) -> list[str]:
-        """KEYS[1] leases, KEYS[2] workers."""
-        return [keys.leases(), keys.workers()]
+        """KEYS[1] leases, KEYS[2] the live holders (one slot: both carry ``{l}``)."""
+        return [keys.leases(self.role), keys.live(self.role)]
 
     def to_argv(self) -> list[str | int]:
-        return [self.worker, self.ttl_ms, self.shards, self.mode, keys.lease_changes(), *self.release]
+        return [self.worker, self.ttl_ms, self.shards, self.mode, keys.lease_changes(self.role), *self.release]
 
 
 @dataclass(frozen=True, slots=True)

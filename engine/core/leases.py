@@ -1,4 +1,6 @@
-"""Shard leases: each inbound shard is read by exactly one worker at a time.
+"""Shard leases: each shard is read by exactly one process of a role at a time (its inbound
+stream by one worker, its outbound lanes by one sender; ``role`` names whose leases these are,
+and each role's leases are apart: ``keys.leases(role)``). Below, "worker" stands for either.
 
 One contact's events all land on one shard (``keys.shard_of``), so one reader per shard means
 one writer per contact: a contact's texts are processed strictly in order however many worker
@@ -10,7 +12,7 @@ A worker that stops renewing (killed, frozen, cut off from Redis) loses its shar
 lease runs out, or at once when its supervisor saw it die (:func:`release_dead`); another worker
 takes them and first claims (XAUTOCLAIM) the entries the dead one had read but not
 acknowledged. Workers renew at once when ``lease.lua`` tells them the shares changed
-(``p:lease:changed``), so freed shards do not wait for the next periodic renewal.
+(``keys.lease_changes(role)``), so freed shards do not wait for the next periodic renewal.
 
 A worker also *fences itself*: it starts no new turn once its own lease may have run out
 (counted from when it sent the renewal, which is before Redis stamped it), so two workers never
@@ -43,8 +45,9 @@ class Tick:
 class ShardLeases:
     """The leases of one worker (``me``) over ``shards`` inbound shards."""
 
-    def __init__(self, store: Store, me: str, shards: int, ttl_s: float) -> None:
+    def __init__(self, store: Store, me: str, shards: int, ttl_s: float, role: str = "worker") -> None:
         self.store = store
+        self.role = role
         self.me = me
         self.shards = shards
         self.ttl_ms = max(1, int(ttl_s * 1000))
@@ -72,19 +75,19 @@ class ShardLeases:
         await self._run("leave")
 
     async def _run(self, mode: Literal["tick", "release", "leave"], release: tuple[int, ...] = ()) -> Any:
-        call = LeaseArgs(self.me, self.ttl_ms, self.shards, mode, release)
+        call = LeaseArgs(self.me, self.ttl_ms, self.shards, mode, release, self.role)
         return await self.store.run("lease", keys=call.to_keys(), args=call.to_argv())
 
 
-async def release_dead(store: Store, worker: str, shards: int, ttl_s: float) -> None:
+async def release_dead(store: Store, worker: str, shards: int, ttl_s: float, role: str = "worker") -> None:
     """Give up the shards and heartbeat of ``worker``, which is known to be dead (its supervisor
     reaped the process): the others take its shards now instead of when its leases run out."""
-    await ShardLeases(store, worker, shards, ttl_s).leave()
+    await ShardLeases(store, worker, shards, ttl_s, role).leave()
 
 
-async def lease_holders(store: Store) -> dict[int, str]:
-    """Shard -> the worker holding an unexpired lease on it (for /healthz)."""
-    raw = await store.redis.hgetall(keys.leases())
+async def lease_holders(store: Store, role: str = "worker") -> dict[int, str]:
+    """Shard -> the process of ``role`` holding an unexpired lease on it (for /healthz)."""
+    raw = await store.redis.hgetall(keys.leases(role))
     sec, usec = await store.redis.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
     out = {}
