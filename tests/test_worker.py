@@ -13,11 +13,11 @@ import orjson
 from engine.app.runtime import Runtime
 from engine.conversation import intake
 from engine.conversation.events import Event
-from engine.core.leases import release_dead
 from engine.conversation.turn import run_turn
 from engine.conversation.worker import Worker
 from engine.core import keys
 from engine.core.consumer import ensure_group
+from engine.core.leases import release_dead
 from engine.core.redis_embedded import EmbeddedRedis, free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, Turns, make_config, outbound, process_stream

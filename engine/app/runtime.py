@@ -25,12 +25,12 @@ from aiohttp import web
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
-from engine.core.leases import lease_holders, release_dead
 from engine.conversation.worker import Worker
 from engine.core import keys
 from engine.core.clock import Clock
 from engine.core.config import Config, parse_cap
 from engine.core.errors import ConfigError
+from engine.core.leases import lease_holders, release_dead
 from engine.core.metrics import Metrics
 from engine.core.ports import Accepted
 from engine.core.redis_embedded import EmbeddedRedis

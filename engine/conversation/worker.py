@@ -29,10 +29,10 @@ from redis.asyncio.client import Pipeline
 
 from engine.conversation.events import Event
 from engine.conversation.ports import TurnServices
-from engine.core.leases import ShardLeases, Tick
 from engine.conversation.turn import TurnDone, run_turn
 from engine.core import keys
 from engine.core.consumer import BACKOFF_MAX_S, Entry, StreamConsumer, ensure_group
+from engine.core.leases import ShardLeases, Tick
 from engine.core.scripts.timers import TimersArgs
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,14 @@ class LeaseArgs:
         return [keys.leases(self.role), keys.live(self.role)]
 
     def to_argv(self) -> list[str | int]:
-        return [self.worker, self.ttl_ms, self.shards, self.mode, keys.lease_changes(self.role), *self.release]
+        return [
+            self.worker,
+            self.ttl_ms,
+            self.shards,
+            self.mode,
+            keys.lease_changes(self.role),
+            *self.release,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
