@@ -228,8 +228,9 @@ class Runtime:
         return fresh
 
     async def refresh_stream_metrics(self) -> None:
-        """Read each shard's backlog and the live workers from Redis into the gauges (one round
-        trip; called when /metrics is scraped, so it shows every worker process's shards)."""
+        """Read each shard's backlog, each connector's lanes (every shard's, summed per gateway
+        and lane) and the live workers from Redis into the gauges (one round trip; called when
+        /metrics is scraped, so it shows every worker process's shards)."""
         r = self.store.redis
         n = self.config.engine.shards
         async with r.pipeline(transaction=False) as pipe:
@@ -240,12 +241,15 @@ class Runtime:
                 pipe.xrange(stream, count=1)
             lanes = [(gw, lane) for gw in self.senders for lane in keys.LANES]
             for gw, lane in lanes:
-                pipe.xlen(keys.outbound_stream(gw, lane))
-            pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
+                for shard in range(n):
+                    pipe.xlen(keys.outbound_stream(shard, gw, lane))
+            pipe.zcount(keys.live("worker"), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
-        for (gw, lane), depth in zip(lanes, res[3 * n : 3 * n + len(lanes)], strict=True):
-            if not isinstance(depth, Exception):
-                self.metrics.backlog(gw, lane, int(depth))
+        depths = res[3 * n : 3 * n + len(lanes) * n]
+        for i, (gw, lane) in enumerate(lanes):
+            per_shard = depths[i * n : (i + 1) * n]
+            if not any(isinstance(d, Exception) for d in per_shard):
+                self.metrics.backlog(gw, lane, sum(int(d) for d in per_shard))
         now_ms = self.clock.now_ms()
         for shard in range(n):
             length, pending, first = res[3 * shard : 3 * shard + 3]
