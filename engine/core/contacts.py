@@ -2,7 +2,8 @@
 
 Stored as one small hash per contact (``p:c:TN``, T: its shard's hash tag): ``f`` fields
 (orjson), ``tg`` tags (orjson list), ``l`` language, ``tz`` timezone, ``ca``/``ua``
-created/updated (ms). A flow that sets fields or tags writes them in its turn's commit, guarded by ``ua`` so a concurrent PUT is never lost.
+created/updated (ms). A flow that sets fields or tags writes them in its turn's commit, guarded
+by ``ua`` so a concurrent PUT is never lost.
 ``PUT`` replaces fields, tags, language and timezone as a whole: the CRM is the source of
 truth, so what it sends is what we hold.
 """

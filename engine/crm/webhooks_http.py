@@ -8,7 +8,8 @@ What is sent for a ``p:fx:T`` entry ``{"t", "c", "f", "run", "at", ...}`` (engin
 (the event id is the entry id in its shard's stream, with ``S/`` before it for shard S > 0,
 engine/crm/webhooks.py; a ``message`` event's ``m`` is sent as ``message_id``; a ``consent``
 event outside a run has ``flow`` and ``run`` null). An event's own field whose name the
-envelope already uses is sent as ``<type>_<name>``, never dropped: a ``conversion``'s own ``type`` (``purchase``) arrives as
+envelope already uses is sent as ``<type>_<name>``, never dropped: a ``conversion``'s own
+``type`` (``purchase``) arrives as
 ``conversion_type``. Headers: ``X-Parley-Timestamp`` (Unix seconds, at this attempt),
 ``X-Parley-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}." + body>`` (the scheme Parley
 checks on inbound webhooks, gateways/http_common.py), ``X-Parley-Event-Id`` (the entry id, or
