@@ -91,7 +91,9 @@ def test_cli_imports_100k_jsonl_rows_and_reports_each_bad_one(redis_url: str, tm
             )
             assert orjson.loads(h[b"f"]) == expected_fields
         assert client.hget(keys.contact(_number(2), shard(_number(2), 8)), "tz") == b"Europe/London"
-        assert client.hget(keys.contact(_number(1), shard(_number(1), 8)), "tz") is None  # replaced whole by the last row
+        assert (
+            client.hget(keys.contact(_number(1), shard(_number(1), 8)), "tz") is None
+        )  # replaced whole by the last row
     finally:
         client.close()
 
