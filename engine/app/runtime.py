@@ -232,8 +232,9 @@ class Runtime:
         return fresh
 
     async def refresh_stream_metrics(self) -> None:
-        """Read each shard's backlog and the live workers from Redis into the gauges (one round
-        trip; called when /metrics is scraped, so it shows every worker process's shards)."""
+        """Read each shard's backlog, each connector's lanes (every shard's, summed per gateway
+        and lane) and the live workers from Redis into the gauges (one round trip; called when
+        /metrics is scraped, so it shows every worker process's shards)."""
         r = self.store.redis
         n = self.config.engine.shards
         async with r.pipeline(transaction=False) as pipe:
@@ -246,7 +247,7 @@ class Runtime:
             for gw, lane in lanes:
                 for shard in range(n):
                     pipe.xlen(keys.outbound_stream(shard, gw, lane))
-            pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
+            pipe.zcount(keys.live("worker"), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
         depths = res[3 * n : 3 * n + len(lanes) * n]
         for i, (gw, lane) in enumerate(lanes):
