@@ -174,3 +174,20 @@ def test_parley_migrate_is_a_command() -> None:
     from engine.app.cli import _parser
 
     assert _parser().parse_args(["migrate"]).command == "migrate"
+
+
+async def test_a_database_of_another_shard_count_is_refused(redis_url: str) -> None:
+    cfg = _cfg(redis_url)  # engine.shards: 4
+    store = Store.connect(redis_url, cfg.redis)
+    try:
+        r = store.redis
+        for s in range(2):  # an earlier release's workers, with engine.shards: 2
+            await r.xgroup_create(f"p:in:{s}", keys.INBOUND_GROUP, id="0", mkstream=True)
+        with pytest.raises(MigrationRefused, match=r"engine\.shards = 2"):
+            await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
+        await r.xgroup_create("p:in:4", keys.INBOUND_GROUP, id="0", mkstream=True)
+        with pytest.raises(MigrationRefused, match="p:in:4 is shard 4"):
+            await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
+        assert await r.exists(keys.layout(), keys.inbound_stream(0)) == 0  # nothing changed
+    finally:
+        await store.close()

@@ -14,8 +14,9 @@ cluster), in place, and prints what it did:
   layout-2 name in N's shard (``engine.shards``; RENAME keeps TTLs); ``p:dd:{N}:GW:ID`` (the dedupe
   marks of releases before issue 15, no longer read) are deleted;
 - ``p:in:S``, ``p:tm:S``, ``p:dd:S:K:B`` are renamed to their tagged names (RENAME keeps the
-  workers' consumer group and its pending entries); a shard at or above ``engine.shards`` is
-  refused (run with the shard count the database was written with);
+  workers' consumer group and its pending entries); a database written with another shard count
+  is refused (a shard stream at or above ``engine.shards``, or, when workers read them, fewer
+  streams than ``engine.shards``): run with the shard count the database was written with;
 - ``p:fx`` and ``p:calls`` become shard 0's ``p:fx:T`` and ``p:calls:T`` (RENAME keeps the webhooks'
   and callers' cursors and pending entries; the webhooks start the other shards' streams at
   their end, which is their start); ``p:whre:I``/``p:whdead:I`` become ``p:whre:{wI}``/``p:whdead:{wI}``;
@@ -148,12 +149,16 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
             "a Parley worker is running on this database (p:workers): stop every Parley process first"
         )
     lanes: list[tuple[bytes, str, str]] = []
+    highest = -1  # the highest shard of an inbound stream
     async for k in r.scan_iter(match=f"{P}:*", count=BATCH):
-        if (m := _SHARD_KEY.match(k)) and int(m[2]) >= shards:
-            raise MigrationRefused(
-                f"{k.decode()} is shard {int(m[2])}, but engine.shards is {shards}: run with the "
-                "engine.shards the database was written with"
-            )
+        if m := _SHARD_KEY.match(k):
+            if int(m[2]) >= shards:
+                raise MigrationRefused(
+                    f"{k.decode()} is shard {int(m[2])}, but engine.shards is {shards}: run with the "
+                    "engine.shards the database was written with"
+                )
+            if m[1] == b"in":
+                highest = max(highest, int(m[2]))
         if m := _LANE_KEY.match(k):
             gw, lane = m[1].decode(), "bulk" if m[2] else "reply"
             pending = await _pending(store, k)
@@ -164,6 +169,13 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
                     "pending, then stop it)"
                 )
             lanes.append((k, gw, lane))
+
+    if 0 <= highest < shards - 1 and await _read_by_workers(store, f"{P}:in:{highest}"):
+        # Workers made every shard's stream (and group) at start: the database had highest + 1.
+        raise MigrationRefused(
+            f"the database was written with engine.shards = {highest + 1}, but engine.shards is "
+            f"{shards}: run with the engine.shards the database was written with"
+        )
 
     # The steps.
     await _per_contact_keys(store, shards, out)
@@ -207,6 +219,11 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
     await r.set(keys.layout(), str(keys.LAYOUT))
     out.lines.append(f"p:layout = {keys.LAYOUT}: the database is key layout {keys.LAYOUT}")
     return out
+
+
+async def _read_by_workers(store: Store, stream: str) -> bool:
+    groups: Any = await store.redis.xinfo_groups(stream)
+    return any(g["name"] in (keys.INBOUND_GROUP, keys.INBOUND_GROUP.encode()) for g in groups)
 
 
 async def _pending(store: Store, lane: bytes) -> int:
