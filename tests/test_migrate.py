@@ -121,6 +121,10 @@ async def test_a_layout1_database_is_refused_then_migrated_and_carries_on(redis_
         # The webhook's cursor and its pending entry moved with p:fx to shard 0's stream.
         pending = await r.xpending(keys.flow_events(0), GROUP)
         assert pending["pending"] == 1
+        # ...and it reads the other shards' streams from their start.
+        for s in range(1, 4):
+            (group,) = await r.xinfo_groups(keys.flow_events(s))
+            assert group["name"] == GROUP.encode() and group["last-delivered-id"] == b"0-0"
 
         # Twice is harmless.
         again = await migrate(store, cfg, receipt_slot=receipt_slots(cfg))

@@ -17,9 +17,10 @@ cluster), in place, and prints what it did:
   workers' consumer group and its pending entries); a database written with another shard count
   is refused (a shard stream at or above ``engine.shards``, or, when workers read them, fewer
   streams than ``engine.shards``): run with the shard count the database was written with;
-- ``p:fx`` and ``p:calls`` become shard 0's ``p:fx:T`` and ``p:calls:T`` (RENAME keeps the webhooks'
-  and callers' cursors and pending entries; the webhooks start the other shards' streams at
-  their end, which is their start); ``p:whre:I``/``p:whdead:I`` become ``p:whre:{wI}``/``p:whdead:{wI}``;
+- ``p:fx`` and ``p:calls`` become shard 0's ``p:fx:T`` and ``p:calls:T`` (RENAME keeps the
+  webhooks' and callers' cursors and pending entries; each webhook's cursor is also set at the
+  start of every other shard's outcome stream, so nothing a worker adds before the dispatcher
+  runs is missed); ``p:whre:I``/``p:whdead:I`` become ``p:whre:{wI}``/``p:whdead:{wI}``;
 - each outbound lane ``p:out:GW[:bulk]``: its entries not yet read by the senders move, in
   order, to the lane of their contact's shard, and the old lane is deleted; a lane with
   pending entries (read by a sender, not yet acknowledged) is refused: drain the senders first;
@@ -181,6 +182,7 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
     await _per_contact_keys(store, shards, out)
     for old_name, new in ((f"{P}:fx", keys.flow_events(0)), (f"{P}:calls", keys.calls(0))):
         await _rename(store, old_name.encode(), new, out, "shared streams")
+    await _webhook_cursors(store, shards, out)
     async for k in r.scan_iter(match=f"{P}:*", count=BATCH):
         if m := _SHARD_KEY.match(k):
             s = int(m[2])
@@ -219,6 +221,25 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
     await r.set(keys.layout(), str(keys.LAYOUT))
     out.lines.append(f"p:layout = {keys.LAYOUT}: the database is key layout {keys.LAYOUT}")
     return out
+
+
+async def _webhook_cursors(store: Store, shards: int, out: Report) -> None:
+    """Each outcome webhook's group (on shard 0's stream, once p:fx) also on every other shard's
+    stream, from its start: events the workers add there before the dispatcher first runs are
+    sent too (a dispatcher makes a missing group at the stream's end)."""
+    r = store.redis
+    if not await r.exists(keys.flow_events(0)):
+        return
+    groups: Any = await r.xinfo_groups(keys.flow_events(0))
+    for g in groups:
+        name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+        for s in range(1, shards):
+            try:
+                await r.xgroup_create(keys.flow_events(s), name, id="0", mkstream=True)
+                out.count("webhook cursors set at the start of the other shards' outcome streams")
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
 
 async def _read_by_workers(store: Store, stream: str) -> bool:
