@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from engine.app.migrate import check_layout, migrate, receipt_slots
@@ -24,7 +25,7 @@ from engine.core.config import Config
 from engine.core.errors import LayoutError, MigrationRefused
 from engine.core.store import Store
 from engine.crm import reports
-from tests.conftest import ANN, make_config, outbound, process_stream
+from tests.conftest import ANN, make_config, outbound, process_stream, run_parley
 
 BOB = "+447700900456"
 GROUP = "webhook-0-1234abcd"
@@ -174,10 +175,18 @@ async def test_a_new_database_is_marked_and_a_lane_with_pending_sends_is_refused
         await store.close()
 
 
-def test_parley_migrate_is_a_command() -> None:
-    from engine.app.cli import _parser
-
-    assert _parser().parse_args(["migrate"]).command == "migrate"
+def test_parley_migrate_converts_and_says_so_then_has_nothing_to_do(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hset("p:c:{" + ANN + "}", mapping={"f": "{}", "tg": "[]", "ca": 1, "ua": 1})
+        first = run_parley("migrate", env={"PARLEY_REDIS_URL": redis_url})
+        assert first.returncode == 0, first.stderr
+        assert "contact keys: 1" in first.stdout and "p:layout = 2" in first.stdout
+        assert client.exists(keys.contact(ANN, keys.shard_of(ANN, 8))) == 1  # the default 8 shards
+        again = run_parley("migrate", env={"PARLEY_REDIS_URL": redis_url})
+        assert again.returncode == 0 and "nothing to do" in again.stdout
+    finally:
+        client.close()
 
 
 async def test_a_database_of_another_shard_count_is_refused(redis_url: str) -> None:

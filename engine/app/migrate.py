@@ -41,6 +41,7 @@ name already exists is not overwritten: it is reported and the migration stops b
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -362,17 +363,20 @@ def receipt_slots(cfg: Config) -> Callable[[str, str], int | None]:
 
 
 async def run_migrate(cfg: Config) -> int:
-    """``parley migrate``: convert the configured Redis (redis.url) and print what was done."""
-    from engine.core.errors import ConfigError
+    """``parley migrate``: convert the configured Redis (``redis.url``, else the embedded one's
+    data directory, started for the migration) and print what was done."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = cfg.redis.url
+        if not url:
+            from engine.core.redis_embedded import EmbeddedRedis
 
-    if not cfg.redis.url:
-        raise ConfigError("redis.url", "parley migrate needs the service's Redis (set redis.url)")
-    store = Store.connect(cfg.redis.url, cfg.redis)
-    try:
+            embedded = EmbeddedRedis(cfg.redis.embedded_dir, persistent=True)
+            await stack.enter_async_context(embedded)
+            url = embedded.url
+        store = Store.connect(url, cfg.redis)
+        stack.push_async_callback(store.close)
         await store.ping()
         report = await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
-    finally:
-        await store.close()
     for line in report.lines:
         print(line)
     return 1 if report.conflicts else 0
