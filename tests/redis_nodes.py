@@ -1,0 +1,109 @@
+"""Real redis-server processes for the replication tests: a primary, its replicas, sentinels,
+each on a free loopback port in a temporary directory, stopped at the end (SIGKILL on demand:
+a crash, not a shutdown)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine.core.redis_embedded import die_with_parent, free_port
+
+
+def need_redis_server() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not found (apt-get install redis-server)")
+    return exe
+
+
+class Node:
+    """One redis-server (or sentinel) child. ``Node(dir, "--replicaof", "127.0.0.1", "6379")``."""
+
+    def __init__(self, base: Path, *args: str, sentinel_conf: str = "") -> None:
+        self.port = free_port()
+        self.dir = base / str(self.port)
+        self.dir.mkdir(parents=True)
+        self.args = list(args)
+        self.sentinel_conf = sentinel_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._clients: list[redis.Redis] = []
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        """A client of this node, closed when the node is killed."""
+        c = redis.Redis(port=self.port, socket_timeout=5)
+        self._clients.append(c)
+        return c
+
+    def start(self) -> None:
+        exe = need_redis_server()
+        head = [exe]
+        if self.sentinel_conf:
+            conf = self.dir / "sentinel.conf"
+            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n{self.sentinel_conf}")
+            head = [exe, str(conf), "--sentinel"]
+        else:
+            head += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", ""]
+            head += ["--appendonly", "no", "--repl-diskless-sync-delay", "0", *self.args]
+        with (self.dir / "log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                head, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as c:
+                    if c.ping():
+                        return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(
+            f"redis-server on {self.port} did not start: {(self.dir / 'log').read_text()[-500:]}"
+        )
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a crash (no SHUTDOWN, nothing flushed)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process dies only once resumed
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+
+
+def wait_replicated(primary: Node, *replicas: Node, timeout: float = 10) -> None:
+    """Until every replica is linked and caught up with the primary."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = primary.client().info("replication")
+        online = [
+            v
+            for k, v in info.items()
+            if k.startswith("slave") and isinstance(v, dict) and v["state"] == "online"
+        ]
+        if len(online) >= len(replicas) and all(v["offset"] >= info["master_repl_offset"] for v in online):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"replicas not in sync after {timeout}s: {primary.client().info('replication')}")
