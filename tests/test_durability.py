@@ -77,6 +77,7 @@ async def test_a_text_is_acknowledged_only_once_the_replica_has_it(
     primary, replica = pair
     _, http = api_of
     on_primary, on_replica = primary.client(), replica.client()
+    on_primary.config_resetstat()  # the fixture's own WAITs
     for i in range(30):
         status, _, _ = await post_text(http, f"m{i}", f"text {i}")
         assert status == 202
@@ -111,6 +112,7 @@ async def test_a_stalled_replica_turns_the_answer_into_a_503_and_the_retry_loses
 
 async def test_without_wait_replicas_intake_sends_no_wait(pair: tuple[Node, Node], tmp_path: Path) -> None:
     primary, _ = pair
+    primary.client().config_resetstat()  # the fixture's own WAITs
     async with (
         Runtime(config(primary, tmp_path, 0), worker=False, senders=False) as rt,
         aiohttp.ClientSession(
