@@ -51,11 +51,11 @@ def topology(tmp_path: Path) -> Iterator[tuple[Node, list[Node], Node]]:
             n.kill()
 
 
-def sentinel_config(sentinel: Node, tmp_path: Path, wait_replicas: int = 1) -> Config:
+def sentinel_config(sentinel: str, tmp_path: Path, wait_replicas: int = 1) -> Config:
     return make_config(
         "redis://any-host-the-sentinels-name-it/0",
         redis={
-            "sentinels": [sentinel.addr],
+            "sentinels": [sentinel],
             "sentinel_master": MASTER,
             "wait_replicas": wait_replicas,
             "wait_timeout": "500ms",
@@ -74,7 +74,7 @@ async def test_a_primary_killed_mid_stream_is_replaced_and_no_acknowledged_text_
     todo = iter(range(TEXTS))
     wait = int(os.environ.get("PARLEY_TEST_FAILOVER_WAIT_REPLICAS", "1"))  # 0: measure the loss without
     async with Runtime(
-        sentinel_config(sentinel, tmp_path, wait), http=False, worker=False, senders=False
+        sentinel_config(sentinel.addr, tmp_path, wait), http=False, worker=False, senders=False
     ) as rt:
 
         async def peer() -> None:
@@ -127,3 +127,15 @@ async def test_a_primary_killed_mid_stream_is_replaced_and_no_acknowledged_text_
     assert refusals, "the primary died mid-stream, so some texts must have been refused and retried"
     if wait:
         assert lost == [] and twice == []
+
+
+async def test_sentinels_that_name_no_primary_stop_start_up_saying_so(tmp_path: Path) -> None:
+    from engine.core.errors import RedisUnavailable
+    from engine.core.redis_embedded import free_port
+
+    nobody = f"127.0.0.1:{free_port()}"  # no sentinel listens there
+    with pytest.raises(RedisUnavailable) as info:
+        async with Runtime(sentinel_config(nobody, tmp_path), http=False, worker=False, senders=False):
+            pass
+    assert f"no primary 'parley' from the sentinels {nobody}" in str(info.value)
+    assert "redis.sentinel_master" in str(info.value)

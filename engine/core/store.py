@@ -20,12 +20,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from engine.core.batching import Coalescer
 from engine.core.config import RedisConfig
-from engine.core.errors import NotReplicated, RedisUnavailable
+from engine.core.errors import ConfigError, NotReplicated, RedisUnavailable
 
 SCRIPTS = (
     "intake",
@@ -53,9 +53,16 @@ class Store:
         #: ``redis.wait_replicas`` > 0 (else it is the turns' coalescer: no extra command).
         self.durable = self.coalescer
         if cfg.wait_replicas:
+            if not isinstance(client, aioredis.Redis):
+                # A RedisCluster sends a keyless WAIT to every master on connections that wrote
+                # nothing, and sums the replies: always "enough". WAIT must follow the writes on
+                # the connection to the master of their slot; until that is built, refuse.
+                raise ConfigError("redis.wait_replicas", "not supported with a Redis Cluster yet")
             self.durable = Coalescer(client, on_noscript=self.load_scripts, wait=self.wait)
         #: Closed with the store (the sentinels' own clients).
         self._also_close: list[Sentinel] = []
+        #: What a failed ping names when the primary comes from Sentinel.
+        self._sentinel_desc = ""
         self._scripts: dict[str, AsyncScript] = {}
         for name in SCRIPTS:
             source = resources.files("engine.core.scripts").joinpath(f"{name}.lua").read_text()
@@ -64,10 +71,7 @@ class Store:
     @classmethod
     def connect(cls, url: str, cfg: RedisConfig) -> Store:
         if cfg.sentinels:
-            client, sentinel = _sentinel_client(url, cfg)
-            store = cls(client, cfg)
-            store._also_close.append(sentinel)
-            return store
+            return cls._via_sentinel(url, cfg)
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=cfg.max_connections,
@@ -78,9 +82,23 @@ class Store:
         )
         return cls(aioredis.Redis(connection_pool=pool), cfg)
 
+    @classmethod
+    def _via_sentinel(cls, url: str, cfg: RedisConfig) -> Store:
+        client, sentinel = _sentinel_client(url, cfg)
+        store = cls(client, cfg)  # a Store on the primary the sentinels name now
+        store._also_close.append(sentinel)
+        where = ", ".join(cfg.sentinels)
+        store._sentinel_desc = f"primary {cfg.sentinel_master!r} from the sentinels {where}"
+        return store
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
+        except MasterNotFoundError as exc:
+            raise RedisUnavailable(
+                f"no {self._sentinel_desc}: none answered or none knows it as a master "
+                "(check redis.sentinels and redis.sentinel_master)"
+            ) from exc
         except (OSError, aioredis.RedisError) as exc:
             raise RedisUnavailable(f"cannot reach Redis: {exc}") from exc
 
