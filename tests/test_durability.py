@@ -161,3 +161,44 @@ async def test_smpp_texts_the_replica_did_not_confirm_are_answered_with_a_tempor
             # Redelivered with a new sequence number: "two" is there twice, never lost.
             assert await inbound_texts(rt) == [(ANN, "one"), (ANN, "two"), (ANN, "two")]
             assert replica.client().xlen(STREAM) == 3
+
+
+async def test_a_hung_replica_holds_few_connections_so_turns_keep_their_redis(
+    pair: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """Each intake pipeline blocks its connection in WAIT for up to wait_timeout. Texts keep
+    coming while the replica is hung: they queue for a few waiting pipelines instead of taking
+    every pooled connection, so the turns (and everything else on the pool) are not starved."""
+    primary, replica = pair
+    cfg = make_config(
+        primary.url,
+        redis={"wait_replicas": 1, "wait_timeout": "1s", "max_connections": 8, "pool_timeout": "5s"},
+        engine={"flows_dir": str(tmp_path), "shards": 1},
+    )
+    async with Runtime(cfg, http=False, worker=False, senders=False) as rt:
+        replica.signal(signal.SIGSTOP)
+        try:
+            texts = []
+            for i in range(30):  # one per event-loop pass, as webhooks arrive
+                texts.append(asyncio.ensure_future(rt.accept_inbound(
+                    gateway="carrier", contact=ANN, to="12345", text=f"t{i}", provider_id=f"m{i}")))  # fmt: skip
+                await asyncio.sleep(0.005)
+            t0 = time.monotonic()
+            await rt.store.redis.ping()  # what a turn's load would need: a pooled connection
+            assert time.monotonic() - t0 < 0.5
+            results = await asyncio.gather(*texts, return_exceptions=True)
+            assert all(type(r).__name__ == "NotReplicated" for r in results), results
+        finally:
+            replica.signal(signal.SIGCONT)
+
+
+def test_wait_replicas_is_refused_on_a_redis_cluster_until_it_waits_per_node() -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    from engine.core.config import RedisConfig
+    from engine.core.errors import ConfigError
+    from engine.core.store import Store
+
+    with pytest.raises(ConfigError) as info:
+        Store(RedisCluster(host="127.0.0.1", port=1), RedisConfig(wait_replicas=1))  # type: ignore[arg-type]
+    assert info.value.key == "redis.wait_replicas"

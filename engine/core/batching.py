@@ -15,6 +15,9 @@ the same connection (same round trip): Redis answers it once ``n`` replicas have
 of the pipeline. If fewer confirmed in time, every request of it raises
 :class:`~engine.core.errors.NotReplicated` (the primary has the writes; they are just not yet
 safe from a failover). Intake uses one (``Store.durable``); the turns' coalescer never waits.
+A WAIT holds its connection for up to its timeout, so such a coalescer also takes
+``max_flushes``: with that many pipelines in flight, new requests queue for the next one
+instead of taking more pooled connections (a hung replica must not starve the turns).
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ class Coalescer:
         max_batch: int = 512,
         on_noscript: Callable[[], Awaitable[None]] | None = None,
         wait: tuple[int, int] | None = None,
+        max_flushes: int = 0,
     ) -> None:
         self.redis = redis
+        #: Pipelines in flight at most (0: no limit); more requests wait for the next one.
+        self.max_flushes = max_flushes
         #: (replicas, timeout ms): WAIT at the end of every pipeline (None: no extra command).
         self.wait = wait
         self.max_batch = max_batch
@@ -61,12 +67,17 @@ class Coalescer:
         return await fut
 
     def _start(self) -> None:
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
+        if not self._queue or (self.max_flushes and len(self._tasks) >= self.max_flushes):
+            return  # a flush that ends starts the next (_done)
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
         task = asyncio.create_task(self._flush(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._queue:
+            self._start()
 
     async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
         spans: list[tuple[int, int]] = []

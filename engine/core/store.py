@@ -58,7 +58,9 @@ class Store:
                 # nothing, and sums the replies: always "enough". WAIT must follow the writes on
                 # the connection to the master of their slot; until that is built, refuse.
                 raise ConfigError("redis.wait_replicas", "not supported with a Redis Cluster yet")
-            self.durable = Coalescer(client, on_noscript=self.load_scripts, wait=self.wait)
+            # At most a quarter of the pool waits on replicas; the rest stays for the turns.
+            most = max(1, cfg.max_connections // 4)
+            self.durable = Coalescer(client, on_noscript=self.load_scripts, wait=self.wait, max_flushes=most)
         #: Closed with the store (the sentinels' own clients).
         self._also_close: list[Sentinel] = []
         #: What a failed ping names when the primary comes from Sentinel.
