@@ -76,7 +76,7 @@ class Coalescer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._queue:
+        if self.max_flushes and self._queue:  # requests held back by the limit
             self._start()
 
     async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
