@@ -157,7 +157,6 @@ async def test_smpp_texts_the_replica_did_not_confirm_are_answered_with_a_tempor
             finally:
                 replica.signal(signal.SIGCONT)
             assert await smsc.deliver("447700900123", "12345", "two") == [pdu.ESME_ROK]
-            await asyncio.sleep(0)
             # Redelivered with a new sequence number: "two" is there twice, never lost.
             assert await inbound_texts(rt) == [(ANN, "one"), (ANN, "two"), (ANN, "two")]
             assert replica.client().xlen(STREAM) == 3
