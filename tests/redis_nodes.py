@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,8 +28,8 @@ def need_redis_server() -> str:
 class Node:
     """One redis-server (or sentinel) child. ``Node(dir, "--replicaof", "127.0.0.1", "6379")``."""
 
-    def __init__(self, base: Path, *args: str, sentinel_conf: str = "") -> None:
-        self.port = free_port()
+    def __init__(self, base: Path, *args: str, sentinel_conf: str = "", port: int = 0) -> None:
+        self.port = port or free_port()
         self.dir = base / str(self.port)
         self.dir.mkdir(parents=True)
         self.args = list(args)
@@ -93,16 +94,90 @@ class Node:
         self._clients.clear()
 
 
-def wait_replicated(primary: Node, *replicas: Node, timeout: float = 10) -> None:
+def tag_on(master: Node) -> str:
+    """A hash tag whose slot the given cluster master owns."""
+    from redis.crc import key_slot
+
+    slots = master.client().cluster("slots")  # [[first, last, [host, port, id], replicas...], ...]
+    mine = [(int(r[0]), int(r[1])) for r in slots if int(r[2][1]) == master.port]
+    for i in range(100_000):
+        if any(a <= key_slot(f"s{i}".encode()) <= b for a, b in mine):
+            return f"s{i}"
+    raise AssertionError(f"no slot of {master.port} found in {slots}")
+
+
+def wait_replicated(primary: Node, *replicas: Node, timeout: float = 10, probe: str = "test:probe") -> None:
     """Until every replica streams from the primary: a write there is confirmed by all of them
     (WAIT). "online" with a matching offset is not enough: just after a diskless full sync a
     replica is online at offset 0 before the primary streams to it."""
     c = primary.client()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        c.incr("test:replication-probe")
+        c.incr(probe)
         if c.wait(len(replicas), 200) >= len(replicas):
-            c.delete("test:replication-probe")
+            c.delete(probe)
             if c.wait(len(replicas), 1000) >= len(replicas):
                 return
     raise AssertionError(f"replicas not in sync after {timeout}s: {c.info('replication')}")
+
+
+CLUSTER_ARGS = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "5000",
+)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port < 55535:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    continue
+
+
+def start_cluster(base: Path, masters: int = 3) -> list[Node]:
+    """A Redis Cluster of ``masters`` masters with one replica each (``redis-cli --cluster
+    create``), every replica streaming from its master; masters first, then their replicas in
+    the same order."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli not found (apt-get install redis-tools)")
+    nodes = [Node(base, *CLUSTER_ARGS, port=_cluster_port()) for _ in range(2 * masters)]
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            infos = [n.client().cluster("info") for n in nodes]
+            if all(i["cluster_state"] == "ok" for i in infos):
+                break
+            time.sleep(0.05)
+        by_port = {n.port: n for n in nodes}
+        ordered_masters, ordered_replicas = [], []
+        for n in nodes:
+            info = n.client().info("replication")
+            if info["role"] == "master":
+                replicas = [by_port[int(v["port"])] for k, v in info.items() if k.startswith("slave")]
+                deadline = time.monotonic() + 30
+                while not replicas and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    info = n.client().info("replication")
+                    replicas = [by_port[int(v["port"])] for k, v in info.items() if k.startswith("slave")]
+                wait_replicated(n, *replicas, probe=f"test:{{{tag_on(n)}}}")
+                ordered_masters.append(n)
+                ordered_replicas.append(replicas[0])
+        return ordered_masters + ordered_replicas
+    except BaseException:
+        for n in nodes:
+            n.kill()
+        raise

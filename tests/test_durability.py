@@ -189,15 +189,3 @@ async def test_a_hung_replica_holds_few_connections_so_turns_keep_their_redis(
             assert all(type(r).__name__ == "NotReplicated" for r in results), results
         finally:
             replica.signal(signal.SIGCONT)
-
-
-def test_wait_replicas_is_refused_on_a_redis_cluster_until_it_waits_per_node() -> None:
-    from redis.asyncio.cluster import RedisCluster
-
-    from engine.core.config import RedisConfig
-    from engine.core.errors import ConfigError
-    from engine.core.store import Store
-
-    with pytest.raises(ConfigError) as info:
-        Store(RedisCluster(host="127.0.0.1", port=1), RedisConfig(wait_replicas=1))  # type: ignore[arg-type]
-    assert info.value.key == "redis.wait_replicas"

@@ -9,7 +9,8 @@ With ``redis.sentinels`` the client is a Sentinel-managed one (:func:`_sentinel_
 new connection asks the sentinels for the current primary, and a connection that finds its
 server demoted (READONLY) is dropped, so a failover is followed with no operator action; the
 pool still blocks when full. With ``redis.wait_replicas`` intake's writes go through
-:attr:`Store.durable`, a coalescer that ends each pipeline with WAIT (batching.py).
+:attr:`Store.durable`, a coalescer that ends each pipeline with WAIT (batching.py); on a
+Redis Cluster client, one that sends WAIT to the master of each write's slot (durable.py).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from engine.core.batching import Coalescer
 from engine.core.config import RedisConfig
-from engine.core.errors import ConfigError, NotReplicated, RedisUnavailable
+from engine.core.durable import ClusterDurable
+from engine.core.errors import NotReplicated, RedisUnavailable
 
 SCRIPTS = (
     "intake",
@@ -51,13 +54,13 @@ class Store:
         self.wait = (cfg.wait_replicas, max(1, round(cfg.wait_timeout * 1000)))
         #: What acknowledges a peer (intake): its pipelines end with WAIT when
         #: ``redis.wait_replicas`` > 0 (else it is the turns' coalescer: no extra command).
-        self.durable = self.coalescer
-        if cfg.wait_replicas:
-            if not isinstance(client, aioredis.Redis):
-                # A RedisCluster sends a keyless WAIT to every master on connections that wrote
-                # nothing, and sums the replies: always "enough". WAIT must follow the writes on
-                # the connection to the master of their slot; until that is built, refuse.
-                raise ConfigError("redis.wait_replicas", "not supported with a Redis Cluster yet")
+        self.durable: Coalescer | ClusterDurable = self.coalescer
+        maybe_cluster: Any = client  # typed as one Redis until the Cluster store lands
+        if cfg.wait_replicas and isinstance(maybe_cluster, RedisCluster):
+            # A cluster client would send a keyless WAIT to every master on connections that
+            # wrote nothing: WAIT must follow the writes to the master of their slot.
+            self.durable = ClusterDurable(maybe_cluster, self.wait, on_noscript=self.load_scripts)
+        elif cfg.wait_replicas:
             # At most a quarter of the pool waits on replicas; the rest stays for the turns.
             most = max(1, cfg.max_connections // 4)
             self.durable = Coalescer(client, on_noscript=self.load_scripts, wait=self.wait, max_flushes=most)
@@ -107,6 +110,8 @@ class Store:
     async def close(self) -> None:
         # The pool was passed in explicitly, so the client does not close it unless told to.
         await self.redis.aclose(close_connection_pool=True)
+        if isinstance(self.durable, ClusterDurable):
+            await self.durable.aclose()
         for sentinel in self._also_close:
             for client in sentinel.sentinels:
                 await client.aclose()
