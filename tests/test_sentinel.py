@@ -72,7 +72,7 @@ async def test_a_primary_killed_mid_stream_is_replaced_and_no_acknowledged_text_
     acked: list[str] = []
     refusals: Counter[str] = Counter()
     todo = iter(range(TEXTS))
-    wait = int(os.environ.get("PARLEY_TEST_FAILOVER_WAIT_REPLICAS", "1"))  # 0: measure the loss without
+    wait = int(os.environ.get("TEST_FAILOVER_WAIT_REPLICAS", "1"))  # 0: measure the loss without
     async with Runtime(
         sentinel_config(sentinel.addr, tmp_path, wait), http=False, worker=False, senders=False
     ) as rt:
