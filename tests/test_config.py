@@ -95,6 +95,9 @@ ENV_CASES = [
     EnvCase("API keys are comma-separated", {"PARLEY_API_KEYS": f"{KEY_A}, {KEY_B}"}, "api", "keys", [KEY_A, KEY_B]),
     EnvCase("redis url", {"PARLEY_REDIS_URL": "redis://cache:6379/2"}, "redis", "url", "redis://cache:6379/2"),
     EnvCase("duration", {"PARLEY_ENGINE_DEDUPE_WINDOW": "15m"}, "engine", "dedupe_window", 900.0),
+    EnvCase("replicas to wait for", {"PARLEY_REDIS_WAIT_REPLICAS": "1"}, "redis", "wait_replicas", 1),
+    EnvCase("sentinels are comma-separated", {"PARLEY_REDIS_URL": "redis://x/0", "PARLEY_REDIS_SENTINELS": "a:26379, b:26380",
+            "PARLEY_REDIS_SENTINEL_MASTER": "parley"}, "redis", "sentinels", ["a:26379", "b:26380"]),
 ]  # fmt: skip
 
 
@@ -121,7 +124,16 @@ BAD_ENV = [
     BadEnv("port in superscript digits", {"PARLEY_HTTP_PORT": "²"}, "http.port"),
     BadEnv("empty port", {"PARLEY_HTTP_PORT": ""}, "http.port"),
     BadEnv("short key among good ones", {"PARLEY_API_KEYS": f"{KEY_A},short"}, "api.keys[1]"),
-]
+    BadEnv("negative replicas", {"PARLEY_REDIS_WAIT_REPLICAS": "-1"}, "redis.wait_replicas"),
+    BadEnv("WAIT 0 would wait for ever", {"PARLEY_REDIS_WAIT_TIMEOUT": "0"}, "redis.wait_timeout"),
+    BadEnv("a sentinel without a port", {"PARLEY_REDIS_URL": "redis://x/0", "PARLEY_REDIS_SENTINELS": "a:26379,b",
+           "PARLEY_REDIS_SENTINEL_MASTER": "m"}, "redis.sentinels[1]"),
+    BadEnv("sentinels without the master's name", {"PARLEY_REDIS_URL": "redis://x/0", "PARLEY_REDIS_SENTINELS": "a:1"},
+           "redis.sentinel_master"),
+    BadEnv("a master's name without sentinels", {"PARLEY_REDIS_SENTINEL_MASTER": "m"}, "redis.sentinels"),
+    BadEnv("sentinels and no url (the embedded server)", {"PARLEY_REDIS_SENTINELS": "a:1",
+           "PARLEY_REDIS_SENTINEL_MASTER": "m"}, "redis.url"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", BAD_ENV, ids=[c.label for c in BAD_ENV])

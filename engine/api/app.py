@@ -12,12 +12,15 @@ from redis.exceptions import RedisError
 from engine.api.common import ROUTES_SERVED, RUNTIME, check_api_key, json_response
 from engine.api.ports import ApiServices
 from engine.api.routes import ROUTES
-from engine.core.errors import ApiError, NotFound, PayloadTooLarge
+from engine.core.errors import ApiError, NotFound, NotReplicated, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
 #: Routes anyone may call (probes and scrapers); everything under /v1 needs a bearer key.
 PUBLIC = frozenset({"/healthz", "/metrics", "/v1/openapi.json"})
+#: Retry-After (s) of a 503 for writes the replicas did not confirm (redis.wait_replicas): a
+#: replica back, or a Sentinel failover done, takes seconds.
+RETRY_AFTER_NOT_REPLICATED_S = 5
 #: Provider webhooks: the route checks the connector's own scheme, or the bearer key.
 WEBHOOKS = ("/v1/inbound/", "/v1/receipts/")
 
@@ -48,6 +51,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         resp.headers["Allow"] = allowed  # RFC 9110 15.5.6: a 405 must say what is allowed
     except web.HTTPException as exc:
         resp = json_response({"error": {"code": "http_error", "message": exc.reason}}, exc.status)
+    except NotReplicated as exc:
+        # Written, but not yet on redis.wait_replicas replicas: not acknowledged. The retry is
+        # safe for texts (kept once per provider id; answered 200 once the replicas have it).
+        log.warning("not acknowledged on %s %s: %s", request.method, request.path, exc)
+        resp = json_response({"error": {"code": "not_replicated", "message": f"{exc}; retry later"}}, 503)
+        resp.headers["Retry-After"] = str(RETRY_AFTER_NOT_REPLICATED_S)
     except (RedisError, OSError) as exc:
         # Nothing was accepted: 503 tells the provider to retry later.
         log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)

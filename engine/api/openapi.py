@@ -43,7 +43,7 @@ REFUSALS = {
     400: "the body is not a JSON object", 401: "missing or wrong bearer key", 404: "not found",
     409: "an id reused with another payload", 413: "body too large",
     415: "a body in a format the route does not read", 422: "a field is wrong (named)",
-    503: "Redis unavailable: nothing was accepted, retry",
+    503: "Redis unavailable, or the write not yet on redis.wait_replicas replicas: not acknowledged, retry",
 }  # fmt: skip
 
 

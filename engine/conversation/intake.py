@@ -3,6 +3,13 @@
 This is the durability boundary. A caller (HTTP webhook, SMPP deliver_sm, ``parley chat``) may
 acknowledge its peer only after :func:`accept_inbound` returned: by then the text is in Redis
 (and in its AOF, fsynced within a second in production).
+
+With ``redis.wait_replicas: N`` it is also on N replicas (WAIT, in the same round trip as the
+write), so a failover cannot lose it; if they do not confirm within ``redis.wait_timeout``,
+:class:`~engine.core.errors.NotReplicated` is raised and the caller refuses its peer with a
+retryable answer. The retry is safe: the same (gateway, provider id) is kept once. A repeat
+("duplicate") is answered only once the first copy is on N replicas too (it may be the retry
+of a text refused that way). Flow starts wait the same way (:func:`queue_starts`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from redis.asyncio.client import Pipeline
 from engine.conversation import events
 from engine.core import idmaps, keys
 from engine.core.config import EngineConfig
+from engine.core.errors import NotReplicated
 from engine.core.ports import Accepted, Services
 from engine.core.scripts.intake import IntakeArgs, IntakeReply
 
@@ -63,12 +71,31 @@ async def accept_inbound(
     async def add(pipe: Pipeline) -> None:
         await rt.store.run("intake", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
-    # Coalesced with the other webhooks being answered in the same pass: one round trip.
-    (raw,) = await rt.store.coalescer.run(add)
-    reply = IntakeReply.parse(raw)
+    # Coalesced with the other webhooks being answered in the same pass: one round trip
+    # (and one WAIT for them all, on the same connection, when replicas must confirm).
+    try:
+        (raw,) = await rt.store.durable.run(add)
+        reply = IntakeReply.parse(raw)
+        if reply.status == "dup" and rt.store.wait[0]:
+            await _confirm_repeat(rt, call, reply.entry)
+    except NotReplicated:
+        rt.metrics.inbound(gateway, "not_replicated")
+        raise
     result = {"ok": "accepted", "dup": "duplicate", "conflict": "conflict"}[reply.status]
     rt.metrics.inbound(gateway, result)
     return Accepted(result, reply.entry)
+
+
+async def _confirm_repeat(rt: Services, call: IntakeArgs, entry: str) -> None:
+    """WAIT for a repeat's first copy. WAIT covers the writes of its own connection, and the
+    repeat wrote nothing, so write the dedupe field again (the same value, in the current
+    bucket: its window restarts, which a text still being retried wants anyway), then WAIT."""
+
+    async def touch(pipe: Pipeline) -> None:
+        pipe.hset(call.current_bucket, call.field, f"{call.digest} {entry}")
+        pipe.expire(call.current_bucket, call.ttl_s)
+
+    await rt.store.durable.run(touch)
 
 
 async def enqueue_starts(
@@ -83,8 +110,9 @@ async def queue_starts(
 ) -> list[str]:
     """Queue each (contact, params, due ms or None) start: now on its shard's stream, or later as
     a ``d`` timer carrying the start event (fired onto the stream when due, so it is ordered with
-    the contact's texts). Pipelined, 1,000 per round trip. Each start's stream entry id ("" when
-    it waits as a timer)."""
+    the contact's texts). Pipelined, 1,000 per round trip, each ending with WAIT when
+    ``redis.wait_replicas`` is set (NotReplicated if too few confirmed: a retry queues them
+    again, starts have no dedupe). Each start's stream entry id ("" when it waits as a timer)."""
     now = rt.clock.now_ms()
     ids: list[str] = []
     for i in range(0, len(starts), 1000):
@@ -99,5 +127,9 @@ async def queue_starts(
                         shard, "", "start", number, now, flow=flow, params=p, interrupt=interrupt
                     )
                     pipe.zadd(keys.timers(shard), {keys.timer_member(number, "d", ev.deferred_token()): due})
-            ids += [r.decode() if isinstance(r, bytes) else "" for r in await pipe.execute()]
+            waits = rt.store.queue_wait(pipe)
+            replies = await pipe.execute()
+            if waits:
+                rt.store.check_wait(replies.pop())
+            ids += [r.decode() if isinstance(r, bytes) else "" for r in replies]
     return ids

@@ -87,6 +87,19 @@ class RedisConfig:
     max_connections: int = 64
     #: How long a caller waits for a pooled connection before giving up.
     pool_timeout: Duration = Duration(5.0)
+    #: Replicas that must hold an inbound text or a flow start before the peer is told it is
+    #: taken (Redis WAIT). 0: acknowledged once the primary has it (asynchronous replication).
+    wait_replicas: int = 0
+    #: How long intake waits for those replicas; then the peer gets a retryable refusal
+    #: (HTTP 503 with Retry-After, SMPP ESME_RX_T_APPN).
+    wait_timeout: Duration = Duration(1.0)
+    #: Redis Sentinel addresses ("host:port"); when set, the primary is the one they name as
+    #: ``sentinel_master`` and ``url`` gives only the database number and credentials.
+    sentinels: list[str] = field(default_factory=list)
+    #: The master name the sentinels monitor (``sentinel monitor NAME ...``).
+    sentinel_master: str = ""
+    #: Password of the sentinels themselves ("" = none; the data nodes' is in ``url``).
+    sentinel_password: str = ""
 
 
 @dataclass(frozen=True)
@@ -491,6 +504,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"engine.{key}", f"must be at least {low}")
     if cfg.redis.max_connections < 2:
         raise ConfigError("redis.max_connections", "must be at least 2")
+    _check_redis_durability(cfg.redis)
     if cfg.log.level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log.level", f"must be debug, info, warning or error, got {cfg.log.level!r}")
     if cfg.log.format not in {"text", "json"}:
@@ -510,6 +524,27 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             "engine.default_gateway",
             f"names {cfg.engine.default_gateway!r}, which is not in gateways",
+        )
+
+
+def _check_redis_durability(r: RedisConfig) -> None:
+    """``wait_replicas``/``wait_timeout`` and the Sentinel keys."""
+    if not 0 <= r.wait_replicas <= 16:
+        raise ConfigError("redis.wait_replicas", f"must be 0..16, got {r.wait_replicas}")
+    if not 0.001 <= r.wait_timeout <= 60:  # WAIT with 0 would wait for ever
+        raise ConfigError("redis.wait_timeout", f"must be 1ms..60s, got {r.wait_timeout:g}s")
+    for i, addr in enumerate(r.sentinels):
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"redis.sentinels[{i}]", f"expected host:port, got {addr!r}")
+    if r.sentinels and not r.sentinel_master:
+        raise ConfigError("redis.sentinel_master", "required with redis.sentinels (the monitored name)")
+    if r.sentinel_master and not r.sentinels:
+        raise ConfigError("redis.sentinels", "required with redis.sentinel_master (host:port of each)")
+    if r.sentinels and not r.url:
+        raise ConfigError(
+            "redis.url",
+            "required with redis.sentinels: it gives the database and credentials (redis://:pw@x/0)",
         )
 
 

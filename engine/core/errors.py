@@ -4,6 +4,8 @@
     ├── ConfigError            bad or missing configuration key (one line, names the key)
     │   └── DataDirInUse       the embedded Redis data directory is another Parley's (its pid)
     ├── RedisUnavailable       no Redis to talk to (embedded server missing or failed to start)
+    │   └── NotReplicated      written, but fewer replicas than redis.wait_replicas confirmed it
+    │                          within redis.wait_timeout: the peer is refused so that it retries
     ├── LayoutError            the database holds another key layout (``parley migrate`` converts)
     │   └── MigrationRefused   ``parley migrate`` cannot run now (engine running, lanes not drained)
     ├── FlowError              a flow file is invalid (names file, line, node)
@@ -64,6 +66,16 @@ class DataDirInUse(ConfigError):
 
 class RedisUnavailable(ParleyError):
     """Redis cannot be reached or the embedded server cannot be started."""
+
+
+class NotReplicated(RedisUnavailable):
+    """The primary has the write but only ``acked`` of the ``wanted`` replicas confirmed it in
+    time (Redis WAIT): not durable across a failover yet, so not acknowledged. The peer's retry
+    is safe: intake keeps each (gateway, provider id) once."""
+
+    def __init__(self, acked: int, wanted: int) -> None:
+        self.acked, self.wanted = acked, wanted
+        super().__init__(f"only {acked} of {wanted} Redis replicas confirmed the write in time")
 
 
 class LayoutError(ParleyError):

@@ -4,6 +4,13 @@ The pool is a :class:`~redis.asyncio.BlockingConnectionPool`: when every connect
 caller waits (up to ``redis.pool_timeout``) instead of failing with ``MaxConnectionsError``, which
 the plain pool raises under load. Scripts are registered once and called by SHA (redis-py
 reloads them if Redis restarted and lost its script cache).
+
+With ``redis.sentinels`` the client is a Sentinel-managed one (:func:`_sentinel_client`): each
+new connection asks the sentinels for the current primary, and a connection that finds its
+server demoted (READONLY) is dropped, so a failover is followed with no operator action; the
+pool still blocks when full. With ``redis.wait_replicas`` intake's writes go through
+:attr:`Store.durable`, a coalescer that ends each pipeline with WAIT (batching.py); on a
+Redis Cluster client, one that sends WAIT to the master of each write's slot (durable.py).
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from engine.core.batching import Coalescer
 from engine.core.config import RedisConfig
-from engine.core.errors import RedisUnavailable
+from engine.core.durable import ClusterDurable
+from engine.core.errors import NotReplicated, RedisUnavailable
 
 SCRIPTS = (
     "intake",
@@ -34,10 +45,29 @@ SCRIPTS = (
 class Store:
     """The Redis client plus its registered scripts (``store.commit(keys, args)``)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, cfg: RedisConfig | None = None) -> None:
+        cfg = cfg or RedisConfig()
         self.redis = client
         #: Turns' loads and commits, coalesced into one pipeline per event-loop pass.
         self.coalescer = Coalescer(client, on_noscript=self.load_scripts)
+        #: ``redis.wait_replicas`` and ``redis.wait_timeout`` in ms, as WAIT takes them.
+        self.wait = (cfg.wait_replicas, max(1, round(cfg.wait_timeout * 1000)))
+        #: What acknowledges a peer (intake): its pipelines end with WAIT when
+        #: ``redis.wait_replicas`` > 0 (else it is the turns' coalescer: no extra command).
+        self.durable: Coalescer | ClusterDurable = self.coalescer
+        maybe_cluster: Any = client  # typed as one Redis until the Cluster store lands
+        if cfg.wait_replicas and isinstance(maybe_cluster, RedisCluster):
+            # A cluster client would send a keyless WAIT to every master on connections that
+            # wrote nothing: WAIT must follow the writes to the master of their slot.
+            self.durable = ClusterDurable(maybe_cluster, self.wait, on_noscript=self.load_scripts)
+        elif cfg.wait_replicas:
+            # At most a quarter of the pool waits on replicas; the rest stays for the turns.
+            most = max(1, cfg.max_connections // 4)
+            self.durable = Coalescer(client, on_noscript=self.load_scripts, wait=self.wait, max_flushes=most)
+        #: Closed with the store (the sentinels' own clients).
+        self._also_close: list[Sentinel] = []
+        #: What a failed ping names when the primary comes from Sentinel.
+        self._sentinel_desc = ""
         self._scripts: dict[str, AsyncScript] = {}
         for name in SCRIPTS:
             source = resources.files("engine.core.scripts").joinpath(f"{name}.lua").read_text()
@@ -45,6 +75,8 @@ class Store:
 
     @classmethod
     def connect(cls, url: str, cfg: RedisConfig) -> Store:
+        if cfg.sentinels:
+            return cls._via_sentinel(url, cfg)
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=cfg.max_connections,
@@ -53,17 +85,50 @@ class Store:
             health_check_interval=30,
             retry_on_timeout=True,
         )
-        return cls(aioredis.Redis(connection_pool=pool))
+        return cls(aioredis.Redis(connection_pool=pool), cfg)
+
+    @classmethod
+    def _via_sentinel(cls, url: str, cfg: RedisConfig) -> Store:
+        client, sentinel = _sentinel_client(url, cfg)
+        store = cls(client, cfg)  # a Store on the primary the sentinels name now
+        store._also_close.append(sentinel)
+        where = ", ".join(cfg.sentinels)
+        store._sentinel_desc = f"primary {cfg.sentinel_master!r} from the sentinels {where}"
+        return store
 
     async def ping(self) -> None:
         try:
             await self.redis.ping()
+        except MasterNotFoundError as exc:
+            raise RedisUnavailable(
+                f"no {self._sentinel_desc}: none answered or none knows it as a master "
+                "(check redis.sentinels and redis.sentinel_master)"
+            ) from exc
         except (OSError, aioredis.RedisError) as exc:
             raise RedisUnavailable(f"cannot reach Redis: {exc}") from exc
 
     async def close(self) -> None:
         # The pool was passed in explicitly, so the client does not close it unless told to.
         await self.redis.aclose(close_connection_pool=True)
+        if isinstance(self.durable, ClusterDurable):
+            await self.durable.aclose()
+        for sentinel in self._also_close:
+            for client in sentinel.sentinels:
+                await client.aclose()
+
+    def queue_wait(self, pipe: Pipeline) -> bool:
+        """End ``pipe`` with WAIT when ``redis.wait_replicas`` > 0 (False: nothing queued). For
+        writes that acknowledge a peer outside :attr:`durable` (flow starts); the pipeline's last
+        reply then goes to :meth:`check_wait`."""
+        if not self.wait[0]:
+            return False
+        pipe.execute_command("WAIT", *self.wait)
+        return True
+
+    def check_wait(self, acked: Any) -> None:
+        """Raise :class:`NotReplicated` unless WAIT's reply says enough replicas have the writes."""
+        if int(acked) < self.wait[0]:
+            raise NotReplicated(int(acked), self.wait[0])
 
     async def run(self, name: str, keys: list[str], args: list[Any], client: Pipeline | None = None) -> Any:
         """Run a script. Alone, redis-py loads it if Redis lost its script cache. Queued on a
@@ -85,3 +150,37 @@ class Store:
         """Load every script into Redis (after a restart emptied its script cache)."""
         for script in self._scripts.values():
             script.sha = await self.redis.script_load(script.script)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel pool (connections to whichever server the sentinels call primary now) that
+    makes callers wait for a free connection, as the plain store's pool does."""
+
+
+def _sentinel_client(url: str, cfg: RedisConfig) -> tuple[aioredis.Redis, Sentinel]:
+    """A client of the primary the sentinels name ``redis.sentinel_master``. ``url`` gives the
+    database, credentials and TLS of the data nodes; its host is not used."""
+    opts: dict[str, Any] = dict(parse_url(url))
+    for unused in ("host", "port", "path"):
+        opts.pop(unused, None)
+    if opts.pop("connection_class", None) is SSLConnection:
+        opts["ssl"] = True  # the pool picks its Sentinel-managed TLS connection
+    sentinel = Sentinel(
+        [(host, int(port)) for host, _, port in (a.rpartition(":") for a in cfg.sentinels)],
+        sentinel_kwargs={
+            "password": cfg.sentinel_password or None,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 2,
+        },
+    )
+    client: aioredis.Redis = sentinel.master_for(
+        cfg.sentinel_master,
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=cfg.max_connections,
+        timeout=cfg.pool_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+        **opts,
+    )
+    return client, sentinel

@@ -31,8 +31,10 @@ Receiving (``deliver_sm`` on a transceiver or receiver bind), answered only afte
   (delivered when every part is; failed, expired or rejected as soon as one part is); a receipt
   that comes before its submit_sm_resp is parked and applied when the send is recorded.
 
-A deliver_sm that cannot be stored (Redis away) is answered ESME_RX_T_APPN, so the SMSC
-delivers it again later; nothing is acknowledged before it is durable.
+A deliver_sm that cannot be stored (Redis away), or whose text the replicas did not confirm in
+time (``redis.wait_replicas``), is answered ESME_RX_T_APPN, so the SMSC delivers it again later;
+nothing is acknowledged before it is durable. The redelivery usually comes with a new sequence
+number, so a text refused for want of replicas may be taken twice (at least once, never lost).
 
 Over 500 lines on purpose: the connector is one state machine over its binds (which session a
 part goes on, what a throttle or a lost resp does to the parts already taken, how a receipt
@@ -63,6 +65,7 @@ from engine.core.errors import (
     GatewayThrottled,
     GatewayTimeout,
     GatewayUnavailable,
+    NotReplicated,
 )
 from engine.core.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, SendResult
@@ -448,7 +451,11 @@ class SmppGateway(Gateway):
         if sm.esm_class & 0x3C in RECEIPT_TYPES:
             await self._on_receipt(sm)
         else:
-            await self._on_text(session, p, sm)
+            try:
+                await self._on_text(session, p, sm)
+            except NotReplicated as exc:
+                log.warning("smpp %s: deliver_sm %d answered ESME_RX_T_APPN: %s", session.name, p.seq, exc)
+                return pdu.ESME_RX_T_APPN  # the SMSC delivers it again later
         return pdu.ESME_ROK
 
     async def _on_receipt(self, sm: ShortMessage) -> None:
