@@ -200,6 +200,7 @@ class SenderLeases:
             free = surplus - self._releasing
             if free:
                 self._releasing |= free
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(
                     asyncio.create_task(self._release(free, busy), name="parley-sender-release")
                 )
