@@ -125,6 +125,38 @@ async def test_a_message_of_three_segments_takes_three_slots(stores: list[Store]
     assert granted[-1] - granted[0] >= 12 / 60 - CATCH_UP_S - 0.01, granted
 
 
+async def test_a_process_whose_loop_is_always_late_still_sends_within_the_rate(stores: list[Store]) -> None:
+    """An event loop lagging 5 ms at every turn (a busy machine): every slot is found late. The
+    messages still go (earlier versions gave each late slot back and booked again, forever),
+    each late one recorded at the time it went, and no second holds more than the rate."""
+    went: list[float] = []
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.005)  # noqa: ASYNC251 (on purpose: every wake-up is late)
+            await asyncio.sleep(0)
+
+    hogging = asyncio.create_task(hog())
+    try:
+        async with Pacer(stores[0], "carrier", 40) as pacer:
+
+            async def send(ticket: Ticket) -> None:
+                await pacer.acquire(ticket)
+                await pacer.recheck(ticket)
+
+            for _ in range(30):
+                await asyncio.wait_for(send(Ticket(cost=1, urgent=False)), 5)  # not starved
+                went.append(time.perf_counter())
+    finally:
+        hogging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hogging
+    assert len(went) == 30 and pacer.restamped > 0 and pacer.overdue == 0
+    assert busiest_second(went) <= 40
+    slots = await stores[0].redis.zrange(keys.rate("carrier"), 0, -1)
+    assert any(b":r" in m for m in slots)  # late ones recorded when they went
+
+
 # Redis's clock on this process's clock ------------------------------------------------------
 
 
