@@ -17,11 +17,12 @@ holding more than ``rate`` segments.
   ``LATE_S`` of it, it goes and its slot stands (the rest of ``JITTER_S`` covers the way to the
   socket). Found later, it goes all the same, and its booking is *restamped*: ``rate.lua`` moves
   its record to the moment of that check, on Redis's clock (never later than the send really
-  left). Its own send cannot overfill a second (its booking checked the window up to its slot,
-  which holds every window ending at a later send); what lateness breaks is later bookings'
-  view of it, a window ending a second after it that counts it at its slot while it left
-  after. The restamp corrects that before any such booking can be made (bookings are at most
-  ``MAX_AHEAD_S`` ahead), provided it lands within about 0.95 s of the slot: so a send found
+  left). Going late does not overfill the second ending at it (that second reaches back no
+  further than the window its booking checked, and every booking after it counted it); what
+  lateness breaks is the view of a booking made about a second later, which would count it at
+  its slot while it left after, and so put a segment too many in the second ending at itself.
+  The restamp lands before any such booking can be made (bookings are at most ``MAX_AHEAD_S``
+  ahead), provided it reaches Redis within about 0.95 s of the slot: so a send found
   more than ``STALE_S`` late gives its slot back and books a fresh one, first in line, once;
   found late again it goes and is restamped. Earlier versions gave every late slot back, and a
   loop always more than ``LATE_S`` late (a busy machine) then never sent at all.
