@@ -165,27 +165,38 @@ async def test_a_late_send_is_recorded_when_it_went_and_the_window_after_it_move
     assert b.granted and b.slot_us == t0 + S + S // 3
 
 
-async def test_a_restamp_keeps_the_others_counts_and_is_never_before_its_slot_or_after_now(
+async def test_a_restamp_keeps_the_log_in_time_order_and_is_never_before_its_slot_or_after_now(
     store: Store,
 ) -> None:
     t0 = 1_000 * S
-    book3 = [RateReply.parse(await run(store, "rate", RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, "", t0)))
-             for _ in range(3)]  # fmt: skip
-    # The first went late; its time comes back clamped to its slot (a clock read early) and
-    # to now (never in the future); it takes the end of the log, the others count one fewer.
-    early = RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, book3[0].booking, t0 + 5000, t0 - 7)
-    moved = RateReply.parse(await run(store, "rate", early))
-    assert moved.slot_us == book3[0].slot_us
+
+    def call(member: str = "", now: int = t0, sent: int | None = None) -> RateArgs:
+        return RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, member, now, sent)
+
+    b = [RateReply.parse(await run(store, "rate", call())) for _ in range(3)]
+    assert [x.slot_us for x in b] == [t0, t0 + 1000, t0 + 2000]
+    # The first went at +1.5 ms: it moves between the other two, which count it where it is.
+    moved = RateReply.parse(await run(store, "rate", call(b[0].booking, t0 + 5000, t0 + 1500)))
+    assert moved.granted and not moved.overdue and moved.slot_us == t0 + 1500
     log = await store.redis.zrange(keys.rate("g"), 0, -1, withscores=True)
     assert [(m.decode(), int(sc)) for m, sc in log] == [
-        (book3[1].booking, 1), (book3[2].booking, 2), (moved.booking, 3)
+        (b[1].booking, 1),
+        (moved.booking, 2),
+        (b[2].booking, 3),
+    ]
+    # A send time read before the slot counts at the slot; one after now (clocks) at now.
+    early = RateReply.parse(await run(store, "rate", call(b[1].booking, t0 + 5000, t0 - 7)))
+    assert early.slot_us == t0 + 1000
+    future = RateReply.parse(await run(store, "rate", call(b[2].booking, t0 + 5000, t0 + 9000)))
+    assert future.slot_us == t0 + 5000
+    log = await store.redis.zrange(keys.rate("g"), 0, -1, withscores=True)
+    assert [(m.decode().split(":")[0], int(sc)) for m, sc in log] == [
+        (str(t0 + 1000), 1), (str(t0 + 1500), 2), (str(t0 + 5000), 3)
     ]  # fmt: skip
-    late = RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, book3[1].booking, t0 + 5000, t0 + 9000)
-    assert RateReply.parse(await run(store, "rate", late)).slot_us == t0 + 5000
     # A restamp landing when a booking a window after the slot could already have been made
     # is recorded all the same, and says so.
-    gone = RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, book3[2].booking, t0 + 9 * S + S // 2, t0 + 9 * S)
-    assert RateReply.parse(await run(store, "rate", gone)).overdue
+    late = RateReply.parse(await run(store, "rate", call(moved.booking, t0 + 9 * S + S // 2, t0 + 9 * S)))
+    assert late.overdue and late.slot_us == t0 + 9 * S
 
 
 # receipt.lua ---------------------------------------------------------------------------------

@@ -2,41 +2,36 @@
 -- or move a sent one's record to when it really left.
 --
 -- The carrier counts what arrives in any one-second window, so that is what is bounded, exactly:
--- every reservation is logged (KEYS[1], a zset: score = segments booked so far, cumulative;
--- member = "at_us:segments:virtual_us:high_us[:rSCORE]": when it is counted, the pace state,
--- and the latest "at" of it and everything before it in score order) and a new one is placed
--- at the earliest time that
---   1. is now or later (a slot is when the send leaves: never in the past), and no earlier than
---      any reservation already logged (the last one's high_us), so a booking never lands inside
---      a window that was checked without it; and
+-- every reservation is logged (KEYS[1], a zset: score = segments booked so far, cumulative, in
+-- the order of the times they are counted at; member = "at_us:segments:virtual_us", and
+-- ":rSLOT_US" after a restamp) and a new one is placed at the earliest time that
+--   1. is now or later (a slot is when the send leaves: never in the past), and not before the
+--      last one logged (the log stays in time order); and
 --   2. keeps the pace: each reservation has a virtual time, the previous one's plus ARGV[1] us
 --      per segment of the two averaged (a message of N segments sits in the middle of its N
 --      slots' time), and the slot is not before it. A connector up to ARGV[7] us behind its
 --      pace (a late wake-up) catches up by sending closer together; further behind (it was
 --      idle, or stalled long) the pace restarts from now: idle time earns no burst; and
---   3. leaves at most ARGV[5] segments in the window (slot - ARGV[4], slot] with its own added:
---      the reservation that brought the total to booked + n - ARGV[5] must be out of it, and
---      with it everything before it in score order (its high_us).
--- ARGV[4] is one second plus the jitter a send may have between its "at" and the wire: a send
--- leaves no earlier than its slot, and within that jitter of it or else at a time it records
--- (restamp, below). Then no window of ARGV[4] us ending at a logged time holds more than
--- ARGV[5] segments, so no one-second window on the wire, however aligned, does: rule 3 is the
--- ceiling, whatever rule 2 allows. A message of N segments is one wire event (one HTTP
--- request), so after a run of one-segment messages it waits until N of them have left its
--- window.
+--   3. leaves at most ARGV[5] segments in the window (slot - ARGV[4], slot] with its own added.
+-- ARGV[4] is one second plus the jitter a send may have between its logged time and the wire:
+-- a send leaves no earlier than its slot, and within that jitter of it or else it is restamped
+-- (below). Then no window of ARGV[4] us ending at a logged time holds more than ARGV[5]
+-- segments, so no one-second window on the wire, however aligned, does: rule 3 is the ceiling,
+-- whatever rule 2 allows. A message of N segments is one wire event (one HTTP request), so
+-- after a run of one-segment messages it waits until N of them have left its window.
 --
--- Restamp (ARGV[9] = the time the send was handed over, us; ARGV[8] = its member; ARGV[2] its
--- segments): a send that found its slot passed by more than the jitter allows went anyway, and
--- its record moves from the slot to that time (never before the slot, never after now), taking
--- the end of the score order (the reservations after it count n fewer; the pace state is the
--- last one's, unchanged). Moving forward, it stays inside every window that counted it at its
--- slot, and a window ending at its new time holds no more than one ending at its slot or at
--- the last reservation before it did, so the ceiling holds for every window already logged;
--- later ones find it by score. This needs no reservation logged after the slot's window ends,
--- that is, the restamp lands before now + ARGV[3] reaches slot + ARGV[4]: one that comes later
--- (the sender stalled almost a second between its check and this call) is still recorded but
--- replies 2 (the ceiling may have been exceeded by it). A member no longer logged (trimmed,
--- expired) is recorded at the end all the same.
+-- Restamp (ARGV[9] = when the send was handed over, us, on this clock; ARGV[8] = its member;
+-- ARGV[2] = its segments): the send found its slot passed by more than the jitter allows and
+-- went anyway. Its record moves from the slot to that time (never before the slot, never after
+-- now), in time order: the reservations between count n fewer, those after it unchanged; the
+-- pace is untouched. Moving forward it stays inside every window logged after it (they all end
+-- before slot + ARGV[4]), and the window ending at its new time holds no more than the one
+-- ending at the last reservation before it (or at its slot) did: every logged window still
+-- holds at most ARGV[5], and later bookings count it when it went. That needs nothing logged
+-- at or after slot + ARGV[4], i.e. the restamp lands before now + ARGV[3] reaches it (bookings
+-- are at most ARGV[3] ahead): one that lands later (the sender stalled almost a second between
+-- its check and this call) is recorded all the same but replies 2, the ceiling not guaranteed.
+-- A member no longer logged (expired) is inserted at its time all the same.
 --
 -- A slot the caller did not use is given back (ARGV[8], its member, without ARGV[9]) when
 -- nothing was booked after it: it never reached the wire, so it must not fill a window. (Booked
@@ -67,40 +62,57 @@ local window = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local catchup = tonumber(ARGV[7] or '0')
 
-local function parse(member)  -- at, segments, virtual, high (a member logged before there
-  local a, g, v = string.match(member, '^(%d+):(%d+):(%d+)')  -- were high marks: its at)
-  local h = string.match(member, '^%d+:%d+:%d+:(%d+)')
-  return tonumber(a), tonumber(g), tonumber(v), tonumber(h or a)
+local function parse(member)  -- at, segments, virtual
+  local a, g, v = string.match(member, '^(%d+):(%d+):(%d+)')
+  return tonumber(a), tonumber(g), tonumber(v)
 end
 
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 
 if ARGV[9] ~= nil and ARGV[9] ~= '' then
   local member = ARGV[8]
-  local _, slot, segs, virtual, high
-  slot, segs, virtual, high = parse(member)
+  local slot, segs, virtual = parse(member)
   local at = math.min(math.max(tonumber(ARGV[9]), slot), now)
-  local top = 0
-  if last[1] then
-    top = tonumber(last[2])
-    local lhigh
-    _, segs, virtual, lhigh = parse(last[1])
-    high = math.max(high, lhigh)
-  end
-  high = math.max(high, at)
+  -- Out of the log: the ones after it count n fewer.
   local score = redis.call('ZSCORE', KEYS[1], member)
   if score then
     for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. score, '+inf')) do
       redis.call('ZINCRBY', KEYS[1], -n, m)
     end
     redis.call('ZREM', KEYS[1], member)
-  else
-    top = top + n
   end
-  local moved = string.format('%d:%d:%d:%d:r%d', at, segs, virtual, high, top)
-  redis.call('ZADD', KEYS[1], top, moved)
+  -- Back in at its new time: the ones later than that (booked ahead) count n more.
+  local later = {}
+  local before = 0  -- cumulative score of the one just before its new place
+  local rank, found = 0, false
+  while not found do  -- from the end, a few at a time: only those booked ahead are later
+    local chunk = redis.call('ZREVRANGE', KEYS[1], rank, rank + 7, 'WITHSCORES')
+    if #chunk == 0 then break end
+    for i = 1, #chunk, 2 do
+      local t_at, t_segs = parse(chunk[i])
+      if t_at <= at then
+        before = tonumber(chunk[i + 1])
+        found = true
+        break
+      end
+      later[#later + 1] = chunk[i]
+      before = tonumber(chunk[i + 1]) - t_segs
+    end
+    rank = rank + 8
+  end
+  for _, m in ipairs(later) do
+    redis.call('ZINCRBY', KEYS[1], n, m)
+  end
+  if #later == 0 and last[1] then  -- it is the last now: it carries the pace, unchanged
+    local _a
+    _a, segs, virtual = parse(last[1])
+  end
+  local moved = string.format('%d:%d:%d:r%d', at, segs, virtual, slot)
+  redis.call('ZADD', KEYS[1], before + n, moved)
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(cap + 2))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((high - now + window) / 1000) + 1000)
+  if redis.call('PTTL', KEYS[1]) < 0 then
+    redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  end
   local status = 1
   if now + ahead >= slot + window then status = 2 end
   return {status, at, now, moved}
@@ -114,30 +126,26 @@ end
 local virtual = now
 local booked = 0
 local slot = now
-local high = 0
 if last[1] then
   booked = tonumber(last[2])
-  local _, segs, lv, lh = parse(last[1])
-  high = lh
+  local l_at, segs, lv = parse(last[1])
   virtual = lv + math.ceil((segs + n) / 2 * spacing)
   if virtual < now - catchup then virtual = now end  -- idle, or too far behind: no credit
-  slot = math.max(slot, virtual, high)
+  slot = math.max(slot, virtual, l_at)
   -- The window (slot - window, slot] may hold cap - n segments booked before this one: the
-  -- reservation that brought the total to booked + n - cap must be out of it, and everything
-  -- before it in score order (its high water mark).
+  -- reservation that brought the total to booked + n - cap must be out of it.
   local need = booked + n - cap
   if need > 0 then
     local e = redis.call('ZRANGEBYSCORE', KEYS[1], need, '+inf', 'LIMIT', 0, 1)[1]
     if e == nil then e = last[1] end  -- more segments than a window holds: it goes alone
-    local _, _, _, e_high = parse(e)
-    slot = math.max(slot, e_high + window)
+    slot = math.max(slot, parse(e) + window)
   end
 end
 
 if slot - now > ahead then
   return {0, slot, now, ''}
 end
-local member = string.format('%d:%d:%d:%d', slot, n, virtual, math.max(high, slot))
+local member = string.format('%d:%d:%d', slot, n, virtual)
 redis.call('ZADD', KEYS[1], booked + n, member)
 -- Only the last cap + 1 reservations can matter to the next one's window.
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(cap + 2))
