@@ -22,10 +22,12 @@ holding more than ``rate`` segments.
   lateness breaks is the view of a booking made about a second later, which would count it at
   its slot while it left after, and so put a segment too many in the second ending at itself.
   The restamp lands before any such booking can be made (bookings are at most ``MAX_AHEAD_S``
-  ahead), provided it reaches Redis within about 0.95 s of the slot: so a send found
-  more than ``STALE_S`` late gives its slot back and books a fresh one, first in line, once;
-  found late again it goes and is restamped. Earlier versions gave every late slot back, and a
-  loop always more than ``LATE_S`` late (a busy machine) then never sent at all.
+  ahead), provided it reaches Redis within about 0.95 s of the slot (``rate.lua`` says when
+  one did not: ``overdue``, logged). A send found more than ``STALE_S`` late (a stall, not a
+  busy loop) gives its slot back and books a fresh one, first in line, once, so what a stall
+  held up is spread over fresh slots rather than sent in a bunch; found late again, it goes and
+  is restamped. A message waits for at most one fresh slot. Earlier versions gave every late
+  slot back, and a loop always more than ``LATE_S`` late (a busy machine) then never sent.
 - A message of N segments sent as one request (HTTP) is one event on the wire: it is spaced by
   its N segments and waits until they fit in the window behind it (``rate.lua``), so a long text
   after a run of short ones cannot overfill a second either. A connector that sends the parts
@@ -63,9 +65,9 @@ JITTER_S = 0.008
 #: How late a slot may be found (by the pacer waking, by the sender about to send) and still be
 #: used; the rest of JITTER_S covers the way from that check to the socket.
 LATE_S = 0.003
-#: A send found this late (or later) after its slot gives it back and books a fresh one (once per
-#: send): its restamp must land before a booking a second after the slot can be made.
-STALE_S = 0.5
+#: A send found later than this after its slot (a stall, not a busy loop) gives it back and books
+#: a fresh one, once per send, rather than going in a bunch with what the stall held up.
+STALE_S = 0.02
 #: How far behind its pace the connector may be and catch up (a late wake-up's lost time is made
 #: up by sending closer together, within the window's ceiling); further behind, it was idle or
 #: stalled long, and the pace restarts from now (idle time earns no burst).
