@@ -12,13 +12,22 @@ holding more than ``rate`` segments.
 - The slot is a time on Redis's clock. Each process maps it onto its own monotonic clock (the
   smallest observed difference between a reply's arrival and Redis's time in it, so a slow
   reply does not shift the slot) and waits for exactly that moment, no earlier.
-- A send may reach the wire late (the event loop was busy, a concurrency slot was taken), and a
-  late send followed by an on-time one squeezes two into less than a slot's spacing: going out
-  long after its booked time is how a one-second window gets ``rate + 1``. So a message that
-  finds its slot passed by more than ``LATE_S`` does not go: it gives the missed slot back and
-  books a fresh one, first in line (:meth:`Pacer.recheck`, which the sender calls just before
-  handing the message over), so the log the ceiling is checked against holds when it really
-  leaves. A late wake-up costs a little throughput, never the carrier's ceiling.
+- A send may reach the wire late (the event loop was busy, a concurrency slot was taken): a
+  send checks its slot just before it is handed over (:meth:`Pacer.recheck`). Found within
+  ``LATE_S`` of it, it goes and its slot stands (the rest of ``JITTER_S`` covers the way to the
+  socket). Found later, it goes all the same, and its booking is *restamped*: ``rate.lua`` moves
+  its record to the moment of that check, on Redis's clock (never later than the send really
+  left). Going late does not overfill the second ending at it (that second reaches back no
+  further than the window its booking checked, and every booking after it counted it); what
+  lateness breaks is the view of a booking made about a second later, which would count it at
+  its slot while it left after, and so put a segment too many in the second ending at itself.
+  The restamp lands before any such booking can be made (bookings are at most ``MAX_AHEAD_S``
+  ahead), provided it reaches Redis within about 0.95 s of the slot (``rate.lua`` says when
+  one did not: ``overdue``, logged). A send found more than ``STALE_S`` late (a stall, not a
+  busy loop) gives its slot back and books a fresh one, first in line, once, so what a stall
+  held up is spread over fresh slots rather than sent in a bunch; found late again, it goes and
+  is restamped. A message waits for at most one fresh slot. Earlier versions gave every late
+  slot back, and a loop always more than ``LATE_S`` late (a busy machine) then never sent.
 - A message of N segments sent as one request (HTTP) is one event on the wire: it is spaced by
   its N segments and waits until they fit in the window behind it (``rate.lua``), so a long text
   after a run of short ones cannot overfill a second either. A connector that sends the parts
@@ -56,6 +65,9 @@ JITTER_S = 0.008
 #: How late a slot may be found (by the pacer waking, by the sender about to send) and still be
 #: used; the rest of JITTER_S covers the way from that check to the socket.
 LATE_S = 0.003
+#: A send found later than this after its slot (a stall, not a busy loop) gives it back and books
+#: a fresh one, once per send, rather than going in a bunch with what the stall held up.
+STALE_S = 0.02
 #: How far behind its pace the connector may be and catch up (a late wake-up's lost time is made
 #: up by sending closer together, within the window's ceiling); further behind, it was idle or
 #: stalled long, and the pace restarts from now (idle time earns no burst).
@@ -73,8 +85,11 @@ class Ticket:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     #: When its slot is, on this process's monotonic clock (set when granted).
     due: float = 0.0
-    #: Its reservation in ``rate.lua``'s log, given back if the slot is missed.
+    #: Its reservation in ``rate.lua``'s log: given back if the slot went stale, restamped if
+    #: the send went late ("" once restamped).
     booking: str = ""
+    #: This send already gave back a stale slot (it goes on the next, however late).
+    rebooked: bool = False
 
 
 class RedisClock:
@@ -100,6 +115,11 @@ class RedisClock:
         assert self._offset is not None, "no sample yet"
         return redis_us / 1_000_000 + self._offset
 
+    def redis_us(self, local: float) -> int:
+        """A moment of ``time.monotonic()`` on Redis's clock: never later than it really was."""
+        assert self._offset is not None, "no sample yet"
+        return math.floor((local - self._offset) * 1_000_000)
+
 
 def slot_args(rate: float) -> tuple[str, int, int]:
     """``rate.lua``'s spacing (us per segment, a decimal), window (us) and segments per window."""
@@ -121,8 +141,13 @@ class Pacer:
         #: Tickets whose slot passed before they could use it: first in line for the next one.
         self._retake: deque[Ticket] = deque()
         self.clock = RedisClock()
-        #: Slots given up because the send could not use them in time (the cost of lateness).
+        #: Slots given back because the send found them stale (more than STALE_S late).
         self.rebooked = 0
+        #: Sends that went more than LATE_S late, their booking moved to when they went.
+        self.restamped = 0
+        #: Restamps that failed or came too late to be sure of the ceiling (logged).
+        self.overdue = 0
+        self._restamps: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -134,6 +159,8 @@ class Pacer:
 
     async def __aexit__(self, *exc: object) -> None:
         self._closing = True
+        if self._restamps:  # late sends already on the wire: record them before going
+            await asyncio.wait(set(self._restamps), timeout=1.0)
         if self._task is not None:
             # A cancel that lands inside a Redis call can come back as a connection error (the
             # client drops the connection); the loop checks _closing, so it ends either way.
@@ -150,18 +177,51 @@ class Pacer:
         if self.rate <= 0:
             return
         ticket.booking = ""  # a new send (a retry): the last booking was used, not missed
+        ticket.rebooked = False
         await self._wait(ticket, self._queues[ticket.urgent])
 
     async def recheck(self, ticket: Ticket) -> None:
-        """Just before the message goes: if its slot passed more than ``LATE_S`` ago (it waited
-        for a concurrency slot, the loop was busy), book a fresh one, first in line, and wait."""
-        while self.rate > 0 and time.monotonic() - ticket.due > LATE_S:
+        """Just before the message goes, with nothing left between it and the socket. Its slot
+        passed more than ``STALE_S`` ago (the first time for this send): give it back and wait
+        for a fresh one, first in line. Then, more than ``LATE_S`` after its slot (it waited for
+        a concurrency slot, the loop was busy): it goes now, and its booking is restamped to
+        now in the background. At most one rebooking: a message always goes."""
+        if self.rate <= 0 or not ticket.booking:
+            return
+        if time.monotonic() - ticket.due > STALE_S and not ticket.rebooked:
+            ticket.rebooked = True
             self.rebooked += 1
             await self._wait(ticket, self._retake)
+        now = time.monotonic()
+        if now - ticket.due > LATE_S:
+            self.restamped += 1
+            call = RateArgs(
+                self.gateway, self._spacing, ticket.cost, int(MAX_AHEAD_S * 1_000_000),
+                self._window_us, self._cap, int(CATCH_UP_S * 1_000_000), ticket.booking,
+                sent_us=self.clock.redis_us(now),
+            )  # fmt: skip
+            ticket.booking = ""
+            task = asyncio.create_task(self._restamp(call), name=f"parley-restamp-{self.gateway}")
+            self._restamps.add(task)
+            task.add_done_callback(self._restamps.discard)
+
+    async def _restamp(self, call: RateArgs) -> None:
+        try:
+            got = RateReply.parse(await self.store.run("rate", keys=call.to_keys(), args=call.to_argv()))
+        except (aioredis.RedisError, OSError) as exc:
+            self.overdue += 1
+            log.warning("pacer %s: a late send's time was not recorded (%s): a second ahead may hold "
+                        "one segment too many", self.gateway, exc)  # fmt: skip
+            return
+        if got.overdue:
+            self.overdue += 1
+            log.warning("pacer %s: a late send's time was recorded %.2fs after it went: a second "
+                        "ahead may hold one segment too many", self.gateway,
+                        got.now_us / 1e6 - call.sent_us / 1e6 if call.sent_us else 0.0)  # fmt: skip
 
     async def next_part(self) -> None:
         """The next part of a message going out part by part (SMPP): a one-segment slot, first
-        in line (the message is on its way), used only while fresh."""
+        in line (the message is on its way), rechecked as any send is."""
         ticket = Ticket(cost=1, urgent=True)
         await self._wait(ticket, self._retake)
         await self.recheck(ticket)
@@ -248,11 +308,7 @@ class Pacer:
             self._unqueue(ticket)
             if ticket.done.done():
                 continue  # cancelled meanwhile: the slot goes unused
-            if time.monotonic() - due > LATE_S:  # this process woke too late for it
-                self.rebooked += 1
-                self._retake.appendleft(ticket)
-                continue
-            ticket.due = due
+            ticket.due = due  # late or not: recheck, just before the send, decides
             ticket.done.set_result(None)
 
 

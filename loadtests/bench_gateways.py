@@ -165,7 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 t1 = time.perf_counter()
                 arrivals = sorted(m.at for m in carrier.received[mark:] if t0 <= m.at <= t1)
                 left = await bulk_left(r, rt.config.engine.shards)
-                rebooked = rt.senders["carrier"].pacer.rebooked
+                pacer = rt.senders["carrier"].pacer
+                rebooked, restamped, overdue = pacer.rebooked, pacer.restamped, pacer.overdue
     window = (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
     mean = (len(arrivals) - 1) / window if window else 0.0
     return {
@@ -182,6 +183,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "configured_per_s": args.rate,
             "mean_per_s": round(mean, 1), "mean_pct_of_rate": round(100 * mean / args.rate, 2),
             "max_in_any_1s_window": busiest_second(arrivals), "slots_rebooked_late": rebooked,
+            "sends_restamped_late": restamped, "restamps_overdue": overdue,
             "messages_in_window": len(arrivals),
         },
     }  # fmt: skip
@@ -208,7 +210,9 @@ def report(result: dict[str, Any], out_dir: Path) -> None:
     out.print(
         f"rate: configured {rate['configured_per_s']}/s, mean {rate['mean_per_s']}/s "
         f"({rate['mean_pct_of_rate']}%), most in any one-second window {rate['max_in_any_1s_window']}, "
-        f"slots rebooked late {rate['slots_rebooked_late']}; backlog left {result['backlog_left_at_end']:,}"
+        f"slots rebooked late {rate['slots_rebooked_late']}, sends restamped late "
+        f"{rate['sends_restamped_late']} ({rate['restamps_overdue']} overdue); "
+        f"backlog left {result['backlog_left_at_end']:,}"
     )
     out.print(f"wrote {path}")
 

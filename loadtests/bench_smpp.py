@@ -258,7 +258,8 @@ async def rate_accuracy(redis_url: str, rate: float, args: argparse.Namespace) -
             arrivals = sorted(sub.at for sub in smsc.received)
             dests = len({sub.dest for sub in smsc.received})
             stats = smsc.stats()
-            rebooked = rt.senders["carrier"].pacer.rebooked
+            pacer = rt.senders["carrier"].pacer
+            rebooked, restamped, overdue = pacer.rebooked, pacer.restamped, pacer.overdue
     span = (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
     mean = (len(arrivals) - 1) / span if span else 0.0
     return {
@@ -266,6 +267,7 @@ async def rate_accuracy(redis_url: str, rate: float, args: argparse.Namespace) -
         "distinct_destinations": dests, "seconds": round(elapsed, 2),
         "mean_per_s": round(mean, 1), "mean_pct_of_rate": round(100 * mean / rate, 2),
         "max_in_any_1s_window": busiest_second(arrivals), "slots_rebooked_late": rebooked,
+        "sends_restamped_late": restamped, "restamps_overdue": overdue,
         "min_in_any_full_1s_window_after_first": quietest_second(arrivals),
         "bulk_lane_length_at_end": left, "receipts": args.receipts, "smsc": stats,
     }  # fmt: skip

@@ -147,6 +147,65 @@ async def test_rate_paces_evenly_refuses_beyond_the_horizon_and_takes_a_slot_bac
     assert RateReply.parse(await run(store, "rate", book("h", t0))).slot_us == t0
 
 
+def fast(gw: str, now: int, segments: int = 1, member: str = "", sent: int | None = None) -> RateArgs:
+    """Rate 1 a second (window 1 s, one segment in it) with a pace that never binds; ``sent``
+    restamps ``member``. Bookings at most 50 ms ahead."""
+    return RateArgs(gw, "1000.000", segments, S // 20, S, 1, 0, member, now, sent)
+
+
+async def test_a_late_send_is_recorded_when_it_went_and_the_window_after_it_moves_with_it(
+    store: Store,
+) -> None:
+    t0 = 1_000 * S
+    a = RateReply.parse(await run(store, "rate", fast("g", t0)))
+    assert a.granted and a.slot_us == t0
+    # It went 300 ms late: recorded then (on time, within the window's reach: not overdue).
+    moved = RateReply.parse(
+        await run(store, "rate", fast("g", t0 + S // 3, member=a.booking, sent=t0 + S // 3))
+    )
+    assert moved.granted and not moved.overdue and moved.slot_us == t0 + S // 3
+    assert [m.decode().split(":")[0] for m in await store.redis.zrange(keys.rate("g"), 0, -1)] == [
+        str(t0 + S // 3)
+    ]
+    # The next one waits a full window after when it really went, not after its slot.
+    b = RateReply.parse(await run(store, "rate", fast("g", t0 + S + S // 3 - S // 40)))
+    assert b.granted and b.slot_us == t0 + S + S // 3
+
+
+async def test_a_restamp_keeps_the_log_in_time_order_and_is_never_before_its_slot_or_after_now(
+    store: Store,
+) -> None:
+    t0 = 1_000 * S
+
+    def call(member: str = "", now: int = t0, sent: int | None = None) -> RateArgs:
+        return RateArgs("g", "1000.000", 1, S, 10 * S, 5, 0, member, now, sent)
+
+    b = [RateReply.parse(await run(store, "rate", call())) for _ in range(3)]
+    assert [x.slot_us for x in b] == [t0, t0 + 1000, t0 + 2000]
+    # The first went at +1.5 ms: it moves between the other two, which count it where it is.
+    moved = RateReply.parse(await run(store, "rate", call(b[0].booking, t0 + 5000, t0 + 1500)))
+    assert moved.granted and not moved.overdue and moved.slot_us == t0 + 1500
+    log = await store.redis.zrange(keys.rate("g"), 0, -1, withscores=True)
+    assert [(m.decode(), int(sc)) for m, sc in log] == [
+        (b[1].booking, 1),
+        (moved.booking, 2),
+        (b[2].booking, 3),
+    ]
+    # A send time read before the slot counts at the slot; one after now (clocks) at now.
+    early = RateReply.parse(await run(store, "rate", call(b[1].booking, t0 + 5000, t0 - 7)))
+    assert early.slot_us == t0 + 1000
+    future = RateReply.parse(await run(store, "rate", call(b[2].booking, t0 + 5000, t0 + 9000)))
+    assert future.slot_us == t0 + 5000
+    log = await store.redis.zrange(keys.rate("g"), 0, -1, withscores=True)
+    assert [(m.decode().split(":")[0], int(sc)) for m, sc in log] == [
+        (str(t0 + 1000), 1), (str(t0 + 1500), 2), (str(t0 + 5000), 3)
+    ]  # fmt: skip
+    # A restamp landing when a booking a window after the slot could already have been made
+    # is recorded all the same, and says so.
+    late = RateReply.parse(await run(store, "rate", call(moved.booking, t0 + 9 * S + S // 2, t0 + 9 * S)))
+    assert late.overdue and late.slot_us == t0 + 9 * S
+
+
 # receipt.lua ---------------------------------------------------------------------------------
 
 PARKED = keys.parked_receipt("g", 0, "P1")

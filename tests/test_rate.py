@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
-from hypothesis import event, given, reject, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from engine.app.runtime import Runtime
@@ -33,6 +34,7 @@ from gateways.rate import (
     JITTER_S,
     LATE_S,
     MAX_AHEAD_S,
+    STALE_S,
     Pacer,
     RedisClock,
     Ticket,
@@ -123,6 +125,38 @@ async def test_a_message_of_three_segments_takes_three_slots(stores: list[Store]
     assert granted[-1] - granted[0] >= 12 / 60 - CATCH_UP_S - 0.01, granted
 
 
+async def test_a_process_whose_loop_is_always_late_still_sends_within_the_rate(stores: list[Store]) -> None:
+    """An event loop lagging 5 ms at every turn (a busy machine): every slot is found late. The
+    messages still go (earlier versions gave each late slot back and booked again, forever),
+    each late one recorded at the time it went, and no second holds more than the rate."""
+    went: list[float] = []
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.005)  # noqa: ASYNC251 (on purpose: every wake-up is late)
+            await asyncio.sleep(0)
+
+    hogging = asyncio.create_task(hog())
+    try:
+        async with Pacer(stores[0], "carrier", 40) as pacer:
+
+            async def send(ticket: Ticket) -> None:
+                await pacer.acquire(ticket)
+                await pacer.recheck(ticket)
+
+            for _ in range(30):
+                await asyncio.wait_for(send(Ticket(cost=1, urgent=False)), 5)  # not starved
+                went.append(time.perf_counter())
+    finally:
+        hogging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hogging
+    assert len(went) == 30 and pacer.restamped > 0 and pacer.overdue == 0
+    assert busiest_second(went) <= 40
+    slots = await stores[0].redis.zrange(keys.rate("carrier"), 0, -1)
+    assert any(b":r" in m for m in slots)  # late ones recorded when they went
+
+
 # Redis's clock on this process's clock ------------------------------------------------------
 
 
@@ -154,6 +188,17 @@ RATE_LUA = (Path(__file__).resolve().parent.parent / "gateways" / "scripts" / "r
 AHEAD_US = int(MAX_AHEAD_S * 1_000_000)
 
 
+@dataclass
+class Sent:
+    """One simulated send: its slot, segments, when it reached the wire and the time its booking
+    finally records (the slot, or when it went if it went late and was restamped)."""
+
+    slot: int
+    cost: int
+    wire: int
+    recorded: int
+
+
 def simulate(
     r: redis.Redis,
     rate: float,
@@ -161,50 +206,75 @@ def simulate(
     pauses: list[int],
     until_us: int,
     lates: tuple[int, ...] = (0,),
-) -> list[tuple[int, int]]:
+    paths: tuple[int, ...] = (0,),
+    lags: tuple[int, ...] = (0,),
+) -> list[Sent]:
     """Reservers booking through the real script on a simulated clock, as pacers do: reserver i
-    books its messages ``demands[i]`` ((arrival us, segments), in order) one at a time, wakes
-    ``lates[...]`` us after the slot (more than LATE_S: it gives the slot back and books again
-    then; otherwise it sends), and books the next ``pauses[...]`` us after sending; a refusal
-    asks again when the slot it was told comes within MAX_AHEAD_S. Returns the (slot us,
-    segments) that were sent."""
+    books its messages ``demands[i]`` ((arrival us, segments), in order) one at a time and finds
+    its slot ``lates[...]`` us after it (Pacer.recheck, just before the send). Within LATE_S it
+    sends; more than STALE_S late (the first time for this message) it gives the slot back and
+    books again then; otherwise it sends late and its booking is restamped to that moment, the
+    restamp reaching Redis ``lags[...]`` us later. The send reaches the wire ``paths[...]`` us
+    after the check. The next booking is ``pauses[...]`` us after the send; a refusal asks
+    again when the slot it was told comes within MAX_AHEAD_S. Returns the sends by wire time."""
     script = r.register_script(RATE_LUA)
     key = f"p:slots:prop-{uuid.uuid4().hex}"
     spacing, window_us, cap = slot_args(rate)
-    heap: list[tuple[int, int, int, str]] = [(d[0][0], i, 0, "") for i, d in enumerate(demands) if d]
+    catch_up = int(CATCH_UP_S * 1_000_000)
+    seq = itertools.count()
+    # (time, order, reserver, message, given back or restamped member, rebooked, send index)
+    Event = tuple[int, int, int, int, str, bool, int]
+    heap: list[Event] = [(d[0][0], next(seq), i, 0, "", False, -1) for i, d in enumerate(demands) if d]
     heapq.heapify(heap)
-    sent: list[tuple[int, int]] = []
+    sent: list[Sent] = []
     turn = 0
-    # Every message books at most twice (a late wake gives its slot back once) plus refusals:
-    # far more steps than that is a reserver that never gets through (a livelock), not slowness.
-    steps = 0
-    limit = 20 * sum(len(d) for d in demands) + 200
+    # Every message books at most twice plus refusals, each refusal a slot's time further on:
+    # many more steps than that is a reserver that never gets through (a livelock).
+    steps, limit = 0, 50 * sum(len(d) for d in demands) + 1000
     while heap:
         steps += 1
-        if steps > limit:  # the known livelock (docs/gateways.md): set aside, counted, not hung on
-            event("no progress (known livelock)")
-            reject()
-        now, i, k, missed = heapq.heappop(heap)
+        assert steps <= limit, "no progress: a livelock"
+        now, _, i, k, member, rebooked, index = heapq.heappop(heap)
         if now > until_us:
             break
         _, cost = demands[i][k]
-        args = [spacing, cost, AHEAD_US, window_us, cap, now, int(CATCH_UP_S * 1e6), missed]
+        if index >= 0:  # a restamp reaching Redis: the send went at sent[index].wire less its path
+            went = sent[index].recorded
+            args = [spacing, cost, AHEAD_US, window_us, cap, now, catch_up, member, went]
+            status, at, _, _ = script(keys=[key], args=args)
+            assert status == 1 and at == went  # landed in time: the ceiling holds
+            continue
+        args = [spacing, cost, AHEAD_US, window_us, cap, now, catch_up, member, ""]
         ok, slot, _, booking = script(keys=[key], args=args)
         if not ok:
-            heapq.heappush(heap, (max(now + 1000, slot - AHEAD_US), i, k, ""))
+            heapq.heappush(heap, (max(now + 1000, slot - AHEAD_US), next(seq), i, k, "", rebooked, -1))
             continue
         assert slot >= now  # never in the past
         turn += 1
-        late = lates[turn % len(lates)] if not missed else 0  # a stall passes
-        if late > LATE_S * 1_000_000:  # woke too late for it: give it back, book again
-            heapq.heappush(heap, (slot + late, i, k, booking.decode()))
+        late = lates[turn % len(lates)]
+        checked = slot + late
+        if late > STALE_S * 1_000_000 and not rebooked:  # stale: give it back, book again
+            heapq.heappush(heap, (checked, next(seq), i, k, booking.decode(), True, -1))
             continue
-        sent.append((slot, cost))
+        if late > LATE_S * 1_000_000:  # goes late: recorded when it went
+            sent.append(Sent(slot, cost, checked + paths[turn % len(paths)], checked))
+            restamp = (
+                checked + lags[turn % len(lags)],
+                next(seq),
+                i,
+                k,
+                booking.decode(),
+                False,
+                len(sent) - 1,
+            )
+            heapq.heappush(heap, restamp)
+        else:
+            sent.append(Sent(slot, cost, checked + paths[turn % len(paths)], slot))
         if k + 1 < len(demands[i]):
-            nxt = (max(slot + pauses[turn % len(pauses)], demands[i][k + 1][0]), i, k + 1, "")
-            heapq.heappush(heap, nxt)
+            nxt = max(checked + pauses[turn % len(pauses)], demands[i][k + 1][0])
+            heapq.heappush(heap, (nxt, next(seq), i, k + 1, "", False, -1))
     r.delete(key)
-    return sorted(sent)
+    return sorted(sent, key=lambda x: x.wire)
 
 
 def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
@@ -219,10 +289,17 @@ def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
     return best
 
 
+def ends_within(events: list[tuple[int, int]], width_us: int, rate: int) -> None:
+    """No window (t - width, t] ending at an event holds more than ``rate`` segments, unless it
+    holds that event alone (a message longer than the window goes alone)."""
+    events = sorted(events)
+    for j, (at, cost) in enumerate(events):
+        inside = sum(c for t, c in events[: j + 1] if t > at - width_us)
+        assert inside <= rate or inside == cost, (at, inside, events)
+
+
 # derandomize: a fixed sequence of examples, so the suite's run time is bounded the same on every
-# machine. Random exploration found a case where reservers that always wake 3-4 ms late stop
-# making progress (docs/gateways.md, known limits); simulate() sets such a case aside after a
-# bounded number of bookings instead of hanging; every case that completes is checked.
+# machine (random runs are for development: see docs/contributing.md).
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     rate=st.integers(1, 300),
@@ -231,27 +308,49 @@ def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:
         min_size=1, max_size=5,
     ),
     pauses=st.lists(st.integers(0, 20_000), min_size=1, max_size=8),
-    lates=st.lists(st.integers(0, 30_000), min_size=1, max_size=8),
+    # Found late by up to 30 ms; now and then stale (a stalled loop), up to 0.9 s.
+    lates=st.lists(st.integers(0, 30_000) | st.integers(500_001, 900_000), min_size=1, max_size=8),
+    paths=st.lists(st.integers(0, round((JITTER_S - LATE_S) * 1_000_000)), min_size=1, max_size=4),
+    lags=st.lists(st.integers(0, 50_000), min_size=1, max_size=4),
 )  # fmt: skip
-def test_no_window_of_booked_slots_holds_more_than_the_rate(
-    redis_server: str, rate: int, demands: list[list[tuple[int, int]]], pauses: list[int], lates: list[int]
+def test_no_second_on_the_wire_holds_more_than_the_rate_however_late_the_sends(
+    redis_server: str,
+    rate: int,
+    demands: list[list[tuple[int, int]]],
+    pauses: list[int],
+    lates: list[int],
+    paths: list[int],
+    lags: list[int],
 ) -> None:
-    """Any arrival pattern, any number of processes, messages of 1-4 segments, wake-ups late by
-    up to 30 ms (a late one gives its slot back and books again): no window of one second plus
-    the send jitter holds more than ``rate`` segments of the slots sent, so no one-second window
-    on the wire does (a send leaves at its slot and no later than JITTER_S after it). A message
-    longer than the whole window goes alone."""
+    """Any arrival pattern, any number of processes, messages of 1-4 segments, sends found late
+    by up to 30 ms (they go, and are restamped) or stale (the slot is given back once), the way
+    to the socket taking what is left of the jitter: every message is sent, and no one-second
+    window of the times the sends reached the wire holds more than ``rate`` segments. Nor does
+    any window of one second plus the jitter ending at a recorded time (the invariant behind
+    it). A message longer than the whole window goes alone."""
     arrivals = [sorted(itertools.accumulate(a for a, _ in d)) for d in demands]
     timed = [list(zip(a, (c for _, c in d), strict=True)) for a, d in zip(arrivals, demands, strict=True)]
     with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
-        granted = simulate(r, rate, timed, pauses, until_us=10**12, lates=tuple(lates))
-    assert len(granted) == sum(len(d) for d in demands)  # nothing starved
+        sent = simulate(r, rate, timed, pauses, 10**12, tuple(lates), tuple(paths), tuple(lags))
+    assert len(sent) == sum(len(d) for d in demands)  # nothing starved
+    event(f"went late: {sum(x.recorded > x.slot for x in sent) > 0}")
     window_us = slot_args(rate)[1]
     assert window_us >= 1_000_000 + JITTER_S * 1_000_000 - 1
-    for j, (slot, cost) in enumerate(granted):
-        inside = sum(c for s, c in granted[: j + 1] if s > slot - window_us)
-        assert inside <= rate or inside == cost, (slot, inside, granted)
-    assert most_in_window(granted, 1_000_000) <= max(rate, max(c for _, c in granted))
+    ends_within([(x.recorded, x.cost) for x in sent], window_us, rate)
+    ends_within([(x.wire, x.cost) for x in sent], 1_000_000, rate)
+
+
+def test_reservers_that_always_find_their_slot_late_still_send_everything(redis_server: str) -> None:
+    """The case a random run found (docs/gateways.md had it as a known limit): five processes at
+    rate 109, texts of 1-4 segments, every slot found 3.1-5 ms late. Slots given back and booked
+    again never went; now they go, and the second is never over the rate."""
+    rng = random.Random(109)
+    demands = [sorted((rng.randint(0, 400_000), rng.randint(1, 4)) for _ in range(40)) for _ in range(5)]
+    with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
+        sent = simulate(r, 109, demands, [0, 4_000], 10**12, lates=(3_700, 3_100, 5_000), paths=(5_000,))
+    assert len(sent) == 200
+    assert most_in_window([(x.wire, x.cost) for x in sent], 1_000_000) <= 109
+    assert all(x.recorded == x.wire - 5_000 for x in sent)
 
 
 @settings(max_examples=25, deadline=None)
@@ -268,11 +367,11 @@ def test_a_saturated_connector_gets_at_least_99_percent_of_its_rate(
     n = int(rate * seconds) + 2
     demands = [[(0, 1)] * n for _ in range(processes)]
     with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
-        granted = simulate(r, rate, demands, pauses, until_us=int(seconds * 1_000_000))
-    slots = [s for s, _ in granted]
+        sent = simulate(r, rate, demands, pauses, until_us=int(seconds * 1_000_000))
+    slots = [x.wire for x in sent]
     mean = (len(slots) - 1) / ((slots[-1] - slots[0]) / 1_000_000)
     assert rate * 0.99 <= mean <= rate, mean
-    assert most_in_window(granted, 1_000_000) <= rate
+    assert most_in_window([(x.wire, x.cost) for x in sent], 1_000_000) <= rate
 
 
 def test_long_and_short_messages_mixed_still_get_most_of_the_rate(redis_server: str) -> None:
@@ -282,7 +381,8 @@ def test_long_and_short_messages_mixed_still_get_most_of_the_rate(redis_server: 
     rate = 100
     demands = [[(0, rng.choice((1, 1, 2, 3))) for _ in range(400)] for _ in range(2)]
     with redis.Redis.from_url(redis_server, socket_timeout=30) as r:
-        granted = simulate(r, rate, demands, [300], until_us=5_000_000)
+        sent = simulate(r, rate, demands, [300], until_us=5_000_000)
+    granted = [(x.wire, x.cost) for x in sent]
     span = (granted[-1][0] - granted[0][0]) / 1_000_000
     mean = sum(c for _, c in granted[:-1]) / span
     assert most_in_window(granted, 1_000_000) <= rate

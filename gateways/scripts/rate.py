@@ -1,6 +1,7 @@
-"""The typed call of rate.lua: book the next send slot of a connector's shared rate (its header
-comment is the contract; tests/test_gateway_scripts_contract.py calls the script through this).
-Kept thin: the pacing around it (clock mapping, late sends, queues) lives in gateways/rate.py."""
+"""The typed call of rate.lua: book the next send slot of a connector's shared rate, give one
+back, or record when a late send really went (its header comment is the contract;
+tests/test_gateway_scripts_contract.py calls the script through this). Kept thin: the pacing
+around it (clock mapping, late sends, queues) lives in gateways/rate.py."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ class RateArgs:
     cap: int
     #: How far behind its pace a connector may catch up (us).
     catch_up_us: int
-    #: The booking of a slot given back (missed, never sent), or "".
+    #: The booking of a slot given back (missed, never sent) or restamped, or "".
     give_back: str = ""
     #: The clock in us ("" or None: Redis's TIME; contract tests pass their own).
     now_us: int | None = None
+    #: Restamp: the booking ``give_back`` was sent late, at this time (us on Redis's clock).
+    sent_us: int | None = None
 
     def to_keys(self) -> list[str]:
         """KEYS[1]: the connector's booked slots."""
@@ -35,24 +38,27 @@ class RateArgs:
 
     def to_argv(self) -> list[str | int]:
         now = "" if self.now_us is None else self.now_us
+        sent = "" if self.sent_us is None else self.sent_us
         return [
             self.spacing_us, self.segments, self.max_ahead_us, self.window_us, self.cap, now,
-            self.catch_up_us, self.give_back,
+            self.catch_up_us, self.give_back, sent,
         ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class RateReply:
-    """Booked (``booking`` names it, to give it back) or refused; ``slot_us`` is when it is (or
-    would have been) and ``now_us`` the clock the script used."""
+    """Booked (``booking`` names it, to give it back or restamp it) or refused; ``slot_us`` is
+    when it is (or would have been; restamped: the time recorded) and ``now_us`` the clock the
+    script used. ``overdue``: a restamp that came too late to be sure of the ceiling."""
 
     granted: bool
     slot_us: int
     now_us: int
     booking: str
+    overdue: bool = False
 
     @classmethod
     def parse(cls, raw: Any) -> RateReply:
         granted, slot_us, now_us, booking = raw
         b = booking.decode() if isinstance(booking, bytes) else str(booking)
-        return cls(bool(int(granted)), int(slot_us), int(now_us), b)
+        return cls(bool(int(granted)), int(slot_us), int(now_us), b, int(granted) == 2)
