@@ -21,6 +21,8 @@ cluster-safe. Shared keys (streams) are named by shard or gateway.
     p:dlrp:{GW:K}:ID   string  a receipt that came before its send was recorded: "status|error|ms", TTL 1d
     p:slots:GW         zset    the connector's rate: its last send slots ("us:segments" ->
                                segments booked so far), the last rate + 1 of them
+    p:binds:{GW}       hash    SMPP: the connector's binds, global across processes: bind index ->
+                               "holder|expires ms" (at most ``binds`` of them)
     p:seg:{GW:K}:B     hash    SMPP: segments' SMSC ids in slot K, bucket B -> "first id|parts|part"
                                (as p:pid; only parts of multipart messages)
     p:roll:GW:ID       hash    SMPP: receipts per part of a multipart message: part -> "status|error",
@@ -213,6 +215,11 @@ def parked_receipt(gateway: str, slot: int, pid: str) -> str:
 def rate(gateway: str) -> str:
     """The connector's booked send slots (``rate.lua``; was the string ``p:rate:GW``)."""
     return f"{PREFIX}:slots:{gateway}"
+
+
+def binds(gateway: str) -> str:
+    """An SMPP connector's binds across every process: bind index -> "holder|expires ms"."""
+    return f"{PREFIX}:binds:{{{gateway}}}"
 
 
 def smpp_segments(gateway: str, slot: int, bucket: int) -> str:
