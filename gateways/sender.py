@@ -97,7 +97,12 @@ class _Lane(StreamConsumer):
         self.stop_timeout = sender.rt.config.engine.shutdown_timeout
 
     async def room(self) -> int:
-        return await self.sender.room(self.lane)
+        # Nothing is read while the connector cannot send from this process (an SMPP connector
+        # holding no bind lease here): other processes, holding the binds, take those messages.
+        while not self._stopping.is_set():
+            if await self.sender.gw.wait_sendable(0.5):
+                return await self.sender.room(self.lane)
+        return 0
 
     async def handle(self, entries: list[Entry], recovering: bool) -> bool:
         for stream, entry_id, fields in entries:

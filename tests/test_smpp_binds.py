@@ -1,0 +1,98 @@
+"""The SMPP bind count is global: two processes (two Runtimes on one Redis) running one
+connector against the simulated SMSC never hold more binds there than ``binds`` allows, share
+them, and the survivor takes every bind when the other stops."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from engine.app.runtime import Runtime
+from engine.core import keys
+from gateways.simulators.smsc import BindEvent, SimulatedSmsc, SmscBehaviour
+from gateways.smpp.gateway import SmppGateway
+from tests.conftest import make_config
+from tests.test_sender import until
+
+
+class Counting:
+    """The SMSC's binds as it sees them: the most open at once (counted at each bind, when the
+    number can only have gone up)."""
+
+    def __init__(self) -> None:
+        self.smsc: SimulatedSmsc | None = None
+        self.peak = 0
+
+    def on_bind(self, event: BindEvent) -> None:
+        assert self.smsc is not None
+        if event.status == 0:  # the new bind is not counted by active_binds() yet
+            self.peak = max(self.peak, self.smsc.active_binds() + 1)
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[tuple[SimulatedSmsc, Counting]]:
+    count = Counting()
+    async with SimulatedSmsc(behaviour=SmscBehaviour(), on_bind=count.on_bind) as smsc:
+        count.smsc = smsc
+        yield smsc, count
+
+
+def process(redis_url: str, smsc: SimulatedSmsc, binds: int) -> Runtime:
+    """One Parley process running the connector's senders (no HTTP, no worker)."""
+    gw: dict[str, Any] = {
+        "type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley", "password": "secret",
+        "sender": "12345", "binds": binds, "bind_lease": "600ms", "reconnect_delay": "50ms",
+        "reconnect_max": "200ms", "response_timeout": "2s",
+    }  # fmt: skip
+    return Runtime(make_config(redis_url, gateways={"smsc": gw}), http=False, worker=False, caller=False)
+
+
+def bound(rt: Runtime) -> int:
+    gw = rt.gateways["smsc"]
+    assert isinstance(gw, SmppGateway)
+    return sum(1 for s in gw.sessions if s.bound.is_set())
+
+
+async def test_two_processes_share_the_binds_and_the_survivor_takes_them_all(
+    redis_url: str, counted: tuple[SimulatedSmsc, Counting]
+) -> None:
+    smsc, count = counted
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(process(redis_url, smsc, 3))
+        await until(lambda: bound(a) == 3)
+        async with process(redis_url, smsc, 3) as b:
+            # b joins: a hands one bind over (it closes it before b may open it).
+            await until(lambda: bound(a) == 2 and bound(b) == 1 and smsc.active_binds() == 3)
+            assert count.peak == 3
+            ga, gb = a.gateways["smsc"], b.gateways["smsc"]
+            assert isinstance(ga, SmppGateway) and isinstance(gb, SmppGateway)
+            assert set(ga.health()["bind_leases"]["held"]) | set(gb.health()["bind_leases"]["held"]) == {
+                0,
+                1,
+                2,
+            }
+            assert await gb.wait_sendable(0)
+        # b stopped cleanly (unbound, leases given up): a takes its bind back at its next renewal.
+        await until(lambda: bound(a) == 3 and smsc.active_binds() == 3, timeout=5)
+        assert count.peak == 3
+        leases = await a.store.redis.hgetall(keys.binds("smsc"))
+        assert {v.decode().split("|")[0] for k, v in leases.items() if not k.startswith(b"h:")} == {
+            a.gateways["smsc"].leases.holder  # type: ignore[attr-defined]
+        }
+    assert smsc.stats()["binds_ok"] == 5  # 3 by a, 1 by b, then a's third again; none refused
+
+
+async def test_a_process_holding_no_bind_takes_no_messages(
+    redis_url: str, counted: tuple[SimulatedSmsc, Counting]
+) -> None:
+    smsc, count = counted
+    async with process(redis_url, smsc, 1) as a, process(redis_url, smsc, 1) as b:
+        await until(lambda: bound(a) + bound(b) == 1)
+        idle = b if bound(a) else a
+        gw = idle.gateways["smsc"]
+        assert isinstance(gw, SmppGateway)
+        assert not await gw.wait_sendable(0.05)  # its sender reads nothing: the other sends
+        assert gw.sessions == [] and count.peak == 1
