@@ -4,17 +4,24 @@ them, and the survivor takes every bind when the other stops."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from engine.app.runtime import Runtime
 from engine.core import keys
+from engine.core.redis_embedded import free_port
 from gateways.simulators.smsc import BindEvent, SimulatedSmsc, SmscBehaviour
 from gateways.smpp.gateway import SmppGateway
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 from tests.test_sender import until
 
 
@@ -40,13 +47,17 @@ async def counted() -> AsyncIterator[tuple[SimulatedSmsc, Counting]]:
         yield smsc, count
 
 
-def process(redis_url: str, smsc: SimulatedSmsc, binds: int) -> Runtime:
-    """One Parley process running the connector's senders (no HTTP, no worker)."""
-    gw: dict[str, Any] = {
+def section(smsc: SimulatedSmsc, binds: int) -> dict[str, Any]:
+    return {
         "type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley", "password": "secret",
         "sender": "12345", "binds": binds, "bind_lease": "600ms", "reconnect_delay": "50ms",
         "reconnect_max": "200ms", "response_timeout": "2s",
     }  # fmt: skip
+
+
+def process(redis_url: str, smsc: SimulatedSmsc, binds: int) -> Runtime:
+    """One Parley process running the connector's senders (no HTTP, no worker)."""
+    gw = section(smsc, binds)
     return Runtime(make_config(redis_url, gateways={"smsc": gw}), http=False, worker=False, caller=False)
 
 
@@ -96,3 +107,32 @@ async def test_a_process_holding_no_bind_takes_no_messages(
         assert isinstance(gw, SmppGateway)
         assert not await gw.wait_sendable(0.05)  # its sender reads nothing: the other sends
         assert gw.sessions == [] and count.peak == 1
+
+
+async def test_a_killed_process_binds_are_taken_over_when_its_leases_run_out(
+    redis_url: str, counted: tuple[SimulatedSmsc, Counting], tmp_path: Path
+) -> None:
+    """A real ``parley run`` holding one of two binds is SIGKILLed: the kernel closes its socket,
+    its lease runs out (600 ms), and the other process binds that index; never three at once."""
+    smsc, count = counted
+    config = {
+        "redis": {"url": redis_url}, "http": {"port": free_port()}, "api": {"keys": ["k" * 16]},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4}, "log": {"level": "warning"},
+        "gateways": {"smsc": section(smsc, 2)},
+    }  # fmt: skip
+    (tmp_path / "parley.yaml").write_text(yaml.safe_dump(config))
+    async with process(redis_url, smsc, 2) as a:
+        await until(lambda: bound(a) == 2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.app.cli", "--config", str(tmp_path / "parley.yaml"), "run",
+            cwd=ROOT, env=env, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # The new process joins: a hands it one index (closing its bind first).
+            await until(lambda: bound(a) == 1 and smsc.active_binds() == 2, timeout=20)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        await until(lambda: bound(a) == 2 and smsc.active_binds() == 2, timeout=5)
+    assert count.peak == 2
