@@ -18,8 +18,13 @@ import yaml
 
 from engine.app.runtime import Runtime
 from engine.core import keys
+from engine.core.clock import FakeClock
+from engine.core.config import RedisConfig
 from engine.core.redis_embedded import free_port
+from engine.core.store import Store
+from gateways.scripts import install
 from gateways.simulators.smsc import BindEvent, SimulatedSmsc, SmscBehaviour
+from gateways.smpp.binds import BindLeases
 from gateways.smpp.gateway import SmppGateway
 from tests.conftest import ROOT, make_config
 from tests.test_sender import until
@@ -136,3 +141,34 @@ async def test_a_killed_process_binds_are_taken_over_when_its_leases_run_out(
             await proc.wait()
         await until(lambda: bound(a) == 2 and smsc.active_binds() == 2, timeout=5)
     assert count.peak == 2
+
+
+async def test_a_process_cut_off_from_redis_closes_its_binds_before_its_leases_can_run_out(
+    redis_url: str,
+) -> None:
+    clock = FakeClock()
+    opened: list[int] = []
+    closed: list[tuple[int, float]] = []
+
+    async def close(i: int, timeout: float) -> None:
+        closed.append((i, timeout))
+
+    store = Store.connect(redis_url, RedisConfig())
+    install(store)
+    nowhere = Store.connect(f"redis://127.0.0.1:{free_port()}/0", RedisConfig())  # nothing listens
+    install(nowhere)
+    try:
+        leases = BindLeases(store, "smsc", 2, 3.0, opened.append, close, clock)
+        await leases.renew()
+        assert opened == [0, 1] and leases.holding.is_set()
+        leases.store = nowhere
+        clock.advance(1.0)  # one renewal missed: 2 s of the lease left, one more try to come
+        await leases.renew()
+        assert closed == [] and leases.holding.is_set()
+        clock.advance(1.0)  # the next try would leave less than a quarter of the lease: fence
+        await leases.renew()
+        assert [i for i, _ in closed] == [0, 1] and not leases.holding.is_set()
+        assert all(t < 1 for _, t in closed)  # closed quickly, not a polite wait
+    finally:
+        await store.close()
+        await nowhere.close()

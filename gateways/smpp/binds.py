@@ -7,9 +7,11 @@ time); a process opens the binds of the indexes it holds and no others:
     tick (every bind_lease / 3):  renew -> open the binds of indexes newly taken
                                         -> close the binds beyond this process's share, then
                                            release their indexes (another process takes them)
-    Redis unreachable:            keep the binds while the last renewal is certainly valid; a
-                                  quarter of a lease before it may run out, close them all (the
-                                  fence: the index may be another process's by then)
+    Redis unreachable:            keep the binds while the last renewal is certainly valid; when
+                                  the next try would come too late (after the second failed
+                                  renewal in a row, a third of a lease before the leases may run
+                                  out), close them all: the fence (the index may be another
+                                  process's by then)
     clean shutdown:               close every bind (unbind), then give up every index ("leave")
     killed:                       the kernel closes its sockets at once; its leases run out after
                                   bind_lease and the other processes take them at their next tick
@@ -28,12 +30,12 @@ import logging
 import os
 import secrets
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
+from engine.core.clock import Clock
 from engine.core.ports import ScriptRunner
 from gateways.scripts.binds import BindsArgs, BindsTick
 
@@ -48,8 +50,11 @@ class BindLeases:
     def __init__(
         self, store: ScriptRunner, gateway: str, binds: int, ttl_s: float,
         open_bind: Callable[[int], None], close_bind: Callable[[int, float], Awaitable[None]],
+        clock: Clock | None = None,
     ) -> None:  # fmt: skip
+        """``clock`` measures how long the last renewal stays valid (a test's clock moves it)."""
         self.store = store
+        self.clock = clock or Clock()
         self.gateway = gateway
         self.binds = binds
         self.ttl_ms = max(1, int(ttl_s * 1000))
@@ -82,18 +87,20 @@ class BindLeases:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            await asyncio.sleep(self.ttl_ms / 3000)  # real time: the leases run on Redis's clock
             await self.renew()
 
     async def renew(self) -> None:
         """One tick: renew, take free indexes up to the share, hand back the surplus; without
         Redis, close every bind once the last renewal may be running out."""
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         try:
             got = BindsTick.parse(await self._run("tick"))
         except (aioredis.RedisError, OSError) as exc:
-            left = self._valid_until - time.monotonic()
-            if self.open and left < self.ttl_ms / 4000:
+            left = self._valid_until - self.clock.monotonic()
+            # The next try comes a third of a lease from now: if that would leave less than a
+            # quarter of one, close now (the fence), with that quarter to spare.
+            if self.open and left - self.ttl_ms / 3000 < self.ttl_ms / 4000:
                 log.error("smpp %s: bind leases not renewed (%s); closing binds %s before they run out",
                           self.gateway, exc, sorted(self.open))  # fmt: skip
                 await self._close(set(self.open), fence=True)

@@ -228,7 +228,7 @@ class SmppGateway(Gateway):
         )  # fmt: skip
         rt = self._runtime()
         self.leases = BindLeases(
-            rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind
+            rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind, rt.clock
         )
         await self.leases.start()
         return self
