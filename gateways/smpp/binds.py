@@ -88,7 +88,10 @@ class BindLeases:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)  # real time: the leases run on Redis's clock
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:  # a bug must not stop the renewals silently (the fence needs them)
+                log.exception("smpp %s: bind lease renewal failed", self.gateway)
 
     async def renew(self) -> None:
         """One tick: renew, take free indexes up to the share, hand back the surplus; without
