@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -107,11 +108,35 @@ async def test_a_process_holding_no_bind_takes_no_messages(
     smsc, count = counted
     async with process(redis_url, smsc, 1) as a, process(redis_url, smsc, 1) as b:
         await until(lambda: bound(a) + bound(b) == 1)
-        idle = b if bound(a) else a
+        busy, idle = (a, b) if bound(a) else (b, a)
         gw = idle.gateways["smsc"]
         assert isinstance(gw, SmppGateway)
-        assert not await gw.wait_sendable(0.05)  # its sender reads nothing: the other sends
-        assert gw.sessions == [] and count.peak == 1
+        assert not await gw.wait_sendable(0.05) and gw.sessions == []
+        # Replies queued in the connector's lane are all sent by the process holding the bind;
+        # the other never takes one (it would have no bind to send it on).
+        taken_by_idle = 0
+
+        async def watch() -> None:
+            nonlocal taken_by_idle
+            while True:
+                taken_by_idle = max(taken_by_idle, idle.senders["smsc"].in_hand)
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.create_task(watch())
+        now = busy.clock.now_ms()
+        async with busy.store.redis.pipeline(transaction=False) as pipe:
+            for i in range(20):
+                contact, mid = f"+4477009{i:05d}", f"m-{i}"
+                rec = {"id": mid, "status": "queued", "history": [["queued", now]]}
+                pipe.hset(keys.message_records(contact), mid, orjson.dumps(rec))
+                pipe.xadd(
+                    keys.outbound_stream("smsc"), {"m": mid, "c": contact, "t": "Thanks!", "r": "", "q": now}
+                )
+            await pipe.execute()
+        await until(lambda: len(smsc.received) == 20 and busy.senders["smsc"].in_hand == 0)
+        watcher.cancel()
+        assert taken_by_idle == 0
+        assert len({sub.bind_id for sub in smsc.received}) == 1 and count.peak == 1
 
 
 async def test_a_killed_process_binds_are_taken_over_when_its_leases_run_out(
