@@ -229,11 +229,15 @@ async def run(args: argparse.Namespace) -> int:
     parent, child = ctx.Pipe()
     far = ctx.Process(target=smsc_process, args=(child, args.handsets), daemon=True)
     far.start()
+    child.close()  # the SMSC's end is its own now: if that process dies, recv() raises EOFError
 
     async def ask(msg: dict[str, Any] | None = None) -> Any:
-        if msg is not None:
-            parent.send(msg)
-        return await asyncio.to_thread(parent.recv)
+        try:
+            if msg is not None:
+                parent.send(msg)
+            return await asyncio.to_thread(parent.recv)
+        except (EOFError, BrokenPipeError):
+            raise RuntimeError(f"the SMSC process died (exit code {far.exitcode})") from None
 
     with tempfile.TemporaryDirectory(prefix="parley-bench-smpp-e2e-") as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persistent=False)
