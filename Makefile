@@ -21,7 +21,10 @@ help:
 	@echo "make bench-gateways  send pipeline: reply-lane latency idle vs behind a 100,000-message bulk backlog,"
 	@echo "                the rate on the wire (BENCH_GATEWAYS_ARGS=...)"
 	@echo "make bench-smpp  SMPP connector vs the simulated SMSC: submits/s per bind by binds x window,"
-	@echo "                submit->resp latency, rate accuracy at a configured TPS (BENCH_SMPP_ARGS=...)"
+	@echo "                submit->resp latency, rate accuracy at a configured TPS (BENCH_SMPP_ARGS=...);"
+	@echo "                BENCH_SMPP_ARGS=--e2e: the carriers' path end to end, deliver_sm from a simulated SMSC"
+	@echo "                (its own process) -> parley run -> reply submit_sm at rising open-loop rates;"
+	@echo "                make bench's percentiles, sustained rule, JSON keys and chart (bench-results/smpp-e2e-*)"
 	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
 
 $(BIN)/python:

@@ -204,6 +204,12 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
+    async def wait_sendable(self, timeout: float) -> bool:
+        """Whether this process can send through the connector now (waiting up to ``timeout``
+        seconds for it). The sender reads no messages while it cannot: an SMPP connector whose
+        binds are all held by other processes leaves its messages to them."""
+        return True
+
     async def send(self, msg: OutboundMessage, timeout: float | None = None) -> SendResult:
         """Hand ``msg`` to the provider; raise a GatewayError subclass on failure (GatewayThrottled
         for a rate signal). ``timeout``: the longest to wait for the provider's answer to this

@@ -274,6 +274,10 @@ class _Lane(StreamConsumer):
         self._version = -1
 
     async def room(self) -> int:
+        # Nothing is read while the connector cannot send from this process (an SMPP connector
+        # holding no bind lease here): other processes, holding the binds, take those messages.
+        while not self._stopping.is_set() and not await self.sender.gw.wait_sendable(0.5):
+            pass
         n = await self.sender.room(self.lane)
         while not self.sender.owned and not self._stopping.is_set():  # no shard held (yet): wait
             self.sender.changed.clear()

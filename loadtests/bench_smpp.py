@@ -27,8 +27,13 @@ Method:
 
 Writes ``bench-results/smpp-<time>.json`` (and ``smpp-latest.json``) and prints tables.
 
+``--e2e`` runs the carriers' path end to end instead (loadtests/bench_smpp_e2e.py): the SMSC
+in its own process texts Parley (``parley run``) as deliver_sm at rising open-loop rates and
+times each reply's submit_sm, with make bench's percentiles, sustained rule, JSON keys and chart.
+
     python loadtests/bench_smpp.py [--messages 20000] [--binds 1,2] [--windows 1,10,50]
                                    [--receipts/--no-receipts] [--rate 100,200] [--rate-messages 3000]
+    python loadtests/bench_smpp.py --e2e [--rates 250,500,...] [--seconds 8] [--e2e-binds 2] ...
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_smpp_e2e
 import orjson
 from bench import machine  # loadtests/bench.py (this directory is on sys.path when run as a script)
 from bench_gateways import bulk_left, busiest_second, load_backlog, percentiles
@@ -378,7 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rate-messages", type=int, default=None, help="messages at that rate (rate x 15)")
     p.add_argument("--out", default=str(ROOT / "bench-results"))
+    p.add_argument(
+        "--e2e", action="store_true",
+        help="instead: the carriers' path end to end, deliver_sm -> reply submit_sm at rising rates "
+        "(bench_smpp_e2e.py; the SMSC in its own process, Parley as `parley run`)",
+    )  # fmt: skip
+    bench_smpp_e2e.add_arguments(p)
     args = p.parse_args(argv)
+    if args.e2e:
+        return bench_smpp_e2e.main(args)
     import uvloop
 
     result = uvloop.run(run(args))

@@ -6,6 +6,7 @@ script's keys hash to one Redis Cluster slot (the first test)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from engine.core import keys
 from engine.core.config import RedisConfig
 from engine.core.store import Store
 from gateways.scripts import install
+from gateways.scripts.binds import BindsArgs, BindsTick
 from gateways.scripts.move import MoveArgs, parse_moved
 from gateways.scripts.provider_id import ProviderIdArgs, parse_parked
 from gateways.scripts.rate import RateArgs, RateReply
@@ -472,3 +474,64 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
     from gateways.scripts import SCRIPTS
 
     assert seen == set(SCRIPTS)
+
+
+async def test_a_status_of_a_message_gone_from_the_log_still_maps_its_provider_id(store: Store) -> None:
+    assert await run(store, "status", sent()) == 0
+    assert text(await store.redis.hgetall(B_NEW)) == {"P1": f"{ANN} m1"}
+    assert await store.redis.exists(keys.message_records(ANN)) == 0
+    # A provider-id TTL of 0 expires the bucket at once.
+    assert await run(store, "status", sent(provider_ids_ttl_s=0)) == 0
+    assert await store.redis.exists(B_NEW) == 0
+
+
+# binds.lua -----------------------------------------------------------------------------------
+
+
+async def binds(
+    store: Store, holder: str, mode: Any = "tick", *release: int, n: int = 4, ttl_ms: int = 10_000
+) -> Any:
+    return await run(store, "binds", BindsArgs("smsc", holder, ttl_ms, n, mode, release))
+
+
+def tick(share: int, held: set[int], taken: set[int] = set(), surplus: set[int] = set()) -> BindsTick:  # noqa: B006
+    return BindsTick(share, frozenset(held), frozenset(taken), frozenset(surplus))
+
+
+async def test_binds_are_leased_per_index_spread_over_the_processes_and_never_doubled(store: Store) -> None:
+    r = store.redis
+    assert BindsTick.parse(await binds(store, "a")) == tick(4, {0, 1, 2, 3}, {0, 1, 2, 3})
+    leases = text(await r.hgetall(keys.binds("smsc")))
+    assert {k: v.split("|")[0] for k, v in leases.items() if not k.startswith("h:")} == dict.fromkeys(
+        "0123", "a"
+    )
+    assert set(leases) == {"0", "1", "2", "3", "h:a"}
+    # b joins: nothing is free, so it takes nothing; a is told two are beyond its share.
+    assert BindsTick.parse(await binds(store, "b")) == tick(2, set())
+    assert BindsTick.parse(await binds(store, "a")) == tick(2, {0, 1, 2, 3}, surplus={2, 3})
+    # a closes those binds and releases them; b takes them, a keeps its two.
+    assert await binds(store, "a", "release", 2, 3) == []
+    assert BindsTick.parse(await binds(store, "b")) == tick(2, {2, 3}, {2, 3})
+    assert BindsTick.parse(await binds(store, "a")) == tick(2, {0, 1})
+    # Three processes for four binds: the one holding most keeps the remainder; c waits for one.
+    assert BindsTick.parse(await binds(store, "c")) == tick(1, set())
+    assert BindsTick.parse(await binds(store, "a")) == tick(2, {0, 1})  # a holds 2, ranks first (id)
+    assert BindsTick.parse(await binds(store, "b")) == tick(1, {2, 3}, surplus={3})
+    await binds(store, "b", "release", 3)
+    assert BindsTick.parse(await binds(store, "c")) == tick(1, {3}, {3})
+    # A release of an index held by another changes nothing; a leave frees all of its holder's.
+    await binds(store, "c", "release", 0)
+    assert (await r.hget(keys.binds("smsc"), "0") or b"").startswith(b"a|")
+    await binds(store, "a", "leave")
+    assert "h:a" not in text(await r.hgetall(keys.binds("smsc")))
+    got = BindsTick.parse(await binds(store, "b"))
+    assert got.share == 2 and got.held == {0, 2} and got.taken == {0}
+
+
+async def test_an_expired_bind_lease_is_free_and_a_lowered_count_is_surplus(store: Store) -> None:
+    await binds(store, "a", ttl_ms=1)
+    await asyncio.sleep(0.01)  # the lease's one millisecond passes on the server's clock
+    assert BindsTick.parse(await binds(store, "b")) == tick(4, {0, 1, 2, 3}, {0, 1, 2, 3})
+    assert "h:a" not in text(await store.redis.hgetall(keys.binds("smsc")))  # its heartbeat is gone too
+    # The carrier now allows 2: indexes 2 and 3 are beyond the count, to be closed and released.
+    assert BindsTick.parse(await binds(store, "b", n=2)) == tick(2, {0, 1, 2, 3}, surplus={2, 3})

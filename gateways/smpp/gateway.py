@@ -45,6 +45,7 @@ receipt ids (dlr.py) are already their own modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -73,6 +74,7 @@ from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
 from gateways.smpp import dlr, pdu, text
+from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
 
@@ -139,6 +141,9 @@ class SmppConfig:
     mo_part_ttl: Duration = Duration(3600.0)
     #: Longest PDU read (command_length above it drops the connection).
     max_pdu: int = 65536
+    #: How long a process's lease on a bind lasts (renewed every third of it). The bind count
+    #: is global: every process running the connector shares ``binds`` (gateways/smpp/binds.py).
+    bind_lease: Duration = Duration(10.0)
 
 
 class SmppGateway(Gateway):
@@ -150,7 +155,9 @@ class SmppGateway(Gateway):
         super().__init__(name, config, policy)
         self.rt: Host | None = None
         self.active = False
-        self.sessions: list[Session] = []
+        self._binds: dict[int, list[Session]] = {}
+        self.leases: BindLeases | None = None
+        self._settings: SessionSettings | None = None
         self._ref = random.randrange(0x10000)
         self._pause_until = 0.0
         self._throttles = 0
@@ -198,6 +205,8 @@ class SmppGateway(Gateway):
         for key in ("binds", "window", "throttle_retries"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"{where}.{key}", f"must be at least 1, got {getattr(config, key)}")
+        if config.bind_lease < 0.3:
+            raise ConfigError(f"{where}.bind_lease", f"must be at least 300ms, got {config.bind_lease}s")
         if config.max_pdu < 1024:
             raise ConfigError(f"{where}.max_pdu", f"must be at least 1024, got {config.max_pdu}")
         if len(config.sender) > 20:
@@ -213,27 +222,58 @@ class SmppGateway(Gateway):
         if not self.active:
             return self  # a worker process: it neither sends nor binds
         c = self.config
-        settings = SessionSettings(
+        self._settings = SessionSettings(
             host=c.host, port=c.port, system_id=c.system_id, password=c.password, system_type=c.system_type,
             address_range=c.address_range, window=c.window, enquire_link=c.enquire_link,
             response_timeout=c.response_timeout, connect_timeout=c.connect_timeout,
             reconnect_delay=c.reconnect_delay, reconnect_max=c.reconnect_max, bind_retry=c.bind_retry,
             max_pdu=c.max_pdu,
         )  # fmt: skip
-        modes = ["transceiver"] if c.bind == "transceiver" else ["transmitter", "receiver"]
-        clock = self.rt.clock if self.rt is not None else None  # the back-off waits on it
-        for i in range(c.binds):
-            for mode in modes:
-                name = f"{self.name}/{i}:{mode}"
-                self.sessions.append(
-                    Session(name, mode, settings, self._on_deliver, self._bound_changed, clock)
-                )
-        for s in self.sessions:
-            s.start()
+        rt = self._runtime()
+        self.leases = BindLeases(
+            rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind, rt.clock
+        )
+        await self.leases.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
+        if self.leases is not None:
+            await self.leases.stop()
+
+    def _open_bind(self, index: int) -> None:
+        """Start the session(s) of bind ``index`` (this process holds its lease)."""
+        assert self._settings is not None
+        modes = ["transceiver"] if self.config.bind == "transceiver" else ["transmitter", "receiver"]
+        clock = self.rt.clock if self.rt is not None else None  # the back-off waits on it
+        settings, name = self._settings, self.name
+        sessions = [
+            Session(f"{name}/{index}:{mode}", mode, settings, self._on_deliver, self._bound_changed, clock)
+            for mode in modes
+        ]
+        self._binds[index] = sessions
+        for s in sessions:
+            s.start()
+
+    async def _close_bind(self, index: int, timeout: float) -> None:
+        """Unbind and stop the session(s) of bind ``index`` (before its lease is given up)."""
+        sessions = self._binds.pop(index, [])
+        await asyncio.gather(*(s.close(timeout) for s in sessions), return_exceptions=True)
+        self._bound_changed()
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions open in this process, by bind index (those of the indexes it holds)."""
+        return [s for i in sorted(self._binds) for s in self._binds[i]]
+
+    async def wait_sendable(self, timeout: float) -> bool:
+        """True once this process holds a bind lease (False after ``timeout``): a process holding
+        none takes no messages, and other processes, holding the binds, send them."""
+        if self.leases is None:
+            return False
+        if not self.leases.holding.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.leases.holding.wait(), timeout)
+        return self.leases.holding.is_set()
 
     @property
     def concurrency(self) -> int:
@@ -246,8 +286,11 @@ class SmppGateway(Gateway):
         return text.segments_cost(body, self.config.concat)
 
     def health(self) -> dict[str, Any]:
+        leases = self.leases
         return {"binds": {s.name: s.health() for s in self.sessions},
-                "bound": sum(1 for s in self.sessions if s.bound.is_set())}  # fmt: skip
+                "bound": sum(1 for s in self.sessions if s.bound.is_set()),
+                "bind_leases": {"held": sorted(self._binds), "share": leases.share if leases else 0,
+                                "of": self.config.binds}}  # fmt: skip
 
     # Sending --------------------------------------------------------------------------------
 
@@ -264,11 +307,15 @@ class SmppGateway(Gateway):
             if left <= 0:
                 why = "; ".join(f"{s.name} {s.state}: {s.last_error}" for s in self.sessions if s.can_submit)
                 raise GatewayUnavailable(
-                    self.name, f"no bind is up ({why or 'not started'})", ambiguous=False
+                    self.name, f"no bind is up ({why or 'this process holds no bind lease'})", ambiguous=False
                 )
-            waits = [asyncio.ensure_future(s.bound.wait()) for s in self.sessions if s.can_submit]
-            if not waits:
+            if self.leases is None:
                 raise GatewayUnavailable(self.name, "not started in this process", ambiguous=False)
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(s.bound.wait()) for s in self.sessions if s.can_submit
+            ]
+            # Binds come and go with their leases: look again at least every quarter second.
+            waits.append(asyncio.ensure_future(asyncio.sleep(min(left, 0.25))))
             _, pending = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in pending:
                 w.cancel()
