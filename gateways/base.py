@@ -204,6 +204,12 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
+    def sendable(self) -> bool:
+        """Whether this process can send through the connector now (an SMPP connector: it holds
+        at least one bind lease). A process that cannot joins none of the connector's sender
+        leases, so the processes that can read its lanes."""
+        return True
+
     async def wait_sendable(self, timeout: float) -> bool:
         """Whether this process can send through the connector now (waiting up to ``timeout``
         seconds for it). The sender reads no messages while it cannot: an SMPP connector whose

@@ -7,10 +7,11 @@ shards this process holds a SENDER lease on, out to the provider.
       (read ahead a little)          per contact)                     first)         once)
 
 Which shards' lanes a process reads is decided by leases (``engine.core.leases``, role
-``sender``, the same machinery the workers use): :class:`SenderLeases` holds one set of leases
-per process, shared by that process's senders (one per connector), so a shard's lanes of every
-connector are read by one process at a time, and any number of processes (on any hosts) split
-the shards between them. A contact belongs to one shard, so its messages are in one process's
+``sender:GW`` per connector, the same machinery the workers use): :class:`SenderLeases` holds a
+connector's set in one process, so a shard's lanes of a connector are read by one process at a
+time, and any number of processes (on any hosts) split the shards between them. A connector
+that cannot send from a process (an SMPP connector holding no bind lease there) holds none of
+its shard leases there (the ``gate``). A contact belongs to one shard, so its messages are in one process's
 hands. Leases are renewed every third of ``engine.lease_ttl`` and at once when another sender
 process joins or leaves. A shard newly held has its lanes' pending entries claimed first
 (XAUTOCLAIM: a previous holder read them and stopped) and read back as after a crash. A process
@@ -121,12 +122,19 @@ class SenderLeases:
     lanes this process reads. Renews, applies changes to every sender registered, releases a
     surplus once its sends are done (see the module docstring)."""
 
-    def __init__(self, rt: Host, me: str | None = None) -> None:
+    def __init__(
+        self, rt: Host, me: str | None = None, role: str = "sender", gate: Callable[[], bool] | None = None
+    ) -> None:
+        """``role``: whose leases (``sender:GW``: connector GW's lanes). ``gate``: while it says
+        False (an SMPP connector holding no bind here) the process holds none of these leases, so
+        the processes that can send read the lanes."""
         cfg = rt.config.engine
         self.rt = rt
+        self.role = role
+        self.gate = gate
         #: Unique per process run (and per set): a restarted process never takes a dead run's lease.
         self.me = me or f"{socket.gethostname()}-{os.getpid()}-s-{secrets.token_hex(3)}"
-        self.leases = ShardLeases(rt.store, self.me, cfg.shards, cfg.lease_ttl, role="sender")
+        self.leases = ShardLeases(rt.store, self.me, cfg.shards, cfg.lease_ttl, role=role)
         #: The shards the senders read now.
         self.held: frozenset[int] = frozenset()
         self.senders: list[Sender] = []
@@ -228,6 +236,11 @@ class SenderLeases:
         while not self._stop.is_set():
             self._renew_now.clear()  # before the renewal: news during it renews again
             try:
+                if self.gate is not None and not self.gate():
+                    await self._step_aside()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._renew_now.wait(), min(period, 0.2))
+                    continue
                 await self._apply(await self.leases.tick())
                 was_valid = True
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -239,15 +252,33 @@ class SenderLeases:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), period)
 
+    async def _step_aside(self) -> None:
+        """The connector cannot send from here (no bind): hand every shard over, at once."""
+        if not (self.held or self.leases.valid()):
+            return
+        async with self._lock:
+            busy: list[asyncio.Task[None]] = []
+            for sender in self.senders:
+                busy += await sender.sync(frozenset())  # stop reading; sends in hand finish
+            self.held = frozenset()
+            if busy:
+                _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+                for t in late:  # as if this process had died there: the next holder sends them again
+                    t.cancel()
+                if late:
+                    await asyncio.wait(late)
+            await self.leases.leave()
+        log.info("senders %s: %s cannot send from this process; its lanes left to others", self.me, self.role)
+
     async def _watch(self) -> None:
         """Renew at once when another sender process joins, leaves or gives shards up (lease.lua
-        publishes on ``keys.lease_changes("sender")``). Best effort, as the worker's."""
+        publishes on ``keys.lease_changes(role)``). Best effort, as the worker's."""
         period = self.leases.ttl_ms / 3000
         redis = self.rt.store.redis
         while not self._stop.is_set():
             try:
                 async with redis.pubsub(ignore_subscribe_messages=True) as ps:
-                    await ps.subscribe(keys.lease_changes("sender"))
+                    await ps.subscribe(keys.lease_changes(self.role))
                     self._renew_now.set()  # what changed while not listening
                     while not self._stop.is_set():
                         msg = await ps.get_message(timeout=period)

@@ -466,6 +466,7 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
                 ("smpp_parts", SmppPartsArgs("first", 2, segs[0], 60, (Part(2, f, parked),))),
             ]
         calls.append(("rate", RateArgs(gw, "1000.000", 1, 1, 1, 1, 0, "", 0)))
+        calls.append(("binds", BindsArgs(gw, "host-1", 1000, 2, "tick")))
     seen = set()
     for name, call in calls:
         slots = {key_slot(k.encode()) for k in call.to_keys()}
@@ -474,15 +475,6 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
     from gateways.scripts import SCRIPTS
 
     assert seen == set(SCRIPTS)
-
-
-async def test_a_status_of_a_message_gone_from_the_log_still_maps_its_provider_id(store: Store) -> None:
-    assert await run(store, "status", sent()) == 0
-    assert text(await store.redis.hgetall(B_NEW)) == {"P1": f"{ANN} m1"}
-    assert await store.redis.exists(keys.message_records(ANN)) == 0
-    # A provider-id TTL of 0 expires the bucket at once.
-    assert await run(store, "status", sent(provider_ids_ttl_s=0)) == 0
-    assert await store.redis.exists(B_NEW) == 0
 
 
 # binds.lua -----------------------------------------------------------------------------------

@@ -498,18 +498,17 @@ async def test_two_processes_split_the_shards_send_each_message_once_in_order_an
             gw.send = counted  # type: ignore[method-assign]
             runtimes[name] = rt
         a, b = runtimes["a"], runtimes["b"]
-        assert a.sender_leases is not None and b.sender_leases is not None
-        me = {a.sender_leases.me: "a", b.sender_leases.me: "b"}
+        me = {a.sender_leases["carrier"].me: "a", b.sender_leases["carrier"].me: "b"}
 
         async def split() -> bool:
-            held = await lease_holders(b.store, role="sender")
+            held = await lease_holders(b.store, role="sender:carrier")
             return len(held) == 4 and sorted(collections.Counter(me[h] for h in held.values()).values()) == [
                 2,
                 2,
             ]
 
         await eventually(split, attempts=2000)
-        assert sorted(map(len, (await b.health())["senders"].values())) == [2, 2]  # /healthz shows it
+        assert sorted(map(len, (await b.health())["senders"]["carrier"].values())) == [2, 2]  # /healthz
         # One batch with both running: each sends its own shards' messages.
         await queue(b.store.redis, "x")
         await until(lambda: sum(len(v) for v in arrived("x").values()) == 48)

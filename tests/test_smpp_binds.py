@@ -128,9 +128,11 @@ async def test_a_process_holding_no_bind_takes_no_messages(
             for i in range(20):
                 contact, mid = f"+4477009{i:05d}", f"m-{i}"
                 rec = {"id": mid, "status": "queued", "history": [["queued", now]]}
-                pipe.hset(keys.message_records(contact), mid, orjson.dumps(rec))
+                shard = keys.shard_of(contact, busy.config.engine.shards)
+                pipe.hset(keys.message_records(contact, shard), mid, orjson.dumps(rec))
                 pipe.xadd(
-                    keys.outbound_stream("smsc"), {"m": mid, "c": contact, "t": "Thanks!", "r": "", "q": now}
+                    keys.outbound_stream(shard, "smsc"),
+                    {"m": mid, "c": contact, "t": "Thanks!", "r": "", "q": now},
                 )
             await pipe.execute()
         await until(lambda: len(smsc.received) == 20 and busy.senders["smsc"].in_hand == 0)

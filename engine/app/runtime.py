@@ -90,7 +90,8 @@ class Runtime:
         self.caller: Caller | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
-        self.sender_leases: SenderLeases | None = None
+        #: Per connector: which shards' lanes of it this process reads (role ``sender:GW``).
+        self.sender_leases: dict[str, SenderLeases] = {}
         self.supervisor: Supervisor | None = None
         self.http_port = 0
         self._want = {
@@ -150,12 +151,15 @@ class Runtime:
             self.gateways[name] = await self._stack.enter_async_context(gw)
         can_send = [n for n, g in self.gateways.items() if g.can_send]
         self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
-        if self._want["senders"] and any(g.can_send for g in self.gateways.values()):
-            # One lease set (role "sender") for this process's senders: the shards whose lanes it reads.
-            self.sender_leases = await self._stack.enter_async_context(SenderLeases(self))
+        if self._want["senders"]:
+            # A lease set per connector (role "sender:GW"): the shards whose lanes of it this
+            # process reads. A connector that cannot send from here (an SMPP connector holding no
+            # bind) holds none, so the processes that can send read its lanes.
             for name, gw in self.gateways.items():
                 if gw.can_send:
-                    sender = Sender(self, gw, self.sender_leases)
+                    leases = SenderLeases(self, role=f"sender:{name}", gate=gw.sendable)
+                    self.sender_leases[name] = await self._stack.enter_async_context(leases)
+                    sender = Sender(self, gw, leases)
                     self.senders[name] = await self._stack.enter_async_context(sender)
         if self._want["caller"]:
             self.caller = await self._stack.enter_async_context(Caller(self))
@@ -273,19 +277,23 @@ class Runtime:
         """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
         redis_ok = True
         holders: dict[int, str] = {}
-        sending: dict[int, str] = {}
+        sending: dict[str, dict[int, str]] = {}
         try:
             await self.store.redis.ping()
             holders = await lease_holders(self.store)
-            sending = await lease_holders(self.store, role="sender")
+            for name, gw in self.gateways.items():
+                if gw.can_send:
+                    sending[name] = await lease_holders(self.store, role=f"sender:{name}")
         except Exception:
             redis_ok = False
         by_worker: dict[str, list[int]] = {}
         for shard, who in sorted(holders.items()):
             by_worker.setdefault(who, []).append(shard)
-        by_sender: dict[str, list[int]] = {}
-        for shard, who in sorted(sending.items()):
-            by_sender.setdefault(who, []).append(shard)
+        by_sender: dict[str, dict[str, list[int]]] = {}
+        for gw_name, held in sending.items():
+            mine = by_sender.setdefault(gw_name, {})
+            for shard, who in sorted(held.items()):
+                mine.setdefault(who, []).append(shard)
         unread = [s for s in range(self.config.engine.shards) if s not in holders]
         worker_ok = self.worker.healthy if self.worker else None
         runs_workers = self.worker is not None or self.supervisor is not None
@@ -295,7 +303,7 @@ class Runtime:
             "redis": "ok" if redis_ok else "unreachable",
             "worker": {True: "ok", False: "waiting for redis", None: "off"}[worker_ok],
             "workers": by_worker,
-            # Which sender process reads which shards' outbound lanes (gateways/sender.py).
+            # Per connector, which sender process reads which shards' lanes (gateways/sender.py).
             "senders": by_sender,
             "unread_shards": unread if redis_ok else None,
             "flows": sorted(self.flows.flows),

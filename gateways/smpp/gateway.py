@@ -265,6 +265,9 @@ class SmppGateway(Gateway):
         """The sessions open in this process, by bind index (those of the indexes it holds)."""
         return [s for i in sorted(self._binds) for s in self._binds[i]]
 
+    def sendable(self) -> bool:
+        return self.leases is not None and self.leases.holding.is_set()
+
     async def wait_sendable(self, timeout: float) -> bool:
         """True once this process holds a bind lease (False after ``timeout``): a process holding
         none takes no messages, and other processes, holding the binds, send them."""
