@@ -36,11 +36,11 @@ def _label(pid: int) -> str:
     words = [a.decode(errors="replace") for a in argv if a]
     if any("redis-server" in w for w in words[:1]):
         return "redis"
-    if "--worker-index" in words:
-        return f"worker {words[words.index('--worker-index') + 1]}"
-    for flag in ("--role",):
-        if flag in words:
-            return f"{words[words.index(flag) + 1]}"
+    if "worker" in words:  # `parley worker --index N`, a process `parley run --workers N` started
+        index = words[words.index("--index") + 1] if "--index" in words else "0"
+        return f"worker {index}"
+    if "--role" in words:  # `parley run --role api|worker|sender`
+        return words[words.index("--role") + 1]
     if any(w.endswith("engine.app.cli") or w.endswith("/parley") for w in words):
         return "parley"
     return os.path.basename(words[0]) if words else f"pid {pid}"
