@@ -59,7 +59,6 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import web
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -70,9 +69,11 @@ from engine.core import keys
 from engine.core.redis_embedded import EmbeddedRedis, die_with_parent, free_port
 
 try:  # imported as loadtests.bench (the tests)
-    from loadtests import bookkeeping
+    from loadtests import bookkeeping, cpu, wire
 except ImportError:  # run as a script: loadtests/ is sys.path[0]
     import bookkeeping  # type: ignore[no-redef]
+    import cpu  # type: ignore[no-redef]
+    import wire  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-0123456789abcdef"
@@ -96,6 +97,9 @@ class Step:
     hist: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, 120_000_000, 3))
     #: Mean per engine stage during this step (from /metrics), in ms.
     stages_ms: dict[str, float] = field(default_factory=dict)
+    #: CPU microseconds per answered text, by process (loadtests/cpu.py), and Redis's side.
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    redis_per_turn: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sustained(self) -> bool:
@@ -128,6 +132,8 @@ class Step:
                 "max": self.hist.get_max_value() / 1000 if self.hist.total_count else 0.0,
             },
             "engine_stage_means_ms": self.stages_ms,
+            "cpu_us_per_turn": self.cpu_us,
+            "redis_per_turn": self.redis_per_turn,
             "sustained": self.sustained,
         }
 
@@ -141,24 +147,20 @@ class Handsets:
         self.greetings = 0
         self.port = 0
         self._ids = itertools.count()
-        self._runner: web.AppRunner | None = None
+        self._server: wire.StubServer | None = None
         self._step_done: dict[int, asyncio.Event] = {}
 
     async def __aenter__(self) -> Handsets:
-        app = web.Application()
-        app.router.add_post("/send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._server = await wire.StubServer(self._send).__aenter__()
+        self.port = self._server.port
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.__aexit__(*exc)
 
-    async def _send(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
+    def _send(self, raw: bytes) -> bytes:
+        body = orjson.loads(raw)
         arrived = time.perf_counter()
         queue = self.waiting.get(body["to"])
         if queue:
@@ -167,7 +169,7 @@ class Handsets:
             step.answered += 1
         else:
             self.greetings += 1
-        return web.Response(body=b'{"id":"h-%d"}' % next(self._ids), content_type="application/json")
+        return b'{"id":"h-%d"}' % next(self._ids)
 
 
 async def baseline_evalsha(url: str, seconds: float = 2.0) -> float:
@@ -288,8 +290,7 @@ async def start_conversations(
 
 
 async def offer(
-    session: aiohttp.ClientSession,
-    engine: Engine,
+    pool: wire.Pool,
     step: Step,
     texts: itertools.cycle[tuple[str, str]] | Any,
     handsets: Handsets,
@@ -297,8 +298,6 @@ async def offer(
 ) -> None:
     """Offer ``step.rate`` texts per second for ``step.seconds``, on schedule (open loop)."""
     total = int(step.rate * step.seconds)
-    url = f"{engine.url}/v1/inbound/carrier"
-    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     bar = progress.add_task(f"{step.rate}/s", total=total)
     in_flight: set[asyncio.Task[None]] = set()
     mo = itertools.count()
@@ -306,9 +305,8 @@ async def offer(
     async def post(number: str, text: str, scheduled: float) -> None:
         body = orjson.dumps({"from": number, "to": "1234", "text": text, "id": f"b{next(mo)}-{scheduled}"})
         try:
-            async with session.post(url, data=body, headers=headers) as r:
-                ok = r.status == 202
-        except aiohttp.ClientError:
+            ok = await pool.post("/v1/inbound/carrier", body) == 202
+        except ConnectionError:
             ok = False
         if not ok:
             step.refused += 1
@@ -338,6 +336,25 @@ async def offer(
     deadline = time.perf_counter() + 5
     while step.answered < step.offered - step.refused and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
+
+
+async def redis_counters(r: aioredis.Redis) -> dict[str, Any]:
+    """Redis's command counts and network bytes so far."""
+    return {"commands": await r.info("commandstats"), "stats": await r.info("stats")}
+
+
+def redis_per_turn(before: dict[str, Any], after: dict[str, Any], turns: int) -> dict[str, Any]:
+    """Commands, calls and bytes Redis handled per answered text during a step."""
+    if turns <= 0:
+        return {}
+    commands = cpu.command_delta(before["commands"], after["commands"], turns)
+    s0, s1 = before["stats"], after["stats"]
+    return {
+        "commands": commands,
+        "commands_total": round(sum(commands.values()), 2),
+        "bytes_in": round((s1["total_net_input_bytes"] - s0["total_net_input_bytes"]) / turns),
+        "bytes_out": round((s1["total_net_output_bytes"] - s0["total_net_output_bytes"]) / turns),
+    }
 
 
 async def stage_sums(session: aiohttp.ClientSession, engine: Engine) -> dict[str, tuple[float, float]]:
@@ -536,15 +553,29 @@ async def run(args: argparse.Namespace) -> int:
                             yield numbers[i], text
 
                     stream = texts()
+                    assert engine.proc is not None and server.proc is not None
+                    sampler = cpu.Sampler(
+                        [engine.proc.pid, server.proc.pid, os.getpid()],
+                        {os.getpid(): "harness", server.proc.pid: "redis"},
+                    )
+                    r = aioredis.Redis.from_url(server.url)
+                    headers = {"Authorization": f"Bearer {API_KEY}"}
+                    pool = await wire.Pool("127.0.0.1", engine.port, headers, size=32).__aenter__()
                     with _progress() as progress:
                         for rate in args.rates:
                             step = Step(rate, args.seconds)
                             steps.append(step)
                             sums = await stage_sums(session, engine)
-                            await offer(session, engine, step, stream, handsets, progress)
+                            cpu0, redis0 = sampler.sample(), await redis_counters(r)
+                            await offer(pool, step, stream, handsets, progress)
+                            cpu1, redis1 = sampler.sample(), await redis_counters(r)
                             step.stages_ms = stage_means(sums, await stage_sums(session, engine))
+                            step.cpu_us = cpu.per_turn_us(sampler.between(cpu0, cpu1), step.answered)
+                            step.redis_per_turn = redis_per_turn(redis0, redis1, step.answered)
                             if not step.sustained and rate >= 1000:
                                 break
+                    await pool.__aexit__(None, None, None)
+                    await r.aclose()
                     # Replies that matched no text: a duplicate send would show here.
                     await asyncio.sleep(0.5)
                     result["unmatched_replies"] = handsets.greetings - len(numbers)

@@ -31,6 +31,12 @@ def test_bench_answers_every_text_once_and_writes_its_results(tmp_path: Path) ->
     assert result["partial"] is False
     assert [s["offered"] for s in result["steps"]] == [40, 80]
     assert all(s["answered"] == s["offered"] and s["refused"] == 0 for s in result["steps"])
+    # Where the CPU and the Redis work went, per answered text (the capacity model's inputs).
+    for s in result["steps"]:
+        assert {"harness", "redis", "total"} <= set(s["cpu_us_per_turn"]), s["cpu_us_per_turn"]
+        assert s["cpu_us_per_turn"]["total"] > 0
+        assert s["redis_per_turn"]["commands"]["evalsha"] >= 2  # intake and commit at least
+        assert s["redis_per_turn"]["bytes_in"] > 0
     assert result["unmatched_replies"] == 0  # nothing was sent twice
     assert result["p99_ms_at_1000"] is None  # no step at 1,000/s was run
     assert result["bytes_per_conversation"] > 0 and result["baseline_evalsha_pipelined_per_s"] > 0
