@@ -9,6 +9,15 @@ errors: a command Redis refused raises in the turn that queued it only; a lost c
 raises in every turn of that pipeline, and their events stay pending as before. Scripts are
 queued as bare EVALSHA; a request whose every reply is NOSCRIPT (Redis restarted and lost its
 script cache; nothing of it ran) is run again once the scripts are loaded.
+
+On a Redis Cluster the pipeline is redis-py's ClusterPipeline: it sends each node its share
+of the commands (all on one connection per node, the nodes in parallel) and hands the replies
+back in the order they were queued, so a turn still gets exactly its own, in order. It follows
+MOVED/ASK per command and retries a node that failed (refreshing the topology: a failover);
+when it gives up on a node it raises, and then only the turns with a command there fail (with
+that error): the turns whose commands all went to other nodes get their replies. A promoted
+replica or a new node answers NOSCRIPT (scripts are not replicated): as above, the scripts
+are loaded (on every primary) and the turn runs again.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.cluster import _UNANSWERED
 from redis.exceptions import NoScriptError
 
 #: Queues commands on the pipeline (may await: scripts queue EVALSHA through a coroutine).
@@ -59,20 +70,25 @@ class Coalescer:
 
     async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
         spans: list[tuple[int, int]] = []
+        queued: list[Any] | None = None
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for add, _ in batch:
-                    start = len(pipe.command_stack)
+                    start = len(pipe)
                     await add(pipe)
-                    spans.append((start, len(pipe.command_stack)))
+                    spans.append((start, len(pipe)))
+                queued = _cluster_commands(pipe)
                 replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            if queued is None:
+                self._fail(batch, exc)
+                return
+            # A cluster node failed for good: its commands carry no reply (or the error); the
+            # other nodes' replies are on their commands.
+            replies = [exc if c.result is _UNANSWERED else c.result for c in queued]
         except BaseException as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
+            self._fail(batch, ConnectionError(str(exc)))
+            raise
         again: list[tuple[Add, asyncio.Future[list[Any]]]] = []
         for (add, fut), (a, b) in zip(batch, spans, strict=True):
             if fut.done():  # the turn was cancelled meanwhile
@@ -91,8 +107,21 @@ class Coalescer:
                 assert self.on_noscript is not None
                 await self.on_noscript()
             except Exception as exc:
-                for _, fut in again:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._fail(again, exc)
                 return
             await self._flush(again, retried=True)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Add, asyncio.Future[list[Any]]]], exc: Exception) -> None:
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+def _cluster_commands(pipe: Any) -> list[Any] | None:
+    """A ClusterPipeline's queued commands (each gets its ``result`` as its node answers), so a
+    node's failure can be told apart from the others' replies; None for a single-node pipeline.
+    Read before ``execute``, which empties the queue (redis-py 8.2's PipelineStrategy)."""
+    if not isinstance(pipe, ClusterPipeline):
+        return None
+    return list(getattr(pipe._execution_strategy, "_command_queue", []))
