@@ -20,6 +20,9 @@ from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, API_KEY, eventually, make_config
 
+#: Each test that takes redis_url runs on one Redis and on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_modes
+
 TWO_STEP = """
 name: two_step
 start: hello
