@@ -94,6 +94,9 @@ class LocalCluster:
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-port", str(node.bus_port), "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
              "--dir", str(node.dir), "--save", "", "--appendonly", "no",
+             # Replicas sync at once (not after the default 5 s wait for more replicas): a replica
+             # that never synced cannot be promoted.
+             "--repl-diskless-sync-delay", "0",
              "--loglevel", "warning", "--logfile", str(node.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -112,7 +115,8 @@ class LocalCluster:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def wait_ok(self, deadline: float) -> None:
-        """Until every live node says cluster_state:ok and sees every slot served by a live master."""
+        """Until every live node says cluster_state:ok and sees every slot served by a live
+        master, and every replica has synced with its master (so it can be promoted)."""
         alive = {n.port for n in self.live()}
 
         def ok(node: Node) -> bool:
@@ -126,8 +130,17 @@ class LocalCluster:
             finally:
                 c.close()
 
+        def synced(node: Node) -> bool:
+            c = node.client()
+            try:
+                info = c.info("replication")
+                return bool(info["role"] == "master" or info.get("master_link_status") == "up")
+            finally:
+                c.close()
+
         for node in self.live():
             self._wait(lambda n=node: ok(n), deadline, f"node {node.addr} never saw cluster_state:ok")
+            self._wait(lambda n=node: synced(n), deadline, f"replica {node.addr} never synced")
 
     def primaries(self) -> list[Node]:
         out = []

@@ -138,6 +138,28 @@ async def test_a_node_without_the_scripts_loads_them_and_the_turns_run_again(
         assert [await store.run("bump", [n], []) for n in names] == [2] * len(names)
 
 
+async def test_a_request_spanning_nodes_runs_each_script_once_when_one_node_lost_them(
+    cluster_url: ClusterURL, redis_cluster: LocalCluster
+) -> None:
+    """One request with a script per shard (as the timers' poll): only the node that lost its
+    scripts answers NOSCRIPT; those scripts, which did not run, run once the scripts are
+    loaded, the others are not run twice."""
+    async with cluster_store(cluster_url) as store:
+        store.register("bump", "return redis.call('INCRBY', KEYS[1], 1)")
+        names = [f"p:t:{keys.shard_tag(s)}" for s in SHARDS]
+        await store.load_scripts()
+        c = redis_cluster.master_of(names[0]).client()
+        c.script_flush()
+        c.close()
+
+        async def add(pipe: Pipeline) -> None:
+            for name in names:
+                await store.run("bump", [name], [], client=pipe)
+
+        assert await store.coalescer.run(add) == [1] * len(names)
+        assert [int(await store.redis.get(n) or 0) for n in names] == [1] * len(names)
+
+
 @pytest.mark.parametrize("failure", ["paused", "refusing"])
 async def test_a_failed_node_fails_only_the_turns_whose_commands_went_there(
     cluster_url: ClusterURL, redis_cluster: LocalCluster, failure: str

@@ -8,7 +8,11 @@ batch; all commits whose loads came back together) joins it. Each turn still see
 errors: a command Redis refused raises in the turn that queued it only; a lost connection
 raises in every turn of that pipeline, and their events stay pending as before. Scripts are
 queued as bare EVALSHA; a request whose every reply is NOSCRIPT (Redis restarted and lost its
-script cache; nothing of it ran) is run again once the scripts are loaded.
+script cache; nothing of it ran) is run again once the scripts are loaded; a request of
+scripts only, some of which answered NOSCRIPT (they went to several cluster nodes, one without
+the scripts), has those, which did not run, sent again alone (each script stands alone: the
+timers' poll, one script per shard). A request mixing plain commands with scripts that
+answered NOSCRIPT fails (the plain commands ran without them); its turn is retried.
 
 On a Redis Cluster the pipeline is redis-py's ClusterPipeline: it sends each node its share
 of the commands (all on one connection per node, the nodes in parallel) and hands the replies
@@ -71,6 +75,7 @@ class Coalescer:
     async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
         spans: list[tuple[int, int]] = []
         queued: list[Any] | None = None
+        sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for add, _ in batch:
@@ -78,6 +83,7 @@ class Coalescer:
                     await add(pipe)
                     spans.append((start, len(pipe)))
                 queued = _cluster_commands(pipe)
+                sent = _sent(pipe, queued)
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             if queued is None:
@@ -90,32 +96,83 @@ class Coalescer:
             self._fail(batch, ConnectionError(str(exc)))
             raise
         again: list[tuple[Add, asyncio.Future[list[Any]]]] = []
+        #: Requests some of whose scripts answered NOSCRIPT (on a cluster: a node without them).
+        partly: list[tuple[asyncio.Future[list[Any]], list[Any], list[int], int]] = []
         for (add, fut), (a, b) in zip(batch, spans, strict=True):
             if fut.done():  # the turn was cancelled meanwhile
                 continue
             mine = replies[a:b]
-            if mine and all(isinstance(r, NoScriptError) for r in mine) and not retried and self.on_noscript:
-                again.append((add, fut))  # nothing of it ran: safe to run again once loaded
-                continue
-            failed = next((r for r in mine if isinstance(r, Exception)), None)
-            if failed is not None:
-                fut.set_exception(failed)
+            missing = [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)]
+            errors = [r for r in mine if isinstance(r, Exception)]
+            failed = next((r for r in errors if not isinstance(r, NoScriptError)), None)
+            if missing and failed is None and not retried and self.on_noscript:
+                if len(missing) == len(mine):
+                    again.append((add, fut))  # nothing of it ran: safe to run again once loaded
+                    continue
+                if all(str(sent[i][0][0]).upper() == "EVALSHA" for i in range(a, b)):
+                    partly.append((fut, mine, missing, a))  # those did not run: run them alone
+                    continue
+            if errors:
+                fut.set_exception(failed or errors[0])
             else:
                 fut.set_result(mine)
-        if again:
+        if again or partly:
             try:
                 assert self.on_noscript is not None
                 await self.on_noscript()
             except Exception as exc:
                 self._fail(again, exc)
+                self._fail([(_never, fut) for fut, *_ in partly], exc)
                 return
+        if partly:
+            await self._rerun(partly, sent)
+        if again:
             await self._flush(again, retried=True)
+
+    async def _rerun(
+        self,
+        partly: list[tuple[asyncio.Future[list[Any]], list[Any], list[int], int]],
+        sent: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """Send again, alone, the scripts that answered NOSCRIPT (now loaded); each request gets
+        its replies with theirs in place."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, _, missing, a in partly:
+                    for i in missing:
+                        args, options = sent[a + i]
+                        pipe.execute_command(*args, **options)
+                replies = iter(await pipe.execute(raise_on_error=False))
+        except Exception as exc:
+            self._fail([(_never, fut) for fut, *_ in partly], exc)
+            return
+        for fut, mine, missing, _ in partly:
+            for i in missing:
+                mine[i] = next(replies)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if fut.done():
+                continue
+            if failed is not None:
+                fut.set_exception(failed)
+            else:
+                fut.set_result(mine)
 
     @staticmethod
     def _fail(batch: list[tuple[Add, asyncio.Future[list[Any]]]], exc: Exception) -> None:
         for _, fut in batch:
             if not fut.done():
                 fut.set_exception(exc)
+
+
+async def _never(pipe: Pipeline) -> None:
+    """Stands in for a request's ``add`` where only its future is needed."""
+
+
+def _sent(pipe: Any, queued: list[Any] | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Each queued command's arguments and options, to send a command again by itself."""
+    if queued is not None:
+        return [(c.args, dict(c.kwargs)) for c in queued]
+    return [(args, dict(options)) for args, options in pipe.command_stack]
 
 
 def _cluster_commands(pipe: Any) -> list[Any] | None:

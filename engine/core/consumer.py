@@ -40,12 +40,22 @@ from typing import Any, Self, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, RedisClusterException, ResponseError, TryAgainError
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
 BACKOFF_MAX_S = 5.0
+#: Redis cannot be read right now: one node is away, or a cluster is failing over (its client
+#: retried first). Logged as an outage (a warning, no traceback) and backed off.
+OUTAGE = (
+    aioredis.ConnectionError,
+    aioredis.TimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
 #: (stream key, entry id, fields)
 Entry = tuple[str, bytes, dict[bytes, bytes]]
 
@@ -270,7 +280,7 @@ class StreamConsumer:
         """:meth:`handle`, with a bug logged (the entries stay pending: read them again)."""
         try:
             return await self.handle(entries, recovering)
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+        except OUTAGE as exc:
             log.warning("%s: Redis unavailable while handling (%s)", self.label, exc)
             self.healthy = False
         except Exception:
@@ -285,7 +295,7 @@ class StreamConsumer:
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await self._ensure_groups()
             return False
-        if isinstance(exc, aioredis.ConnectionError | aioredis.TimeoutError | OSError):
+        if isinstance(exc, OUTAGE):
             self.healthy = False
             log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.label, exc, backoff)
         else:
