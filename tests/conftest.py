@@ -5,7 +5,7 @@ Redis Cluster: a module marked ``pytestmark = pytest.mark.redis_modes`` runs eac
 that takes ``redis_url`` twice, on the single redis-server and on a real local cluster (3
 masters, 3 replicas: tests/redis_cluster.py), started once for the session by the first test
 that needs it (about 2 s). ``redis_url`` is then a :class:`ClusterURL`: :func:`make_config`
-sets ``redis.cluster`` for it, and :func:`client` connects the right client."""
+sets ``redis.cluster`` for it, and :func:`redis_client` connects the right client."""
 
 from __future__ import annotations
 
@@ -78,8 +78,13 @@ def cluster_url(redis_cluster: LocalCluster) -> ClusterURL:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``redis_modes``: run the test on one Redis and on the cluster (see the module docstring)."""
-    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("redis_modes"):
+    """``redis_modes``: run the test on one Redis and on the cluster (see the module docstring).
+    ``TEST_REDIS_MODE=cluster`` runs every test that takes ``redis_url`` on the cluster only."""
+    if "redis_url" not in metafunc.fixturenames:
+        return
+    if os.environ.get("TEST_REDIS_MODE") == "cluster":
+        metafunc.parametrize("redis_url", ["cluster"], indirect=True)
+    elif metafunc.definition.get_closest_marker("redis_modes"):
         metafunc.parametrize("redis_url", ["single", "cluster"], indirect=True)
 
 
@@ -95,7 +100,7 @@ def redis_url(request: pytest.FixtureRequest, redis_server: str) -> str:
     return redis_server
 
 
-def client(redis_url: str) -> aioredis.Redis:
+def redis_client(redis_url: str) -> aioredis.Redis:
     """An asyncio client for ``redis_url``: a RedisCluster (typed as Redis) for the cluster."""
     if isinstance(redis_url, ClusterURL):
         from engine.core.config import RedisConfig
@@ -116,10 +121,15 @@ def shard(number: str, shards: int = SHARDS) -> int:
     return keys.shard_of(number, shards)
 
 
+def redis_section(redis_url: str) -> dict[str, Any]:
+    """The ``redis`` config section for ``redis_url`` (plain text, for YAML and subprocesses)."""
+    return {"url": str(redis_url), "cluster": isinstance(redis_url, ClusterURL)}
+
+
 def make_config(redis_url: str, **sections: Any) -> Config:
     """A validated Config for tests; ``sections`` override (nested dicts) on top of the basics."""
     base: dict[str, Any] = {
-        "redis": {"url": redis_url, "cluster": isinstance(redis_url, ClusterURL)},
+        "redis": redis_section(redis_url),
         "http": {"port": 0},
         "api": {"keys": [API_KEY]},
         "engine": {"flows_dir": str(ROOT / "rules"), "shards": SHARDS, "shutdown_timeout": "5s"},
@@ -213,7 +223,9 @@ def run_parley(
     """Run the ``parley`` console script as a user would."""
     exe = Path(os.sys.executable).parent / "parley"  # type: ignore[attr-defined]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    full_env.update(env or {})
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    if any(isinstance(v, ClusterURL) for v in (env or {}).values()):
+        full_env["PARLEY_REDIS_CLUSTER"] = "true"
     return subprocess.run(
         [str(exe), *args],
         input=stdin,

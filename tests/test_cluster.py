@@ -23,7 +23,7 @@ from engine.core.config import RedisConfig
 from engine.core.consumer import Entry, StreamConsumer, ensure_group
 from engine.core.errors import ConfigError
 from engine.core.store import Store
-from tests.conftest import ClusterURL, eventually
+from tests.conftest import ClusterURL, eventually, redis_client
 from tests.redis_cluster import LocalCluster
 
 #: One slot each, spread over the three masters (shards land evenly: engine/core/keys.py).
@@ -309,6 +309,28 @@ async def test_stopping_cancels_reads_that_are_only_waiting(cluster_url: Cluster
             started = asyncio.get_running_loop().time()
         assert asyncio.get_running_loop().time() - started < 0.3
         assert consumer._reads == {}
+
+
+@pytest.mark.redis_modes
+async def test_a_consumer_with_nothing_to_read_lets_the_process_run_and_stops_at_once(redis_url: str) -> None:
+    """A reader with no stream yet (a sender holding no shard) waits; it never spins (which
+    would starve the event loop: a process deaf even to SIGTERM)."""
+    r = redis_client(redis_url)
+    try:
+        consumer = Collector(r, [])
+        async with consumer:
+            ticks = 0
+            for _ in range(5):
+                await asyncio.sleep(0.01)  # hangs if the loop never yields
+                ticks += 1
+            consumer.streams = [keys.inbound_stream(0)]
+            await r.xadd(keys.inbound_stream(0), {"n": "1"})
+            await _until(lambda: consumer.got() == {keys.inbound_stream(0): [b"1"]})
+            started = asyncio.get_running_loop().time()
+        assert ticks == 5
+        assert asyncio.get_running_loop().time() - started < 0.3
+    finally:
+        await r.aclose()
 
 
 # -- pub/sub and scans --------------------------------------------------------------------------

@@ -75,7 +75,7 @@ class Coalescer:
     async def _flush(self, batch: list[tuple[Add, asyncio.Future[list[Any]]]], retried: bool = False) -> None:
         spans: list[tuple[int, int]] = []
         queued: list[Any] | None = None
-        sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        stack: list[Any] = []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for add, _ in batch:
@@ -83,7 +83,9 @@ class Coalescer:
                     await add(pipe)
                     spans.append((start, len(pipe)))
                 queued = _cluster_commands(pipe)
-                sent = _sent(pipe, queued)
+                # What was sent, read only if a script must be sent again (kept: execute
+                # replaces the pipeline's list with a new one).
+                stack = pipe.command_stack if queued is None else queued
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             if queued is None:
@@ -102,20 +104,20 @@ class Coalescer:
             if fut.done():  # the turn was cancelled meanwhile
                 continue
             mine = replies[a:b]
-            missing = [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)]
             errors = [r for r in mine if isinstance(r, Exception)]
+            if not errors:
+                fut.set_result(mine)
+                continue
             failed = next((r for r in errors if not isinstance(r, NoScriptError)), None)
-            if missing and failed is None and not retried and self.on_noscript:
-                if len(missing) == len(mine):
+            if failed is None and not retried and self.on_noscript:
+                if len(errors) == len(mine):
                     again.append((add, fut))  # nothing of it ran: safe to run again once loaded
                     continue
-                if all(str(sent[i][0][0]).upper() == "EVALSHA" for i in range(a, b)):
+                if all(_args(stack[i])[0][0].upper() in (b"EVALSHA", "EVALSHA") for i in range(a, b)):
+                    missing = [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)]
                     partly.append((fut, mine, missing, a))  # those did not run: run them alone
                     continue
-            if errors:
-                fut.set_exception(failed or errors[0])
-            else:
-                fut.set_result(mine)
+            fut.set_exception(failed or errors[0])
         if again or partly:
             try:
                 assert self.on_noscript is not None
@@ -125,14 +127,14 @@ class Coalescer:
                 self._fail([(_never, fut) for fut, *_ in partly], exc)
                 return
         if partly:
-            await self._rerun(partly, sent)
+            await self._rerun(partly, stack)
         if again:
             await self._flush(again, retried=True)
 
     async def _rerun(
         self,
         partly: list[tuple[asyncio.Future[list[Any]], list[Any], list[int], int]],
-        sent: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        stack: list[Any],
     ) -> None:
         """Send again, alone, the scripts that answered NOSCRIPT (now loaded); each request gets
         its replies with theirs in place."""
@@ -140,7 +142,7 @@ class Coalescer:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _, _, missing, a in partly:
                     for i in missing:
-                        args, options = sent[a + i]
+                        args, options = _args(stack[a + i])
                         pipe.execute_command(*args, **options)
                 replies = iter(await pipe.execute(raise_on_error=False))
         except Exception as exc:
@@ -168,11 +170,12 @@ async def _never(pipe: Pipeline) -> None:
     """Stands in for a request's ``add`` where only its future is needed."""
 
 
-def _sent(pipe: Any, queued: list[Any] | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """Each queued command's arguments and options, to send a command again by itself."""
-    if queued is not None:
-        return [(c.args, dict(c.kwargs)) for c in queued]
-    return [(args, dict(options)) for args, options in pipe.command_stack]
+def _args(command: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A queued command's arguments and options (a Pipeline's ``(args, options)`` or a
+    ClusterPipeline's PipelineCommand), to send it again by itself."""
+    if isinstance(command, tuple):
+        return command[0], dict(command[1])
+    return command.args, dict(command.kwargs)
 
 
 def _cluster_commands(pipe: Any) -> list[Any] | None:
@@ -181,4 +184,5 @@ def _cluster_commands(pipe: Any) -> list[Any] | None:
     Read before ``execute``, which empties the queue (redis-py 8.2's PipelineStrategy)."""
     if not isinstance(pipe, ClusterPipeline):
         return None
-    return list(getattr(pipe._execution_strategy, "_command_queue", []))
+    queue: list[Any] = getattr(pipe._execution_strategy, "_command_queue", [])
+    return queue

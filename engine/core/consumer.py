@@ -45,6 +45,8 @@ from redis.exceptions import ClusterDownError, RedisClusterException, ResponseEr
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
+#: How long the loop pauses when it has no stream to read (or no room) before asking again.
+IDLE_S = 0.05
 BACKOFF_MAX_S = 5.0
 #: Redis cannot be read right now: one node is away, or a cluster is failing over (its client
 #: retried first). Logged as an outage (a warning, no traceback) and backed off.
@@ -127,6 +129,14 @@ class StreamConsumer:
             if not self._task.cancelled():
                 raise
 
+    async def _nothing_to_read(self) -> None:
+        """No stream to read (a sender holding no shard yet) or no room: pause instead of
+        asking again at once, which would never yield to the event loop (a process spinning,
+        deaf even to SIGTERM)."""
+        if not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), IDLE_S)
+
     async def _ensure_groups(self) -> None:
         for stream in self.streams:
             await ensure_group(self.redis, stream, self.group)
@@ -143,6 +153,7 @@ class StreamConsumer:
                 if self._recover:
                     recovering, self._recover = True, False
                 if count <= 0 or self._stopping.is_set() or not self.streams:
+                    await self._nothing_to_read()
                     continue
                 self._idle = True
                 resp: Any = await self.redis.xreadgroup(
@@ -242,12 +253,14 @@ class StreamConsumer:
                 recovering[g] = True  # its read was cancelled: an entry may be pending unseen
         self._stopped.clear()
         if count <= 0 or not groups:
+            await self._nothing_to_read()
             return None
         for g in groups:
             if g not in reads:
                 reads[g] = asyncio.create_task(self._read(g, recovering[g], count))
         self._idle = True
         await asyncio.wait(list(reads.values()), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0)  # reads whose replies came in the same pass are handled with it
         self._idle = False
         got: dict[bool, tuple[list[tuple[str, ...]], list[Entry]]] = {True: ([], []), False: ([], [])}
         failure: BaseException | None = None
