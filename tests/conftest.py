@@ -121,6 +121,13 @@ def shard(number: str, shards: int = SHARDS) -> int:
     return keys.shard_of(number, shards)
 
 
+def sync_redis_client(redis_url: str) -> redis.Redis:
+    """A blocking client for ``redis_url`` (a RedisCluster, typed as Redis, for the cluster)."""
+    if isinstance(redis_url, ClusterURL):
+        return redis.RedisCluster.from_url(redis_url)  # type: ignore[return-value]
+    return redis.Redis.from_url(redis_url)
+
+
 def redis_section(redis_url: str) -> dict[str, Any]:
     """The ``redis`` config section for ``redis_url`` (plain text, for YAML and subprocesses)."""
     return {"url": str(redis_url), "cluster": isinstance(redis_url, ClusterURL)}
