@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from engine.app.migrate import check_layout, migrate, receipt_slots
@@ -24,7 +25,7 @@ from engine.core.config import Config
 from engine.core.errors import LayoutError, MigrationRefused
 from engine.core.store import Store
 from engine.crm import reports
-from tests.conftest import ANN, make_config, outbound, process_stream
+from tests.conftest import ANN, make_config, outbound, process_stream, run_parley
 
 BOB = "+447700900456"
 GROUP = "webhook-0-1234abcd"
@@ -121,6 +122,10 @@ async def test_a_layout1_database_is_refused_then_migrated_and_carries_on(redis_
         # The webhook's cursor and its pending entry moved with p:fx to shard 0's stream.
         pending = await r.xpending(keys.flow_events(0), GROUP)
         assert pending["pending"] == 1
+        # ...and it reads the other shards' streams from their start.
+        for s in range(1, 4):
+            (group,) = await r.xinfo_groups(keys.flow_events(s))
+            assert group["name"] == GROUP.encode() and group["last-delivered-id"] == b"0-0"
 
         # Twice is harmless.
         again = await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
@@ -170,7 +175,32 @@ async def test_a_new_database_is_marked_and_a_lane_with_pending_sends_is_refused
         await store.close()
 
 
-def test_parley_migrate_is_a_command() -> None:
-    from engine.app.cli import _parser
+def test_parley_migrate_converts_and_says_so_then_has_nothing_to_do(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hset("p:c:{" + ANN + "}", mapping={"f": "{}", "tg": "[]", "ca": 1, "ua": 1})
+        first = run_parley("migrate", env={"PARLEY_REDIS_URL": redis_url})
+        assert first.returncode == 0, first.stderr
+        assert "contact keys: 1" in first.stdout and "p:layout = 2" in first.stdout
+        assert client.exists(keys.contact(ANN, keys.shard_of(ANN, 8))) == 1  # the default 8 shards
+        again = run_parley("migrate", env={"PARLEY_REDIS_URL": redis_url})
+        assert again.returncode == 0 and "nothing to do" in again.stdout
+    finally:
+        client.close()
 
-    assert _parser().parse_args(["migrate"]).command == "migrate"
+
+async def test_a_database_of_another_shard_count_is_refused(redis_url: str) -> None:
+    cfg = _cfg(redis_url)  # engine.shards: 4
+    store = Store.connect(redis_url, cfg.redis)
+    try:
+        r = store.redis
+        for s in range(2):  # an earlier release's workers, with engine.shards: 2
+            await r.xgroup_create(f"p:in:{s}", keys.INBOUND_GROUP, id="0", mkstream=True)
+        with pytest.raises(MigrationRefused, match=r"engine\.shards = 2"):
+            await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
+        await r.xgroup_create("p:in:4", keys.INBOUND_GROUP, id="0", mkstream=True)
+        with pytest.raises(MigrationRefused, match="p:in:4 is shard 4"):
+            await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
+        assert await r.exists(keys.layout(), keys.inbound_stream(0)) == 0  # nothing changed
+    finally:
+        await store.close()

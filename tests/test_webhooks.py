@@ -421,3 +421,9 @@ def test_a_payload_keeps_every_field_of_the_event(kind: str, fields: dict[str, A
         assert out["message_id"] == stored["m"]
     if "type" in own and f"{kind}_type" not in own:
         assert out[f"{kind}_type"] == own["type"]
+
+
+def test_event_ids_stay_unique_across_the_shards_streams() -> None:
+    # Entry ids are unique within one stream: two shards' streams can both hold 1767225600000-0.
+    assert event_id_of(0, b"1767225600000-0") == "1767225600000-0"  # as before the streams were per shard
+    assert event_id_of(3, b"1767225600000-0") == "3/1767225600000-0"

@@ -14,11 +14,13 @@ cluster), in place, and prints what it did:
   layout-2 name in N's shard (``engine.shards``; RENAME keeps TTLs); ``p:dd:{N}:GW:ID`` (the dedupe
   marks of releases before issue 15, no longer read) are deleted;
 - ``p:in:S``, ``p:tm:S``, ``p:dd:S:K:B`` are renamed to their tagged names (RENAME keeps the
-  workers' consumer group and its pending entries); a shard at or above ``engine.shards`` is
-  refused (run with the shard count the database was written with);
-- ``p:fx`` and ``p:calls`` become shard 0's ``p:fx:T`` and ``p:calls:T`` (RENAME keeps the webhooks'
-  and callers' cursors and pending entries; the webhooks start the other shards' streams at
-  their end, which is their start); ``p:whre:I``/``p:whdead:I`` become ``p:whre:{wI}``/``p:whdead:{wI}``;
+  workers' consumer group and its pending entries); a database written with another shard count
+  is refused (a shard stream at or above ``engine.shards``, or, when workers read them, fewer
+  streams than ``engine.shards``): run with the shard count the database was written with;
+- ``p:fx`` and ``p:calls`` become shard 0's ``p:fx:T`` and ``p:calls:T`` (RENAME keeps the
+  webhooks' and callers' cursors and pending entries; each webhook's cursor is also set at the
+  start of every other shard's outcome stream, so nothing a worker adds before the dispatcher
+  runs is missed); ``p:whre:I``/``p:whdead:I`` become ``p:whre:{wI}``/``p:whdead:{wI}``;
 - each outbound lane ``p:out:GW[:bulk]``: its entries not yet read by the senders move, in
   order, to the lane of their contact's shard, and the old lane is deleted; a lane with
   pending entries (read by a sender, not yet acknowledged) is refused: drain the senders first;
@@ -39,6 +41,7 @@ name already exists is not overwritten: it is reported and the migration stops b
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -148,12 +151,16 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
             "a Parley worker is running on this database (p:workers): stop every Parley process first"
         )
     lanes: list[tuple[bytes, str, str]] = []
+    highest = -1  # the highest shard of an inbound stream
     async for k in r.scan_iter(match=f"{P}:*", count=BATCH):
-        if (m := _SHARD_KEY.match(k)) and int(m[2]) >= shards:
-            raise MigrationRefused(
-                f"{k.decode()} is shard {int(m[2])}, but engine.shards is {shards}: run with the "
-                "engine.shards the database was written with"
-            )
+        if m := _SHARD_KEY.match(k):
+            if int(m[2]) >= shards:
+                raise MigrationRefused(
+                    f"{k.decode()} is shard {int(m[2])}, but engine.shards is {shards}: run with the "
+                    "engine.shards the database was written with"
+                )
+            if m[1] == b"in":
+                highest = max(highest, int(m[2]))
         if m := _LANE_KEY.match(k):
             gw, lane = m[1].decode(), "bulk" if m[2] else "reply"
             pending = await _pending(store, k)
@@ -165,10 +172,18 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
                 )
             lanes.append((k, gw, lane))
 
+    if 0 <= highest < shards - 1 and await _read_by_workers(store, f"{P}:in:{highest}"):
+        # Workers made every shard's stream (and group) at start: the database had highest + 1.
+        raise MigrationRefused(
+            f"the database was written with engine.shards = {highest + 1}, but engine.shards is "
+            f"{shards}: run with the engine.shards the database was written with"
+        )
+
     # The steps.
     await _per_contact_keys(store, shards, out)
     for old_name, new in ((f"{P}:fx", keys.flow_events(0)), (f"{P}:calls", keys.calls(0))):
         await _rename(store, old_name.encode(), new, out, "shared streams")
+    await _webhook_cursors(store, shards, out)
     async for k in r.scan_iter(match=f"{P}:*", count=BATCH):
         if m := _SHARD_KEY.match(k):
             s = int(m[2])
@@ -207,6 +222,30 @@ async def migrate(store: Store, cfg: Config, *, receipt_slot: Callable[[str, str
     await r.set(keys.layout(), str(keys.LAYOUT))
     out.lines.append(f"p:layout = {keys.LAYOUT}: the database is key layout {keys.LAYOUT}")
     return out
+
+
+async def _webhook_cursors(store: Store, shards: int, out: Report) -> None:
+    """Each outcome webhook's group (on shard 0's stream, once p:fx) also on every other shard's
+    stream, from its start: events the workers add there before the dispatcher first runs are
+    sent too (a dispatcher makes a missing group at the stream's end)."""
+    r = store.redis
+    if not await r.exists(keys.flow_events(0)):
+        return
+    groups: Any = await r.xinfo_groups(keys.flow_events(0))
+    for g in groups:
+        name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+        for s in range(1, shards):
+            try:
+                await r.xgroup_create(keys.flow_events(s), name, id="0", mkstream=True)
+                out.count("webhook cursors set at the start of the other shards' outcome streams")
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+
+async def _read_by_workers(store: Store, stream: str) -> bool:
+    groups: Any = await store.redis.xinfo_groups(stream)
+    return any(g["name"] in (keys.INBOUND_GROUP, keys.INBOUND_GROUP.encode()) for g in groups)
 
 
 async def _pending(store: Store, lane: bytes) -> int:
@@ -324,17 +363,20 @@ def receipt_slots(cfg: Config) -> Callable[[str, str], int | None]:
 
 
 async def run_migrate(cfg: Config) -> int:
-    """``parley migrate``: convert the configured Redis (redis.url) and print what was done."""
-    from engine.core.errors import ConfigError
+    """``parley migrate``: convert the configured Redis (``redis.url``, else the embedded one's
+    data directory, started for the migration) and print what was done."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = cfg.redis.url
+        if not url:
+            from engine.core.redis_embedded import EmbeddedRedis
 
-    if not cfg.redis.url:
-        raise ConfigError("redis.url", "parley migrate needs the service's Redis (set redis.url)")
-    store = Store.connect(cfg.redis.url, cfg.redis)
-    try:
+            embedded = EmbeddedRedis(cfg.redis.embedded_dir, persistent=True)
+            await stack.enter_async_context(embedded)
+            url = embedded.url
+        store = Store.connect(url, cfg.redis)
+        stack.push_async_callback(store.close)
         await store.ping()
         report = await migrate(store, cfg, receipt_slot=receipt_slots(cfg))
-    finally:
-        await store.close()
     for line in report.lines:
         print(line)
     return 1 if report.conflicts else 0
