@@ -208,7 +208,11 @@ class SenderLeases:
         """Give ``shards`` up once the sends in hand for them are done (the rest stay pending)."""
         try:
             if busy:
-                await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+                _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+                for t in late:  # as if this process had died there: the next holder sends them again
+                    t.cancel()
+                if late:
+                    await asyncio.wait(late)
             await self.leases.release(shards)
             log.info("senders %s: handed over shards %s", self.me, sorted(shards))
         except (aioredis.RedisError, OSError) as exc:
@@ -270,6 +274,14 @@ class _Lane(StreamConsumer):
 
     async def room(self) -> int:
         n = await self.sender.room(self.lane)
+        while not self.sender.owned and not self._stopping.is_set():  # no shard held (yet): wait
+            self.sender.changed.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.sender.changed, self._stopping)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         if self._version != self.sender.version:  # between reads: the shards read changed
             self._version = self.sender.version
             self.streams = [
@@ -299,6 +311,8 @@ class Sender:
         self.owned: frozenset[int] = frozenset()
         self.version = 0
         self._lanes: list[_Lane] = []
+        #: Set when ``owned`` changes.
+        self.changed = asyncio.Event()
         self._shard_of = {
             keys.outbound_stream(s, gateway.name, lane): s
             for s in range(rt.config.engine.shards)
@@ -392,6 +406,7 @@ class Sender:
         self.owned |= added
         if gone or added:
             self.version += 1
+            self.changed.set()
         return busy
 
     async def _claim(self, shard: int) -> None:
