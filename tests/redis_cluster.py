@@ -163,14 +163,51 @@ class LocalCluster:
 
     def master_of(self, key: str) -> Node:
         """The live master serving ``key``'s slot."""
-        slot = redis.crc.key_slot(key.encode())
+        return self.master_of_slot(redis.crc.key_slot(key.encode()))
+
+    def node_id(self, node: Node) -> str:
+        c = node.client()
+        try:
+            return str(c.execute_command("CLUSTER", "MYID").decode())
+        finally:
+            c.close()
+
+    def move_slot(self, slot: int, target: Node, *, between: object = None) -> None:
+        """Move ``slot`` to ``target`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
+        the target, MIGRATING on the source, MIGRATE its keys a few at a time (calling
+        ``between()`` after the first batch, while the slot is half moved: clients get ASK), then
+        tell every master the slot's new owner (clients get MOVED)."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return
+        src, dst = source.client(), target.client()
+        try:
+            src_id, dst_id = self.node_id(source), self.node_id(target)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            first = True
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 2):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                if first and between is not None:
+                    between()  # type: ignore[operator]
+                first = False
+            for node in self.primaries():
+                c = node.client()
+                try:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    c.close()
+        finally:
+            src.close()
+            dst.close()
+
+    def master_of_slot(self, slot: int) -> Node:
         for node in self.live():
             c = node.client()
             try:
                 for start, end, master, *_ in c.execute_command("CLUSTER SLOTS"):
                     if int(start) <= slot <= int(end):
-                        port = int(master[1])
-                        return next(n for n in self.nodes if n.port == port)
+                        return next(n for n in self.nodes if n.port == int(master[1]))
             finally:
                 c.close()
         raise RuntimeError("no live node answers CLUSTER SLOTS")

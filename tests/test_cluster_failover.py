@@ -1,11 +1,12 @@
 """A master of the cluster dies under load (``kill -9``): its replica is promoted and Parley
-carries on with no operator action.
+carries on with no operator action. And a shard's slot is moved to another master under load
+(resharding: ASK while its keys are half moved, then MOVED).
 
 Customers text a flow that echoes every text (``got m7``) at a steady rate through the HTTP
 API; replies go out to a simulated carrier. Each customer sends its texts one after another
 (the next once the previous was acknowledged with 202; a refused or failed request is sent
 again with the same provider id, as a provider does), so every customer's texts have an order.
-Midway, the master that serves the most shards is killed. The test then waits for a reply to
+Midway, the master that serves the most shards is killed (or the slot moves). The test then waits for a reply to
 every acknowledged text and reports, per customer, what was lost (acknowledged, never
 answered), duplicated (answered twice on the handset) or reordered, and how the intake fared
 (requests that failed and were sent again, the longest wait for a 202). Goal: nothing lost,
@@ -22,12 +23,13 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from redis.crc import key_slot
 
 from engine.app.runtime import Runtime
 from engine.core import keys
@@ -53,6 +55,14 @@ SHARDS = 8
 
 
 @pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    """A flows directory with the echo flow."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "echo.yaml").write_text(ECHO)
+    return tmp_path / "flows"
+
+
+@pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path / "cluster") as cluster:
         yield cluster
@@ -62,20 +72,14 @@ def _number(i: int) -> str:
     return f"+4477009{i:05d}"
 
 
-async def test_parley_carries_on_when_a_master_dies_under_load(
-    own_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.ERROR)
-    flows = tmp_path / "flows"
-    flows.mkdir()
-    (flows / "echo.yaml").write_text(ECHO)
-    streams = [keys.inbound_stream(s) for s in range(SHARDS)]
-    victim = Counter(own_cluster.master_of(s).port for s in streams).most_common(1)[0][0]
-    victim_node = next(n for n in own_cluster.nodes if n.port == victim)
-    report: dict[str, Any] = {}
+async def echo_under_load(
+    url: ClusterURL, flows: Path, event: Callable[[], Awaitable[None]], load_s: float = LOAD_S
+) -> dict[str, Any]:
+    """Customers text the echo flow (in ``flows``) at a steady rate for ``load_s`` while
+    ``event()`` runs (after KILL_AFTER_S); returns the report (see the module docstring)."""
     async with SimulatedCarrier() as carrier:
         cfg = make_config(
-            ClusterURL(own_cluster.url),
+            url,
             engine={"flows_dir": str(flows), "shards": SHARDS, "shutdown_timeout": "5s"},
             gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
         )
@@ -116,19 +120,19 @@ async def test_parley_carries_on_when_a_master_dies_under_load(
 
             async def customer(number: str) -> None:
                 i = 0
-                while time.monotonic() - load_started < LOAD_S:
+                while time.monotonic() - load_started < load_s:
                     body = f"m{i}"
                     await text(number, body, f"{number}-{i}")
                     acked[number].append(body)
                     i += 1
                     await asyncio.sleep(GAP_S)
 
-            async def killer() -> float:
+            async def at_its_time() -> float:
                 await asyncio.sleep(KILL_AFTER_S)
-                own_cluster.kill(victim_node)
+                await event()
                 return time.monotonic()
 
-            killed_at, *_ = await asyncio.gather(killer(), *(customer(n) for n in acked))
+            event_at, *_ = await asyncio.gather(at_its_time(), *(customer(n) for n in acked))
             # Drain: a reply for every acknowledged text (bounded).
             expected = sum(len(v) for v in acked.values())
             deadline = time.monotonic() + 15
@@ -154,13 +158,12 @@ async def test_parley_carries_on_when_a_master_dies_under_load(
         firsts = list(dict.fromkeys(replies))
         if firsts != [t for t in sent if t in firsts]:
             reordered[number] = firsts
-    report = {
+    return {
         "acknowledged": sum(len(v) for v in acked.values()),
         "replies_delivered": sum(1 for m in carrier.received if m.text.startswith("got ")),
         "provider_requests": carrier.attempts,
-        "killed_master": victim_node.addr,
-        "killed_after_s": round(killed_at - load_started, 2),
-        "drained_after_kill_s": round(drained_at - killed_at, 2),
+        "event_after_s": round(event_at - load_started, 2),
+        "drained_after_event_s": round(drained_at - event_at, 2),
         "intake_requests_sent_again": len(failures),
         "intake_failures": dict(Counter(failures)),
         "intake_longest_wait_s": round(max(waits), 2),
@@ -168,8 +171,46 @@ async def test_parley_carries_on_when_a_master_dies_under_load(
         "duplicated": duplicated,
         "reordered": reordered,
     }
-    print("failover report:", json.dumps(report, indent=1))  # shown with -s; also in a failure
-    assert report["acknowledged"] >= CUSTOMERS * 10, report  # the load went on across the kill
-    assert not lost, report
-    assert not duplicated, report
-    assert not reordered, report
+
+
+def _check(report: dict[str, Any], what: str) -> None:
+    print(f"{what} report:", json.dumps(report, indent=1))  # shown with -s; also in a failure
+    assert report["acknowledged"] >= CUSTOMERS * 10, report  # the load went on across the event
+    assert not report["lost"], report
+    assert not report["duplicated"], report
+    assert not report["reordered"], report
+
+
+async def test_parley_carries_on_when_a_master_dies_under_load(
+    own_cluster: LocalCluster, flows: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    streams = [keys.inbound_stream(s) for s in range(SHARDS)]
+    victim = Counter(own_cluster.master_of(s).port for s in streams).most_common(1)[0][0]
+    victim_node = next(n for n in own_cluster.nodes if n.port == victim)
+
+    async def kill() -> None:
+        own_cluster.kill(victim_node)
+
+    report = await echo_under_load(ClusterURL(own_cluster.url), flows, kill)
+    report["killed_master"] = victim_node.addr
+    _check(report, "failover")
+
+
+async def test_a_shard_moved_to_another_master_under_load_loses_and_repeats_nothing(
+    cluster_url: ClusterURL, redis_cluster: LocalCluster, flows: Path
+) -> None:
+    """A shard's slot is resharded to another master while its customers text (the session's
+    cluster: nothing is killed). While its keys are half moved clients get ASK, then MOVED."""
+    shard = keys.shard_of(_number(0), SHARDS)
+    slot = key_slot(keys.inbound_stream(shard).encode())
+    source = redis_cluster.master_of_slot(slot)
+    target = next(n for n in redis_cluster.primaries() if n is not source)
+
+    async def reshard() -> None:
+        await asyncio.to_thread(redis_cluster.move_slot, slot, target, between=lambda: time.sleep(0.3))
+
+    report = await echo_under_load(cluster_url, flows, reshard, load_s=3.0)
+    report["moved_slot"] = f"{slot}: {source.addr} -> {target.addr}"
+    assert redis_cluster.master_of_slot(slot) is target
+    _check(report, "reshard")
