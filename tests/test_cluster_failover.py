@@ -210,7 +210,10 @@ async def test_a_shard_moved_to_another_master_under_load_loses_and_repeats_noth
     async def reshard() -> None:
         await asyncio.to_thread(redis_cluster.move_slot, slot, target, between=lambda: time.sleep(0.3))
 
-    report = await echo_under_load(cluster_url, flows, reshard, load_s=3.0)
-    report["moved_slot"] = f"{slot}: {source.addr} -> {target.addr}"
-    assert redis_cluster.master_of_slot(slot) is target
+    try:
+        report = await echo_under_load(cluster_url, flows, reshard, load_s=3.0)
+        report["moved_slot"] = f"{slot}: {source.addr} -> {target.addr}"
+        assert redis_cluster.master_of_slot(slot) is target
+    finally:  # the session's cluster as the other tests know it
+        await asyncio.to_thread(redis_cluster.move_slot, slot, source)
     _check(report, "reshard")
