@@ -266,6 +266,9 @@ class StreamConsumer:
         failure: BaseException | None = None
         for g in [g for g, task in reads.items() if task.done()]:
             task = reads.pop(g)
+            if task.cancelled():  # (not by stop_reading, which takes it out of ``reads`` first)
+                recovering[g] = True
+                continue
             if (exc := task.exception()) is not None:
                 recovering[g] = True  # after an outage: this slot's pending entries first
                 failure = failure or exc
