@@ -200,6 +200,7 @@ class SenderLeases:
             free = surplus - self._releasing
             if free:
                 self._releasing |= free
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(
                     asyncio.create_task(self._release(free, busy), name="parley-sender-release")
                 )
@@ -331,23 +332,26 @@ class Sender:
         self._slots = asyncio.Semaphore(gateway.concurrency)
         self._room = {"reply": asyncio.Event(), "bulk": asyncio.Event()}
         self._stack = contextlib.AsyncExitStack()
+        self._readers = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Sender:
         await self._stack.enter_async_context(self.pacer)
         if self._own_leases:
             await self._stack.enter_async_context(self.leases)
-        for lane in keys.LANES:
-            await ensure_group(
-                self.rt.store.redis, keys.outbound_stream(0, self.gw.name, lane), keys.OUTBOUND_GROUP
-            )
         await self.leases.register(self)
         self._stack.callback(self.leases.unregister, self)
         for lane in keys.LANES:
-            self._lanes.append(await self._stack.enter_async_context(_Lane(self, lane)))
+            self._lanes.append(await self._readers.enter_async_context(_Lane(self, lane)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()  # readers stop reading, the leases go, then the pacer stops
+        await self._readers.aclose()  # the readers stop reading
+        try:
+            await self._stop_jobs()
+        finally:
+            await self._stack.aclose()  # then (the sends recorded) the leases go, then the pacer stops
+
+    async def _stop_jobs(self) -> None:
         jobs = self._jobs["reply"] | self._jobs["bulk"]
         # Messages not yet handed over stay pending in Redis and go after a restart (or from the
         # process that takes the shard); a send in progress is given shutdown_timeout to finish

@@ -511,6 +511,7 @@ async def test_two_processes_split_the_shards_send_each_message_once_in_order_an
             ]
 
         await eventually(split, attempts=2000)
+        assert sorted(map(len, (await b.health())["senders"].values())) == [2, 2]  # /healthz shows it
         # One batch with both running: each sends its own shards' messages.
         await queue(b.store.redis, "x")
         await until(lambda: sum(len(v) for v in arrived("x").values()) == 48)
