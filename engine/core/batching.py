@@ -31,10 +31,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.cluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
-from redis.cluster import _UNANSWERED
 from redis.exceptions import NoScriptError
+
+#: A ClusterPipeline command's result before its node answered (redis-py 8.2's marker; without
+#: it, a failed node fails the whole pipeline's turns, as before).
+_UNANSWERED: object = getattr(redis.cluster, "_UNANSWERED", object())
+
+_EVALSHA = ("EVALSHA", b"EVALSHA")
 
 #: Queues commands on the pipeline (may await: scripts queue EVALSHA through a coroutine).
 Add = Callable[[Pipeline], Awaitable[object]]
@@ -85,7 +91,7 @@ class Coalescer:
                 queued = _cluster_commands(pipe)
                 # What was sent, read only if a script must be sent again (kept: execute
                 # replaces the pipeline's list with a new one).
-                stack = pipe.command_stack if queued is None else queued
+                stack = getattr(pipe, "command_stack", []) if queued is None else queued
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             if queued is None:
@@ -113,7 +119,7 @@ class Coalescer:
                 if len(errors) == len(mine):
                     again.append((add, fut))  # nothing of it ran: safe to run again once loaded
                     continue
-                if all(_args(stack[i])[0][0].upper() in (b"EVALSHA", "EVALSHA") for i in range(a, b)):
+                if len(stack) >= b and all(_args(stack[i])[0][0].upper() in _EVALSHA for i in range(a, b)):
                     missing = [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)]
                     partly.append((fut, mine, missing, a))  # those did not run: run them alone
                     continue
@@ -184,5 +190,8 @@ def _cluster_commands(pipe: Any) -> list[Any] | None:
     Read before ``execute``, which empties the queue (redis-py 8.2's PipelineStrategy)."""
     if not isinstance(pipe, ClusterPipeline):
         return None
-    queue: list[Any] = getattr(pipe._execution_strategy, "_command_queue", [])
+    strategy = getattr(pipe, "_execution_strategy", None)
+    queue: list[Any] | None = getattr(strategy, "_command_queue", None)
+    if queue is None or not hasattr(redis.cluster, "_UNANSWERED"):
+        return None  # another redis-py: a failure then fails every turn of the pipeline
     return queue
