@@ -346,6 +346,7 @@ class Sender:
         #: The shards whose lanes this sender reads now, and a counter of their changes.
         self.owned: frozenset[int] = frozenset()
         self.version = 0
+        self._lanes: list[_Lane] = []
         #: Set when ``owned`` changes.
         self.changed = asyncio.Event()
         self._shard_of = {
@@ -375,7 +376,7 @@ class Sender:
         await self.leases.register(self)
         self._stack.callback(self.leases.unregister, self)
         for lane in keys.LANES:
-            await self._readers.enter_async_context(_Lane(self, lane))
+            self._lanes.append(await self._readers.enter_async_context(_Lane(self, lane)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -423,6 +424,8 @@ class Sender:
         gone = self.owned - target
         if gone:
             self.owned -= gone
+            for reader in self._lanes:  # (cluster) no read of them outstanding once released
+                await reader.stop_reading([keys.outbound_stream(s, self.gw.name, reader.lane) for s in gone])
             for jobs in self._jobs.values():
                 for t, job in jobs.items():
                     if job.shard in gone:

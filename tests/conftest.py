@@ -1,5 +1,11 @@
 """Test harness: a private redis-server for the session, flushed between tests; a running
-engine wired to a simulated carrier; helpers that wait on events instead of sleeping."""
+engine wired to a simulated carrier; helpers that wait on events instead of sleeping.
+
+Redis Cluster: a module marked ``pytestmark = pytest.mark.redis_modes`` runs each of its tests
+that takes ``redis_url`` twice, on the single redis-server and on a real local cluster (3
+masters, 3 replicas: tests/redis_cluster.py), started once for the session by the first test
+that needs it (about 2 s). ``redis_url`` is then a :class:`ClusterURL`: :func:`make_config`
+sets ``redis.cluster`` for it, and :func:`redis_client` connects the right client."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.app.runtime import Runtime
@@ -25,6 +32,7 @@ from engine.core.clock import FakeClock
 from engine.core.config import Config
 from engine.core.redis_embedded import EmbeddedRedis
 from gateways.simulators.http_carrier import SimulatedCarrier
+from tests.redis_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789abcdef"
@@ -48,13 +56,58 @@ def redis_server() -> Iterator[str]:
             server.stop()
 
 
+class ClusterURL(str):
+    """The address of a node of the test cluster (``make_config`` sets ``redis.cluster``)."""
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A private Redis Cluster (3 masters, 3 replicas) on loopback, for the whole session."""
+    with (
+        tempfile.TemporaryDirectory(prefix="parley-test-cluster-") as tmp,
+        LocalCluster(Path(tmp)) as cluster,
+    ):
+        yield cluster
+
+
 @pytest.fixture
-def redis_url(redis_server: str) -> str:
-    """The test Redis, emptied before each test."""
+def cluster_url(redis_cluster: LocalCluster) -> ClusterURL:
+    """The test cluster, emptied (every master) before each test."""
+    redis_cluster.flush()
+    return ClusterURL(redis_cluster.url)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``redis_modes``: run the test on one Redis and on the cluster (see the module docstring).
+    ``TEST_REDIS_MODE=cluster`` runs every test that takes ``redis_url`` on the cluster only."""
+    if "redis_url" not in metafunc.fixturenames:
+        return
+    if os.environ.get("TEST_REDIS_MODE") == "cluster":
+        metafunc.parametrize("redis_url", ["cluster"], indirect=True)
+    elif metafunc.definition.get_closest_marker("redis_modes"):
+        metafunc.parametrize("redis_url", ["single", "cluster"], indirect=True)
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_server: str) -> str:
+    """The test Redis, emptied before each test (the cluster under ``redis_modes``' "cluster")."""
+    if getattr(request, "param", "single") == "cluster":
+        url: str = request.getfixturevalue("cluster_url")
+        return url
     client = redis.Redis.from_url(redis_server)
     client.flushdb()
     client.close()
     return redis_server
+
+
+def redis_client(redis_url: str) -> aioredis.Redis:
+    """An asyncio client for ``redis_url``: a RedisCluster (typed as Redis) for the cluster."""
+    if isinstance(redis_url, ClusterURL):
+        from engine.core.config import RedisConfig
+        from engine.core.store import connect_cluster
+
+        return connect_cluster(redis_url, RedisConfig(url=redis_url, cluster=True))
+    return aioredis.Redis.from_url(redis_url)
 
 
 #: engine.shards of make_config's configuration.
@@ -68,10 +121,22 @@ def shard(number: str, shards: int = SHARDS) -> int:
     return keys.shard_of(number, shards)
 
 
+def sync_redis_client(redis_url: str) -> redis.Redis:
+    """A blocking client for ``redis_url`` (a RedisCluster, typed as Redis, for the cluster)."""
+    if isinstance(redis_url, ClusterURL):
+        return redis.RedisCluster.from_url(redis_url)  # type: ignore[return-value]
+    return redis.Redis.from_url(redis_url)
+
+
+def redis_section(redis_url: str) -> dict[str, Any]:
+    """The ``redis`` config section for ``redis_url`` (plain text, for YAML and subprocesses)."""
+    return {"url": str(redis_url), "cluster": isinstance(redis_url, ClusterURL)}
+
+
 def make_config(redis_url: str, **sections: Any) -> Config:
     """A validated Config for tests; ``sections`` override (nested dicts) on top of the basics."""
     base: dict[str, Any] = {
-        "redis": {"url": redis_url},
+        "redis": redis_section(redis_url),
         "http": {"port": 0},
         "api": {"keys": [API_KEY]},
         "engine": {"flows_dir": str(ROOT / "rules"), "shards": SHARDS, "shutdown_timeout": "5s"},
@@ -165,7 +230,9 @@ def run_parley(
     """Run the ``parley`` console script as a user would."""
     exe = Path(os.sys.executable).parent / "parley"  # type: ignore[attr-defined]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    full_env.update(env or {})
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    if any(isinstance(v, ClusterURL) for v in (env or {}).values()):
+        full_env["PARLEY_REDIS_CLUSTER"] = "true"
     return subprocess.run(
         [str(exe), *args],
         input=stdin,

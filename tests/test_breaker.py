@@ -15,7 +15,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from engine.core import keys
 from engine.core.clock import FakeClock
@@ -25,7 +24,7 @@ from gateways.base import SendPolicy
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu
-from tests.conftest import API_KEY, shard
+from tests.conftest import API_KEY, redis_client, shard
 from tests.test_sender import engine, number, settled, start
 from tests.test_smpp_gateway import bound, gw_of, msg, smpp_gw
 
@@ -44,7 +43,7 @@ async def customers(
 
 async def queued(redis_url: str, gateway: str, contacts: list[str], text: str, now_ms: int) -> None:
     """Messages waiting in the gateway's reply lane, as a turn's commit leaves them."""
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     for i, to in enumerate(contacts):
         msg_id = f"out-t-{i}"
         rec = {"id": msg_id, "dir": "out", "text": text, "to": to, "gateway": gateway, "status": "queued",

@@ -17,7 +17,7 @@ from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.crm.contacts_import import MAX_REPORTED_ERRORS
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, Turns, make_config, run_parley, shard
+from tests.conftest import ANN, API_KEY, Turns, make_config, run_parley, shard, sync_redis_client
 
 ROWS = 100_000
 
@@ -79,7 +79,7 @@ def test_cli_imports_100k_jsonl_rows_and_reports_each_bad_one(redis_url: str, tm
         assert text.startswith(expected), (line, text)
         assert expected in proc.stderr  # the first errors are printed too
 
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis_client(redis_url)
     try:
         assert _scan_count(client, "p:c:*") == good
         for line in BAD_LINES:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from engine.app.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import ANN, Turns
+
+#: Each test that takes redis_url runs on one Redis and on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_modes
 
 RAJ = "+447700900456"
 

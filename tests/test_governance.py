@@ -18,6 +18,9 @@ from engine.core.clock import FakeClock
 from engine.governance.consent import HELP, OPT_IN, OPT_OUT, Keyword, Keywords
 from tests.conftest import ANN, make_config, outbound, process_stream, shard
 
+#: Each test that takes redis_url runs on one Redis and on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_modes
+
 KW = Keywords()
 NPS_Q = "Hi Ann, thanks for choosing us."
 STOPPED = KW.messages[OPT_OUT]["en"]

@@ -22,7 +22,7 @@ import yaml
 from engine.app.supervisor import RESTART_READY_S
 from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT
+from tests.conftest import API_KEY, ROOT, redis_section
 
 PROMOTER = "Wonderful, thank you! What do you like most about us?"
 
@@ -55,7 +55,7 @@ class Engine:
 
 def engine_config(redis_url: str, carrier: SimulatedCarrier, port: int, **engine: Any) -> dict[str, Any]:
     return {
-        "redis": {"url": redis_url},
+        "redis": redis_section(redis_url),
         "http": {"port": port},
         "api": {"keys": [API_KEY]},
         "engine": {"flows_dir": str(ROOT / "rules"), "shards": 8, **engine},
@@ -222,7 +222,7 @@ async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: 
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     config = {
-        "redis": {"url": redis_url},
+        "redis": redis_section(redis_url),
         "http": {"port": port},
         "api": {"keys": [API_KEY]},
         "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4},

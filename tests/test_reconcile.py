@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
 from engine.core import keys
@@ -26,7 +25,7 @@ from engine.core.redis_embedded import free_port
 from gateways.base import OutboundMessage
 from gateways.registry import build_gateway
 from gateways.simulators.twilio_stub import Received, TwilioStub
-from tests.conftest import ANN, API_KEY, ROOT, shard
+from tests.conftest import ANN, API_KEY, ROOT, redis_client, redis_section, shard
 from tests.test_sender import engine, messages, settled, start
 
 SID = "AC" + "1234567890abcdef" * 2
@@ -104,7 +103,7 @@ async def test_find_sent_walks_the_pages_back_to_the_message_and_no_further(twil
 async def pending_reply(redis_url: str, gateway: str, msg_id: str, text: str, now_ms: int) -> None:
     """What a sender that died after handing ``msg_id`` to the provider leaves behind: the record
     still ``queued``, the lane entry read (pending under this host's sender) and not acknowledged."""
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     lane = keys.outbound_stream(shard(ANN), gateway)
     await ensure_group(r, lane, keys.OUTBOUND_GROUP)
     rec = {"id": msg_id, "dir": "out", "text": text, "to": ANN, "gateway": gateway, "status": "queued",
@@ -188,7 +187,7 @@ async def test_parley_killed_after_twilio_took_a_reply_sends_it_exactly_once_aft
     Twilio, finds it there and records it: the customer has the text once."""
     port = free_port()
     config = {
-        "redis": {"url": redis_url},
+        "redis": redis_section(redis_url),
         "http": {"port": port},
         "api": {"keys": [API_KEY]},
         "engine": {"flows_dir": str(ROOT / "rules"), "shards": 2},

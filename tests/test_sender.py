@@ -18,7 +18,10 @@ from engine.core import keys
 from engine.core.clock import FakeClock
 from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, eventually, make_config, shard
+from tests.conftest import ANN, API_KEY, eventually, make_config, redis_client, shard
+
+#: Each test that takes redis_url runs on one Redis and on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_modes
 
 TWO_STEP = """
 name: two_step
@@ -268,9 +271,8 @@ async def test_a_message_read_back_after_a_crash_stays_on_its_connector(
     redis_url: str, tmp_path: Path, clock: FakeClock
 ) -> None:
     """A send interrupted by a crash may have reached the provider: it is pinned to it."""
-    import redis.asyncio as aioredis
 
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     lane = keys.outbound_stream(shard(ANN), "a", "bulk")
     await r.xgroup_create(lane, keys.OUTBOUND_GROUP, id="0", mkstream=True)
     rec = {"id": "out-x-0", "dir": "out", "text": "hello", "to": ANN, "gateway": "a", "status": "queued",

@@ -16,7 +16,6 @@ from typing import Any, cast
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +27,7 @@ from engine.core.config import Config
 from engine.core.errors import ConfigError
 from engine.crm.webhooks import event_id_of
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, eventually, make_config, serve, shard
+from tests.conftest import API_KEY, eventually, make_config, redis_client, serve, shard
 
 SECRET = "crm-webhook-secret-0123456789"
 A, B = "+447700900201", "+447700900202"
@@ -319,7 +318,7 @@ async def test_events_trimmed_before_they_were_sent_are_counted_as_lost(
         await start_nps(api, B)
         await wait_for(lambda: len(crm.delivered()) == 1)  # the group has read B's p:fx:T up to its end
     # While it is down, five events of B come and three of them are trimmed away unsent.
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     fx = keys.flow_events(shard(B))
     for i in range(5):
         e = {"t": "started", "c": B, "f": "nps", "run": f"{B}/{i}", "params": {}, "at": 1_767_225_600_000 + i}

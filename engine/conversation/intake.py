@@ -14,6 +14,7 @@ of a text refused that way). Flow starts wait the same way (:func:`queue_starts`
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from typing import Any
@@ -115,18 +116,34 @@ async def queue_starts(
     again, starts have no dedupe). Each start's stream entry id ("" when it waits as a timer)."""
     now = rt.clock.now_ms()
     ids: list[str] = []
+    shards = rt.config.engine.shards
+
+    def queue(pipe: Pipeline, number: str, p: dict[str, Any], due: int | None) -> None:
+        shard = keys.shard_of(number, shards)
+        if due is None or due <= now:
+            fields: Any = events.start_fields(number, flow, p, interrupt, now)
+            pipe.xadd(keys.inbound_stream(shard), fields)
+        else:
+            ev = events.Event(shard, "", "start", number, now, flow=flow, params=p, interrupt=interrupt)
+            pipe.zadd(keys.timers(shard), {keys.timer_member(number, "d", ev.deferred_token()): due})
+
+    if rt.store.cluster and rt.store.wait[0]:
+        # On a cluster WAIT must follow each write on its slot's master: one durable request a
+        # start (those of one event-loop pass to one master share a pipeline and its WAIT).
+        async def one(number: str, p: dict[str, Any], due: int | None) -> str:
+            async def add(pipe: Pipeline) -> None:
+                queue(pipe, number, p, due)
+
+            (reply,) = await rt.store.durable.run(add)
+            return reply.decode() if isinstance(reply, bytes) else ""
+
+        for i in range(0, len(starts), 1000):
+            ids += await asyncio.gather(*(one(n, p, d) for n, p, d in starts[i : i + 1000]))
+        return ids
     for i in range(0, len(starts), 1000):
         async with rt.store.redis.pipeline(transaction=False) as pipe:
             for number, p, due in starts[i : i + 1000]:
-                shard = keys.shard_of(number, rt.config.engine.shards)
-                if due is None or due <= now:
-                    fields: Any = events.start_fields(number, flow, p, interrupt, now)
-                    pipe.xadd(keys.inbound_stream(shard), fields)
-                else:
-                    ev = events.Event(
-                        shard, "", "start", number, now, flow=flow, params=p, interrupt=interrupt
-                    )
-                    pipe.zadd(keys.timers(shard), {keys.timer_member(number, "d", ev.deferred_token()): due})
+                queue(pipe, number, p, due)
             waits = rt.store.queue_wait(pipe)
             replies = await pipe.execute()
             if waits:

@@ -185,6 +185,9 @@ class Worker(StreamConsumer):
         release = self._to_release & self._held
         self._to_release = set()
         if release:
+            # On a cluster a read of these streams may be outstanding: stopped first, so
+            # nothing reaches this worker after the next owner claimed the pending entries.
+            await self.stop_reading([keys.inbound_stream(s) for s in release])
             await self.leases.release(release)
             self._held = self._held - release
             log.info("worker %s: handed over shards %s", self.me, sorted(release))
@@ -235,6 +238,7 @@ class Worker(StreamConsumer):
                 return self.rt.config.engine.batch_size
             if self.owned:
                 self._recover = True  # fenced: when the leases are back, re-read pending first
+                await self.stop_reading()  # (cluster) nothing delivered once another may own it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_changed.wait(), self.leases.ttl_ms / 3000)
         return 0

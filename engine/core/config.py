@@ -100,6 +100,10 @@ class RedisConfig:
     sentinel_master: str = ""
     #: Password of the sentinels themselves ("" = none; the data nodes' is in ``url``).
     sentinel_password: str = ""
+    #: ``redis.url`` names a node of a Redis Cluster (any node; the others are discovered).
+    cluster: bool = False
+    #: More cluster nodes to discover it from ("host:port"), tried when ``redis.url``'s is down.
+    nodes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -505,6 +509,7 @@ def _check(cfg: Config) -> None:
     if cfg.redis.max_connections < 2:
         raise ConfigError("redis.max_connections", "must be at least 2")
     _check_redis_durability(cfg.redis)
+    _check_cluster(cfg.redis)
     if cfg.log.level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log.level", f"must be debug, info, warning or error, got {cfg.log.level!r}")
     if cfg.log.format not in {"text", "json"}:
@@ -546,6 +551,17 @@ def _check_redis_durability(r: RedisConfig) -> None:
             "redis.url",
             "required with redis.sentinels: it gives the database and credentials (redis://:pw@x/0)",
         )
+
+
+def _check_cluster(cfg: RedisConfig) -> None:
+    if cfg.nodes and not cfg.cluster:
+        raise ConfigError("redis.nodes", "seed nodes are for a cluster: set redis.cluster: true")
+    if cfg.cluster and not cfg.url:
+        raise ConfigError("redis.url", "a cluster needs the address of one of its nodes (redis://host:port)")
+    for i, node in enumerate(cfg.nodes):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"redis.nodes[{i}]", f"expected host:port, got {node!r}")
 
 
 def _check_webhook(hook: WebhookConfig, key: str) -> None:

@@ -5,6 +5,15 @@ caller waits (up to ``redis.pool_timeout``) instead of failing with ``MaxConnect
 the plain pool raises under load. Scripts are registered once and called by SHA (redis-py
 reloads them if Redis restarted and lost its script cache).
 
+With ``redis.cluster`` the client is a :class:`~redis.asyncio.cluster.RedisCluster`
+(:func:`connect_cluster`): it follows MOVED and ASK, and on a node failure refreshes the
+topology and retries, so a failover (a replica promoted) costs the commands in flight a
+retry, not an error. Every script touches one slot (engine/core/keys.py). A promoted replica
+or a new node has no scripts (Redis does not replicate SCRIPT LOAD): its NOSCRIPT loads them
+on every primary and the request runs again (redis-py for a lone call, the coalescer for a
+pipeline). ``store.redis`` is typed as the single-node client; where the two differ (stream
+reads across slots, scans, pub/sub) the code asks :attr:`Store.cluster`.
+
 With ``redis.sentinels`` the client is a Sentinel-managed one (:func:`_sentinel_client`): each
 new connection asks the sentinels for the current primary, and a connection that finds its
 server demoted (READONLY) is dropped, so a failover is followed with no operator action; the
@@ -16,19 +25,32 @@ Redis Cluster client, one that sends WAIT to the master of each write's slot (du
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 
 from engine.core.batching import Coalescer
 from engine.core.config import RedisConfig
 from engine.core.durable import ClusterDurable
 from engine.core.errors import NotReplicated, RedisUnavailable
+
+#: Cluster: each node's connections. Not a blocking pool (redis-py's cluster client has none):
+#: a blocking stream read holds one connection per slot it reads (engine/core/consumer.py), so
+#: on top of ``redis.max_connections`` room is kept for those (connections open only on use).
+CLUSTER_READ_CONNECTIONS = 1024
+#: Cluster: a failover takes ``cluster-node-timeout`` plus an election (1-2 s on a LAN with the
+#: timeout at 1 s; 15 s with Redis's default); commands are retried with back-off (50 ms to 1 s)
+#: this many times, refreshing the topology in between, before they fail.
+CLUSTER_RETRIES = 20
+#: Cluster: seconds before a silent node is taken for dead (longer than any blocking read).
+CLUSTER_SOCKET_TIMEOUT = 5.0
 
 SCRIPTS = (
     "intake",
@@ -48,6 +70,8 @@ class Store:
     def __init__(self, client: aioredis.Redis, cfg: RedisConfig | None = None) -> None:
         cfg = cfg or RedisConfig()
         self.redis = client
+        #: The client is a RedisCluster (see the module docstring).
+        self.cluster = isinstance(client, RedisCluster)
         #: Turns' loads and commits, coalesced into one pipeline per event-loop pass.
         self.coalescer = Coalescer(client, on_noscript=self.load_scripts)
         #: ``redis.wait_replicas`` and ``redis.wait_timeout`` in ms, as WAIT takes them.
@@ -75,6 +99,8 @@ class Store:
 
     @classmethod
     def connect(cls, url: str, cfg: RedisConfig) -> Store:
+        if cfg.cluster:
+            return cls(connect_cluster(url, cfg), cfg)
         if cfg.sentinels:
             return cls._via_sentinel(url, cfg)
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -108,8 +134,11 @@ class Store:
             raise RedisUnavailable(f"cannot reach Redis: {exc}") from exc
 
     async def close(self) -> None:
-        # The pool was passed in explicitly, so the client does not close it unless told to.
-        await self.redis.aclose(close_connection_pool=True)
+        if self.cluster:
+            await self.redis.aclose()
+        else:
+            # The pool was passed in explicitly, so the client does not close it unless told to.
+            await self.redis.aclose(close_connection_pool=True)
         if isinstance(self.durable, ClusterDurable):
             await self.durable.aclose()
         for sentinel in self._also_close:
@@ -120,7 +149,7 @@ class Store:
         """End ``pipe`` with WAIT when ``redis.wait_replicas`` > 0 (False: nothing queued). For
         writes that acknowledge a peer outside :attr:`durable` (flow starts); the pipeline's last
         reply then goes to :meth:`check_wait`."""
-        if not self.wait[0]:
+        if not self.wait[0] or self.cluster:  # a cluster's writes wait per slot (durable.py)
             return False
         pipe.execute_command("WAIT", *self.wait)
         return True
@@ -184,3 +213,21 @@ def _sentinel_client(url: str, cfg: RedisConfig) -> tuple[aioredis.Redis, Sentin
         **opts,
     )
     return client, sentinel
+
+
+def connect_cluster(url: str, cfg: RedisConfig) -> aioredis.Redis:
+    """A Redis Cluster client, discovered from ``url``'s node and ``cfg.nodes``.
+
+    Typed as the single-node client it stands in for: the commands Parley uses have the same
+    signatures on both (see the module docstring for where they differ)."""
+    seeds = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in cfg.nodes)]
+    client = RedisCluster.from_url(
+        url,
+        startup_nodes=seeds or None,
+        max_connections=cfg.max_connections + CLUSTER_READ_CONNECTIONS,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), CLUSTER_RETRIES),
+        socket_connect_timeout=2,
+        socket_timeout=CLUSTER_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+    return cast(aioredis.Redis, client)
