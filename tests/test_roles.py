@@ -1,0 +1,203 @@
+"""Process roles (``parley run --role api|worker|sender|all``) and API processes sharing one
+port (``--api-processes N``), as real processes an operator would start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from engine.app.cli import main
+from engine.app.settings import load_config
+from engine.core.errors import ConfigError
+from engine.core.redis_embedded import free_port
+from tests.conftest import API_KEY, ROOT, run_parley
+
+
+class Proc:
+    """A ``parley run`` child process and its HTTP port."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    async def get(self, path: str, *, fresh: bool = True) -> tuple[int, dict[str, Any]]:
+        """GET ``path`` on a new connection (so SO_REUSEPORT may hand it to any process)."""
+        async with (
+            aiohttp.ClientSession(
+                f"http://127.0.0.1:{self.port}",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                connector=aiohttp.TCPConnector(force_close=fresh),
+            ) as http,
+            http.get(path) as r,
+        ):
+            return r.status, await r.json()
+
+    async def until(self, probe: Any, timeout: float = 30) -> dict[str, Any]:
+        """/healthz until ``probe(body)`` holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        body: dict[str, Any] = {}
+        while loop.time() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                _, body = await self.get("/healthz")
+                if probe(body):
+                    return body
+            if self.proc.returncode is not None:
+                raise AssertionError(f"parley exited with {self.proc.returncode}")
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not reached within {timeout}s: {body}")
+
+    async def pids(self, want: int, tries: int = 200) -> set[int]:
+        """The pids answering /healthz on new connections, until ``want`` distinct ones answered."""
+        seen: set[int] = set()
+        for _ in range(tries):
+            _, body = await self.get("/healthz")
+            seen.add(body["pid"])
+            if len(seen) >= want:
+                break
+        return seen
+
+
+def config(redis_url: str, port: int, **engine: Any) -> dict[str, Any]:
+    return {
+        "redis": {"url": redis_url},
+        "http": {"port": port},
+        "api": {"keys": [API_KEY]},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4, **engine},
+        "log": {"level": "warning"},
+    }
+
+
+@contextlib.asynccontextmanager
+async def parley(args: list[str], cfg: dict[str, Any], path: Path) -> AsyncIterator[Proc]:
+    """``parley --config PATH ARGS...``; stopped with SIGTERM at the end, and it must exit 0."""
+    path.write_text(yaml.safe_dump(cfg))  # noqa: ASYNC240 - before the process starts
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.app.cli", "--config", str(path), *args,
+        cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield Proc(proc, cfg["http"]["port"])
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts: its sockets are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+# The options -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--role", "router"], {}, "--role: must be all, or api, worker, sender joined by commas"),
+        (
+            ["--role", "api", "--workers", "2"],
+            {},
+            "--workers: starts worker processes, but this process's role is api",
+        ),
+        (["--role", "worker", "--api-processes", "2"], {}, "--api-processes: starts API processes"),
+        (["--api-processes", "0"], {}, "--api-processes: must be 1..64, got 0"),
+        (["--role", "worker"], {"PARLEY_REDIS_URL": ""}, "redis.url: role worker shares work"),
+        ([], {"PARLEY_ENGINE_ROLE": "api,router"}, "engine.role: must be all, or api"),
+    ],
+)
+def test_run_refuses_roles_and_counts_that_cannot_work_in_one_line(
+    args: list[str], env: dict[str, str], message: str, redis_url: str
+) -> None:
+    proc = run_parley("run", *args, env={"PARLEY_REDIS_URL": redis_url, **env})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"parley: config: {message}"), proc.stderr
+
+
+def test_role_and_api_processes_are_configuration_too() -> None:
+    cfg = load_config(env={"PARLEY_ENGINE_ROLE": "api,sender", "PARLEY_ENGINE_API_PROCESSES": "4"})
+    assert (cfg.engine.role, cfg.engine.api_processes) == ("api,sender", 4)
+    assert (load_config(env={}).engine.role, load_config(env={}).engine.api_processes) == ("all", 1)
+    with pytest.raises(ConfigError, match=r"engine\.api_processes: must be 1\.\.64"):
+        load_config(env={"PARLEY_ENGINE_API_PROCESSES": "65"})
+
+
+def test_help_lists_the_roles(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--role ROLE" in out and "--api-processes N" in out and "--workers N" in out
+
+
+# API processes sharing a port --------------------------------------------------------------------
+
+
+async def test_api_processes_share_one_port_and_a_killed_one_is_replaced_while_the_port_answers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``parley run --role api --api-processes 2``: two processes answer on one port (the kernel
+    spreads new connections over both); one SIGKILLed is started again at once, and no request
+    fails meanwhile (the other answers them all)."""
+    port = free_port()
+    async with parley(
+        ["run", "--role", "api", "--api-processes", "2"], config(redis_url, port), tmp_path / "p.yaml"
+    ) as p:
+        health = await p.until(lambda h: h.get("api_processes", {}).get("1", {}).get("ready"))
+        assert health["roles"] == ["api"]
+        child = health["api_processes"]["1"]["pid"]
+        assert await p.pids(2) == {p.proc.pid, child}
+        # Both processes serve the whole API, not only /healthz.
+        for _ in range(10):
+            status, body = await p.get("/v1/openapi.json")
+            assert status == 200 and "/v1/flows/{flow}/start" in body["paths"]
+
+        os.kill(child, signal.SIGKILL)
+        for _ in range(1000):  # dead, its socket closed (the supervisor may not have reaped it yet)
+            if gone(child):
+                break
+            await asyncio.sleep(0.005)
+        answered = 0
+        while True:  # every request is answered while the child is dead and restarting
+            status, health = await p.get("/healthz")
+            assert status == 200, health
+            assert health["pid"] != child
+            answered += 1
+            if health["pid"] == p.proc.pid:  # the main process: it says how its API process is
+                new = health["api_processes"]["1"]
+                if new["pid"] != child and new["ready"]:
+                    break
+            await asyncio.sleep(0.01)
+        assert answered > 1
+        assert new["restarts"] == 1 and new["restart_wait"] == 0.0 and new["running"]
+        assert await p.pids(2) == {p.proc.pid, new["pid"]}
+    # Stopping stops the API processes too.
+    assert gone(new["pid"])
+
+
+async def test_one_api_process_alone_refuses_a_port_in_use(redis_url: str, tmp_path: Path) -> None:
+    """Without --api-processes the port is not shared: a second Parley on it is refused in one
+    line, as before (SO_REUSEPORT is only for API processes of one Parley)."""
+    port = free_port()
+    async with parley(["run", "--role", "api"], config(redis_url, port), tmp_path / "p.yaml") as p:
+        await p.until(lambda h: h["status"] == "ok")
+        proc = run_parley(
+            "run", "--role", "api", env={"PARLEY_REDIS_URL": redis_url, "PARLEY_HTTP_PORT": str(port)}
+        )
+        assert proc.returncode == 2
+        assert f"127.0.0.1:{port} is in use" in proc.stderr
