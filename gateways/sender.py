@@ -1,33 +1,51 @@
-"""The send pipeline: one sender per connector, draining its two lanes out to the provider.
+"""The send pipeline: one sender per connector per process, draining the outbound lanes of the
+shards this process holds a SENDER lease on, out to the provider.
 
-    p:out:GW (reply lane) --+                                  +--> provider (HTTP, SMPP)
-                            +--> per-contact order --> circuit --> rate slot --> concurrency
-    p:out:GW:bulk ----------+    (one message at a time             (replies     (in flight at
-      (read ahead a little)       per contact)                      first)        once)
+    p:out:T:GW (reply lanes  --+                                   +--> provider (HTTP, SMPP)
+      of the held shards)      +--> per-contact order --> circuit --> rate slot --> concurrency
+    p:out:T:GW:bulk -----------+    (one message at a time            (replies      (in flight at
+      (read ahead a little)          per contact)                     first)         once)
+
+Which shards' lanes a process reads is decided by leases (``engine.core.leases``, role
+``sender``, the same machinery the workers use): :class:`SenderLeases` holds one set of leases
+per process, shared by that process's senders (one per connector), so a shard's lanes of every
+connector are read by one process at a time, and any number of processes (on any hosts) split
+the shards between them. A contact belongs to one shard, so its messages are in one process's
+hands. Leases are renewed every third of ``engine.lease_ttl`` and at once when another sender
+process joins or leaves. A shard newly held has its lanes' pending entries claimed first
+(XAUTOCLAIM: a previous holder read them and stopped) and read back as after a crash. A process
+holding more than its share stops reading the surplus, lets the sends in the provider's hands
+finish and be recorded (the others stay pending), and only then releases the shards. A sender
+*fences itself*: it hands nothing to the provider once its leases may have run out.
 
 Guarantees:
 - at-least-once towards the provider: an entry is acknowledged only when its final status is
-  recorded (one script with the status), so a crash mid-send leaves it pending and it is sent
-  again on restart with the same message id (our idempotency key, passed to providers that
-  take one); a connector whose provider takes no key but can be asked (``can_reconcile``:
-  Twilio) is asked first whether it already has such a message, and if so it is recorded as
-  sent with the provider's id instead of being sent again (also after a timeout or a 500);
-- replies first: the reply lane is read as it comes; the bulk lane only ``bulk_prefetch`` ahead,
-  and the rate's slots go to waiting replies before bulk (a later reply to a contact whose bulk
-  message is still waiting lifts that message to the reply lane's priority, keeping their order);
-- per-contact order within the connector: a message waits for the previous one to its contact;
+  recorded (status.lua, with the status), so a crash mid-send leaves it pending and it is sent
+  again, by this process after a restart or by whichever process takes the shard over, with
+  the same message id (our idempotency key, passed to providers that take one); a connector
+  whose provider takes no key but can be asked (``can_reconcile``: Twilio) is asked first
+  whether it already has such a message, and if so it is recorded as sent with the provider's
+  id instead of being sent again (also after a timeout or a 500);
+- replies first: the reply lanes are read as they come; the bulk lanes only ``bulk_prefetch``
+  ahead (across all held shards), and the rate's slots go to waiting replies before bulk (a
+  later reply to a contact whose bulk message is still waiting lifts that message to the reply
+  lane's priority, keeping their order);
+- per-contact order within the connector: a message waits for the previous one to its contact
+  (its shard's lanes are read by this process alone);
 - retryable failures (timeouts, 5xx, refused connections) are retried with exponential
   back-off and jitter, or after the provider's ``Retry-After``, up to ``max_attempts``; a
   rejection fails the message at once; a message older than ``max_age`` expires;
 - a rate signal (429, SMPP throttling) pauses the whole connector for the time the provider
   asked and is neither a failure nor an attempt (``max_age`` still bounds the message);
+- the connector's rate is one rate for every process (``rate.lua``, one key);
 - the circuit breaker stops sending to a provider that keeps failing and probes it (the probe
   with ``probe_timeout``); while it is open a failed message waits for the probes instead of
   its own back-off, and a back-off ends when a probe gets through; while it is
   open, messages whose route names another connector move there (``move.lua``, atomically:
-  in one lane at a time), unless an attempt here may have reached the provider (a timeout, a
-  500, a connection dropped mid-request, or a send interrupted by a crash): those stay and are
-  retried here with the same id, so no message goes out through two connectors.
+  from one lane to the same lane of the same shard, one slot), unless an attempt here may have
+  reached the provider (a timeout, a 500, a connection dropped mid-request, or a send
+  interrupted by a crash): those stay and are retried here with the same id, so no message goes
+  out through two connectors.
 """
 
 from __future__ import annotations
@@ -35,7 +53,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,11 +67,12 @@ from redis.asyncio.client import Pipeline
 from engine.core import keys
 from engine.core.consumer import Entry, StreamConsumer, ensure_group
 from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
+from engine.core.leases import ShardLeases, Tick
 from engine.core.numbers import mask
 from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
-from gateways.receipts import status_call
+from gateways.receipts import record_send
 from gateways.scripts.move import MoveArgs
 
 log = logging.getLogger(__name__)
@@ -59,6 +80,12 @@ log = logging.getLogger(__name__)
 #: How much earlier than our queue time a provider's record of a message may say it was created
 #: (the two clocks disagree) and still be looked at when reconciling.
 RECONCILE_SKEW_MS = 60_000
+#: How often a fenced message looks again whether the leases are back.
+FENCE_POLL_S = 0.05
+
+
+class _Fenced(Exception):
+    """The leases may have run out (or the shard was given up) just before a send."""
 
 
 @dataclass(eq=False)
@@ -66,6 +93,7 @@ class Job:
     """One outbound message in this process's hands."""
 
     stream: str
+    shard: int
     entry_id: bytes
     lane: str
     msg: OutboundMessage
@@ -78,26 +106,177 @@ class Job:
     #: a connector that can reconcile is asked before it is sent again.
     unsure: bool = False
     waiting_rate: bool = False
-    #: In the provider's hands right now (a graceful stop waits for these only).
+    #: In the provider's hands right now, or its outcome being recorded (a graceful stop, or a
+    #: shard given up, waits for these only).
     sending: bool = False
+    #: Its shard is no longer this process's: no further attempt (it stays pending for the next holder).
+    dropped: bool = False
     error: str = ""
     attempts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class SenderLeases:
+    """The sender leases of one process (``async with``), shared by its senders: which shards'
+    lanes this process reads. Renews, applies changes to every sender registered, releases a
+    surplus once its sends are done (see the module docstring)."""
+
+    def __init__(self, rt: Host, me: str | None = None) -> None:
+        cfg = rt.config.engine
+        self.rt = rt
+        #: Unique per process run (and per set): a restarted process never takes a dead run's lease.
+        self.me = me or f"{socket.gethostname()}-{os.getpid()}-s-{secrets.token_hex(3)}"
+        self.leases = ShardLeases(rt.store, self.me, cfg.shards, cfg.lease_ttl, role="sender")
+        #: The shards the senders read now.
+        self.held: frozenset[int] = frozenset()
+        self.senders: list[Sender] = []
+        self._margin = cfg.lease_ttl / 4
+        self._releasing: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._renew_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._entered = 0
+
+    def valid(self) -> bool:
+        """True while the leases cannot have run out yet (with a quarter of their time to spare)."""
+        return self.leases.valid(self._margin)
+
+    async def __aenter__(self) -> SenderLeases:
+        self._entered += 1
+        if self._entered > 1:
+            return self
+        try:
+            await self._apply(await self.leases.tick())
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            log.warning("senders %s: cannot take shard leases yet (%s); retrying", self.me, exc)
+        self._tasks = [
+            asyncio.create_task(self._keep(), name="parley-sender-leases"),
+            asyncio.create_task(self._watch(), name="parley-sender-lease-changes"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._entered -= 1
+        if self._entered > 0:
+            return
+        self._stop.set()
+        self._renew_now.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        try:
+            await self.leases.leave()  # the other sender processes take the shards over at once
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("senders %s: could not release their leases (%s); they expire", self.me, exc)
+        self.held = frozenset()
+
+    async def register(self, sender: Sender) -> None:
+        """A sender starts: it reads the shards held now (and those taken later)."""
+        async with self._lock:
+            self.senders.append(sender)
+            await sender.sync(self.held)
+
+    def unregister(self, sender: Sender) -> None:
+        with contextlib.suppress(ValueError):
+            self.senders.remove(sender)
+
+    async def _apply(self, tick: Tick) -> None:
+        """Bring every sender to what the renewal found: read what is held, stop reading what
+        is lost or surplus, release the surplus once its sends are done."""
+        async with self._lock:
+            extra = len(tick.held) - tick.share
+            # The highest-numbered surplus, so repeated (or late) renewals pick the same shards.
+            surplus = set(sorted(tick.held, reverse=True)[:extra]) if extra > 0 else set()
+            target = frozenset(tick.held - surplus - self._releasing)
+            busy: list[asyncio.Task[None]] = []
+            for sender in self.senders:
+                busy += await sender.sync(target)
+            if target != self.held:
+                log.info("senders %s: reading the lanes of shards %s", self.me, sorted(target))
+            self.held = target
+            free = surplus - self._releasing
+            if free:
+                self._releasing |= free
+                self._tasks.append(
+                    asyncio.create_task(self._release(free, busy), name="parley-sender-release")
+                )
+
+    async def _release(self, shards: set[int], busy: list[asyncio.Task[None]]) -> None:
+        """Give ``shards`` up once the sends in hand for them are done (the rest stay pending)."""
+        try:
+            if busy:
+                await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+            await self.leases.release(shards)
+            log.info("senders %s: handed over shards %s", self.me, sorted(shards))
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("senders %s: could not hand over shards %s (%s)", self.me, sorted(shards), exc)
+        finally:
+            self._releasing -= shards
+
+    async def _keep(self) -> None:
+        """Renew every third of the lease time, and at once when told the shares changed."""
+        period = self.leases.ttl_ms / 3000
+        was_valid = True
+        while not self._stop.is_set():
+            self._renew_now.clear()  # before the renewal: news during it renews again
+            try:
+                await self._apply(await self.leases.tick())
+                was_valid = True
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                if was_valid:
+                    log.warning("senders %s: cannot renew shard leases (%s)", self.me, exc)
+                was_valid = False
+            except Exception:
+                log.exception("senders %s: unexpected error renewing leases; continuing", self.me)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), period)
+
+    async def _watch(self) -> None:
+        """Renew at once when another sender process joins, leaves or gives shards up (lease.lua
+        publishes on ``keys.lease_changes("sender")``). Best effort, as the worker's."""
+        period = self.leases.ttl_ms / 3000
+        redis = self.rt.store.redis
+        while not self._stop.is_set():
+            try:
+                async with redis.pubsub(ignore_subscribe_messages=True) as ps:
+                    await ps.subscribe(keys.lease_changes("sender"))
+                    self._renew_now.set()  # what changed while not listening
+                    while not self._stop.is_set():
+                        msg = await ps.get_message(timeout=period)
+                        if msg is not None and msg["data"] not in (self.me, self.me.encode()):
+                            self._renew_now.set()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), period)
+            except Exception:
+                log.exception("senders %s: unexpected error watching lease changes; continuing", self.me)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), period)
+
+
 class _Lane(StreamConsumer):
-    """Reads one lane's stream for the sender."""
+    """Reads one lane (reply or bulk) of every shard the sender reads."""
 
     def __init__(self, sender: Sender, lane: str) -> None:
-        stream = keys.outbound_stream(sender.gw.name, lane)
-        super().__init__(sender.rt.store.redis, keys.OUTBOUND_GROUP, sender.consumer_name, [stream])
+        super().__init__(sender.rt.store.redis, keys.OUTBOUND_GROUP, sender.consumer_name, [])
         self.label = f"sender {sender.gw.name} {lane}"
         self.sender = sender
         self.lane = lane
         self.stop_timeout = sender.rt.config.engine.shutdown_timeout
+        self._version = -1
 
     async def room(self) -> int:
-        return await self.sender.room(self.lane)
+        n = await self.sender.room(self.lane)
+        if self._version != self.sender.version:  # between reads: the shards read changed
+            self._version = self.sender.version
+            self.streams = [
+                keys.outbound_stream(s, self.sender.gw.name, self.lane) for s in sorted(self.sender.owned)
+            ]
+            self._recover = True  # what was claimed is read (in stream order) before anything new
+        return n
 
     async def handle(self, entries: list[Entry], recovering: bool) -> bool:
         for stream, entry_id, fields in entries:
@@ -106,14 +285,24 @@ class _Lane(StreamConsumer):
 
 
 class Sender:
-    """Owns the send loop of one connector (``async with Sender(rt, gateway)``)."""
+    """Owns the send loop of one connector (``async with Sender(rt, gateway, leases)``; without
+    ``leases`` it holds a lease set of its own)."""
 
-    def __init__(self, rt: Host, gateway: Gateway) -> None:
+    def __init__(self, rt: Host, gateway: Gateway, leases: SenderLeases | None = None) -> None:
         self.rt = rt
         self.gw = gateway
         self.policy = gateway.policy
-        self.consumer_name = f"{socket.gethostname()}-s"
-        self.stream = keys.outbound_stream(gateway.name)
+        self._own_leases = leases is None
+        self.leases = leases if leases is not None else SenderLeases(rt)
+        self.consumer_name = self.leases.me
+        #: The shards whose lanes this sender reads now, and a counter of their changes.
+        self.owned: frozenset[int] = frozenset()
+        self.version = 0
+        self._shard_of = {
+            keys.outbound_stream(s, gateway.name, lane): s
+            for s in range(rt.config.engine.shards)
+            for lane in keys.LANES
+        }
         self.pacer = Pacer(rt.store, gateway.name, self.policy.rate)
         self.circuit = Circuit(
             gateway.name, self.policy.circuit_failures, self.policy.circuit_cooldown,
@@ -130,15 +319,24 @@ class Sender:
 
     async def __aenter__(self) -> Sender:
         await self._stack.enter_async_context(self.pacer)
+        if self._own_leases:
+            await self._stack.enter_async_context(self.leases)
+        for lane in keys.LANES:
+            await ensure_group(
+                self.rt.store.redis, keys.outbound_stream(0, self.gw.name, lane), keys.OUTBOUND_GROUP
+            )
+        await self.leases.register(self)
+        self._stack.callback(self.leases.unregister, self)
         for lane in keys.LANES:
             await self._stack.enter_async_context(_Lane(self, lane))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()  # readers stop reading, then the pacer stops
+        await self._stack.aclose()  # readers stop reading, the leases go, then the pacer stops
         jobs = self._jobs["reply"] | self._jobs["bulk"]
-        # Messages not yet handed over stay pending in Redis and go after a restart; a send in
-        # progress is given shutdown_timeout to finish and record its outcome.
+        # Messages not yet handed over stay pending in Redis and go after a restart (or from the
+        # process that takes the shard); a send in progress is given shutdown_timeout to finish
+        # and record its outcome.
         waiting = [t for t, job in jobs.items() if not job.sending]
         for t in waiting:
             t.cancel()
@@ -162,6 +360,66 @@ class Sender:
             await self._room[lane].wait()
         return limit - len(self._jobs[lane])
 
+    # Shards ---------------------------------------------------------------------------------
+
+    async def sync(self, target: frozenset[int]) -> list[asyncio.Task[None]]:
+        """Read the lanes of ``target``: claim the pending entries of shards newly read, stop
+        reading the others (their messages not in the provider's hands are let go: they stay
+        pending). Returns the tasks still sending for the shards let go."""
+        busy: list[asyncio.Task[None]] = []
+        gone = self.owned - target
+        if gone:
+            self.owned -= gone
+            for jobs in self._jobs.values():
+                for t, job in jobs.items():
+                    if job.shard in gone:
+                        job.dropped = True
+                        if job.sending:
+                            busy.append(t)
+                        else:
+                            t.cancel()
+        added = set()
+        for shard in sorted(target - self.owned):
+            try:
+                await self._claim(shard)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("sender %s: cannot claim shard %d yet (%s)", self.gw.name, shard, exc)
+                continue  # read once claimed: at the next renewal
+            added.add(shard)
+        self.owned |= added
+        if gone or added:
+            self.version += 1
+        return busy
+
+    async def _claim(self, shard: int) -> None:
+        """Take over the entries a previous reader of ``shard``'s lanes read but never recorded.
+        Safe without an idle time: this process holds the shard's lease, so that reader stopped."""
+        r = self.rt.store.redis
+        claimed = 0
+        for lane in keys.LANES:
+            stream = keys.outbound_stream(shard, self.gw.name, lane)
+            await ensure_group(r, stream, keys.OUTBOUND_GROUP)
+            start: bytes | str = "0-0"
+            while True:
+                nxt, entries, *_ = await r.xautoclaim(
+                    stream,
+                    keys.OUTBOUND_GROUP,
+                    self.consumer_name,
+                    min_idle_time=0,
+                    start_id=start,
+                    count=1000,
+                )
+                claimed += len(entries)
+                if nxt in (b"0-0", "0-0"):
+                    break
+                start = nxt
+            for info in await r.xinfo_consumers(stream, keys.OUTBOUND_GROUP):
+                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                if name != self.consumer_name and int(info["pending"]) == 0:
+                    await r.xgroup_delconsumer(stream, keys.OUTBOUND_GROUP, name)
+        if claimed:
+            log.info("sender %s: claimed %d unrecorded messages of shard %d", self.gw.name, claimed, shard)
+
     # Taking entries -------------------------------------------------------------------------
 
     def take(
@@ -169,13 +427,16 @@ class Sender:
     ) -> None:
         if (stream, entry_id) in self._busy:  # a re-read of pending entries returns those in hand too
             return
+        shard = self._shard_of.get(stream)
+        if shard is None or shard not in self.owned:  # read just as the shard was let go
+            return
         text = fields[b"t"].decode()
         cost = self.gw.segments(text)
         paced = self.gw.paces_parts and self.policy.rate > 0  # a slot per part, booked as it goes
         route = fields.get(b"r", b"").decode()
         queued = fields.get(b"q")
         job = Job(
-            stream=stream, entry_id=entry_id, lane=lane,
+            stream=stream, shard=shard, entry_id=entry_id, lane=lane,
             msg=OutboundMessage(
                 id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
                 segments=cost, pace=self.pacer.next_part if paced else None,
@@ -204,6 +465,14 @@ class Sender:
 
         task.add_done_callback(finished)
 
+    async def _leased(self, job: Job) -> bool:
+        """Wait while the leases may have run out; False once the job's shard is no longer ours."""
+        while not job.dropped:
+            if self.leases.valid():
+                return True
+            await asyncio.sleep(FENCE_POLL_S)
+        return False
+
     # One message ----------------------------------------------------------------------------
 
     async def _run(self, job: Job, previous: Job | None) -> None:
@@ -222,6 +491,8 @@ class Sender:
     async def _deliver(self, job: Job) -> str:
         clock, gw, m = self.rt.clock, self.gw, self.rt.metrics
         while True:
+            if not await self._leased(job):
+                return "dropped"  # the shard went to another process: it stays pending there
             if self._expired(job):
                 why = job.error or f"not sent within max_age {self.policy.max_age:g}s"
                 return await self._finish(job, "expired", "", why)
@@ -245,6 +516,8 @@ class Sender:
             try:
                 async with self._slots:
                     await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
+                    if job.dropped or not self.leases.valid():
+                        raise _Fenced  # fenced: nothing reaches the provider without a lease
                     job.sending = True
                     try:
                         if job.unsure and gw.can_reconcile:
@@ -252,6 +525,10 @@ class Sender:
                         result = taken or await gw.send(job.msg, timeout=timeout)
                     finally:
                         job.sending = False
+            except _Fenced:
+                if probe:
+                    self.circuit.abandon_probe()
+                continue
             except GatewayThrottled as exc:
                 # A rate signal from a live provider: the connector pauses (admit waits for it);
                 # not a failure, not an attempt; max_age bounds how long a message keeps trying.
@@ -313,7 +590,7 @@ class Sender:
         if not candidates:
             return None
         try:
-            records = await self.rt.store.redis.hgetall(keys.message_records(job.msg.to))
+            records = await self.rt.store.redis.hgetall(keys.message_records(job.msg.to, job.shard))
         except (aioredis.RedisError, OSError) as exc:
             job.unsure = True
             raise GatewayUnavailable(
@@ -341,43 +618,51 @@ class Sender:
     # Outcomes -------------------------------------------------------------------------------
 
     async def _finish(self, job: Job, status: str, pid: str, error: str) -> str:
-        """Store the outcome and acknowledge the entry; retried until Redis takes it."""
+        """Store the outcome and acknowledge the entry (gateways/receipts.py: the provider-id map
+        first, then the record); retried until Redis takes it."""
+        job.sending = True  # being recorded: a stop or a hand-over waits for it
         self.rt.metrics.finished(self.gw.name, status)
         msg = job.msg
-        call = status_call(
-            self.rt, self.gw.name, msg.id, msg.to, status, pid, error,
-            stream=job.stream, entry_id=job.entry_id, record_gateway=bool(pid),
-        )  # fmt: skip
 
-        async def add(pipe: Pipeline) -> None:
-            await self.rt.store.run("status", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+        def record() -> Awaitable[None]:
+            return record_send(
+                self.rt, self.gw.name, msg.id, msg.to, status, pid, error,
+                stream=job.stream, entry_id=job.entry_id, record_gateway=bool(pid),
+            )  # fmt: skip
 
-        await self._persist(add, msg.id)
+        await self._persist(record, msg.id)
         return status
 
     async def _move(self, job: Job) -> str:
-        """Fail over to the next connector of the route (atomically: out of this lane, into its)."""
+        """Fail over to the next connector of the route (atomically: out of this lane into the
+        same lane of the same shard of the next connector, one slot)."""
+        job.sending = True
         target, rest = job.route[0], job.route[1:]
         self.rt.metrics.finished(self.gw.name, "rerouted")
         why = job.error or f"circuit open at {self.gw.name}"
-        await ensure_group(self.rt.store.redis, keys.outbound_stream(target, job.lane), keys.OUTBOUND_GROUP)
+        to_stream = keys.outbound_stream(job.shard, target, job.lane)
         call = MoveArgs(
-            from_stream=job.stream, to_stream=keys.outbound_stream(target, job.lane), entry_id=job.entry_id,
-            message_id=job.msg.id, contact=job.msg.to, text=job.msg.text, target=target, rest=tuple(rest),
+            from_stream=job.stream, to_stream=to_stream, entry_id=job.entry_id, message_id=job.msg.id,
+            contact=job.msg.to, shard=job.shard, text=job.msg.text, target=target, rest=tuple(rest),
             queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why,
         )  # fmt: skip
 
-        async def add(pipe: Pipeline) -> None:
-            await self.rt.store.run("move", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+        async def move() -> None:
+            await ensure_group(self.rt.store.redis, to_stream, keys.OUTBOUND_GROUP)
 
-        await self._persist(add, job.msg.id)
+            async def add(pipe: Pipeline) -> None:
+                await self.rt.store.run("move", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+
+            await self.rt.store.coalescer.run(add)
+
+        await self._persist(move, job.msg.id)
         log.info("msg=%s failed over %s -> %s (%s)", job.msg.id, self.gw.name, target, why)
         return "rerouted"
 
-    async def _persist(self, add: Callable[[Pipeline], Awaitable[None]], msg_id: str) -> None:
+    async def _persist(self, step: Callable[[], Awaitable[None]], msg_id: str) -> None:
         for delay in (0.1, 0.5, 1, 2, 5, 5, 5):
             try:
-                await self.rt.store.coalescer.run(add)
+                await step()
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("sender %s: cannot record %s (%s)", self.gw.name, msg_id, exc)

@@ -57,13 +57,24 @@ def redis_url(redis_server: str) -> str:
     return redis_server
 
 
+#: engine.shards of make_config's configuration.
+SHARDS = 4
+
+
+def shard(number: str, shards: int = SHARDS) -> int:
+    """The shard of ``number`` under make_config (its keys take it: ``keys.session(n, shard(n))``)."""
+    from engine.core import keys
+
+    return keys.shard_of(number, shards)
+
+
 def make_config(redis_url: str, **sections: Any) -> Config:
     """A validated Config for tests; ``sections`` override (nested dicts) on top of the basics."""
     base: dict[str, Any] = {
         "redis": {"url": redis_url},
         "http": {"port": 0},
         "api": {"keys": [API_KEY]},
-        "engine": {"flows_dir": str(ROOT / "rules"), "shards": 4, "shutdown_timeout": "5s"},
+        "engine": {"flows_dir": str(ROOT / "rules"), "shards": SHARDS, "shutdown_timeout": "5s"},
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(base.get(name), dict):
@@ -199,8 +210,9 @@ async def outbound(rt: Runtime, gateway: str) -> list[dict[bytes, bytes]]:
     from engine.core import keys
 
     entries = []
-    for lane in keys.LANES:
-        entries += [f for _, f in await rt.store.redis.xrange(keys.outbound_stream(gateway, lane))]
+    for s in range(rt.config.engine.shards):
+        for lane in keys.LANES:
+            entries += [f for _, f in await rt.store.redis.xrange(keys.outbound_stream(s, gateway, lane))]
 
     def order(f: dict[bytes, bytes]) -> tuple[int, int, int]:
         _, _, ms, seq, k = f[b"m"].decode().split("-")

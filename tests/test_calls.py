@@ -15,7 +15,7 @@ from engine.conversation.worker import fire_timers
 from engine.core import contacts, keys
 from engine.core.clock import FakeClock
 from gateways.console import ConsoleGateway
-from tests.conftest import ANN, Turns, make_config, process_stream, serve
+from tests.conftest import ANN, Turns, make_config, process_stream, serve, shard
 from tests.conftest import outbound as queued
 
 FLOW = """
@@ -73,7 +73,7 @@ def _cfg(redis_url: str, flows: Path):  # type: ignore[no-untyped-def]
 
 
 async def _conversation(rt: Runtime, crm: StubCrm) -> list[str]:
-    await contacts.upsert(rt.store, contacts.Contact(ANN), rt.clock.now_ms())
+    await contacts.upsert(rt.store, rt.config.engine.shards, contacts.Contact(ANN), rt.clock.now_ms())
     turns = Turns()
     assert rt.worker is not None
     rt.worker.listeners.append(turns)
@@ -86,7 +86,7 @@ async def _conversation(rt: Runtime, crm: StubCrm) -> list[str]:
 async def test_the_crm_answer_routes_and_fills_the_message(redis_url: str, flows: Path, crm: StubCrm) -> None:
     async with Runtime(_cfg(redis_url, flows), http=False) as rt:
         said = await _conversation(rt, crm)
-        state = await conversations.load_state(rt.store, ANN)
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
     assert said == ["One moment, checking your account...", "Your balance is £12.50."]
     assert crm.seen == [("/customers/+447700900123", "Bearer crm-token")]
     assert state is not None and state["o"] == "told" and state["r"]["crm"]["v"]["tier"] == "gold"
@@ -101,7 +101,7 @@ async def test_a_failing_or_slow_crm_takes_the_failure_route(
     crm.status, crm.delay = status, delay
     async with Runtime(_cfg(redis_url, flows), http=False) as rt:
         said = await _conversation(rt, crm)
-        state = await conversations.load_state(rt.store, ANN)
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
     assert said[1] == "Sorry, we can't see your account right now."
     assert state is not None and state["o"] == "crm_down" and error in state["r"]["crm"]["v"]["error"]
 
@@ -111,14 +111,14 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
 ) -> None:
     """No caller runs (as if every caller were down): the session's safety timer fails the call."""
     async with Runtime(_cfg(redis_url, flows), clock=clock, http=False, worker=False, senders=False) as rt:
-        await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
+        await contacts.upsert(rt.store, rt.config.engine.shards, contacts.Contact(ANN), clock.now_ms())
 
         async def process() -> list[str]:
             return await process_stream(rt, ANN)
 
         await intake.enqueue_starts(rt, "lookup", [ANN], {"crm": "http://127.0.0.1:9"})
         assert await process() == ["started"]
-        assert await rt.store.redis.xlen(keys.calls()) == 1
+        assert await rt.store.redis.xlen(keys.calls(shard(ANN))) == 1
         await intake.accept_inbound(
             rt, gateway="console", contact=ANN, to="p", text="hello?", provider_id="x"
         )
@@ -129,7 +129,7 @@ async def test_no_answer_at_all_is_caught_by_the_safety_timer(
         assert await fire_timers(rt) == 1
         assert await process() == ["timed_out"]
         outbound = [f[b"t"].decode() for f in await queued(rt, "console")]
-        state = await conversations.load_state(rt.store, ANN)
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
     assert outbound == ["One moment, checking your account...", "Sorry, we can't see your account right now."]
     assert state is not None and state["o"] == "crm_down"
 
@@ -171,14 +171,19 @@ async def test_a_crm_lookup_refreshes_contact_fields_and_is_cached(
 ) -> None:
     (tmp_path / "fresh.yaml").write_text(FRESH)
     async with Runtime(_cfg(redis_url, tmp_path), http=False) as rt:
-        await contacts.upsert(rt.store, contacts.Contact(ANN, fields={"tier": "silver"}), rt.clock.now_ms())
+        await contacts.upsert(
+            rt.store,
+            rt.config.engine.shards,
+            contacts.Contact(ANN, fields={"tier": "silver"}),
+            rt.clock.now_ms(),
+        )
         console = rt.gateways["console"]
         assert isinstance(console, ConsoleGateway)
         for _ in range(2):
             await intake.enqueue_starts(rt, "fresh", [ANN], {"crm": crm.url}, interrupt=True)
             msg = await asyncio.wait_for(console.outbox.get(), 5)
             assert msg.text == "Hello gold member, your balance is 12.5."  # the CRM's tier, not ours
-        stored = await contacts.get(rt.store, ANN)
+        stored = await contacts.get(rt.store, rt.config.engine.shards, ANN)
         assert stored is not None and stored.fields == {"tier": "gold", "balance": 12.5}
         assert len(crm.seen) == 1  # the second lookup came from the cache
 

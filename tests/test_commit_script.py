@@ -16,6 +16,8 @@ from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.store import Store
 
 ANN = "+447700900123"
+#: The shard the turns commit in (every key of a commit is in its slot).
+S = 0
 NOW = 1_700_000_000_000
 
 
@@ -34,7 +36,7 @@ def reply(n: int, kind: str = "r", text: str = "Thanks!") -> tuple[tuple[str, st
 
 def turn(version: int, event: str, *messages: tuple[tuple[str, str], Outbound], **extra: Any) -> CommitArgs:
     return CommitArgs(
-        version=version, event=event, contact=ANN, shard=0, outbound_stream=keys.outbound_stream("sms"),
+        version=version, event=event, contact=ANN, shard=S, outbound_stream=keys.outbound_stream(S, "sms"),
         state='{"f":"nps"}', ttl_s=60, now_ms=NOW, records=[m[0] for m in messages],
         outbound=[m[1] for m in messages], **extra,
     )  # fmt: skip
@@ -46,7 +48,7 @@ async def commit(store: Store, args: CommitArgs) -> list[str]:
 
 
 async def queued(store: Store) -> list[str]:
-    return [f[b"m"].decode() for _, f in await store.redis.xrange(keys.outbound_stream("sms"))]
+    return [f[b"m"].decode() for _, f in await store.redis.xrange(keys.outbound_stream(S, "sms"))]
 
 
 @dataclass
@@ -121,7 +123,7 @@ async def test_an_opted_out_contact_gets_system_messages_only_and_the_reply_is_r
     )
     assert await commit(store, args) == ["ok", "1", "out-2 opted_out"]
     assert await queued(store) == ["out-1"]
-    rec = orjson.loads(await store.redis.hget(keys.message_records(ANN), "out-2"))
+    rec = orjson.loads(await store.redis.hget(keys.message_records(ANN, S), "out-2"))
     assert (rec["status"], rec["error"]) == ("blocked", "opted out")
 
 
@@ -142,8 +144,8 @@ async def test_an_empty_state_keeps_the_stored_one_and_the_contact_change_is_wri
     args = turn(1, "0/2-0", contact_change=change)
     args.state = ""
     assert await commit(store, args) == ["ok", "2"]
-    assert await store.redis.get(keys.session(ANN)) == b'2|0/2-0|{"f":"nps"}'
-    assert await store.redis.hmget(keys.contact(ANN), "f", "tg", "ua") == [
+    assert await store.redis.get(keys.session(ANN, S)) == b'2|0/2-0|{"f":"nps"}'
+    assert await store.redis.hmget(keys.contact(ANN, S), "f", "tg", "ua") == [
         b'{"plan": "gold"}',
         b'["vip"]',
         str(NOW).encode(),

@@ -17,7 +17,7 @@ from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.crm.contacts_import import MAX_REPORTED_ERRORS
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, Turns, make_config, run_parley
+from tests.conftest import ANN, API_KEY, Turns, make_config, run_parley, shard
 
 ROWS = 100_000
 
@@ -246,13 +246,20 @@ async def test_erasure_leaves_no_profile_session_or_message_and_keeps_consent_ha
         assert (await resp.json())["attributed"]["flow"] == "nps"  # a journey touch and a conversion
     r = rt.store.redis
     shard_timers = keys.timers(keys.shard_of(ANN, rt.config.engine.shards))
-    assert await r.exists(keys.session(ANN), keys.message_records(ANN), keys.consent_ledger(ANN)) == 3
+    assert (
+        await r.exists(
+            keys.session(ANN, shard(ANN)),
+            keys.message_records(ANN, shard(ANN)),
+            keys.consent_ledger(ANN, shard(ANN)),
+        )
+        == 3
+    )
     assert any(m.startswith(ANN.encode()) for m in await r.zrange(shard_timers, 0, -1))  # waiting
 
     async with api.delete(f"/v1/contacts/{ANN}") as resp:
         assert resp.status == 204
-    per_contact = [keys.contact(ANN), keys.session(ANN), keys.message_index(ANN), keys.message_records(ANN),
-                   keys.counted_sends(ANN), keys.consent_ledger(ANN), keys.governance(ANN)]  # fmt: skip
+    per_contact = [keys.contact(ANN, shard(ANN)), keys.session(ANN, shard(ANN)), keys.message_index(ANN, shard(ANN)), keys.message_records(ANN, shard(ANN)),
+                   keys.counted_sends(ANN, shard(ANN)), keys.consent_ledger(ANN, shard(ANN)), keys.governance(ANN, shard(ANN))]  # fmt: skip
     assert await r.exists(*per_contact) == 0
     assert not any(m.startswith(ANN.encode()) for m in await r.zrange(shard_timers, 0, -1))
     sync = redis.Redis.from_url(rt.redis_url)

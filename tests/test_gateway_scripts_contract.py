@@ -1,7 +1,8 @@
 """The connectors' Lua scripts called directly, through their typed wrappers
 (gateways/scripts/*.py), with edge inputs: absent keys and records, entries already
 acknowledged, receipts before their sends, bucket edges, TTLs. Each test asserts the exact
-effect on Redis and the reply, so two arguments swapped in a wrapper fail it."""
+effect on Redis and the reply, so two arguments swapped in a wrapper fail it. And every
+script's keys hash to one Redis Cluster slot (the first test)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.crc import key_slot
 
 from engine.core import keys
 from engine.core.config import RedisConfig
 from engine.core.store import Store
 from gateways.scripts import install
 from gateways.scripts.move import MoveArgs, parse_moved
+from gateways.scripts.provider_id import ProviderIdArgs, parse_parked
 from gateways.scripts.rate import RateArgs, RateReply
 from gateways.scripts.receipt import ReceiptArgs, parse_owner
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
@@ -24,6 +27,7 @@ from gateways.scripts.status import StatusArgs
 from tests.scripts_call import run, text
 
 ANN = "+447700900123"
+SHARD = keys.shard_of(ANN, 8)
 NOW = 1_700_000_000_000
 GROUP = keys.OUTBOUND_GROUP
 
@@ -38,11 +42,11 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
 
 async def record(store: Store, msg_id: str = "m1", **extra: Any) -> None:
     rec = {"id": msg_id, "status": "queued", "history": [["queued", NOW - 100]], **extra}
-    await store.redis.hset(keys.message_records(ANN), msg_id, orjson.dumps(rec))
+    await store.redis.hset(keys.message_records(ANN, SHARD), msg_id, orjson.dumps(rec))
 
 
 async def read_record(store: Store, msg_id: str = "m1") -> Any:
-    raw = await store.redis.hget(keys.message_records(ANN), msg_id)
+    raw = await store.redis.hget(keys.message_records(ANN, SHARD), msg_id)
     return None if raw is None else orjson.loads(raw)
 
 
@@ -57,23 +61,26 @@ async def pending(store: Store, stream: str) -> bytes:
 # move.lua ------------------------------------------------------------------------------------
 
 
+LANE_A, LANE_B = keys.outbound_stream(SHARD, "a"), keys.outbound_stream(SHARD, "b")
+
+
 def move(entry_id: bytes | str, *rest: str) -> MoveArgs:
     return MoveArgs(
-        from_stream=keys.outbound_stream("a"), to_stream=keys.outbound_stream("b"), entry_id=entry_id,
-        message_id="m1", contact=ANN, text="Hello", target="b", rest=rest, queued_ms=NOW - 50, now_ms=NOW,
+        from_stream=LANE_A, to_stream=LANE_B, entry_id=entry_id,
+        message_id="m1", contact=ANN, shard=SHARD, text="Hello", target="b", rest=rest, queued_ms=NOW - 50, now_ms=NOW,
         why="timeout",
     )  # fmt: skip
 
 
 async def test_move_takes_a_pending_entry_to_the_next_lane_and_notes_it_on_the_record(store: Store) -> None:
     r = store.redis
-    entry = await pending(store, keys.outbound_stream("a"))
+    entry = await pending(store, LANE_A)
     await record(store)
     new = parse_moved(await run(store, "move", move(entry, "c", "d")))
     assert new is not None
-    assert await r.xlen(keys.outbound_stream("a")) == 0
-    assert (await r.xpending(keys.outbound_stream("a"), GROUP))["pending"] == 0
-    assert [(i.decode(), text(f)) for i, f in await r.xrange(keys.outbound_stream("b"))] == [
+    assert await r.xlen(LANE_A) == 0
+    assert (await r.xpending(LANE_A, GROUP))["pending"] == 0
+    assert [(i.decode(), text(f)) for i, f in await r.xrange(LANE_B)] == [
         (new, {"m": "m1", "c": ANN, "t": "Hello", "r": "c,d", "q": str(NOW - 50)})
     ]
     rec = await read_record(store)
@@ -84,18 +91,18 @@ async def test_move_takes_a_pending_entry_to_the_next_lane_and_notes_it_on_the_r
 
 async def test_move_of_an_entry_already_acknowledged_does_nothing(store: Store) -> None:
     r = store.redis
-    entry = await pending(store, keys.outbound_stream("a"))
-    await r.xack(keys.outbound_stream("a"), GROUP, entry)
+    entry = await pending(store, LANE_A)
+    await r.xack(LANE_A, GROUP, entry)
     assert parse_moved(await run(store, "move", move(entry))) is None
-    assert await r.xlen(keys.outbound_stream("a")) == 1  # left as it was: not ours to delete
-    assert await r.exists(keys.outbound_stream("b")) == 0
+    assert await r.xlen(LANE_A) == 1  # left as it was: not ours to delete
+    assert await r.exists(LANE_B) == 0
 
 
 async def test_move_without_a_record_still_moves_and_creates_none(store: Store) -> None:
-    entry = await pending(store, keys.outbound_stream("a"))
+    entry = await pending(store, LANE_A)
     assert parse_moved(await run(store, "move", move(entry))) is not None
-    assert [text(f)["r"] for _, f in await store.redis.xrange(keys.outbound_stream("b"))] == [""]
-    assert await store.redis.exists(keys.message_records(ANN)) == 0
+    assert [text(f)["r"] for _, f in await store.redis.xrange(LANE_B)] == [""]
+    assert await store.redis.exists(keys.message_records(ANN, SHARD)) == 0
 
 
 # rate.lua ------------------------------------------------------------------------------------
@@ -147,20 +154,15 @@ B_NEW, B_OLD = keys.provider_ids("g", 0, 11), keys.provider_ids("g", 0, 10)
 
 
 def receipt(error: str = "", ttl: int = 60) -> ReceiptArgs:
-    return ReceiptArgs(
-        PARKED, keys.legacy_provider_id("g", "P1"), (B_NEW, B_OLD), "P1", "failed", error, NOW, ttl
-    )
+    return ReceiptArgs(PARKED, (B_NEW, B_OLD), "P1", "failed", error, NOW, ttl)
 
 
-async def test_a_receipt_is_found_in_the_oldest_bucket_or_the_earlier_release_key(store: Store) -> None:
+async def test_a_receipt_is_found_in_the_newest_bucket_that_has_it(store: Store) -> None:
     await store.redis.hset(B_OLD, "P1", f"{ANN} m1")
     assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m1"
     # In two buckets (an id reused by the provider): the newest bucket's message.
     await store.redis.hset(B_NEW, "P1", f"{ANN} m2")
     assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m2"
-    await store.redis.delete(B_OLD, B_NEW)
-    await store.redis.set(keys.legacy_provider_id("g", "P1"), f"{ANN} m0")
-    assert parse_owner(await run(store, "receipt", receipt())) == f"{ANN} m0"
     assert await store.redis.exists(PARKED) == 0
 
 
@@ -174,35 +176,42 @@ async def test_an_unknown_receipt_is_parked_with_its_error_made_safe(store: Stor
 # smpp_parts.lua ------------------------------------------------------------------------------
 
 
-def parts(*ids: str) -> SmppPartsArgs:
+def parts(slot: int, numbered: dict[int, str], total: int, rollup: bool, carried: Any = ()) -> SmppPartsArgs:
+    """The call for ``slot`` with its parts (number -> id), the first part's id being "A"."""
     return SmppPartsArgs(
-        keys.smpp_rollup("g", ids[0]),
-        tuple(
-            Part(i, keys.smpp_segments("g", n, 5), keys.parked_receipt("g", n, i)) for n, i in enumerate(ids)
-        ),
-        rollup_ttl_s=100,
-        segments_ttl_s=200,
-    )
+        "A", total, keys.smpp_segments("g", slot, 5), 200,
+        tuple(Part(n, i, keys.parked_receipt("g", slot, i)) for n, i in numbered.items()),
+        keys.smpp_rollup("g", slot, "A") if rollup else "", 100 if rollup else 0, tuple(carried),
+    )  # fmt: skip
 
 
-async def test_parts_are_mapped_and_a_receipt_parked_for_one_is_rolled_up(store: Store) -> None:
+async def test_parts_are_mapped_per_slot_and_receipts_parked_anywhere_are_rolled_up(store: Store) -> None:
     r = store.redis
     await r.set(keys.parked_receipt("g", 1, "B"), f"failed|bad|{NOW}")
-    await r.set(keys.parked_receipt("g", 2, "C"), "garbage")  # not a parked receipt: dropped
-    rolled = parse_rollup(await run(store, "smpp_parts", parts("A", "B", "C")))
-    assert rolled == {"2": "failed|bad"}
-    for n, (i, part) in enumerate([("A", 1), ("B", 2), ("C", 3)]):
-        seg = keys.smpp_segments("g", n, 5)
-        assert text(await r.hgetall(seg)) == {i: f"A|3|{part}"}
-        assert await r.ttl(seg) == 200
-        assert await r.exists(keys.parked_receipt("g", n, i)) == 0
-    assert await r.ttl(keys.smpp_rollup("g", "A")) == 100
+    await r.set(keys.parked_receipt("g", 1, "C"), "garbage")  # not a parked receipt: dropped
+    await r.set(keys.parked_receipt("g", 0, "A"), f"delivered||{NOW}")
+    # Slot 1 (parts 2 and 3) first: found receipts are returned and left parked.
+    found = parse_rollup(await run(store, "smpp_parts", parts(1, {2: "B", 3: "C"}, 3, rollup=False)))
+    assert found == {"2": "failed|bad"}
+    assert await r.get(keys.parked_receipt("g", 1, "B")) == f"failed|bad|{NOW}".encode()
+    assert await r.exists(keys.parked_receipt("g", 1, "C")) == 0
+    assert text(await r.hgetall(keys.smpp_segments("g", 1, 5))) == {"B": "A|3|2", "C": "A|3|3"}
+    assert await r.ttl(keys.smpp_segments("g", 1, 5)) == 200
+    assert await r.exists(keys.smpp_rollup("g", 1, "A")) == 0
+    # The first part's slot last, with what the others found: its own parked receipt moves in.
+    rolled = parse_rollup(
+        await run(store, "smpp_parts", parts(0, {1: "A"}, 3, rollup=True, carried=[(2, "failed|bad")]))
+    )
+    assert rolled == {"1": "delivered|", "2": "failed|bad"}
+    assert text(await r.hgetall(keys.smpp_segments("g", 0, 5))) == {"A": "A|3|1"}
+    assert await r.exists(keys.parked_receipt("g", 0, "A")) == 0
+    assert await r.ttl(keys.smpp_rollup("g", 0, "A")) == 100
 
 
 async def test_one_part_with_nothing_parked_rolls_up_nothing(store: Store) -> None:
-    assert parse_rollup(await run(store, "smpp_parts", parts("A"))) == {}
+    assert parse_rollup(await run(store, "smpp_parts", parts(0, {1: "A"}, 1, rollup=True))) == {}
     assert text(await store.redis.hgetall(keys.smpp_segments("g", 0, 5))) == {"A": "A|1|1"}
-    assert await store.redis.exists(keys.smpp_rollup("g", "A")) == 0  # EXPIRE of nothing creates nothing
+    assert await store.redis.exists(keys.smpp_rollup("g", 0, "A")) == 0  # EXPIRE of nothing creates nothing
 
 
 # smpp_receipt.lua ----------------------------------------------------------------------------
@@ -212,9 +221,8 @@ SEG_NEW, SEG_OLD = keys.smpp_segments("g", 0, 11), keys.smpp_segments("g", 0, 10
 
 def smpp_receipt(segments: tuple[str, ...] = (SEG_NEW, SEG_OLD), error: str = "") -> SmppReceiptArgs:
     return SmppReceiptArgs(
-        parked_key=PARKED, legacy_segment_key=keys.legacy_smpp_segment("g", "p1"),
-        legacy_provider_key=keys.legacy_provider_id("g", "p1"), segment_buckets=segments,
-        provider_buckets=(B_NEW, B_OLD), field="P1", status="delivered", error=error, now_ms=NOW, park_ttl_s=9,
+        parked_key=PARKED, segment_buckets=segments, provider_buckets=(B_NEW, B_OLD), field="P1",
+        status="delivered", error=error, now_ms=NOW, park_ttl_s=9,
     )  # fmt: skip
 
 
@@ -243,51 +251,60 @@ async def test_an_smpp_receipt_names_a_part_before_a_single_message(store: Store
     assert found == SmppReceiptFound("single", f"{ANN} m1")
 
 
-async def test_an_smpp_receipt_falls_back_to_earlier_release_keys_then_parks(store: Store) -> None:
+async def test_an_unknown_smpp_receipt_is_parked(store: Store) -> None:
     r = store.redis
-    await r.set(keys.legacy_provider_id("g", "p1"), f"{ANN} m0")
-    assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
-        "single", f"{ANN} m0"
-    )
-    await r.set(keys.legacy_smpp_segment("g", "p1"), "F|3|1")
-    assert SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt())) == SmppReceiptFound(
-        "part", "F|3|1"
-    )
-    await r.delete(keys.legacy_provider_id("g", "p1"), keys.legacy_smpp_segment("g", "p1"))
     parked = SmppReceiptFound.parse(await run(store, "smpp_receipt", smpp_receipt(error="x|y")))
     assert parked == SmppReceiptFound("parked", "")
     assert await r.get(PARKED) == f"delivered|x/y|{NOW}".encode()
     assert await r.ttl(PARKED) == 9
 
 
+# provider_id.lua -----------------------------------------------------------------------------
+
+
+def mapping(ttl: int = 30) -> ProviderIdArgs:
+    return ProviderIdArgs(B_NEW, ttl, PARKED, "P1", ANN, "m1")
+
+
+async def test_a_provider_id_is_mapped_and_a_parked_receipt_returned_but_left_in_place(store: Store) -> None:
+    r = store.redis
+    assert parse_parked(await run(store, "provider_id", mapping())) == ""
+    assert text(await r.hgetall(B_NEW)) == {"P1": f"{ANN} m1"}
+    assert await r.ttl(B_NEW) == 30
+    await r.set(PARKED, f"failed|bad number|{NOW + 7}")
+    assert parse_parked(await run(store, "provider_id", mapping())) == f"failed|bad number|{NOW + 7}"
+    assert await r.exists(PARKED) == 1  # deleted by the caller once applied (gateways/receipts.py)
+    # A TTL of 0 expires the bucket at once.
+    await run(store, "provider_id", mapping(ttl=0))
+    assert await r.exists(B_NEW) == 0
+
+
 # status.lua ----------------------------------------------------------------------------------
+
+LANE_G = keys.outbound_stream(SHARD, "g")
 
 
 def sent(entry_id: bytes | str = "", **extra: Any) -> StatusArgs:
     args: dict[str, Any] = dict(
-        contact=ANN, message_id="m1", status="sent", now_ms=NOW, events_max=1000, provider_id="P1",
-        provider_field="P1", provider_ids_key=B_NEW, provider_ids_ttl_s=30, parked_key=PARKED,
-        stream=keys.outbound_stream("g"), entry_id=entry_id, group=GROUP, gateway="g",
+        contact=ANN, shard=SHARD, message_id="m1", status="sent", now_ms=NOW, events_max=1000,
+        provider_id="P1", stream=LANE_G, entry_id=entry_id, group=GROUP, gateway="g",
     )  # fmt: skip
     return StatusArgs(**(args | extra))
 
 
 async def fx(store: Store) -> list[Any]:
-    return [orjson.loads(f[b"e"]) for _, f in await store.redis.xrange(keys.flow_events())]
+    return [orjson.loads(f[b"e"]) for _, f in await store.redis.xrange(keys.flow_events(SHARD))]
 
 
 async def test_a_send_is_recorded_acknowledged_and_a_parked_receipt_applied(store: Store) -> None:
     r = store.redis
-    entry = await pending(store, keys.outbound_stream("g"))
+    entry = await pending(store, LANE_G)
     await record(store, flow="nps")
-    await r.set(PARKED, f"failed|bad number|{NOW + 7}")
 
-    assert await run(store, "status", sent(entry)) == 1
+    assert await run(store, "status", sent(entry, parked=f"failed|bad number|{NOW + 7}")) == 1
 
-    assert text(await r.hgetall(B_NEW)) == {"P1": f"{ANN} m1"}
-    assert await r.ttl(B_NEW) == 30
-    assert await r.exists(PARKED) == 0
-    assert await r.xlen(keys.outbound_stream("g")) == 0
+    assert await r.xlen(LANE_G) == 0
+    assert (await r.xpending(LANE_G, GROUP))["pending"] == 0
     rec = await read_record(store)
     assert rec == {
         "id": "m1", "status": "failed", "error": "bad number", "provider_id": "P1", "gateway": "g", "flow": "nps",
@@ -309,9 +326,7 @@ async def test_a_send_is_recorded_acknowledged_and_a_parked_receipt_applied(stor
 
 async def test_a_status_never_moves_back_and_a_repeat_is_not_recorded_twice(store: Store) -> None:
     await record(store)
-    receipt_only = dict(
-        provider_id="", provider_field="-", provider_ids_key="-", parked_key="-", stream="-", gateway=""
-    )
+    receipt_only = dict(provider_id="", stream="", gateway="")
     assert await run(store, "status", sent(**receipt_only, status="delivered")) == 1
     assert await run(store, "status", sent(**receipt_only, status="delivered", now_ms=NOW + 1)) == 1
     assert await run(store, "status", sent(**receipt_only, now_ms=NOW + 2, error="late")) == 1
@@ -319,13 +334,82 @@ async def test_a_status_never_moves_back_and_a_repeat_is_not_recorded_twice(stor
     assert rec["status"] == "delivered" and "error" not in rec and "gateway" not in rec
     assert rec["history"] == [["queued", NOW - 100], ["delivered", NOW], ["sent", NOW + 2]]
     assert await fx(store) == []  # not a flow's message
-    assert await store.redis.exists(B_NEW) == 0
 
 
-async def test_a_status_of_a_message_gone_from_the_log_still_maps_its_provider_id(store: Store) -> None:
-    assert await run(store, "status", sent()) == 0
-    assert text(await store.redis.hgetall(B_NEW)) == {"P1": f"{ANN} m1"}
-    assert await store.redis.exists(keys.message_records(ANN)) == 0
-    # A provider-id TTL of 0 expires the bucket at once.
-    assert await run(store, "status", sent(provider_ids_ttl_s=0)) == 0
-    assert await store.redis.exists(B_NEW) == 0
+async def test_a_status_of_a_message_gone_from_the_log_still_acknowledges_its_entry(store: Store) -> None:
+    entry = await pending(store, LANE_G)
+    assert await run(store, "status", sent(entry)) == 0
+    assert await store.redis.xlen(LANE_G) == 0
+    assert await store.redis.exists(keys.message_records(ANN, SHARD)) == 0
+
+
+# One slot each -------------------------------------------------------------------------------
+
+
+def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
+    """Redis Cluster runs a script on one slot: each call's KEYS, with representative arguments
+    (several contacts, shards, ids and connectors), hash to one slot."""
+    from engine.core import idmaps
+
+    buckets = idmaps.plan(86400, 0)
+    calls: list[tuple[str, Any]] = []
+    for contact in ("+447700900123", "+15550001111", "+4915112345678"):
+        for shards in (1, 8, 64):
+            shard = keys.shard_of(contact, shards)
+            lane = keys.outbound_stream(shard, "a", "bulk")
+            calls += [
+                ("status", StatusArgs(contact, shard, "m1", "sent", NOW, 10, stream=lane, entry_id="1-0")),
+                ("status", StatusArgs(contact, shard, "m1", "delivered", NOW, 10)),
+                (
+                    "move",
+                    MoveArgs(
+                        lane,
+                        keys.outbound_stream(shard, "b", "bulk"),
+                        "1-0",
+                        "m1",
+                        contact,
+                        shard,
+                        "hi",
+                        "b",
+                        ("c",),
+                        NOW,
+                        NOW,
+                        "why",
+                    ),
+                ),
+            ]
+    for gw in ("carrier", "smsc"):
+        for pid in ("SM" + "a" * 32, "12345", "x" * 200):
+            f = idmaps.field(pid)
+            k = buckets.slot(f)
+            pids = tuple(keys.provider_ids(gw, k, b) for b in buckets.lookback(NOW))
+            segs = tuple(keys.smpp_segments(gw, k, b) for b in buckets.lookback(NOW))
+            parked = keys.parked_receipt(gw, k, f)
+            calls += [
+                ("provider_id", ProviderIdArgs(pids[0], 60, parked, f, ANN, "m1")),
+                ("receipt", ReceiptArgs(parked, pids, f, "delivered", "", NOW, 60)),
+                ("smpp_receipt", SmppReceiptArgs(parked, segs, pids, f, "delivered", "", NOW, 60)),
+                (
+                    "smpp_parts",
+                    SmppPartsArgs(
+                        f,
+                        2,
+                        segs[0],
+                        60,
+                        (Part(1, f, parked),),
+                        keys.smpp_rollup(gw, k, f),
+                        60,
+                        ((2, "failed|x"),),
+                    ),
+                ),
+                ("smpp_parts", SmppPartsArgs("first", 2, segs[0], 60, (Part(2, f, parked),))),
+            ]
+        calls.append(("rate", RateArgs(gw, "1000.000", 1, 1, 1, 1, 0, "", 0)))
+    seen = set()
+    for name, call in calls:
+        slots = {key_slot(k.encode()) for k in call.to_keys()}
+        assert len(slots) == 1, (name, call.to_keys())
+        seen.add(name)
+    from gateways.scripts import SCRIPTS
+
+    assert seen == set(SCRIPTS)

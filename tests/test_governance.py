@@ -16,7 +16,7 @@ from engine.conversation.worker import fire_timers
 from engine.core import contacts, keys
 from engine.core.clock import FakeClock
 from engine.governance.consent import HELP, OPT_IN, OPT_OUT, Keyword, Keywords
-from tests.conftest import ANN, make_config, outbound, process_stream
+from tests.conftest import ANN, make_config, outbound, process_stream, shard
 
 KW = Keywords()
 NPS_Q = "Hi Ann, thanks for choosing us."
@@ -95,6 +95,7 @@ async def phone(redis_url: str) -> Any:
     async with Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False) as rt:
         await contacts.upsert(
             rt.store,
+            rt.config.engine.shards,
             contacts.Contact(ANN, {"first_name": "Ann", "appointment_at": "2026-01-03T10:00"}),
             rt.clock.now_ms(),
         )
@@ -105,10 +106,10 @@ async def test_stop_ends_the_conversation_with_one_confirmation_then_silence(pho
     (greeting,) = await phone.start()
     assert greeting.startswith(NPS_Q)
     assert await phone.text("Stop.") == [STOPPED]
-    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN))
+    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN, shard(ANN)))
     assert entry[b"cs"] == b"opted_out" and entry[b"src"] == b"keyword" and entry[b"cause"] == b"Stop."
     assert int(entry[b"at"]) == phone.rt.clock.now_ms()
-    state = await phone.rt.store.redis.get(keys.session(ANN))
+    state = await phone.rt.store.redis.get(keys.session(ANN, shard(ANN)))
     assert b'"o":"opted_out"' in state and b'"n":null' in state
     assert await phone.text("10") == []  # any other text: logged, never answered, never re-opts in
     assert await phone.text("STOP") == []  # a second STOP: no second confirmation
@@ -130,22 +131,24 @@ async def test_the_gate_holds_a_reminder_for_a_contact_who_opted_out_elsewhere(p
     rt = phone.rt
     (reminder,) = await phone.start("appointment")
     assert reminder.startswith("Hi Ann, a reminder of your appointment")
-    await rt.store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_out", "src": "web", "at": 1})
+    await rt.store.redis.hset(
+        keys.governance(ANN, shard(ANN)), mapping={"cs": "opted_out", "src": "web", "at": 1}
+    )
     assert isinstance(rt.clock, FakeClock)
     rt.clock.advance(4 * 3600 + 1)
     assert await fire_timers(rt) >= 1
     assert await phone.replies() == []
-    records = await rt.store.redis.hgetall(keys.message_records(ANN))
+    records = await rt.store.redis.hgetall(keys.message_records(ANN, shard(ANN)))
     blocked = [r for r in records.values() if b'"status":"blocked"' in r]
     assert len(blocked) == 1 and b"opted out" in blocked[0] and b"Can you make" in blocked[0]
 
 
 async def test_a_suppressed_number_gets_nothing_at_all(phone: Phone) -> None:
-    await phone.rt.store.redis.hset(keys.governance(ANN), "sup", "carrier: landline")
+    await phone.rt.store.redis.hset(keys.governance(ANN, shard(ANN)), "sup", "carrier: landline")
     assert await phone.start() == []
     assert await phone.text("HELP") == []  # not even HELP answers
     assert await phone.text("START") == []  # opting in does not lift a suppression
-    await phone.rt.store.redis.hdel(keys.governance(ANN), "sup")
+    await phone.rt.store.redis.hdel(keys.governance(ANN, shard(ANN)), "sup")
     assert (await phone.start())[0].startswith(NPS_Q)
 
 
@@ -179,14 +182,18 @@ def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
         await r.aclose()
         cfg = make_config(redis_server, gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}})
         async with Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False) as rt:
-            await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), 0)
+            await contacts.upsert(
+                rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann"}), 0
+            )
             p = Phone(rt)
             opted_out = False
             for step in steps:
                 if step == "@start":
                     got = await p.start()
                 elif step == "@optin-api":
-                    await rt.store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_in", "src": "api"})
+                    await rt.store.redis.hset(
+                        keys.governance(ANN, shard(ANN)), mapping={"cs": "opted_in", "src": "api"}
+                    )
                     opted_out, got = False, []
                 else:
                     got = await p.text(step)
@@ -203,7 +210,7 @@ def test_nothing_reaches_an_opted_out_contact_but_the_one_confirmation(
                     assert got == [], (step, got)
                 else:
                     assert len(got) <= 1
-            ledger = await rt.store.redis.xrange(keys.consent_ledger(ANN))
+            ledger = await rt.store.redis.xrange(keys.consent_ledger(ANN, shard(ANN)))
             changes = [_keyword(s) for s in steps if not s.startswith("@")]
             assert len(ledger) == sum(1 for k in changes if k is not None and k.kind in (OPT_OUT, OPT_IN))
 
@@ -218,7 +225,9 @@ async def _capped_phone(redis_url: str, caps: list[str]) -> tuple[Runtime, Phone
     )
     rt = Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False)
     await rt.__aenter__()
-    await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms())
+    await contacts.upsert(
+        rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms()
+    )
     return rt, Phone(rt)
 
 
@@ -228,7 +237,7 @@ async def test_a_full_cap_window_blocks_business_sends_with_the_reason(redis_url
         assert len(await phone.start("thank_you")) == 1
         assert len(await phone.start("thank_you")) == 1
         assert await phone.start("thank_you") == []  # the third in a day is capped, and says so
-        records = (await rt.store.redis.hgetall(keys.message_records(ANN))).values()
+        records = (await rt.store.redis.hgetall(keys.message_records(ANN, shard(ANN)))).values()
         assert sum(b'"error":"capped: 2 per 1d"' in r for r in records) == 1
         from tests.test_processes import _samples
 
@@ -319,7 +328,9 @@ def test_every_rule_holds_together_over_random_texts_starts_and_clock_jumps(
         )
         clock = FakeClock()
         async with Runtime(cfg, clock=clock, worker=False, senders=False, http=False) as rt:
-            await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), 0)
+            await contacts.upsert(
+                rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann"}), 0
+            )
             p = Phone(rt)
             opted_out = suppressed = False
             business: list[int] = []  # when each journey message was queued (s)
@@ -343,10 +354,10 @@ def test_every_rule_holds_together_over_random_texts_starts_and_clock_jumps(
                 elif op == "@start":
                     check(await p.start("thank_you"))
                 elif op == "@suppress":
-                    await rt.store.redis.hset(keys.governance(ANN), "sup", "test")
+                    await rt.store.redis.hset(keys.governance(ANN, shard(ANN)), "sup", "test")
                     suppressed = True
                 elif op == "@unsuppress":
-                    await rt.store.redis.hdel(keys.governance(ANN), "sup")
+                    await rt.store.redis.hdel(keys.governance(ANN, shard(ANN)), "sup")
                     suppressed = False
                 else:
                     got = await p.text(op)
@@ -411,7 +422,7 @@ async def test_a_flow_can_set_its_own_caps(redis_url: str) -> None:
     rt, phone = await _capped_phone(redis_url, ["1 per 1d"])
     try:
         await contacts.upsert(
-            rt.store, contacts.Contact(ANN, {"first_name": "Ann", "appointment_at": "2026-01-03T10:00"}),
+            rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann", "appointment_at": "2026-01-03T10:00"}),
             rt.clock.now_ms(),
         )  # fmt: skip
         assert len(await phone.start("thank_you")) == 1  # uses the day's one send
@@ -444,11 +455,11 @@ async def test_yes_when_asked_opts_in_and_no_opts_out_with_its_goodbye(phone: Ph
     assert await phone.text("yes please") == [
         "Thanks! You'll keep getting our texts. Reply STOP at any time to stop."
     ]
-    ((_, entry),) = await rt.store.redis.xrange(keys.consent_ledger(ANN))
+    ((_, entry),) = await rt.store.redis.xrange(keys.consent_ledger(ANN, shard(ANN)))
     assert entry[b"cs"] == b"opted_in" and entry[b"cause"] == b"yes please (in reply to optin_renewal)"
     await phone.start("optin_renewal")
     assert await phone.text("no") == ["Done - we won't text you about this again."]
-    assert (await rt.store.redis.hget(keys.governance(ANN), "cs")) == b"opted_out"
+    assert (await rt.store.redis.hget(keys.governance(ANN, shard(ANN)), "cs")) == b"opted_out"
     assert await phone.start("nps") == []
     assert await phone.text("yes") == []  # "yes" unasked is not an opt-in
 
@@ -456,7 +467,7 @@ async def test_yes_when_asked_opts_in_and_no_opts_out_with_its_goodbye(phone: Ph
 async def _reviews(rt: Runtime) -> list[dict[str, Any]]:
     import orjson
 
-    events = [orjson.loads(f[b"e"]) for _, f in await rt.store.redis.xrange(keys.flow_events())]
+    events = [orjson.loads(f[b"e"]) for _, f in await rt.store.redis.xrange(keys.flow_events(shard(ANN)))]
     return [e for e in events if e["t"] == "opt_out_review"]
 
 
@@ -475,9 +486,9 @@ async def test_a_request_to_stop_in_other_words_ends_the_conversation_like_stop(
     (greeting,) = await phone.start()
     assert greeting.startswith(NPS_Q)
     assert await phone.text(text) == [STOPPED]
-    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN))
+    ((_, entry),) = await phone.rt.store.redis.xrange(keys.consent_ledger(ANN, shard(ANN)))
     assert entry[b"cs"] == b"opted_out" and entry[b"cause"] == text.encode()
-    state = await phone.rt.store.redis.get(keys.session(ANN))
+    state = await phone.rt.store.redis.get(keys.session(ANN, shard(ANN)))
     assert b'"o":"opted_out"' in state
     assert await phone.text("please stop") == []  # already opted out: no second confirmation
     assert await phone.start() == []
@@ -491,11 +502,11 @@ async def test_a_cancellation_inside_a_conversation_is_the_flows_to_answer(phone
     assert "3 to cancel" in reminder
     got = await phone.text("I want to cancel my order")
     assert got and got != [STOPPED]
-    assert await phone.rt.store.redis.hget(keys.governance(ANN), "cs") is None
+    assert await phone.rt.store.redis.hget(keys.governance(ANN, shard(ANN)), "cs") is None
     assert await _reviews(phone.rt) == [] and _review_count(phone.rt) == 0
     # The documented precedence: a bare CANCEL is a revocation whatever the flow asked.
     assert await phone.text("Cancel") == [STOPPED]
-    assert await phone.rt.store.redis.hget(keys.governance(ANN), "cs") == b"opted_out"
+    assert await phone.rt.store.redis.hget(keys.governance(ANN, shard(ANN)), "cs") == b"opted_out"
 
 
 async def test_a_keyword_in_anything_else_is_flagged_for_review_and_counted(phone: Phone) -> None:
@@ -507,13 +518,13 @@ async def test_a_keyword_in_anything_else_is_flagged_for_review_and_counted(phon
     assert await phone.text("Please stop, this isn't my number") == [
         "Sorry, please reply with a number from 0 to 10."
     ]
-    assert await rt.store.redis.hget(keys.governance(ANN), "cs") is None  # neither opted out
+    assert await rt.store.redis.hget(keys.governance(ANN, shard(ANN)), "cs") is None  # neither opted out
     first, second = await _reviews(rt)
     assert (first["text"], first.get("f"), first.get("run")) == ("I want to cancel my order", None, None)
     assert second["text"] == "Please stop, this isn't my number" and second["f"] == "nps" and second["run"]
     assert second["m"].startswith("in-") and second["c"] == ANN
     assert _review_count(rt) == 2
-    records = await rt.store.redis.hgetall(keys.message_records(ANN))
+    records = await rt.store.redis.hgetall(keys.message_records(ANN, shard(ANN)))
     flagged = [r for r in records.values() if b'"opt_out_review":true' in r]
     assert len(flagged) == 2  # the inbound records say so too (GET /v1/messages)
     # A contact who already opted out: nothing to review.

@@ -27,7 +27,7 @@ from engine.conversation.turn import TurnDone, run_turn
 from engine.conversation.worker import Worker, fire_timers
 from engine.core import contacts, keys
 from engine.core.clock import FakeClock
-from tests.conftest import make_config, outbound
+from tests.conftest import make_config, outbound, shard
 
 NUMBERS = ["+447700900101", "+447700900202", "+447700900303"]
 TEXTS = ["nps", "csat", "10", "3", "7", "five", "great service", "hello", "STOP"]
@@ -55,7 +55,9 @@ async def _setup(url: str) -> Runtime:
     rt = Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False)
     await rt.__aenter__()
     for n in NUMBERS:
-        await contacts.upsert(rt.store, contacts.Contact(n, {"first_name": "Kim"}), rt.clock.now_ms())
+        await contacts.upsert(
+            rt.store, rt.config.engine.shards, contacts.Contact(n, {"first_name": "Kim"}), rt.clock.now_ms()
+        )
     return rt
 
 
@@ -84,7 +86,7 @@ async def _outcome(rt: Runtime) -> Outcome:
         ids.append(fields[b"m"].decode())
     states = {}
     for n in NUMBERS:
-        states[n] = sessions.state_of(await r.get(keys.session(n))) or None
+        states[n] = sessions.state_of(await r.get(keys.session(n, shard(n)))) or None
     return Outcome(replies, states, ids)
 
 
@@ -143,10 +145,10 @@ class Crashy:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         r = self.rt.store.redis
-        for shard, value in (await r.hgetall(keys.leases())).items():
+        for s, value in (await r.hgetall(keys.leases("worker"))).items():
             if value.decode().startswith(w.me + "|"):
-                await r.hdel(keys.leases(), shard)
-        await r.zrem(keys.workers(), w.me)
+                await r.hdel(keys.leases("worker"), s)
+        await r.zrem(keys.live("worker"), w.me)
         self.crashes += 1
         await self.start()
 

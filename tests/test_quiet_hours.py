@@ -106,7 +106,9 @@ async def test_a_journey_started_at_night_is_sent_when_the_window_opens(redis_ur
     )
     clock = FakeClock()  # 2026-01-01T00:00Z, in the default zone (UTC): quiet
     async with Runtime(cfg, clock=clock, worker=False, senders=False, http=False) as rt:
-        await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), clock.now_ms())
+        await contacts.upsert(
+            rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann"}), clock.now_ms()
+        )
         phone = Phone(rt)
         assert await phone.start("thank_you") == []  # deferred, not dropped
         ((member, due),) = await rt.store.redis.zrange(

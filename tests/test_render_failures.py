@@ -80,9 +80,11 @@ async def _play(
         gateways={"console": {"type": "console"}},
     )
     async with Runtime(cfg, clock=clock, http=False) as rt:
-        await rt.store.redis.delete(keys.flow_events(), keys.dead_letters())
+        fx = [keys.flow_events(s) for s in range(rt.config.engine.shards)]
+        for k in (*fx, keys.dead_letters()):
+            await rt.store.redis.delete(k)
         await Player(rt, clock, t).play()
-        entries = await rt.store.redis.xrange(keys.flow_events())
+        entries = [e for k in fx for e in await rt.store.redis.xrange(k)]  # one contact: one shard
         return Played(
             [orjson.loads(f[b"e"]) for _, f in entries], await rt.store.redis.xlen(keys.dead_letters())
         )

@@ -18,7 +18,7 @@ from engine.core import keys
 from engine.core.clock import FakeClock
 from engine.crm import reports
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, eventually
+from tests.conftest import API_KEY, eventually, shard
 from tests.test_sender import SECRET, engine, start
 
 #: Ten customers get the NPS survey; what each one then says, in order ([] = silence).
@@ -136,7 +136,7 @@ async def test_each_turn_leaves_its_events_once(
     for text in ("9", "Quick"):
         await carrier.text_in(url, API_KEY, n, text)
         await carrier.next_message(n)
-    entries = await rt.store.redis.xrange(keys.flow_events())
+    entries = await rt.store.redis.xrange(keys.flow_events(shard(n)))
     kinds = [orjson.loads(f[b"e"])["t"] for _, f in entries if orjson.loads(f[b"e"])["t"] != "message"]
     assert kinds == ["started", "replied", "result", "replied", "result", "ended"]
 

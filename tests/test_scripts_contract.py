@@ -26,6 +26,8 @@ from tests.scripts_call import run, text
 ANN = "+447700900123"
 BOB = "+447700900456"
 NOW = 1_700_000_000_000
+#: The shard the erase and contact calls put ANN in (every key of a call is in its slot).
+S = 3
 
 
 @pytest.fixture
@@ -39,25 +41,27 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
 
 
 async def test_contact_is_created_then_replaced_whole_keeping_its_created_at(store: Store) -> None:
-    first = ContactArgs(ANN, NOW, b'{"name":"Ann"}', b'["vip"]', "en", "Europe/London")
+    first = ContactArgs(ANN, S, NOW, b'{"name":"Ann"}', b'["vip"]', "en", "Europe/London")
     assert ContactWritten.parse(await run(store, "contact", first)) == ContactWritten(True, NOW)
-    assert text(await store.redis.hgetall(keys.contact(ANN))) == {
+    assert text(await store.redis.hgetall(keys.contact(ANN, S))) == {
         "ca": str(NOW), "ua": str(NOW), "f": '{"name":"Ann"}', "tg": '["vip"]', "l": "en", "tz": "Europe/London",
     }  # fmt: skip
 
     # A second write replaces fields and tags; "" removes the language; created-at stays.
-    again = ContactArgs(ANN, NOW + 5, b"{}", b"[]", "", "Europe/Paris")
+    again = ContactArgs(ANN, S, NOW + 5, b"{}", b"[]", "", "Europe/Paris")
     assert ContactWritten.parse(await run(store, "contact", again)) == ContactWritten(False, NOW)
-    assert text(await store.redis.hgetall(keys.contact(ANN))) == {
+    assert text(await store.redis.hgetall(keys.contact(ANN, S))) == {
         "ca": str(NOW), "ua": str(NOW + 5), "f": "{}", "tg": "[]", "tz": "Europe/Paris",
     }  # fmt: skip
 
 
 async def test_contact_with_neither_language_nor_timezone_has_neither_field(store: Store) -> None:
-    await store.redis.hset(keys.contact(ANN), mapping={"l": "fr", "tz": "Europe/Paris"})  # no ca: a bare hash
-    reply = ContactWritten.parse(await run(store, "contact", ContactArgs(ANN, 0, "{}", '["a"]')))
+    await store.redis.hset(
+        keys.contact(ANN, S), mapping={"l": "fr", "tz": "Europe/Paris"}
+    )  # no ca: a bare hash
+    reply = ContactWritten.parse(await run(store, "contact", ContactArgs(ANN, S, 0, "{}", '["a"]')))
     assert reply == ContactWritten(True, 0)  # a timestamp of 0 is kept as is, not taken for "absent"
-    assert text(await store.redis.hgetall(keys.contact(ANN))) == {
+    assert text(await store.redis.hgetall(keys.contact(ANN, S))) == {
         "ca": "0",
         "ua": "0",
         "f": "{}",
@@ -69,41 +73,41 @@ async def test_contact_with_neither_language_nor_timezone_has_neither_field(stor
 
 
 def erase(number: str = ANN, *members: str, source: str = "api") -> EraseArgs:
-    return EraseArgs(number, keys.erased_consent_ledger("d1"), 3, NOW, source, members)
+    return EraseArgs(number, keys.erased_consent_ledger("d1", S), S, NOW, source, members)
 
 
 async def test_erasing_a_number_nothing_is_held_for_writes_nothing(store: Store) -> None:
     assert await run(store, "erase", erase()) == 0
-    assert await store.redis.exists(keys.erased_consent_ledger("d1")) == 0
+    assert await store.redis.exists(keys.erased_consent_ledger("d1", S)) == 0
 
 
 async def test_erasing_a_number_whose_only_trace_is_a_kept_opt_out_is_a_no_op(store: Store) -> None:
-    await store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_out", "src": "sms"})
+    await store.redis.hset(keys.governance(ANN, S), mapping={"cs": "opted_out", "src": "sms"})
     assert await run(store, "erase", erase()) == 0
-    assert text(await store.redis.hgetall(keys.governance(ANN))) == {"cs": "opted_out", "src": "sms"}
-    assert await store.redis.exists(keys.erased_consent_ledger("d1")) == 0
+    assert text(await store.redis.hgetall(keys.governance(ANN, S))) == {"cs": "opted_out", "src": "sms"}
+    assert await store.redis.exists(keys.erased_consent_ledger("d1", S)) == 0
 
 
 async def test_erase_removes_everything_moves_the_ledger_and_keeps_an_opt_out(store: Store) -> None:
     r = store.redis
-    await r.hset(keys.contact(ANN), "f", "{}")
-    await r.set(keys.session(ANN), "s")
-    await r.rpush(keys.message_index(ANN), "m1")
-    await r.hset(keys.message_records(ANN), "m1", "{}")
-    await r.zadd(keys.counted_sends(ANN), {"m1": 1})
-    await r.hset(keys.governance(ANN), mapping={"cs": "opted_out", "src": "sms"})
-    await r.xadd(keys.consent_ledger(ANN), {"change": "opted_out", "src": "sms"}, id="5-0")
+    await r.hset(keys.contact(ANN, S), "f", "{}")
+    await r.set(keys.session(ANN, S), "s")
+    await r.rpush(keys.message_index(ANN, S), "m1")
+    await r.hset(keys.message_records(ANN, S), "m1", "{}")
+    await r.zadd(keys.counted_sends(ANN, S), {"m1": 1})
+    await r.hset(keys.governance(ANN, S), mapping={"cs": "opted_out", "src": "sms"})
+    await r.xadd(keys.consent_ledger(ANN, S), {"change": "opted_out", "src": "sms"}, id="5-0")
     mine, other = f"{ANN}|reminder|t1", f"{BOB}|reminder|t2"
-    await r.zadd(keys.timers(3), {mine: 1, other: 2})
+    await r.zadd(keys.timers(S), {mine: 1, other: 2})
 
     assert await run(store, "erase", erase(ANN, mine, source="cli")) == 1
 
-    for k in (keys.contact(ANN), keys.session(ANN), keys.message_index(ANN), keys.message_records(ANN),
-              keys.counted_sends(ANN), keys.consent_ledger(ANN)):  # fmt: skip
+    for k in (keys.contact(ANN, S), keys.session(ANN, S), keys.message_index(ANN, S), keys.message_records(ANN, S),
+              keys.counted_sends(ANN, S), keys.consent_ledger(ANN, S)):  # fmt: skip
         assert await r.exists(k) == 0, k
-    assert text(await r.hgetall(keys.governance(ANN))) == {"cs": "opted_out", "src": "sms"}
-    assert await r.zrange(keys.timers(3), 0, -1) == [other.encode()]
-    moved = [text(f) for _, f in await r.xrange(keys.erased_consent_ledger("d1"))]
+    assert text(await r.hgetall(keys.governance(ANN, S))) == {"cs": "opted_out", "src": "sms"}
+    assert await r.zrange(keys.timers(S), 0, -1) == [other.encode()]
+    moved = [text(f) for _, f in await r.xrange(keys.erased_consent_ledger("d1", S))]
     assert moved == [
         {"change": "opted_out", "src": "sms", "at": "5"},  # "at" from the entry's id when it had none
         {"change": "erased", "src": "cli", "cause": "contact erased; opt-out kept", "at": str(NOW)},
@@ -112,10 +116,10 @@ async def test_erase_removes_everything_moves_the_ledger_and_keeps_an_opt_out(st
 
 
 async def test_erase_drops_a_consent_status_that_does_not_silence_the_number(store: Store) -> None:
-    await store.redis.hset(keys.governance(ANN), mapping={"cs": "opted_in", "src": "api"})
+    await store.redis.hset(keys.governance(ANN, S), mapping={"cs": "opted_in", "src": "api"})
     assert await run(store, "erase", erase()) == 1
-    assert await store.redis.exists(keys.governance(ANN)) == 0
-    (_, entry), *_ = await store.redis.xrange(keys.erased_consent_ledger("d1"))
+    assert await store.redis.exists(keys.governance(ANN, S)) == 0
+    (_, entry), *_ = await store.redis.xrange(keys.erased_consent_ledger("d1", S))
     assert text(entry) == {"change": "erased", "src": "api", "cause": "contact erased", "at": str(NOW)}
 
 
@@ -123,25 +127,27 @@ async def test_erase_drops_a_consent_status_that_does_not_silence_the_number(sto
 
 
 async def test_a_page_of_an_absent_stream_is_empty_and_final(store: Store) -> None:
-    page = FxPage.parse(await run(store, "fx_page", FxPageArgs("-", 10)))
+    page = FxPage.parse(await run(store, "fx_page", FxPageArgs(S, "-", 10)))
     assert page == FxPage("", [])
 
 
 async def test_pages_filter_in_redis_and_continue_after_the_last_entry_read(store: Store) -> None:
-    fx = keys.flow_events()
+    fx = keys.flow_events(S)
     events = [{"f": "nps", "n": 1}, {"f": "csat", "n": 2}, {"f": "nps", "n": 3}, {"f": "nps", "n": 4}]
     ids = [await store.redis.xadd(fx, {"e": orjson.dumps(e)}, id=f"{i + 1}-0") for i, e in enumerate(events)]
     needle = '"f":"nps"'
 
-    first = FxPage.parse(await run(store, "fx_page", FxPageArgs("-", 2, needle)))
+    first = FxPage.parse(await run(store, "fx_page", FxPageArgs(S, "-", 2, needle)))
     # Two read (a full page: there may be more), one matched.
     assert first == FxPage("2-0", [(ids[0], orjson.dumps(events[0]))])
-    second = FxPage.parse(await run(store, "fx_page", FxPageArgs(first.after(), 2, needle)))
+    second = FxPage.parse(await run(store, "fx_page", FxPageArgs(S, first.after(), 2, needle)))
     # Exactly a page's worth left: the stream's end is only known from the next, empty page.
     assert second == FxPage("4-0", [(ids[2], orjson.dumps(events[2])), (ids[3], orjson.dumps(events[3]))])
-    assert FxPage.parse(await run(store, "fx_page", FxPageArgs(second.after(), 2, needle))) == FxPage("", [])
+    assert FxPage.parse(await run(store, "fx_page", FxPageArgs(S, second.after(), 2, needle))) == FxPage(
+        "", []
+    )
 
-    every = FxPage.parse(await run(store, "fx_page", FxPageArgs("(1-0", 5)))
+    every = FxPage.parse(await run(store, "fx_page", FxPageArgs(S, "(1-0", 5)))
     assert every == FxPage("", [(i, orjson.dumps(e)) for i, e in zip(ids[1:], events[1:], strict=True)])
 
 
@@ -151,7 +157,7 @@ async def test_pages_filter_in_redis_and_continue_after_the_last_entry_read(stor
 def intake(digest: str = "d1", *older: str, ttl_s: int = 60, field: str = "sms:P1:h") -> IntakeArgs:
     return IntakeArgs(
         current_bucket=keys.inbound_dedupe(0, 1, 10), stream=keys.inbound_stream(0),
-        legacy=keys.legacy_inbound_dedupe(ANN, "sms", "P1"), digest=digest, ttl_s=ttl_s, field=field,
+        digest=digest, ttl_s=ttl_s, field=field,
         entry=("k", "in", "c", ANN), older_buckets=older,
     )  # fmt: skip
 
@@ -171,15 +177,14 @@ async def test_intake_appends_once_then_tells_a_duplicate_from_a_conflict(store:
     assert await r.xlen(keys.inbound_stream(0)) == 1
 
 
-async def test_intake_finds_a_text_in_an_older_bucket_or_an_earlier_release_key(store: Store) -> None:
+async def test_intake_finds_a_text_in_an_older_bucket(store: Store) -> None:
     r = store.redis
     older = keys.inbound_dedupe(0, 1, 9)
     await r.hset(older, "sms:P1:h", "d1 1-0")
     assert await run(store, "intake", intake("d1", older)) == [b"dup", b"1-0"]
-    await r.set(keys.legacy_inbound_dedupe(ANN, "sms", "P1"), "d9 2-0")
-    assert await run(store, "intake", intake("d1")) == [b"conflict", b"2-0"]
-    # Another field of the same buckets is another text (the earlier release's key is per text).
-    await r.delete(keys.legacy_inbound_dedupe(ANN, "sms", "P1"))
+    await r.hset(older, "sms:P1:h", "d9 2-0")
+    assert await run(store, "intake", intake("d1", older)) == [b"conflict", b"2-0"]
+    # Another field of the same buckets is another text.
     assert IntakeReply.parse(await run(store, "intake", intake("d1", older, field="sms:P2:h"))).status == "ok"
     assert await r.xlen(keys.inbound_stream(0)) == 1
 
@@ -194,7 +199,7 @@ async def lease(store: Store, worker: str, mode: Any = "tick", *release: int, tt
 async def test_leases_spread_over_the_workers_and_follow_releases_and_leaves(store: Store) -> None:
     r = store.redis
     assert LeaseTick.parse(await lease(store, "w1")) == LeaseTick(4, frozenset(range(4)), frozenset(range(4)))
-    owners = text(await r.hgetall(keys.leases()))
+    owners = text(await r.hgetall(keys.leases("worker")))
     assert sorted(owners) == ["0", "1", "2", "3"]
     now_ms = int((await r.time())[0]) * 1000
     for value in owners.values():
@@ -202,26 +207,26 @@ async def test_leases_spread_over_the_workers_and_follow_releases_and_leaves(sto
         assert who == "w1" and now_ms <= int(expires) <= now_ms + 11_000
     # A second worker's share is half, but nothing is free until w1 gives shards up.
     assert LeaseTick.parse(await lease(store, "w2")) == LeaseTick(2, frozenset(), frozenset())
-    assert await r.zcard(keys.workers()) == 2
+    assert await r.zcard(keys.live("worker")) == 2
 
     assert await lease(store, "w1", "release", 0, 1) == []
     assert LeaseTick.parse(await lease(store, "w2")) == LeaseTick(2, frozenset({0, 1}), frozenset({0, 1}))
     # Releasing a shard this worker does not hold changes nothing.
     assert await lease(store, "w1", "release", 0) == []
-    assert text(await r.hgetall(keys.leases()))["0"].startswith("w2|")
+    assert text(await r.hgetall(keys.leases("worker")))["0"].startswith("w2|")
 
     assert await lease(store, "w1", "leave") == []
-    assert await r.zrange(keys.workers(), 0, -1) == [b"w2"]
+    assert await r.zrange(keys.live("worker"), 0, -1) == [b"w2"]
     assert LeaseTick.parse(await lease(store, "w2")) == LeaseTick(4, frozenset(range(4)), frozenset({2, 3}))
 
 
 async def test_a_stale_lease_is_taken_and_a_zero_ttl_worker_is_not_counted(store: Store) -> None:
     r = store.redis
-    await r.hset(keys.leases(), mapping={"0": "dead|1", "1": "dead|1"})  # expired long ago
-    await r.zadd(keys.workers(), {"dead": 1})
+    await r.hset(keys.leases("worker"), mapping={"0": "dead|1", "1": "dead|1"})  # expired long ago
+    await r.zadd(keys.live("worker"), {"dead": 1})
     got = LeaseTick.parse(await lease(store, "w1"))
     assert got == LeaseTick(4, frozenset(range(4)), frozenset(range(4)))
-    assert await r.zrange(keys.workers(), 0, -1) == [b"w1"]
+    assert await r.zrange(keys.live("worker"), 0, -1) == [b"w1"]
     # A heartbeat of length 0 expires at once: the next tick of another worker drops it.
     await lease(store, "w0", ttl_ms=0)
     assert LeaseTick.parse(await lease(store, "w1")).share == 4

@@ -62,7 +62,7 @@ async def engine(
         turns = Turns()
         assert rt.worker is not None
         rt.worker.listeners.append(turns)
-        await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
+        await contacts.upsert(rt.store, rt.config.engine.shards, contacts.Contact(ANN), clock.now_ms())
         (eid,) = await intake.enqueue_starts(rt, "remind", [ANN], {})
         await turns.wait(eid)
         assert (await carrier.next_message(ANN)).text.startswith("Will you come")
@@ -85,7 +85,7 @@ async def test_no_reply_within_the_timeout_sends_the_reminder(
     clock.advance(2 * 60)
     assert await rt.worker.fire_timers() == 1
     assert (await carrier.next_message(ANN)).text == "Just checking - will you come on Friday? YES or NO."
-    state = await conversations.load_state(rt.store, ANN)
+    state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
     assert state is not None and state["n"] == "nudge"
     await turns.wait(await _say(rt, "yes", "r1"))
     assert (await carrier.next_message(ANN)).text == "See you Friday!"
@@ -116,7 +116,7 @@ async def test_expiry_ends_a_silent_conversation(
     stream = keys.inbound_stream(keys.shard_of(ANN, rt.config.engine.shards))
 
     async def ended() -> dict | None:  # the expiry is processed silently: nothing to wait on
-        state = await conversations.load_state(rt.store, ANN)
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
         return state if state and state.get("o") else None
 
     state = await eventually(ended)
@@ -133,7 +133,7 @@ async def test_a_timer_racing_a_reply_has_exactly_one_outcome(
     test; the stream is then processed in order, as the worker does."""
     cfg = _cfg(redis_url, carrier, flows_dir)
     async with Runtime(cfg, clock=clock, http=False, worker=False, senders=False) as rt:
-        await contacts.upsert(rt.store, contacts.Contact(ANN), clock.now_ms())
+        await contacts.upsert(rt.store, rt.config.engine.shards, contacts.Contact(ANN), clock.now_ms())
 
         async def process() -> list[str]:
             return await process_stream(rt, ANN)
@@ -150,7 +150,7 @@ async def test_a_timer_racing_a_reply_has_exactly_one_outcome(
             await _say(rt, "yes", "late")
             assert await process() == ["timed_out", "replied"]
         outbound = [f[b"t"].decode() for f in await queued(rt, "carrier")]
-        state = await conversations.load_state(rt.store, ANN)
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
     assert state is not None and state["o"] == "confirmed"
     assert state["r"]["answer"]["v"] is True
     expected = ["Will you come on Friday? Reply YES or NO."]

@@ -101,6 +101,7 @@ class Player:
         t, rt = self.t, self.rt
         await contacts.upsert(
             rt.store,
+            rt.config.engine.shards,
             contacts.Contact(
                 self.number,
                 dict(t.fields),
@@ -144,8 +145,8 @@ class Player:
     async def check(self, where: str, text: str) -> None:
         what, _, expected = text.partition(":")
         expected = expected.strip()
-        state = await conversations.load_state(self.rt.store, self.number) or {}
-        contact = await contacts.get(self.rt.store, self.number)
+        state = await conversations.load_state(self.rt.store, self.rt.config.engine.shards, self.number) or {}
+        contact = await contacts.get(self.rt.store, self.rt.config.engine.shards, self.number)
         assert contact is not None
         what = what.strip()
         if what == "outcome":

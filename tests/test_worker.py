@@ -20,7 +20,7 @@ from engine.core.consumer import ensure_group
 from engine.core.leases import release_dead
 from engine.core.redis_embedded import EmbeddedRedis, free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, Turns, make_config, outbound, process_stream
+from tests.conftest import ANN, API_KEY, Turns, make_config, outbound, process_stream, shard
 
 
 def _cfg(redis_url: str, carrier: SimulatedCarrier):  # type: ignore[no-untyped-def]
@@ -31,7 +31,9 @@ async def _ann_waiting(rt: Runtime) -> None:
     """Ann exists and is waiting at the NPS score question (state written through a real turn)."""
     from engine.core import contacts
 
-    await contacts.upsert(rt.store, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms())
+    await contacts.upsert(
+        rt.store, rt.config.engine.shards, contacts.Contact(ANN, {"first_name": "Ann"}), rt.clock.now_ms()
+    )
     (eid,) = await intake.enqueue_starts(rt, "nps", [ANN], {})
     shard = keys.shard_of(ANN, rt.config.engine.shards)
     await run_turn(rt, Event(shard, eid, "start", ANN, rt.clock.now_ms(), flow="nps"))
@@ -110,15 +112,15 @@ async def test_stale_session_version_is_a_conflict_and_writes_nothing(
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)
         r = rt.store.redis
-        before = await r.get(keys.session(ANN))
-        out_before = await r.xlen(keys.outbound_stream("carrier"))
+        before = await r.get(keys.session(ANN, shard(ANN)))
+        out_before = await r.xlen(keys.outbound_stream(shard(ANN), "carrier"))
         status, version = await rt.store.run(
             "commit",
             keys=[
-                keys.session(ANN),
-                keys.message_index(ANN),
-                keys.message_records(ANN),
-                keys.outbound_stream("carrier"),
+                keys.session(ANN, shard(ANN)),
+                keys.message_index(ANN, shard(ANN)),
+                keys.message_records(ANN, shard(ANN)),
+                keys.outbound_stream(shard(ANN), "carrier"),
             ],
             args=[
                 0,
@@ -134,8 +136,8 @@ async def test_stale_session_version_is_a_conflict_and_writes_nothing(
             ],
         )
         assert (status, int(version)) == (b"conflict", 1)
-        assert await r.get(keys.session(ANN)) == before
-        assert await r.xlen(keys.outbound_stream("carrier")) == out_before
+        assert await r.get(keys.session(ANN, shard(ANN))) == before
+        assert await r.xlen(keys.outbound_stream(shard(ANN), "carrier")) == out_before
 
 
 async def test_engine_rides_out_a_redis_restart(tmp_path: Path, carrier: SimulatedCarrier) -> None:
@@ -258,12 +260,12 @@ async def test_a_waiting_conversation_is_small_and_its_log_expires(
         await _ann_waiting(rt)
         r = rt.store.redis
         # One string, not a hash table (a hash with a long value costs 400+ bytes).
-        assert await r.type(keys.session(ANN)) == b"string"
-        assert await r.memory_usage(keys.session(ANN), samples=0) <= 200
+        assert await r.type(keys.session(ANN, shard(ANN))) == b"string"
+        assert await r.memory_usage(keys.session(ANN, shard(ANN)), samples=0) <= 200
         ttl = int(rt.config.engine.message_log_ttl)
-        for key in (keys.message_index(ANN), keys.message_records(ANN)):
+        for key in (keys.message_index(ANN, shard(ANN)), keys.message_records(ANN, shard(ANN))):
             assert ttl - 5 <= await r.ttl(key) <= ttl
-        session_ttl = await r.ttl(keys.session(ANN))
+        session_ttl = await r.ttl(keys.session(ANN, shard(ANN)))
         assert 3 * 86400 < session_ttl <= 4 * 86400  # the NPS flow's 3-day expiry, plus a grace day
 
 
@@ -275,15 +277,17 @@ async def test_a_session_stored_by_an_older_build_is_converted_and_carries_on(
     async with Runtime(_cfg(redis_url, carrier), worker=False, senders=False, http=False) as rt:
         await _ann_waiting(rt)
         r = rt.store.redis
-        version, last, state = sessions.unpack(await r.get(keys.session(ANN)))
-        await r.delete(keys.session(ANN))  # as the hash-format builds stored it
-        await r.hset(keys.session(ANN), mapping={"v": version, "li": last, "d": orjson.dumps(state)})
-        await r.expire(keys.session(ANN), 3600)
+        version, last, state = sessions.unpack(await r.get(keys.session(ANN, shard(ANN))))
+        await r.delete(keys.session(ANN, shard(ANN)))  # as the hash-format builds stored it
+        await r.hset(
+            keys.session(ANN, shard(ANN)), mapping={"v": version, "li": last, "d": orjson.dumps(state)}
+        )
+        await r.expire(keys.session(ANN, shard(ANN)), 3600)
         await intake.accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="10", provider_id="m")
         # The start (already applied above, still in the stream) is recognised; the answer is taken.
         assert await process_stream(rt, ANN) == ["duplicate", "replied"]
-        assert await r.type(keys.session(ANN)) == b"string"
-        assert sessions.unpack(await r.get(keys.session(ANN)))[0] == version + 1
+        assert await r.type(keys.session(ANN, shard(ANN))) == b"string"
+        assert sessions.unpack(await r.get(keys.session(ANN, shard(ANN))))[0] == version + 1
 
 
 async def test_a_redis_that_lost_its_script_cache_is_reloaded_and_nothing_runs_twice(

@@ -86,11 +86,12 @@ ERR = (401, 422, 503)
 async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
     """Consent now and the ledger, oldest first: the entries kept from an erasure of the contact
     (engine/crm/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
-    erased = await erasure.erased_ledger_key(rt.store, rt.config.governance.erasure_key, number)
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    erased = await erasure.erased_ledger_key(rt.store, rt.config.governance.erasure_key, number, shard)
     async with rt.store.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.governance(number))
+        pipe.hgetall(keys.governance(number, shard))
         pipe.xrange(erased)
-        pipe.xrange(keys.consent_ledger(number))
+        pipe.xrange(keys.consent_ledger(number, shard))
         current, before, ledger = await pipe.execute()
     c = governance.Consent.from_hash(current)
     entries = []
@@ -112,7 +113,7 @@ async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
         "changed_at": iso(c.at) if c.at else None,
         "suppressed": c.suppressed or None,
         "ledger": entries,
-        "erased_ledger": erased.rsplit(":", 1)[1] if before else None,
+        "erased_ledger": erased.rsplit("}", 1)[1] if before else None,  # the digest, after the tag
     }
 
 
@@ -151,10 +152,11 @@ async def put_consent(request: web.Request) -> web.Response:
     body = await read_body(request, ConsentIn, rt)
     status, source, note = body.status, body.source, body.note
     now = rt.clock.now_ms()
-    async with rt.store.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.governance(number), mapping={"cs": status, "src": source, "at": now})
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    async with rt.store.redis.pipeline(transaction=True) as pipe:  # one slot: the contact's shard
+        pipe.hset(keys.governance(number, shard), mapping={"cs": status, "src": source, "at": now})
         pipe.xadd(
-            keys.consent_ledger(number),
+            keys.consent_ledger(number, shard),
             {"cs": status, "src": source, "cause": note or f"{source} via API", "at": now},
         )
         await pipe.execute()
@@ -172,10 +174,11 @@ async def put_suppression(request: web.Request) -> web.Response:
     body = await read_body(request, SuppressionIn, rt)
     reason, source = body.reason, body.source
     now = rt.clock.now_ms()
-    async with rt.store.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.governance(number), "sup", reason.strip())
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    async with rt.store.redis.pipeline(transaction=True) as pipe:  # one slot: the contact's shard
+        pipe.hset(keys.governance(number, shard), "sup", reason.strip())
         pipe.xadd(
-            keys.consent_ledger(number),
+            keys.consent_ledger(number, shard),
             {"change": "suppressed", "src": source, "cause": reason.strip(), "at": now},
         )
         await pipe.execute()
@@ -190,10 +193,11 @@ async def delete_suppression(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     now = rt.clock.now_ms()
-    async with rt.store.redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.governance(number), "sup")
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    async with rt.store.redis.pipeline(transaction=True) as pipe:  # one slot: the contact's shard
+        pipe.hdel(keys.governance(number, shard), "sup")
         pipe.xadd(
-            keys.consent_ledger(number),
+            keys.consent_ledger(number, shard),
             {"change": "unsuppressed", "src": "api", "cause": "suppression removed via API", "at": now},
         )
         await pipe.execute()

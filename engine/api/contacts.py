@@ -146,7 +146,7 @@ async def put_contact(request: web.Request) -> web.Response:
         language=body.language,
         timezone=body.timezone,
     )
-    stored, created = await contacts.upsert(rt.store, contact, rt.clock.now_ms())
+    stored, created = await contacts.upsert(rt.store, rt.config.engine.shards, contact, rt.clock.now_ms())
     return json_response(contact_json(stored), 201 if created else 200)
 
 
@@ -157,7 +157,7 @@ async def put_contact(request: web.Request) -> web.Response:
 async def get_contact(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    c = await contacts.get(rt.store, number)
+    c = await contacts.get(rt.store, rt.config.engine.shards, number)
     if c is None:
         raise NotFound(f"no contact {number}", code="contact_not_found")
     return json_response(contact_json(c))
@@ -251,6 +251,7 @@ async def post_import(request: web.Request) -> web.Response:
         request.content.iter_chunked(CHUNK_BYTES),
         fmt,
         default_region=rt.config.numbers.default_region,
+        shards=rt.config.engine.shards,
         now_ms=rt.clock.now_ms,
     )
     return json_response(report.as_json())

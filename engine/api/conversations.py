@@ -53,9 +53,9 @@ async def get_conversation(request: web.Request) -> web.Response:
     """The contact's current (or last) conversation: flow, node, waiting since, results."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
-    state = await conversations.load_state(rt.store, number)
+    state = await conversations.load_state(rt.store, rt.config.engine.shards, number)
     if state is None:
-        if await contacts.get(rt.store, number) is None:
+        if await contacts.get(rt.store, rt.config.engine.shards, number) is None:
             raise NotFound(f"no contact {number}", code="contact_not_found")
         return json_response({"contact": number, "status": "none", "flow": None, "results": {}})
     view = conversations.describe(state)
@@ -75,7 +75,7 @@ async def get_messages(request: web.Request) -> web.Response:
     rt = runtime(request)
     query = read_query(request, MessagesQuery, rt)
     number, limit = query.contact, query.limit
-    msgs = await conversations.recent_messages(rt.store, number, limit)
+    msgs = await conversations.recent_messages(rt.store, rt.config.engine.shards, number, limit)
     for m in msgs:
         m["at"] = iso(m["at"])
         m["history"] = [

@@ -229,8 +229,9 @@ async def start_flow(request: web.Request) -> web.Response:
         chunk = numbers[i : i + 1000]
         async with rt.store.redis.pipeline(transaction=False) as pipe:
             for n in chunk:
-                pipe.get(keys.session(n))
-                pipe.hmget(keys.contact(n), ["f", "tz"])
+                s = keys.shard_of(n, rt.config.engine.shards)
+                pipe.get(keys.session(n, s))
+                pipe.hmget(keys.contact(n, s), ["f", "tz"])
             loaded = await pipe.execute()
         for n, state, (fields, tz) in zip(chunk, loaded[::2], loaded[1::2], strict=True):
             lacking = missing_fields(flow, contacts.Contact(n, orjson.loads(fields or b"{}")))
@@ -265,7 +266,7 @@ async def start_flow(request: web.Request) -> web.Response:
 
 async def _listed(rt: ApiServices, numbers: list[str]) -> list[str]:
     numbers = list(dict.fromkeys(numbers))  # the same person twice is one start
-    missing = await contacts.missing(rt.store, numbers)
+    missing = await contacts.missing(rt.store, rt.config.engine.shards, numbers)
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise NotFound(
@@ -306,12 +307,13 @@ async def _record(
     for i in range(0, len(numbers), 1000):
         async with r.pipeline(transaction=False) as pipe:
             for n in numbers[i : i + 1000]:
+                shard = keys.shard_of(n, rt.config.engine.shards)  # its events and touch live there
                 arm = arms.get(n, "")
                 if split:
                     e = {"t": "assigned", "c": n, "f": flow, "experiment": split.experiment, "arm": arm,
                          "start": sid, "at": now}  # fmt: skip
                     cap = rt.config.engine.outcome_events_max
-                    pipe.xadd(keys.flow_events(), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
+                    pipe.xadd(keys.flow_events(shard), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
                 touch: Any = {
                     "f": flow,
                     "st": sid,
@@ -319,6 +321,6 @@ async def _record(
                     "xp": split.experiment if split else "",
                     "arm": arm,
                 }
-                pipe.hset(keys.attribution(n), mapping=touch)
-                pipe.expire(keys.attribution(n), window)
+                pipe.hset(keys.attribution(n, shard), mapping=touch)
+                pipe.expire(keys.attribution(n, shard), window)
             await pipe.execute()

@@ -77,7 +77,7 @@ async def get_report(request: web.Request) -> web.Response:
     """Counts, rates, NPS and drop-off of the flow's runs (docs/api.md#results-and-reports)."""
     rt = runtime(request)
     flow = _flow(request)
-    return json_response(reports.report(flow, await reports.fold(rt.store, flow)))
+    return json_response(reports.report(flow, await reports.fold(rt.store, rt.config.engine.shards, flow)))
 
 
 @operation(Operation(
@@ -90,7 +90,7 @@ async def get_results(request: web.Request) -> web.StreamResponse:
     rt = runtime(request)
     flow = _flow(request)
     fmt = read_query(request, ResultsQuery, rt).format
-    folded = await reports.fold(rt.store, flow)
+    folded = await reports.fold(rt.store, rt.config.engine.shards, flow)
     runs = sorted(folded.runs.values(), key=lambda r: (r.started_at, r.contact))
     names = reports.result_names(runs)
     resp = web.StreamResponse(

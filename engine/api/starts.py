@@ -84,7 +84,7 @@ async def get_start(request: web.Request) -> web.Response:
     requested = {k: int(v) for k, v in rec.items() if not k.startswith("skipped_")}
     skipped = {k.removeprefix("skipped_"): int(v) for k, v in rec.items() if k.startswith("skipped_")}
     turns: dict[str, Any] = {"started": 0, "deferred": 0, "skipped": {}}
-    async for _, event in reports.entries(rt.store, sid):
+    async for _, _, event in reports.entries(rt.store, rt.config.engine.shards, sid):
         e = orjson.loads(event)
         if e.get("start") != sid or e.get("f") != flow:
             continue
@@ -113,13 +113,14 @@ async def post_contact_event(request: web.Request) -> web.Response:
     body = await read_body(request, ContactEventIn, rt)
     kind, value, eid = body.type, body.value, body.id
     r = rt.store.redis
+    shard = keys.shard_of(number, rt.config.engine.shards)
     if eid is not None:
         fresh = await r.set(
-            keys.conversion_seen(number, eid), 1, nx=True, ex=int(rt.config.engine.dedupe_window)
+            keys.conversion_seen(number, shard, eid), 1, nx=True, ex=int(rt.config.engine.dedupe_window)
         )
         if not fresh:
             return json_response({"status": "duplicate"}, 200)
-    raw: dict[Any, Any] = await r.hgetall(keys.attribution(number))
+    raw: dict[Any, Any] = await r.hgetall(keys.attribution(number, shard))
     touch = {k.decode(): v.decode() for k, v in raw.items()}
     now = rt.clock.now_ms()
     attributed: dict[str, Any] | None = None
@@ -130,5 +131,5 @@ async def post_contact_event(request: web.Request) -> web.Response:
          **({"f": attributed["flow"], "start": attributed["start"], "experiment": attributed["experiment"],
              "arm": attributed["arm"]} if attributed else {})}  # fmt: skip
     cap = rt.config.engine.outcome_events_max
-    await r.xadd(keys.flow_events(), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
+    await r.xadd(keys.flow_events(shard), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
     return json_response({"status": "recorded", "attributed": attributed}, 202)

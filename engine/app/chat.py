@@ -69,11 +69,11 @@ async def run_chat(
             raise ParleyError(
                 f"no flow {flow!r} in {cfg.engine.flows_dir} (loaded: {', '.join(sorted(rt.flows.flows))})"
             )
-        existing = await contacts.get(rt.store, contact)
+        existing = await contacts.get(rt.store, rt.config.engine.shards, contact)
         record = existing or contacts.Contact(contact)
         record.fields = {**record.fields, **fields}  # tags and the rest are kept
         record.language = language or record.language
-        await contacts.upsert(rt.store, record, rt.clock.now_ms())
+        await contacts.upsert(rt.store, rt.config.engine.shards, record, rt.clock.now_ms())
 
         chat = _Transcript(rt, contact, out)
         (first,) = await intake.enqueue_starts(rt, flow, [contact], {}, interrupt=True)
@@ -139,7 +139,7 @@ class _Transcript:
 
     async def turn(self, match: Callable[[TurnDone], bool], timeout: float = TURN_TIMEOUT_S) -> TurnDone:
         """The first turn ``match`` accepts, printed, and the call answers that follow it."""
-        before = await contacts.get(self.rt.store, self.contact)
+        before = await contacts.get(self.rt.store, self.rt.config.engine.shards, self.contact)
         while True:
             done = await asyncio.wait_for(self.turns.get(), timeout)
             if match(done):
@@ -148,7 +148,7 @@ class _Transcript:
             method, url, ok, answer = self.calls.pop(0) if self.calls else ("", "", done.event.ok, {})
             outcome = "ok" if ok else f"failed: {answer.get('error', 'no answer')}"
             self.say(f"~ CRM {method} {url}: {outcome}".replace("  ", " "))
-        self._changes(before, await contacts.get(self.rt.store, self.contact))
+        self._changes(before, await contacts.get(self.rt.store, self.rt.config.engine.shards, self.contact))
         for _ in done.outbound_ids:
             msg = await asyncio.wait_for(self.console.outbox.get(), TURN_TIMEOUT_S)
             self.say(f"< {msg.text}")
@@ -176,7 +176,7 @@ class _Transcript:
         """The call timeout, if the conversation now waits for a CRM call's answer."""
         from engine.conversation.conversations import load_state
 
-        state = await load_state(self.rt.store, self.contact)
+        state = await load_state(self.rt.store, self.rt.config.engine.shards, self.contact)
         if not state or state.get("n") is None:
             return None
         flow: Flow | None = self.rt.flows.for_state(state)
@@ -243,7 +243,7 @@ def _refusal(flow: Flow, record: contacts.Contact, done: TurnDone) -> tuple[int,
 async def _final_state(rt: Runtime, contact: str) -> str:
     from engine.conversation.conversations import describe, load_state
 
-    raw = await load_state(rt.store, contact)
+    raw = await load_state(rt.store, rt.config.engine.shards, contact)
     if raw is None:
         return "no conversation"
     view = describe(raw)

@@ -128,6 +128,7 @@ async def _import(
             _chunks(fh),  # a local file read in the loop: nothing else runs on it
             fmt,
             default_region=cfg.numbers.default_region,
+            shards=cfg.engine.shards,
             now_ms=Clock().now_ms,
             on_error=on_error,
             on_batch=on_batch,

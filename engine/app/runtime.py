@@ -53,7 +53,7 @@ from gateways import scripts as gateway_scripts
 from gateways.base import Gateway
 from gateways.registry import build_gateway
 from gateways.routing import Router, parse_rules
-from gateways.sender import Sender
+from gateways.sender import Sender, SenderLeases
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Runtime:
         self.caller: Caller | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
+        self.sender_leases: SenderLeases | None = None
         self.supervisor: Supervisor | None = None
         #: The extra API processes on this process's port (``engine.api_processes`` > 1).
         self.api_supervisor: Supervisor | None = None
@@ -166,10 +167,13 @@ class Runtime:
             self.gateways[name] = await self._stack.enter_async_context(gw)
         can_send = [n for n, g in self.gateways.items() if g.can_send]
         self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
-        if self._want["senders"]:
+        if self._want["senders"] and any(g.can_send for g in self.gateways.values()):
+            # One lease set (role "sender") for this process's senders: the shards whose lanes it reads.
+            self.sender_leases = await self._stack.enter_async_context(SenderLeases(self))
             for name, gw in self.gateways.items():
                 if gw.can_send:
-                    self.senders[name] = await self._stack.enter_async_context(Sender(self, gw))
+                    sender = Sender(self, gw, self.sender_leases)
+                    self.senders[name] = await self._stack.enter_async_context(sender)
         if self._want["caller"]:
             self.caller = await self._stack.enter_async_context(Caller(self))
             if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
@@ -254,8 +258,9 @@ class Runtime:
         return fresh
 
     async def refresh_stream_metrics(self) -> None:
-        """Read each shard's backlog and the live workers from Redis into the gauges (one round
-        trip; called when /metrics is scraped, so it shows every worker process's shards)."""
+        """Read each shard's backlog, each connector's lanes (every shard's, summed per gateway
+        and lane) and the live workers from Redis into the gauges (one round trip; called when
+        /metrics is scraped, so it shows every worker process's shards)."""
         r = self.store.redis
         n = self.config.engine.shards
         async with r.pipeline(transaction=False) as pipe:
@@ -266,12 +271,15 @@ class Runtime:
                 pipe.xrange(stream, count=1)
             lanes = [(gw, lane) for gw in self.senders for lane in keys.LANES]
             for gw, lane in lanes:
-                pipe.xlen(keys.outbound_stream(gw, lane))
-            pipe.zcount(keys.workers(), int(time.time() * 1000), "+inf")
+                for shard in range(n):
+                    pipe.xlen(keys.outbound_stream(shard, gw, lane))
+            pipe.zcount(keys.live("worker"), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
-        for (gw, lane), depth in zip(lanes, res[3 * n : 3 * n + len(lanes)], strict=True):
-            if not isinstance(depth, Exception):
-                self.metrics.backlog(gw, lane, int(depth))
+        depths = res[3 * n : 3 * n + len(lanes) * n]
+        for i, (gw, lane) in enumerate(lanes):
+            per_shard = depths[i * n : (i + 1) * n]
+            if not any(isinstance(d, Exception) for d in per_shard):
+                self.metrics.backlog(gw, lane, sum(int(d) for d in per_shard))
         now_ms = self.clock.now_ms()
         for shard in range(n):
             length, pending, first = res[3 * shard : 3 * shard + 3]
@@ -289,14 +297,19 @@ class Runtime:
         """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
         redis_ok = True
         holders: dict[int, str] = {}
+        sending: dict[int, str] = {}
         try:
             await self.store.redis.ping()
             holders = await lease_holders(self.store)
+            sending = await lease_holders(self.store, role="sender")
         except Exception:
             redis_ok = False
         by_worker: dict[str, list[int]] = {}
         for shard, who in sorted(holders.items()):
             by_worker.setdefault(who, []).append(shard)
+        by_sender: dict[str, list[int]] = {}
+        for shard, who in sorted(sending.items()):
+            by_sender.setdefault(who, []).append(shard)
         unread = [s for s in range(self.config.engine.shards) if s not in holders]
         worker_ok = self.worker.healthy if self.worker else None
         runs_workers = self.worker is not None or self.supervisor is not None
@@ -308,6 +321,8 @@ class Runtime:
             "redis": "ok" if redis_ok else "unreachable",
             "worker": {True: "ok", False: "waiting for redis", None: "off"}[worker_ok],
             "workers": by_worker,
+            # Which sender process reads which shards' outbound lanes (gateways/sender.py).
+            "senders": by_sender,
             "unread_shards": unread if redis_ok else None,
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},

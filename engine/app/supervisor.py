@@ -35,7 +35,7 @@ look like a failed one. Then, when a worker dies:
 Either way, once a worker that had been ready is dead the supervisor *knows* it is gone (it
 reaped it), so it releases its shard leases at once (``lease.lua`` ``leave`` in the dead
 worker's name) instead of letting them run out; ``lease.lua`` tells the other workers
-(``p:lease:changed``), which take the shards within milliseconds, and the replacement gets its
+(``p:{l}:changed:worker``), which take the shards within milliseconds, and the replacement gets its
 share back when it joins. Shards go unread only while no worker at all is running: then for
 the replacement's start-up time. Workers on other hosts, which no supervisor watches, are
 taken over when their leases run out (``engine.lease_ttl``).

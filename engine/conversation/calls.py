@@ -1,9 +1,10 @@
 """The caller: makes the CRM webhook requests that flows ask for, off the turn's path.
 
-A turn that reaches a ``call`` node commits a job to ``p:calls`` and waits. The caller makes the
-request (with the flow's timeout) and appends the answer to the contact's shard stream as a
-``call`` event, so the answer is ordered with the contact's texts like anything else; the job
-is acknowledged in the same round trip. A caller that dies mid-request leaves the job pending
+A turn that reaches a ``call`` node commits a job to its shard's ``p:calls:T`` and waits. The
+caller reads every shard's calls stream, makes the request (with the flow's timeout) and appends
+the answer to the contact's shard stream as a ``call`` event, so the answer is ordered with the
+contact's texts like anything else; the job is acknowledged in the same round trip (the job's
+stream and the shard's inbound stream share a slot). A caller that dies mid-request leaves the job pending
 and re-reads it on start (the conversation takes the first answer; a second is stale). If no
 answer comes at all, the session's safety timer takes the failure route.
 """
@@ -39,11 +40,12 @@ class Caller(StreamConsumer):
     label = "caller"
 
     def __init__(self, rt: Services) -> None:
-        super().__init__(rt.store.redis, keys.CALLS_GROUP, f"{socket.gethostname()}-c", [keys.calls()])
+        streams = [keys.calls(s) for s in range(rt.config.engine.shards)]
+        super().__init__(rt.store.redis, keys.CALLS_GROUP, f"{socket.gethostname()}-c", streams)
         self.rt = rt
         self.stop_timeout = rt.config.engine.shutdown_timeout
         self._inflight: set[asyncio.Task[None]] = set()
-        self._busy: set[bytes] = set()  # job ids being called (still pending until answered)
+        self._busy: set[tuple[str, bytes]] = set()  # (stream, job id) being called (pending until answered)
         self._session: aiohttp.ClientSession | None = None
         #: Told of every answered call (contact, job, ok, answer) before the answer is recorded;
         #: ``parley chat`` prints them. Listeners must not block.
@@ -70,22 +72,22 @@ class Caller(StreamConsumer):
         return MAX_IN_FLIGHT - len(self._inflight)
 
     async def handle(self, entries: list[Entry], recovering: bool) -> bool:
-        for _, entry_id, fields in entries:
-            if entry_id in self._busy:  # a re-read of pending jobs returns those in flight too
+        for stream, entry_id, fields in entries:
+            if (stream, entry_id) in self._busy:  # a re-read of pending jobs returns those in flight too
                 continue
-            self._busy.add(entry_id)
-            task = asyncio.create_task(self._call(entry_id, fields))
+            self._busy.add((stream, entry_id))
+            task = asyncio.create_task(self._call(stream, entry_id, fields))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         return False
 
-    async def _call(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _call(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
-            await self._answer(entry_id, fields)
+            await self._answer(stream, entry_id, fields)
         finally:
-            self._busy.discard(entry_id)
+            self._busy.discard((stream, entry_id))
 
-    async def _answer(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _answer(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         contact = fields[b"c"].decode()
         job = orjson.loads(fields[b"j"])
         ok, answer = await self._cached(job)
@@ -104,8 +106,8 @@ class Caller(StreamConsumer):
             try:
                 async with self.rt.store.redis.pipeline(transaction=False) as pipe:
                     pipe.xadd(keys.inbound_stream(shard), event)  # type: ignore[arg-type]
-                    pipe.xack(keys.calls(), keys.CALLS_GROUP, entry_id)
-                    pipe.xdel(keys.calls(), entry_id)
+                    pipe.xack(stream, keys.CALLS_GROUP, entry_id)
+                    pipe.xdel(stream, entry_id)
                     await pipe.execute()
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):

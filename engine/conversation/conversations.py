@@ -11,9 +11,11 @@ from engine.core import keys
 from engine.core.store import Store
 
 
-async def load_state(store: Store, number: str) -> dict[str, Any] | None:
-    """The stored session state of a contact, or None if there is none."""
-    return sessions.state_of(await store.redis.get(keys.session(number))) or None
+async def load_state(store: Store, shards: int, number: str) -> dict[str, Any] | None:
+    """The stored session state of a contact, or None if there is none (``shards``:
+    engine.shards, which places the contact's keys)."""
+    key = keys.session(number, keys.shard_of(number, shards))
+    return sessions.state_of(await store.redis.get(key)) or None
 
 
 def describe(state: dict[str, Any]) -> dict[str, Any]:
@@ -41,10 +43,11 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def recent_messages(store: Store, number: str, limit: int) -> list[dict[str, Any]]:
+async def recent_messages(store: Store, shards: int, number: str, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` messages of a contact, oldest first (two round trips)."""
-    ids: list[bytes] = await store.redis.zrange(keys.message_index(number), -limit, -1)  # type: ignore[assignment]
+    shard = keys.shard_of(number, shards)
+    ids: list[bytes] = await store.redis.zrange(keys.message_index(number, shard), -limit, -1)  # type: ignore[assignment]
     if not ids:
         return []
-    raw = await store.redis.hmget(keys.message_records(number), ids)
+    raw = await store.redis.hmget(keys.message_records(number, shard), ids)
     return [orjson.loads(r) for r in raw if r is not None]

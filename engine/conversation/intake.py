@@ -15,6 +15,7 @@ from redis.asyncio.client import Pipeline
 
 from engine.conversation import events
 from engine.core import idmaps, keys
+from engine.core.config import EngineConfig
 from engine.core.ports import Accepted, Services
 from engine.core.scripts.intake import IntakeArgs, IntakeReply
 
@@ -30,27 +31,34 @@ def _digest(contact: str, to: str, text: str) -> str:
     return hashlib.blake2b(f"{contact}\x00{to}\x00{text}".encode(), digest_size=8).hexdigest()
 
 
-async def accept_inbound(
-    rt: Services, *, gateway: str, contact: str, to: str, text: str, provider_id: str
-) -> Accepted:
-    """Append an inbound text to its contact's shard stream, once per (gateway, provider id)."""
-    now = rt.clock.now_ms()
-    cfg = rt.config.engine
+def intake_call(
+    cfg: EngineConfig, now: int, *, gateway: str, contact: str, to: str, text: str, provider_id: str
+) -> IntakeArgs:
+    """The intake.lua call that accepts this text (every key in the contact's shard's slot)."""
     shard = keys.shard_of(contact, cfg.shards)
     b = dedupe_buckets(cfg.dedupe_window, cfg.inbound_rate, cfg.shards)
     field = idmaps.field(keys.inbound_dedupe_field(contact, gateway, provider_id))
     slot = b.slot(field)
     current, *older = [keys.inbound_dedupe(shard, slot, n) for n in b.lookback(now)]
-    call = IntakeArgs(
+    return IntakeArgs(
         current_bucket=current,
         stream=keys.inbound_stream(shard),
-        legacy=keys.legacy_inbound_dedupe(contact, gateway, provider_id),
         digest=_digest(contact, to, text),
         ttl_s=b.ttl_s(now),
         field=field,
         entry=tuple(events.inbound_fields(contact, gateway, to, text, provider_id, now)),
         older_buckets=tuple(older),
     )
+
+
+async def accept_inbound(
+    rt: Services, *, gateway: str, contact: str, to: str, text: str, provider_id: str
+) -> Accepted:
+    """Append an inbound text to its contact's shard stream, once per (gateway, provider id)."""
+    call = intake_call(
+        rt.config.engine, rt.clock.now_ms(), gateway=gateway, contact=contact, to=to, text=text,
+        provider_id=provider_id,
+    )  # fmt: skip
 
     async def add(pipe: Pipeline) -> None:
         await rt.store.run("intake", keys=call.to_keys(), args=call.to_argv(), client=pipe)

@@ -1,4 +1,5 @@
-"""Flow outcomes: what each turn did to a conversation, as events on one stream (``p:fx``).
+"""Flow outcomes: what each turn did to a conversation, as events on its contact's shard's
+outcome stream (``p:fx:T``; one stream per shard, each in order, no order across them).
 
 A turn's commit appends, in the same script and so exactly once per applied event:
 
@@ -14,7 +15,7 @@ A turn's commit appends, in the same script and so exactly once per applied even
 and the message status script appends ``message`` (a flow's message reached a final status:
 delivered, failed, expired, rejected; or blocked by the gate). A run is ``<contact>/<started
 ms>``: one contact's runs never share a start time. Reports, result exports and the CRM's event
-webhooks all read this stream; nothing else is needed to answer "how did the journey do".
+webhooks all read these streams (every shard's); nothing else is needed to answer "how did the journey do".
 
 Events are derived here, purely, from the session before and after the turn (no I/O).
 """

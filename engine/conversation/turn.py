@@ -95,10 +95,10 @@ async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
             try:
-                sess_raw, contact_h, consent_h = await rt.store.coalescer.run(_load(ev.contact))
+                sess_raw, contact_h, consent_h = await rt.store.coalescer.run(_load(ev.contact, ev.shard))
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
-                    rt.store.redis, keys.session(ev.contact)
+                    rt.store.redis, keys.session(ev.contact, ev.shard)
                 ):
                     raise
                 continue  # an older build's session, now converted: load again
@@ -141,11 +141,11 @@ async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
     raise RuntimeError(f"turn {ev.ref}: lost the session race {MAX_ATTEMPTS} times")
 
 
-def _load(number: str) -> Add:
+def _load(number: str, shard: int) -> Add:
     async def add(pipe: Pipeline) -> None:
-        pipe.get(keys.session(number))
-        pipe.hgetall(keys.contact(number))
-        pipe.hgetall(keys.governance(number))
+        pipe.get(keys.session(number, shard))
+        pipe.hgetall(keys.contact(number, shard))
+        pipe.hgetall(keys.governance(number, shard))
 
     return add
 
@@ -465,7 +465,7 @@ async def _commit(
         event=ev.ref,
         contact=ev.contact,
         shard=ev.shard,
-        outbound_stream=keys.outbound_stream(gateway or "-", lane),
+        outbound_stream=keys.outbound_stream(ev.shard, gateway or "-", lane),
         state=sessions.pack_state(plan.state) if plan.state is not None else "",
         ttl_s=plan.ttl,
         log_size=rt.config.engine.message_log_size,

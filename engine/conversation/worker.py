@@ -157,7 +157,7 @@ class Worker(StreamConsumer):
                 await asyncio.wait_for(self._renew_now.wait(), period)
 
     async def _watch_leases(self) -> None:
-        """Listen on ``p:lease:changed`` (lease.lua publishes there when a worker joins or
+        """Listen on ``p:{l}:changed:worker`` (lease.lua publishes there when a worker joins or
         leaves, a heartbeat expires, or shards are given up) and renew at once on news from
         another worker: its freed shards are then read again within milliseconds rather than
         at this worker's next periodic renewal. Best effort: while Redis is away the periodic
@@ -166,7 +166,7 @@ class Worker(StreamConsumer):
         while not self._leases_stop.is_set():
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as ps:
-                    await ps.subscribe(keys.lease_changes())
+                    await ps.subscribe(keys.lease_changes(self.leases.role))
                     self._renew_now.set()  # what changed while not listening
                     while not self._leases_stop.is_set():
                         msg = await ps.get_message(timeout=period)

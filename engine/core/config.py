@@ -157,9 +157,10 @@ class EngineConfig:
     api_processes: int = 1
     #: A worker's hold on its shards; a dead worker's shards are taken over after at most this.
     lease_ttl: Duration = Duration(5.0)
-    #: Flow outcome events kept (runs, replies, results, message statuses; about 170 bytes each):
-    #: reports and result exports cover the runs whose events are still there.
-    outcome_events_max: int = 1_000_000
+    #: Flow outcome events kept per shard (runs, replies, results, message statuses; about 170
+    #: bytes each; ``shards`` streams of this length): reports and result exports cover the runs
+    #: whose events are still there.
+    outcome_events_max: int = 125_000
     #: A conversion the CRM reports is attributed to the contact's last journey start within this.
     attribution_window: Duration = Duration(7 * 86400.0)
     #: A message longer than this many SMS segments is not sent: its run fails (docs/flows.md).

@@ -1,8 +1,9 @@
 """Contacts: the CRM's view of a customer, keyed by E.164 number.
 
-Stored as one small hash per contact (``p:c:{N}``): ``f`` fields (orjson), ``tg`` tags (orjson
-list), ``l`` language, ``tz`` timezone, ``ca``/``ua`` created/updated (ms). A flow that sets fields
-or tags writes them in its turn's commit, guarded by ``ua`` so a concurrent PUT is never lost.
+Stored as one small hash per contact (``p:c:TN``, T: its shard's hash tag): ``f`` fields
+(orjson), ``tg`` tags (orjson list), ``l`` language, ``tz`` timezone, ``ca``/``ua``
+created/updated (ms). A flow that sets fields or tags writes them in its turn's commit, guarded
+by ``ua`` so a concurrent PUT is never lost.
 ``PUT`` replaces fields, tags, language and timezone as a whole: the CRM is the source of
 truth, so what it sends is what we hold.
 """
@@ -139,12 +140,13 @@ def time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
-async def upsert(store: Store, contact: Contact, now_ms: int) -> tuple[Contact, bool]:
-    """Write ``contact``; returns the stored contact and whether it was created."""
-    return contact, (await upsert_many(store, [contact], now_ms))[0]
+async def upsert(store: Store, shards: int, contact: Contact, now_ms: int) -> tuple[Contact, bool]:
+    """Write ``contact`` (``shards``: engine.shards, which places its key); returns the stored
+    contact and whether it was created."""
+    return contact, (await upsert_many(store, shards, [contact], now_ms))[0]
 
 
-async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[bool]:
+async def upsert_many(store: Store, shards: int, batch: list[Contact], now_ms: int) -> list[bool]:
     """Write every contact of ``batch`` in one round trip; which of them were created.
 
     Each contact is one script call (contact.lua), so each is written whole or not at all; the
@@ -156,7 +158,10 @@ async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[b
         async with store.redis.pipeline(transaction=False) as pipe:
             for c in batch:
                 fields, tags = orjson.dumps(c.fields), orjson.dumps(c.tags)
-                call = ContactArgs(c.number, now_ms, fields, tags, c.language or "", c.timezone or "")
+                call = ContactArgs(
+                    c.number, keys.shard_of(c.number, shards), now_ms, fields, tags,
+                    c.language or "", c.timezone or "",
+                )  # fmt: skip
                 await store.run("contact", call.to_keys(), call.to_argv(), client=pipe)
             try:
                 res = await pipe.execute()
@@ -173,14 +178,15 @@ async def upsert_many(store: Store, batch: list[Contact], now_ms: int) -> list[b
     return [w.created for w in written]
 
 
-async def get(store: Store, number: str) -> Contact | None:
-    return Contact.from_hash(number, await store.redis.hgetall(keys.contact(number)))
+async def get(store: Store, shards: int, number: str) -> Contact | None:
+    key = keys.contact(number, keys.shard_of(number, shards))
+    return Contact.from_hash(number, await store.redis.hgetall(key))
 
 
-async def missing(store: Store, numbers: list[str]) -> list[str]:
+async def missing(store: Store, shards: int, numbers: list[str]) -> list[str]:
     """Which of ``numbers`` have no contact record (one round trip)."""
     async with store.redis.pipeline(transaction=False) as pipe:
         for n in numbers:
-            pipe.exists(keys.contact(n))
+            pipe.exists(keys.contact(n, keys.shard_of(n, shards)))
         found = await pipe.execute()
     return [n for n, ok in zip(numbers, found, strict=True) if not ok]

@@ -156,12 +156,12 @@ class Metrics:
         )  # fmt: skip
         self._webhook_latency = Histogram(
             "parley_webhook_delivery_seconds",
-            "Outcome event appended to p:fx (or replayed) -> acknowledged by the CRM, by webhook.",
+            "Outcome event appended to a p:fx:T (or replayed) -> acknowledged by the CRM, by webhook.",
             ["webhook"], buckets=(*STAGE_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0), registry=r,
         )  # fmt: skip
         self._webhook_lost = Counter(
             "parley_webhook_events_lost_total",
-            "Outcome events trimmed from p:fx (engine.outcome_events_max) before a webhook sent them.",
+            "Outcome events trimmed from a p:fx:T (engine.outcome_events_max) before a webhook sent them.",
             ["webhook"], registry=r,
         )  # fmt: skip
 

@@ -275,6 +275,7 @@ async def import_contacts(
     fmt: str,
     *,
     default_region: str,
+    shards: int,
     now_ms: Callable[[], int],
     batch_size: int = BATCH_SIZE,
     on_error: Callable[[RowError], None] | None = None,
@@ -299,7 +300,7 @@ async def import_contacts(
             on_error(err)
 
     async def flush() -> None:
-        created = await contacts.upsert_many(store, batch, now_ms())
+        created = await contacts.upsert_many(store, shards, batch, now_ms())
         report.created += sum(created)
         report.updated += len(created) - sum(created)
         batch.clear()

@@ -1,12 +1,14 @@
 """Erasure (the right to be forgotten): ``DELETE /v1/contacts/{number}``, ``parley contacts forget``.
 
-One script (erase.lua) removes, atomically, everything Parley holds about the person under
-their number: the profile (``p:c``), the conversation session (``p:s``), the message log and its
-records with the texts (``p:ml``, ``p:mh``), the counted sends (``p:sent``) and the contact's
-timers (members of its shard's ``p:tm:S`` that start with the number, found with ZSCAN).
+One script (erase.lua, one slot: every key it touches is in the contact's shard) removes,
+atomically, everything Parley holds about the person under their number: the profile (``p:c``),
+the conversation session (``p:s``), the message log and its records with the texts (``p:ml``,
+``p:mh``), the counted sends (``p:sent``) and the contact's timers (members of its shard's
+``p:tm:T`` that start with the number, found with ZSCAN).
 
-Consent stays provable without the number in clear. The ledger ``p:cl:{N}`` is moved, entry by
-entry and in order, to ``p:cl:h:D`` where ``D = HMAC-SHA256(key, number)`` (hex), and ends with
+Consent stays provable without the number in clear. The ledger ``p:cl:TN`` is moved, entry by
+entry and in order, to ``p:cl:h:TD`` where ``D = HMAC-SHA256(key, number)`` (hex) and ``T`` the
+contact's shard's tag (whoever looks for the history knows the number, so its shard), and ends with
 an ``erased`` entry. Given the number (a complaint, a regulator's question) and the key, the
 history is found again: ``GET /v1/contacts/{number}/consent`` shows it. The key is
 ``governance.erasure_key``; when that is not set Parley generates one and keeps it in Redis
@@ -14,7 +16,7 @@ history is found again: ``GET /v1/contacts/{number}/consent`` shows it. The key 
 of the Redis data: set the key (outside Redis) where that matters. Changing it makes earlier
 hashed ledgers unreachable by number.
 
-An objection survives erasure. The gate (commit.lua) reads the consent status ``p:g:{N}`` before
+An objection survives erasure. The gate (commit.lua) reads the consent status ``p:g:TN`` before
 any message is queued, so that hash is kept when it silences the number (opted out or
 suppressed) and deleted otherwise: an opt-in does not outlive the person's data (a CRM bringing
 the number back must gather consent again), an opt-out does (a re-imported number stays opted
@@ -23,18 +25,20 @@ honour an objection, which data-protection guidance expects (e.g. the UK ICO's o
 lists). A hashed gate key would have to be computed on every turn and is only as strong as
 the HMAC key.
 
-The contact's flow outcome events (``p:fx``: runs, replies, saved results such as a free-text
+The contact's flow outcome events (``p:fx:T``: runs, replies, saved results such as a free-text
 reason, message statuses, journey assignments, conversions) are deleted after the script, by
-one pass over that stream (it is bounded by ``engine.outcome_events_max``): reports computed
-afterwards no longer count the person's runs. So are the last journey touch (``p:att:{N}``) and
-the number's arm in every experiment (``p:xa:*``, found with SCAN: there are few) and the ids
-of the conversions the CRM reported (``p:cv:{N}:*``).
+one pass over every shard's stream (each bounded by ``engine.outcome_events_max``; a contact's
+events are in its own shard's, but an upgraded database keeps its earlier events in shard 0's,
+so every shard is looked through): reports computed afterwards no longer count the person's
+runs. So are the last journey touch (``p:att:TN``) and the number's arm in every experiment
+(``p:xa:*``, found with SCAN: there are few) and the ids of the conversions the CRM reported
+(``p:cv:TN:*``).
 
 Not removed, because finding them means scanning every key and they expire on their own: the
 provider-id map ``p:pid:...`` (number and message id per reply, the connector's
 ``receipt_window``, 72 h by default; a later receipt finds no record and changes nothing),
 inbound dedupe marks in ``p:dd:...`` (a 32-bit hash of the number and a digest of the text, no
-number in clear, ``engine.dedupe_window``), SMPP multipart parts ``p:mo:{N}:...``
+number in clear, ``engine.dedupe_window``), SMPP multipart parts ``p:mo:TN:...``
 (``mo_part_ttl``). Stream entries already queued (a reply on an outbound lane, an inbound text,
 a CRM call) are consumed and deleted by their readers within moments; a message queued just
 before the erasure can still go out.
@@ -73,9 +77,9 @@ def digest(key: bytes, number: str) -> str:
     return hmac.new(key, number.encode(), hashlib.sha256).hexdigest()
 
 
-async def erased_ledger_key(store: Store, configured: str, number: str) -> str:
-    """Where the consent ledger of ``number`` is kept once the contact has been erased."""
-    return keys.erased_consent_ledger(digest(await hmac_key(store, configured), number))
+async def erased_ledger_key(store: Store, configured: str, number: str, shard: int) -> str:
+    """Where the consent ledger of ``number`` (in ``shard``) is kept once the contact has been erased."""
+    return keys.erased_consent_ledger(digest(await hmac_key(store, configured), number), shard)
 
 
 async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: int, source: str) -> bool:
@@ -85,34 +89,38 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     timers = keys.timers(shard)
     pattern = _glob_escape(keys.timer_member_prefix(number)) + "*"
     members = [m async for m, _ in store.redis.zscan_iter(timers, match=pattern, count=1000)]
-    ledger = await erased_ledger_key(store, key, number)
+    ledger = await erased_ledger_key(store, key, number, shard)
     call = EraseArgs(number, ledger, shard, now_ms, source, tuple(members))
     done = await store.run("erase", call.to_keys(), call.to_argv())
-    removed = await forget_outcomes(store, number)
-    removed += int(await store.redis.delete(keys.attribution(number)))
+    removed = await forget_outcomes(store, shards, number)
+    removed += int(await store.redis.delete(keys.attribution(number, shard)))
     async for xp in store.redis.scan_iter(match=keys.assignments("*"), count=1000):
         removed += int(await store.redis.hdel(xp, number))
     removed += await _forget_webhook_letters(store, number)
-    seen = _glob_escape(keys.conversion_seen(number, "")) + "*"
+    seen = _glob_escape(keys.conversion_seen(number, shard, "")) + "*"
     async for k in store.redis.scan_iter(match=seen, count=1000):
         removed += int(await store.redis.delete(k))
     return bool(done) or removed > 0
 
 
-async def forget_outcomes(store: Store, number: str) -> int:
-    """Delete ``number``'s entries from the flow outcome stream; how many were deleted."""
-    from engine.crm import reports  # reports reads the stream; erasure is its one writer of deletions
+async def forget_outcomes(store: Store, shards: int, number: str) -> int:
+    """Delete ``number``'s entries from every shard's flow outcome stream; how many were deleted."""
+    from engine.crm import reports  # reports reads the streams; erasure is their one writer of deletions
 
     needle = orjson.dumps({"c": number}).decode()[1:-1]  # '"c":"+44..."', as every event has it
-    mine = [eid async for eid, raw in reports.entries(store, needle) if orjson.loads(raw).get("c") == number]
+    mine: dict[int, list[bytes]] = {}
+    async for shard, eid, raw in reports.entries(store, shards, needle):
+        if orjson.loads(raw).get("c") == number:
+            mine.setdefault(shard, []).append(eid)
     removed = 0
-    for i in range(0, len(mine), 1000):
-        removed += int(await store.redis.xdel(keys.flow_events(), *mine[i : i + 1000]))
+    for shard, ids in mine.items():
+        for i in range(0, len(ids), 1000):
+            removed += int(await store.redis.xdel(keys.flow_events(shard), *ids[i : i + 1000]))
     return removed
 
 
 async def _forget_webhook_letters(store: Store, number: str) -> int:
-    """Dead letters and replays waiting for a CRM webhook (``p:whdead:I``, ``p:whre:I``) that are
+    """Dead letters and replays waiting for a CRM webhook (``p:whdead:{wI}``, ``p:whre:{wI}``) that are
     about ``number``: they hold its events, so they go too."""
     removed = 0
     needle = orjson.dumps(number)

@@ -48,7 +48,7 @@ HOLDOUT = "holdout"
 #: The one arm of a start with a holdout and no ``arms``.
 TREATED = "treated"
 SCAN_COUNT = 1000
-#: How long a start's request-time record is kept (its outcomes are in p:fx).
+#: How long a start's request-time record is kept (its outcomes are in the p:fx:T).
 START_TTL_S = 90 * 86400
 
 

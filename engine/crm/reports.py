@@ -1,10 +1,15 @@
-"""A flow's runs and report, read from the outcome events (``p:fx``, engine/conversation/outcomes.py).
+"""A flow's runs and report, read from the outcome events (``p:fx:T``, one stream per shard,
+engine/conversation/outcomes.py).
 
-The stream is read in pages (a script filters each page in Redis, so only the flow's events
-are sent and parsed) and folded into one :class:`Run` per run; a report and a results export
-are both made from those. Reading costs one pass over the stream: about 4 s for a million
-events of one flow on the 2-core VM of docs/BENCHMARKS.md, the API answering other requests
-between pages. A report covers the runs whose events are still kept (``engine.outcome_events_max``).
+Every shard's stream is read, shard 0 first, in pages (a script filters each page in Redis, so
+only the flow's events are sent and parsed) and folded into one :class:`Run` per run; a report
+and a results export are both made from those. A contact's events are all in its shard's
+stream, in order, so a run folds the same whatever order the shards are read in; the one
+exception is an upgraded database, whose earlier events ``parley migrate`` moved to shard 0's
+stream: reading shard 0 first keeps them before the later ones. Reading costs one pass over the
+streams: about 4 s for a million events of one flow on the 2-core VM of docs/BENCHMARKS.md, the
+API answering other requests between pages. A report covers the runs whose events are still
+kept (``engine.outcome_events_max`` per shard).
 
 Definitions (docs/api.md#results-and-reports says the same to a user):
 - **completed**: the run ended with one of the flow's own outcomes (an ``end:``), not one of
@@ -73,23 +78,25 @@ class Run:
         return self.outcome is not None and self.outcome not in ENGINE_OUTCOMES
 
 
-async def entries(store: Store, needle: str = "") -> AsyncIterator[tuple[bytes, bytes]]:
-    """(entry id, event JSON) of the outcome stream, oldest first, for events whose JSON contains
-    ``needle`` (filtered in Redis a page at a time: only candidates are sent and parsed)."""
-    start = "-"
-    while True:
-        call = FxPageArgs(start, PAGE, needle)
-        page = FxPage.parse(await store.run("fx_page", call.to_keys(), call.to_argv()))
-        for entry in page.entries:
-            yield entry
-        if not page.next:
-            return
-        start = page.after()
+async def entries(store: Store, shards: int, needle: str = "") -> AsyncIterator[tuple[int, bytes, bytes]]:
+    """(shard, entry id, event JSON) of every shard's outcome stream (``shards``: engine.shards),
+    shard by shard from 0, each oldest first, for events whose JSON contains ``needle``
+    (filtered in Redis a page at a time: only candidates are sent and parsed)."""
+    for shard in range(shards):
+        start = "-"
+        while True:
+            call = FxPageArgs(shard, start, PAGE, needle)
+            page = FxPage.parse(await store.run("fx_page", call.to_keys(), call.to_argv()))
+            for eid, raw in page.entries:
+                yield shard, eid, raw
+            if not page.next:
+                break
+            start = page.after()
 
 
-async def events(store: Store, flow: str) -> AsyncIterator[dict[str, Any]]:
-    """The flow's outcome events, oldest first."""
-    async for _, raw in entries(store, orjson.dumps({"f": flow}).decode()[1:-1]):
+async def events(store: Store, shards: int, flow: str) -> AsyncIterator[dict[str, Any]]:
+    """The flow's outcome events, each shard's oldest first (so each contact's in order)."""
+    async for _, _, raw in entries(store, shards, orjson.dumps({"f": flow}).decode()[1:-1]):
         e = orjson.loads(raw)
         if e.get("f") == flow:
             yield e
@@ -111,9 +118,9 @@ class Fold:
     value: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
-async def fold(store: Store, flow: str) -> Fold:
+async def fold(store: Store, shards: int, flow: str) -> Fold:
     out = Fold()
-    async for e in events(store, flow):
+    async for e in events(store, shards, flow):
         t = e.get("t")
         if t == "message":
             out.status[e["m"]] = e["status"]

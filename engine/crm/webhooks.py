@@ -1,17 +1,25 @@
-"""Outcome webhooks: the flow outcome events (``p:fx``) pushed to the CRM, signed, in order per contact.
+"""Outcome webhooks: the flow outcome events (``p:fx:T``) pushed to the CRM, signed, in order per contact.
 
 One dispatcher per ``crm.webhooks[I]``, run where the caller runs (the API process of ``parley
-run``, never a worker process: two dispatchers of one webhook would split the stream and lose
-the per-contact order). It reads ``p:fx`` and the webhook's replay stream ``p:whre:I`` in the
-consumer group ``webhook-I-<crc32 of the URL>`` (engine/core/keys.py), so a new URL is a new cursor.
-A new group starts at the end of ``p:fx``: a webhook gets the events from when it first ran,
-not the history (reports and exports have that).
+run``, never a worker process: two dispatchers of one webhook would split the streams and lose
+the per-contact order). It reads every shard's outcome stream ``p:fx:T`` (a contact's events
+are all in its shard's, in order) and the webhook's replay stream ``p:whre:{wI}``, each in the
+consumer group ``webhook-I-<crc32 of the URL>`` (engine/core/keys.py), so a new URL is a new
+cursor. A new group starts at the end of each ``p:fx:T``: a webhook gets the events from when it
+first ran, not the history (reports and exports have that).
+
+An event's id (``X-Parley-Event-Id``) is its entry id in its shard's stream, prefixed with the
+shard when that is not 0 (``3/1767225600000-0``): entry ids are unique within one stream only.
+Shard 0's are bare, as every event's was before the streams were per shard (``parley migrate``
+moves the old stream to shard 0, so an event pending then keeps its id).
 
 Each event of a subscribed type is POSTed (engine/crm/webhooks_http.py); others are acknowledged
 unsent. A 2xx acknowledges the entry (a replayed one is also deleted). Timeouts, connection
 errors, 408, 425, 429 and 5xx are tried again after ``backoff`` doubling with jitter up to
 ``backoff_max`` (a ``Retry-After`` wins), up to ``max_attempts``; then, or at once on another
-4xx, the event is added to ``p:whdead:I`` with the last error and acknowledged, in one MULTI.
+4xx, the event is added to ``p:whdead:{wI}`` with the last error and then acknowledged (two
+steps, as the letter and the entry are in different slots: a crash between them leaves the
+entry pending, so it is sent again and may be dead-lettered twice, never lost).
 
 Order: events wait in one lane per contact, in stream order; a contact's next request is made
 only once its previous one is acknowledged or dead-lettered. Up to MAX_IN_FLIGHT requests run
@@ -22,9 +30,9 @@ Redis outage) the dispatcher reads all of its pending entries first and sends th
 least once, with the same ``X-Parley-Event-Id``. Stopping cancels back-off waits, gives
 requests in flight ``engine.shutdown_timeout``, and leaves the rest pending.
 
-Trimming: ``p:fx`` keeps ``engine.outcome_events_max`` entries; one trimmed before this webhook
-read it is lost to it, measured before reads and on start (engine/crm/webhooks_gap.py), logged and
-counted (``parley_webhook_events_lost_total``).
+Trimming: each ``p:fx:T`` keeps ``engine.outcome_events_max`` entries; one trimmed before this
+webhook read it is lost to it, measured per stream before reads and on start
+(engine/crm/webhooks_gap.py), logged and counted (``parley_webhook_events_lost_total``).
 """
 
 from __future__ import annotations
@@ -65,22 +73,29 @@ DEAD_MAX = 100_000
 class Item:
     stream: str
     entry_id: bytes  # in its stream (what is acknowledged)
-    event_id: str  # the p:fx entry id: X-Parley-Event-Id (a replay keeps the original)
-    raw: bytes  # the event as stored in p:fx
+    event_id: (
+        str  # X-Parley-Event-Id: the p:fx:T entry id, "S/" before it if S > 0 (a replay keeps the original)
+    )
+    raw: bytes  # the event as stored in p:fx:T
     contact: str
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+def event_id_of(shard: int, entry_id: bytes | str) -> str:
+    """The id a CRM sees for entry ``entry_id`` of shard ``shard``'s outcome stream."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return eid if shard == 0 else f"{shard}/{eid}"
+
+
 class WebhookDispatcher(StreamConsumer):
-    """Delivers ``p:fx`` to one webhook (see the module docstring). ``async with``."""
+    """Delivers every ``p:fx:T`` to one webhook (see the module docstring). ``async with``."""
 
     def __init__(self, rt: Services, index: int, hook: WebhookConfig, session: aiohttp.ClientSession) -> None:
-        self.fx, self.retry, self.dead = (
-            keys.flow_events(),
-            keys.webhook_retry(index),
-            keys.webhook_dead(index),
-        )
-        super().__init__(rt.store.redis, keys.webhook_group(index, hook.url), CONSUMER, [self.fx, self.retry])
+        #: Every shard's outcome stream -> its shard.
+        self.fx = {keys.flow_events(s): s for s in range(rt.config.engine.shards)}
+        self.retry, self.dead = keys.webhook_retry(index), keys.webhook_dead(index)
+        group = keys.webhook_group(index, hook.url)
+        super().__init__(rt.store.redis, group, CONSUMER, [*self.fx, self.retry])
         self.label = f"webhook-{index}"
         self.name = str(index)
         self.hook = hook
@@ -94,7 +109,7 @@ class WebhookDispatcher(StreamConsumer):
         self._tasks: set[asyncio.Task[None]] = set()
         self._space = asyncio.Event()
         self._checked = 0.0
-        self._gap = 0
+        self._gap: dict[str, int] = {}  # stream -> the gap measured last
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping.set()
@@ -107,14 +122,16 @@ class WebhookDispatcher(StreamConsumer):
             await asyncio.gather(*rest, return_exceptions=True)
 
     async def _ensure_groups(self) -> None:
-        for stream, start in ((self.fx, "$"), (self.retry, "0")):
+        for stream, start in (*((fx, "$") for fx in self.fx), (self.retry, "0")):
             try:
                 await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        # Pending entries trimmed from p:fx (or erased) while this dispatcher was down.
-        deleted = await webhooks_gap.drop_deleted_pending(self.redis, self.fx, self.group, CONSUMER)
+        # Pending entries trimmed from a p:fx:T (or erased) while this dispatcher was down.
+        deleted = 0
+        for fx in self.fx:
+            deleted += await webhooks_gap.drop_deleted_pending(self.redis, fx, self.group, CONSUMER)
         if deleted:
             self._lost(deleted, "pending when the dispatcher stopped")
 
@@ -167,7 +184,10 @@ class WebhookDispatcher(StreamConsumer):
     def _item(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Item | None:
         """What to send for an entry, or None to acknowledge it unsent (a type not subscribed)."""
         raw = fields.get(b"e", b"")
-        event_id = fields[b"id"].decode() if stream == self.retry and b"id" in fields else entry_id.decode()
+        if stream == self.retry:
+            event_id = fields[b"id"].decode() if b"id" in fields else entry_id.decode()
+        else:
+            event_id = event_id_of(self.fx[stream], entry_id)
         try:
             body = webhooks_http.payload(event_id, raw)
         except orjson.JSONDecodeError:
@@ -256,13 +276,16 @@ class WebhookDispatcher(StreamConsumer):
             stopper.cancel()
 
     async def _finish(self, items: list[Item], error: str | None, attempts: int) -> bool:
-        """Acknowledge (after dead-lettering, when ``error``), atomically; retried while Redis is away."""
+        """Acknowledge (after dead-lettering, when ``error``: the letters are written first, then
+        the entries acknowledged, so a crash between the two sends again rather than loses);
+        retried while Redis is away."""
         now = str(self.rt.clock.now_ms())
+        lettered = error is None
         for delay in (0.1, 0.5, 1, 2, 5):
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for it in items:
-                        if error is not None:
+                if not lettered:
+                    async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {wI}
+                        for it in items:
                             letter = {
                                 "id": it.event_id,
                                 "e": it.raw,
@@ -271,6 +294,10 @@ class WebhookDispatcher(StreamConsumer):
                                 "at": now,
                             }
                             pipe.xadd(self.dead, letter, maxlen=DEAD_MAX, approximate=True)  # type: ignore[arg-type]
+                        await pipe.execute()
+                    lettered = True
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for it in items:
                         self._ack(pipe, it.stream, it.entry_id)
                     await pipe.execute()
                 return True
@@ -285,12 +312,15 @@ class WebhookDispatcher(StreamConsumer):
             pipe.xdel(stream, entry_id)
 
     async def _check_gap(self) -> None:
-        """Count entries trimmed from p:fx before this group read them (see the module docstring)."""
+        """Count entries trimmed from each p:fx:T before this group read them (see the module docstring)."""
         self._checked = time.monotonic()
-        lost = await webhooks_gap.trimmed_unread(self.redis, self.fx, self.group)
-        if lost > self._gap:  # one gap is measured again until the group reads past it
-            self._lost(lost - self._gap, "trimmed from p:fx before it was sent (engine.outcome_events_max)")
-        self._gap = lost
+        for fx in self.fx:
+            lost = await webhooks_gap.trimmed_unread(self.redis, fx, self.group)
+            before = self._gap.get(fx, 0)
+            if lost > before:  # one gap is measured again until the group reads past it
+                why = f"trimmed from {fx} before it was sent (engine.outcome_events_max)"
+                self._lost(lost - before, why)
+            self._gap[fx] = lost
 
     def _lost(self, n: int, why: str) -> None:
         log.warning("%s: %d outcome event(s) lost to this webhook: %s", self.label, n, why)

@@ -1,11 +1,11 @@
 """Dead letters of the outcome webhooks: what a webhook gave up on, listed and replayed.
 
-A letter in ``p:whdead:I`` holds the event as stored in ``p:fx`` (``e``), its event id (``id``,
+A letter in ``p:whdead:{wI}`` holds the event as stored in its ``p:fx:T`` (``e``), its event id (``id``,
 the ``X-Parley-Event-Id`` it was sent with), the last ``error``, the ``attempts`` made and when
 it was given up (``at`` ms). Replaying moves letters, atomically (webhook_replay.lua), onto the
-webhook's replay stream ``p:whre:I``, which its dispatcher reads in the same consumer group as
-``p:fx``: the event is sent again with its original id, ``max_attempts`` afresh, in the lane of
-its contact; if it fails again it is dead-lettered again. Nothing is added to ``p:fx``, so the
+webhook's replay stream ``p:whre:{wI}``, which its dispatcher reads in the same consumer group as
+``p:fx:T``: the event is sent again with its original id, ``max_attempts`` afresh, in the lane of
+its contact; if it fails again it is dead-lettered again. Nothing is added to a ``p:fx:T``, so the
 other webhooks and the reports never see a replay.
 """
 

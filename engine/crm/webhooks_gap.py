@@ -1,6 +1,7 @@
-"""What an outcome webhook lost to trimming: ``p:fx`` entries gone before its group read them.
+"""What an outcome webhook lost to trimming: ``p:fx:T`` entries gone before its group read them
+(each shard's stream is measured alone).
 
-``p:fx`` is trimmed to ``engine.outcome_events_max`` whatever its consumer groups have read.
+Each ``p:fx:T`` is trimmed to ``engine.outcome_events_max`` whatever its consumer groups have read.
 Two cheap checks (Redis 7):
 
 - before a read, while the group's last delivered id is older than the stream's first entry,

@@ -1,13 +1,15 @@
 """One outcome webhook request: the JSON a CRM receives, its signature, and what an answer means.
 
-What is sent for a ``p:fx`` entry ``{"t", "c", "f", "run", "at", ...}`` (engine/conversation/outcomes.py):
+What is sent for a ``p:fx:T`` entry ``{"t", "c", "f", "run", "at", ...}`` (engine/conversation/outcomes.py):
 
-    {"id": "<p:fx entry id>", "type": "replied", "contact": "+447700900123", "flow": "nps",
+    {"id": "<event id>", "type": "replied", "contact": "+447700900123", "flow": "nps",
      "run": "+447700900123/1767225600000", "at": "2026-01-01T00:00:04.000Z", ...its own fields}
 
-(a ``message`` event's ``m`` is sent as ``message_id``; a ``consent`` event outside a run has
-``flow`` and ``run`` null). An event's own field whose name the envelope already uses is sent
-as ``<type>_<name>``, never dropped: a ``conversion``'s own ``type`` (``purchase``) arrives as
+(the event id is the entry id in its shard's stream, with ``S/`` before it for shard S > 0,
+engine/crm/webhooks.py; a ``message`` event's ``m`` is sent as ``message_id``; a ``consent``
+event outside a run has ``flow`` and ``run`` null). An event's own field whose name the
+envelope already uses is sent as ``<type>_<name>``, never dropped: a ``conversion``'s own
+``type`` (``purchase``) arrives as
 ``conversion_type``. Headers: ``X-Parley-Timestamp`` (Unix seconds, at this attempt),
 ``X-Parley-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}." + body>`` (the scheme Parley
 checks on inbound webhooks, gateways/http_common.py), ``X-Parley-Event-Id`` (the entry id, or

@@ -10,8 +10,8 @@ recognised whatever the contact's language (a customer who texts BAJA to an Engl
 has opted out); the confirmation is written in the contact's language when there is one, else
 in the keyword's language.
 
-Consent per contact lives in ``p:g:{N}`` (status, source, when; a suppression reason) and every
-change is appended to ``p:cl:{N}``, the ledger, with its cause. The turn loads the first with the
+Consent per contact lives in ``p:g:TN`` (status, source, when; a suppression reason) and every
+change is appended to ``p:cl:TN``, the ledger, with its cause. The turn loads the first with the
 session (no extra round trip); the commit script re-checks it before queueing any message (the
 gate), so an API change between load and commit is honoured.
 """
@@ -154,7 +154,7 @@ class Keywords:
 
 @dataclass(frozen=True)
 class Consent:
-    """A contact's consent and suppression, as loaded with the turn (``p:g:{N}``)."""
+    """A contact's consent and suppression, as loaded with the turn (``p:g:TN``)."""
 
     status: str = UNKNOWN
     source: str = ""

@@ -1,8 +1,9 @@
 """The Lua scripts the connectors own: the shared send rate (rate.lua), message statuses and
-receipts (status.lua, receipt.lua), failover moves (move.lua) and SMPP's segment maps
-(smpp_receipt.lua, smpp_parts.lua). Each is commented with its KEYS and ARGV and called through
-the typed wrapper of the same name beside it (``status.py``'s ``StatusArgs``...); the keys are
-built in engine/core/keys.py like every other key.
+receipts (status.lua in the contact's shard slot; provider_id.lua and receipt.lua in the
+connector's ``{GW:K}`` slot), failover moves (move.lua) and SMPP's segment maps (smpp_receipt.lua,
+smpp_parts.lua). Every script touches ONE Redis Cluster slot. Each is commented with its KEYS and
+ARGV and called through the typed wrapper of the same name beside it (``status.py``'s
+``StatusArgs``...); the keys are built in engine/core/keys.py like every other key.
 
 The engine's store runs them by name once :func:`install` registered them on it (the app does
 so at start; a :class:`~gateways.rate.Pacer` used alone installs its own).
@@ -14,7 +15,7 @@ from importlib import resources
 
 from engine.core.ports import ScriptRunner
 
-SCRIPTS = ("status", "receipt", "move", "rate", "smpp_receipt", "smpp_parts")
+SCRIPTS = ("status", "provider_id", "receipt", "move", "rate", "smpp_receipt", "smpp_parts")
 
 
 def install(store: ScriptRunner, names: tuple[str, ...] = SCRIPTS) -> None:

@@ -3,9 +3,11 @@
 --
 -- Called only through MoveArgs (move.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:out:GW[:bulk]     the lane it is in now
--- KEYS[2]  p:out:GW2[:bulk]    the same lane of the next connector
--- KEYS[3]  p:mh:{N}            message records hash
+-- Every key is in the contact's shard slot (tag T): both lanes are shard S's.
+--
+-- KEYS[1]  p:out:T:GW[:bulk]   the lane it is in now
+-- KEYS[2]  p:out:T:GW2[:bulk]  the same lane of the next connector, the same shard
+-- KEYS[3]  p:mh:TN             message records hash
 -- ARGV[1]  consumer group      ARGV[2] entry id here
 -- ARGV[3]  message id          ARGV[4] contact        ARGV[5] text
 -- ARGV[6]  the rest of the route after GW2 ("a,b" or "")     ARGV[7] queued at (ms)

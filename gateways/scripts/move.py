@@ -12,13 +12,15 @@ from engine.core import keys
 
 @dataclass(frozen=True, slots=True)
 class MoveArgs:
-    #: The lane the message is in now, and the same lane of the next connector.
+    #: The lane the message is in now, and the same lane (same shard) of the next connector.
     from_stream: str
     to_stream: str
     #: The entry id in ``from_stream``.
     entry_id: str | bytes
     message_id: str
     contact: str
+    #: The contact's shard (the lanes are this shard's).
+    shard: int
     text: str
     #: The next connector, and the rest of the route after it.
     target: str
@@ -31,7 +33,7 @@ class MoveArgs:
 
     def to_keys(self) -> list[str]:
         """KEYS[1] from, KEYS[2] to, KEYS[3] the contact's message records."""
-        return [self.from_stream, self.to_stream, keys.message_records(self.contact)]
+        return [self.from_stream, self.to_stream, keys.message_records(self.contact, self.shard)]
 
     def to_argv(self) -> list[str | bytes | int]:
         return [

@@ -12,8 +12,6 @@ from typing import Any
 class ReceiptArgs:
     #: Where the receipt is parked if its message is not known yet.
     parked_key: str
-    #: An earlier release's provider-id key.
-    legacy_key: str
     #: The provider-id map's buckets over the receipt window, newest first.
     buckets: tuple[str, ...]
     #: The provider id as a field.
@@ -25,8 +23,8 @@ class ReceiptArgs:
     park_ttl_s: int
 
     def to_keys(self) -> list[str]:
-        """KEYS[1] parked, KEYS[2] legacy, then the buckets."""
-        return [self.parked_key, self.legacy_key, *self.buckets]
+        """KEYS[1] parked, then the buckets (one slot: the id's, ``{GW:K}``)."""
+        return [self.parked_key, *self.buckets]
 
     def to_argv(self) -> list[str | int]:
         return [self.field, self.status, self.error.replace("|", "/"), self.now_ms, self.park_ttl_s]

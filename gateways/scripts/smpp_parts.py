@@ -1,6 +1,6 @@
-"""The typed call of smpp_parts.lua: record the parts of a multipart SMPP message (its header
-comment is the contract; tests/test_gateway_scripts_contract.py calls the script through this
-with edge inputs)."""
+"""The typed call of smpp_parts.lua: record the parts of a multipart SMPP message, one call per
+slot of the connector (its header comment is the contract; tests/test_gateway_scripts_contract.py
+calls the script through this with edge inputs)."""
 
 from __future__ import annotations
 
@@ -10,31 +10,44 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One part: its id as a field, its segment bucket, and where its receipt may be parked."""
+    """One part: its number (1..), its id as a field, and where its receipt may be parked."""
 
+    number: int
     field: str
-    segments_key: str
     parked_key: str
 
 
 @dataclass(frozen=True, slots=True)
 class SmppPartsArgs:
-    #: The roll-up hash (receipts per part), named by the first part's id.
-    rollup_key: str
-    #: The parts, first to last (the first part's field is the message's provider id).
-    parts: tuple[Part, ...]
-    rollup_ttl_s: int
+    #: The first part's id as a field (the message's provider id), and the message's part count.
+    first: str
+    total: int
+    #: The segment map's current bucket for this call's slot, and its TTL (s).
+    segments_key: str
     segments_ttl_s: int
+    #: This call's parts (those whose ids fall in the slot).
+    parts: tuple[Part, ...]
+    #: The roll-up hash (receipts per part, in the first part's slot): only in the call for that
+    #: slot, which comes last; "" in the others.
+    rollup_key: str = ""
+    rollup_ttl_s: int = 0
+    #: (roll-up call only) receipts the other slots' calls found parked: part -> "status|error".
+    carried: tuple[tuple[int, str], ...] = ()
 
     def to_keys(self) -> list[str]:
-        """KEYS[1] the roll-up, then for each part its segment bucket and its parked key."""
-        return [self.rollup_key, *(k for p in self.parts for k in (p.segments_key, p.parked_key))]
+        """KEYS[1] the segment bucket, the parts' parked keys, then the roll-up (if any)."""
+        rollup = [self.rollup_key] if self.rollup_key else []
+        return [self.segments_key, *(p.parked_key for p in self.parts), *rollup]
 
     def to_argv(self) -> list[str | int]:
-        return [self.parts[0].field, self.rollup_ttl_s, self.segments_ttl_s, *(p.field for p in self.parts)]
+        return [
+            self.first, self.total, self.segments_ttl_s, self.rollup_ttl_s, len(self.parts),
+            *(x for p in self.parts for x in (p.number, p.field)), *(x for c in self.carried for x in c),
+        ]  # fmt: skip
 
 
 def parse_rollup(raw: Any) -> dict[str, str]:
-    """The roll-up hash: part number ("1", "2", ...) -> "status|error" of the receipts known so far."""
+    """A flat reply of part number ("1", "2", ...) -> "status|error": the roll-up hash (the
+    roll-up call), or the receipts found parked (the other calls)."""
     text = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
     return {text[i]: text[i + 1] for i in range(0, len(text), 2)}

@@ -11,9 +11,6 @@ from typing import Any, Literal
 @dataclass(frozen=True, slots=True)
 class SmppReceiptArgs:
     parked_key: str
-    #: An earlier release's segment key and provider-id key.
-    legacy_segment_key: str
-    legacy_provider_key: str
     #: The segment map's and the provider-id map's buckets over the receipt window, newest first.
     segment_buckets: tuple[str, ...]
     provider_buckets: tuple[str, ...]
@@ -26,11 +23,8 @@ class SmppReceiptArgs:
     park_ttl_s: int
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..3], then the segment buckets, then the provider-id buckets."""
-        return [
-            self.parked_key, self.legacy_segment_key, self.legacy_provider_key,
-            *self.segment_buckets, *self.provider_buckets,
-        ]  # fmt: skip
+        """KEYS[1] parked, then the segment buckets, then the provider-id buckets (one slot)."""
+        return [self.parked_key, *self.segment_buckets, *self.provider_buckets]
 
     def to_argv(self) -> list[str | int]:
         return [

@@ -66,7 +66,7 @@ from engine.core.errors import (
 )
 from engine.core.numbers import InvalidNumber, mask, to_e164
 from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, SendResult
-from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt
+from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt, shard_of
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
 from gateways.smpp import dlr, pdu, text
@@ -388,21 +388,43 @@ class SmppGateway(Gateway):
 
     async def _record_parts(self, ids: list[str]) -> None:
         """Map each part's id to the message for the receipts' roll-up (before the send is
-        recorded, so early receipts are found). Redis away: logged; the send still counts."""
+        recorded, so early receipts are found). One smpp_parts.lua call per slot of the
+        connector: the other slots' first (their parked receipts are carried over), the first
+        part's slot last (it holds the roll-up); then the carried parked receipts are deleted.
+        Redis away: logged; the send still counts."""
         rt, name = self._runtime(), self.name
         b, now = self.receipt_buckets, rt.clock.now_ms()
         fields = [idmaps.field(i) for i in ids]
-        parts = tuple(
-            Part(f, keys.smpp_segments(name, b.slot(f), b.bucket(now)), parked_key(rt, name, f))
-            for f in fields
-        )
-        call = SmppPartsArgs(keys.smpp_rollup(name, fields[0]), parts, b.window_s, b.ttl_s(now))
+        first, home = fields[0], b.slot(fields[0])
+        by_slot: dict[int, list[Part]] = {}
+        for n, f in enumerate(fields, 1):
+            by_slot.setdefault(b.slot(f), []).append(Part(n, f, parked_key(rt, name, f)))
 
-        async def add(pipe: Pipeline) -> None:
-            await rt.store.run("smpp_parts", call.to_keys(), call.to_argv(), client=pipe)
+        def call(slot: int, carried: tuple[tuple[int, str], ...] = ()) -> SmppPartsArgs:
+            rollup = slot == home
+            return SmppPartsArgs(
+                first, len(ids), keys.smpp_segments(name, slot, b.bucket(now)), b.ttl_s(now),
+                tuple(by_slot[slot]), keys.smpp_rollup(name, slot, first) if rollup else "",
+                b.window_s if rollup else 0, carried,
+            )  # fmt: skip
+
+        others = [call(slot) for slot in by_slot if slot != home]
+
+        async def elsewhere(pipe: Pipeline) -> None:
+            for c in others:
+                await rt.store.run("smpp_parts", c.to_keys(), c.to_argv(), client=pipe)
 
         try:
-            (flat,) = await rt.store.coalescer.run(add)
+            found = [parse_rollup(r) for r in await rt.store.coalescer.run(elsewhere)] if others else []
+            carried = tuple((int(k), v) for got in found for k, v in got.items())
+            last = call(home, carried)
+
+            async def roll(pipe: Pipeline) -> None:
+                await rt.store.run("smpp_parts", last.to_keys(), last.to_argv(), client=pipe)
+
+            (flat,) = await rt.store.coalescer.run(roll)
+            for part, _ in carried:
+                await rt.store.redis.delete(parked_key(rt, name, fields[part - 1]))
         except (aioredis.RedisError, OSError) as exc:
             log.warning("smpp %s: parts of %s not recorded (%s); their receipts will not roll up",
                         self.name, ids[0], exc)  # fmt: skip
@@ -441,12 +463,9 @@ class SmppGateway(Gateway):
         rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
         name, f = self.name, idmaps.field(rid)
         segs, pids = lookup_keys(rt, name, f, "seg"), lookup_keys(rt, name, f, "pid")
-        old = rid.lower()  # earlier releases kept SMPP ids in lower case
         call = SmppReceiptArgs(
-            parked_key=parked_key(rt, name, f), legacy_segment_key=keys.legacy_smpp_segment(name, old),
-            legacy_provider_key=keys.legacy_provider_id(name, old), segment_buckets=tuple(segs),
-            provider_buckets=tuple(pids), field=f, status=r.status, error=r.error, now_ms=rt.clock.now_ms(),
-            park_ttl_s=PARK_TTL_S,
+            parked_key=parked_key(rt, name, f), segment_buckets=tuple(segs), provider_buckets=tuple(pids),
+            field=f, status=r.status, error=r.error, now_ms=rt.clock.now_ms(), park_ttl_s=PARK_TTL_S,
         )  # fmt: skip
 
         async def find(pipe: Pipeline) -> None:
@@ -460,7 +479,7 @@ class SmppGateway(Gateway):
             if r.status == "sent":
                 return
             first, parts, part = found.value.split("|")
-            roll = keys.smpp_rollup(self.name, first)
+            roll = keys.smpp_rollup(self.name, self.receipt_buckets.slot(first), first)
             async with rt.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(roll, part, f"{r.status}|{r.error}")
                 pipe.expire(roll, self.receipt_buckets.window_s)
@@ -488,7 +507,8 @@ class SmppGateway(Gateway):
             rt.metrics.inbound(self.name, "invalid_sender")
             return
         if concat is not None and concat.total > 1:
-            parts_key = keys.smpp_mo_parts(contact, self.name, sm.dest.addr, concat.ref, concat.total)
+            shard = shard_of(rt, contact)
+            parts_key = keys.smpp_mo_parts(contact, shard, self.name, sm.dest.addr, concat.ref, concat.total)
             async with rt.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(parts_key, str(concat.seq), content)
                 pipe.expire(parts_key, int(self.config.mo_part_ttl))

@@ -1,18 +1,22 @@
 -- Commit one turn for one contact, atomically: compare-and-swap the session version, record
 -- which inbound event was applied, log the messages, enqueue the replies, move the timers.
 --
--- KEYS[1]  p:s:{N}    session string "v|li|d": version, last applied event "S/ms-seq", state
+-- Every key is in the contact's shard S's slot (T = its hash tag, engine/core/keys.py), so the
+-- script runs on one Redis Cluster node.
+--
+-- KEYS[1]  p:s:TN     session string "v|li|d": version, last applied event "S/ms-seq", state
 --                      json (engine/conversation/sessions.py)
--- KEYS[2]  p:ml:{N}   message log index (zset id -> sequence number, so order is exact)
--- KEYS[3]  p:mh:{N}   message records (hash id -> json)
--- KEYS[4]  p:out:GW[:bulk]  the lane of the first connector of the route (reply or bulk)
--- KEYS[5]  p:tm:S     timers of the contact's shard (zset "N|kind|token" -> due ms)
--- KEYS[6]  p:c:{N}    contact hash (only written when ARGV[11] is not "")
--- KEYS[7]  p:calls    CRM webhook jobs (only written when ARGV[15] is not "")
--- KEYS[8]  p:g:{N}    consent and suppression: cs status, src source, at ms, sup reason
--- KEYS[9]  p:cl:{N}   consent ledger (stream): every change with its source and cause
--- KEYS[10] p:sent:{N} counted sends (zset message id -> ms), for the frequency caps
--- KEYS[11] p:fx       flow outcome events (stream, engine/conversation/outcomes.py), trimmed to ARGV[22]
+-- KEYS[2]  p:ml:TN    message log index (zset id -> sequence number, so order is exact)
+-- KEYS[3]  p:mh:TN    message records (hash id -> json)
+-- KEYS[4]  p:out:T:GW[:bulk]  shard S's lane of the first connector of the route (reply or bulk)
+-- KEYS[5]  p:tm:T     timers of the contact's shard (zset "N|kind|token" -> due ms)
+-- KEYS[6]  p:c:TN     contact hash (only written when ARGV[11] is not "")
+-- KEYS[7]  p:calls:T  the shard's CRM webhook jobs (only written when ARGV[15] is not "")
+-- KEYS[8]  p:g:TN     consent and suppression: cs status, src source, at ms, sup reason
+-- KEYS[9]  p:cl:TN    consent ledger (stream): every change with its source and cause
+-- KEYS[10] p:sent:TN  counted sends (zset message id -> ms), for the frequency caps
+-- KEYS[11] p:fx:T     the shard's flow outcome events (stream, engine/conversation/outcomes.py),
+--                      trimmed to ARGV[22]
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is

@@ -40,7 +40,8 @@ class CommitArgs:
     event: str
     contact: str
     shard: int
-    #: The outbound stream of the first connector of the route, in its lane.
+    #: The outbound stream of the first connector of the route, in its lane, in the contact's
+    #: shard: ``keys.outbound_stream(shard, gateway, lane)`` (every key is in the shard's slot).
     outbound_stream: str
     #: The new packed state, or "" to leave it as it is.
     state: str = ""
@@ -69,11 +70,12 @@ class CommitArgs:
 
     def to_keys(self) -> list[str]:
         """KEYS[1..11]."""
-        c = self.contact
+        c, s = self.contact, self.shard
         return [
-            keys.session(c), keys.message_index(c), keys.message_records(c), self.outbound_stream,
-            keys.timers(self.shard), keys.contact(c), keys.calls(), keys.governance(c),
-            keys.consent_ledger(c), keys.counted_sends(c), keys.flow_events(),
+            keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
+            self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
+            keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
+            keys.flow_events(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:

@@ -3,7 +3,7 @@
 --
 -- Called only through ContactArgs (contact.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:c:{N}   contact hash: f fields, tg tags, l language, tz timezone, ca/ua ms
+-- KEYS[1]  p:c:TN    contact hash (T: the contact's shard's hash tag): f fields, tg tags, l language, tz timezone, ca/ua ms
 -- ARGV[1]  now (ms)            ARGV[2] fields json     ARGV[3] tags json
 -- ARGV[4]  language or ""      ARGV[5] timezone or ""  ("" removes it)
 --

@@ -12,6 +12,8 @@ from engine.core import keys
 @dataclass(frozen=True, slots=True)
 class ContactArgs:
     number: str
+    #: The contact's shard (``keys.shard_of(number, engine.shards)``).
+    shard: int
     now_ms: int
     #: The contact's fields and tags, as JSON.
     fields_json: str | bytes
@@ -22,7 +24,7 @@ class ContactArgs:
 
     def to_keys(self) -> list[str]:
         """KEYS[1]: the contact hash."""
-        return [keys.contact(self.number)]
+        return [keys.contact(self.number, self.shard)]
 
     def to_argv(self) -> list[str | bytes | int]:
         return [self.now_ms, self.fields_json, self.tags_json, self.language, self.timezone]

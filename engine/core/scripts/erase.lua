@@ -1,16 +1,18 @@
 -- Erase one contact (right to be forgotten), atomically: profile, session, message log and
 -- records, counted sends and the given timers go; the consent ledger moves to a key named by a
 -- keyed hash of the number (engine/crm/erasure.py), ending with an "erased" entry. Consent status
--- (p:g:{N}) is kept only when it silences the number (opted out or suppressed): the gate reads
+-- (p:g:TN) is kept only when it silences the number (opted out or suppressed): the gate reads
 -- it, so an erased customer who opted out is still not texted if the CRM brings the number back.
 --
 -- Called only through EraseArgs (erase.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:c:{N}     contact          KEYS[2] p:s:{N}   session
--- KEYS[3]  p:ml:{N}    message index    KEYS[4] p:mh:{N}  message records (bodies)
--- KEYS[5]  p:sent:{N}  counted sends    KEYS[6] p:g:{N}   consent status (cs, src, at, sup)
--- KEYS[7]  p:cl:{N}    consent ledger   KEYS[8] p:cl:h:D  the hashed ledger it moves to
--- KEYS[9]  p:tm:S      timers of the contact's shard
+-- Every key is in the contact's shard S's slot (T = its hash tag, engine/core/keys.py).
+--
+-- KEYS[1]  p:c:TN      contact          KEYS[2] p:s:TN    session
+-- KEYS[3]  p:ml:TN     message index    KEYS[4] p:mh:TN   message records (bodies)
+-- KEYS[5]  p:sent:TN   counted sends    KEYS[6] p:g:TN    consent status (cs, src, at, sup)
+-- KEYS[7]  p:cl:TN     consent ledger   KEYS[8] p:cl:h:TD the hashed ledger it moves to
+-- KEYS[9]  p:tm:T      timers of the contact's shard
 -- ARGV[1]  now (ms)    ARGV[2] source of the erasure ("api", "cli")
 -- then the contact's timer members (found with ZSCAN before the call).
 --

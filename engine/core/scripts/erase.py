@@ -11,9 +11,10 @@ from engine.core import keys
 @dataclass(frozen=True, slots=True)
 class EraseArgs:
     number: str
-    #: The hashed ledger key the consent ledger moves to (engine/crm/erasure.py).
+    #: The hashed ledger key the consent ledger moves to (engine/crm/erasure.py):
+    #: ``keys.erased_consent_ledger(digest, shard)``, in the contact's shard.
     erased_ledger: str
-    #: The contact's shard (its timers live there).
+    #: The contact's shard (every key is in its slot: its timers live there too).
     shard: int
     now_ms: int
     #: Who erased it ("api", "cli").
@@ -23,11 +24,11 @@ class EraseArgs:
 
     def to_keys(self) -> list[str]:
         """KEYS[1..9]."""
-        n = self.number
+        n, s = self.number, self.shard
         return [
-            keys.contact(n), keys.session(n), keys.message_index(n), keys.message_records(n),
-            keys.counted_sends(n), keys.governance(n), keys.consent_ledger(n), self.erased_ledger,
-            keys.timers(self.shard),
+            keys.contact(n, s), keys.session(n, s), keys.message_index(n, s),
+            keys.message_records(n, s), keys.counted_sends(n, s), keys.governance(n, s),
+            keys.consent_ledger(n, s), self.erased_ledger, keys.timers(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | bytes | int]:

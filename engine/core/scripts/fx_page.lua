@@ -1,9 +1,9 @@
--- One page of the flow outcome stream, already filtered: the readers (reports, result exports,
+-- One page of one shard's flow outcome stream, already filtered: the readers (reports, result exports,
 -- start status, erasure) parse JSON in Python, so entries that cannot match never cross.
 --
 -- Called only through FxPageArgs (fx_page.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:fx     the outcome events (each entry has one field, e: the event's JSON)
+-- KEYS[1]  p:fx:T   shard S's outcome events (each entry has one field, e: the event's JSON)
 -- ARGV[1]  where to start: "-" or "(<id>" (after that id)   ARGV[2] entries to read at most
 -- ARGV[3]  a string the event's JSON must contain ("" for every event), e.g. '"f":"nps"'
 --

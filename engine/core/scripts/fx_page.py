@@ -11,6 +11,8 @@ from engine.core import keys
 
 @dataclass(frozen=True, slots=True)
 class FxPageArgs:
+    #: Whose outcome stream: one shard's (readers page through every shard's).
+    shard: int
     #: "-" or "(<id>" (after that id).
     start: str
     #: Entries to read at most.
@@ -19,8 +21,8 @@ class FxPageArgs:
     needle: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1]: the outcome stream."""
-        return [keys.flow_events()]
+        """KEYS[1]: the shard's outcome stream."""
+        return [keys.flow_events(self.shard)]
 
     def to_argv(self) -> list[str | int]:
         return [self.start, self.count, self.needle]

@@ -2,11 +2,12 @@
 --
 -- Called only through IntakeArgs (intake.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]   p:dd:S:K:B        the dedupe map's current bucket for the text's slot K
+-- Every key is in the contact's shard S's slot (T = its hash tag, engine/core/keys.py).
+--
+-- KEYS[1]   p:dd:T:K:B        the dedupe map's current bucket for the text's slot K
 --                             (engine/core/idmaps.py): field ARGV[3] -> "<payload digest> <entry id>"
--- KEYS[2]   p:in:S            the contact's inbound shard stream
--- KEYS[3]   p:dd:{N}:GW:ID    an earlier release's dedupe key (read during an upgrade)
--- KEYS[4..] p:dd:S:K:B        the older buckets within the dedupe window, newest first
+-- KEYS[2]   p:in:T            the contact's inbound shard stream
+-- KEYS[3..] p:dd:T:K:B        the older buckets within the dedupe window, newest first
 -- ARGV[1]  digest of the payload (so the same id with a different text is told apart)
 -- ARGV[2]  TTL of KEYS[1] (s): the dedupe window after its bucket ends
 -- ARGV[3]  the text's field: "GW:ID:h" (h: a hash of the sender; or a digest when long)
@@ -15,11 +16,10 @@
 -- Returns {"ok", id} when appended, {"dup", id} when this exact text was accepted before,
 -- {"conflict", id} when the id was accepted before with a different payload.
 local seen = redis.call('HGET', KEYS[1], ARGV[3])
-for i = 4, #KEYS do
+for i = 3, #KEYS do
   if seen then break end
   seen = redis.call('HGET', KEYS[i], ARGV[3])
 end
-if not seen then seen = redis.call('GET', KEYS[3]) end
 if seen then
   local sep = string.find(seen, ' ', 1, true)
   local id = string.sub(seen, sep + 1)

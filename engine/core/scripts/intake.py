@@ -13,8 +13,6 @@ class IntakeArgs:
     current_bucket: str
     #: The contact's inbound shard stream.
     stream: str
-    #: An earlier release's dedupe key (read during an upgrade).
-    legacy: str
     #: The payload's digest (the same id with another text is a conflict).
     digest: str
     #: TTL of the current bucket (s).
@@ -26,8 +24,8 @@ class IntakeArgs:
     older_buckets: tuple[str, ...] = ()
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..3], then the older buckets."""
-        return [self.current_bucket, self.stream, self.legacy, *self.older_buckets]
+        """KEYS[1..2], then the older buckets (all in the contact's shard's slot)."""
+        return [self.current_bucket, self.stream, *self.older_buckets]
 
     def to_argv(self) -> list[str | int]:
         return [self.digest, self.ttl_s, self.field, *self.entry]

@@ -5,8 +5,8 @@
 --
 -- Called only through TimersArgs (timers.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:tm:S   timers (zset "N|kind|token" -> due ms)
--- KEYS[2]  p:in:S   the shard's inbound stream
+-- KEYS[1]  p:tm:T   shard S's timers (zset "N|kind|token" -> due ms)
+-- KEYS[2]  p:in:T   the shard's inbound stream (T: shard S's hash tag: one slot)
 -- ARGV[1]  now (ms)   ARGV[2] at most this many timers per call
 --
 -- Returns the number of timers fired.

@@ -4,8 +4,9 @@
 --
 -- Called only through WebhookReplayArgs (webhook_replay.py) beside this file, which builds the KEYS and ARGV below.
 --
--- KEYS[1]  p:whdead:I   the webhook's dead letters (fields: id, e, error, attempts, at)
--- KEYS[2]  p:whre:I     the webhook's replay stream, read by its dispatcher with p:fx
+-- KEYS[1]  p:whdead:{wI}  the webhook's dead letters (fields: id, e, error, attempts, at)
+-- KEYS[2]  p:whre:{wI}    the webhook's replay stream, read by its dispatcher with every p:fx:T
+--                         (both carry the tag {wI}: one slot)
 -- ARGV     entry ids of dead letters to replay
 -- Returns how many were replayed (letters already gone are skipped).
 local moved = 0
