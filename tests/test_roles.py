@@ -20,7 +20,10 @@ from engine.app.cli import main
 from engine.app.settings import load_config
 from engine.core.errors import ConfigError
 from engine.core.redis_embedded import free_port
+from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, ROOT, run_parley
+
+PROMOTER = "Wonderful, thank you! What do you like most about us?"
 
 
 class Proc:
@@ -28,6 +31,8 @@ class Proc:
 
     def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
         self.proc, self.port = proc, port
+        #: Killed on purpose by the test: its exit status is not checked.
+        self.killed = False
 
     async def get(self, path: str, *, fresh: bool = True) -> tuple[int, dict[str, Any]]:
         """GET ``path`` on a new connection (so SO_REUSEPORT may hand it to any process)."""
@@ -78,21 +83,25 @@ def config(redis_url: str, port: int, **engine: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def parley(args: list[str], cfg: dict[str, Any], path: Path) -> AsyncIterator[Proc]:
-    """``parley --config PATH ARGS...``; stopped with SIGTERM at the end, and it must exit 0."""
+async def parley(
+    args: list[str], cfg: dict[str, Any], path: Path, port: int | None = None
+) -> AsyncIterator[Proc]:
+    """``parley --config PATH ARGS...`` (HTTP on ``port``, default the config's); stopped with
+    SIGTERM at the end, and it must exit 0."""
     path.write_text(yaml.safe_dump(cfg))  # noqa: ASYNC240 - before the process starts
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.app.cli", "--config", str(path), *args,
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    p = Proc(proc, port or cfg["http"]["port"])
     try:
-        yield Proc(proc, cfg["http"]["port"])
+        yield p
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, err.decode()[-3000:]
+        assert proc.returncode == 0 or p.killed, err.decode()[-3000:]
 
 
 def gone(pid: int) -> bool:
@@ -201,3 +210,69 @@ async def test_one_api_process_alone_refuses_a_port_in_use(redis_url: str, tmp_p
         )
         assert proc.returncode == 2
         assert f"127.0.0.1:{port} is in use" in proc.stderr
+
+
+# Roles in separate processes ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)  # four processes start on a 2-core machine shared with other work
+async def test_api_worker_and_senders_in_separate_processes_answer_a_text(
+    redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
+) -> None:
+    """One ``--role api``, one ``--role worker`` and two ``--role sender`` processes on one Redis,
+    as on four hosts: texts into the API process get their replies at the carrier; each
+    process's /healthz says what it runs; the two senders split the shards' outbound lanes, and
+    when one is killed (no supervisor watches it, as on another host) the other takes its shards
+    once its leases run out and the replies keep coming."""
+    ports = {name: free_port() for name in ("api", "worker", "sender0", "sender1")}
+    cfg = config(redis_url, ports["api"], lease_ttl="1s")
+    cfg["gateways"] = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}}
+    path = tmp_path / "parley.yaml"
+    async with contextlib.AsyncExitStack() as stack:
+        procs: dict[str, Proc] = {}
+        for name, role in (
+            ("api", "api"),
+            ("worker", "worker"),
+            ("sender0", "sender"),
+            ("sender1", "sender"),
+        ):
+            args = ["run", "--role", role, "--port", str(ports[name])]
+            procs[name] = await stack.enter_async_context(parley(args, cfg, path, ports[name]))
+        api, worker, senders = procs["api"], procs["worker"], [procs["sender0"], procs["sender1"]]
+
+        health = await api.until(lambda h: h["status"] == "ok")
+        assert health["roles"] == ["api"] and health["worker"] == "off"
+        health = await worker.until(
+            lambda h: sorted(s for v in h["workers"].values() for s in v) == [0, 1, 2, 3]
+        )
+        assert health["roles"] == ["worker"] and health["worker"] == "ok"
+        health = await senders[0].until(
+            lambda h: len(h["senders"]) == 2 and sum(map(len, h["senders"].values())) == 4
+        )
+        assert health["roles"] == ["sender"]
+        assert sorted(len(s) for s in health["senders"].values()) == [2, 2]
+        # Only the api process serves the API; the others serve /healthz and /metrics.
+        assert (await api.get("/v1/openapi.json"))[0] == 200
+        for p in (worker, *senders):
+            assert (await p.get("/v1/openapi.json"))[0] == 404
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{p.port}/metrics") as r:
+                assert r.status == 200 and "parley_" in await r.text()
+
+        url = f"http://127.0.0.1:{api.port}/v1/inbound/carrier"
+        numbers = [f"+4477009{i:05d}" for i in range(20)]
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "NPS")
+        for n in numbers:
+            assert "0 (not at all) to 10" in (await carrier.next_message(n, timeout=20)).text
+
+        # A sender dies; the other takes its shards when its leases run out (1 s here).
+        os.kill(senders[1].proc.pid, signal.SIGKILL)
+        senders[1].killed = True
+        await senders[1].proc.wait()
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "9")
+        for n in numbers:
+            assert (await carrier.next_message(n, timeout=20)).text == PROMOTER
+        health = await senders[0].until(lambda h: len(h["senders"]) == 1)
+        assert list(health["senders"].values()) == [[0, 1, 2, 3]]
+        assert len(carrier.received) == 2 * len(numbers)  # nothing sent twice
