@@ -15,13 +15,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from engine.app.cli import main
 from engine.app.settings import load_config
 from engine.core.errors import ConfigError
 from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, run_parley
+from tests.conftest import API_KEY, ROOT, run_parley, serve
 
 PROMOTER = "Wonderful, thank you! What do you like most about us?"
 
@@ -276,3 +277,63 @@ async def test_api_worker_and_senders_in_separate_processes_answer_a_text(
         health = await senders[0].until(lambda h: len(h["senders"]) == 1)
         assert list(health["senders"].values()) == [[0, 1, 2, 3]]
         assert len(carrier.received) == 2 * len(numbers)  # nothing sent twice
+
+
+@pytest.mark.timeout(120)
+async def test_outcome_webhooks_run_in_one_worker_process_and_move_when_it_dies(
+    redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
+) -> None:
+    """Two ``--role worker`` processes with an outcome webhook: one dispatcher sends it (the
+    lease holder; two would split a contact's events), each event once; when that process is
+    SIGKILLed the other takes the webhook over and the events keep coming, in order."""
+    hits: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(await request.json())
+        return web.Response(status=204)
+
+    ports = {name: free_port() for name in ("api", "sender", "w0", "w1")}
+    async with serve(("POST", "/hook", hook)) as crm, contextlib.AsyncExitStack() as stack:
+        cfg = config(redis_url, ports["api"], lease_ttl="1s")
+        cfg["gateways"] = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}}
+        cfg["crm"] = {
+            "webhooks": [{"url": f"{crm}/hook", "secret": "s" * 20, "events": ["started", "replied"]}]
+        }
+        path = tmp_path / "parley.yaml"
+        procs: dict[str, Proc] = {}
+        for name, role in (("api", "api"), ("sender", "sender"), ("w0", "worker"), ("w1", "worker")):
+            args = ["run", "--role", role, "--port", str(ports[name])]
+            procs[name] = await stack.enter_async_context(parley(args, cfg, path, ports[name]))
+        health = await procs["w0"].until(lambda h: h["status"] == "ok" and len(h["workers"]) == 2)
+        holder = health["webhooks"]
+        assert holder is not None and holder.endswith("-webhooks")
+        running = next(n for n in ("w0", "w1") if f"-{procs[n].proc.pid}-" in holder)
+        other = "w1" if running == "w0" else "w0"
+
+        url = f"http://127.0.0.1:{ports['api']}/v1/inbound/carrier"
+        numbers = [f"+4477007{i:05d}" for i in range(10)]
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "NPS")
+        for n in numbers:
+            await carrier.next_message(n, timeout=20)
+        for _ in range(200):
+            if len(hits) >= len(numbers):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted((h["contact"], h["type"]) for h in hits) == sorted((n, "started") for n in numbers)
+
+        os.kill(procs[running].proc.pid, signal.SIGKILL)
+        procs[running].killed = True
+        health = await procs[other].until(
+            lambda h: h["webhooks"] and f"-{procs[other].proc.pid}-" in h["webhooks"]
+        )
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "9")
+        for n in numbers:
+            assert (await carrier.next_message(n, timeout=20)).text == PROMOTER
+        for _ in range(200):
+            if {h["contact"] for h in hits if h["type"] == "replied"} == set(numbers):
+                break
+            await asyncio.sleep(0.05)
+        for n in numbers:
+            assert [h["type"] for h in hits if h["contact"] == n] == ["started", "replied"], hits

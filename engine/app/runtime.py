@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.app.singleton import OneAtATime
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
@@ -102,6 +103,8 @@ class Runtime:
         self.caller: Caller | None = None
         self.worker: Worker | None = None
         self.senders: dict[str, Sender] = {}
+        #: The outcome webhooks' lease (``parley run``: they run in one process at a time).
+        self.webhooks: OneAtATime | None = None
         self.sender_leases: SenderLeases | None = None
         self.supervisor: Supervisor | None = None
         #: The extra API processes on this process's port (``engine.api_processes`` > 1).
@@ -176,7 +179,13 @@ class Runtime:
                     self.senders[name] = await self._stack.enter_async_context(sender)
         if self._want["caller"]:
             self.caller = await self._stack.enter_async_context(Caller(self))
-            if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
+            if cfg.crm.webhooks and self._processes:
+                # Outcome webhooks run where the caller does, in one process of all of them:
+                # whichever holds their lease (two dispatchers would split a contact's events).
+                self.webhooks = await self._stack.enter_async_context(
+                    OneAtATime(self.store, "webhooks", cfg.engine.lease_ttl, lambda: Webhooks(self))
+                )
+            elif cfg.crm.webhooks:
                 await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
@@ -298,10 +307,13 @@ class Runtime:
         redis_ok = True
         holders: dict[int, str] = {}
         sending: dict[int, str] = {}
+        hooks: dict[int, str] = {}
         try:
             await self.store.redis.ping()
             holders = await lease_holders(self.store)
             sending = await lease_holders(self.store, role="sender")
+            if self.config.crm.webhooks:
+                hooks = await lease_holders(self.store, role="webhooks")
         except Exception:
             redis_ok = False
         by_worker: dict[str, list[int]] = {}
@@ -330,6 +342,8 @@ class Runtime:
         details = {n: h for n, g in self.gateways.items() if (h := g.health()) is not None}
         if details:
             out["gateway_state"] = details
+        if self.config.crm.webhooks:  # which process sends the outcome webhooks (None: none now)
+            out["webhooks"] = hooks.get(0)
         if self.supervisor is not None:
             out["worker"] = "processes"
             out["worker_processes"] = self.supervisor.report()
