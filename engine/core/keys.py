@@ -52,7 +52,8 @@ A connector's (one slot per id slot K, so receipt scripts touch one slot):
     p:binds:{GW}       hash    SMPP: the connector's binds, global across processes: bind index ->
                                "holder|expires ms" (at most ``binds`` of them)
 
-Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``, ``sender``):
+Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``, ``sender``; and
+``webhooks``, one "shard": which process runs the outcome webhooks, engine/app/singleton.py):
 
     p:{l}:lease:R      hash    shard -> "holder|expires ms": which process of role R reads which shard
     p:{l}:live:R       zset    holder -> heartbeat expiry ms (the live processes of role R)
@@ -97,7 +98,7 @@ OUTBOUND_GROUP = "senders"
 CALLS_GROUP = "callers"
 
 LANES = ("reply", "bulk")
-ROLES = ("worker", "sender")
+ROLES = ("worker", "sender", "webhooks")
 
 
 def shard_of(contact: str, shards: int) -> int:
