@@ -389,7 +389,7 @@ async def memory(url: str, numbers: list[str], before: int) -> dict[str, Any]:
             ("message_log", keys.message_index),
             ("message_records", keys.message_records),
         ):
-            sizes = [await r.memory_usage(key(n), samples=0) or 0 for n in sample]
+            sizes = [await r.memory_usage(key(n, keys.shard_of(n, 8)), samples=0) or 0 for n in sample]
             parts[name] = sum(sizes) / len(sizes)
         timer_bytes = 0
         for shard in range(8):

@@ -25,7 +25,7 @@ from gateways.base import SendPolicy
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, shard
 from tests.test_sender import engine, number, settled, start
 from tests.test_smpp_gateway import bound, gw_of, msg, smpp_gw
 
@@ -45,14 +45,14 @@ async def customers(
 async def queued(redis_url: str, gateway: str, contacts: list[str], text: str, now_ms: int) -> None:
     """Messages waiting in the gateway's reply lane, as a turn's commit leaves them."""
     r = aioredis.Redis.from_url(redis_url)
-    lane = keys.outbound_stream(gateway)
-    await ensure_group(r, lane, keys.OUTBOUND_GROUP)
     for i, to in enumerate(contacts):
         msg_id = f"out-t-{i}"
         rec = {"id": msg_id, "dir": "out", "text": text, "to": to, "gateway": gateway, "status": "queued",
                "at": now_ms, "history": [["queued", now_ms]]}  # fmt: skip
-        await r.zadd(keys.message_index(to), {msg_id: now_ms})
-        await r.hset(keys.message_records(to), msg_id, orjson.dumps(rec))
+        lane = keys.outbound_stream(shard(to), gateway)
+        await ensure_group(r, lane, keys.OUTBOUND_GROUP)
+        await r.zadd(keys.message_index(to, shard(to)), {msg_id: now_ms})
+        await r.hset(keys.message_records(to, shard(to)), msg_id, orjson.dumps(rec))
         await r.xadd(lane, {"m": msg_id, "c": to, "t": text, "q": now_ms})
     await r.aclose()
 

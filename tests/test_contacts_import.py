@@ -83,15 +83,17 @@ def test_cli_imports_100k_jsonl_rows_and_reports_each_bad_one(redis_url: str, tm
     try:
         assert _scan_count(client, "p:c:*") == good
         for line in BAD_LINES:
-            assert not client.exists(keys.contact(_number(line))), line
+            assert not client.exists(keys.contact(_number(line), shard(_number(line), 8))), line
         for line in (1, 2, 50_000, ROWS):
-            h = client.hgetall(keys.contact(_number(line)))
+            h = client.hgetall(keys.contact(_number(line), shard(_number(line), 8)))
             expected_fields = (
                 {"first_name": "Last"} if line == 1 else {"first_name": f"N{line}", "plan": "gold"}
             )
             assert orjson.loads(h[b"f"]) == expected_fields
-        assert client.hget(keys.contact(_number(2)), "tz") == b"Europe/London"
-        assert client.hget(keys.contact(_number(1)), "tz") is None  # replaced whole by the last row
+        assert client.hget(keys.contact(_number(2), shard(_number(2), 8)), "tz") == b"Europe/London"
+        assert (
+            client.hget(keys.contact(_number(1), shard(_number(1), 8)), "tz") is None
+        )  # replaced whole by the last row
     finally:
         client.close()
 
@@ -258,8 +260,9 @@ async def test_erasure_leaves_no_profile_session_or_message_and_keeps_consent_ha
 
     async with api.delete(f"/v1/contacts/{ANN}") as resp:
         assert resp.status == 204
-    per_contact = [keys.contact(ANN, shard(ANN)), keys.session(ANN, shard(ANN)), keys.message_index(ANN, shard(ANN)), keys.message_records(ANN, shard(ANN)),
-                   keys.counted_sends(ANN, shard(ANN)), keys.consent_ledger(ANN, shard(ANN)), keys.governance(ANN, shard(ANN))]  # fmt: skip
+    s = shard(ANN)
+    per_contact = [keys.contact(ANN, s), keys.session(ANN, s), keys.message_index(ANN, s), keys.message_records(ANN, s),
+                   keys.counted_sends(ANN, s), keys.consent_ledger(ANN, s), keys.governance(ANN, s)]  # fmt: skip
     assert await r.exists(*per_contact) == 0
     assert not any(m.startswith(ANN.encode()) for m in await r.zrange(shard_timers, 0, -1))
     sync = redis.Redis.from_url(rt.redis_url)

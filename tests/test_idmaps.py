@@ -20,7 +20,7 @@ from gateways.base import Receipt
 from gateways.receipts import apply_receipt, record_sent
 from gateways.registry import validate_gateway_config
 from loadtests.bookkeeping import measure
-from tests.conftest import make_config
+from tests.conftest import make_config, shard
 
 ANN = "+447700900123"
 HOUR = 3600.0
@@ -36,11 +36,11 @@ async def rt(redis_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
 
 async def queued(rt: Runtime, mid: str, number: str = ANN) -> None:
     record = {"id": mid, "dir": "out", "status": "queued", "history": []}
-    await rt.store.redis.hset(keys.message_records(number), mid, orjson.dumps(record))
+    await rt.store.redis.hset(keys.message_records(number, shard(number)), mid, orjson.dumps(record))
 
 
 async def status(rt: Runtime, mid: str, number: str = ANN) -> Any:
-    raw = await rt.store.redis.hget(keys.message_records(number), mid)
+    raw = await rt.store.redis.hget(keys.message_records(number, shard(number)), mid)
     assert raw is not None
     return orjson.loads(raw)["status"]
 
@@ -100,23 +100,6 @@ async def test_a_retried_text_is_dropped_within_the_dedupe_window_and_taken_afte
     assert other.status == "accepted"  # another sender's text with the same id is its own
     clock.advance(HOUR)
     assert await take() == "accepted"
-
-
-async def test_keys_of_an_earlier_release_still_resolve_during_an_upgrade(rt: Runtime) -> None:
-    """A receipt for a message sent before the upgrade (p:pid:GW:ID) is applied; a text taken
-    before it (p:dd:{N}:GW:ID) is still a duplicate."""
-    r = rt.store.redis
-    await queued(rt, "old")
-    await r.set(keys.legacy_provider_id("carrier", "p-old"), f"{ANN} old", ex=60)
-    assert await apply_receipt(rt, "carrier", Receipt("p-old", "failed", "UNDELIV")) == "applied"
-    assert await status(rt, "old") == "failed"
-    first = await accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="9", provider_id="SM0")
-    (dedupe_key,) = [k async for k in r.scan_iter(match="p:dd:*")]
-    (mark,) = (await r.hgetall(dedupe_key)).values()
-    await r.delete(dedupe_key)
-    await r.set(keys.legacy_inbound_dedupe(ANN, "carrier", "SM0"), mark, ex=60)  # as the old intake wrote it
-    again = await accept_inbound(rt, gateway="carrier", contact=ANN, to="1", text="9", provider_id="SM0")
-    assert (again.status, again.event_id) == ("duplicate", first.event_id)
 
 
 @given(window=st.floats(60, 30 * 86400), rate=st.floats(0, 5000), now=st.integers(0, 2**42))

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from engine.core import keys
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shard
 from tests.test_sender import Engine, engine, start
 from tests.test_smpp_gateway import bound
 
@@ -72,7 +72,7 @@ async def outcomes(e: Engine, numbers: list[str]) -> dict[str, tuple[str, str, s
     out = {}
     async with e.rt.store.redis.pipeline(transaction=False) as pipe:
         for n in numbers:
-            pipe.hvals(keys.message_records(n))
+            pipe.hvals(keys.message_records(n, shard(n)))
         for n, values in zip(numbers, await pipe.execute(), strict=True):
             sent = [m for m in map(orjson.loads, values) if m.get("dir") == "out"]
             m = sent[-1] if sent else {}

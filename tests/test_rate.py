@@ -39,7 +39,7 @@ from gateways.rate import (
     slot_args,
 )
 from gateways.sender import Sender
-from tests.conftest import make_config
+from tests.conftest import make_config, shard
 
 
 def busiest_second(times: list[float]) -> int:
@@ -346,9 +346,10 @@ async def queue_bulk(r: aioredis.Redis, n: int) -> None:
             contact, mid = f"+4477{i:08d}", f"out-b-{i}"
             record = {"id": mid, "dir": "out", "text": "hi", "to": contact, "gateway": "carrier",
                       "status": "queued", "at": now_ms, "history": [["queued", now_ms]]}  # fmt: skip
-            pipe.hset(keys.message_records(contact), mid, orjson.dumps(record))
+            pipe.hset(keys.message_records(contact, shard(contact)), mid, orjson.dumps(record))
             pipe.xadd(
-                keys.outbound_stream("carrier", "bulk"), {"m": mid, "c": contact, "t": "hi", "q": now_ms}
+                keys.outbound_stream(shard(contact), "carrier", "bulk"),
+                {"m": mid, "c": contact, "t": "hi", "q": now_ms},
             )
         await pipe.execute()
 
@@ -381,8 +382,7 @@ async def test_two_senders_sharing_a_rate_never_put_more_than_it_in_any_second_o
                     return await send(msg, timeout=timeout)
 
                 gateway.send = counted  # type: ignore[method-assign]
-                sender = Sender(rt, gateway)
-                sender.consumer_name = f"host{i}-s"
+                sender = Sender(rt, gateway)  # a lease set of its own: the two split the shards
                 senders.append(await stack.enter_async_context(sender))
 
             async def stalls() -> None:

@@ -24,7 +24,7 @@ from gateways.receipts import record_sent
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from gateways.smpp import pdu
 from gateways.smpp.gateway import SmppGateway
-from tests.conftest import eventually, make_config
+from tests.conftest import eventually, make_config, shard
 from tests.test_sender import Engine, start
 from tests.test_smpp_gateway import bound, gateway_engine, smpp_gw
 
@@ -111,7 +111,7 @@ def test_no_receipt_lands_on_another_message_in_any_interleaving(
                 r = rt.store.redis
                 for i, c in enumerate(contacts):
                     record = {"id": f"m{i}", "dir": "out", "status": "queued", "history": []}
-                    await r.hset(keys.message_records(c), f"m{i}", orjson.dumps(record))
+                    await r.hset(keys.message_records(c, shard(c)), f"m{i}", orjson.dumps(record))
                 for kind, i in order:
                     if kind == "resp":
                         await record_sent(rt, "smsc", f"m{i}", contacts[i], hexes[i])
@@ -121,7 +121,7 @@ def test_no_receipt_lands_on_another_message_in_any_interleaving(
                         )
                 got = []
                 for i, c in enumerate(contacts):
-                    raw = await r.hget(keys.message_records(c), f"m{i}")
+                    raw = await r.hget(keys.message_records(c, shard(c)), f"m{i}")
                     assert raw is not None
                     got.append(orjson.loads(raw))
                 return got
@@ -136,20 +136,3 @@ def test_no_receipt_lands_on_another_message_in_any_interleaving(
             assert m["error"] == f"UNDELIV err:{i + 1:03d}", (hexes, order, i, m)
         else:
             assert "error" not in m or not m["error"], (hexes, order, i, m)
-
-
-async def test_an_smpp_receipt_for_a_send_recorded_before_the_upgrade_is_applied(redis_url: str) -> None:
-    """Earlier releases kept one string per SMPP id (lower case); those are still read."""
-    async with SimulatedSmsc() as smsc:
-        cfg = make_config(redis_url, gateways={"smsc": smpp_gw(smsc)})
-        async with Runtime(cfg, http=False, worker=False) as rt:
-            await bound(rt)
-            gw = rt.gateways["smsc"]
-            assert isinstance(gw, SmppGateway)
-            r, number = rt.store.redis, numbers(1)[0]
-            record = {"id": "m0", "dir": "out", "status": "sent", "history": []}
-            await r.hset(keys.message_records(number), "m0", orjson.dumps(record))
-            await r.set(keys.legacy_provider_id("smsc", "1a2b3c"), f"{number} m0", ex=60)
-            await gw._on_receipt(receipt_sm("1A2B3C", "UNDELIV", 7))
-            raw = await r.hget(keys.message_records(number), "m0")
-            assert raw is not None and orjson.loads(raw)["error"] == "UNDELIV err:007"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from engine.core.redis_embedded import free_port
 from gateways.base import OutboundMessage
 from gateways.registry import build_gateway
 from gateways.simulators.twilio_stub import Received, TwilioStub
-from tests.conftest import ANN, API_KEY, ROOT
+from tests.conftest import ANN, API_KEY, ROOT, shard
 from tests.test_sender import engine, messages, settled, start
 
 SID = "AC" + "1234567890abcdef" * 2
@@ -106,14 +105,14 @@ async def pending_reply(redis_url: str, gateway: str, msg_id: str, text: str, no
     """What a sender that died after handing ``msg_id`` to the provider leaves behind: the record
     still ``queued``, the lane entry read (pending under this host's sender) and not acknowledged."""
     r = aioredis.Redis.from_url(redis_url)
-    lane = keys.outbound_stream(gateway)
+    lane = keys.outbound_stream(shard(ANN), gateway)
     await ensure_group(r, lane, keys.OUTBOUND_GROUP)
     rec = {"id": msg_id, "dir": "out", "text": text, "to": ANN, "gateway": gateway, "status": "queued",
            "at": now_ms, "history": [["queued", now_ms]]}  # fmt: skip
-    await r.zadd(keys.message_index(ANN), {msg_id: now_ms})
-    await r.hset(keys.message_records(ANN), msg_id, orjson.dumps(rec))
+    await r.zadd(keys.message_index(ANN, shard(ANN)), {msg_id: now_ms})
+    await r.hset(keys.message_records(ANN, shard(ANN)), msg_id, orjson.dumps(rec))
     await r.xadd(lane, {"m": msg_id, "c": ANN, "t": text, "q": now_ms})
-    await r.xreadgroup(keys.OUTBOUND_GROUP, f"{socket.gethostname()}-s", {lane: ">"})
+    await r.xreadgroup(keys.OUTBOUND_GROUP, "dead-host-1-s-0", {lane: ">"})
     await r.aclose()
 
 

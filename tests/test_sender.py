@@ -18,7 +18,7 @@ from engine.core import keys
 from engine.core.clock import FakeClock
 from engine.core.redis_embedded import free_port
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import ANN, API_KEY, eventually, make_config
+from tests.conftest import ANN, API_KEY, eventually, make_config, shard
 
 TWO_STEP = """
 name: two_step
@@ -159,7 +159,9 @@ async def test_a_message_older_than_max_age_expires_instead_of_going_out_late(
         assert rec["status"] == "expired"
         assert "HTTP 503" in rec["error"]  # the last failure says why it never went
         assert carrier.received == []
-        assert await e.rt.store.redis.xlen(keys.outbound_stream("carrier", "bulk")) == 0  # acknowledged
+        assert (
+            await e.rt.store.redis.xlen(keys.outbound_stream(shard(ANN), "carrier", "bulk")) == 0
+        )  # acknowledged
 
 
 async def test_messages_to_one_contact_arrive_in_order_with_a_slow_carrier(
@@ -269,17 +271,15 @@ async def test_a_message_read_back_after_a_crash_stays_on_its_connector(
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(redis_url)
-    lane = keys.outbound_stream("a", "bulk")
+    lane = keys.outbound_stream(shard(ANN), "a", "bulk")
     await r.xgroup_create(lane, keys.OUTBOUND_GROUP, id="0", mkstream=True)
     rec = {"id": "out-x-0", "dir": "out", "text": "hello", "to": ANN, "gateway": "a", "status": "queued",
            "at": clock.now_ms(), "history": [["queued", clock.now_ms()]]}  # fmt: skip
-    await r.zadd(keys.message_index(ANN), {"out-x-0": 1})
-    await r.hset(keys.message_records(ANN), "out-x-0", orjson.dumps(rec))
+    await r.zadd(keys.message_index(ANN, shard(ANN)), {"out-x-0": 1})
+    await r.hset(keys.message_records(ANN, shard(ANN)), "out-x-0", orjson.dumps(rec))
     await r.xadd(lane, {"m": "out-x-0", "c": ANN, "t": "hello", "r": "b", "q": clock.now_ms()})
-    import socket
-
-    # The previous run read it (same consumer name as the sender) and died before recording.
-    await r.xreadgroup(keys.OUTBOUND_GROUP, f"{socket.gethostname()}-s", {lane: ">"})
+    # A previous sender read it and died before recording (the new one claims it with the shard).
+    await r.xreadgroup(keys.OUTBOUND_GROUP, "dead-host-1-s-0", {lane: ">"})
     await r.aclose()
     async with SimulatedCarrier(name="a") as a, SimulatedCarrier(name="b") as b:
         a.down = 503

@@ -26,8 +26,9 @@ from engine.core import keys
 from engine.core.clock import Clock, FakeClock
 from engine.core.config import Config
 from engine.core.errors import ConfigError
+from engine.crm.webhooks import event_id_of
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, eventually, make_config, serve
+from tests.conftest import API_KEY, eventually, make_config, serve, shard
 
 SECRET = "crm-webhook-secret-0123456789"
 A, B = "+447700900201", "+447700900202"
@@ -160,23 +161,30 @@ async def test_conversations_reach_the_crm_signed_in_order_and_once(
         await asyncio.gather(answer(rt, carrier, A, "9", "Fast"), answer(rt, carrier, B, "10", "Kind"))
         await wait_for(lambda: len(crm.hits) >= 2 * len(JOURNEY))
         await asyncio.sleep(0.2)  # nothing more comes
-        stored = cast(list[tuple[bytes, dict[bytes, bytes]]], await rt.store.redis.xrange(keys.flow_events()))
+        stored = {
+            c: cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                await rt.store.redis.xrange(keys.flow_events(shard(c))),
+            )
+            for c in (A, B)
+        }
     assert len(crm.hits) == 2 * len(JOURNEY) and len({h.event_id for h in crm.hits}) == len(crm.hits)
     for hit in crm.hits:
         verify(hit)
         assert hit.event["id"] == hit.event_id
-    # Per contact, exactly the subscribed p:fx entries, in stream order, with their entry ids.
+    # Per contact, exactly the subscribed entries of its shard's p:fx:T, in stream order, with
+    # their entry ids (the shard before it, but for shard 0: ids are unique per stream).
     for contact in (A, B):
         want = [
-            eid.decode()
-            for eid, f in stored
+            event_id_of(shard(contact), eid)
+            for eid, f in stored[contact]
             if (e := orjson.loads(f[b"e"]))["c"] == contact and e["t"] in TYPES
         ]
         got = crm.delivered(contact)
         assert [h.event_id for h in got] == want
         assert [h.event["type"] for h in got] == JOURNEY
     # Events of other types were on the stream but not sent.
-    assert any(orjson.loads(f[b"e"])["t"] == "message" for _, f in stored)
+    assert any(orjson.loads(f[b"e"])["t"] == "message" for _, f in stored[A])
     first = crm.delivered(A)
     assert first[0].event["flow"] == "nps" and first[0].event["run"].startswith(f"{A}/")
     assert first[0].event["at"].endswith("Z") and "params" in first[0].event
@@ -195,7 +203,7 @@ async def test_a_failing_receiver_gets_the_event_on_the_third_attempt(
         assert [h.status for h in crm.hits] == [500, 500, 200]
         assert len({h.event_id for h in crm.hits}) == 1 and len({h.body for h in crm.hits}) == 1
         assert sample(rt, "parley_webhook_deliveries_total", webhook="0", result="retry") == 2
-        pending = await rt.store.redis.xpending(keys.flow_events(), keys.webhook_group(0, crm.url))
+        pending = await rt.store.redis.xpending(keys.flow_events(shard(A)), keys.webhook_group(0, crm.url))
         assert pending["pending"] == 0
 
 
@@ -299,7 +307,7 @@ async def test_a_dispatcher_stopped_mid_delivery_sends_again_on_restart_with_the
     async with running(cfg) as (rt, api):
         await wait_for(lambda: len(crm.delivered()) == 1)
         assert [h.event_id for h in crm.hits] == [first, first]
-        pending = await rt.store.redis.xpending(keys.flow_events(), keys.webhook_group(0, crm.url))
+        pending = await rt.store.redis.xpending(keys.flow_events(shard(A)), keys.webhook_group(0, crm.url))
         assert pending["pending"] == 0
 
 
@@ -309,17 +317,18 @@ async def test_events_trimmed_before_they_were_sent_are_counted_as_lost(
     cfg = config(redis_url, carrier, crm, events=["started"])
     async with running(cfg, senders=False) as (rt, api):  # no sends: no message events after it stops
         await start_nps(api, B)
-        await wait_for(lambda: len(crm.delivered()) == 1)  # the group has read p:fx up to its end
-    # While it is down, five events come and three of them are trimmed away unsent.
+        await wait_for(lambda: len(crm.delivered()) == 1)  # the group has read B's p:fx:T up to its end
+    # While it is down, five events of B come and three of them are trimmed away unsent.
     client = aioredis.Redis.from_url(redis_url)
+    fx = keys.flow_events(shard(B))
     for i in range(5):
-        e = {"t": "started", "c": A, "f": "nps", "run": f"{A}/{i}", "params": {}, "at": 1_767_225_600_000 + i}
-        await client.xadd(keys.flow_events(), {"e": orjson.dumps(e)})
-    await client.xtrim(keys.flow_events(), maxlen=2, approximate=False)
+        e = {"t": "started", "c": B, "f": "nps", "run": f"{B}/{i}", "params": {}, "at": 1_767_225_600_000 + i}
+        await client.xadd(fx, {"e": orjson.dumps(e)})
+    await client.xtrim(fx, maxlen=2, approximate=False)
     await client.aclose()
     async with running(cfg) as (rt, _):
         await wait_for(lambda: len(crm.delivered()) == 3)
-        assert [h.event["run"] for h in crm.delivered()[1:]] == [f"{A}/3", f"{A}/4"]
+        assert [h.event["run"] for h in crm.delivered()[1:]] == [f"{B}/3", f"{B}/4"]
         assert sample(rt, "parley_webhook_events_lost_total", webhook="0") == 3
 
 
@@ -413,3 +422,9 @@ def test_a_payload_keeps_every_field_of_the_event(kind: str, fields: dict[str, A
         assert out["message_id"] == stored["m"]
     if "type" in own and f"{kind}_type" not in own:
         assert out[f"{kind}_type"] == own["type"]
+
+
+def test_event_ids_stay_unique_across_the_shards_streams() -> None:
+    # Entry ids are unique within one stream: two shards' streams can both hold 1767225600000-0.
+    assert event_id_of(0, b"1767225600000-0") == "1767225600000-0"  # as before the streams were per shard
+    assert event_id_of(3, b"1767225600000-0") == "3/1767225600000-0"

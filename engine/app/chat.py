@@ -149,10 +149,11 @@ class _Transcript:
             outcome = "ok" if ok else f"failed: {answer.get('error', 'no answer')}"
             self.say(f"~ CRM {method} {url}: {outcome}".replace("  ", " "))
         self._changes(before, await contacts.get(self.rt.store, self.rt.config.engine.shards, self.contact))
+        # Read before waiting for the sends: the CRM's answer may be a turn done by then.
+        waiting_call = await self._waiting_call()
         for _ in done.outbound_ids:
             msg = await asyncio.wait_for(self.console.outbox.get(), TURN_TIMEOUT_S)
             self.say(f"< {msg.text}")
-        waiting_call = await self._waiting_call()
         if waiting_call is not None:  # the flow asked the CRM: its answer is the next turn
             return await self.turn(
                 lambda d: d.event.kind in ("call", "timer") and d.event.contact == self.contact,

@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     forget = csub.add_parser("forget", help="erase a contact; its consent history is kept hashed")
     forget.add_argument("number", help="the contact's number")
 
+    sub.add_parser(
+        "migrate",
+        help="convert an earlier release's Redis data to this release's key layout, in place "
+        "(every Parley process stopped; docs/operations.md#upgrading)",
+    )
+
     flows = sub.add_parser("flows", help="work with flow files")
     fsub = _Commands(flows.add_subparsers(dest="flows_command", required=True, metavar="ACTION"), config)
     validate = fsub.add_parser("validate", help="check flow files (default: the configured flows dir)")
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.contacts_command == "import":
                 return contacts_cli.run_import(cfg, args.file, args.format, args.errors, _run_async)
             return _run_async(contacts_cli.run_forget(cfg, args.number))
+        if args.command == "migrate":
+            from engine.app.migrate import run_migrate
+
+            return _run_async(run_migrate(cfg))
         if args.command == "smsc-sim":
             return _run_async(_smsc_sim(args))
     except ConfigError as exc:

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import orjson
 
+from engine.app.migrate import check_layout
 from engine.core.clock import Clock
 from engine.core.config import Config
 from engine.core.errors import ConfigError, Unprocessable
@@ -123,6 +124,7 @@ async def _import(
     store = _store(cfg)
     try:
         await store.ping()
+        await check_layout(store)  # an earlier release's data: refused, naming parley migrate
         report = await import_contacts(
             store,
             _chunks(fh),  # a local file read in the loop: nothing else runs on it
@@ -147,6 +149,7 @@ async def run_forget(cfg: Config, number: str) -> int:
     store = _store(cfg)
     try:
         await store.ping()
+        await check_layout(store)  # an earlier release's data: refused, naming parley migrate
         erased = await erasure.forget(
             store,
             e164,

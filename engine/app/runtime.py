@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.app.migrate import check_layout
 from engine.app.singleton import OneAtATime
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
@@ -163,6 +164,7 @@ class Runtime:
         self._stack.push_async_callback(self._store.close)
         gateway_scripts.install(self._store)
         await self._store.ping()
+        await check_layout(self._store)  # an earlier release's data: refused, naming parley migrate
         await flow_versions.publish(self._store, self.flows)
         for name, raw in cfg.gateways.items():
             gw = build_gateway(name, raw)

@@ -4,6 +4,8 @@
     ├── ConfigError            bad or missing configuration key (one line, names the key)
     │   └── DataDirInUse       the embedded Redis data directory is another Parley's (its pid)
     ├── RedisUnavailable       no Redis to talk to (embedded server missing or failed to start)
+    ├── LayoutError            the database holds another key layout (``parley migrate`` converts)
+    │   └── MigrationRefused   ``parley migrate`` cannot run now (engine running, lanes not drained)
     ├── FlowError              a flow file is invalid (names file, line, node)
     ├── FlowErrors             every problem found in one or more flow files
     ├── RenderError            a template could not be rendered for a contact
@@ -62,6 +64,14 @@ class DataDirInUse(ConfigError):
 
 class RedisUnavailable(ParleyError):
     """Redis cannot be reached or the embedded server cannot be started."""
+
+
+class LayoutError(ParleyError):
+    """The database holds another key layout than this release's (engine/app/migrate.py)."""
+
+
+class MigrationRefused(LayoutError):
+    """``parley migrate`` cannot run now; nothing was changed."""
 
 
 class FlowError(ParleyError):

@@ -74,9 +74,8 @@ DEAD_MAX = 100_000
 class Item:
     stream: str
     entry_id: bytes  # in its stream (what is acknowledged)
-    event_id: (
-        str  # X-Parley-Event-Id: the p:fx:T entry id, "S/" before it if S > 0 (a replay keeps the original)
-    )
+    #: X-Parley-Event-Id: the p:fx:T entry id, "S/" before it if S > 0 (a replay keeps the original)
+    event_id: str
     raw: bytes  # the event as stored in p:fx:T
     contact: str
     payload: dict[str, Any] = field(default_factory=dict)
