@@ -305,7 +305,8 @@ class Runtime:
             self.metrics.workers_live(int(res[-1]))
 
     async def health(self) -> dict[str, Any]:
-        """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
+        """What /healthz reports: Redis reachable, workers (senders) holding every shard in a process
+        that runs workers (senders), gateways configured."""
         redis_ok = True
         holders: dict[int, str] = {}
         sending: dict[int, str] = {}
@@ -327,7 +328,14 @@ class Runtime:
         unread = [s for s in range(self.config.engine.shards) if s not in holders]
         worker_ok = self.worker.healthy if self.worker else None
         runs_workers = self.worker is not None or self.supervisor is not None
-        ok = redis_ok and worker_ok is not False and not (runs_workers and unread)
+        unsent = [s for s in range(self.config.engine.shards) if s not in sending]
+        runs_senders = self.sender_leases is not None
+        ok = (
+            redis_ok
+            and worker_ok is not False
+            and not (runs_workers and unread)
+            and not (runs_senders and unsent)
+        )
         out: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "roles": self.roles,
@@ -338,6 +346,7 @@ class Runtime:
             # Which sender process reads which shards' outbound lanes (gateways/sender.py).
             "senders": by_sender,
             "unread_shards": unread if redis_ok else None,
+            "unsent_shards": unsent if redis_ok else None,
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
         }
