@@ -337,3 +337,34 @@ async def test_outcome_webhooks_run_in_one_worker_process_and_move_when_it_dies(
             await asyncio.sleep(0.05)
         for n in numbers:
             assert [h["type"] for h in hits if h["contact"] == n] == ["started", "replied"], hits
+
+
+@pytest.mark.timeout(120)
+async def test_one_parley_supervises_worker_and_api_processes_together(
+    redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
+) -> None:
+    """``parley run --workers 2 --api-processes 2`` (role all): texts into the shared port are
+    answered; /healthz lists both kinds of process; SIGTERM stops every one of them, exit 0."""
+    cfg = config(redis_url, free_port())
+    cfg["gateways"] = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}}
+    async with parley(["run", "--workers", "2", "--api-processes", "2"], cfg, tmp_path / "p.yaml") as p:
+        health = await p.until(
+            lambda h: (
+                h["status"] == "ok"
+                and all(w["ready"] for w in h.get("worker_processes", {"": {"ready": False}}).values())
+                and h.get("api_processes", {}).get("1", {}).get("ready")
+                and len(h["workers"]) == 2
+            )
+        )
+        assert health["roles"] == ["api", "worker", "sender"] and health["worker"] == "processes"
+        children = [w["pid"] for w in health["worker_processes"].values()] + [
+            health["api_processes"]["1"]["pid"]
+        ]
+        assert await p.pids(2) == {p.proc.pid, health["api_processes"]["1"]["pid"]}
+        url = f"http://127.0.0.1:{p.port}/v1/inbound/carrier"
+        numbers = [f"+4477006{i:05d}" for i in range(10)]
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "NPS")
+        for n in numbers:
+            assert "0 (not at all) to 10" in (await carrier.next_message(n, timeout=20)).text
+    assert all(gone(pid) for pid in children)
