@@ -127,6 +127,7 @@ def gone(pid: int) -> bool:
         ),
         (["--role", "worker", "--api-processes", "2"], {}, "--api-processes: starts API processes"),
         (["--api-processes", "0"], {}, "--api-processes: must be 1..64, got 0"),
+        (["--port", "70000"], {}, "--port: must be 0..65535, got 70000"),
         (["--role", "worker"], {"PARLEY_REDIS_URL": ""}, "redis.url: role worker shares work"),
         ([], {"PARLEY_ENGINE_ROLE": "api,router"}, "engine.role: must be all, or api"),
     ],

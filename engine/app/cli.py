@@ -245,6 +245,8 @@ def _run_options(cfg: Config, args: argparse.Namespace) -> tuple[Config, frozens
         raise ConfigError(
             "redis.url", f"role {engine.role} shares work with other processes through Redis: set redis.url"
         )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError("--port", f"must be 0..65535, got {args.port}")
     http = cfg.http if args.port is None else replace(cfg.http, port=args.port)
     return replace(cfg, engine=engine, http=http), roles
 
