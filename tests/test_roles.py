@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -345,8 +346,12 @@ async def test_one_parley_supervises_worker_and_api_processes_together(
     redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
 ) -> None:
     """``parley run --workers 2 --api-processes 2`` (role all): texts into the shared port are
-    answered; /healthz lists both kinds of process; SIGTERM stops every one of them, exit 0."""
-    cfg = config(redis_url, free_port())
+    answered; /healthz lists both kinds of process; SIGHUP reloads the flows in every one of
+    them (none dies of it); SIGTERM stops every one of them, exit 0."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    shutil.copy(ROOT / "rules" / "nps.yaml", flows / "nps.yaml")
+    cfg = config(redis_url, free_port(), flows_dir=str(flows))
     cfg["gateways"] = {"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}}
     async with parley(["run", "--workers", "2", "--api-processes", "2"], cfg, tmp_path / "p.yaml") as p:
         health = await p.until(
@@ -368,4 +373,20 @@ async def test_one_parley_supervises_worker_and_api_processes_together(
             await carrier.text_in(url, API_KEY, n, "NPS")
         for n in numbers:
             assert "0 (not at all) to 10" in (await carrier.next_message(n, timeout=20)).text
+
+        shutil.copy(ROOT / "rules" / "csat.yaml", flows / "csat.yaml")
+        p.proc.send_signal(signal.SIGHUP)
+        for _ in range(200):  # both API processes serve the new flow
+            answers = [await p.get("/healthz") for _ in range(8)]
+            if (
+                all("csat" in body["flows"] for _, body in answers)
+                and len({b["pid"] for _, b in answers}) == 2
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"not every API process reloaded: {answers}")
+        health = await p.until(lambda h: "csat" in h["flows"])
+        assert {w["restarts"] for w in health["worker_processes"].values()} == {0}
+        assert health["api_processes"]["1"]["restarts"] == 0
     assert all(gone(pid) for pid in children)

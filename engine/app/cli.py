@@ -14,13 +14,16 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.app.settings import load_config
 from engine.core import logs
 from engine.core.config import ROLES, Config, parse_roles
 from engine.core.errors import ConfigError, FlowErrors, ParleyError
+
+if TYPE_CHECKING:
+    from engine.app.runtime import Runtime
 
 #: engine.core.metrics.MULTIPROC_ENV, spelled out: importing engine.core.metrics here would be too early.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -286,10 +289,34 @@ async def _work(cfg: Config, index: int) -> int:
     stop = _stop_on_signals()
     async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
         assert rt.worker is not None
+        _reload_on_hup(rt)
         report_ready(rt.worker.me)
         print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
         await stop.wait()
     return 0
+
+
+def _reload_on_hup(rt: Runtime, forward: Callable[[], None] | None = None) -> None:
+    """SIGHUP reloads this process's flows (``forward`` passes it on to its child processes)."""
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await rt.reload_flows()
+        except FlowErrors as exc:
+            print(f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):", file=sys.stderr)
+            for e in exc.errors:
+                print(f"  {e}", file=sys.stderr)
+
+    def on_hup() -> None:
+        if forward is not None:
+            forward()
+        task = asyncio.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
 
 
 async def _api(cfg: Config, index: int) -> int:
@@ -298,6 +325,7 @@ async def _api(cfg: Config, index: int) -> int:
 
     stop = _stop_on_signals()
     async with Runtime(cfg, worker=False, senders=False, caller=False, reuse_port=True) as rt:
+        _reload_on_hup(rt)
         report_ready(f"api-{index}-{os.getpid()}")
         print(
             f"parley API process {index} (pid {os.getpid()}) listening on http://{cfg.http.host}:{rt.http_port}",
@@ -311,31 +339,17 @@ async def _serve(cfg: Config, config_path: str | None, roles: frozenset[str] = f
     from engine.app.runtime import Runtime
 
     stop = _stop_on_signals()
-    loop = asyncio.get_running_loop()
     async with Runtime(
         cfg, worker_processes=True, config_path=config_path, api="api" in roles,
         worker="worker" in roles, senders="sender" in roles,
     ) as rt:  # fmt: skip
-        reloads: set[asyncio.Task[None]] = set()
 
-        async def reload() -> None:
-            try:
-                await rt.reload_flows()
-            except FlowErrors as exc:
-                print(
-                    f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):",
-                    file=sys.stderr,
-                )
-                for e in exc.errors:
-                    print(f"  {e}", file=sys.stderr)
+        def forward() -> None:  # the processes this one started reload too
+            for sup in (rt.supervisor, rt.api_supervisor):
+                if sup is not None:
+                    sup.signal(signal.SIGHUP)
 
-        def on_hup() -> None:
-            task = asyncio.create_task(reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        _reload_on_hup(rt, forward)
         workers = cfg.engine.workers if rt.supervisor else "in process" if rt.worker else "none"
         serves = "" if "api" in roles else " (/healthz and /metrics)"
         api = f"; API processes: {cfg.engine.api_processes}" if rt.api_supervisor else ""

@@ -122,6 +122,14 @@ class Supervisor:
             for i, p in sorted(self.procs.items())
         }
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every process that is running and ready (SIGHUP: reload the flows; one
+        still starting has no handler yet, and reads the new files anyway)."""
+        for i, proc in self.procs.items():
+            if self.ready[i] and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
     async def __aenter__(self) -> Supervisor:
         self._tasks = [
             asyncio.create_task(self._keep(i), name=f"parley-supervise-{self.role}{i}") for i in self.indices
