@@ -398,3 +398,73 @@ async def test_one_parley_supervises_worker_and_api_processes_together(
         assert {w["restarts"] for w in health["worker_processes"].values()} == {0}
         assert health["api_processes"]["1"]["restarts"] == 0
     assert all(gone(pid) for pid in children)
+
+
+@pytest.mark.timeout(120)
+async def test_smpp_binds_live_in_the_sender_process_and_its_texts_reach_the_worker(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``parley smsc-sim``, and Parley as ``--role api``, ``--role worker`` and ``--role sender``
+    processes with a ``type: smpp`` connector: only the sender binds; a customer's MO arrives on
+    that bind, the worker process answers it, and the answer leaves through the same bind."""
+    smpp_port, control = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.app.cli", "smsc-sim", "--port", str(smpp_port), "--control-port", str(control),
+        "--system-id", "acme01", "--password", "s3cret", "--dlr-delay", "0.01",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    ports = {name: free_port() for name in ("api", "worker", "sender")}
+    cfg = config(redis_url, ports["api"])
+    cfg["gateways"] = {"carrier": {"type": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "acme01",
+                                   "password": "s3cret", "sender": "12345", "reconnect_delay": "100ms"}}  # fmt: skip
+    try:
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            aiohttp.ClientSession(f"http://127.0.0.1:{control}") as smsc,
+        ):
+            procs = {}
+            for role in ("api", "worker", "sender"):
+                args = ["run", "--role", role, "--port", str(ports[role])]
+                procs[role] = await stack.enter_async_context(
+                    parley(args, cfg, tmp_path / "p.yaml", ports[role])
+                )
+            for p in procs.values():
+                await p.until(lambda h: h["status"] == "ok")
+
+            async def text(body: str) -> None:
+                for _ in range(400):  # until the sender has bound
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with smsc.post(
+                            "/mo", json={"from": "447700900123", "to": "12345", "text": body}
+                        ) as r:
+                            if r.status == 200:
+                                assert (await r.json())["statuses"] == [0]
+                                return
+                    await asyncio.sleep(0.05)
+                raise AssertionError("no bind to deliver to")
+
+            async def received(n: int) -> list[dict[str, Any]]:
+                for _ in range(400):
+                    async with smsc.get("/received") as r:
+                        got: list[dict[str, Any]] = await r.json()
+                    if len(got) >= n:
+                        return got
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"the SMSC did not receive {n} messages")
+
+            await text("NPS")
+            assert "0 (not at all) to 10" in (await received(1))[0]["text"]
+            await text("9")
+            assert (await received(2))[1]["text"] == PROMOTER
+            async with smsc.get("/stats") as r:
+                assert (await r.json())["binds_ok"] == 1  # the sender's; the api and worker do not bind
+            _, health = await procs["sender"].get("/healthz")
+            assert health["gateway_state"]["carrier"]["bound"] == 1
+            for role in ("api", "worker"):
+                _, health = await procs[role].get("/healthz")
+                assert health["gateway_state"]["carrier"] == {"binds": {}, "bound": 0}
+    finally:
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(sim.communicate(), 30)
