@@ -81,7 +81,8 @@ class Runtime:
     ) -> None:
         """``worker``: run turns in this process, or (``worker_processes`` and ``engine.workers``
         > 1, as ``parley run`` does) in that many worker processes started with ``config_path``.
-        ``caller`` (CRM webhooks) defaults to ``worker``. ``api``: the HTTP server serves the API
+        ``caller`` (CRM calls, and outcome webhooks: with ``worker_processes``, under a lease, so
+        in one process of all at a time) defaults to ``worker``. ``api``: the HTTP server serves the API
         (else only /healthz and /metrics); with ``worker_processes`` and ``engine.api_processes``
         > 1, that many API processes share its port. ``reuse_port``: listen with SO_REUSEPORT
         (an API process joining others on one port)."""
