@@ -200,6 +200,7 @@ class SenderLeases:
             free = surplus - self._releasing
             if free:
                 self._releasing |= free
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(
                     asyncio.create_task(self._release(free, busy), name="parley-sender-release")
                 )
@@ -208,7 +209,11 @@ class SenderLeases:
         """Give ``shards`` up once the sends in hand for them are done (the rest stay pending)."""
         try:
             if busy:
-                await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+                _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+                for t in late:  # as if this process had died there: the next holder sends them again
+                    t.cancel()
+                if late:
+                    await asyncio.wait(late)
             await self.leases.release(shards)
             log.info("senders %s: handed over shards %s", self.me, sorted(shards))
         except (aioredis.RedisError, OSError) as exc:
@@ -270,6 +275,14 @@ class _Lane(StreamConsumer):
 
     async def room(self) -> int:
         n = await self.sender.room(self.lane)
+        while not self.sender.owned and not self._stopping.is_set():  # no shard held (yet): wait
+            self.sender.changed.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.sender.changed, self._stopping)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         if self._version != self.sender.version:  # between reads: the shards read changed
             self._version = self.sender.version
             self.streams = [
@@ -298,6 +311,8 @@ class Sender:
         #: The shards whose lanes this sender reads now, and a counter of their changes.
         self.owned: frozenset[int] = frozenset()
         self.version = 0
+        #: Set when ``owned`` changes.
+        self.changed = asyncio.Event()
         self._shard_of = {
             keys.outbound_stream(s, gateway.name, lane): s
             for s in range(rt.config.engine.shards)
@@ -316,23 +331,26 @@ class Sender:
         self._slots = asyncio.Semaphore(gateway.concurrency)
         self._room = {"reply": asyncio.Event(), "bulk": asyncio.Event()}
         self._stack = contextlib.AsyncExitStack()
+        self._readers = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Sender:
         await self._stack.enter_async_context(self.pacer)
         if self._own_leases:
             await self._stack.enter_async_context(self.leases)
-        for lane in keys.LANES:
-            await ensure_group(
-                self.rt.store.redis, keys.outbound_stream(0, self.gw.name, lane), keys.OUTBOUND_GROUP
-            )
         await self.leases.register(self)
         self._stack.callback(self.leases.unregister, self)
         for lane in keys.LANES:
-            await self._stack.enter_async_context(_Lane(self, lane))
+            await self._readers.enter_async_context(_Lane(self, lane))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()  # readers stop reading, the leases go, then the pacer stops
+        await self._readers.aclose()  # the readers stop reading
+        try:
+            await self._stop_jobs()
+        finally:
+            await self._stack.aclose()  # then (the sends recorded) the leases go, then the pacer stops
+
+    async def _stop_jobs(self) -> None:
         jobs = self._jobs["reply"] | self._jobs["bulk"]
         # Messages not yet handed over stay pending in Redis and go after a restart (or from the
         # process that takes the shard); a send in progress is given shutdown_timeout to finish
@@ -389,6 +407,7 @@ class Sender:
         self.owned |= added
         if gone or added:
             self.version += 1
+            self.changed.set()
         return busy
 
     async def _claim(self, shard: int) -> None:

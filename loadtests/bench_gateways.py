@@ -79,11 +79,15 @@ def record(i: int, contact: str, text: str, now_ms: int) -> bytes:
     return orjson.dumps(rec)
 
 
+def lane_of(contact: str, lane: str, shards: int) -> str:
+    """The lane of ``contact``'s shard, as a turn's commit writes it."""
+    return keys.outbound_stream(keys.shard_of(contact, shards), "carrier", lane)
+
+
 async def offer_replies(
-    r: aioredis.Redis, carrier: SimulatedCarrier, rate: float, seconds: float, tag: str
+    r: aioredis.Redis, carrier: SimulatedCarrier, rate: float, seconds: float, tag: str, shards: int = 8
 ) -> list[float]:
     """Reply-lane messages at ``rate``/s for ``seconds``; returns each one's latency (ms)."""
-    lane = keys.outbound_stream("carrier", "reply")
     n = int(rate * seconds)
     start = time.perf_counter()
     sent: dict[str, float] = {}
@@ -94,10 +98,10 @@ async def offer_replies(
         now_ms = int(time.time() * 1000)
         mid = f"out-r{tag}-{i}"
         async with r.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                keys.message_records(contact), mid, record(i, contact, "Thanks! What made it a 9?", now_ms)
-            )
-            pipe.xadd(lane, {"m": mid, "c": contact, "t": "Thanks! What made it a 9?", "r": "", "q": now_ms})
+            records = keys.message_records(contact, keys.shard_of(contact, shards))
+            pipe.hset(records, mid, record(i, contact, "Thanks! What made it a 9?", now_ms))
+            entry = {"m": mid, "c": contact, "t": "Thanks! What made it a 9?", "r": "", "q": now_ms}
+            pipe.xadd(lane_of(contact, "reply", shards), entry)
             sent[contact] = time.perf_counter()
             await pipe.execute()
     latencies = []
@@ -107,17 +111,24 @@ async def offer_replies(
     return latencies
 
 
-async def load_backlog(r: aioredis.Redis, n: int) -> None:
-    lane = keys.outbound_stream("carrier", "bulk")
+async def load_backlog(r: aioredis.Redis, n: int, shards: int = 8) -> None:
     text = "Hi, your order has shipped. Track it at https://example.com/t/123456"
     now_ms = int(time.time() * 1000)
     for lo in range(0, n, 2000):
         async with r.pipeline(transaction=False) as pipe:
             for i in range(lo, min(n, lo + 2000)):
                 contact = f"+4477{i:08d}"
-                pipe.hset(keys.message_records(contact), f"out-b-{i}", record(i, contact, text, now_ms))
-                pipe.xadd(lane, {"m": f"out-b-{i}", "c": contact, "t": text, "r": "", "q": now_ms})
+                shard = keys.shard_of(contact, shards)
+                mid = f"out-b-{i}"
+                pipe.hset(keys.message_records(contact, shard), mid, record(i, contact, text, now_ms))
+                entry = {"m": mid, "c": contact, "t": text, "r": "", "q": now_ms}
+                pipe.xadd(lane_of(contact, "bulk", shards), entry)
             await pipe.execute()
+
+
+async def bulk_left(r: aioredis.Redis, shards: int) -> int:
+    """Messages still in the bulk lanes of every shard."""
+    return sum([await r.xlen(keys.outbound_stream(s, "carrier", "bulk")) for s in range(shards)])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,20 +150,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with Runtime(cfg, http=False, worker=False) as rt:
                 r = rt.store.redis
                 console.print(f"idle: replies at {args.reply_rate}/s for {args.seconds:g}s")
-                idle = await offer_replies(r, carrier, args.reply_rate, args.seconds, "1")
+                shards = rt.config.engine.shards
+                idle = await offer_replies(r, carrier, args.reply_rate, args.seconds, "1", shards)
                 console.print(f"loading {args.backlog:,} bulk messages into the bulk lane")
                 t_load = time.perf_counter()
-                await load_backlog(r, args.backlog)
+                await load_backlog(r, args.backlog, shards)
                 load_s = time.perf_counter() - t_load
                 mark = len(carrier.received)
                 t0 = time.perf_counter()
                 console.print(
                     f"backlog: replies at {args.reply_rate}/s for {args.seconds:g}s while it drains"
                 )
-                busy = await offer_replies(r, carrier, args.reply_rate, args.seconds, "2")
+                busy = await offer_replies(r, carrier, args.reply_rate, args.seconds, "2", shards)
                 t1 = time.perf_counter()
                 arrivals = sorted(m.at for m in carrier.received[mark:] if t0 <= m.at <= t1)
-                left = await r.xlen(keys.outbound_stream("carrier", "bulk"))
+                left = await bulk_left(r, rt.config.engine.shards)
                 rebooked = rt.senders["carrier"].pacer.rebooked
     window = (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
     mean = (len(arrivals) - 1) / window if window else 0.0

@@ -49,13 +49,12 @@ from typing import Any
 
 import orjson
 from bench import machine  # loadtests/bench.py (this directory is on sys.path when run as a script)
-from bench_gateways import busiest_second, load_backlog, percentiles
+from bench_gateways import bulk_left, busiest_second, load_backlog, percentiles
 from rich.console import Console
 from rich.table import Table
 
 from engine.app.runtime import Runtime
 from engine.app.settings import load_config
-from engine.core import keys
 from engine.core.redis_embedded import EmbeddedRedis
 from gateways.base import OutboundMessage
 from gateways.simulators.smsc import Message, SimulatedSmsc, SmscBehaviour
@@ -248,13 +247,12 @@ async def rate_accuracy(redis_url: str, rate: float, args: argparse.Namespace) -
             await bound(gw, 1)
             console.print(f"rate: loading {m:,} bulk messages, connector at rate {rate:g}/s")
             t0 = time.perf_counter()
-            await load_backlog(rt.store.redis, m)
+            await load_backlog(rt.store.redis, m, rt.config.engine.shards)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(everything.wait(), m / rate * 2 + 30)
             elapsed = time.perf_counter() - t0
-            lane = keys.outbound_stream("carrier", "bulk")
             for _ in range(40):  # the last sends' outcomes are recorded just after they arrive
-                if not (left := await rt.store.redis.xlen(lane)):
+                if not (left := await bulk_left(rt.store.redis, rt.config.engine.shards)):
                     break
                 await asyncio.sleep(0.05)
             arrivals = sorted(sub.at for sub in smsc.received)

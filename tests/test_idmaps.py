@@ -1,5 +1,6 @@
 """Per-message bookkeeping in time-bucketed hashes (issue 15, item 6): compact, found within its
-window (across bucket boundaries) and not after, earlier releases' keys still read."""
+window (across bucket boundaries) and not after; a send recorded in two slots (the provider-id
+map, then the message) loses no receipt whatever comes between."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from engine.core import idmaps, keys
 from engine.core.clock import FakeClock
 from engine.core.errors import ConfigError
 from gateways.base import Receipt
-from gateways.receipts import apply_receipt, record_sent
+from gateways.receipts import apply_receipt, parked_key, provider_id_call, record_sent
 from gateways.registry import validate_gateway_config
 from loadtests.bookkeeping import measure
 from tests.conftest import make_config, shard
@@ -100,6 +101,34 @@ async def test_a_retried_text_is_dropped_within_the_dedupe_window_and_taken_afte
     assert other.status == "accepted"  # another sender's text with the same id is its own
     clock.advance(HOUR)
     assert await take() == "accepted"
+
+
+async def history(rt: Runtime, mid: str, number: str = ANN) -> list[str]:
+    raw = await rt.store.redis.hget(keys.message_records(number, shard(number)), mid)
+    assert raw is not None
+    return [h[0] for h in orjson.loads(raw)["history"]]
+
+
+async def test_a_receipt_before_the_send_is_recorded_is_applied_when_it_is_and_unparked(rt: Runtime) -> None:
+    await queued(rt, "m1")
+    assert await apply_receipt(rt, "carrier", Receipt("p-1", "failed", "UNDELIV")) == "parked"
+    await record_sent(rt, "carrier", "m1", ANN, "p-1")
+    assert await status(rt, "m1") == "failed"
+    assert await history(rt, "m1") == ["sent", "failed"]
+    assert await rt.store.redis.exists(parked_key(rt, "carrier", "p-1")) == 0
+
+
+async def test_a_receipt_between_the_map_and_the_record_is_applied_and_not_undone(rt: Runtime) -> None:
+    """The sender died (or is slow) after mapping the provider id and before recording the send:
+    a receipt finds the message through the map at once; the record, when it comes, keeps it."""
+    await queued(rt, "m1")
+    step1 = provider_id_call(rt, "carrier", "m1", ANN, "p-1")
+    assert await rt.store.run("provider_id", keys=step1.to_keys(), args=step1.to_argv()) in (b"", "")
+    assert await apply_receipt(rt, "carrier", Receipt("p-1", "delivered")) == "applied"
+    assert await status(rt, "m1") == "delivered"
+    await record_sent(rt, "carrier", "m1", ANN, "p-1")  # the record (again, from the start)
+    assert await status(rt, "m1") == "delivered"
+    assert await history(rt, "m1") == ["delivered", "sent"]
 
 
 @given(window=st.floats(60, 30 * 86400), rate=st.floats(0, 5000), now=st.integers(0, 2**42))

@@ -427,3 +427,102 @@ async def test_unreachable_provider_is_retried_then_failed(
         await start(e.api, "note", [ANN], text="hello")
         rec = await settled(e.api)
     assert rec["status"] == "failed" and "cannot connect" in rec["error"]
+
+
+# Several sender processes ---------------------------------------------------------------------
+
+
+async def test_two_processes_split_the_shards_send_each_message_once_in_order_and_take_over_on_stop(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    """Two runtimes (as two hosts) send through one connector: each reads the lanes of the
+    shards it leases, every message goes out once and a contact's in order; when one stops with
+    messages still in its hands, the other takes its shards over and sends them."""
+    import collections
+    import contextlib
+
+    import redis.asyncio as aioredis
+
+    from engine.core.consumer import ensure_group
+    from engine.core.leases import lease_holders
+    from gateways.base import OutboundMessage, SendResult
+
+    cfg = make_config(
+        redis_url,
+        engine={"lease_ttl": "1s", "shutdown_timeout": "1s"},
+        gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "1"}},
+    )
+    contacts = [number(i) for i in range(16)]
+    assert {shard(c) for c in contacts} == set(range(4))
+    calls: collections.Counter[str] = collections.Counter()
+    by: dict[str, set[int]] = {"a": set(), "b": set()}
+    gate = {"a": asyncio.Event(), "b": asyncio.Event()}
+    gate["a"].set()
+    gate["b"].set()
+
+    async def queue(r: aioredis.Redis, batch: str) -> None:
+        now = int(time.time() * 1000)
+        for c in contacts:
+            for k in range(3):
+                mid = f"out-{batch}-{c}-{k}"
+                rec = {"id": mid, "dir": "out", "text": f"{batch}{k}", "to": c, "status": "queued",
+                       "at": now, "history": [["queued", now]]}  # fmt: skip
+                lane = keys.outbound_stream(shard(c), "carrier")
+                await ensure_group(r, lane, keys.OUTBOUND_GROUP)
+                await r.hset(keys.message_records(c, shard(c)), mid, orjson.dumps(rec))
+                await r.xadd(lane, {"m": mid, "c": c, "t": f"{batch}{k}", "q": now})
+
+    def arrived(batch: str) -> dict[str, list[str]]:
+        got: dict[str, list[str]] = collections.defaultdict(list)
+        for d in carrier.received:
+            if d.text.startswith(batch):
+                got[d.to].append(d.text)
+        return got
+
+    a_stack = contextlib.AsyncExitStack()
+    async with a_stack, contextlib.AsyncExitStack() as b_stack:
+        runtimes = {}
+        for name, stack in (("a", a_stack), ("b", b_stack)):
+            rt = await stack.enter_async_context(Runtime(cfg, http=False, worker=False))
+            gw = rt.gateways["carrier"]
+            real = gw.send
+
+            async def counted(
+                msg: OutboundMessage, timeout: float | None = None, name: str = name, real: Any = real
+            ) -> SendResult:
+                await gate[name].wait()
+                calls[msg.id] += 1
+                by[name].add(shard(msg.to))
+                return await real(msg, timeout=timeout)
+
+            gw.send = counted  # type: ignore[method-assign]
+            runtimes[name] = rt
+        a, b = runtimes["a"], runtimes["b"]
+        assert a.sender_leases is not None and b.sender_leases is not None
+        me = {a.sender_leases.me: "a", b.sender_leases.me: "b"}
+
+        async def split() -> bool:
+            held = await lease_holders(b.store, role="sender")
+            return len(held) == 4 and sorted(collections.Counter(me[h] for h in held.values()).values()) == [
+                2,
+                2,
+            ]
+
+        await eventually(split, attempts=2000)
+        assert sorted(map(len, (await b.health())["senders"].values())) == [2, 2]  # /healthz shows it
+        # One batch with both running: each sends its own shards' messages.
+        await queue(b.store.redis, "x")
+        await until(lambda: sum(len(v) for v in arrived("x").values()) == 48)
+        assert by["a"] and by["b"] and not by["a"] & by["b"], by
+        # Another batch while a's sends hang; then a stops: b sends what a had in hand.
+        gate["a"].clear()
+        by["a"], by["b"] = set(), set()
+        await queue(b.store.redis, "y")
+        await until(lambda: sum(len(v) for v in arrived("y").values()) == 24)  # b's shards
+        await a_stack.aclose()
+        await until(lambda: sum(len(v) for v in arrived("y").values()) == 48)
+        assert by["a"] == set() and by["b"] == set(range(4)), by
+    assert len(calls) == 96 and all(n == 1 for n in calls.values()), calls.most_common(3)
+    for batch in ("x", "y"):
+        for c, texts in arrived(batch).items():
+            assert texts == [f"{batch}0", f"{batch}1", f"{batch}2"], (c, texts)

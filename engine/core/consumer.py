@@ -25,8 +25,6 @@ from redis.exceptions import ResponseError
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
-#: How long a consumer with no stream to read (yet) waits before looking again.
-NO_STREAMS_WAIT_S = 0.05
 BACKOFF_MAX_S = 5.0
 #: (stream key, entry id, fields)
 Entry = tuple[str, bytes, dict[bytes, bytes]]
@@ -108,13 +106,7 @@ class StreamConsumer:
                 count = await self.room()
                 if self._recover:
                     recovering, self._recover = True, False
-                if not self.streams and not self._stopping.is_set():
-                    # Nothing to read (a sender holding no shard yet): wait rather than spin, or
-                    # the loop never yields and the lease renewals that would bring shards starve.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), NO_STREAMS_WAIT_S)
-                    continue
-                if count <= 0 or self._stopping.is_set():
+                if count <= 0 or self._stopping.is_set() or not self.streams:
                     continue
                 self._idle = True
                 resp: Any = await self.redis.xreadgroup(
