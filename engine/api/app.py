@@ -21,6 +21,8 @@ PUBLIC = frozenset({"/healthz", "/metrics", "/v1/openapi.json"})
 #: Retry-After (s) of a 503 for writes the replicas did not confirm (redis.wait_replicas): a
 #: replica back, or a Sentinel failover done, takes seconds.
 RETRY_AFTER_NOT_REPLICATED_S = 5
+#: What a process without the API role serves (a worker's or a sender's probes and scrapes).
+OPS = frozenset({"/healthz", "/metrics"})
 #: Provider webhooks: the route checks the connector's own scheme, or the bearer key.
 WEBHOOKS = ("/v1/inbound/", "/v1/receipts/")
 
@@ -80,13 +82,15 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-def build_app(rt: ApiServices) -> web.Application:
+def build_app(rt: ApiServices, *, ops_only: bool = False) -> web.Application:
+    """The API; ``ops_only``: only /healthz and /metrics (a process without the api role)."""
     app = web.Application(
         middlewares=[errors_and_metrics, bearer_auth], client_max_size=rt.config.http.max_body_bytes
     )
     app[RUNTIME] = rt
-    app[ROUTES_SERVED] = tuple(ROUTES)
-    for method, path, handler in ROUTES:
+    routes = [r for r in ROUTES if r[1] in OPS] if ops_only else ROUTES
+    app[ROUTES_SERVED] = tuple(routes)
+    for method, path, handler in routes:
         if method == "GET":
             app.router.add_get(path, handler)  # and HEAD, as ever
         else:

@@ -14,13 +14,16 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.app.settings import load_config
 from engine.core import logs
-from engine.core.config import Config
+from engine.core.config import ROLES, Config, parse_roles
 from engine.core.errors import ConfigError, FlowErrors, ParleyError
+
+if TYPE_CHECKING:
+    from engine.app.runtime import Runtime
 
 #: engine.core.metrics.MULTIPROC_ENV, spelled out: importing engine.core.metrics here would be too early.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -40,17 +43,41 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), config)
 
-    run = sub.add_parser("run", help="run the engine: HTTP API, worker(s), gateways")
+    run = sub.add_parser("run", help="run the engine: HTTP API, worker(s), senders (or some of them)")
+    run.add_argument(
+        "--role",
+        metavar="ROLE",
+        help="what this process runs: all (the default: engine.role), or api, worker, sender, "
+        "or several joined by commas (docs/operations.md#roles)",
+    )
     run.add_argument(
         "--workers",
         type=int,
         metavar="N",
         help="worker processes to start (default: engine.workers, 1 = inside this process)",
     )
+    run.add_argument(
+        "--api-processes",
+        type=int,
+        metavar="N",
+        help="API processes sharing the HTTP port (SO_REUSEPORT; default: engine.api_processes, "
+        "1 = this process only)",
+    )
+    run.add_argument(
+        "--port",
+        type=int,
+        metavar="PORT",
+        help="HTTP port (default: http.port): the API, or /healthz and /metrics without the api role",
+    )
     worker = sub.add_parser(
         "worker", help="run one worker process against a shared Redis (what `run --workers N` starts)"
     )
     worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
+    api = sub.add_parser(
+        "api",
+        help="run one API process on a port shared with others (what `run --api-processes N` starts)",
+    )
+    api.add_argument("--index", type=int, default=0, help="this process's number, for its name in logs")
     sub.add_parser("demo", help="run a complete NPS conversation over the real path and print it")
 
     chat = sub.add_parser(
@@ -138,24 +165,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "flows":
             return _validate(cfg, args.paths)
         if args.command == "run":
-            if args.workers is not None:
-                if not 1 <= args.workers <= 64:
-                    raise ConfigError("--workers", f"must be 1..64, got {args.workers}")
-                cfg = replace(cfg, engine=replace(cfg.engine, workers=args.workers))
-            if cfg.engine.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+            cfg, roles = _run_options(cfg, args)
+            many = ("worker" in roles and cfg.engine.workers > 1) or (
+                "api" in roles and cfg.engine.api_processes > 1
+            )
+            if many and not os.environ.get(MULTIPROC_ENV):
                 # Before anything imports prometheus_client: every process then writes its
                 # figures to this directory and /metrics adds them up (engine.core.metrics).
                 metrics_dir = tempfile.mkdtemp(prefix="parley-metrics-")
                 os.environ[MULTIPROC_ENV] = metrics_dir
                 try:
-                    return _run_async(_serve(cfg, args.config))
+                    return _run_async(_serve(cfg, args.config, roles))
                 finally:
                     shutil.rmtree(metrics_dir, ignore_errors=True)
-            return _run_async(_serve(cfg, args.config))
+            return _run_async(_serve(cfg, args.config, roles))
         if args.command == "worker":
             if not cfg.redis.url:
                 raise ConfigError("redis.url", "a worker process needs a shared Redis (set redis.url)")
             return _run_async(_work(cfg, args.index))
+        if args.command == "api":
+            if not cfg.redis.url:
+                raise ConfigError("redis.url", "an API process needs a shared Redis (set redis.url)")
+            return _run_async(_api(cfg, args.index))
         if args.command == "demo":
             from engine.app.demo import run_demo
 
@@ -193,6 +224,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_options(cfg: Config, args: argparse.Namespace) -> tuple[Config, frozenset[str]]:
+    """``parley run``'s options over the configuration, checked; and the roles it runs."""
+    engine = cfg.engine
+    for flag, key, value in (("--workers", "workers", args.workers), ("--api-processes", "api_processes",
+                                                                      args.api_processes)):  # fmt: skip
+        if value is not None:
+            if not 1 <= value <= 64:
+                raise ConfigError(flag, f"must be 1..64, got {value}")
+            engine = replace(engine, **{key: value})
+    if args.role is not None:
+        engine = replace(engine, role=args.role)
+    roles = parse_roles(engine.role, "--role" if args.role is not None else "engine.role")
+    # A count given on the command line for a role this process does not run is a mistake; one
+    # in a configuration file shared by every host is not (it counts where that role runs).
+    if args.workers is not None and args.workers > 1 and "worker" not in roles:
+        raise ConfigError("--workers", f"starts worker processes, but this process's role is {engine.role}")
+    if args.api_processes is not None and args.api_processes > 1 and "api" not in roles:
+        raise ConfigError(
+            "--api-processes", f"starts API processes, but this process's role is {engine.role}"
+        )
+    if roles != set(ROLES) and not cfg.redis.url:
+        raise ConfigError(
+            "redis.url", f"role {engine.role} shares work with other processes through Redis: set redis.url"
+        )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError("--port", f"must be 0..65535, got {args.port}")
+    http = cfg.http if args.port is None else replace(cfg.http, port=args.port)
+    return replace(cfg, engine=engine, http=http), roles
+
+
 def _split_field(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -228,43 +289,75 @@ async def _work(cfg: Config, index: int) -> int:
     stop = _stop_on_signals()
     async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
         assert rt.worker is not None
+        _reload_on_hup(rt)
         report_ready(rt.worker.me)
         print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
         await stop.wait()
     return 0
 
 
-async def _serve(cfg: Config, config_path: str | None) -> int:
+def _reload_on_hup(rt: Runtime, forward: Callable[[], None] | None = None) -> None:
+    """SIGHUP reloads this process's flows (``forward`` passes it on to its child processes)."""
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await rt.reload_flows()
+        except FlowErrors as exc:
+            print(f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):", file=sys.stderr)
+            for e in exc.errors:
+                print(f"  {e}", file=sys.stderr)
+
+    def on_hup() -> None:
+        if forward is not None:
+            forward()
+        task = asyncio.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+
+async def _api(cfg: Config, index: int) -> int:
+    from engine.app.runtime import Runtime
+    from engine.app.supervisor import report_ready
+
+    stop = _stop_on_signals()
+    async with Runtime(cfg, worker=False, senders=False, caller=False, reuse_port=True) as rt:
+        _reload_on_hup(rt)
+        report_ready(f"api-{index}-{os.getpid()}")
+        print(
+            f"parley API process {index} (pid {os.getpid()}) listening on http://{cfg.http.host}:{rt.http_port}",
+            file=sys.stderr,
+        )
+        await stop.wait()
+    return 0
+
+
+async def _serve(cfg: Config, config_path: str | None, roles: frozenset[str] = frozenset(ROLES)) -> int:
     from engine.app.runtime import Runtime
 
     stop = _stop_on_signals()
-    loop = asyncio.get_running_loop()
-    async with Runtime(cfg, worker_processes=True, config_path=config_path) as rt:
-        reloads: set[asyncio.Task[None]] = set()
+    async with Runtime(
+        cfg, worker_processes=True, config_path=config_path, api="api" in roles,
+        worker="worker" in roles, senders="sender" in roles,
+    ) as rt:  # fmt: skip
 
-        async def reload() -> None:
-            try:
-                await rt.reload_flows()
-            except FlowErrors as exc:
-                print(
-                    f"parley: reload refused, flows unchanged ({len(exc.errors)} problem(s)):",
-                    file=sys.stderr,
-                )
-                for e in exc.errors:
-                    print(f"  {e}", file=sys.stderr)
+        def forward() -> None:  # the processes this one started reload too
+            for sup in (rt.supervisor, rt.api_supervisor):
+                if sup is not None:
+                    sup.signal(signal.SIGHUP)
 
-        def on_hup() -> None:
-            task = asyncio.create_task(reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        _reload_on_hup(rt, forward)
+        workers = cfg.engine.workers if rt.supervisor else "in process" if rt.worker else "none"
+        serves = "" if "api" in roles else " (/healthz and /metrics)"
+        api = f"; API processes: {cfg.engine.api_processes}" if rt.api_supervisor else ""
         print(
-            f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port} "
-            f"(redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}; "
-            f"workers: {cfg.engine.workers if rt.supervisor else 'in process'}); "
-            "Ctrl-C or SIGTERM stops it gracefully",
+            f"parley {__version__} listening on http://{cfg.http.host}:{rt.http_port}{serves} "
+            f"(role: {'all' if roles == set(ROLES) else ','.join(rt.roles)}; "
+            f"redis: {'embedded, ' + cfg.redis.embedded_dir if rt.embedded else cfg.redis.url}; "
+            f"workers: {workers}{api}); Ctrl-C or SIGTERM stops it gracefully",
             file=sys.stderr,
         )
         await stop.wait()

@@ -2,8 +2,15 @@
 
     open:   flows -> Redis (embedded or configured) -> gateways -> senders -> caller
             -> outcome webhooks -> worker (in process, or N worker processes) -> HTTP
-    close:  HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> webhooks -> caller -> senders
-            (finish sends) -> gateways -> Redis -> embedded redis-server
+            -> more API processes on the same port
+    close:  API processes -> HTTP (stop accepting) -> worker(s) (finish in-flight turns) -> webhooks
+            -> caller -> senders (finish sends) -> gateways -> Redis -> embedded redis-server
+
+Which of these a process opens is its role (``parley run --role``, docs/operations.md#roles): the
+flags ``http``/``api`` (the HTTP API, with the connectors' webhooks), ``worker`` (turns, timers),
+``caller`` (CRM calls, outcome webhooks) and ``senders`` (the send pipeline and a connector's own
+sessions, e.g. SMPP binds). A process without the API still serves ``/healthz`` and ``/metrics``
+when ``http`` is on (``api=False``).
 
 Everything else receives the runtime (or the parts it needs) as an argument; there are no
 module-level singletons.
@@ -15,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.app.migrate import check_layout
+from engine.app.singleton import OneAtATime
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
@@ -67,10 +76,16 @@ class Runtime:
         worker_index: int = 0,
         worker_processes: bool = False,
         config_path: str | None = None,
+        api: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         """``worker``: run turns in this process, or (``worker_processes`` and ``engine.workers``
         > 1, as ``parley run`` does) in that many worker processes started with ``config_path``.
-        ``caller`` (CRM webhooks) defaults to ``worker``."""
+        ``caller`` (CRM calls, and outcome webhooks: with ``worker_processes``, under a lease, so
+        in one process of all at a time) defaults to ``worker``. ``api``: the HTTP server serves the API
+        (else only /healthz and /metrics); with ``worker_processes`` and ``engine.api_processes``
+        > 1, that many API processes share its port. ``reuse_port``: listen with SO_REUSEPORT
+        (an API process joining others on one port)."""
         self.config = config
         self.clock = clock or Clock()
         self.metrics = Metrics()
@@ -92,11 +107,19 @@ class Runtime:
         self.senders: dict[str, Sender] = {}
         #: Per connector: which shards' lanes of it this process reads (role ``sender:GW``).
         self.sender_leases: dict[str, SenderLeases] = {}
+        #: The outcome webhooks' lease (``parley run``: they run in one process at a time).
+        self.webhooks: OneAtATime | None = None
         self.supervisor: Supervisor | None = None
+        #: The extra API processes on this process's port (``engine.api_processes`` > 1).
+        self.api_supervisor: Supervisor | None = None
         self.http_port = 0
         self._want = {
             "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
         }  # fmt: skip
+        self._api = http and api
+        self._reuse_port = reuse_port or (self._api and worker_processes and config.engine.api_processes > 1)
+        #: What this process runs, as /healthz says it: api, worker, sender.
+        self.roles = [r for r, on in (("api", self._api), ("worker", worker), ("sender", senders)) if on]
         self._worker_index = worker_index
         self._processes = worker_processes
         self._config_path = config_path
@@ -163,7 +186,13 @@ class Runtime:
                     self.senders[name] = await self._stack.enter_async_context(sender)
         if self._want["caller"]:
             self.caller = await self._stack.enter_async_context(Caller(self))
-            if cfg.crm.webhooks:  # outcome webhooks run where the caller does: one process
+            if cfg.crm.webhooks and self._processes:
+                # Outcome webhooks run where the caller does, in one process of all of them:
+                # whichever holds their lease (two dispatchers would split a contact's events).
+                self.webhooks = await self._stack.enter_async_context(
+                    OneAtATime(self.store, "webhooks", cfg.engine.lease_ttl, lambda: Webhooks(self))
+                )
+            elif cfg.crm.webhooks:
                 await self._stack.enter_async_context(Webhooks(self))
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
@@ -174,6 +203,11 @@ class Runtime:
             self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
         if self._want["http"]:
             await self._start_http()
+        if self._api and self._processes and cfg.engine.api_processes > 1:
+            self.api_supervisor = await self._stack.enter_async_context(
+                Supervisor(cfg.engine.api_processes - 1, url, self._config_path, cfg.engine.shutdown_timeout,
+                           role="api", first=1, env={"PARLEY_HTTP_PORT": str(self.http_port)})
+            )  # fmt: skip
         log.info(
             "parley started flows=%s gateways=%s redis=%s http=%s",
             ",".join(sorted(self.flows.flows)) or "-",
@@ -186,12 +220,14 @@ class Runtime:
         from engine.api.app import build_app
 
         runner = web.AppRunner(
-            build_app(self), access_log=None, shutdown_timeout=self.config.engine.shutdown_timeout
+            build_app(self, ops_only=not self._api),
+            access_log=None,
+            shutdown_timeout=self.config.engine.shutdown_timeout,
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         host, port = self.config.http.host, self.config.http.port
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=self._reuse_port or None)
         try:
             await site.start()
         except OSError as exc:  # one line, not a traceback: usually another Parley on the port
@@ -202,7 +238,7 @@ class Runtime:
             )
             raise ConfigError("http.port", problem) from None
         self.http_port = runner.addresses[0][1]
-        if not self.config.api.keys:
+        if self._api and not self.config.api.keys:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
 
     async def _release_leases(self, worker_id: str) -> None:
@@ -274,16 +310,20 @@ class Runtime:
             self.metrics.workers_live(int(res[-1]))
 
     async def health(self) -> dict[str, Any]:
-        """What /healthz reports: Redis reachable, workers holding every shard, gateways configured."""
+        """What /healthz reports: Redis reachable, workers (senders) holding every shard in a process
+        that runs workers (senders), gateways configured."""
         redis_ok = True
         holders: dict[int, str] = {}
         sending: dict[str, dict[int, str]] = {}
+        hooks: dict[int, str] = {}
         try:
             await self.store.redis.ping()
             holders = await lease_holders(self.store)
             for name, gw in self.gateways.items():
                 if gw.can_send:
                     sending[name] = await lease_holders(self.store, role=f"sender:{name}")
+            if self.config.crm.webhooks:
+                hooks = await lease_holders(self.store, role="webhooks")
         except Exception:
             redis_ok = False
         by_worker: dict[str, list[int]] = {}
@@ -297,34 +337,43 @@ class Runtime:
         unread = [s for s in range(self.config.engine.shards) if s not in holders]
         worker_ok = self.worker.healthy if self.worker else None
         runs_workers = self.worker is not None or self.supervisor is not None
-        ok = redis_ok and worker_ok is not False and not (runs_workers and unread)
+        # Per connector, the shards whose lanes no process reads now.
+        unsent = {
+            gw: missing
+            for gw, held in sending.items()
+            if (missing := [s for s in range(self.config.engine.shards) if s not in held])
+        }
+        runs_senders = bool(self.sender_leases)
+        ok = (
+            redis_ok
+            and worker_ok is not False
+            and not (runs_workers and unread)
+            and not (runs_senders and unsent)
+        )
         out: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
+            "roles": self.roles,
+            "pid": os.getpid(),
             "redis": "ok" if redis_ok else "unreachable",
             "worker": {True: "ok", False: "waiting for redis", None: "off"}[worker_ok],
             "workers": by_worker,
             # Per connector, which sender process reads which shards' lanes (gateways/sender.py).
             "senders": by_sender,
             "unread_shards": unread if redis_ok else None,
+            "unsent_shards": unsent if redis_ok else None,
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
         }
         details = {n: h for n, g in self.gateways.items() if (h := g.health()) is not None}
         if details:
             out["gateway_state"] = details
+        if self.config.crm.webhooks:  # which process sends the outcome webhooks (None: none now)
+            out["webhooks"] = hooks.get(0)
         if self.supervisor is not None:
             out["worker"] = "processes"
-            sup = self.supervisor
-            out["worker_processes"] = {
-                str(i): {
-                    "pid": p.pid,
-                    "running": p.returncode is None,
-                    "ready": sup.ready[i],
-                    "restarts": sup.restarts[i],
-                    "restart_wait": sup.waits[i],
-                }
-                for i, p in sorted(sup.procs.items())
-            }
+            out["worker_processes"] = self.supervisor.report()
+        if self.api_supervisor is not None:
+            out["api_processes"] = self.api_supervisor.report()
         return out
 
 

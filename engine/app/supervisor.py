@@ -1,4 +1,13 @@
-"""``parley run --workers N``: N worker processes beside the HTTP/gateway process, kept running.
+"""``parley run --workers N`` and ``--api-processes N``: child processes beside the main one,
+kept running.
+
+Two kinds (``role``): worker processes (``parley worker --index I``, below) and extra API
+processes (``parley api --index I``). API processes share the main process's HTTP port
+(SO_REUSEPORT: the kernel spreads new connections over every process listening on it), so the
+main process listens first and hands them the port it got (``PARLEY_HTTP_PORT``); they hold no
+leases, so nothing is released when one dies, and the port keeps answering from the others
+meanwhile. Everything below about readiness, restarts and stopping holds for both; the lease
+release is the workers' alone.
 
 Each worker is ``parley worker --index I`` with the same configuration (same ``--config``, same
 environment) and the parent's Redis URL (the embedded one too). Workers share the inbound shards
@@ -68,35 +77,62 @@ ReleaseLeases = Callable[[str], Awaitable[None]]
 
 
 class Supervisor:
-    """``async with Supervisor(n, redis_url, config_path, timeout, release):`` runs ``n`` workers."""
+    """``async with Supervisor(n, redis_url, config_path, timeout, release):`` runs ``n`` workers;
+    ``role="api"`` runs ``n`` API processes instead, numbered from ``first``, with ``env`` added to
+    their environment (the shared port)."""
 
     def __init__(
         self, n: int, redis_url: str, config_path: str | None, shutdown_timeout: float,
-        release: ReleaseLeases | None = None,
+        release: ReleaseLeases | None = None, *, role: str = "worker", first: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.n = n
         self.redis_url = redis_url
         self.config_path = config_path
         self.shutdown_timeout = shutdown_timeout
         self.release = release
+        self.role = role
+        self.env = env or {}
+        self.indices = range(first, first + n)
         #: index -> the running process (for /healthz and tests)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         #: index -> whether that process has reported ready
-        self.ready: dict[int, bool] = dict.fromkeys(range(n), False)
-        #: How many times each worker was restarted after dying.
-        self.restarts: dict[int, int] = dict.fromkeys(range(n), 0)
+        self.ready: dict[int, bool] = dict.fromkeys(self.indices, False)
+        #: How many times each process was restarted after dying.
+        self.restarts: dict[int, int] = dict.fromkeys(self.indices, 0)
         #: index -> the wait before its latest (or next) start, in seconds (0 for the first)
-        self.waits: dict[int, float] = dict.fromkeys(range(n), 0.0)
+        self.waits: dict[int, float] = dict.fromkeys(self.indices, 0.0)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def argv(self, index: int) -> list[str]:
         config = ["--config", self.config_path] if self.config_path else []
-        return [sys.executable, "-m", "engine.app.cli", *config, "worker", "--index", str(index)]
+        return [sys.executable, "-m", "engine.app.cli", *config, self.role, "--index", str(index)]
+
+    def report(self) -> dict[str, dict[str, object]]:
+        """What /healthz shows of each process: pid, running, ready, restarts, restart_wait."""
+        return {
+            str(i): {
+                "pid": p.pid,
+                "running": p.returncode is None,
+                "ready": self.ready[i],
+                "restarts": self.restarts[i],
+                "restart_wait": self.waits[i],
+            }
+            for i, p in sorted(self.procs.items())
+        }
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every process that is running and ready (SIGHUP: reload the flows; one
+        still starting has no handler yet, and reads the new files anyway)."""
+        for i, proc in self.procs.items():
+            if self.ready[i] and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
 
     async def __aenter__(self) -> Supervisor:
         self._tasks = [
-            asyncio.create_task(self._keep(i), name=f"parley-supervise-w{i}") for i in range(self.n)
+            asyncio.create_task(self._keep(i), name=f"parley-supervise-{self.role}{i}") for i in self.indices
         ]
         return self
 
@@ -110,7 +146,9 @@ class Supervisor:
             try:
                 await asyncio.wait_for(proc.wait(), deadline)
             except TimeoutError:
-                log.error("worker %d (pid %d) did not stop within %.0fs; killing it", i, proc.pid, deadline)
+                log.error(
+                    "%s %d (pid %d) did not stop within %.0fs; killing it", self.role, i, proc.pid, deadline
+                )
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
@@ -122,7 +160,7 @@ class Supervisor:
 
     async def _keep(self, index: int) -> None:
         failures = 0  # failures in a row (see the module docstring)
-        env = {**os.environ, "PARLEY_REDIS_URL": self.redis_url}
+        env = {**os.environ, "PARLEY_REDIS_URL": self.redis_url, **self.env}
         while not self._stopping.is_set():
             proc, ready = await self._start(index, env)
             try:
@@ -145,8 +183,9 @@ class Supervisor:
             self.restarts[index] += 1
             self.waits[index] = wait
             log.error(
-                "worker %d (pid %d) exited with %s %s; starting a new one in %gs",
-                index, proc.pid, _describe(rc), "after it was ready" if me else "before it was ready", wait,
+                "%s %d (pid %d) exited with %s %s; starting a new one in %gs",
+                self.role, index, proc.pid, _describe(rc),
+                "after it was ready" if me else "before it was ready", wait,
             )  # fmt: skip
             if wait:
                 await asyncio.sleep(wait)
@@ -169,9 +208,10 @@ class Supervisor:
             os.close(w)  # the child holds the only write end: the pipe ends when the child does
         self.procs[index] = proc
         self.ready[index] = False
-        log.info("worker %d started pid=%d", index, proc.pid)
+        log.info("%s %d started pid=%d", self.role, index, proc.pid)
         pipe = os.fdopen(r, "rb", buffering=0)
-        return proc, asyncio.create_task(self._await_ready(index, pipe), name=f"parley-ready-w{index}")
+        task = asyncio.create_task(self._await_ready(index, pipe), name=f"parley-ready-{self.role}{index}")
+        return proc, task
 
     async def _await_ready(self, index: int, pipe: BinaryIO) -> str:
         reader = asyncio.StreamReader()
@@ -189,7 +229,7 @@ class Supervisor:
         if word != "ready" or not me:
             return ""
         self.ready[index] = True
-        log.info("worker %d ready as %s", index, me)
+        log.info("%s %d ready as %s", self.role, index, me)
         return me
 
     async def _release(self, me: str) -> None:

@@ -64,6 +64,21 @@ def parse_cap(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(window * 1000)
 
 
+#: The roles a Parley process can take (``engine.role``, ``parley run --role``).
+ROLES = ("api", "worker", "sender")
+
+
+def parse_roles(text: str, key: str = "engine.role") -> frozenset[str]:
+    """``"all"`` -> every role; ``"api,sender"`` -> those two. Raises ConfigError naming ``key``."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if words == ["all"]:
+        return frozenset(ROLES)
+    unknown = [w for w in words if w not in ROLES]
+    if not words or unknown:
+        raise ConfigError(key, f"must be all, or {', '.join(ROLES)} joined by commas; got {text!r}")
+    return frozenset(words)
+
+
 def parse_duration(value: object) -> float:
     """Parse a duration (see :class:`Duration`); raise ValueError on anything else."""
     if isinstance(value, bool):
@@ -149,8 +164,14 @@ class EngineConfig:
     shutdown_timeout: Duration = Duration(10.0)
     #: How often due timers (wait timeouts, expiry) are moved onto the inbound streams.
     timer_poll: Duration = Duration(0.1)
+    #: What ``parley run`` runs: ``all`` (one machine), or any of ``api``, ``worker``, ``sender``
+    #: joined by commas (engine/app/cli.py: the roles).
+    role: str = "all"
     #: Worker processes ``parley run`` starts (1: the worker runs inside the main process).
     workers: int = 1
+    #: API processes ``parley run`` serves with, sharing ``http.port`` (SO_REUSEPORT): 1 = the
+    #: main process only; N starts N - 1 more ``parley api`` processes beside it.
+    api_processes: int = 1
     #: A worker's hold on its shards; a dead worker's shards are taken over after at most this.
     lease_ttl: Duration = Duration(5.0)
     #: Flow outcome events kept per shard (runs, replies, results, message statuses; about 170
@@ -491,6 +512,9 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"governance.{section}.{kind}", "must be opt_out, opt_in or help")
     if not 1 <= cfg.engine.workers <= 64:
         raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
+    if not 1 <= cfg.engine.api_processes <= 64:
+        raise ConfigError("engine.api_processes", f"must be 1..64, got {cfg.engine.api_processes}")
+    parse_roles(cfg.engine.role)
     if cfg.engine.message_log_ttl < 60:
         raise ConfigError("engine.message_log_ttl", f"must be at least 1m, got {cfg.engine.message_log_ttl}s")
     if cfg.engine.dedupe_window < 60:

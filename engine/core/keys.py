@@ -53,7 +53,8 @@ A connector's (one slot per id slot K, so receipt scripts touch one slot):
                                "holder|expires ms" (at most ``binds`` of them)
 
 Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``; ``sender:GW``, the
-lanes of connector GW):
+lanes of connector GW; ``webhooks``, one "shard": which process runs the outcome webhooks,
+engine/app/singleton.py):
 
     p:{l}:lease:R      hash    shard -> "holder|expires ms": which process of role R reads which shard
     p:{l}:live:R       zset    holder -> heartbeat expiry ms (the live processes of role R)

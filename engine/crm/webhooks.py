@@ -1,8 +1,9 @@
 """Outcome webhooks: the flow outcome events (``p:fx:T``) pushed to the CRM, signed, in order per contact.
 
-One dispatcher per ``crm.webhooks[I]``, run where the caller runs (the API process of ``parley
-run``, never a worker process: two dispatchers of one webhook would split the streams and lose
-the per-contact order). It reads every shard's outcome stream ``p:fx:T`` (a contact's events
+One dispatcher per ``crm.webhooks[I]``, run where the caller runs (the main process of ``parley
+run``, never a ``parley worker`` process) and, of several such processes, only in the one holding
+the webhooks lease (engine/app/singleton.py): two dispatchers of one webhook would split the
+streams and lose the per-contact order. It reads every shard's outcome stream ``p:fx:T`` (a contact's events
 are all in its shard's, in order) and the webhook's replay stream ``p:whre:{wI}``, each in the
 consumer group ``webhook-I-<crc32 of the URL>`` (engine/core/keys.py), so a new URL is a new
 cursor. A new group starts at the end of each ``p:fx:T``: a webhook gets the events from when it
