@@ -1,7 +1,9 @@
 """End-to-end benchmark: inbound text on the wire -> reply on the wire, open loop, at increasing rates.
 
 What runs (all on 127.0.0.1, all on this machine's cores):
-- a private redis-server (no persistence), started here;
+- a private redis-server (no persistence), started here; with ``--cluster``, a private Redis
+  Cluster instead: 3 masters, no replicas (loadtests/redis_cluster.py), and Parley configured with
+  ``redis.cluster: true`` and one node's address (``redis_mode`` in the JSON says which ran);
 - Parley itself: ``parley run [--workers N]``, a separate process tree with a generated config;
 - the far edge, in this process: a stub provider that receives Parley's replies and timestamps
   them (the ``type: http`` gateway posts to it), and the load generator that texts Parley's
@@ -9,11 +11,12 @@ What runs (all on 127.0.0.1, all on this machine's cores):
 
 Method:
 1. Baseline: pipelined EVALSHA of a one-line script on the same Redis, per second, so figures can
-   be compared across machines as a ratio.
+   be compared across machines as a ratio (on a cluster: each master alone, one after the other,
+   in ``baseline_evalsha_pipelined_per_node``, and their sum).
 2. Preload C held conversations through the real path: PUT each contact, start the NPS flow for
    all of them (``POST /v1/flows/nps/start``), wait until every greeting reached the stub.
-   Measure Redis memory: INFO used_memory before and after the starts, and MEMORY USAGE of the
-   keys of a sample of contacts.
+   Measure Redis memory: INFO used_memory before and after the starts (summed over the masters of
+   a cluster), and MEMORY USAGE of the keys of a sample of contacts (each on its node).
 3. Offer texts at a fixed rate R for S seconds, open loop: a text's send time is fixed by the
    schedule, not by earlier replies, and its latency is measured from that scheduled time, so a
    stall shows up in the figures instead of slowing the generator down. Every text gets exactly
@@ -27,12 +30,14 @@ Method:
    scripts with a clock moving at the planned rate, in database 1 of the same server; MEMORY
    USAGE of the bookkeeping hashes over their entries). The rate steps above last seconds: their
    maps are nowhere near the fill a steady stream gives, so they are not used for this figure.
+   With ``--cluster`` this runs on a private single redis-server (a cluster has no database 1;
+   the bytes of a hash entry do not depend on the mode).
 
 Writes ``bench-results/bench-<time>.json`` (and ``latest.json``), a PNG of the latency
 percentiles against the offered rate, and prints a table. Ctrl-C stops the run and still writes
 what it has (marked partial).
 
-    python loadtests/bench.py [--conversations 20000] [--workers 1] [--rates 250,500,...]
+    python loadtests/bench.py [--conversations 20000] [--workers 1] [--rates 250,500,...] [--cluster]
 """
 
 from __future__ import annotations
@@ -70,10 +75,12 @@ from engine.core.redis_embedded import EmbeddedRedis, die_with_parent, free_port
 
 try:  # imported as loadtests.bench (the tests)
     from loadtests import bookkeeping, cpu, wire
+    from loadtests.redis_cluster import LocalCluster
 except ImportError:  # run as a script: loadtests/ is sys.path[0]
     import bookkeeping  # type: ignore[no-redef]
     import cpu  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
+    from redis_cluster import LocalCluster  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-0123456789abcdef"
@@ -172,6 +179,75 @@ class Handsets:
         return b'{"id":"h-%d"}' % next(self._ids)
 
 
+class RedisUnderTest:
+    """The Redis the run uses: one private redis-server, or (``cluster``) a private 3-master
+    Redis Cluster. ``url`` is what Parley is given (a node's, on a cluster); ``node_urls`` are the
+    masters', for what is read or summed per node (INFO, the baseline)."""
+
+    def __init__(self, root: Path, *, cluster: bool) -> None:
+        self.cluster = cluster
+        self._single = None if cluster else EmbeddedRedis(root / "redis", persistent=False)
+        self._cluster = (
+            LocalCluster(root / "cluster", masters=3, replicas=0, orphan_safe=True) if cluster else None
+        )
+
+    @property
+    def mode(self) -> str:
+        return "cluster" if self.cluster else "single"
+
+    def start(self) -> None:
+        if self._single is not None:
+            self._single.start()
+        else:
+            assert self._cluster is not None
+            self._cluster.start()
+
+    def stop(self) -> None:
+        if self._single is not None:
+            self._single.stop()
+        if self._cluster is not None:
+            self._cluster.stop()
+
+    @property
+    def url(self) -> str:
+        if self._single is not None:
+            return self._single.url
+        assert self._cluster is not None
+        return self._cluster.url
+
+    @property
+    def node_urls(self) -> list[str]:
+        if self._single is not None:
+            return [self._single.url]
+        assert self._cluster is not None
+        return [f"redis://{n.addr}" for n in self._cluster.nodes]
+
+    @property
+    def pids(self) -> list[int]:
+        if self._single is not None:
+            assert self._single.proc is not None
+            return [self._single.proc.pid]
+        assert self._cluster is not None
+        return self._cluster.pids()
+
+    def client(self) -> Any:
+        """A client of the whole keyspace (routing each key to its node on a cluster)."""
+        if self.cluster:
+            return aioredis.RedisCluster.from_url(self.url)
+        return aioredis.Redis.from_url(self.url)
+
+    async def used_memory(self) -> int:
+        """INFO used_memory, summed over the masters."""
+        total = 0
+        for url in self.node_urls:
+            r = aioredis.Redis.from_url(url)
+            try:
+                total += int((await r.info("memory"))["used_memory"])
+            finally:
+                await r.aclose()
+        return total
+
+
 async def baseline_evalsha(url: str, seconds: float = 2.0) -> float:
     """Pipelined EVALSHA calls per second of a trivial script on the same Redis."""
     r = aioredis.Redis.from_url(url)
@@ -192,11 +268,16 @@ async def baseline_evalsha(url: str, seconds: float = 2.0) -> float:
 class Engine:
     """``parley run`` as a child process tree, configured for the benchmark."""
 
-    def __init__(self, redis_url: str, handsets_port: int, workers: int, workdir: Path) -> None:
+    def __init__(
+        self, redis_url: str, handsets_port: int, workers: int, workdir: Path, *, cluster: bool = False
+    ) -> None:
         self.port = free_port()
         self.workers = workers
+        redis_config: dict[str, Any] = {"url": redis_url, "max_connections": 64}
+        if cluster:
+            redis_config["cluster"] = True
         config = {
-            "redis": {"url": redis_url, "max_connections": 64},
+            "redis": redis_config,
             "http": {"host": "127.0.0.1", "port": self.port},
             "api": {"keys": [API_KEY]},
             "engine": {"flows_dir": str(ROOT / "rules"), "shards": 8},
@@ -338,9 +419,17 @@ async def offer(
         await asyncio.sleep(0.02)
 
 
-async def redis_counters(r: aioredis.Redis) -> dict[str, Any]:
-    """Redis's command counts and network bytes so far."""
-    return {"commands": await r.info("commandstats"), "stats": await r.info("stats")}
+async def redis_counters(nodes: list[aioredis.Redis]) -> dict[str, Any]:
+    """Redis's command counts and network bytes so far, summed over the nodes."""
+    commands: dict[str, dict[str, int]] = {}
+    stats = {"total_net_input_bytes": 0, "total_net_output_bytes": 0}
+    for r in nodes:
+        for name, c in (await r.info("commandstats")).items():
+            commands.setdefault(name, {"calls": 0})["calls"] += int(c["calls"])
+        node_stats = await r.info("stats")
+        for k in stats:
+            stats[k] += int(node_stats[k])
+    return {"commands": commands, "stats": stats}
 
 
 def redis_per_turn(before: dict[str, Any], after: dict[str, Any], turns: int) -> dict[str, Any]:
@@ -392,12 +481,13 @@ def stage_means(
     return out
 
 
-async def memory(url: str, numbers: list[str], before: int) -> dict[str, Any]:
+async def memory(redis: RedisUnderTest, numbers: list[str], before: int) -> dict[str, Any]:
     """Redis bytes per held conversation: the session and its timer (the state that holds a
-    conversation), and everything (INFO delta over the starts, incl. the greeting's log record)."""
-    r = aioredis.Redis.from_url(url)
+    conversation), and everything (INFO delta over the starts, incl. the greeting's log record;
+    summed over the masters of a cluster, where MEMORY USAGE asks each key's own node)."""
+    r = redis.client()
     try:
-        after = int((await r.info("memory"))["used_memory"])
+        after = await redis.used_memory()
         sample = random.Random(7).sample(numbers, min(200, len(numbers)))
         parts: dict[str, float] = {}
         for name, key in (
@@ -499,7 +589,10 @@ async def run(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     result: dict[str, Any] = {
         "machine": machine(),
+        "redis_mode": "cluster" if args.cluster else "single",
         "parameters": {
+            "redis_mode": "cluster" if args.cluster else "single",
+            "redis_masters": 3 if args.cluster else 1,
             "conversations": args.conversations,
             "workers": args.workers,
             "rates": args.rates,
@@ -520,12 +613,13 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
-        server = EmbeddedRedis(Path(tmp) / "redis", persistent=False)
-        server.start()
+        server = RedisUnderTest(Path(tmp), cluster=args.cluster)
         engine: Engine | None = None
         try:
+            console.print(f"[bold]redis[/]: {server.mode} ...")
+            server.start()  # on this (the main) thread: its nodes die with it
             async with Handsets() as handsets:
-                engine = Engine(server.url, handsets.port, args.workers, Path(tmp))
+                engine = Engine(server.url, handsets.port, args.workers, Path(tmp), cluster=args.cluster)
                 engine.start()
                 conn = aiohttp.TCPConnector(limit=256, force_close=False)
                 async with aiohttp.ClientSession(
@@ -533,16 +627,21 @@ async def run(args: argparse.Namespace) -> int:
                 ) as session:
                     await engine.ready(session)
                     console.print("[bold]baseline[/]: pipelined EVALSHA on the same Redis ...")
-                    result["baseline_evalsha_pipelined_per_s"] = round(await baseline_evalsha(server.url))
+                    per_node = [
+                        round(await baseline_evalsha(u, args.baseline_seconds)) for u in server.node_urls
+                    ]
+                    # One node: its figure. A cluster: each master alone, one after the other, summed
+                    # (what the masters serve between them when the clients are not the limit).
+                    result["baseline_evalsha_pipelined_per_s"] = sum(per_node)
+                    if args.cluster:
+                        result["baseline_evalsha_pipelined_per_node"] = per_node
                     with _progress() as progress:
                         await put_contacts(session, engine, numbers, progress)
-                        r = aioredis.Redis.from_url(server.url)
-                        before = int((await r.info("memory"))["used_memory"])  # contacts in, no conversations
-                        await r.aclose()
+                        before = await server.used_memory()  # contacts in, no conversations
                         t0 = time.perf_counter()
                         await start_conversations(session, engine, numbers, handsets, progress)
                         result["preload_seconds"] = round(time.perf_counter() - t0, 1)
-                    result.update(await memory(server.url, numbers, before))
+                    result.update(await memory(server, numbers, before))
                     positions = itertools.cycle(range(len(numbers)))
                     state = [0] * len(numbers)
 
@@ -553,12 +652,13 @@ async def run(args: argparse.Namespace) -> int:
                             yield numbers[i], text
 
                     stream = texts()
-                    assert engine.proc is not None and server.proc is not None
+                    assert engine.proc is not None
+                    # Every redis-server of a cluster counts as "redis".
                     sampler = cpu.Sampler(
-                        [engine.proc.pid, server.proc.pid, os.getpid()],
-                        {os.getpid(): "harness", server.proc.pid: "redis"},
+                        [engine.proc.pid, *server.pids, os.getpid()],
+                        {os.getpid(): "harness", **dict.fromkeys(server.pids, "redis")},
                     )
-                    r = aioredis.Redis.from_url(server.url)
+                    nodes = [aioredis.Redis.from_url(u) for u in server.node_urls]
                     headers = {"Authorization": f"Bearer {API_KEY}"}
                     pool = await wire.Pool("127.0.0.1", engine.port, headers, size=32).__aenter__()
                     with _progress() as progress:
@@ -566,25 +666,35 @@ async def run(args: argparse.Namespace) -> int:
                             step = Step(rate, args.seconds)
                             steps.append(step)
                             sums = await stage_sums(session, engine)
-                            cpu0, redis0 = sampler.sample(), await redis_counters(r)
+                            cpu0, redis0 = sampler.sample(), await redis_counters(nodes)
                             await offer(pool, step, stream, handsets, progress)
-                            cpu1, redis1 = sampler.sample(), await redis_counters(r)
+                            cpu1, redis1 = sampler.sample(), await redis_counters(nodes)
                             step.stages_ms = stage_means(sums, await stage_sums(session, engine))
                             step.cpu_us = cpu.per_turn_us(sampler.between(cpu0, cpu1), step.answered)
                             step.redis_per_turn = redis_per_turn(redis0, redis1, step.answered)
                             if not step.sustained and rate >= 1000:
                                 break
                     await pool.__aexit__(None, None, None)
-                    await r.aclose()
+                    for r in nodes:
+                        await r.aclose()
                     # Replies that matched no text: a duplicate send would show here.
                     await asyncio.sleep(0.5)
                     result["unmatched_replies"] = handsets.greetings - len(numbers)
                     # Receipt and dedupe bookkeeping at a steady rate, in a database of its own
                     # on the same server (loadtests/bookkeeping.py says how and why).
                     console.print("[bold]bookkeeping[/]: bytes per message at a steady rate ...")
-                    result.update(
-                        await bookkeeping.measure(server.url.rsplit("/", 1)[0] + "/1", args.bookkeeping)
-                    )
+                    if args.cluster:  # a cluster has no database 1: a private server of its own
+                        side = EmbeddedRedis(Path(tmp) / "bookkeeping", persistent=False)
+                        side.start()
+                        try:
+                            result.update(await bookkeeping.measure(side.url, args.bookkeeping))
+                        finally:
+                            side.stop()
+                        result["bookkeeping"]["redis"] = "a private single redis-server"
+                    else:
+                        result.update(
+                            await bookkeeping.measure(server.url.rsplit("/", 1)[0] + "/1", args.bookkeeping)
+                        )
                     result["partial"] = False
         except (KeyboardInterrupt, asyncio.CancelledError):
             main_task.uncancel()
@@ -614,8 +724,9 @@ def report(result: dict[str, Any], steps: list[Step], out_dir: Path, stamp: str)
     (out_dir / "latest.json").write_bytes(json_path.read_bytes())
     if steps:
         m = result["machine"]
+        mode = "3-master Redis Cluster" if result["redis_mode"] == "cluster" else "one redis-server"
         title = (
-            f"Parley {m['commit']}: {result['parameters']['conversations']:,} held conversations, "
+            f"Parley {m['commit']}: {result['parameters']['conversations']:,} held conversations, {mode}, "
             f"{result['parameters']['workers']} worker(s); "
             f"{m['cores']} cores shared by everything ({m['cpu']})"
         )
@@ -623,7 +734,8 @@ def report(result: dict[str, Any], steps: list[Step], out_dir: Path, stamp: str)
         (out_dir / "latest.png").write_bytes((out_dir / f"bench-{stamp}.png").read_bytes())
 
     table = Table(
-        title=f"Parley end-to-end, {result['parameters']['conversations']:,} held conversations (ms)"
+        title=f"Parley end-to-end, {result['parameters']['conversations']:,} held conversations, "
+        f"redis {result['redis_mode']} (ms)"
     )
     for col in ("offered/s", "achieved/s", "answered", "p50", "p90", "p99", "p99.9", "max", "sustained"):
         table.add_column(col, justify="right")
@@ -648,6 +760,11 @@ def report(result: dict[str, Any], steps: list[Step], out_dir: Path, stamp: str)
         f"{result.get('bytes_per_conversation_all')} (all, incl. message log)   "
         f"bytes/message (receipt + dedupe bookkeeping): {result.get('bytes_per_message_steady')}   "
         f"baseline EVALSHA: {result.get('baseline_evalsha_pipelined_per_s')}/s"
+        + (
+            f" (per master: {result['baseline_evalsha_pipelined_per_node']})"
+            if "baseline_evalsha_pipelined_per_node" in result
+            else ""
+        )
     )
     if generator_limited:
         out.print(f"[yellow]the load generator fell behind its schedule at {generator_limited} texts/s[/]")
@@ -678,6 +795,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=20_000,
         help="messages each way for bytes_per_message_steady (20,000)",
+    )
+    p.add_argument(
+        "--baseline-seconds", type=float, default=2.0, help="seconds of the EVALSHA baseline, per node (2)"
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a private local Redis Cluster (3 masters, no replicas) instead of one redis-server",
     )
     p.add_argument("--out", default=str(ROOT / "bench-results"))
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@ engine wired to a simulated carrier; helpers that wait on events instead of slee
 
 Redis Cluster: a module marked ``pytestmark = pytest.mark.redis_modes`` runs each of its tests
 that takes ``redis_url`` twice, on the single redis-server and on a real local cluster (3
-masters, 3 replicas: tests/redis_cluster.py), started once for the session by the first test
+masters, 3 replicas: loadtests/redis_cluster.py), started once for the session by the first test
 that needs it (about 2 s). ``redis_url`` is then a :class:`ClusterURL`: :func:`make_config`
 sets ``redis.cluster`` for it, and :func:`redis_client` connects the right client."""
 

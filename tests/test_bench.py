@@ -69,3 +69,36 @@ def test_the_chart_marks_which_rates_were_sustained() -> None:
     assert marks == {250: "sustained", 500: "sustained", 1000: "not sustained"}
     labels = ax.get_legend_handles_labels()[1]
     assert "not sustained" in " ".join(labels)
+
+
+def test_bench_on_a_cluster_reports_the_same_figures_summed_over_its_masters(tmp_path: Path) -> None:
+    """``make bench BENCH_ARGS=--cluster``: the same run on a private 3-master Redis Cluster, with
+    the keys tools read, the mode said, and Redis's figures (CPU, commands, memory, baseline)
+    taken over every master."""
+    proc = subprocess.run(
+        [
+            sys.executable, "loadtests/bench.py", "--cluster", "--conversations", "30", "--rates", "40",
+            "--seconds", "1", "--bookkeeping", "200", "--baseline-seconds", "0.2", "--out", str(tmp_path),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert result["redis_mode"] == result["parameters"]["redis_mode"] == "cluster"
+    assert result["parameters"]["redis_masters"] == 3
+    for key in (
+        "max_sustained_turns_per_s", "p99_ms_at_1000", "bytes_per_conversation",
+        "baseline_evalsha_pipelined_per_s", "bytes_per_message_steady",
+    ):  # fmt: skip
+        assert key in result, key
+    assert result["partial"] is False and result["unmatched_replies"] == 0
+    (step,) = result["steps"]
+    assert step["answered"] == step["offered"] == 40 and step["refused"] == 0
+    assert step["cpu_us_per_turn"]["redis"] > 0 and step["cpu_us_per_turn"]["total"] > 0
+    assert step["redis_per_turn"]["commands"]["evalsha"] >= 2  # summed over the masters
+    per_node = result["baseline_evalsha_pipelined_per_node"]
+    assert len(per_node) == 3 and all(n > 0 for n in per_node)
+    assert result["baseline_evalsha_pipelined_per_s"] == sum(per_node)
+    assert result["bytes_per_conversation"] > 0 and result["breakdown_bytes"]["session"] > 0
+    assert result["used_memory_bytes"] > 0 and result["bytes_per_message_steady"] > 0
+    assert "redis cluster" in proc.stdout and "per master" in proc.stdout

@@ -1,4 +1,4 @@
-"""Redis Cluster plumbing against a real local cluster (3 masters, 3 replicas; tests/redis_cluster.py):
+"""Redis Cluster plumbing against a real local cluster (3 masters, 3 replicas; loadtests/redis_cluster.py):
 the config, the Store on RedisCluster, scripts on any node (NOSCRIPT), coalesced pipelines that
 span nodes, the stream consumer reading one slot per read, pub/sub and scans over every master."""
 
