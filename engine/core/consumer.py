@@ -284,13 +284,16 @@ class StreamConsumer:
         return failure
 
     async def _read(self, streams: tuple[str, ...], recovering: bool, count: int) -> Any:
-        return await self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            dict.fromkeys(streams, "0" if recovering else ">"),
-            count=count,
-            block=None if recovering else BLOCK_MS,
-        )
+        # Sent straight to the master of the streams' slot: redis-py cannot find XREADGROUP's
+        # keys by itself (they follow STREAMS) and would ask the server (COMMAND GETKEYS) first,
+        # a round trip per read. After a failover the node is looked up again on the next read.
+        cluster: Any = self.redis
+        node = cluster.get_node_from_key(streams[0])
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
+        if not recovering:
+            args += ["BLOCK", BLOCK_MS]
+        args += ["STREAMS", *streams, *(["0" if recovering else ">"] * len(streams))]
+        return await cluster.execute_command(*args, target_nodes=node)
 
     async def _handle(self, entries: list[Entry], recovering: bool) -> bool:
         """:meth:`handle`, with a bug logged (the entries stay pending: read them again)."""
