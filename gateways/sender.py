@@ -66,7 +66,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from engine.core import keys
-from engine.core.consumer import Entry, StreamConsumer, ensure_group
+from engine.core.consumer import BLOCK_MS, Entry, StreamConsumer, ensure_group
 from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
 from engine.core.leases import ShardLeases, Tick
 from engine.core.numbers import mask
@@ -326,6 +326,10 @@ class _Lane(StreamConsumer):
             self._recover = True  # what was claimed is read (in stream order) before anything new
         return n
 
+    def reading_stale(self, version: int) -> bool:
+        """Whether a read is in flight over the shards of a version before ``version``."""
+        return self._idle and self._version < version
+
     async def handle(self, entries: list[Entry], recovering: bool) -> bool:
         for stream, entry_id, fields in entries:
             self.sender.take(self.lane, stream, entry_id, fields, recovering)
@@ -426,6 +430,19 @@ class Sender:
             self.owned -= gone
             for reader in self._lanes:  # (cluster) no read of them outstanding once released
                 await reader.stop_reading([keys.outbound_stream(s, self.gw.name, reader.lane) for s in gone])
+            self.version += 1
+            # (one Redis) The lane readers block in a read of every shard they had (up to
+            # BLOCK_MS): wait until none still reads a shard let go, so that nothing of it is
+            # delivered here after the next holder claimed its pending entries (they would stay
+            # pending here, unread by anyone). What such a read delivers before is claimed.
+            deadline = asyncio.get_running_loop().time() + 4 * BLOCK_MS / 1000
+            while any(r.reading_stale(self.version) for r in self._lanes):
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning(
+                        "sender %s: a lane read did not end in time; handing over anyway", self.gw.name
+                    )
+                    break
+                await asyncio.sleep(0.005)
             for jobs in self._jobs.values():
                 for t, job in jobs.items():
                     if job.shard in gone:
@@ -443,8 +460,9 @@ class Sender:
                 continue  # read once claimed: at the next renewal
             added.add(shard)
         self.owned |= added
-        if gone or added:
+        if added:
             self.version += 1
+        if gone or added:
             self.changed.set()
         return busy
 
