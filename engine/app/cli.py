@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -74,10 +73,6 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="run one worker process against a shared Redis (what `run --workers N` starts)"
     )
     worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
-    worker.add_argument(
-        "--senders", action="store_true",
-        help="also run the send pipeline here (senders beside the workers: what `run --workers N` does)",
-    )  # fmt: skip
     api = sub.add_parser(
         "api",
         help="run one API process on a port shared with others (what `run --api-processes N` starts)",
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             if not cfg.redis.url:
                 raise ConfigError("redis.url", "a worker process needs a shared Redis (set redis.url)")
-            return _run_async(_work(cfg, args.index, args.senders))
+            return _run_async(_work(cfg, args.index))
         if args.command == "api":
             if not cfg.redis.url:
                 raise ConfigError("redis.url", "an API process needs a shared Redis (set redis.url)")
@@ -287,16 +282,12 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _work(cfg: Config, index: int, senders: bool = False) -> int:
+async def _work(cfg: Config, index: int) -> int:
     from engine.app.runtime import Runtime
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
-    # Its senders hold their leases as "<worker id>-s": the supervisor releases them with its own.
-    sender_id = f"{socket.gethostname()}-{os.getpid()}-w{index}-s"
-    async with Runtime(
-        cfg, http=False, senders=senders, caller=False, worker_index=index, sender_id=sender_id
-    ) as rt:
+    async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
         assert rt.worker is not None
         _reload_on_hup(rt)
         report_ready(rt.worker.me)

@@ -76,7 +76,6 @@ class Runtime:
         worker_index: int = 0,
         worker_processes: bool = False,
         config_path: str | None = None,
-        sender_id: str | None = None,
         api: bool = True,
         reuse_port: bool = False,
     ) -> None:
@@ -124,9 +123,6 @@ class Runtime:
         self._worker_index = worker_index
         self._processes = worker_processes
         self._config_path = config_path
-        #: The holder name of this process's sender leases (a worker process's senders: ``<worker
-        #: id>-s``, so its supervisor can give them up in its name when it dies); None: random.
-        self._sender_id = sender_id
         self._ephemeral = ephemeral_redis
         self._stack = contextlib.AsyncExitStack()
         self._store: Store | None = None
@@ -172,23 +168,19 @@ class Runtime:
         await self._store.ping()
         await check_layout(self._store)  # an earlier release's data: refused, naming parley migrate
         await flow_versions.publish(self._store, self.flows)
-        # Senders beside the workers: with worker processes, they send (each its leased shards'
-        # lanes, and an SMPP connector's binds it leases), and this process sends nothing.
-        beside = self._want["senders"] and self._want["worker"] and self._processes and cfg.engine.workers > 1
-        sends_here = self._want["senders"] and not beside
         for name, raw in cfg.gateways.items():
             gw = build_gateway(name, raw)
-            gw.attach(self, active=sends_here)
+            gw.attach(self, active=self._want["senders"])
             self.gateways[name] = await self._stack.enter_async_context(gw)
         can_send = [n for n, g in self.gateways.items() if g.can_send]
         self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
-        if sends_here:
+        if self._want["senders"]:
             # A lease set per connector (role "sender:GW"): the shards whose lanes of it this
             # process reads. A connector that cannot send from here (an SMPP connector holding no
             # bind) holds none, so the processes that can send read its lanes.
             for name, gw in self.gateways.items():
                 if gw.can_send:
-                    leases = SenderLeases(self, self._sender_id, role=f"sender:{name}", gate=gw.sendable)
+                    leases = SenderLeases(self, role=f"sender:{name}", gate=gw.sendable)
                     self.sender_leases[name] = await self._stack.enter_async_context(leases)
                     sender = Sender(self, gw, leases)
                     self.senders[name] = await self._stack.enter_async_context(sender)
@@ -205,7 +197,7 @@ class Runtime:
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
                 Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout,
-                           self._release_leases, extra=("--senders",) if beside else ())
+                           self._release_leases)
             )  # fmt: skip
         elif self._want["worker"]:
             self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
@@ -250,13 +242,8 @@ class Runtime:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
 
     async def _release_leases(self, worker_id: str) -> None:
-        """Give up a dead worker's shards in its name (the supervisor saw it die), and those of
-        the senders beside it."""
-        eng = self.config.engine
-        await release_dead(self.store, worker_id, eng.shards, eng.lease_ttl)
-        for name, gw in self.gateways.items():
-            if gw.can_send:
-                await release_dead(self.store, f"{worker_id}-s", eng.shards, eng.lease_ttl, f"sender:{name}")
+        """Give up a dead worker's shards in its name (the supervisor saw it die)."""
+        await release_dead(self.store, worker_id, self.config.engine.shards, self.config.engine.lease_ttl)
 
     async def accept_inbound(
         self, *, gateway: str, contact: str, to: str, text: str, provider_id: str

@@ -84,7 +84,7 @@ class Supervisor:
     def __init__(
         self, n: int, redis_url: str, config_path: str | None, shutdown_timeout: float,
         release: ReleaseLeases | None = None, *, role: str = "worker", first: int = 0,
-        env: dict[str, str] | None = None, extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.n = n
         self.redis_url = redis_url
@@ -93,8 +93,6 @@ class Supervisor:
         self.release = release
         self.role = role
         self.env = env or {}
-        #: More arguments for each process (``--senders``: workers that also send).
-        self.extra = extra
         self.indices = range(first, first + n)
         #: index -> the running process (for /healthz and tests)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
@@ -109,16 +107,7 @@ class Supervisor:
 
     def argv(self, index: int) -> list[str]:
         config = ["--config", self.config_path] if self.config_path else []
-        return [
-            sys.executable,
-            "-m",
-            "engine.app.cli",
-            *config,
-            self.role,
-            "--index",
-            str(index),
-            *self.extra,
-        ]
+        return [sys.executable, "-m", "engine.app.cli", *config, self.role, "--index", str(index)]
 
     def report(self) -> dict[str, dict[str, object]]:
         """What /healthz shows of each process: pid, running, ready, restarts, restart_wait."""
