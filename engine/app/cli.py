@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -273,6 +274,20 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
+#: Collector thresholds once running: a turn allocates many short-lived objects, so collecting
+#: the youngest generation every 700 allocations (Python's default) runs it several times a turn.
+GC_THRESHOLDS = (20_000, 20, 100)
+
+
+def _settle_gc() -> None:
+    """Once started: what exists now (modules, flows, config, pools) lives for the whole run, so
+    it is frozen out of the collector's view (a full collection under load then walks only what
+    the turns made: it paused a process 140-170 ms before), and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -289,6 +304,7 @@ async def _work(cfg: Config, index: int) -> int:
     stop = _stop_on_signals()
     async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
         assert rt.worker is not None
+        _settle_gc()
         _reload_on_hup(rt)
         report_ready(rt.worker.me)
         print(f"parley worker {rt.worker.me} running; SIGTERM stops it gracefully", file=sys.stderr)
@@ -325,6 +341,7 @@ async def _api(cfg: Config, index: int) -> int:
 
     stop = _stop_on_signals()
     async with Runtime(cfg, worker=False, senders=False, caller=False, reuse_port=True) as rt:
+        _settle_gc()
         _reload_on_hup(rt)
         report_ready(f"api-{index}-{os.getpid()}")
         print(
@@ -350,6 +367,7 @@ async def _serve(cfg: Config, config_path: str | None, roles: frozenset[str] = f
                     sup.signal(signal.SIGHUP)
 
         _reload_on_hup(rt, forward)
+        _settle_gc()
         workers = cfg.engine.workers if rt.supervisor else "in process" if rt.worker else "none"
         serves = "" if "api" in roles else " (/healthz and /metrics)"
         api = f"; API processes: {cfg.engine.api_processes}" if rt.api_supervisor else ""
