@@ -213,15 +213,22 @@ class SenderLeases:
                     asyncio.create_task(self._release(free, busy), name="parley-sender-release")
                 )
 
+    async def _finish(self, busy: list[asyncio.Task[None]]) -> None:
+        """Let the sends in the provider's hands be recorded (``shutdown_timeout`` at most); those
+        still running then are cancelled, as if this process had died there (the next holder
+        of their shard sends them again, with the same id)."""
+        if not busy:
+            return
+        _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
+        for t in late:
+            t.cancel()
+        if late:
+            await asyncio.wait(late)
+
     async def _release(self, shards: set[int], busy: list[asyncio.Task[None]]) -> None:
         """Give ``shards`` up once the sends in hand for them are done (the rest stay pending)."""
         try:
-            if busy:
-                _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
-                for t in late:  # as if this process had died there: the next holder sends them again
-                    t.cancel()
-                if late:
-                    await asyncio.wait(late)
+            await self._finish(busy)
             await self.leases.release(shards)
             log.info("senders %s: handed over shards %s", self.me, sorted(shards))
         except (aioredis.RedisError, OSError) as exc:
@@ -261,12 +268,7 @@ class SenderLeases:
             for sender in self.senders:
                 busy += await sender.sync(frozenset())  # stop reading; sends in hand finish
             self.held = frozenset()
-            if busy:
-                _, late = await asyncio.wait(busy, timeout=self.rt.config.engine.shutdown_timeout)
-                for t in late:  # as if this process had died there: the next holder sends them again
-                    t.cancel()
-                if late:
-                    await asyncio.wait(late)
+            await self._finish(busy)
             await self.leases.leave()
         log.info("senders %s: %s cannot send from this process; its lanes left to others", self.me, self.role)
 

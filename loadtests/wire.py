@@ -26,6 +26,26 @@ from collections.abc import Callable
 from typing import cast
 
 
+def _next_message(buf: bytearray) -> tuple[bytes, bytes] | None:
+    """The first whole HTTP/1.1 message in ``buf`` (head, body), removed from it; None if the
+    buffer does not hold one yet. Content-Length bodies only."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    body = bytes(buf[end + 4 : total])
+    del buf[:total]
+    return head, body
+
+
 class _ClientConn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -38,21 +58,8 @@ class _ClientConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            total = end + 4 + length
-            if len(self.buf) < total:
-                return
-            status = int(head[9:12])
-            del self.buf[:total]
+        while (message := _next_message(self.buf)) is not None:
+            status = int(message[0][9:12])
             fut = self.waiting.popleft()
             if not fut.done():
                 fut.set_result(status)
@@ -116,22 +123,8 @@ class _ServerConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         out: list[bytes] = []
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            head = bytes(self.buf[:end])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            total = end + 4 + length
-            if len(self.buf) < total:
-                break
-            body = bytes(self.buf[end + 4 : total])
-            del self.buf[:total]
-            answer = self.on_body(body)
+        while (message := _next_message(self.buf)) is not None:
+            answer = self.on_body(message[1])
             out.append(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                 % (len(answer), answer)
