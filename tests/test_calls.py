@@ -207,3 +207,32 @@ def test_a_bad_crm_lookup_is_refused_with_the_line(tmp_path: Path, call: str, pr
     with pytest.raises(FlowErrors) as info:
         FlowRegistry.from_dir(str(tmp_path))
     assert problem in str(info.value) and "bad.yaml:5" in str(info.value)
+
+
+async def test_a_call_left_by_a_caller_that_died_is_made_by_another(
+    redis_url: str, flows: Path, crm: StubCrm
+) -> None:
+    """A caller on another host read the job and died before answering: once the job has been
+    pending longer than the stale time, a live caller takes it over and the flow goes on."""
+    from engine.conversation.calls import Caller
+
+    cfg = _cfg(redis_url, flows)
+    async with Runtime(cfg, http=False, worker=False, senders=False, caller=False) as rt:
+        await contacts.upsert(rt.store, rt.config.engine.shards, contacts.Contact(ANN), rt.clock.now_ms())
+        await intake.enqueue_starts(rt, "lookup", [ANN], {"crm": crm.url})
+        assert await process_stream(rt, ANN) == ["started"]
+        jobs = keys.calls(shard(ANN))
+        await rt.store.redis.xgroup_create(jobs, keys.CALLS_GROUP, id="0", mkstream=True)
+        taken = await rt.store.redis.xreadgroup(keys.CALLS_GROUP, "gone-host-1-c-dead", {jobs: ">"})
+        assert len(taken[0][1]) == 1  # in the dead caller's hands, never answered
+        async with Caller(rt, stale_ms=300, reclaim_every=0.1):
+            for _ in range(100):
+                if await rt.store.redis.xlen(keys.inbound_stream(shard(ANN))) and crm.seen:
+                    break
+                await asyncio.sleep(0.05)
+        assert crm.seen == [("/customers/+447700900123", "Bearer crm-token")]  # called once
+        assert await process_stream(rt, ANN) == ["called"]  # the answer's turn: the flow went on
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
+        consumers = {c["name"] for c in await rt.store.redis.xinfo_consumers(jobs, keys.CALLS_GROUP)}
+    assert state is not None and state["o"] == "told"
+    assert b"gone-host-1-c-dead" not in consumers and "gone-host-1-c-dead" not in consumers

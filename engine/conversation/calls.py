@@ -7,6 +7,13 @@ contact's texts like anything else; the job is acknowledged in the same round tr
 stream and the shard's inbound stream share a slot). A caller that dies mid-request leaves the job pending
 and re-reads it on start (the conversation takes the first answer; a second is stale). If no
 answer comes at all, the session's safety timer takes the failure route.
+
+Any number of callers run (one in each worker-role process), each a consumer of its own name
+(host, pid): a job is in one caller's hands at a time. A caller that died, or stopped on a host
+that never runs one again, leaves its jobs pending under its name: every ``RECLAIM_EVERY_S``
+each caller takes over (XAUTOCLAIM) the jobs pending longer than ``STALE_MS``, far beyond any
+call in progress (the longest CRM timeout is 30 s, then the answer's recording retries for about
+9 s), and forgets the callers that hold nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64
 MAX_ANSWER_BYTES = 64 * 1024
+#: A job pending this long with another caller is that caller's no more (see the docstring).
+STALE_MS = 60_000
+RECLAIM_EVERY_S = 10.0
 
 
 class Caller(StreamConsumer):
@@ -39,10 +51,16 @@ class Caller(StreamConsumer):
 
     label = "caller"
 
-    def __init__(self, rt: Services) -> None:
+    def __init__(
+        self, rt: Services, stale_ms: int = STALE_MS, reclaim_every: float = RECLAIM_EVERY_S
+    ) -> None:
         streams = [keys.calls(s) for s in range(rt.config.engine.shards)]
-        super().__init__(rt.store.redis, keys.CALLS_GROUP, f"{socket.gethostname()}-c", streams)
+        me = f"{socket.gethostname()}-{os.getpid()}-c-{secrets.token_hex(2)}"  # unique per caller run
+        super().__init__(rt.store.redis, keys.CALLS_GROUP, me, streams)
         self.rt = rt
+        self.stale_ms = stale_ms
+        self.reclaim_every = reclaim_every
+        self._reclaim: asyncio.Task[None] | None = None
         self.stop_timeout = rt.config.engine.shutdown_timeout
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: set[tuple[str, bytes]] = set()  # (stream, job id) being called (pending until answered)
@@ -57,14 +75,54 @@ class Caller(StreamConsumer):
             connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
         )
         await super().__aenter__()
+        self._reclaim = asyncio.create_task(self._reclaim_stale(), name="parley-caller-reclaim")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._reclaim is not None:
+            self._reclaim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reclaim
         await super().__aexit__(*exc)
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=self.stop_timeout)
         if self._session is not None:
             await self._session.close()
+
+    async def _reclaim_stale(self) -> None:
+        """Take over the jobs other callers left pending for ``stale_ms`` (they died)."""
+        r = self.rt.store.redis
+        while not self._stopping.is_set():
+            try:
+                claimed = 0
+                for stream in self.streams:
+                    start: bytes | str = "0-0"
+                    while True:
+                        nxt, entries, *_ = await r.xautoclaim(
+                            stream, self.group, self.consumer, min_idle_time=self.stale_ms,
+                            start_id=start, count=100,
+                        )  # fmt: skip
+                        claimed += len(entries)
+                        if nxt in (b"0-0", "0-0"):
+                            break
+                        start = nxt
+                    for info in await r.xinfo_consumers(stream, self.group):
+                        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                        if (
+                            name != self.consumer
+                            and not int(info["pending"])
+                            and int(info["idle"]) > self.stale_ms
+                        ):
+                            await r.xgroup_delconsumer(stream, self.group, name)
+                if claimed:
+                    log.warning(
+                        "caller %s: took over %d CRM calls a stopped caller left", self.consumer, claimed
+                    )
+                    self._recover = True  # read them (pending) before anything new
+            except (aioredis.RedisError, OSError) as exc:
+                log.debug("caller: reclaim skipped (%s)", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.reclaim_every)
 
     async def room(self) -> int:
         while len(self._inflight) >= MAX_IN_FLIGHT:
