@@ -306,8 +306,12 @@ async def test_a_dispatcher_stopped_mid_delivery_sends_again_on_restart_with_the
     async with running(cfg) as (rt, api):
         await wait_for(lambda: len(crm.delivered()) == 1)
         assert [h.event_id for h in crm.hits] == [first, first]
-        pending = await rt.store.redis.xpending(keys.flow_events(shard(A)), keys.webhook_group(0, crm.url))
-        assert pending["pending"] == 0
+
+        async def acknowledged() -> bool:  # the acknowledgement follows the CRM's 200
+            stream, group = keys.flow_events(shard(A)), keys.webhook_group(0, crm.url)
+            return int((await rt.store.redis.xpending(stream, group))["pending"]) == 0
+
+        assert await eventually(acknowledged)
 
 
 async def test_events_trimmed_before_they_were_sent_are_counted_as_lost(
