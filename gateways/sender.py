@@ -66,7 +66,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from engine.core import keys
-from engine.core.consumer import BLOCK_MS, Entry, StreamConsumer, ensure_group
+from engine.core.consumer import BLOCK_MS, Entry, StreamConsumer, claim_pending, ensure_group
 from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
 from engine.core.leases import ShardLeases, Tick
 from engine.core.numbers import mask
@@ -273,26 +273,9 @@ class SenderLeases:
         log.info("senders %s: %s cannot send from this process; its lanes left to others", self.me, self.role)
 
     async def _watch(self) -> None:
-        """Renew at once when another sender process joins, leaves or gives shards up (lease.lua
-        publishes on ``keys.lease_changes(role)``). Best effort, as the worker's."""
-        period = self.leases.ttl_ms / 3000
-        redis = self.rt.store.redis
-        while not self._stop.is_set():
-            try:
-                async with redis.pubsub(ignore_subscribe_messages=True) as ps:
-                    await ps.subscribe(keys.lease_changes(self.role))
-                    self._renew_now.set()  # what changed while not listening
-                    while not self._stop.is_set():
-                        msg = await ps.get_message(timeout=period)
-                        if msg is not None and msg["data"] not in (self.me, self.me.encode()):
-                            self._renew_now.set()
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), period)
-            except Exception:
-                log.exception("senders %s: unexpected error watching lease changes; continuing", self.me)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), period)
+        """Renew at once when another sender process joins, leaves or gives shards up
+        (ShardLeases.watch)."""
+        await self.leases.watch(self._renew_now, self._stop)
 
 
 class _Lane(StreamConsumer):
@@ -476,24 +459,7 @@ class Sender:
         for lane in keys.LANES:
             stream = keys.outbound_stream(shard, self.gw.name, lane)
             await ensure_group(r, stream, keys.OUTBOUND_GROUP)
-            start: bytes | str = "0-0"
-            while True:
-                nxt, entries, *_ = await r.xautoclaim(
-                    stream,
-                    keys.OUTBOUND_GROUP,
-                    self.consumer_name,
-                    min_idle_time=0,
-                    start_id=start,
-                    count=1000,
-                )
-                claimed += len(entries)
-                if nxt in (b"0-0", "0-0"):
-                    break
-                start = nxt
-            for info in await r.xinfo_consumers(stream, keys.OUTBOUND_GROUP):
-                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-                if name != self.consumer_name and int(info["pending"]) == 0:
-                    await r.xgroup_delconsumer(stream, keys.OUTBOUND_GROUP, name)
+            claimed += await claim_pending(r, stream, keys.OUTBOUND_GROUP, self.consumer_name)
         if claimed:
             log.info("sender %s: claimed %d unrecorded messages of shard %d", self.gw.name, claimed, shard)
 

@@ -32,9 +32,23 @@ MESSAGES = int(os.environ.get("PARLEY_NODE_SMSC_MESSAGES", "300"))
 RATE = float(os.environ.get("PARLEY_NODE_SMSC_RATE", "150"))
 
 
+class NodeSmsc:
+    """The running node-smpp SMSC: its port, and its counts on request (server.js)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    async def counts(self) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"?\n")
+        await self.proc.stdin.drain()
+        counts: dict[str, int] = orjson.loads(await asyncio.wait_for(self.proc.stdout.readline(), 5))
+        return counts
+
+
 @contextlib.asynccontextmanager
-async def node_smsc() -> AsyncIterator[int]:
-    """The node-smpp SMSC on a free port (its port); stopped by closing its stdin."""
+async def node_smsc() -> AsyncIterator[NodeSmsc]:
+    """The node-smpp SMSC on a free port; stopped by closing its stdin."""
     node = shutil.which("node")
     if node is None or not (PEER / "node_modules/smpp").is_dir():
         pytest.fail("node-smpp is not installed: run `make peers` (npm ci in tests/peers/node_smsc)")
@@ -46,7 +60,7 @@ async def node_smsc() -> AsyncIterator[int]:
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         assert line, "node-smpp SMSC did not start"
-        yield int(orjson.loads(line)["port"])
+        yield NodeSmsc(proc, int(orjson.loads(line)["port"]))
     finally:
         proc.stdin.close()
         try:
@@ -84,9 +98,9 @@ async def test_node_smpp_receipts_right_after_the_response_land_on_their_own_mes
     redis_url: str, tmp_path: Path
 ) -> None:
     numbers = contacts(MESSAGES)
-    async with node_smsc() as port:
+    async with node_smsc() as smsc:
         gw = {
-            "type": "smpp", "host": "127.0.0.1", "port": port, "system_id": "parley", "password": "secret",
+            "type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley", "password": "secret",
             "sender": "12345", "rate": RATE, "window": 20, "reconnect_delay": "50ms", "response_timeout": "5s",
         }  # fmt: skip
         async for e in engine(redis_url, tmp_path, {"smsc": gw}):

@@ -199,3 +199,32 @@ async def test_a_process_cut_off_from_redis_closes_its_binds_before_its_leases_c
     finally:
         await store.close()
         await nowhere.close()
+
+
+async def test_against_node_smpp_two_processes_never_hold_more_binds_than_allowed(
+    redis_url: str,
+) -> None:
+    """The same sharing against an SMSC nobody here wrote (node-smpp, tests/peers): it counts its
+    own binds; two processes allowed 2 between them never open a third, and the survivor of a
+    clean stop holds both."""
+    from tests.test_node_smsc import node_smsc
+
+    async with node_smsc() as peer:
+        gw = {
+            "type": "smpp", "host": "127.0.0.1", "port": peer.port, "system_id": "parley",
+            "password": "secret", "sender": "12345", "binds": 2, "bind_lease": "600ms",
+            "reconnect_delay": "50ms", "reconnect_max": "200ms", "response_timeout": "2s",
+        }  # fmt: skip
+        cfg = make_config(redis_url, gateways={"smsc": gw})
+
+        def one() -> Runtime:
+            return Runtime(cfg, http=False, worker=False, caller=False)
+
+        async with one() as a:
+            await until(lambda: bound(a) == 2)
+            async with one() as b:
+                await until(lambda: bound(a) == 1 and bound(b) == 1, timeout=5)
+                assert (await peer.counts())["binds"] == 2
+            await until(lambda: bound(a) == 2, timeout=5)
+            seen = await peer.counts()
+    assert seen["binds"] == 2 and seen["binds_peak"] == 2  # never a third, as node-smpp counted

@@ -33,7 +33,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine.core import keys
-from engine.core.consumer import Entry, StreamConsumer
+from engine.core.consumer import Entry, StreamConsumer, claim_pending
 from engine.core.numbers import mask
 from engine.core.ports import Services
 
@@ -96,24 +96,7 @@ class Caller(StreamConsumer):
             try:
                 claimed = 0
                 for stream in self.streams:
-                    start: bytes | str = "0-0"
-                    while True:
-                        nxt, entries, *_ = await r.xautoclaim(
-                            stream, self.group, self.consumer, min_idle_time=self.stale_ms,
-                            start_id=start, count=100,
-                        )  # fmt: skip
-                        claimed += len(entries)
-                        if nxt in (b"0-0", "0-0"):
-                            break
-                        start = nxt
-                    for info in await r.xinfo_consumers(stream, self.group):
-                        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-                        if (
-                            name != self.consumer
-                            and not int(info["pending"])
-                            and int(info["idle"]) > self.stale_ms
-                        ):
-                            await r.xgroup_delconsumer(stream, self.group, name)
+                    claimed += await claim_pending(r, stream, self.group, self.consumer, self.stale_ms)
                 if claimed:
                     log.warning(
                         "caller %s: took over %d CRM calls a stopped caller left", self.consumer, claimed

@@ -31,7 +31,7 @@ from engine.conversation.events import Event
 from engine.conversation.ports import TurnServices
 from engine.conversation.turn import TurnDone, run_turn
 from engine.core import keys
-from engine.core.consumer import BACKOFF_MAX_S, Entry, StreamConsumer, ensure_group
+from engine.core.consumer import BACKOFF_MAX_S, Entry, StreamConsumer, claim_pending, ensure_group
 from engine.core.leases import ShardLeases, Tick
 from engine.core.scripts.timers import TimersArgs
 
@@ -157,28 +157,8 @@ class Worker(StreamConsumer):
                 await asyncio.wait_for(self._renew_now.wait(), period)
 
     async def _watch_leases(self) -> None:
-        """Listen on ``p:{l}:changed:worker`` (lease.lua publishes there when a worker joins or
-        leaves, a heartbeat expires, or shards are given up) and renew at once on news from
-        another worker: its freed shards are then read again within milliseconds rather than
-        at this worker's next periodic renewal. Best effort: while Redis is away the periodic
-        renewals carry on alone."""
-        period = self.leases.ttl_ms / 3000
-        while not self._leases_stop.is_set():
-            try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as ps:
-                    await ps.subscribe(keys.lease_changes(self.leases.role))
-                    self._renew_now.set()  # what changed while not listening
-                    while not self._leases_stop.is_set():
-                        msg = await ps.get_message(timeout=period)
-                        if msg is not None and msg["data"] not in (self.me, self.me.encode()):
-                            self._renew_now.set()
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._leases_stop.wait(), period)
-            except Exception:
-                log.exception("worker %s: unexpected error watching lease changes; continuing", self.me)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._leases_stop.wait(), period)
+        """Renew at once when another worker joins, leaves or gives shards up (ShardLeases.watch)."""
+        await self.leases.watch(self._renew_now, self._leases_stop)
 
     async def _rebalance(self) -> None:
         """Between batches: give up the surplus, claim what was taken over, read what is held."""
@@ -208,21 +188,7 @@ class Worker(StreamConsumer):
 
         Safe without an idle threshold: this worker holds the shard's lease, so the previous
         reader has stopped (it fenced itself, or it is dead)."""
-        stream = keys.inbound_stream(shard)
-        start: bytes | str = "0-0"
-        claimed = 0
-        while True:
-            nxt, entries, *_ = await self.redis.xautoclaim(
-                stream, self.group, self.me, min_idle_time=0, start_id=start, count=1000
-            )
-            claimed += len(entries)
-            if nxt in (b"0-0", "0-0"):
-                break
-            start = nxt
-        for info in await self.redis.xinfo_consumers(stream, self.group):
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-            if name != self.me and int(info["pending"]) == 0:
-                await self.redis.xgroup_delconsumer(stream, self.group, name)
+        claimed = await claim_pending(self.redis, keys.inbound_stream(shard), self.group, self.me)
         if claimed:
             log.info("worker %s: claimed %d unacknowledged entries of shard %d", self.me, claimed, shard)
 

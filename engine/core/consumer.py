@@ -71,6 +71,27 @@ async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
             raise
 
 
+async def claim_pending(r: aioredis.Redis, stream: str, group: str, me: str, min_idle_ms: int = 0) -> int:
+    """Take over (XAUTOCLAIM) every entry of ``stream`` another consumer of ``group`` read and
+    has held for ``min_idle_ms`` without acknowledging it, then forget the other consumers that
+    hold nothing (and were idle that long). How many were taken."""
+    start: bytes | str = "0-0"
+    claimed = 0
+    while True:
+        nxt, entries, *_ = await r.xautoclaim(
+            stream, group, me, min_idle_time=min_idle_ms, start_id=start, count=1000
+        )
+        claimed += len(entries)
+        if nxt in (b"0-0", "0-0"):
+            break
+        start = nxt
+    for info in await r.xinfo_consumers(stream, group):
+        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+        if name != me and not int(info["pending"]) and int(info["idle"]) >= min_idle_ms:
+            await r.xgroup_delconsumer(stream, group, name)
+    return claimed
+
+
 class StreamConsumer:
     """``async with`` starts the loop; leaving it stops the loop (see the module docstring)."""
 

@@ -24,13 +24,20 @@ commit nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import redis.asyncio as aioredis
+
 from engine.core import keys
 from engine.core.scripts.lease import LeaseArgs, LeaseTick
 from engine.core.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,32 @@ class ShardLeases:
         """Give up every shard and the heartbeat, so other workers take over at once."""
         self.valid_until = 0.0
         await self._run("leave")
+
+    async def watch(self, renew_now: asyncio.Event, stop: asyncio.Event) -> None:
+        """Until ``stop``: listen on ``keys.lease_changes(role)`` (lease.lua publishes there when a
+        holder joins or leaves, a heartbeat expires, or shards are given up) and set
+        ``renew_now`` on news from another holder, so its freed shards are taken within
+        milliseconds rather than at the next periodic renewal. Best effort: while Redis is away
+        the periodic renewals carry on alone."""
+        period = self.ttl_ms / 3000
+        while not stop.is_set():
+            try:
+                async with self.store.redis.pubsub(ignore_subscribe_messages=True) as ps:
+                    await ps.subscribe(keys.lease_changes(self.role))
+                    renew_now.set()  # what changed while not listening
+                    while not stop.is_set():
+                        msg = await ps.get_message(timeout=period)
+                        if msg is not None and msg["data"] not in (self.me, self.me.encode()):
+                            renew_now.set()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), period)
+            except Exception:
+                log.exception(
+                    "%s %s: unexpected error watching lease changes; continuing", self.role, self.me
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), period)
 
     async def _run(self, mode: Literal["tick", "release", "leave"], release: tuple[int, ...] = ()) -> Any:
         call = LeaseArgs(self.me, self.ttl_ms, self.shards, mode, release, self.role)

@@ -8,7 +8,8 @@
 // Prints {"port": N} on its first line once listening; exits when its stdin closes (so a test
 // that dies leaves no server behind). A receipt's stat follows the destination's last digit:
 // even DELIVRD, odd UNDELIV with err = the destination's last three digits, so a receipt that
-// lands on another message shows.
+// lands on another message shows. Each line written to its stdin is answered with its counts,
+// binds among them: open now and the most open at once.
 'use strict';
 const smpp = require('smpp');
 
@@ -17,12 +18,16 @@ for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^
 
 let nextId = parseInt(args['id-start'], 10);
 const stamp = (d) => d.toISOString().replace(/[-T:]/g, '').slice(2, 12);  // YYMMDDhhmm
-const counts = {submits: 0, receipts: 0, receipts_answered: 0};
+const counts = {submits: 0, receipts: 0, receipts_answered: 0, binds: 0, binds_peak: 0};
 
 const server = smpp.createServer((session) => {
   let bound = false;
   const bind = (pdu) => {
     const ok = pdu.system_id === args['system-id'] && pdu.password === args.password;
+    if (ok && !bound) {
+      counts.binds += 1;
+      counts.binds_peak = Math.max(counts.binds_peak, counts.binds);
+    }
     bound = ok;
     session.send(pdu.response({command_status: ok ? 0 : smpp.ESME_RINVPASWD, system_id: 'NodeSMSC'}));
     if (!ok) session.close();
@@ -32,6 +37,7 @@ const server = smpp.createServer((session) => {
   session.on('bind_receiver', bind);
   session.on('enquire_link', (pdu) => session.send(pdu.response()));
   session.on('unbind', (pdu) => { session.send(pdu.response()); session.close(); });
+  session.on('close', () => { if (bound) { bound = false; counts.binds -= 1; } });
   session.on('error', () => {});
   session.on('submit_sm', (pdu) => {
     if (!bound) { session.send(pdu.response({command_status: smpp.ESME_RINVBNDSTS})); return; }
