@@ -87,6 +87,8 @@ API_KEY = "bench-key-0123456789abcdef"
 #: One reply each: "9" -> promoter question; a reason -> thanks (ends); "nps" -> greeting (starts).
 SCRIPT = ("9", "Quick delivery and a friendly driver", "nps")
 SUSTAINED_P99_MS = 1000.0
+#: A text answered later than this is counted in its step's ``slow_by_second``.
+SLOW_MS = 20.0
 console = Console(stderr=True)
 
 
@@ -107,6 +109,18 @@ class Step:
     #: CPU microseconds per answered text, by process (loadtests/cpu.py), and Redis's side.
     cpu_us: dict[str, float] = field(default_factory=dict)
     redis_per_turn: dict[str, Any] = field(default_factory=dict)
+    #: When the step's texts were offered (perf_counter), for ``slow_by_second``.
+    started: float = 0.0
+    #: Per second of the step: [texts answered later than SLOW_MS, the slowest's ms]. Tells a
+    #: tail spread over the step (CPU) from one stall (a pause in one process).
+    slow: dict[int, list[float]] = field(default_factory=dict)
+
+    def note(self, scheduled: float, latency_s: float) -> None:
+        ms = latency_s * 1000
+        if ms > SLOW_MS:
+            entry = self.slow.setdefault(int(scheduled - self.started), [0, 0.0])
+            entry[0] += 1
+            entry[1] = max(entry[1], round(ms, 1))
 
     @property
     def sustained(self) -> bool:
@@ -142,6 +156,7 @@ class Step:
             "cpu_us_per_turn": self.cpu_us,
             "redis_per_turn": self.redis_per_turn,
             "sustained": self.sustained,
+            f"slow_by_second_over_{SLOW_MS:g}ms": {str(k): v for k, v in sorted(self.slow.items())},
         }
 
 
@@ -173,6 +188,7 @@ class Handsets:
         if queue:
             scheduled, step = queue.popleft()
             step.hist.record_value(max(1, int((arrived - scheduled) * 1_000_000)))
+            step.note(scheduled, arrived - scheduled)
             step.answered += 1
         else:
             self.greetings += 1
@@ -395,6 +411,7 @@ async def offer(
                 handsets.waiting[number].remove((scheduled, step))
 
     t0 = time.perf_counter() + 0.01
+    step.started = t0
     sent = 0
     while sent < total:
         now = time.perf_counter()

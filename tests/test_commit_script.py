@@ -150,3 +150,29 @@ async def test_an_empty_state_keeps_the_stored_one_and_the_contact_change_is_wri
         b'["vip"]',
         str(NOW).encode(),
     ]
+
+
+async def test_the_commit_acknowledges_and_deletes_the_entry_it_applied(store: Store) -> None:
+    """With ``ack_group`` the turn's own commit acknowledges its inbound entry (the worker has
+    no acknowledgement round trip of its own): applied entries leave the group's pending list
+    and the stream, a redelivery ("dup") is acknowledged too, a lost race ("conflict") is not,
+    and an entry the group never read is left in the stream for it."""
+    r, stream, group = store.redis, keys.inbound_stream(S), keys.INBOUND_GROUP
+    await r.xgroup_create(stream, group, id="0", mkstream=True)
+    first = (await r.xadd(stream, {"k": "in"})).decode()
+    second = (await r.xadd(stream, {"k": "in"})).decode()
+    await r.xreadgroup(group, "w0", {stream: ">"}, count=2)
+    unread = (await r.xadd(stream, {"k": "in"})).decode()
+
+    assert (await commit(store, turn(0, f"{S}/{first}", reply(1), ack_group=group)))[0] == "ok"
+    assert (await commit(store, turn(0, f"{S}/{second}", reply(2), ack_group=group)))[0] == "conflict"
+    pending = [p["message_id"].decode() for p in await r.xpending_range(stream, group, "-", "+", 10)]
+    assert pending == [second]  # the lost race stays pending, to be decided again
+    assert [e[0].decode() for e in await r.xrange(stream)] == [second, unread]
+
+    assert (await commit(store, turn(1, f"{S}/{first}", reply(3), ack_group=group)))[0] == "dup"
+    assert (await commit(store, turn(1, f"{S}/{second}", reply(2), ack_group=group)))[0] == "ok"
+    assert await r.xpending_range(stream, group, "-", "+", 10) == []
+    assert (await commit(store, turn(2, f"{S}/{unread}", reply(4), ack_group=group)))[0] == "ok"
+    assert [e[0].decode() for e in await r.xrange(stream)] == [unread]  # never read by the group: kept
+    assert await queued(store) == ["out-1", "out-2", "out-4"]

@@ -149,6 +149,7 @@ async def wait_for(probe: Callable[[], bool], seconds: float = 5.0) -> None:
 
 
 def sample(rt: Runtime, name: str, **labels: str) -> float:
+    rt.metrics.flush()
     return rt.metrics.registry.get_sample_value(name, labels) or 0.0
 
 

@@ -145,7 +145,10 @@ class Runtime:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            self.metrics.flush()  # what the last turns and sends recorded reaches the values
 
     async def _open(self) -> None:
         cfg = self.config

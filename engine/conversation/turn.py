@@ -54,6 +54,8 @@ class TurnDone:
     flow: str = ""
     outbound_ids: list[str] = field(default_factory=list)
     outcome: str | None = None
+    #: The commit acknowledged the event's stream entry (``run_turn(..., ack_group=...)``).
+    acked: bool = False
 
 
 #: An active session outlives its flow's expiry by this much, so the expiry timer finds it.
@@ -83,8 +85,10 @@ class _Plan:
     review: bool = False
 
 
-async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
-    """Process one event to completion (retrying lost races); raises only on Redis failure."""
+async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone:
+    """Process one event to completion (retrying lost races); raises only on Redis failure.
+    ``ack_group``: the consumer group that read the event: its entry is acknowledged (and
+    deleted) by the commit itself, atomically with what the turn wrote (``TurnDone.acked``)."""
     clock = rt.clock
     if ev.kind == "timer" and ev.timer_kind == "d":
         ev = ev.undeferred()
@@ -123,7 +127,9 @@ async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
             if until is not None:
                 plan.timers_add.append((keys.timer_member(ev.contact, "d", ev.deferred_token()), until))
             t2 = clock.monotonic()
-            status, outbound_ids = await _commit(rt, ev, version, plan, state, answered=governed is None)
+            status, outbound_ids = await _commit(
+                rt, ev, version, plan, state, answered=governed is None, ack_group=ack_group
+            )
             t3 = clock.monotonic()
             if status == "conflict":
                 rt.metrics.turn_retried()
@@ -133,7 +139,8 @@ async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
                 rt.metrics.opt_out_review()
             result = "duplicate" if status == "dup" else plan.result
             rt.metrics.turn_done(plan.flow, result, t3 - picked + stages["queue_wait"], stages)
-            return TurnDone(ev, result, plan.flow, outbound_ids if status == "ok" else [], plan.outcome)
+            ids = outbound_ids if status == "ok" else []
+            return TurnDone(ev, result, plan.flow, ids, plan.outcome, acked=bool(ack_group))
     except BaseException:
         rt.metrics.turn_done("", "error", clock.monotonic() - picked, {})
         raise
@@ -409,7 +416,14 @@ def _contact_change(c: Contact | None, now: int) -> ContactChange | None:
 
 
 async def _commit(
-    rt: TurnServices, ev: Event, version: int, plan: _Plan, old: dict[str, Any], *, answered: bool
+    rt: TurnServices,
+    ev: Event,
+    version: int,
+    plan: _Plan,
+    old: dict[str, Any],
+    *,
+    answered: bool,
+    ack_group: str = "",
 ) -> tuple[str, list[str]]:
     """``answered``: the flow decided (a keyword or a silenced contact's text is no answer)."""
     now = rt.clock.now_ms()
@@ -482,6 +496,7 @@ async def _commit(
         failover=route[1:],
         events=events,
         events_max=rt.config.engine.outcome_events_max,
+        ack_group=ack_group,
     )
 
     async def add(pipe: Pipeline) -> None:

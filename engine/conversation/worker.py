@@ -1,10 +1,12 @@
 """The engine worker: consumes the inbound shard streams and runs turns.
 
 Ordering: entries are read in batches; a batch is split by contact, each contact's events run
-one after another in stream order, different contacts run concurrently. The batch is
-acknowledged (XACK + XDEL, one round trip) only after every turn in it committed, so a worker
-that dies mid-batch leaves its entries pending; on start it first re-reads its own pending
-entries (stream id ``0``) and the commit script drops those already applied. The read loop
+one after another in stream order, different contacts run concurrently. Each event's entry is
+acknowledged (XACK + XDEL) by its turn's commit script, atomically with what the turn wrote (no
+round trip of its own), so a worker that dies mid-batch leaves pending exactly the entries
+not applied; on start it first re-reads its own pending entries (stream id ``0``) and the
+commit script drops (and acknowledges) those already applied. Only an entry moved to the
+dead letters is acknowledged apart. The read loop
 itself (pending first, outages, lost groups, stopping) is :class:`engine.core.consumer.StreamConsumer`.
 
 Which shards a worker reads is decided by leases (:mod:`engine.shards`): one reader per shard,
@@ -246,13 +248,14 @@ class Worker(StreamConsumer):
             shard = self.shards[stream_key]
             ev = Event.from_entry(shard, entry_id, fields)
             by_contact[ev.contact].append((ev, fields))
-        done_counts = await asyncio.gather(*(self._contact_chain(evs) for evs in by_contact.values()))
+        chains = await asyncio.gather(*(self._contact_chain(evs) for evs in by_contact.values()))
         acked: dict[str, list[bytes]] = defaultdict(list)
         dead: list[tuple[Event, dict[bytes, bytes]]] = []
         complete = True
-        for evs, n in zip(by_contact.values(), done_counts, strict=True):
-            for ev, _ in evs[:n]:
+        for evs, (n, unacked) in zip(by_contact.values(), chains, strict=True):
+            for ev in unacked:
                 acked[keys.inbound_stream(ev.shard)].append(ev.entry_id.encode())
+            for ev, _ in evs[:n]:
                 self._failures.pop(ev.ref, None)
             if n < len(evs):
                 complete = False
@@ -278,20 +281,24 @@ class Worker(StreamConsumer):
             await pipe.execute()
         return complete
 
-    async def _contact_chain(self, evs: list[tuple[Event, dict[bytes, bytes]]]) -> int:
-        """Run one contact's events in order; returns how many completed (the rest stay pending)."""
+    async def _contact_chain(self, evs: list[tuple[Event, dict[bytes, bytes]]]) -> tuple[int, list[Event]]:
+        """Run one contact's events in order; returns how many completed (the rest stay pending)
+        and those of them whose commit did not acknowledge them."""
+        unacked: list[Event] = []
         for n, (ev, _) in enumerate(evs):
             if not self.can_work():
-                return n  # the leases may have run out: another worker may own the shard now
+                return n, unacked  # the leases may have run out: another worker may own the shard now
             try:
-                done = await run_turn(self.rt, ev)
+                done = await run_turn(self.rt, ev, ack_group=self.group)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("turn %s: Redis failed (%s); left pending", ev.ref, exc)
-                return n
+                return n, unacked
             except Exception:
                 self._failures[ev.ref] = self._failures.get(ev.ref, 0) + 1
                 log.exception("turn %s failed (attempt %d); left pending", ev.ref, self._failures[ev.ref])
-                return n
+                return n, unacked
+            if not done.acked:
+                unacked.append(ev)
             for listener in self.listeners:
                 listener(done)
-        return len(evs)
+        return len(evs), unacked

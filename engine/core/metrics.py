@@ -8,16 +8,28 @@ With worker processes (``parley run --workers N``) every process writes its figu
 ``$PROMETHEUS_MULTIPROC_DIR`` (set by ``parley run`` before anything imports the client) and
 ``/metrics`` on the HTTP process adds them up, so turn latencies from every worker are in one
 scrape. The stream gauges are read from Redis at scrape time by the process serving ``/metrics``.
+
+What every turn and every send records (counters, histograms, the in-flight gauge) is added up
+in plain dicts and written to the Prometheus values at most every :data:`FLUSH_S` (and before
+each scrape this process serves): one multiprocess value write per label set and bucket per
+flush instead of a locked write per event (profiled at 1,000 turns/s: about 4-6% of each
+process's CPU). A scrape served by another process sees this one's figures up to FLUSH_S late.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: The longest a recorded figure waits before it reaches the Prometheus values (seconds).
+FLUSH_S = 0.5
 
 #: Turn stages are fast; buckets from 100 µs to 2.5 s.
 STAGE_BUCKETS = (
@@ -29,6 +41,12 @@ class Metrics:
     """The facade. Methods are named after what happened, not after the metric."""
 
     def __init__(self) -> None:
+        #: Pending increments by Prometheus child (counters and gauges), and per histogram child
+        #: its bucket counts and sum; label children cached (``labels()`` takes a lock).
+        self._adds: dict[Any, float] = {}
+        self._observed: dict[Any, list[float]] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._flush_due: asyncio.TimerHandle | None = None
         r = self.registry = CollectorRegistry(auto_describe=True)
         self._inbound = Counter(
             "parley_inbound_total", "Inbound texts offered, by gateway and result.",
@@ -165,37 +183,84 @@ class Metrics:
             ["webhook"], registry=r,
         )  # fmt: skip
 
+    # -- recording, added up between flushes ----------------------------------------------------
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels) if labels else metric
+        return child
+
+    def _add(self, child: Any, amount: float = 1.0) -> None:
+        self._adds[child] = self._adds.get(child, 0.0) + amount
+        if self._flush_due is None:
+            self._schedule()
+
+    def _observe(self, child: Any, value: float) -> None:
+        pending = self._observed.get(child)
+        if pending is None:
+            # One count per bucket (the last is +Inf), then the sum.
+            pending = self._observed[child] = [0.0] * (len(child._upper_bounds) + 1)
+        pending[bisect.bisect_left(child._upper_bounds, value)] += 1
+        pending[-1] += value
+        if self._flush_due is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()  # no event loop to flush later from: at once
+            return
+        self._flush_due = loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        """Write what was recorded since the last flush to the Prometheus values."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        adds, self._adds = self._adds, {}
+        observed, self._observed = self._observed, {}
+        for child, amount in adds.items():
+            child._value.inc(amount)  # a gauge's net change may be negative: no Counter.inc check
+        for child, pending in observed.items():
+            for bucket, count in zip(child._buckets, pending, strict=False):
+                if count:
+                    bucket.inc(count)
+            child._sum.inc(pending[-1])
+
     def inbound(self, gateway: str, result: str) -> None:
-        self._inbound.labels(gateway, result).inc()
+        self._add(self._child(self._inbound, gateway, result))
         if result == "duplicate":
-            self._duplicates.labels("inbound").inc()
+            self._add(self._child(self._duplicates, "inbound"))
 
     def turn_started(self) -> None:
-        self._in_flight.inc()
+        self._add(self._in_flight)
 
     def turn_done(self, flow: str, result: str, total_s: float, stages: dict[str, float]) -> None:
-        self._in_flight.dec()
-        self._turns.labels(flow or "-", result).inc()
+        self._add(self._in_flight, -1.0)
+        self._add(self._child(self._turns, flow or "-", result))
         if result == "duplicate":
-            self._duplicates.labels("turn").inc()
-        self._turn.observe(total_s)
+            self._add(self._child(self._duplicates, "turn"))
+        self._observe(self._turn, total_s)
         for stage, seconds in stages.items():
-            self._stage.labels(stage).observe(seconds)
+            self._observe(self._child(self._stage, stage), seconds)
 
     def turn_retried(self) -> None:
-        self._retries.inc()
+        self._add(self._retries)
 
     def sent(self, gateway: str, status: str, seconds: float | None = None) -> None:
-        self._outbound.labels(gateway, status).inc()
+        self._add(self._child(self._outbound, gateway, status))
         if seconds is not None:
-            self._send.labels(gateway).observe(seconds)
+            self._observe(self._child(self._send, gateway), seconds)
 
     def dispatched(self, gateway: str, lane: str, queued_s: float, segments: int) -> None:
-        self._queued.labels(gateway, lane).observe(queued_s)
-        self._segments.labels(gateway).inc(segments)
+        self._observe(self._child(self._queued, gateway, lane), queued_s)
+        self._add(self._child(self._segments, gateway), segments)
 
     def finished(self, gateway: str, outcome: str) -> None:
-        self._finished.labels(gateway, outcome).inc()
+        self._add(self._child(self._finished, gateway, outcome))
 
     def circuit(self, gateway: str, is_open: bool) -> None:
         self._circuit.labels(gateway).set(1 if is_open else 0)
@@ -213,17 +278,17 @@ class Metrics:
         self._crm_calls.labels(result).inc()
 
     def receipt(self, gateway: str, status: str, result: str) -> None:
-        self._receipts.labels(gateway, status, result).inc()
+        self._add(self._child(self._receipts, gateway, status, result))
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
-        self._http.labels(route, str(status)).observe(seconds)
+        self._observe(self._child(self._http, route, str(status)), seconds)
 
     def opt_out_review(self) -> None:
-        self._reviews.inc()
+        self._add(self._reviews)
 
     def gate(self, decision: str, n: int = 1) -> None:
         if n:
-            self._gate.labels(decision).inc(n)
+            self._add(self._child(self._gate, decision), n)
 
     def streams(self, shard: int, lag: int, pending: int, oldest_s: float) -> None:
         label = str(shard)
@@ -243,6 +308,7 @@ class Metrics:
         self._webhook_lost.labels(webhook).inc(n)
 
     def render(self) -> bytes:
+        self.flush()
         path = os.environ.get(MULTIPROC_ENV)
         if not path:
             return generate_latest(self.registry)

@@ -17,6 +17,7 @@
 -- KEYS[10] p:sent:TN  counted sends (zset message id -> ms), for the frequency caps
 -- KEYS[11] p:fx:T     the shard's flow outcome events (stream, engine/conversation/outcomes.py),
 --                      trimmed to ARGV[22]
+-- KEYS[12] p:in:T     the shard's inbound stream, where the event applied was read from
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -34,6 +35,9 @@
 -- ARGV[19] now (ms): the gate's and the ledger's time; the messages' queued time
 -- ARGV[20] the rest of the route: connectors to fail over to, "a,b" or ""
 -- ARGV[21] E outcome events   ARGV[22] the outcome stream's length to keep (approximately)
+-- ARGV[23] the consumer group that read the event from KEYS[12], or "": the event's entry is
+--          acknowledged and deleted with the commit (and with a "dup"), if that group holds it
+--          pending, so a worker needs no round trip of its own to acknowledge what it applied
 -- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms), E outcome events (json)
 --
@@ -44,12 +48,20 @@
 -- full, and it counts towards the caps when sent. A blocked message keeps its record, with
 -- status "blocked" and the reason, and is not queued.
 --
--- Returns {"ok", v, "<blocked id> <opted_out|suppressed|capped>"...} | {"dup", v} (event already applied: nothing written) |
+-- Returns {"ok", v, "<blocked id> <opted_out|suppressed|capped>"...} | {"dup", v} (event already applied: nothing written but the acknowledgement) |
 -- {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
 local function parse(ref)
   local s, ms, seq = string.match(ref, '^(%d+)/(%d+)-(%d+)$')
   return tonumber(s), tonumber(ms), tonumber(seq)
+end
+local function ack()
+  if ARGV[23] ~= '' then
+    local entry = string.match(ARGV[2], '^%d+/(.*)$')
+    if redis.call('XACK', KEYS[12], ARGV[23], entry) == 1 then
+      redis.call('XDEL', KEYS[12], entry)
+    end
+  end
 end
 
 local stored = redis.call('GET', KEYS[1])
@@ -64,6 +76,7 @@ if li ~= '' then
   -- Entries of one shard stream are ordered; an id at or below the last applied one is a
   -- redelivery (a worker died between commit and XACK).
   if s1 == s0 and (ms1 < ms0 or (ms1 == ms0 and q1 <= q0)) then
+    ack()
     return {'dup', v}
   end
 end
@@ -109,7 +122,7 @@ local seq = tonumber(last[2] or '0')
 local function outcome(json)
   redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[22], '*', 'e', json)
 end
-local i = 23
+local i = 24
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -177,6 +190,7 @@ if longest > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - longest)
   redis.call('PEXPIRE', KEYS[10], longest)
 end
+ack()
 local out = {'ok', v}
 for _, id in ipairs(blocked) do out[#out + 1] = id end
 return out

@@ -1,4 +1,4 @@
-"""The typed call of commit.lua: its 11 keys and 22 fixed arguments (then five variable-length
+"""The typed call of commit.lua: its 12 keys and 23 fixed arguments (then five variable-length
 lists) built from named fields, so a caller cannot put an argument in the wrong place. The
 script's header comment is the contract; :meth:`CommitArgs.to_argv` is the one place that
 follows it, and tests/test_commit_script.py calls the script through it with edge inputs."""
@@ -67,15 +67,18 @@ class CommitArgs:
     #: Outcome events (json) and the outcome stream's length to keep.
     events: list[str] = field(default_factory=list)
     events_max: int = 100_000
+    #: The consumer group that read the event from its shard's inbound stream ("": none): the
+    #: commit acknowledges (and deletes) the entry, if the group holds it pending.
+    ack_group: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..11]."""
+        """KEYS[1..12]."""
         c, s = self.contact, self.shard
         return [
             keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
             self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
             keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
-            keys.flow_events(s),
+            keys.flow_events(s), keys.inbound_stream(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:
@@ -88,7 +91,7 @@ class CommitArgs:
             self.version, self.event, self.state, max(self.ttl_s, 1), self.log_size, self.contact,
             len(self.records), len(self.outbound), len(self.timers_remove), len(self.timers_add),
             *contact_args, self.call, self.log_ttl_s, self.consent, self.caps, self.now_ms,
-            ",".join(self.failover), len(self.events), self.events_max,
+            ",".join(self.failover), len(self.events), self.events_max, self.ack_group,
             *(x for rid, rec in self.records for x in (rid, rec)),
             *(x for o in self.outbound for x in (o.id, o.text, o.kind)),
             *self.timers_remove,
