@@ -1,4 +1,5 @@
-"""What every HTTP connector shares: its client session, error translation, webhook checks.
+"""What every HTTP connector shares: its client (gateways/http_client.py), error translation,
+webhook checks.
 
 ``HttpConnector.call`` sends one request and turns every way it can fail into the pipeline's
 vocabulary (:mod:`engine.core.errors`):
@@ -15,13 +16,10 @@ vocabulary (:mod:`engine.core.errors`):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from engine.core.errors import (
     GatewayRejected,
@@ -32,6 +30,7 @@ from engine.core.errors import (
 )
 from engine.core.http import retry_after, sign
 from gateways.base import Gateway, SendPolicy, Webhook
+from gateways.http_client import ConnectFailed, Disconnected, HttpClient
 
 NOT_TAKEN_STATUS = frozenset({429, 503})
 THROTTLED_STATUS = 429
@@ -46,14 +45,14 @@ class HttpAnswer:
 
 
 class HttpConnector(Gateway):
-    """A connector that talks HTTP to its provider through one owned ``aiohttp`` session."""
+    """A connector that talks HTTP to its provider through one owned keep-alive client."""
 
     #: Sent with every request (the subclass adds its auth).
     default_headers: dict[str, str] = {"User-Agent": "parley"}
 
     def __init__(self, name: str, config: Any, policy: SendPolicy | None = None) -> None:
         super().__init__(name, config, policy)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: HttpClient | None = None
 
     @property
     def timeout(self) -> float:
@@ -62,17 +61,12 @@ class HttpConnector(Gateway):
     def session_headers(self) -> dict[str, str]:
         return dict(self.default_headers)
 
-    def session_auth(self) -> aiohttp.BasicAuth | None:
-        return None
-
     async def __aenter__(self) -> HttpConnector:
         timeout = self.timeout
-        self._session = aiohttp.ClientSession(
-            headers=self.session_headers(),
-            auth=self.session_auth(),
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
-            connector=aiohttp.TCPConnector(limit=self.policy.concurrency, ttl_dns_cache=300),
-        )
+        self._session = HttpClient(
+            self.session_headers(), limit=self.policy.concurrency, timeout=timeout,
+            connect_timeout=min(timeout, 5.0),
+        )  # fmt: skip
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -85,24 +79,16 @@ class HttpConnector(Gateway):
         ``timeout``: this request's own (a circuit probe's), else the connector's."""
         assert self._session is not None, "gateway used outside its async with"
         limit = self.timeout if timeout is None else timeout
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
         try:
-            async with self._session.request(method, url, **kwargs) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = {k.lower(): v for k, v in resp.headers.items()}
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise GatewayUnavailable(self.name, "connect timed out", ambiguous=False) from exc
+            resp = await self._session.request(method, url, timeout=timeout, **kwargs)
+        except ConnectFailed as exc:
+            raise GatewayUnavailable(self.name, str(exc), ambiguous=False) from exc
         except TimeoutError as exc:
             raise GatewayTimeout(self.name, f"no answer within {limit:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise GatewayUnavailable(self.name, f"cannot connect: {exc}", ambiguous=False) from exc
-        except aiohttp.ClientError as exc:
+        except (Disconnected, OSError) as exc:
             # Disconnected or broken mid-request: the provider may have taken it.
             raise GatewayUnavailable(self.name, f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
-        except asyncio.CancelledError:
-            raise
+        status, raw, headers = resp.status, resp.body, resp.headers
         if 200 <= status < 300:
             return HttpAnswer(status, raw, headers)
         detail = self.error_detail(status, raw)
