@@ -28,8 +28,9 @@ from engine.governance.consent import STATUSES
 assert STATUSES == ("opted_in", "opted_out", "unknown"), "ContactFilters.consent lists them"
 
 MAX_LIMIT = 500
-#: Rows an export writes to the socket at a time.
-ROWS_PER_WRITE = 500
+#: Rows an export writes to the socket at a time, and reads from Redis at a time.
+ROWS_PER_WRITE = 250
+EXPORT_PAGE = 250
 LIMIT = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="at most this many (50)")]
 CURSOR = Annotated[
     str | None, Field(min_length=1, max_length=2000, description="next_cursor of the previous page")
@@ -179,7 +180,8 @@ async def export_contacts(request: web.Request) -> web.StreamResponse:
     if q.format == "csv":
         writer.writerow(CSV_COLUMNS)
     n = 0
-    async for c, status in listing.every(rt.store, rt.config.engine.shards, f):
+    shards = rt.config.engine.shards
+    async for c, status in listing.every(rt.store, shards, f, batch=EXPORT_PAGE, consent=True):
         row = {**contact_json(c), "consent": status}
         if q.format == "jsonl":
             buf.write(orjson.dumps(row).decode() + "\n")

@@ -46,6 +46,8 @@ MAX_EXAMINED = 5000
 #: Members read per shard per round trip, at most.
 MAX_FETCH = 1000
 HOLE = "\x00"
+#: A round trip reads at least this many contacts (a filter may turn most of them away).
+LOAD_AT_LEAST = 64
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,11 @@ async def _smallest(store: Store, shards: int, prefixes: list[str], start: str) 
 
 async def page(
     store: Store, shards: int, f: ContactFilter, *, limit: int, cursor: str | None = None,
-    max_examined: int = MAX_EXAMINED,
+    max_examined: int = MAX_EXAMINED, consent: bool = False,
 ) -> Listed:  # fmt: skip
-    """One page of the contacts ``f`` keeps, from ``cursor`` on (the module docstring says how)."""
+    """One page of the contacts ``f`` keeps, from ``cursor`` on (the module docstring says how);
+    each with its consent status when ``consent`` (else "", unless ``f`` filters on it)."""
+    read_consent = consent or f.consent is not None
     order = "u" if f.updated_since is not None else "c"
     position = decode_cursor(cursor, order) if cursor else None
     since = (f.updated_since if order == "u" else f.created_since) or 0
@@ -163,11 +167,15 @@ async def page(
     examined = 0
     last: str | None = position
     while True:
-        want = min(MAX_FETCH, max(10, 2 * (limit - len(out.contacts)) // shards + 1))
-        batch, more = await _merged(store, shards, prefix, start, want)
+        needed = limit - len(out.contacts)
+        want = min(MAX_FETCH, max(10, 2 * needed // shards + 1))
+        merged, more = await _merged(store, shards, prefix, start, want)
+        # Read only about what the page still needs (a contact read is the dear part).
+        batch = merged[: max(needed, LOAD_AT_LEAST)]
+        more = more or len(batch) < len(merged)
         done = False
         if batch:
-            loaded = await _load(store, shards, [n for _, n in batch])
+            loaded = await _load(store, shards, [n for _, n in batch], consent=read_consent)
             for (pos, _), (c, status) in zip(batch, loaded, strict=True):
                 examined += 1
                 last = pos
@@ -211,29 +219,33 @@ async def _merged(
     return [(m, m.split("|", 1)[1]) for m in merged], bound is not None
 
 
-async def _load(store: Store, shards: int, numbers: list[str]) -> list[tuple[Any, str]]:
-    """Each contact (None when it is gone) with its consent status, in one round trip."""
+async def _load(store: Store, shards: int, numbers: list[str], *, consent: bool) -> list[tuple[Any, str]]:
+    """Each contact (None when it is gone) with its consent status (when ``consent``), in one
+    round trip."""
     async with store.redis.pipeline(transaction=False) as pipe:
         for n in numbers:
             s = keys.shard_of(n, shards)
             pipe.hgetall(keys.contact(n, s))
-            pipe.hget(keys.governance(n, s), "cs")
+            if consent:
+                pipe.hget(keys.governance(n, s), "cs")
         raw = await pipe.execute()
-    out: list[tuple[Any, str]] = []
-    for n, h, cs in zip(numbers, raw[::2], raw[1::2], strict=True):
-        out.append((Contact.from_hash(n, h), cs.decode() if cs else UNKNOWN))
-    return out
+    if not consent:
+        return [(Contact.from_hash(n, h), "") for n, h in zip(numbers, raw, strict=True)]
+    return [
+        (Contact.from_hash(n, h), cs.decode() if cs else UNKNOWN)
+        for n, h, cs in zip(numbers, raw[::2], raw[1::2], strict=True)
+    ]
 
 
 async def every(
-    store: Store, shards: int, f: ContactFilter, *, batch: int = 500
+    store: Store, shards: int, f: ContactFilter, *, batch: int = 500, consent: bool = False
 ) -> AsyncIterator[tuple[Contact, str]]:
     """Every contact ``f`` keeps, in the listing's order, a page at a time (an export, a
     segment's start): memory holds one page, never the whole list."""
     cursor: str | None = None
     while True:
         most = max(batch * 10, MAX_EXAMINED)
-        listed = await page(store, shards, f, limit=batch, cursor=cursor, max_examined=most)
+        listed = await page(store, shards, f, limit=batch, cursor=cursor, max_examined=most, consent=consent)
         for item in listed.contacts:
             yield item
         if listed.next_cursor is None:
