@@ -121,7 +121,7 @@ BAD_QUERIES = [
     ("limit", {"limit": "0"}),
     ("limit", {"limit": "many"}),
     ("cursor", {"cursor": "not-a-cursor"}),
-    ("segment", {"segment": "nobody"}),
+    ("segment", {"segment": "no such name"}),
 ]
 
 
@@ -179,7 +179,10 @@ async def test_segments_are_saved_listed_used_and_deleted(
     assert {m.to for m in carrier.received} == {number(1), number(3)}
 
     async with api.post("/v1/flows/nps/start", json={"segment": "nobody"}) as r:
-        assert r.status == 422 and (await r.json())["error"]["message"].startswith("segment: ")
+        assert r.status == 404 and (await r.json())["error"]["message"].startswith("segment: ")
+    for path in ("/v1/contacts", "/v1/contacts:export"):
+        got = await get(api, path, 404, segment="nobody")
+        assert got["error"]["code"] == "segment_not_found" and got["error"]["message"].startswith("segment: ")
     async with api.post("/v1/flows/nps/start", json={"segment": "leeds-vip", "contacts": [ANN]}) as r:
         assert r.status == 422
     async with api.put("/v1/segments/bad", json={"where": [{"field": "contact.x", "near": 1}]}) as r:

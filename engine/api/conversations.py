@@ -29,7 +29,7 @@ class MessagesQuery(Query):
     since: Annotated[str | None, Field(json_schema_extra=DATE_TIME, description="at or after")] = None
     until: Annotated[str | None, Field(json_schema_extra=DATE_TIME, description="before")] = None
     cursor: Annotated[
-        str | None, Field(min_length=1, max_length=200, description="the previous page's next_cursor: older")
+        str | None, Field(pattern="^[A-Za-z0-9_=-]{1,200}$", description="the last page's next_cursor: older")
     ] = None
 
     MESSAGES = {

@@ -32,11 +32,13 @@ MAX_LIMIT = 500
 ROWS_PER_WRITE = 250
 EXPORT_PAGE = 250
 LIMIT = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="at most this many (50)")]
-CURSOR = Annotated[
-    str | None, Field(min_length=1, max_length=2000, description="next_cursor of the previous page")
-]
+#: What next_cursor looks like (so a URL with one stays within the server's line limit).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+CURSOR = Annotated[str | None, Field(pattern=CURSOR_PATTERN, description="next_cursor of the previous page")]
 WHEN = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
 ERR = (401, 422, 503)
+#: The longest ``where`` (a URL's line must stay under the server's 8,190 bytes, percent-encoded).
+MAX_WHERE = 500
 TAG = "[A-Za-z0-9_-]{1,64}"
 
 
@@ -46,7 +48,7 @@ class ContactFilters(Query):
     where: Annotated[
         str | None,
         Field(
-            max_length=10_000,
+            max_length=MAX_WHERE,
             description="a JSON list of conditions on contact fields, the flows' when: syntax: "
             '[{"field": "contact.city", "equals": "Leeds"}]',
         ),
@@ -138,7 +140,7 @@ async def _filter(rt: ApiServices, q: ContactFilters) -> listing.ContactFilter:
 @operation(Operation(
     "list_contacts", "contacts",
     "Search contacts: conditions on fields, tags, consent, created or updated since; a page at a time",
-    {200: Answer("a page of contacts", ContactPage)}, errors=ERR, query=ContactsQuery,
+    {200: Answer("a page of contacts", ContactPage)}, errors=(404, *ERR), query=ContactsQuery,
 ))  # fmt: skip
 async def list_contacts(request: web.Request) -> web.Response:
     """A page of the contacts every filter keeps, oldest first (engine/crm/listing.py)."""
@@ -160,7 +162,7 @@ STRING = {"type": "string"}
 @operation(Operation(
     "export_contacts", "contacts", "Every contact the filters keep, streamed as JSONL or CSV",
     {200: Answer("the contacts", STRING, "application/x-ndjson", more={"text/csv": STRING})},
-    errors=ERR, query=ExportQuery,
+    errors=(404, *ERR), query=ExportQuery,
 ))  # fmt: skip
 async def export_contacts(request: web.Request) -> web.StreamResponse:
     """Every matching contact, read from the listing index a page at a time and written as it is

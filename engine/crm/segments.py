@@ -95,10 +95,11 @@ async def get(store: Store, name: str) -> Segment | None:
 
 
 async def need(store: Store, name: str, field: str = "segment") -> Segment:
-    """The segment ``name``, or a 422 naming ``field`` when there is none (a request's parameter)."""
+    """The segment ``name``, or a 404 whose message starts with ``field`` when there is none."""
     seg = await get(store, name)
     if seg is None:
-        raise Unprocessable(field, f"no segment {name!r} (save it with PUT /v1/segments/{name})")
+        why = f"{field}: no segment {name!r} (save it with PUT /v1/segments/{name})"
+        raise NotFound(why, code="segment_not_found")
     return seg
 
 
