@@ -18,6 +18,7 @@ from engine.core.scripts.contact import ContactArgs
 from engine.core.scripts.erase import EraseArgs
 from engine.core.scripts.fx_page import FxPageArgs
 from engine.core.scripts.lease import LeaseArgs
+from engine.core.scripts.reindex import ReindexArgs
 from engine.core.scripts.timers import TimersArgs
 from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import SCRIPTS
@@ -52,6 +53,7 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
                 )
                 yield "intake", f"{n} shards={shards} {gw}", call.to_keys()
             yield "contact", f"{n} shards={shards}", ContactArgs(n, s, NOW, "{}", "[]").to_keys()
+            yield "reindex", f"{n} shards={shards}", ReindexArgs(n, s).to_keys()
             erase = EraseArgs(n, keys.erased_consent_ledger("ab12", s), s, NOW, "api", (f"{n}|w|a",))
             yield "erase", f"{n} shards={shards}", erase.to_keys()
         for s in range(shards):

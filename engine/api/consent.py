@@ -18,7 +18,7 @@ from engine.api.common import iso, json_response, number_param, runtime
 from engine.api.ports import ApiServices
 from engine.api.schema import NUMBER, Answer, Model, Operation, Query, operation, read_body, read_query
 from engine.core import keys
-from engine.crm import erasure
+from engine.crm import erasure, index
 from engine.governance import consent as governance
 
 API_SOURCES = tuple(s for s in governance.SOURCES if s != "keyword")
@@ -159,7 +159,7 @@ async def put_consent(request: web.Request) -> web.Response:
             keys.consent_ledger(number, shard),
             {"cs": status, "src": source, "cause": note or f"{source} via API", "at": now},
         )
-        await pipe.execute()
+        await index.execute_with_reindex(rt.store, pipe, number, shard)  # the listing index too
     return json_response(await _view(rt, number))
 
 

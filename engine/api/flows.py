@@ -16,7 +16,7 @@ from engine.conversation import intake, sessions
 from engine.conversation.turn import missing_fields
 from engine.core import contacts, keys
 from engine.core.errors import FlowErrors, NotFound, Unprocessable
-from engine.crm import journeys
+from engine.crm import journeys, listing, segments, starts_index
 
 MAX_CONTACTS = 10_000
 MAX_AUDIENCE = 1_000_000
@@ -47,15 +47,19 @@ class ArmIn(BaseModel):
     params: dict[str, Any] = {}
 
 
+#: The ways a start names its contacts (exactly one is given).
+AUDIENCES = ("contacts", "audience", "segment")
+
+
 class StartIn(Model):
-    """``POST /v1/flows/{flow}/start``: contacts or audience, not both."""
+    """``POST /v1/flows/{flow}/start``: one of contacts, audience or segment."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "description": "contacts or audience, not both",
+            "description": "one of contacts, audience or segment",
             "oneOf": [
-                {"required": ["contacts"], "not": {"required": ["audience"]}},
-                {"required": ["audience"], "not": {"required": ["contacts"]}},
+                {"required": [one], "not": {"anyOf": [{"required": [o]} for o in AUDIENCES if o != one]}}
+                for one in AUDIENCES
             ],
         }
     )
@@ -69,6 +73,9 @@ class StartIn(Model):
     ] = OMITTED
     audience: Annotated[
         list[Condition], Field(min_length=1, description="conditions on contact fields; all must hold")
+    ] = OMITTED
+    segment: Annotated[
+        str, Field(pattern=segments.NAME_RE.pattern, description="a saved segment (PUT /v1/segments/{name})")
     ] = OMITTED
     params: Annotated[
         dict[str, Any],
@@ -102,6 +109,7 @@ class StartIn(Model):
         "arms[].weight": "must be a number above 0",
         "arms[].params": "must be an object",
         "experiment": "must be a name",
+        "segment": "must be a segment name (letters, digits, _ and -)",
         "send_at": "must be an ISO 8601 time like 2026-12-02T10:00 or 2026-12-02T10:00:00Z",
     }
 
@@ -109,9 +117,10 @@ class StartIn(Model):
     @classmethod
     def _one_of(cls, data: Any) -> Any:
         """Either list is checked only once it is the one given (as the schema's oneOf says)."""
-        if isinstance(data, dict) and ("contacts" in data) == ("audience" in data):
+        if isinstance(data, dict) and sum(k in data for k in AUDIENCES) != 1:
             raise Unprocessable(
-                "contacts", "give either contacts (a list of numbers) or audience (conditions)"
+                "contacts",
+                "give one of contacts (a list of numbers), audience (conditions) or segment (a name)",
             )
         return data
 
@@ -209,8 +218,16 @@ async def start_flow(request: web.Request) -> web.Response:
     send_at = journeys.parse_send_at(start.send_at)
     split = journeys.parse_split(name, body)
     listed = start.contacts is not None
+    segment_name: str | None = start.segment
     if listed:
         numbers = await _listed(rt, start.contacts)
+    elif segment_name is not None:  # through the listing index: no scan
+        chosen = (await segments.need(rt.store, segment_name)).filter()
+        numbers = [c.number async for c, _ in listing.every(rt.store, rt.config.engine.shards, chosen)]
+        if len(numbers) > MAX_AUDIENCE:
+            raise Unprocessable(
+                "segment", f"selects {len(numbers)} contacts; at most {MAX_AUDIENCE} per start"
+            )
     else:
         numbers = await journeys.select(rt, journeys.parse_audience(body["audience"]))
         if len(numbers) > MAX_AUDIENCE:
@@ -304,6 +321,7 @@ async def _record(
     }  # fmt: skip
     await r.hset(keys.start_record(sid), mapping=record)
     await r.expire(keys.start_record(sid), journeys.START_TTL_S)
+    await starts_index.add(rt.store, sid, now)
     for i in range(0, len(numbers), 1000):
         async with r.pipeline(transaction=False) as pipe:
             for n in numbers[i : i + 1000]:

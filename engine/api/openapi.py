@@ -27,7 +27,8 @@ from engine.api.schema import OPERATIONS, REF, Answer, Operation, Query, operati
 JSON = "application/json"
 
 TAGS = [
-    {"name": "contacts", "description": "CRM contacts: create, read, erase, bulk import"},
+    {"name": "contacts", "description": "CRM contacts: create, read, erase, bulk import, search, export"},
+    {"name": "segments", "description": "Saved segments: named audiences for searches, exports and starts"},
     {"name": "consent", "description": "Consent records and their ledger, suppressions"},
     {"name": "flows", "description": "The flows in use"},
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},

@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--errors", metavar="FILE", help="write every refused row here (JSONL)")
     forget = csub.add_parser("forget", help="erase a contact; its consent history is kept hashed")
     forget.add_argument("number", help="the contact's number")
+    csub.add_parser(
+        "reindex",
+        help="put every contact in the listing index (once after upgrading to a release with "
+        "GET /v1/contacts; safe to run again, and beside a running service)",
+    )
 
     sub.add_parser(
         "migrate",
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.contacts_command == "import":
                 return contacts_cli.run_import(cfg, args.file, args.format, args.errors, _run_async)
+            if args.contacts_command == "reindex":
+                return _run_async(contacts_cli.run_reindex(cfg))
             return _run_async(contacts_cli.run_forget(cfg, args.number))
         if args.command == "migrate":
             from engine.app.migrate import run_migrate

@@ -1,4 +1,5 @@
-"""``parley contacts import FILE`` and ``parley contacts forget NUMBER``, against the configured Redis.
+"""``parley contacts import FILE``, ``parley contacts forget NUMBER`` and ``parley contacts
+reindex``, against the configured Redis.
 
 They talk to Redis alone (a Store, no flows, gateways, worker or HTTP), so they run beside a
 running service. Exit codes: 0 every row imported (or the contact erased), 1 some rows failed
@@ -25,7 +26,7 @@ from engine.core.config import Config
 from engine.core.errors import ConfigError, Unprocessable
 from engine.core.numbers import InvalidNumber, to_e164
 from engine.core.store import Store
-from engine.crm import erasure
+from engine.crm import erasure, index
 from engine.crm.contacts_import import FORMATS, ImportReport, RowError, format_of, import_contacts
 
 CHUNK_BYTES = 1 << 20
@@ -164,4 +165,18 @@ async def run_forget(cfg: Config, number: str) -> int:
         print(f"nothing held for {e164} (unknown, or already erased)", file=sys.stderr)
         return 1
     print(f"erased {e164}; its consent history is kept under a hashed key", file=sys.stderr)
+    return 0
+
+
+async def run_reindex(cfg: Config) -> int:
+    """Put every contact in its shard's listing index (engine/crm/index.py): the backfill for
+    contacts written before the index existed."""
+    store = _store(cfg)
+    try:
+        await store.ping()
+        await check_layout(store)
+        done = await index.backfill(store, cfg.engine.shards)
+    finally:
+        await store.close()
+    print(f"indexed {done} contacts", file=sys.stderr)
     return 0

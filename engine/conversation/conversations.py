@@ -51,3 +51,37 @@ async def recent_messages(store: Store, shards: int, number: str, limit: int) ->
         return []
     raw = await store.redis.hmget(keys.message_records(number, shard), ids)
     return [orjson.loads(r) for r in raw if r is not None]
+
+
+async def find_messages(
+    store: Store, shards: int, number: str, limit: int, *, status: str | None = None,
+    since: int | None = None, until: int | None = None, before: int | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:  # fmt: skip
+    """The newest ``limit`` messages of a contact that match (status, ``since`` <= at < ``until``,
+    logged before sequence number ``before``), oldest first; and the sequence number to go on
+    from for older matches (None: there are none). The log is trimmed per contact
+    (``engine.message_log_size``), so reading its index whole is bounded."""
+    shard = keys.shard_of(number, shards)
+    hi = f"({before}" if before is not None else "+inf"
+    index: list[tuple[bytes, float]] = await store.redis.zrange(  # type: ignore[assignment]
+        keys.message_index(number, shard), "-inf", hi, byscore=True, withscores=True
+    )
+    if not index:
+        return [], None
+    filtered = status is not None or since is not None or until is not None
+    wanted = index if filtered else index[-(limit + 1) :]
+    raw = await store.redis.hmget(keys.message_records(number, shard), [i for i, _ in wanted])
+    found: list[tuple[int, dict[str, Any]]] = []
+    for (_, seq), r in zip(wanted, raw, strict=True):
+        if r is None:
+            continue
+        m = orjson.loads(r)
+        at = m.get("at") or 0
+        if status is not None and m.get("status") != status:
+            continue
+        if (since is not None and at < since) or (until is not None and at >= until):
+            continue
+        found.append((int(seq), m))
+    page = found[-limit:]
+    older = page[0][0] if len(found) > limit else None
+    return [m for _, m in page], older

@@ -38,6 +38,9 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
     p:fx:T             stream  flow outcome events of shard S's contacts (runs started, replies,
                                results, ends, message statuses; engine/conversation/outcomes.py),
                                trimmed to engine.outcome_events_max per shard
+    p:ix:T             zset    listing index of shard S's contacts (engine/crm/listing.py), all scores 0,
+                               members ordered by bytes: "c|CA|N", "u|UA|N", "t|TAG|CA|N" per tag,
+                               "g|STATUS|CA|N" (consent); CA/UA created/updated ms, 13 digits
 
 A connector's (one slot per id slot K, so receipt scripts touch one slot):
 
@@ -69,6 +72,8 @@ Alone (one key per script call, or written by plain commands):
     p:cc:D             string  a CRM GET's answer, reused for the call's cache time   TTL = cache
     p:erasure:key      string  the HMAC key for D when governance.erasure_key is not set   no TTL
     p:start:ID         hash    a journey start's request-time counts (flow, requested, queued...)  TTL 90d
+    p:starts           zset    every journey start of the last 90 days: start id -> requested at ms
+    p:segments         hash    saved segments (named audiences): name -> definition (orjson)
     p:xa:EXP           hash    experiment EXP's assignments: number -> arm or "holdout"   no TTL
     p:layout           string  the key layout version of this database ("2")
 
@@ -208,6 +213,11 @@ def number_of_contact_key(key: str) -> str:
 # -- per shard -----------------------------------------------------------------------------------
 
 
+def contact_index(shard: int) -> str:
+    """The listing index of shard ``shard``'s contacts (one key per shard, merged on read)."""
+    return f"{PREFIX}:ix:{shard_tag(shard)}"
+
+
 def inbound_stream(shard: int) -> str:
     return f"{PREFIX}:in:{shard_tag(shard)}"
 
@@ -326,6 +336,16 @@ def flow_source(name: str, digest: str) -> str:
 def start_record(start_id: str) -> str:
     """A journey start's request-time counts (engine/crm/journeys.py)."""
     return f"{PREFIX}:start:{start_id}"
+
+
+def start_list() -> str:
+    """Every journey start of the last 90 days by id, scored by when it was asked for."""
+    return f"{PREFIX}:starts"
+
+
+def segments() -> str:
+    """The saved segments: name -> definition."""
+    return f"{PREFIX}:segments"
 
 
 def assignments(experiment: str) -> str:

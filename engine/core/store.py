@@ -61,7 +61,19 @@ SCRIPTS = (
     "erase",
     "webhook_replay",
     "fx_page",
+    "reindex",
 )
+#: Lua pasted into a script in place of its line ``--#include NAME`` (shared functions).
+LIBRARIES = ("contact_index",)
+
+
+def script_source(name: str) -> str:
+    """The source of engine script ``name``, its ``--#include`` lines replaced by the libraries."""
+    scripts = resources.files("engine.core.scripts")
+    source = scripts.joinpath(f"{name}.lua").read_text()
+    for lib in LIBRARIES:
+        source = source.replace(f"--#include {lib}\n", scripts.joinpath(f"{lib}.lua").read_text())
+    return source
 
 
 class Store:
@@ -94,8 +106,7 @@ class Store:
         self._sentinel_desc = ""
         self._scripts: dict[str, AsyncScript] = {}
         for name in SCRIPTS:
-            source = resources.files("engine.core.scripts").joinpath(f"{name}.lua").read_text()
-            self._scripts[name] = client.register_script(source)
+            self._scripts[name] = client.register_script(script_source(name))
 
     @classmethod
     def connect(cls, url: str, cfg: RedisConfig) -> Store:

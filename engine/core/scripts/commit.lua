@@ -18,6 +18,7 @@
 -- KEYS[11] p:fx:T     the shard's flow outcome events (stream, engine/conversation/outcomes.py),
 --                      trimmed to ARGV[22]
 -- KEYS[12] p:in:T     the shard's inbound stream, where the event applied was read from
+-- KEYS[13] p:ix:T     the shard's listing index (contact_index.lua): follows a contact or consent change
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -51,6 +52,7 @@
 -- Returns {"ok", v, "<blocked id> <opted_out|suppressed|capped>"...} | {"dup", v} (event already applied: nothing written but the acknowledgement) |
 -- {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
+--#include contact_index
 local function parse(ref)
   local s, ms, seq = string.match(ref, '^(%d+)/(%d+)-(%d+)$')
   return tonumber(s), tonumber(ms), tonumber(seq)
@@ -91,6 +93,7 @@ v = v + 1
 if ARGV[3] ~= '' then d = ARGV[3] end
 redis.call('SET', KEYS[1], v .. '|' .. ARGV[2] .. '|' .. d, 'EX', ARGV[4])
 
+local indexed = (ARGV[11] ~= '' or ARGV[17] ~= '') and ix_members(KEYS[6], KEYS[8], ARGV[6])
 if ARGV[11] ~= '' then
   redis.call('HSETNX', KEYS[6], 'ca', ARGV[14])
   redis.call('HSET', KEYS[6], 'f', ARGV[12], 'tg', ARGV[13], 'ua', ARGV[14])
@@ -106,6 +109,7 @@ if ARGV[17] ~= '' then
   redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[19],
     'event', ARGV[2])
 end
+if indexed then ix_update(KEYS[13], indexed, ix_members(KEYS[6], KEYS[8], ARGV[6])) end
 local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup')
 local opted_out, suppressed = gate[1] == 'opted_out', gate[2] and gate[2] ~= ''
 local caps, longest = {}, 0

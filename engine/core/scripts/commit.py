@@ -1,4 +1,4 @@
-"""The typed call of commit.lua: its 12 keys and 23 fixed arguments (then five variable-length
+"""The typed call of commit.lua: its 13 keys and 23 fixed arguments (then five variable-length
 lists) built from named fields, so a caller cannot put an argument in the wrong place. The
 script's header comment is the contract; :meth:`CommitArgs.to_argv` is the one place that
 follows it, and tests/test_commit_script.py calls the script through it with edge inputs."""
@@ -72,13 +72,13 @@ class CommitArgs:
     ack_group: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..12]."""
+        """KEYS[1..13]."""
         c, s = self.contact, self.shard
         return [
             keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
             self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
             keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
-            keys.flow_events(s), keys.inbound_stream(s),
+            keys.flow_events(s), keys.inbound_stream(s), keys.contact_index(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:

@@ -23,11 +23,12 @@ class ContactArgs:
     timezone: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1]: the contact hash."""
-        return [keys.contact(self.number, self.shard)]
+        """KEYS[1..3]: the contact hash, its consent, its shard's listing index."""
+        n, s = self.number, self.shard
+        return [keys.contact(n, s), keys.governance(n, s), keys.contact_index(s)]
 
     def to_argv(self) -> list[str | bytes | int]:
-        return [self.now_ms, self.fields_json, self.tags_json, self.language, self.timezone]
+        return [self.now_ms, self.fields_json, self.tags_json, self.language, self.timezone, self.number]
 
 
 @dataclass(frozen=True, slots=True)

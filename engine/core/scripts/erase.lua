@@ -13,11 +13,13 @@
 -- KEYS[5]  p:sent:TN   counted sends    KEYS[6] p:g:TN    consent status (cs, src, at, sup)
 -- KEYS[7]  p:cl:TN     consent ledger   KEYS[8] p:cl:h:TD the hashed ledger it moves to
 -- KEYS[9]  p:tm:T      timers of the contact's shard
--- ARGV[1]  now (ms)    ARGV[2] source of the erasure ("api", "cli")
+-- KEYS[10] p:ix:T      the shard's listing index (the contact's members go)
+-- ARGV[1]  now (ms)    ARGV[2] source of the erasure ("api", "cli")    ARGV[3] the number
 -- then the contact's timer members (found with ZSCAN before the call).
 --
 -- Returns 1 when something was erased, 0 when nothing was held for the number (already erased
 -- or never known; a kept opt-out does not count).
+--#include contact_index
 local gate = redis.call('HMGET', KEYS[6], 'cs', 'sup')
 local silenced = gate[1] == 'opted_out' or (gate[2] and gate[2] ~= '')
 local held = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
@@ -38,7 +40,8 @@ end
 local kept = silenced and 'contact erased; opt-out kept' or 'contact erased'
 redis.call('XADD', KEYS[8], '*', 'change', 'erased', 'src', ARGV[2], 'cause', kept, 'at', ARGV[1])
 
+ix_update(KEYS[10], ix_members(KEYS[1], KEYS[6], ARGV[3]), {})
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
 if not silenced then redis.call('DEL', KEYS[6]) end
-if #ARGV > 2 then redis.call('ZREM', KEYS[9], unpack(ARGV, 3)) end
+if #ARGV > 3 then redis.call('ZREM', KEYS[9], unpack(ARGV, 4)) end
 return 1

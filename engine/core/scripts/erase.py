@@ -23,13 +23,13 @@ class EraseArgs:
     timer_members: tuple[str | bytes, ...] = ()
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..9]."""
+        """KEYS[1..10]."""
         n, s = self.number, self.shard
         return [
             keys.contact(n, s), keys.session(n, s), keys.message_index(n, s),
             keys.message_records(n, s), keys.counted_sends(n, s), keys.governance(n, s),
-            keys.consent_ledger(n, s), self.erased_ledger, keys.timers(s),
+            keys.consent_ledger(n, s), self.erased_ledger, keys.timers(s), keys.contact_index(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | bytes | int]:
-        return [self.now_ms, self.source, *self.timer_members]
+        return [self.now_ms, self.source, self.number, *self.timer_members]
