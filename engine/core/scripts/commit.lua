@@ -17,6 +17,8 @@
 -- KEYS[10] p:sent:TN  counted sends (zset message id -> ms), for the frequency caps
 -- KEYS[11] p:fx:T     the shard's flow outcome events (stream, engine/conversation/outcomes.py),
 --                      trimmed to ARGV[22]
+-- KEYS[12] p:ho:TN    the contact's place in the inbox (engine/conversation/inbox.py)
+-- KEYS[13] p:ib:T     the shard's inbox index (number -> handed off at ms)
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -35,7 +37,10 @@
 -- ARGV[20] the rest of the route: connectors to fail over to, "a,b" or ""
 -- ARGV[21] E outcome events   ARGV[22] the outcome stream's length to keep (approximately)
 -- then R pairs (message id, record json), O triples (message id, text, kind),
---      T timer members, A pairs (timer member, due ms), E outcome events (json)
+--      T timer members, A pairs (timer member, due ms), E outcome events (json),
+--      then the inbox change (may be left out): "" none; "open", reason, flow it came from (the
+--      contact is handed off to a person); "text" (a text from a handed-off contact); "reply",
+--      operator (a person's reply); "close" (the contact leaves the inbox)
 --
 -- The gate: every outbound message passes it here, whatever caused it. Kinds: "s" (the opt-out
 -- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
@@ -160,6 +165,20 @@ end
 for _ = 1, tonumber(ARGV[21]) do
   outcome(ARGV[i])
   i = i + 1
+end
+local inbox = ARGV[i]
+if inbox == 'open' then
+  redis.call('DEL', KEYS[12])
+  redis.call('HSET', KEYS[12], 'st', 'open', 'at', ARGV[19], 'why', ARGV[i + 1], 'f', ARGV[i + 2], 'nt', 0)
+  redis.call('ZADD', KEYS[13], ARGV[19], ARGV[6])
+elseif inbox == 'text' then
+  redis.call('HSET', KEYS[12], 'lt', ARGV[19])
+  redis.call('HINCRBY', KEYS[12], 'nt', 1)
+elseif inbox == 'reply' then
+  redis.call('HSET', KEYS[12], 'lr', ARGV[19], 'rb', ARGV[i + 1])
+elseif inbox == 'close' then
+  redis.call('DEL', KEYS[12])
+  redis.call('ZREM', KEYS[13], ARGV[6])
 end
 
 local keep = tonumber(ARGV[5])
