@@ -533,6 +533,8 @@ async def _commit(
         }  # fmt: skip
         if error:
             rec["error"] = error
+        if plan.result == "inbox_replied":
+            rec["operator"] = ev.params.get("by")
         if not answered:  # a STOP/START confirmation or a HELP answer: not the flow's message
             rec["governance"] = True
         records.append((mid, orjson.dumps(rec).decode()))
