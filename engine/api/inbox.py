@@ -173,7 +173,7 @@ async def get_inbox_contact(request: web.Request) -> web.Response:
 
 @operation(Operation(
     "claim_inbox_contact", "inbox", "Claim a handed-off contact (409 if someone else has)",
-    {200: Answer("claimed", Claimed)}, errors=(404, 409, *ERR), params=(NUMBER,), body=OperatorIn,
+    {200: Answer("claimed", Claimed)}, errors=(400, 404, 409, *ERR), params=(NUMBER,), body=OperatorIn,
 ))  # fmt: skip
 async def claim_inbox_contact(request: web.Request) -> web.Response:
     """The first claim wins; claiming again by the same operator changes nothing; another's is 409."""
@@ -191,7 +191,7 @@ async def claim_inbox_contact(request: web.Request) -> web.Response:
 
 @operation(Operation(
     "reply_inbox_contact", "inbox", "A person's reply: sent through the gate, in the contact's order",
-    {202: Answer("queued for the contact's turn", Accepted)}, errors=(404, 409, *ERR), params=(NUMBER,),
+    {202: Answer("queued for the contact's turn", Accepted)}, errors=(400, 404, 409, *ERR), params=(NUMBER,),
     body=ReplyIn,
 ))  # fmt: skip
 async def reply_inbox_contact(request: web.Request) -> web.Response:
@@ -216,7 +216,7 @@ async def reply_inbox_contact(request: web.Request) -> web.Response:
 
 @operation(Operation(
     "close_inbox_contact", "inbox", "Take a contact out of the inbox (in the contact's order)",
-    {202: Answer("queued for the contact's turn", Accepted)}, errors=(404, 409, *ERR), params=(NUMBER,),
+    {202: Answer("queued for the contact's turn", Accepted)}, errors=(400, 404, 409, *ERR), params=(NUMBER,),
     body=OperatorIn,
 ))  # fmt: skip
 async def close_inbox_contact(request: web.Request) -> web.Response:
@@ -233,7 +233,7 @@ async def close_inbox_contact(request: web.Request) -> web.Response:
 
 @operation(Operation(
     "return_inbox_contact", "inbox", "Hand a contact back to a flow (it starts, the inbox closes)",
-    {202: Answer("queued for the contact's turn", Accepted)}, errors=(404, 409, *ERR), params=(NUMBER,),
+    {202: Answer("queued for the contact's turn", Accepted)}, errors=(400, 404, 409, *ERR), params=(NUMBER,),
     body=ReturnIn,
 ))  # fmt: skip
 async def return_inbox_contact(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ schemathesis (tests/test_schemathesis.py) holds the server to it. docs/api.md st
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,7 +143,9 @@ def _spec(routes: tuple[Route, ...]) -> bytes:
     refs = {m: keys[(m, "validation")] for m in models}
     paths: dict[str, Any] = {}
     for (method, path, _), op in zip(routes, ops, strict=True):
-        paths.setdefault(path, {})[method.lower()] = _operation(op, refs)
+        # A parameter's pattern in the route ({number:[^/:]+}) is the router's, not the path's.
+        bare = re.sub(r"\{(\w+):[^{}]*\}", r"{\1}", path)
+        paths.setdefault(bare, {})[method.lower()] = _operation(op, refs)
     schemas = defs["$defs"]
     phone = phone_schema()
     doc = {

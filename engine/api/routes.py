@@ -45,7 +45,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/conversations/{number}", conversations.get_conversation),
     ("GET", "/v1/messages", conversations.get_messages),
     ("GET", "/v1/inbox", inbox.list_inbox),
-    ("GET", "/v1/inbox/{number}", inbox.get_inbox_contact),
+    # Not ":claim", ":close", ":return": those are the POST routes' (a GET of them is a 405).
+    ("GET", "/v1/inbox/{number:[^/:]+}", inbox.get_inbox_contact),
     ("POST", "/v1/inbox/{number}:claim", inbox.claim_inbox_contact),
     ("POST", "/v1/inbox/{number}/replies", inbox.reply_inbox_contact),
     ("POST", "/v1/inbox/{number}:close", inbox.close_inbox_contact),
