@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.app.runtime import Runtime
-from engine.conversation import inbox
+from engine.conversation import conversations, inbox, intake
 from engine.core import keys
 from engine.core.clock import FakeClock
 from engine.core.store import Store
@@ -318,3 +318,54 @@ def test_paging_the_merged_index_yields_each_contact_once_in_order(
             await store.close()
 
     asyncio.run(run())
+
+
+async def test_erasing_a_contact_takes_it_out_of_the_inbox(
+    engine: Runtime, api: aiohttp.ClientSession, carrier: SimulatedCarrier
+) -> None:
+    await text(api, RAJ, "is anyone there?", "e-1")
+    await in_inbox(api, RAJ)
+    async with api.delete(f"/v1/contacts/{RAJ}") as r:
+        assert r.status in (200, 204), await r.text()
+    await gone(api, RAJ)
+    async with api.get("/v1/inbox") as r:
+        assert RAJ not in [i["contact"] for i in (await r.json())["items"]]
+
+
+async def test_a_reply_passes_the_caps_and_quiet_hours_of_the_gate(
+    redis_url: str, carrier: SimulatedCarrier
+) -> None:
+    """Where replies are not exempt (governance.exempt_replies and quiet_allows_replies off), a
+    person's reply waits for the sending window, keeping its id, and counts towards the caps."""
+    clock = FakeClock(1_767_304_800_000)  # 2026-01-01T22:00:00Z: outside 08:00-21:00
+    cfg = make_config(
+        redis_url,
+        engine={"flows_dir": str(ROOT / "tests/transcripts/flows"), "unmatched": "inbox"},
+        governance={
+            "send_window": "08:00-21:00", "quiet_allows_replies": False, "quiet_jitter": "0s",
+            "exempt_replies": False, "caps": ["1 per 1d"],
+        },
+        gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
+    )  # fmt: skip
+    async with Runtime(cfg, clock=clock) as rt:
+        await intake.accept_inbound(
+            rt, gateway="carrier", contact=ANN, to="12345", text="hi?", provider_id="q1"
+        )
+        await eventually(lambda: inbox.load(rt.store, rt.config.engine.shards, ANN))
+        entry = await inbox.enqueue(rt, ANN, "reply", "alice", text="Good morning!")
+        mid = inbox.reply_id(keys.shard_of(ANN, rt.config.engine.shards), entry)
+        shard = keys.shard_of(ANN, rt.config.engine.shards)
+        await eventually(lambda: rt.store.redis.zcard(keys.timers(shard)))  # deferred, as a timer
+        assert [m for m in carrier.received if m.to == ANN] == []
+        clock.advance(10.5 * 3600)  # 08:30 the next morning
+        got = await carrier.next_message(ANN)
+        assert (got.text, got.id) == ("Good morning!", mid)
+        second = await inbox.enqueue(rt, ANN, "reply", "alice", text="Anything else?")
+        mid2 = inbox.reply_id(shard, second)
+
+        async def capped() -> dict[str, Any] | None:
+            msgs = await conversations.recent_messages(rt.store, rt.config.engine.shards, ANN, 50)
+            return next((m for m in msgs if m["id"] == mid2), None)
+
+        record = await eventually(capped)
+        assert (record["status"], record["error"]) == ("blocked", "capped: 1 per 1d")
