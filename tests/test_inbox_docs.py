@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,8 +17,8 @@ import pytest
 from engine.app.runtime import Runtime
 from engine.conversation import inbox, intake
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, eventually, make_config
-from tests.test_walkthrough import bash
+from tests.conftest import API_KEY, ROOT, eventually, make_config, serve
+from tests.test_walkthrough import Crm, bash
 
 SECTION = re.search(r"## The inbox \(human handoff\)\n(.*?)\n## ", (ROOT / "docs/api.md").read_text(), re.S)
 pytestmark = pytest.mark.skipif(
@@ -37,11 +38,28 @@ async def test_the_inbox_examples_run_as_written(
     sh = blocks("sh")
     listed_doc, reply_doc = (orjson.loads(b) for b in blocks("json"))
     assert len(sh) == 5
-    cfg = make_config(
-        redis_url,
-        engine={"unmatched": "inbox"},
-        gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
-    )
+    crm = Crm()
+    async with serve(("POST", "/hooks", crm.hook)) as base:
+        hook = {"url": f"{base}/hooks", "secret": "a-long-shared-secret-for-hmac", "events": ["inbox"]}
+        cfg = make_config(
+            redis_url,
+            engine={"unmatched": "inbox"},
+            crm={"webhooks": [hook]},
+            gateways={"carrier": {"type": "http", "url": carrier.url, "sender": "12345"}},
+        )
+        await run(cfg, sh, listed_doc, reply_doc, carrier, tmp_path, crm)
+
+
+async def run(
+    cfg: Any,
+    sh: list[str],
+    listed_doc: Any,
+    reply_doc: Any,
+    carrier: SimulatedCarrier,
+    tmp_path: Path,
+    crm: Crm,
+) -> None:
+    """The section's commands in order against an engine, each one's answer checked."""
     async with Runtime(cfg) as rt:
         env = {**os.environ, "PARLEY": f"http://127.0.0.1:{rt.http_port}", "KEY": API_KEY}
         for n, words in ((ANN, "where is my parcel?"), (RAJ, "hello?")):
@@ -79,3 +97,15 @@ async def test_the_inbox_examples_run_as_written(
             return not any([await inbox.load(rt.store, rt.config.engine.shards, n) for n in (ANN, RAJ)])
 
         await eventually(emptied)
+
+        # Each step, pushed to the CRM as an outcome event of type inbox, in order per contact.
+        async def pushed() -> bool:
+            steps = {n: [e["step"] for e in crm.events if e["contact"] == n] for n in (ANN, RAJ)}
+            return steps == {
+                ANN: ["handed_off", "claimed", "replied", "returned"],
+                RAJ: ["handed_off", "closed"],
+            }
+
+        await eventually(pushed, attempts=2000)
+        event = next(e for e in crm.events if e["step"] == "replied")
+        assert (event["type"], event["by"], event["message_id"]) == ("inbox", "alice", replied["message_id"])
