@@ -50,7 +50,9 @@ class TurnDone:
     """What a turn did, for listeners (``parley chat``) and metrics."""
 
     event: Event
-    result: str  # replied | no_reply | started | skipped_active | failed | duplicate
+    #: replied | no_reply | started | skipped_active | failed | duplicate | handed_off | inbox
+    #: | inbox_replied | inbox_closed | inbox_returned | skipped_handed_off | stale_inbox ...
+    result: str
     flow: str = ""
     outbound_ids: list[str] = field(default_factory=list)
     outcome: str | None = None
