@@ -180,6 +180,12 @@ async def test_stop_while_handed_off_wins_and_a_reply_is_refused_with_the_reason
 
     record = await eventually(blocked)
     assert (record["status"], record["error"]) == ("blocked", "opted out")
+    shard = keys.shard_of(RAJ, engine.config.engine.shards)
+    told = [orjson.loads(f[b"e"]) for _, f in await engine.store.redis.xrange(keys.flow_events(shard))]
+    assert {"t": "message", "m": mid, "status": "blocked", "error": "opted_out"}.items() <= next(
+        e for e in told if e.get("m") == mid and e["t"] == "message"
+    ).items()  # the CRM hears of the refusal too
+    assert (await in_inbox(api, RAJ))["last_reply_at"] is None  # nothing reached the customer
     assert [m.text for m in carrier.received if m.to == RAJ][-1].startswith("You are unsubscribed")
 
 

@@ -40,7 +40,8 @@
 --      T timer members, A pairs (timer member, due ms), E outcome events (json),
 --      then the inbox change (may be left out): "" none; "open", reason, flow it came from (the
 --      contact is handed off to a person); "text" (a text from a handed-off contact); "reply",
---      operator (a person's reply); "close" (the contact leaves the inbox)
+--      operator (a person's reply, noted unless the gate blocked it); "close" (the contact
+--      leaves the inbox)
 --
 -- The gate: every outbound message passes it here, whatever caused it. Kinds: "s" (the opt-out
 -- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
@@ -174,7 +175,7 @@ if inbox == 'open' then
 elseif inbox == 'text' then
   redis.call('HSET', KEYS[12], 'lt', ARGV[19])
   redis.call('HINCRBY', KEYS[12], 'nt', 1)
-elseif inbox == 'reply' then
+elseif inbox == 'reply' and #blocked == 0 then
   redis.call('HSET', KEYS[12], 'lr', ARGV[19], 'rb', ARGV[i + 1])
 elseif inbox == 'close' then
   redis.call('DEL', KEYS[12])
