@@ -232,6 +232,7 @@ BAD = [
     ("reply extra", "POST", "/v1/inbox/{n}/replies", {"operator": "a", "text": "x", "to": "y"}, "to: unknown field"),
     ("return no flow", "POST", "/v1/inbox/{n}:return", {"operator": "a"}, "flow: must name"),
     ("return bad flow", "POST", "/v1/inbox/{n}:return", {"operator": "a", "flow": "Bad Flow"}, "flow: must name"),
+    ("return _start", "POST", "/v1/inbox/{n}:return", {"operator": "a", "flow": "support", "params": {"_start": 1}}, "params: must be an object"),
     ("close", "POST", "/v1/inbox/{n}:close", {"who": "a"}, "who: unknown field"),
     ("limit", "GET", "/v1/inbox?limit=0", None, "limit: must be a whole number"),
     ("cursor", "GET", "/v1/inbox?cursor=xyz", None, "cursor: not a cursor"),

@@ -56,7 +56,13 @@ class ReturnIn(Model):
 
     operator: Annotated[str, OPERATOR]
     flow: Annotated[str, Field(pattern="^[a-z][a-z0-9_]*$", description="the flow to start")]
-    params: Annotated[dict[str, Any], Field(description="available to templates as params.*")] = {}
+    params: Annotated[
+        dict[str, Any],
+        Field(
+            description="available to templates as params.*",
+            json_schema_extra={"not": {"required": ["_start"]}},
+        ),
+    ] = {}
 
     MESSAGES = {"operator": OPERATOR_SAYS, "flow": "must name a flow (lower_snake_case)"}
 
@@ -242,6 +248,8 @@ async def return_inbox_contact(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     body = await read_body(request, ReturnIn, rt)
+    if "_start" in body.params:
+        raise Unprocessable("params", "must be an object (without _start, which is Parley's)")
     await _held(rt, number, body.operator)
     flow = rt.flows.get(body.flow)
     if flow is None:
