@@ -34,6 +34,7 @@ TAGS = [
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
     {"name": "results", "description": "A flow's runs (rows) and its report"},
     {"name": "conversations", "description": "A contact's conversation and message log"},
+    {"name": "inbox", "description": "Contacts handed off to a person: list, claim, reply, close, return"},
     {"name": "provider webhooks", "description": "Texts and receipts from SMS providers, in their shapes"},
     {"name": "outcome webhooks", "description": "Events sent to the CRM that it refused: list, replay"},
     {"name": "operations", "description": "Health, metrics and this description (no key needed)"},
