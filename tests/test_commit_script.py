@@ -176,3 +176,24 @@ async def test_the_commit_acknowledges_and_deletes_the_entry_it_applied(store: S
     assert (await commit(store, turn(2, f"{S}/{unread}", reply(4), ack_group=group)))[0] == "ok"
     assert [e[0].decode() for e in await r.xrange(stream)] == [unread]  # never read by the group: kept
     assert await queued(store) == ["out-1", "out-2", "out-4"]
+
+
+async def test_the_inbox_change_opens_notes_texts_and_replies_and_closes(store: Store) -> None:
+    """The inbox change after the outcome events: open (reason, flow), text, reply (operator),
+    close; none at all leaves the inbox as it is; a redelivered event changes nothing."""
+    place, index = keys.handoff(ANN, S), keys.inbox(S)
+    assert await commit(store, turn(0, "0/1-0", inbox=("open", "needs_person", "support"))) == ["ok", "1"]
+    held = await store.redis.hgetall(place)
+    assert (held[b"st"], held[b"why"], held[b"f"], held[b"at"], held[b"nt"]) == (
+        b"open", b"needs_person", b"support", str(NOW).encode(), b"0",
+    )  # fmt: skip
+    assert await store.redis.zscore(index, ANN) == NOW
+    assert await commit(store, turn(1, "0/2-0", inbox=("text",))) == ["ok", "2"]
+    assert await commit(store, turn(2, "0/2-0", inbox=("text",))) == ["dup", "2"]
+    assert await commit(store, turn(2, "0/3-0", reply(1), inbox=("reply", "alice"))) == ["ok", "3"]
+    assert await commit(store, turn(3, "0/4-0")) == ["ok", "4"]  # no change given
+    held = await store.redis.hgetall(place)
+    assert (held[b"nt"], held[b"lt"], held[b"rb"]) == (b"1", str(NOW).encode(), b"alice")
+    assert await queued(store) == ["out-1"]
+    assert await commit(store, turn(4, "0/5-0", inbox=("close",))) == ["ok", "5"]
+    assert not await store.redis.exists(place) and await store.redis.zscore(index, ANN) is None

@@ -55,6 +55,8 @@ BROKEN = [
     Broken("tab in the indentation", HEAD + "  a:\n\tend: x\n", 5, None, "invalid YAML"),
     Broken("indentation that goes back", HEAD + "  a:\n    say: hi\n   end: x\n", 6, None, "invalid YAML"),
     Broken("goto and end on one node", HEAD + "  a: {goto: b, end: x}\n  b: {end: y}\n", 4, "a", "exactly one of"),
+    Broken("handoff reason that is not a name", HEAD + "  a:\n    say: hi\n    handoff: Needs Person\n", 6, "a", "handoff must name a reason for the inbox in lower_snake_case"),
+    Broken("handoff and end on one node", HEAD + "  a: {handoff: person, end: x}\n", 4, "a", "exactly one of"),
 ]  # fmt: skip
 
 

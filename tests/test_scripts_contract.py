@@ -16,6 +16,7 @@ from engine.core.config import RedisConfig
 from engine.core.scripts.contact import ContactArgs, ContactWritten
 from engine.core.scripts.erase import EraseArgs
 from engine.core.scripts.fx_page import FxPage, FxPageArgs
+from engine.core.scripts.inbox_claim import InboxClaimArgs
 from engine.core.scripts.intake import IntakeArgs, IntakeReply
 from engine.core.scripts.lease import LeaseArgs, LeaseTick
 from engine.core.scripts.timers import TimersArgs
@@ -271,3 +272,21 @@ async def test_replay_moves_present_letters_once_and_skips_absent_ones(store: St
     assert await run(store, "webhook_replay", WebhookReplayArgs(1, ("10-0",))) == 0
     assert await run(store, "webhook_replay", WebhookReplayArgs(2, ("12-0",))) == 0
     assert await r.xlen(dead) == 1 and await r.xlen(again) == 1
+
+
+# inbox_claim.lua -----------------------------------------------------------------------------
+
+
+async def test_the_first_claim_wins_and_only_it_writes_an_event(store: Store) -> None:
+    def claim(who: str) -> InboxClaimArgs:
+        return InboxClaimArgs(ANN, S, who, NOW, orjson.dumps({"t": "inbox", "by": who}).decode())
+
+    assert InboxClaimArgs.parse(await run(store, "inbox_claim", claim("alice"))) == ("missing", "")
+    await store.redis.hset(keys.handoff(ANN, S), mapping={"st": "open", "at": NOW})
+    assert InboxClaimArgs.parse(await run(store, "inbox_claim", claim("alice"))) == ("ok", "alice")
+    assert InboxClaimArgs.parse(await run(store, "inbox_claim", claim("alice"))) == ("same", "alice")
+    assert InboxClaimArgs.parse(await run(store, "inbox_claim", claim("bob"))) == ("taken", "alice")
+    held = text(await store.redis.hgetall(keys.handoff(ANN, S)))
+    assert (held["st"], held["by"], held["ca"]) == ("claimed", "alice", str(NOW))
+    events = [orjson.loads(f[b"e"]) for _, f in await store.redis.xrange(keys.flow_events(S))]
+    assert events == [{"t": "inbox", "by": "alice"}]

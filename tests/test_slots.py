@@ -17,6 +17,7 @@ from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.scripts.contact import ContactArgs
 from engine.core.scripts.erase import EraseArgs
 from engine.core.scripts.fx_page import FxPageArgs
+from engine.core.scripts.inbox_claim import InboxClaimArgs
 from engine.core.scripts.lease import LeaseArgs
 from engine.core.scripts.reindex import ReindexArgs
 from engine.core.scripts.timers import TimersArgs
@@ -44,7 +45,7 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
                         timers_add=[(keys.timer_member(n, "x", "b"), NOW)],
                         contact_change=ContactChange(0, "{}", "[]", NOW), call="{}",
                         consent="opted_out|sms|STOP", caps="1:1000:day", now_ms=NOW,
-                        events=['{"t":"started"}'],
+                        events=['{"t":"started"}'], inbox=("open", "needs_person", "support"),
                     )  # fmt: skip
                     yield "commit", f"{n} shards={shards} {gw}:{lane}", commit.to_keys()
                 cfg = EngineConfig(shards=shards)
@@ -54,6 +55,8 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
                 yield "intake", f"{n} shards={shards} {gw}", call.to_keys()
             yield "contact", f"{n} shards={shards}", ContactArgs(n, s, NOW, "{}", "[]").to_keys()
             yield "reindex", f"{n} shards={shards}", ReindexArgs(n, s).to_keys()
+            claim = InboxClaimArgs(n, s, "alice", NOW, '{"t":"inbox"}')
+            yield "inbox_claim", f"{n} shards={shards}", claim.to_keys()
             erase = EraseArgs(n, keys.erased_consent_ledger("ab12", s), s, NOW, "api", (f"{n}|w|a",))
             yield "erase", f"{n} shards={shards}", erase.to_keys()
         for s in range(shards):
@@ -89,5 +92,6 @@ def test_a_contacts_keys_are_in_its_shards_slot() -> None:
             s = keys.shard_of(n, shards)
             slot = keys.slot_of_shard(s)
             for k in (keys.contact(n, s), keys.session(n, s), keys.calls(s), keys.flow_events(s),
-                      keys.inbound_stream(s), keys.outbound_stream(s, "carrier", "bulk")):  # fmt: skip
+                      keys.inbound_stream(s), keys.outbound_stream(s, "carrier", "bulk"),
+                      keys.handoff(n, s), keys.inbox(s)):  # fmt: skip
                 assert key_slot(k.encode()) == slot, k

@@ -10,12 +10,17 @@ A transcript has a header, ``---``, then one step per line::
     clock: 2026-11-22T09:00:00Z        the fake clock's start (UTC)
     language: en / timezone: Europe/London
     field first_name: Ann              a contact field; JSON values (lists, numbers) are parsed
+    unmatched: inbox                   engine.unmatched (texts that match no conversation)
     ---
     < Hi Ann, ...                      what Parley must say next, exactly, in order
     > 2                                what the customer texts
     ~ 4h                               the clock moves on and due timers fire
+    ! claim alice                      a person acts on the contact in the inbox: claim NAME,
+    ! reply alice: On its way.         reply NAME: TEXT, close NAME, return NAME: FLOW
     = outcome: rebooked                checks on the state afterwards: outcome, node, result NAME,
-    = field appointment_status: rebooked    field NAME, tag
+    = field appointment_status: rebooked    field NAME, tag, consent, inbox (none, open, claimed
+                                       by NAME), inbox texts, inbox reason, message (the last
+                                       outbound's status, and its error in brackets)
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ import orjson
 import pytest
 
 from engine.app.runtime import Runtime
-from engine.conversation import conversations, intake
+from engine.conversation import conversations, inbox, intake
 from engine.conversation.turn import TurnDone
-from engine.core import contacts
+from engine.core import contacts, keys
 from engine.core.clock import FakeClock
 from engine.core.config import parse_duration
 from gateways.console import ConsoleGateway
@@ -71,7 +76,7 @@ def parse(path: Path) -> Transcript:
                 t.header[key.strip()] = value.strip()
         else:
             kind, text = line[:1], line[2:] if len(line) > 1 else ""
-            assert kind in "<>~=", f"{path}:{n}: a step starts with <, >, ~ or =, got {line!r}"
+            assert kind in "<>~=!", f"{path}:{n}: a step starts with <, >, ~, ! or =, got {line!r}"
             t.steps.append((n, kind, text))
     return t
 
@@ -138,9 +143,28 @@ class Player:
                 self.clock.advance(parse_duration(text.strip()))
                 assert rt.worker is not None
                 await self.turns(await rt.worker.fire_timers())
+            elif kind == "!":
+                await self.act(where, text)
             elif kind == "=":
                 await self.check(where, text)
         assert not self.said, f"{t.path.name}: Parley also said {self.said[0]!r} at the end"
+
+    async def act(self, where: str, text: str) -> None:
+        """A person's action on the contact in the inbox, as the API takes it."""
+        head, _, arg = text.partition(":")
+        action, _, operator = head.strip().partition(" ")
+        if action == "claim":
+            status, holder = await inbox.claim(self.rt, self.number, operator)
+            assert status in ("ok", "same"), f"{where}: claim by {operator}: {status} ({holder})"
+            return
+        assert action in inbox.ACTIONS, f"{where}: unknown action {action!r}"
+        if action == "reply":
+            await inbox.enqueue(self.rt, self.number, "reply", operator, text=arg.strip())
+        elif action == "return":
+            await inbox.enqueue(self.rt, self.number, "return", operator, flow=arg.strip())
+        else:
+            await inbox.enqueue(self.rt, self.number, action, operator)
+        await self.turns(1)
 
     async def check(self, where: str, text: str) -> None:
         what, _, expected = text.partition(":")
@@ -160,10 +184,32 @@ class Player:
         elif what == "tag":
             assert expected in contact.tags, f"{where}: tag {expected!r} not in {contact.tags}"
             return
+        elif what.startswith("inbox") or what in ("consent", "message"):
+            got = await self.inbox_fact(what)
         else:
             raise AssertionError(f"{where}: unknown check {what!r}")
         shown = got if isinstance(got, str) else orjson.dumps(got).decode()
         assert shown == expected, f"{where}: {what} is {shown!r}, expected {expected!r}"
+
+    async def inbox_fact(self, what: str) -> Any:
+        rt, shards = self.rt, self.rt.config.engine.shards
+        if what == "consent":
+            raw = await rt.store.redis.hget(
+                keys.governance(self.number, keys.shard_of(self.number, shards)), "cs"
+            )
+            return raw.decode() if raw else "unknown"
+        if what == "message":
+            msgs = await conversations.recent_messages(rt.store, shards, self.number, 50)
+            last = [m for m in msgs if m["dir"] == "out"][-1]
+            return last["status"] + (f" ({last['error']})" if last.get("error") else "")
+        h = await inbox.load(rt.store, shards, self.number)
+        if what == "inbox texts":
+            return h.texts if h else None
+        if what == "inbox reason":
+            return h.reason if h else None
+        if h is None:
+            return "none"
+        return h.status + (f" by {h.operator}" if h.operator else "")
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
@@ -174,9 +220,14 @@ async def test_transcript(path: Path, redis_url: str) -> None:
     )
     clock = FakeClock(int(start.timestamp() * 1000))
     flows = {"flows_dir": str(Path(__file__).parent / t.header["flows"])} if "flows" in t.header else {}
+    unmatched = {"unmatched": t.header["unmatched"]} if "unmatched" in t.header else {}
     cfg = make_config(
         redis_url,
-        engine={"timer_poll": "1h", **flows},  # timers fire only when a transcript moves the clock
+        engine={
+            "timer_poll": "1h",
+            **flows,
+            **unmatched,
+        },  # timers fire only when a transcript moves the clock
         gateways={"console": {"type": "console"}},
     )
     async with Runtime(cfg, clock=clock, http=False) as rt:

@@ -12,6 +12,7 @@ schemathesis (tests/test_schemathesis.py) holds the server to it. docs/api.md st
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ TAGS = [
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
     {"name": "results", "description": "A flow's runs (rows) and its report"},
     {"name": "conversations", "description": "A contact's conversation and message log"},
+    {"name": "inbox", "description": "Contacts handed off to a person: list, claim, reply, close, return"},
     {"name": "provider webhooks", "description": "Texts and receipts from SMS providers, in their shapes"},
     {"name": "outcome webhooks", "description": "Events sent to the CRM that it refused: list, replay"},
     {"name": "operations", "description": "Health, metrics and this description (no key needed)"},
@@ -143,7 +145,9 @@ def _spec(routes: tuple[Route, ...]) -> bytes:
     refs = {m: keys[(m, "validation")] for m in models}
     paths: dict[str, Any] = {}
     for (method, path, _), op in zip(routes, ops, strict=True):
-        paths.setdefault(path, {})[method.lower()] = _operation(op, refs)
+        # A parameter's pattern in the route ({number:[^/:]+}) is the router's, not the path's.
+        bare = re.sub(r"\{(\w+):[^{}]*\}", r"{\1}", path)
+        paths.setdefault(bare, {})[method.lower()] = _operation(op, refs)
     schemas = defs["$defs"]
     phone = phone_schema()
     doc = {

@@ -1,13 +1,16 @@
 """Events on the inbound shard streams: what a worker turns into a conversation turn.
 
-An event is an inbound text (``kind=in``) or a flow start (``kind=start``). Each is appended to
-the stream of its contact's shard, so all of one contact's events are consumed in order.
+An event is an inbound text (``kind=in``), a flow start (``kind=start``), or a person's action on
+a contact in the inbox (``kind=inbox``: reply, close, return to a flow; engine/conversation/inbox.py).
+Each is appended to the stream of its contact's shard, so all of one contact's events are consumed in order.
 Field names are short because every accepted message is stored once in this form.
 
-    k  kind ("in" | "start")    c  contact (E.164)          ts  accepted at (ms)
+    k  kind ("in" | "start" | "inbox" ...)  c  contact (E.164)  ts  accepted at (ms)
     g  gateway (in)             x  text (in)                i   provider message id (in)
     to recipient address (in)   f  flow (start)             p   params json (start)
     n  "1": interrupt a conversation in progress (start)
+    (inbox) p: {"do": "reply" | "close" | "return", "by": operator, "x": text, "m": message id};
+       f: the flow a return starts
     tk timer kind ("w" wait timeout, "x" expiry, "c" call)   tt  token (timer, call)
     ok "1" when the CRM answered (call); its answer (or the error) is JSON in x
 """
@@ -122,3 +125,17 @@ def start_fields(
     if interrupt:
         fields["n"] = "1"
     return fields
+
+
+def inbox_fields(
+    contact: str, action: str, operator: str, now_ms: int, *, text: str = "", flow: str = "",
+    params: dict[str, Any] | None = None,
+) -> dict[str, str | bytes]:  # fmt: skip
+    """Stream fields of a person's action on a handed-off contact (``action``: reply, close or
+    return; ``params`` are a return's start parameters)."""
+    p: dict[str, Any] = {"do": action, "by": operator}
+    if text:
+        p["x"] = text
+    if params:
+        p["sp"] = params
+    return {"k": "inbox", "c": contact, "f": flow, "p": orjson.dumps(p), "ts": str(now_ms)}

@@ -11,6 +11,8 @@ A turn's commit appends, in the same script and so exactly once per applied even
     consent   opted_out / opted_in            flow of the run in progress, if any
     opt_out_review  a text with an opt-out keyword that the opt-out rule could not read
               (engine/governance/optout.py), for a person: text, m (its message id), flow and run if in one
+    inbox     a step of a contact handed off to a person (engine/conversation/inbox.py): step
+              (handed_off, text, claimed, replied, closed, returned), by, why, m, next
 
 and the message status script appends ``message`` (a flow's message reached a final status:
 delivered, failed, expired, rejected; or blocked by the gate). A run is ``<contact>/<started
@@ -28,7 +30,7 @@ import orjson
 
 #: Outcomes Parley gives a run; any other outcome is the flow's own ``end:`` (it completed).
 ENGINE_OUTCOMES = frozenset(
-    {"expired", "unanswered", "failed", "handed_off", "flow_changed", "interrupted", "opted_out"}
+    {"expired", "unanswered", "failed", "handed_off", "flow_changed", "interrupted", "opted_out", "handoff"}
 )
 
 

@@ -16,14 +16,14 @@ returns ``dup``, so a redelivery never sends twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from engine.conversation import outcomes, sessions
+from engine.conversation import inbox, outcomes, sessions
 from engine.conversation.events import Event
 from engine.conversation.ports import TurnServices
 from engine.core import keys
@@ -50,7 +50,9 @@ class TurnDone:
     """What a turn did, for listeners (``parley chat``) and metrics."""
 
     event: Event
-    result: str  # replied | no_reply | started | skipped_active | failed | duplicate
+    #: replied | no_reply | started | skipped_active | failed | duplicate | handed_off | inbox
+    #: | inbox_replied | inbox_closed | inbox_returned | skipped_handed_off | stale_inbox ...
+    result: str
     flow: str = ""
     outbound_ids: list[str] = field(default_factory=list)
     outcome: str | None = None
@@ -83,6 +85,10 @@ class _Plan:
     consent: tuple[str, str, str] | None = None
     #: The customer's text has an opt-out keyword in something else: flag it for a person.
     review: bool = False
+    #: The inbox change to commit (engine/conversation/inbox.py; CommitArgs.inbox) and its
+    #: outcome events.
+    inbox: tuple[str, ...] = ()
+    events: list[str] = field(default_factory=list)
 
 
 async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone:
@@ -92,6 +98,9 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
     clock = rt.clock
     if ev.kind == "timer" and ev.timer_kind == "d":
         ev = ev.undeferred()
+    if ev.kind == "inbox" and "m" not in ev.params:
+        # A person's reply keeps the id the API answered with, even if quiet hours defer it.
+        ev = replace(ev, params={**ev.params, "m": inbox.reply_id(ev.shard, ev.entry_id)})
     picked = clock.monotonic()
     stages = {"queue_wait": max(0.0, (clock.now_ms() - ev.accepted_ms) / 1000)}
     rt.metrics.turn_started()
@@ -99,7 +108,9 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
         for _ in range(MAX_ATTEMPTS):
             t0 = clock.monotonic()
             try:
-                sess_raw, contact_h, consent_h = await rt.store.coalescer.run(_load(ev.contact, ev.shard))
+                sess_raw, contact_h, consent_h, handoff_h = await rt.store.coalescer.run(
+                    _load(ev.contact, ev.shard)
+                )
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
                     rt.store.redis, keys.session(ev.contact, ev.shard)
@@ -117,7 +128,10 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
                 else governance.Reading()
             )
             governed = _governed(rt, ev, state, contact, consent, reading.keyword)
-            plan = governed or _decide(rt, ev, state, contact)
+            handoff = inbox.Handoff.from_hash(ev.contact, handoff_h)
+            plan = governed or _inboxed(rt, ev, state, contact, handoff) or _decide(rt, ev, state, contact)
+            if governed is None and handoff is None:
+                _to_inbox(rt, ev, plan)
             plan.review = governed is None and reading.review
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
@@ -153,6 +167,7 @@ def _load(number: str, shard: int) -> Add:
         pipe.get(keys.session(number, shard))
         pipe.hgetall(keys.contact(number, shard))
         pipe.hgetall(keys.governance(number, shard))
+        pipe.hgetall(keys.handoff(number, shard))
 
     return add
 
@@ -176,8 +191,59 @@ def _settle(rt: TurnServices, ev: Event, old: dict[str, Any], plan: _Plan) -> No
 
 
 def _customer_led(ev: Event) -> bool:
-    """The customer's own text, or the CRM's answer to a request their text made."""
-    return ev.kind in ("in", "call")
+    """The customer's own text, the CRM's answer to a request their text made, or a person's
+    reply to a contact handed off to them (a reply, as the gate sees it)."""
+    return ev.kind in ("in", "call") or (ev.kind == "inbox" and ev.params.get("do") == "reply")
+
+
+def _inboxed(
+    rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact, handoff: inbox.Handoff | None
+) -> _Plan | None:
+    """Pure: what a contact in the inbox does instead of a flow (None: not handed off, the flow
+    decides). Its texts are kept for a person; a flow start is skipped; a person's reply is
+    sent (through the gate, in commit.lua), close takes it out, return starts a flow."""
+    now = rt.clock.now_ms()
+    if handoff is None:
+        return _Plan("stale_inbox") if ev.kind == "inbox" else None
+    if ev.kind == "in":
+        m = f"in-{ev.msg_base}"
+        return _Plan("inbox", inbox=("text",), events=[inbox.event(ev.contact, "text", now, m=m)])
+    if ev.kind == "start":
+        return _Plan("skipped_handed_off", flow=ev.flow)
+    if ev.kind != "inbox":
+        return None  # a timer or CRM answer of the run that ended: stale, as the flow finds
+    by, action = str(ev.params.get("by", "")), ev.params.get("do")
+    if action == "reply":
+        mid = str(ev.params["m"])
+        return _Plan(
+            "inbox_replied", texts=[str(ev.params.get("x", ""))], inbox=("reply", by),
+            events=[inbox.event(ev.contact, "replied", now, by=by, m=mid)],
+        )  # fmt: skip
+    if action == "close":
+        return _Plan("inbox_closed", inbox=("close",), events=[inbox.event(ev.contact, "closed", now, by=by)])
+    if action == "return":
+        begin = replace(ev, kind="start", params=dict(ev.params.get("sp") or {}), interrupt=True)
+        plan = _decide(rt, begin, state, contact)
+        if plan.result != "started":  # the flow is gone, lacks fields or failed: stays in the inbox
+            log.warning("return to %s failed for contact=%s: %s", ev.flow, mask(ev.contact), plan.result)
+            return plan
+        returned = inbox.event(ev.contact, "returned", now, by=by, next=ev.flow)
+        plan.events = [returned, *plan.events]
+        if not plan.inbox:  # the flow may hand the contact off again at once
+            plan.inbox = ("close",)
+        plan.result = "inbox_returned"
+        return plan
+    log.error("unknown inbox action %r in %s; dropped", action, ev.ref)
+    return _Plan("failed")
+
+
+def _to_inbox(rt: TurnServices, ev: Event, plan: _Plan) -> None:
+    """A text that matched no conversation goes to the inbox when ``engine.unmatched: inbox``."""
+    if ev.kind == "in" and plan.result == "no_reply" and rt.config.engine.unmatched == "inbox":
+        plan.result = "handed_off"
+        plan.inbox = ("open", inbox.UNMATCHED, "")
+        now, why = rt.clock.now_ms(), inbox.UNMATCHED
+        plan.events.append(inbox.event(ev.contact, "handed_off", now, why=why, m=f"in-{ev.msg_base}"))
 
 
 def _quiet_until(rt: TurnServices, ev: Event, plan: _Plan, contact: Contact) -> int | None:
@@ -289,6 +355,14 @@ def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact
     except RenderError as exc:
         return _render_failed(rt, ev, state, flow, contact, exc, now)
 
+    handed: tuple[str, ...] = ()
+    handed_events: list[str] = []
+    if decision.handoff is not None:
+        handed = ("open", decision.handoff, flow.name)
+        cause = {"m": f"in-{ev.msg_base}"} if ev.kind == "in" else {}
+        handed_events = [
+            inbox.event(ev.contact, "handed_off", now, why=decision.handoff, f=flow.name, **cause)
+        ]
     changed = None
     if decision.contact_updates or decision.tags_added:
         changed = Contact(
@@ -316,6 +390,8 @@ def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact
         else None,
         # A flow's goodbye to a customer who just opted out is that opt-out's one confirmation.
         system=set(range(len(decision.messages))) if decision.consent == governance.OPTED_OUT else set(),
+        inbox=handed,
+        events=handed_events,
     )
 
 
@@ -431,6 +507,7 @@ async def _commit(
     events = outcomes.events_for(ev.contact, kind, old, plan.state, now, plan.consent, ev.accepted_ms)
     if ev.kind == "start" and plan.state is None:
         events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
+    events += plan.events
     if plan.state is not None and "_start" in plan.state.get("p", {}):
         # The journey's bookkeeping is in the started event; the held session need not carry it.
         plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
@@ -455,9 +532,13 @@ async def _commit(
     ids: list[str] = []
     # A reply to the customer's own text, in a conversational flow, does not count towards caps.
     flow = rt.flows.get(plan.flow) if plan.flow else None
-    exempt = rt.config.governance.exempt_replies and ev.kind == "in" and (flow is None or flow.conversational)
+    exempt = rt.config.governance.exempt_replies and (
+        (ev.kind == "in" and (flow is None or flow.conversational)) or plan.result == "inbox_replied"
+    )
     for k, text in enumerate(plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
+        if ev.kind == "inbox" and k == 0 and "m" in ev.params:
+            mid = str(ev.params["m"])
         kind = "s" if k in plan.system else "r" if exempt else "c"
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
         enc = encoding_of(text)
@@ -468,6 +549,8 @@ async def _commit(
         }  # fmt: skip
         if error:
             rec["error"] = error
+        if plan.result == "inbox_replied":
+            rec["operator"] = ev.params.get("by")
         if not answered:  # a STOP/START confirmation or a HELP answer: not the flow's message
             rec["governance"] = True
         records.append((mid, orjson.dumps(rec).decode()))
@@ -497,6 +580,7 @@ async def _commit(
         events=events,
         events_max=rt.config.engine.outcome_events_max,
         ack_group=ack_group,
+        inbox=plan.inbox,
     )
 
     async def add(pipe: Pipeline) -> None:

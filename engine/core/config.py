@@ -189,6 +189,9 @@ class EngineConfig:
     max_flow_depth: int = 32
     #: A flow with more nodes than this is refused.
     max_flow_nodes: int = 1_000
+    #: A text that matches no conversation (no flow waiting, no trigger): ``ignore`` it (logged
+    #: only), or put the contact in the ``inbox`` for a person (engine/conversation/inbox.py).
+    unmatched: str = "ignore"
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ class GovernanceConfig:
     erasure_key: str = ""
 
 
+#: What ``engine.unmatched`` may say.
+UNMATCHED = ("ignore", "inbox")
+
 #: Outcome event types a CRM webhook can subscribe to (engine/conversation/outcomes.py).
 WEBHOOK_EVENTS = (
     "message",
@@ -232,6 +238,7 @@ WEBHOOK_EVENTS = (
     "deferred",
     "conversion",
     "opt_out_review",
+    "inbox",
 )
 
 
@@ -515,6 +522,8 @@ def _check(cfg: Config) -> None:
     if not 1 <= cfg.engine.api_processes <= 64:
         raise ConfigError("engine.api_processes", f"must be 1..64, got {cfg.engine.api_processes}")
     parse_roles(cfg.engine.role)
+    if cfg.engine.unmatched not in UNMATCHED:
+        raise ConfigError("engine.unmatched", f"must be ignore or inbox, got {cfg.engine.unmatched!r}")
     if cfg.engine.message_log_ttl < 60:
         raise ConfigError("engine.message_log_ttl", f"must be at least 1m, got {cfg.engine.message_log_ttl}s")
     if cfg.engine.dedupe_window < 60:

@@ -24,6 +24,8 @@ Per contact N in shard S (T = shard_tag(S)); functions take ``(number, shard)``:
     p:att:TN           hash    N's last journey touch: f flow, xp, arm, st start, at ms  TTL = window
     p:cv:TN:ID         string  a CRM conversion event already recorded (its id)     TTL = dedupe window
     p:mo:TN:GW:K       hash    SMPP: parts of a multipart text from N (K = to|ref|total): seq -> text
+    p:ho:TN            hash    N is handed off to a person (engine/conversation/inbox.py): st open|
+                               claimed, at ms, why, f flow, by operator, ca ms, lt/nt last text  no TTL
 
 Per shard S (T = shard_tag(S)); functions take ``shard``:
 
@@ -41,6 +43,7 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
     p:ix:T             zset    listing index of shard S's contacts (engine/crm/listing.py), all scores 0,
                                members ordered by bytes: "c|CA|N", "u|UA|N", "t|TAG|CA|N" per tag,
                                "g|STATUS|CA|N" (consent); CA/UA created/updated ms, 13 digits
+    p:ib:T             zset    the inbox of shard S: number -> handed off at ms (its p:ho:TN is there)
 
 A connector's (one slot per id slot K, so receipt scripts touch one slot):
 
@@ -198,6 +201,11 @@ def smpp_mo_parts(number: str, shard: int, gateway: str, to: str, ref: int, tota
     return f"{_c('mo', number, shard)}:{gateway}:{to}|{ref}|{total}"
 
 
+def handoff(number: str, shard: int) -> str:
+    """The contact's place in the inbox (handed off to a person), while it is there."""
+    return _c("ho", number, shard)
+
+
 def contact_pattern() -> str:
     """SCAN pattern of every contact profile key (run on every master of a cluster)."""
     return f"{PREFIX}:c:{{*}}*"
@@ -263,6 +271,11 @@ def flow_events(shard: int) -> str:
     """The outcome events of shard ``shard``'s contacts (reports, result exports, CRM event
     webhooks read every shard's; each is in order, there is no order across shards)."""
     return f"{PREFIX}:fx:{shard_tag(shard)}"
+
+
+def inbox(shard: int) -> str:
+    """Shard ``shard``'s inbox index: its handed-off contacts by when (merged over shards on read)."""
+    return f"{PREFIX}:ib:{shard_tag(shard)}"
 
 
 # -- leases ------------------------------------------------------------------------------------

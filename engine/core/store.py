@@ -62,6 +62,7 @@ SCRIPTS = (
     "webhook_replay",
     "fx_page",
     "reindex",
+    "inbox_claim",
 )
 #: Lua pasted into a script in place of its line ``--#include NAME`` (shared functions).
 LIBRARIES = ("contact_index",)

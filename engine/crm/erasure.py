@@ -30,7 +30,8 @@ reason, message statuses, journey assignments, conversions) are deleted after th
 one pass over every shard's stream (each bounded by ``engine.outcome_events_max``; a contact's
 events are in its own shard's, but an upgraded database keeps its earlier events in shard 0's,
 so every shard is looked through): reports computed afterwards no longer count the person's
-runs. So are the last journey touch (``p:att:TN``) and the number's arm in every experiment
+runs. So are the contact's place in the inbox (``p:ho:TN`` and its entry in ``p:ib:T``), the last
+journey touch (``p:att:TN``) and the number's arm in every experiment
 (``p:xa:*``, found with SCAN: there are few) and the ids of the conversions the CRM reported
 (``p:cv:TN:*``).
 
@@ -93,7 +94,10 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     call = EraseArgs(number, ledger, shard, now_ms, source, tuple(members))
     done = await store.run("erase", call.to_keys(), call.to_argv())
     removed = await forget_outcomes(store, shards, number)
-    removed += int(await store.redis.delete(keys.attribution(number, shard)))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.handoff(number, shard), keys.attribution(number, shard))
+        pipe.zrem(keys.inbox(shard), number)
+        removed += sum(int(n) for n in await pipe.execute())
     async for xp in store.redis.scan_iter(match=keys.assignments("*"), count=1000):
         removed += int(await store.redis.hdel(xp, number))
     removed += await _forget_webhook_letters(store, number)

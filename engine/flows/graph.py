@@ -35,6 +35,8 @@ def _edges(node: Node) -> list[tuple[str, str]]:
         out.append(("", f"end: {node.end}"))
     if node.start_flow:
         out.append(("", f"start flow: {node.start_flow}"))
+    if node.handoff:
+        out.append(("", f"handoff: {node.handoff}"))
     if node.call:
         out.append((f"{node.call.method} answered", node.call.success))
         out.append((f"failed or no answer in {_duration(node.call.timeout)}", node.call.failure))

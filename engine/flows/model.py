@@ -75,6 +75,9 @@ class Node:
     start_flow: str | None = None
     #: Call a CRM webhook and route on its answer (an exit).
     call: Call | None = None
+    #: End this conversation and put the contact in the inbox for a person, with this reason
+    #: (an exit, like ``end``; engine/conversation/inbox.py).
+    handoff: str | None = None
 
     def successors(self) -> list[str]:
         out = [c.goto for c in self.cases]

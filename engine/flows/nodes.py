@@ -1,5 +1,5 @@
 """The grammar of one flow node: ``say``, ``wait``, ``cases``, ``reprompt``, ``set``, ``call``,
-``goto``/``end`` and their checks, each problem noted with its line (engine/flows/problems.py).
+``goto``/``end``/``handoff`` and their checks, each problem noted with its line (engine/flows/problems.py).
 The file around the nodes (name, triggers, fallback, the graph) is engine/flows/loader.py's."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from engine.flows.templates import Template
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 NODE_KEYS = {
     "say", "wait", "cases", "default", "reprompt", "goto", "end", "set", "tag", "start", "call", "consent",
-    "success", "failure",
+    "success", "failure", "handoff",
 }  # fmt: skip
 CALL_KEYS = {"url", "method", "headers", "body", "timeout", "save", "fields", "cache"}
 #: The longest a CRM answer may be reused (``call: cache:``).
@@ -84,7 +84,7 @@ def parse_node(name: str, body: Any, line: int, errs: Collector, env: jinja2.Env
     if "say" in body:
         node.say = parse_say(body["say"], body.value_line("say"), name, errs, env)
     is_split = "cases" in body and "wait" not in body
-    exits = [k for k in ("wait", "goto", "end", "start", "call") if k in body] + (
+    exits = [k for k in ("wait", "goto", "end", "start", "call", "handoff") if k in body] + (
         ["cases"] if is_split else []
     )
     if len(exits) != 1:
@@ -92,7 +92,8 @@ def parse_node(name: str, body: Any, line: int, errs: Collector, env: jinja2.Env
             line,
             name,
             "a node needs exactly one of wait (for a reply), cases + default (route on data), "
-            "goto (next node), end (an outcome), start (another flow) or call (a CRM webhook)",
+            "goto (next node), end (an outcome), start (another flow), call (a CRM webhook) or "
+            "handoff (to a person)",
         )
     if "call" in body:
         node.call = _call(body, node, errs, env)
@@ -123,6 +124,7 @@ def parse_node(name: str, body: Any, line: int, errs: Collector, env: jinja2.Env
     if "goto" in body:
         node.goto = _ref(body, "goto", name, errs)
     node.end = _snake(body, "end", body.line_of("end"), name, errs, "an outcome")
+    node.handoff = _snake(body, "handoff", body.line_of("handoff"), name, errs, "a reason for the inbox")
     if "wait" in body:
         node.wait = True
         wait = body["wait"]

@@ -31,6 +31,8 @@ MAX_STEPS = 64
 UNANSWERED = "unanswered"
 EXPIRED = "expired"
 HANDED_OFF = "handed_off"
+#: The outcome of a run that ended at a ``handoff:`` node (the contact is now in the inbox).
+TO_INBOX = "handoff"
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Decision:
     call: dict[str, Any] | None = None
     #: Consent the customer gave or withdrew in this turn (a ``consent:`` node), or None.
     consent: str | None = None
+    #: The reason, when the conversation ended at a ``handoff:`` node (to the inbox).
+    handoff: str | None = None
 
     @property
     def active(self) -> bool:
@@ -205,6 +209,10 @@ def _walk(flow: Flow, node_name: str, contact: dict[str, Any], d: Decision, now_
                 return
             if node.end is not None:
                 _end(d, node.end, now_ms)
+                return
+            if node.handoff is not None:
+                _end(d, TO_INBOX, now_ms)
+                d.handoff = node.handoff
                 return
             assert node.goto is not None  # guaranteed by the loader
             node_name = node.goto

@@ -19,6 +19,8 @@
 --                      trimmed to ARGV[22]
 -- KEYS[12] p:in:T     the shard's inbound stream, where the event applied was read from
 -- KEYS[13] p:ix:T     the shard's listing index (contact_index.lua): follows a contact or consent change
+-- KEYS[14] p:ho:TN    the contact's place in the inbox (engine/conversation/inbox.py)
+-- KEYS[15] p:ib:T     the shard's inbox index (number -> handed off at ms)
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -40,7 +42,11 @@
 --          acknowledged and deleted with the commit (and with a "dup"), if that group holds it
 --          pending, so a worker needs no round trip of its own to acknowledge what it applied
 -- then R pairs (message id, record json), O triples (message id, text, kind),
---      T timer members, A pairs (timer member, due ms), E outcome events (json)
+--      T timer members, A pairs (timer member, due ms), E outcome events (json),
+--      then the inbox change (may be left out): "" none; "open", reason, flow it came from (the
+--      contact is handed off to a person); "text" (a text from a handed-off contact); "reply",
+--      operator (a person's reply, noted unless the gate blocked it); "close" (the contact
+--      leaves the inbox)
 --
 -- The gate: every outbound message passes it here, whatever caused it. Kinds: "s" (the opt-out
 -- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
@@ -177,6 +183,20 @@ end
 for _ = 1, tonumber(ARGV[21]) do
   outcome(ARGV[i])
   i = i + 1
+end
+local inbox = ARGV[i]
+if inbox == 'open' then
+  redis.call('DEL', KEYS[14])
+  redis.call('HSET', KEYS[14], 'st', 'open', 'at', ARGV[19], 'why', ARGV[i + 1], 'f', ARGV[i + 2], 'nt', 0)
+  redis.call('ZADD', KEYS[15], ARGV[19], ARGV[6])
+elseif inbox == 'text' then
+  redis.call('HSET', KEYS[14], 'lt', ARGV[19])
+  redis.call('HINCRBY', KEYS[14], 'nt', 1)
+elseif inbox == 'reply' and #blocked == 0 then
+  redis.call('HSET', KEYS[14], 'lr', ARGV[19], 'rb', ARGV[i + 1])
+elseif inbox == 'close' then
+  redis.call('DEL', KEYS[14])
+  redis.call('ZREM', KEYS[15], ARGV[6])
 end
 
 local keep = tonumber(ARGV[5])

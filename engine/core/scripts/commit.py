@@ -1,5 +1,6 @@
-"""The typed call of commit.lua: its 13 keys and 23 fixed arguments (then five variable-length
-lists) built from named fields, so a caller cannot put an argument in the wrong place. The
+"""The typed call of commit.lua: its 15 keys and 23 fixed arguments (then five variable-length
+lists and the inbox change) built from named fields, so a caller cannot put an argument in the
+wrong place. The
 script's header comment is the contract; :meth:`CommitArgs.to_argv` is the one place that
 follows it, and tests/test_commit_script.py calls the script through it with edge inputs."""
 
@@ -70,15 +71,18 @@ class CommitArgs:
     #: The consumer group that read the event from its shard's inbound stream ("": none): the
     #: commit acknowledges (and deletes) the entry, if the group holds it pending.
     ack_group: str = ""
+    #: The inbox change: () none, ("open", reason, flow), ("text",), ("reply", operator), ("close",).
+    inbox: tuple[str, ...] = ()
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..13]."""
+        """KEYS[1..15]."""
         c, s = self.contact, self.shard
         return [
             keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
             self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
             keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
-            keys.flow_events(s), keys.inbound_stream(s), keys.contact_index(s),
+            keys.flow_events(s), keys.inbound_stream(s), keys.contact_index(s), keys.handoff(c, s),
+            keys.inbox(s),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:
@@ -97,4 +101,5 @@ class CommitArgs:
             *self.timers_remove,
             *(x for member, due in self.timers_add for x in (member, due)),
             *self.events,
+            *self.inbox,
         ]  # fmt: skip
