@@ -31,6 +31,7 @@ TAGS = [
     {"name": "consent", "description": "Consent records and their ledger, suppressions"},
     {"name": "flows", "description": "The flows in use"},
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
+    {"name": "campaigns", "description": "Flows started relative to a date in each contact's record"},
     {"name": "results", "description": "A flow's runs (rows) and its report"},
     {"name": "conversations", "description": "A contact's conversation and message log"},
     {"name": "provider webhooks", "description": "Texts and receipts from SMS providers, in their shapes"},

@@ -28,7 +28,8 @@ Per contact N in shard S (T = shard_tag(S)); functions take ``(number, shard)``:
 Per shard S (T = shard_tag(S)); functions take ``shard``:
 
     p:in:T             stream  inbound events of shard S (texts, flow starts, fired timers)
-    p:tm:T             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
+    p:tm:T             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry;
+                               kind k: a campaign's next fire, token CAMPAIGN:EVENT)
     p:dd:T:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/core/idmaps.py):
                                "GW:ID:h" (h = crc32 of N) -> "<payload digest> <entry id>"
                                expires whole dedupe window after B ends
@@ -70,6 +71,8 @@ Alone (one key per script call, or written by plain commands):
     p:erasure:key      string  the HMAC key for D when governance.erasure_key is not set   no TTL
     p:start:ID         hash    a journey start's request-time counts (flow, requested, queued...)  TTL 90d
     p:xa:EXP           hash    experiment EXP's assignments: number -> arm or "holdout"   no TTL
+    p:cpg              hash    campaigns defined through the API: name -> definition (JSON)  no TTL
+    p:cpb:NAME         hash    campaign NAME's last backfill: digest, state, scanned, scheduled, at
     p:layout           string  the key layout version of this database ("2")
 
 Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
@@ -331,6 +334,16 @@ def start_record(start_id: str) -> str:
 def assignments(experiment: str) -> str:
     """Which arm (or the holdout) each contact of an experiment was put in: number -> arm."""
     return f"{PREFIX}:xa:{experiment}"
+
+
+def campaigns() -> str:
+    """The campaigns defined through the API (engine/crm/campaigns.py): name -> JSON."""
+    return f"{PREFIX}:cpg"
+
+
+def campaign_backfill(name: str) -> str:
+    """Campaign ``name``'s last backfill over the contacts: digest, state, counts."""
+    return f"{PREFIX}:cpb:{name}"
 
 
 def webhook_group(index: int, url: str) -> str:

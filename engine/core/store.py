@@ -61,6 +61,7 @@ SCRIPTS = (
     "erase",
     "webhook_replay",
     "fx_page",
+    "campaigns",
 )
 
 
