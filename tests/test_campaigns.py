@@ -164,12 +164,12 @@ BOOK = CampaignBook(
                 "appts",
                 {"events": [{"id": "before", "flow": "remind", "field": "appointment_at", "offset": "-24h"}]},
                 Problems(),
-            ),  # fmt: skip
+            ),
             parse(
                 "renewals",
                 {"events": [{"flow": "renew", "field": "renewal_day", "every": "month", "at": "09:00"}]},
                 Problems(),
-            ),  # fmt: skip
+            ),
         ]
         if c is not None
     }
@@ -261,7 +261,7 @@ def test_a_campaign_file_loads(tmp_path: Path) -> None:
             ),
             9,
             "events[1].flow: flow 'nope' is not loaded",
-        ),  # fmt: skip
+        ),
         ("bad offset", GOOD.replace("-24h", "yesterday"), 7, "events[0].offset: must be a signed amount"),
         ("hours with at", GOOD.replace("offset: 3d", "offset: 36h"), 11, "offset is in whole days"),
         ("bad time", GOOD.replace('"10:00"', '"25:00"'), 12, "events[1].at: must be a local time"),
@@ -285,13 +285,13 @@ def test_a_campaign_file_loads(tmp_path: Path) -> None:
             GOOD.replace("field: appointment_at\n    offset: -24h", "field: 9x\n    offset: -24h"),
             6,
             "events[0].field: must name a contact field",
-        ),  # fmt: skip
+        ),
         (
             "duplicate key",
             GOOD.replace("    offset: -24h\n", "    offset: -24h\n    offset: -2h\n"),
             8,
             "key 'offset' appears twice",
-        ),  # fmt: skip
+        ),
         ("yaml", GOOD.replace("events:", "events: [\n"), 5, "YAML"),
     ],
 )

@@ -251,21 +251,21 @@ async def test_a_campaign_put_through_the_api_backfills_existing_contacts_and_fi
             {"events": [{"flow": "renew", "field": "d", "offset": "soon"}]},
             422,
             "events[0].offset",
-        ),  # fmt: skip
+        ),
         (
             "PUT",
             "/v1/campaigns/x",
             {"events": [{"flow": "nope", "field": "d", "offset": "1d"}]},
             422,
             "events[0].flow: flow 'nope' is not loaded",
-        ),  # fmt: skip
+        ),
         (
             "PUT",
             "/v1/campaigns/x",
             {"events": [{"flow": "renew", "field": "d", "offset": "5h", "at": "09:00"}]},
             422,
             "events[0].offset: with at",
-        ),  # fmt: skip
+        ),
         ("PUT", "/v1/campaigns/Bad%20Name", {"events": [{"flow": "renew", "field": "d"}]}, 422, "name"),
         ("PUT", "/v1/campaigns/appts", {"events": [{"flow": "renew", "field": "d"}]}, 409, "edit the file"),
         ("DELETE", "/v1/campaigns/appts", None, 409, "remove the file"),
