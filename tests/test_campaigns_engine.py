@@ -256,8 +256,8 @@ async def test_a_campaign_put_through_the_api_backfills_existing_contacts_and_fi
             "PUT",
             "/v1/campaigns/x",
             {"events": [{"flow": "nope", "field": "d", "offset": "1d"}]},
-            422,
-            "events[0].flow: flow 'nope' is not loaded",
+            404,
+            "events[0].flow: no flow 'nope' is loaded",
         ),
         (
             "PUT",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.api.common import json_response, runtime
 from engine.api.schema import OMITTED, Answer, Model, Operation, Param, operation, read_body
@@ -22,8 +22,16 @@ NAME = Param(
 )
 
 
+#: With ``at``, the offset is in whole days or weeks (what engine/flows/campaigns.py checks).
+DAYS = "^([+-]?)(\\d{1,6})\\s*(d|w)$"
+
+
 class EventIn(Model):
     """One event: start ``flow`` relative to the date in contact field ``field``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"dependentSchemas": {"at": {"properties": {"offset": {"pattern": DAYS}}}}}
+    )
 
     id: Annotated[str, Field(pattern=NAME_RE.pattern, description="default: the flow's name")] = OMITTED
     flow: Annotated[str, Field(min_length=1, description="a loaded flow")]
@@ -133,7 +141,7 @@ async def get_campaign(request: web.Request) -> web.Response:
     "put_campaign", "campaigns",
     "Define or replace a campaign; existing contacts are scheduled by a backfill in the background",
     {200: Answer("replaced", CampaignView), 201: Answer("created", CampaignView)},
-    errors=(400, 409, *ERR), params=(NAME,), body=CampaignIn,
+    errors=(400, 404, 409, *ERR), params=(NAME,), body=CampaignIn,
 ))  # fmt: skip
 async def put_campaign(request: web.Request) -> web.Response:
     rt = runtime(request)
@@ -141,6 +149,9 @@ async def put_campaign(request: web.Request) -> web.Response:
     if not NAME_RE.match(name):
         raise Unprocessable("name", "must be a name: lower-case letters, digits, _ and -")
     body = await read_body(request, CampaignIn, rt)
+    for i, ev in enumerate(body.events):
+        if rt.flows.get(ev.flow) is None:
+            raise NotFound(f"events[{i}].flow: no flow {ev.flow!r} is loaded", code="flow_not_found")
     camp = campaigns.from_body(name, body.model_dump(exclude_none=True), set(rt.flows.flows))
     created = await rt.campaign_keeper.put(camp)
     return json_response(await _view(request, rt.campaigns.get(name) or camp), 201 if created else 200)

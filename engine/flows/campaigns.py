@@ -209,7 +209,7 @@ def _event(path: str, e: Any, problems: Problems, flows: set[str] | None) -> Cam
                          "must be a signed amount of m, h, d or w, like -24h or 3d")  # fmt: skip
         else:
             offset_s = (-1 if m[1] == "-" else 1) * int(m[2]) * UNIT_S[m[3]]
-            if at is not None and offset_s % 86400:
+            if at is not None and m[3] not in ("d", "w"):
                 problems.add(
                     f"{path}.offset", _line(e, "offset"), "with at, the offset is in whole days (d or w)"
                 )
