@@ -17,7 +17,7 @@ import pytest
 from engine.core import keys
 from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import SHARDS, eventually
+from tests.conftest import SHARDS, ClusterURL, eventually, run_parley, sync_redis_client
 from tests.test_sender import Engine, engine
 
 pytestmark = pytest.mark.redis_modes
@@ -280,3 +280,25 @@ async def test_api_refusals_name_the_field(
         got = await r.json()
         assert r.status == status, got
         assert says in got["error"]["message"], got
+
+
+def test_the_cli_import_schedules_the_rows_of_a_campaign_file(redis_url: str, tmp_path: Path) -> None:
+    if isinstance(redis_url, ClusterURL):
+        pytest.skip("the CLI is exercised on the single node")
+    (tmp_path / "remind.yaml").write_text(REMIND)
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "appts.yaml").write_text(CAMPAIGNS)
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(
+        orjson.dumps({"number": ANN, "fields": {"appointment_at": "2031-05-02T08:00:00Z"}}) + b"\n"
+    )
+    proc = run_parley(
+        "contacts", "import", str(path),
+        env={"PARLEY_REDIS_URL": redis_url, "PARLEY_ENGINE_FLOWS_DIR": str(tmp_path), "PARLEY_ENGINE_SHARDS": str(SHARDS)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    client = sync_redis_client(redis_url)
+    member = keys.timer_member(ANN, "k", "appts:before")
+    assert client.zscore(keys.timers(keys.shard_of(ANN, SHARDS)), member) == ms(
+        datetime(2031, 5, 1, 8, tzinfo=UTC)
+    )

@@ -24,18 +24,39 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from engine.core import keys
+from engine.core.clock import Clock
+from engine.core.config import Config
 from engine.core.contacts import Contact
 from engine.core.errors import Conflict, NotFound, Unprocessable
 from engine.core.scripts.campaigns import CampaignTimersArgs, CampaignTimersReply
+from engine.core.store import Store
 from engine.crm.journeys import SCAN_COUNT, JourneyServices
 from engine.flows.campaigns import Campaign, CampaignBook, Problems, load_dir, parse
+from engine.governance.quiet import QuietHours
 
 log = logging.getLogger(__name__)
+
+
+class ScheduleServices(Protocol):
+    """What setting timers uses (JourneyServices has it; ``parley contacts import`` builds it)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def quiet(self) -> QuietHours: ...
+
 
 #: How often a process reads the API's campaigns again.
 REFRESH_S = 2.0
@@ -44,7 +65,7 @@ BACKFILL_PAUSE_S = 0.01
 
 
 async def schedule(
-    rt: JourneyServices, book: CampaignBook, batch: Iterable[Contact], only: str | None = None
+    rt: ScheduleServices, book: CampaignBook, batch: Iterable[Contact], only: str | None = None
 ) -> CampaignTimersReply:
     """Set the campaign timers of ``batch`` (``only``: one campaign's); one round trip."""
     if not book.campaigns:
@@ -131,7 +152,7 @@ def from_body(name: str, body: Any, flows: set[str]) -> Campaign:
     return camp
 
 
-async def read_api(rt: JourneyServices) -> dict[str, Campaign]:
+async def read_api(rt: ScheduleServices) -> dict[str, Campaign]:
     """The campaigns stored through the API (one that no longer validates is logged and left out)."""
     out: dict[str, Campaign] = {}
     stored: dict[Any, Any] = await rt.store.redis.hgetall(keys.campaigns())
@@ -144,6 +165,11 @@ async def read_api(rt: JourneyServices) -> dict[str, Campaign]:
             continue
         out[name] = camp
     return out
+
+
+async def book_for(rt: ScheduleServices, files_dir: Path) -> CampaignBook:
+    """The campaigns in force, for a process without a keeper (``parley contacts import``)."""
+    return CampaignBook({**await read_api(rt), **load_dir(files_dir, None)})
 
 
 class CampaignKeeper:
