@@ -302,3 +302,75 @@ def test_the_cli_import_schedules_the_rows_of_a_campaign_file(redis_url: str, tm
     assert client.zscore(keys.timers(keys.shard_of(ANN, SHARDS)), member) == ms(
         datetime(2031, 5, 1, 8, tzinfo=UTC)
     )
+
+
+async def test_a_fire_found_more_than_a_day_late_is_skipped_not_sent(
+    e: Engine, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    await put_contact(e, ANN, {"appointment_at": "2026-01-10T15:00:00Z"})
+    _at(clock, ms(datetime(2026, 1, 10, 16, tzinfo=UTC)))  # the workers were away for 25 hours
+    assert e.rt.worker is not None
+    assert await e.rt.worker.fire_timers() == 1
+
+    async def skipped() -> list[dict[str, Any]]:
+        return [o for o in await outcomes(e, ANN) if o["t"] == "skipped"]
+
+    (skip,) = await eventually(skipped, attempts=2000)
+    assert (skip["campaign"], skip["reason"], skip["f"]) == ("appts", "late", "remind")
+    assert carrier.received == []
+
+
+async def test_a_fire_in_quiet_hours_is_deferred_and_then_sent_with_its_campaign(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    (tmp_path / "remind.yaml").write_text(REMIND)
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "appts.yaml").write_text(CAMPAIGNS)
+    gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "1"}}
+    quiet = {"send_window": "09:00-20:00", "quiet_jitter": "0s"}
+    async for e in engine(redis_url, tmp_path, gw, clock, governance=quiet):
+        await put_contact(e, ANN, {"appointment_at": "2026-01-10T07:00:00Z"})  # fires at 07:00 London
+        _at(clock, ms(datetime(2026, 1, 9, 7, tzinfo=UTC)))
+        assert e.rt.worker is not None
+        await e.rt.worker.fire_timers()
+
+        async def deferred(e: Engine = e) -> list[dict[str, Any]]:
+            return [o for o in await outcomes(e, ANN) if o["t"] == "deferred"]
+
+        (d,) = await eventually(deferred, attempts=2000)
+        assert d["campaign"] == "appts" and carrier.received == []
+        _at(clock, ms(datetime(2026, 1, 9, 9, tzinfo=UTC)))
+        await e.rt.worker.fire_timers()
+        assert (await carrier.next_message(ANN)).text.startswith("See you at")
+        started = [o for o in await outcomes(e, ANN) if o["t"] == "started"]
+        assert [o["campaign"] for o in started] == ["appts"]
+
+
+async def test_campaign_files_backfill_the_contacts_at_start_and_on_a_reload(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    (tmp_path / "remind.yaml").write_text(REMIND)
+    gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "1"}}
+    numbers = [f"+44770090030{i}" for i in range(4)]
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        for n in numbers:
+            await put_contact(e, n, {"appointment_at": "2026-03-01T12:00:00Z"})
+        assert all([await fire_at(e, n, "appts:before") is None for n in numbers])
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "appts.yaml").write_text(CAMPAIGNS)
+    async for e in engine(redis_url, tmp_path, gw, clock):
+
+        async def backfilled(hours: int = 24, e: Engine = e) -> bool:
+            want = ms(datetime(2026, 3, 1, 12, tzinfo=UTC)) - hours * 3_600_000
+            return all([await fire_at(e, n, "appts:before") == want for n in numbers])
+
+        await eventually(backfilled, attempts=2000)
+        (tmp_path / "campaigns" / "appts.yaml").write_text(CAMPAIGNS.replace("-24h", "-48h"))
+        async with e.api.post("/v1/flows:reload") as r:
+            assert r.status == 200, await r.text()
+        await eventually(lambda: backfilled(48), attempts=2000)
+        (tmp_path / "campaigns" / "appts.yaml").write_text(CAMPAIGNS.replace("-24h", "soon"))
+        async with e.api.post("/v1/flows:reload") as r:
+            got = await r.json()
+            assert r.status == 422 and "appts.yaml:7: campaign 'appts'" in got["error"]["problems"][0], got
+        assert e.rt.campaigns.campaigns["appts"].events[0].offset_s == -48 * 3600  # unchanged

@@ -2,8 +2,9 @@
 
 They talk to Redis alone (a Store, no flows, gateways, worker or HTTP), so they run beside a
 running service; an import reads the campaigns (the files beside the flows and the API's) to
-set the imported contacts' campaign timers, as the API's import does. Exit codes: 0 every row imported (or the contact erased), 1 some rows failed
-(or nothing held for the number), 2 a usage or configuration problem (raised as ConfigError).
+set the imported contacts' campaign timers, as the API's import does. Exit codes: 0 every row
+imported (or the contact erased), 1 some rows failed (or nothing held for the number), 2 a usage
+or configuration problem (raised as ConfigError).
 
 The progress bar is drawn with ``rich`` when it is installed and stderr is a terminal; rich is
 a development dependency only, so without it (or piped) the import prints just its summary.

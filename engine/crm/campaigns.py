@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from engine.core import keys
 from engine.core.clock import Clock
@@ -79,11 +80,19 @@ async def schedule(
             by_shard[keys.shard_of(c.number, shards)].append((s.member, s.due, s.keep))
     if not by_shard:
         return CampaignTimersReply(0, 0)
-    async with rt.store.redis.pipeline(transaction=False) as pipe:
-        for shard, slots in by_shard.items():
-            call = CampaignTimersArgs(shard, tuple(slots))
-            await rt.store.run("campaigns", call.to_keys(), call.to_argv(), client=pipe)
-        replies = await pipe.execute()
+    for attempt in (1, 2):
+        async with rt.store.redis.pipeline(transaction=False) as pipe:
+            for shard, slots in by_shard.items():
+                call = CampaignTimersArgs(shard, tuple(slots))
+                await rt.store.run("campaigns", call.to_keys(), call.to_argv(), client=pipe)
+            try:
+                replies = await pipe.execute()
+                break
+            except NoScriptError:
+                # Redis lost its script cache (a restart): nothing ran; load and go again once.
+                if attempt == 2:
+                    raise
+                await rt.store.load_scripts()
     got = [CampaignTimersReply.parse(r) for r in replies]
     return CampaignTimersReply(sum(g.scheduled for g in got), sum(g.removed for g in got))
 
