@@ -27,7 +27,7 @@ from engine.flows.campaigns import (
     next_fire,
     parse,
 )
-from tests.conftest import redis_client
+from tests.conftest import redis_client, run_parley
 
 ZONES = ["Europe/London", "America/New_York", "Australia/Sydney", "Asia/Kolkata", "Pacific/Chatham", "UTC"]
 NUMBER = "+447700900123"
@@ -342,3 +342,19 @@ async def test_the_script_sets_moves_removes_and_leaves_a_due_fire_to_fire(redis
 
 
 SCRIPT = (Path(__file__).parents[1] / "engine/core/scripts/campaigns.lua").read_text()
+
+
+def test_flows_validate_checks_the_campaigns_beside_the_flows(tmp_path: Path) -> None:
+    (tmp_path / "remind.yaml").write_text("name: remind\nstart: s\nnodes:\n  s: {say: hi, end: sent}\n")
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "a.yaml").write_text(GOOD)
+    ok = run_parley("flows", "validate", str(tmp_path))
+    assert ok.returncode == 0 and ok.stdout.strip() == "1 flow(s) valid, 1 campaign(s) valid", ok.stderr
+    (tmp_path / "campaigns" / "a.yaml").write_text(
+        GOOD.replace(
+            "flow: remind\n    field: appointment_at\n    offset: 3d",
+            "flow: gone\n    field: appointment_at\n    offset: 3d",
+        )
+    )
+    bad = run_parley("flows", "validate", str(tmp_path))
+    assert bad.returncode == 2 and "a.yaml:9: campaign 'appointments': events[1].flow" in bad.stderr
