@@ -374,3 +374,44 @@ async def test_campaign_files_backfill_the_contacts_at_start_and_on_a_reload(
             got = await r.json()
             assert r.status == 422 and "appts.yaml:7: campaign 'appts'" in got["error"]["problems"][0], got
         assert e.rt.campaigns.campaigns["appts"].events[0].offset_s == -48 * 3600  # unchanged
+
+
+ASK = """
+name: ask
+expire_after: 7d
+start: q
+nodes:
+  q: {say: "Coming?", wait: {save: answer}, default: bye}
+  bye: {say: "Thanks", end: answered}
+"""
+
+
+@pytest.mark.parametrize("interrupt", [False, True])
+async def test_a_fire_for_a_contact_in_a_conversation_is_skipped_unless_it_interrupts(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier, clock: FakeClock, interrupt: bool
+) -> None:
+    (tmp_path / "remind.yaml").write_text(REMIND)
+    (tmp_path / "ask.yaml").write_text(ASK)
+    (tmp_path / "campaigns").mkdir()
+    text = CAMPAIGNS + ("    interrupt: true\n" if interrupt else "")
+    (tmp_path / "campaigns" / "appts.yaml").write_text(text)
+    gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "1"}}
+    async for e in engine(redis_url, tmp_path, gw, clock):
+        await put_contact(e, ANN, {"appointment_at": "2026-01-02T15:00:00Z"})
+        async with e.api.post("/v1/flows/ask/start", json={"contacts": [ANN]}) as r:
+            assert r.status == 202
+        assert (await carrier.next_message(ANN)).text == "Coming?"
+        _at(clock, ms(datetime(2026, 1, 1, 15, tzinfo=UTC)))
+        assert e.rt.worker is not None
+        await e.rt.worker.fire_timers()
+
+        async def judged(e: Engine = e) -> list[dict[str, Any]]:
+            return [o for o in await outcomes(e, ANN) if o.get("campaign")]
+
+        (o,) = await eventually(judged, attempts=2000)
+        if interrupt:
+            assert o["t"] == "started" and (await carrier.next_message(ANN)).text.startswith("See you at")
+            ended = [x for x in await outcomes(e, ANN) if x["t"] == "ended"]
+            assert [(x["f"], x["outcome"]) for x in ended] == [("ask", "interrupted"), ("remind", "sent")]
+        else:
+            assert (o["t"], o["reason"]) == ("skipped", "active")

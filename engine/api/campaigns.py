@@ -48,6 +48,9 @@ class EventIn(Model):
         ),
     ] = OMITTED
     every: Literal["month", "year"] = OMITTED
+    interrupt: Annotated[
+        bool, Field(description="start even in another conversation (it ends interrupted)")
+    ] = False
 
 
 class CampaignIn(Model):
@@ -64,6 +67,7 @@ class CampaignIn(Model):
         "events[].at": 'must be a local time of day like "09:00"',
         "events[].every": "must be month or year",
         "events[].id": "must be a name: lower-case letters, digits, _ and -",
+        "events[].interrupt": "must be true or false",
     }
 
 
@@ -74,6 +78,7 @@ class EventView(BaseModel):
     offset: str
     at: str | None = None
     every: str | None = None
+    interrupt: bool = False
 
 
 class Backfill(BaseModel):

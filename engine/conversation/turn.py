@@ -190,7 +190,7 @@ def _campaign(
         return ev, _Plan("stale_timer"), follow
     meta = {"campaign": f.campaign, "campaign_event": f.event.id}
     start_ev = Event(ev.shard, ev.entry_id, "start", ev.contact, ev.accepted_ms, flow=f.event.flow,
-                     params={"_start": meta})  # fmt: skip
+                     params={"_start": meta}, interrupt=f.event.interrupt)  # fmt: skip
     return start_ev, _Plan("skipped_late", flow=f.event.flow) if f.verdict == "late" else None, follow
 
 

@@ -50,7 +50,7 @@ OFFSET_RE = re.compile(r"^([+-]?)(\d{1,6})\s*(m|h|d|w)$")
 AT_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 EVERY = ("month", "year")
-EVENT_KEYS = frozenset({"id", "flow", "field", "offset", "at", "every"})
+EVENT_KEYS = frozenset({"id", "flow", "field", "offset", "at", "every", "interrupt"})
 CAMPAIGN_KEYS = frozenset({"campaign", "description", "events"})
 MAX_EVENTS = 20
 #: The timer kind of a campaign's pending fire.
@@ -69,6 +69,8 @@ class CampaignEvent:
     offset_s: int = 0
     at: time | None = None
     every: str | None = None
+    #: Start even when the contact is in another conversation (which ends ``interrupted``).
+    interrupt: bool = False
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "flow": self.flow, "field": self.field,
@@ -77,6 +79,8 @@ class CampaignEvent:
             out["at"] = self.at.strftime("%H:%M")
         if self.every is not None:
             out["every"] = self.every
+        if self.interrupt:
+            out["interrupt"] = True
         return out
 
 
@@ -213,10 +217,13 @@ def _event(path: str, e: Any, problems: Problems, flows: set[str] | None) -> Cam
                 problems.add(
                     f"{path}.offset", _line(e, "offset"), "with at, the offset is in whole days (d or w)"
                 )
+    interrupt = e.get("interrupt", False)
+    if not isinstance(interrupt, bool):
+        problems.add(f"{path}.interrupt", _line(e, "interrupt"), "must be true or false")
     if len(problems.found) > before:
         return None
     assert isinstance(eid, str) and isinstance(flow, str) and isinstance(fld, str)
-    return CampaignEvent(eid, flow, fld, offset_s, at, every)
+    return CampaignEvent(eid, flow, fld, offset_s, at, every, bool(interrupt))
 
 
 def load_file(path: Path, flows: set[str] | None) -> Campaign:
