@@ -27,7 +27,7 @@ from engine.flows.campaigns import (
     next_fire,
     parse,
 )
-from tests.conftest import redis_client, run_parley
+from tests.conftest import redis_client, run_parley, sync_redis_client
 
 ZONES = ["Europe/London", "America/New_York", "Australia/Sydney", "Asia/Kolkata", "Pacific/Chatham", "UTC"]
 NUMBER = "+447700900123"
@@ -358,3 +358,47 @@ def test_flows_validate_checks_the_campaigns_beside_the_flows(tmp_path: Path) ->
     )
     bad = run_parley("flows", "validate", str(tmp_path))
     assert bad.returncode == 2 and "a.yaml:9: campaign 'appointments': events[1].flow" in bad.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    writes=st.lists(
+        st.tuples(
+            st.integers(0, 20 * 86400),  # seconds the clock moves before this write
+            st.one_of(
+                st.none(), st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2026, 4, 1))
+            ),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    zone=zones,
+)
+def test_on_redis_each_write_leaves_the_next_fire_or_nothing(
+    redis_server: str, writes: list[tuple[int, datetime | None]], zone: str
+) -> None:
+    """Writes of the field over time (due timers fired in between, as the workers would): after
+    each, the timer holds the fire the field gives from now, never a past one; cleared, none."""
+    client = sync_redis_client(redis_server)
+    z = ZoneInfo(zone)
+    shard = 1
+    tm = keys.timers(shard)
+    member = keys.timer_member(NUMBER, "k", "appts:before")
+    (ev,) = BOOK.campaigns["appts"].events
+    now = ms(datetime(2026, 1, 1, tzinfo=UTC))
+    client.delete(tm)
+    try:
+        for step, value in writes:
+            now += step * 1000
+            client.zremrangebyscore(tm, "-inf", now)  # what was due has fired
+            fields = {"appointment_at": value.isoformat() if value else None}
+            slots = tuple((s.member, s.due, s.keep) for s in BOOK.slots(NUMBER, fields, z, now, only="appts"))
+            call = CampaignTimersArgs(shard, slots)
+            client.eval(SCRIPT, 1, *call.to_keys(), *call.to_argv())
+            score = client.zscore(tm, member)
+            expected = next_fire(ev, fields["appointment_at"], z, now)
+            assert (None if score is None else int(score)) == expected
+            assert expected is None or expected > now
+    finally:
+        client.delete(tm)
+        client.close()
