@@ -130,7 +130,7 @@ async def backfill(rt: JourneyServices, book: CampaignBook, camp: Campaign) -> d
     if batch:
         await flush()
     report.update(state="done", finished=rt.clock.now_ms())
-    await r.hset(key, mapping={"state": "done", "finished": report["finished"]})
+    await r.hset(key, mapping={"digest": camp.digest, "state": "done", "finished": report["finished"]})
     log.info(
         "campaign %s backfilled: %d contacts, %d timers set",
         camp.name,
@@ -254,7 +254,7 @@ class CampaignKeeper:
             log.exception("campaign %s: backfill failed; PUT it again to retry", camp.name)
 
     async def put(self, camp: Campaign) -> bool:
-        """Store an API campaign and backfill it; whether it was created."""
+        """Store an API campaign and backfill it (once per definition); whether it was created."""
         if camp.name in self.files:
             raise Conflict(
                 f"campaign {camp.name!r} is defined in {self.files[camp.name].path}; edit the file"
@@ -262,8 +262,13 @@ class CampaignKeeper:
         body = orjson.dumps({"description": camp.description, "events": [e.as_json() for e in camp.events]})
         created = bool(await self.rt.store.redis.hset(keys.campaigns(), camp.name, body))
         await self.refresh()
-        if self.book.get(camp.name) is not None:
-            self.start_backfill(self.book.campaigns[camp.name])
+        done = await backfill_status(self.rt, camp.name)
+        stored = self.book.get(camp.name)
+        # The same definition again needs no second pass (unless the last one did not finish).
+        if stored is not None and not (
+            done and done.get("digest") == stored.digest and done.get("state") == "done"
+        ):
+            self.start_backfill(stored)
         return created
 
     async def delete(self, name: str) -> None:
