@@ -203,10 +203,8 @@ def _event(path: str, e: Any, problems: Problems, flows: set[str] | None) -> Cam
         else:
             at = time(int(m[1]), int(m[2]))
     offset_s = 0
-    raw_off = e.get("offset", 0 if every else None)
-    if raw_off is None:
-        problems.add(f"{path}.offset", line, "needs an offset like -24h, 3d or 0d (or every: month / year)")
-    elif raw_off != 0:
+    raw_off = e.get("offset", 0)  # on the date itself
+    if raw_off != 0 or isinstance(raw_off, bool):
         m = OFFSET_RE.match(str(raw_off).strip()) if isinstance(raw_off, str) else None
         if m is None:
             problems.add(f"{path}.offset", _line(e, "offset"),
