@@ -402,3 +402,24 @@ def test_on_redis_each_write_leaves_the_next_fire_or_nothing(
     finally:
         client.delete(tm)
         client.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offset=st.integers(-999, 999).flatmap(lambda n: st.sampled_from([f"{n}m", f"{n}h", f"{n}d", f"{n}w"])),
+    at=st.one_of(st.none(), st.sampled_from(["00:00", "09:30", "23:59"])),
+    every=st.sampled_from([None, "month", "year"]),
+)
+def test_a_definition_reads_back_as_itself(offset: str, at: str | None, every: str | None) -> None:
+    """What the API stores (as_json) is read again by every process: it must parse to the same."""
+    ev: dict[str, Any] = {"flow": "remind", "field": "d", "offset": offset}
+    if at is not None:
+        ev["at"] = at
+    if every is not None:
+        ev["every"] = every
+    first = parse("c", {"events": [ev]}, Problems())
+    if first is None:
+        assert at is not None and offset[-1] in "mh"  # the one rule the pattern cannot say alone
+        return
+    again = parse("c", {"events": [e.as_json() for e in first.events]}, Problems())
+    assert again is not None and again.events == first.events and again.digest == first.digest

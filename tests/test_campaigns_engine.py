@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import orjson
 import pytest
 
+from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import SHARDS, ClusterURL, eventually, run_parley, sync_redis_client
+from tests.conftest import API_KEY, SHARDS, ClusterURL, eventually, make_config, run_parley, sync_redis_client
 from tests.test_sender import Engine, engine
 
 pytestmark = pytest.mark.redis_modes
@@ -415,3 +417,21 @@ async def test_a_fire_for_a_contact_in_a_conversation_is_skipped_unless_it_inter
             assert [(x["f"], x["outcome"]) for x in ended] == [("ask", "interrupted"), ("remind", "sent")]
         else:
             assert (o["t"], o["reason"]) == ("skipped", "active")
+
+
+async def test_a_campaign_put_on_one_api_process_is_known_to_another_at_once(
+    e: Engine, redis_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    other_cfg = make_config(redis_url, engine={"flows_dir": str(tmp_path)})
+    async with (
+        Runtime(other_cfg, clock=clock, worker=False, senders=False) as other,
+        aiohttp.ClientSession(
+            f"http://127.0.0.1:{other.http_port}", headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as api,
+    ):
+        body = {"events": [{"flow": "renew", "field": "renewal_day", "every": "month", "at": "08:00"}]}
+        async with api.put("/v1/campaigns/monthly", json=body) as r:
+            assert r.status == 201, await r.text()
+        async with e.api.get("/v1/campaigns/monthly") as r:  # the first process, at once
+            assert r.status == 200 and (await r.json())["source"] == "api"
+        assert e.rt.campaigns.get("monthly") is not None  # so its turns know it

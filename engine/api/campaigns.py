@@ -115,9 +115,12 @@ async def _view(request: web.Request, camp: Campaign) -> dict[str, Any]:
     return out
 
 
-def _find(request: web.Request) -> Campaign:
+async def _find(request: web.Request) -> Campaign:
+    """The campaign named in the path; one defined by another API process in the last seconds
+    (before this one read them again) is read from Redis now."""
+    rt = runtime(request)
     name = request.match_info["name"]
-    camp = runtime(request).campaigns.get(name)
+    camp = rt.campaigns.get(name) or (await rt.campaign_keeper.refresh()).get(name)
     if camp is None:
         raise NotFound(f"no campaign {name!r}", code="campaign_not_found")
     return camp
@@ -139,7 +142,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     {200: Answer("the campaign", CampaignView)}, errors=(404, 401, 503), params=(NAME,),
 ))  # fmt: skip
 async def get_campaign(request: web.Request) -> web.Response:
-    return json_response(await _view(request, _find(request)))
+    return json_response(await _view(request, await _find(request)))
 
 
 @operation(Operation(

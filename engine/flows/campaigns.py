@@ -102,6 +102,9 @@ class Campaign:
 
 
 def _offset_text(seconds: int) -> str:
+    """The offset as written (``-24h`` reads back as ``-1d``; none as ``0d``)."""
+    if seconds == 0:
+        return "0d"
     sign = "-" if seconds < 0 else ""
     s = abs(seconds)
     for unit in ("w", "d", "h"):
