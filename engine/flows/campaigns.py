@@ -245,7 +245,7 @@ def load_file(path: Path, flows: set[str] | None) -> Campaign:
     name = data.get("campaign") if isinstance(data, dict) else None
     if not isinstance(name, str) or not NAME_RE.match(name):
         problems.add("campaign", _line(data, "campaign") or getattr(data, "line", None),
-                     "campaign: must be a name (lower-case letters, digits, _ and -)")  # fmt: skip
+                     "must be a name (lower-case letters, digits, _ and -)")  # fmt: skip
         name = path.stem
     camp = parse(name, data, problems, flows=flows, source="file")
     if camp is None or problems.found:
