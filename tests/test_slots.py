@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from engine.conversation.intake import intake_call
 from engine.core import keys
 from engine.core.config import EngineConfig
+from engine.core.scripts.campaigns import CampaignTimersArgs
 from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.scripts.contact import ContactArgs
 from engine.core.scripts.erase import EraseArgs
@@ -62,6 +63,12 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
         for s in range(shards):
             yield "timers", f"shard {s}", TimersArgs(s, NOW).to_keys()
             yield "fx_page", f"shard {s}", FxPageArgs(s, "-", 100, '"f":"nps"').to_keys()
+            slots = tuple(
+                (keys.timer_member(n, "k", "c:e"), NOW, None)
+                for n in NUMBERS
+                if keys.shard_of(n, shards) == s
+            )
+            yield "campaigns", f"shard {s}", CampaignTimersArgs(s, slots).to_keys()
     for role in ("worker", "sender:carrier", "sender:smsc", "webhooks"):
         for mode in ("tick", "release", "leave"):
             yield "lease", f"{role} {mode}", LeaseArgs("w1", 5000, 8, mode, (1, 2), role).to_keys()  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from engine.api.common import iso, json_response, number_param, runtime
 from engine.api.schema import NUMBER, Answer, Model, Operation, PhoneNumber, operation, read_body
 from engine.core import contacts
 from engine.core.errors import BadRequest, NotFound, UnsupportedMediaType
-from engine.crm import erasure
+from engine.crm import campaigns, erasure
 from engine.crm.contacts_import import import_contacts
 
 #: Content types the import reads, and the format each means.
@@ -147,6 +147,7 @@ async def put_contact(request: web.Request) -> web.Response:
         timezone=body.timezone,
     )
     stored, created = await contacts.upsert(rt.store, rt.config.engine.shards, contact, rt.clock.now_ms())
+    await campaigns.schedule(rt, rt.campaigns, [stored])
     return json_response(contact_json(stored), 201 if created else 200)
 
 
@@ -253,5 +254,6 @@ async def post_import(request: web.Request) -> web.Response:
         default_region=rt.config.numbers.default_region,
         shards=rt.config.engine.shards,
         now_ms=rt.clock.now_ms,
+        written=lambda batch: campaigns.schedule(rt, rt.campaigns, batch),
     )
     return json_response(report.as_json())

@@ -33,6 +33,7 @@ TAGS = [
     {"name": "consent", "description": "Consent records and their ledger, suppressions"},
     {"name": "flows", "description": "The flows in use"},
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
+    {"name": "campaigns", "description": "Flows started relative to a date in each contact's record"},
     {"name": "results", "description": "A flow's runs (rows) and its report"},
     {"name": "conversations", "description": "A contact's conversation and message log"},
     {"name": "inbox", "description": "Contacts handed off to a person: list, claim, reply, close, return"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from engine.conversation.ports import TurnServices
+from engine.crm.campaigns import CampaignKeeper
 from engine.flows import FlowRegistry
 from gateways.base import Host
 
@@ -19,6 +20,11 @@ class ApiServices(TurnServices, Host, Protocol):
 
     async def refresh_stream_metrics(self) -> None:
         """Read the backlogs into the gauges (when /metrics is scraped)."""
+        ...
+
+    @property
+    def campaign_keeper(self) -> CampaignKeeper:
+        """The campaigns of files and of the API, and their backfills."""
         ...
 
     async def health(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.api import (
+    campaigns,
     consent,
     contacts,
     conversations,
@@ -49,6 +50,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/flows/{flow}/results", results.get_results),
     ("GET", "/v1/flows/{flow}/report", results.get_report),
     ("GET", "/v1/starts/{id}", starts.get_start),
+    ("GET", "/v1/campaigns", campaigns.list_campaigns),
+    ("GET", "/v1/campaigns/{name}", campaigns.get_campaign),
+    ("PUT", "/v1/campaigns/{name}", campaigns.put_campaign),
+    ("DELETE", "/v1/campaigns/{name}", campaigns.delete_campaign),
     ("POST", "/v1/contacts/{number}/events", starts.post_contact_event),
     ("POST", "/v1/inbound/{gateway}", inbound.post_inbound),
     ("POST", "/v1/receipts/{gateway}", inbound.post_receipts),

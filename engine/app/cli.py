@@ -466,6 +466,7 @@ def _graph(cfg: Config, name: str, as_mermaid: bool) -> int:
 
 
 def _validate(cfg: Config, paths: list[str]) -> int:
+    from engine.flows.campaigns import load_dir
     from engine.flows.limits import Limits
     from engine.flows.loader import load_flow
     from engine.flows.registry import FlowRegistry
@@ -473,11 +474,13 @@ def _validate(cfg: Config, paths: list[str]) -> int:
     targets = [Path(p) for p in paths] or [Path(cfg.engine.flows_dir)]
     limits = Limits.of(cfg.engine)
     problems = 0
-    count = 0
+    count = campaigns = 0
     for target in targets:
         try:
             if target.is_dir():
-                count += len(FlowRegistry.from_dir(target, limits).flows)
+                registry = FlowRegistry.from_dir(target, limits)
+                count += len(registry.flows)
+                campaigns += len(load_dir(target / "campaigns", set(registry.flows)))
             else:
                 load_flow(target, limits=limits)
                 count += 1
@@ -488,7 +491,7 @@ def _validate(cfg: Config, paths: list[str]) -> int:
     if problems:  # exit 2, as for invalid flows at start-up
         print(f"{problems} problem(s) found", file=sys.stderr)
         return 2
-    print(f"{count} flow(s) valid")
+    print(f"{count} flow(s) valid" + (f", {campaigns} campaign(s) valid" if campaigns else ""))
     return 0
 
 

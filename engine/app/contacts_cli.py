@@ -2,8 +2,10 @@
 reindex``, against the configured Redis.
 
 They talk to Redis alone (a Store, no flows, gateways, worker or HTTP), so they run beside a
-running service. Exit codes: 0 every row imported (or the contact erased), 1 some rows failed
-(or nothing held for the number), 2 a usage or configuration problem (raised as ConfigError).
+running service; an import reads the campaigns (the files beside the flows and the API's) to
+set the imported contacts' campaign timers, as the API's import does. Exit codes: 0 every row
+imported (or the contact erased), 1 some rows failed (or nothing held for the number), 2 a usage
+or configuration problem (raised as ConfigError).
 
 The progress bar is drawn with ``rich`` when it is installed and stderr is a terminal; rich is
 a development dependency only, so without it (or piped) the import prints just its summary.
@@ -15,6 +17,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,13 +29,31 @@ from engine.core.config import Config
 from engine.core.errors import ConfigError, Unprocessable
 from engine.core.numbers import InvalidNumber, to_e164
 from engine.core.store import Store
-from engine.crm import erasure, index
+from engine.crm import campaigns, erasure, index
 from engine.crm.contacts_import import FORMATS, ImportReport, RowError, format_of, import_contacts
+from engine.governance.quiet import QuietHours
 
 CHUNK_BYTES = 1 << 20
 OnBatch = Callable[[ImportReport], None]
 #: Errors printed to stderr (all of them go to --errors).
 SHOWN_ERRORS = 20
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What setting the imported contacts' campaign timers uses (engine/crm/campaigns.py)."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    quiet: QuietHours
+
+
+def _quiet(cfg: Config) -> QuietHours:
+    gov = cfg.governance
+    return QuietHours.from_config(
+        gov.send_window, gov.send_windows, gov.holidays, gov.default_timezone, gov.quiet_jitter
+    )
 
 
 def _store(cfg: Config) -> Store:
@@ -126,6 +147,8 @@ async def _import(
     try:
         await store.ping()
         await check_layout(store)  # an earlier release's data: refused, naming parley migrate
+        parts = _Parts(cfg, Clock(), store, _quiet(cfg))
+        book = await campaigns.book_for(parts, Path(cfg.engine.flows_dir) / "campaigns")
         report = await import_contacts(
             store,
             _chunks(fh),  # a local file read in the loop: nothing else runs on it
@@ -135,6 +158,7 @@ async def _import(
             now_ms=Clock().now_ms,
             on_error=on_error,
             on_batch=on_batch,
+            written=lambda batch: campaigns.schedule(parts, book, batch),  # their campaign timers
         )
     finally:
         await store.close()

@@ -45,9 +45,11 @@ from engine.core.metrics import Metrics
 from engine.core.ports import Accepted
 from engine.core.redis_embedded import EmbeddedRedis
 from engine.core.store import Store
+from engine.crm.campaigns import CampaignKeeper
 from engine.crm.webhooks import Webhooks
 from engine.flows import Flow, FlowRegistry
 from engine.flows import versions as flow_versions
+from engine.flows.campaigns import CampaignBook
 from engine.flows.limits import Limits
 from engine.governance.consent import Keywords
 from engine.governance.quiet import QuietHours
@@ -126,11 +128,22 @@ class Runtime:
         self._ephemeral = ephemeral_redis
         self._stack = contextlib.AsyncExitStack()
         self._store: Store | None = None
+        self._campaigns: CampaignKeeper | None = None
 
     @property
     def store(self) -> Store:
         assert self._store is not None, "runtime not started"
         return self._store
+
+    @property
+    def campaign_keeper(self) -> CampaignKeeper:
+        assert self._campaigns is not None, "runtime not started"
+        return self._campaigns
+
+    @property
+    def campaigns(self) -> CampaignBook:
+        """The campaigns in force (``<flows_dir>/campaigns/*.yaml`` and the API's)."""
+        return self._campaigns.book if self._campaigns is not None else CampaignBook()
 
     @property
     def redis_url(self) -> str:
@@ -171,6 +184,11 @@ class Runtime:
         await self._store.ping()
         await check_layout(self._store)  # an earlier release's data: refused, naming parley migrate
         await flow_versions.publish(self._store, self.flows)
+        # A process that runs turns backfills the campaign files whose definition changed.
+        self._campaigns = await self._stack.enter_async_context(
+            CampaignKeeper(self, Path(cfg.engine.flows_dir) / "campaigns", set(self.flows.flows),
+                           backfill_files=self._want["worker"])
+        )  # fmt: skip
         for name, raw in cfg.gateways.items():
             gw = build_gateway(name, raw)
             gw.attach(self, active=self._want["senders"])
@@ -271,6 +289,8 @@ class Runtime:
                 FlowRegistry.from_dir, self.config.engine.flows_dir, Limits.of(self.config.engine)
             )
             fresh.succeed(self.flows)
+            if self._campaigns is not None:  # campaign files are read with the flows, all or nothing
+                self._campaigns.reload_files(set(fresh.flows))
             await flow_versions.publish(self.store, fresh)
             self.flows = fresh
         log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))

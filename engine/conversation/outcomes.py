@@ -100,7 +100,8 @@ def review_events(contact: str, state: dict[str, Any], text: str, message_id: st
 
 
 def _journey(params: dict[str, Any]) -> dict[str, Any]:
-    """A journey start's id, arm and experiment (``params._start``, engine/crm/journeys.py)."""
+    """A journey start's id, arm and experiment (``params._start``, engine/crm/journeys.py), or
+    a campaign's fire's ``campaign`` and ``campaign_event`` (engine/conversation/turn.py)."""
     return {("start" if k == "id" else k): v for k, v in (params.get("_start") or {}).items()}
 
 

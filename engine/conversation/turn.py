@@ -35,6 +35,7 @@ from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.sms import encoding_of
 from engine.flows import Decision, Flow, call_result, expire, resume, start, timeout, timers_of
 from engine.flows import versions as flow_versions
+from engine.flows.campaigns import TIMER_KIND as CAMPAIGN_TIMER
 from engine.flows.runner import EXPIRED
 from engine.governance import consent as governance
 from engine.governance.consent import Consent, Keyword
@@ -104,8 +105,10 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
     picked = clock.monotonic()
     stages = {"queue_wait": max(0.0, (clock.now_ms() - ev.accepted_ms) / 1000)}
     rt.metrics.turn_started()
+    original = ev  # a campaign timer becomes a start anew on each attempt
     try:
         for _ in range(MAX_ATTEMPTS):
+            ev = original
             t0 = clock.monotonic()
             try:
                 sess_raw, contact_h, consent_h, handoff_h = await rt.store.coalescer.run(
@@ -122,12 +125,16 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
             await flow_versions.ensure(rt.store, rt.flows, state)
             contact = Contact.from_hash(ev.contact, contact_h) or Contact(ev.contact)
             consent = Consent.from_hash(consent_h)
+            early: _Plan | None = None
+            follow: list[tuple[str, int]] = []
+            if ev.kind == "timer" and ev.timer_kind == CAMPAIGN_TIMER:
+                ev, early, follow = _campaign(rt, ev, contact)
             reading = (
                 rt.keywords.read(ev.text, in_conversation=state.get("n") is not None)
                 if ev.kind == "in"
                 else governance.Reading()
             )
-            governed = _governed(rt, ev, state, contact, consent, reading.keyword)
+            governed = early or _governed(rt, ev, state, contact, consent, reading.keyword)
             handoff = inbox.Handoff.from_hash(ev.contact, handoff_h)
             plan = governed or _inboxed(rt, ev, state, contact, handoff) or _decide(rt, ev, state, contact)
             if governed is None and handoff is None:
@@ -140,6 +147,7 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
             _settle(rt, ev, state, plan)
             if until is not None:
                 plan.timers_add.append((keys.timer_member(ev.contact, "d", ev.deferred_token()), until))
+            _campaign_timers(rt, plan, contact, follow)
             t2 = clock.monotonic()
             status, outbound_ids = await _commit(
                 rt, ev, version, plan, state, answered=governed is None, ack_group=ack_group
@@ -188,6 +196,41 @@ def _settle(rt: TurnServices, ev: Event, old: dict[str, Any], plan: _Plan) -> No
         for (k, t), due in after.items()
         if before.get((k, t)) != due
     ]
+
+
+def _campaign(
+    rt: TurnServices, ev: Event, contact: Contact
+) -> tuple[Event, _Plan | None, list[tuple[str, int]]]:
+    """A fired campaign timer (engine/flows/campaigns.py), judged against the contact as it is
+    now: the journey start it stands for (so the gate applies as to any start, and its outcome
+    events carry the campaign), or a plan that starts nothing (``stale_timer``: the campaign,
+    event or field changed since; ``skipped_late``); and the event's next fire, if any."""
+    zone = rt.quiet.zone_of(ev.contact, contact.timezone)
+    f = rt.campaigns.fired(ev.contact, ev.timer_token, contact.fields, zone, rt.clock.now_ms())
+    follow = [f.next] if f.next is not None else []
+    if f.event is None or f.verdict == "stale":
+        return ev, _Plan("stale_timer"), follow
+    meta = {"campaign": f.campaign, "campaign_event": f.event.id}
+    start_ev = Event(ev.shard, ev.entry_id, "start", ev.contact, ev.accepted_ms, flow=f.event.flow,
+                     params={"_start": meta}, interrupt=f.event.interrupt)  # fmt: skip
+    return start_ev, _Plan("skipped_late", flow=f.event.flow) if f.verdict == "late" else None, follow
+
+
+def _campaign_timers(rt: TurnServices, plan: _Plan, contact: Contact, follow: list[tuple[str, int]]) -> None:
+    """Pure: the campaign timers this turn moves, committed with it: a fired event's next fire,
+    and the fires of the events whose date field the flow changed (none if it was cleared)."""
+    add = dict(follow)
+    remove: list[str] = []
+    if plan.contact is not None and rt.campaigns.fields:
+        zone = rt.quiet.zone_of(contact.number, contact.timezone)
+        gone, moved = rt.campaigns.changed(
+            contact.number, contact.fields, plan.contact.fields, zone, rt.clock.now_ms()
+        )
+        add.update(moved)
+        remove = [m for m in gone if m not in add]
+    if add or remove:
+        plan.timers_remove = [*plan.timers_remove, *remove]
+        plan.timers_add = [*plan.timers_add, *add.items()]
 
 
 def _customer_led(ev: Event) -> bool:

@@ -30,7 +30,8 @@ Per contact N in shard S (T = shard_tag(S)); functions take ``(number, shard)``:
 Per shard S (T = shard_tag(S)); functions take ``shard``:
 
     p:in:T             stream  inbound events of shard S (texts, flow starts, fired timers)
-    p:tm:T             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry)
+    p:tm:T             zset    timers of shard S: "N|kind|token" -> due ms (wait timeouts, expiry;
+                               kind k: a campaign's next fire, token CAMPAIGN:EVENT)
     p:dd:T:K:B         hash    inbound dedupe of shard S, slot K, time bucket B (engine/core/idmaps.py):
                                "GW:ID:h" (h = crc32 of N) -> "<payload digest> <entry id>"
                                expires whole dedupe window after B ends
@@ -78,6 +79,8 @@ Alone (one key per script call, or written by plain commands):
     p:starts           zset    every journey start of the last 90 days: start id -> requested at ms
     p:segments         hash    saved segments (named audiences): name -> definition (orjson)
     p:xa:EXP           hash    experiment EXP's assignments: number -> arm or "holdout"   no TTL
+    p:cpg              hash    campaigns defined through the API: name -> definition (JSON)  no TTL
+    p:cpb:NAME         hash    campaign NAME's last backfill: digest, state, scanned, scheduled, at
     p:layout           string  the key layout version of this database ("2")
 
 Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
@@ -364,6 +367,16 @@ def segments() -> str:
 def assignments(experiment: str) -> str:
     """Which arm (or the holdout) each contact of an experiment was put in: number -> arm."""
     return f"{PREFIX}:xa:{experiment}"
+
+
+def campaigns() -> str:
+    """The campaigns defined through the API (engine/crm/campaigns.py): name -> JSON."""
+    return f"{PREFIX}:cpg"
+
+
+def campaign_backfill(name: str) -> str:
+    """Campaign ``name``'s last backfill over the contacts: digest, state, counts."""
+    return f"{PREFIX}:cpb:{name}"
 
 
 def webhook_group(index: int, url: str) -> str:

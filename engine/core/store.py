@@ -63,6 +63,7 @@ SCRIPTS = (
     "fx_page",
     "reindex",
     "inbox_claim",
+    "campaigns",
 )
 #: Lua pasted into a script in place of its line ``--#include NAME`` (shared functions).
 LIBRARIES = ("contact_index",)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,10 +280,12 @@ async def import_contacts(
     batch_size: int = BATCH_SIZE,
     on_error: Callable[[RowError], None] | None = None,
     on_batch: Callable[[ImportReport], None] | None = None,
+    written: Callable[[list[contacts.Contact]], Awaitable[Any]] | None = None,
 ) -> ImportReport:
     """Read ``chunks`` (the file's bytes, in pieces of any size) as ``fmt`` and upsert every
     valid row; returns the counts and the first MAX_REPORTED_ERRORS errors. ``on_error`` sees
-    every error, ``on_batch`` the report after each batch. A bad CSV header raises
+    every error, ``on_batch`` the report after each batch, ``written`` each batch once stored
+    (the API sets the contacts' campaign timers with it). A bad CSV header raises
     Unprocessable (field ``header``) before anything is written."""
     if fmt not in FORMATS:
         raise Unprocessable("format", f"must be one of {', '.join(FORMATS)}")
@@ -303,6 +305,8 @@ async def import_contacts(
         created = await contacts.upsert_many(store, shards, batch, now_ms())
         report.created += sum(created)
         report.updated += len(created) - sum(created)
+        if written is not None and batch:
+            await written(batch)
         batch.clear()
         if on_batch is not None:
             on_batch(report)
