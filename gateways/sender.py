@@ -74,6 +74,7 @@ from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
 from gateways.receipts import record_send
+from gateways.scripts.claim import ClaimArgs, parse_verdict
 from gateways.scripts.move import MoveArgs
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,14 @@ FENCE_POLL_S = 0.05
 
 class _Fenced(Exception):
     """The leases may have run out (or the shard was given up) just before a send."""
+
+
+class _Withdrawn(Exception):
+    """A cancellable message was cancelled (or its validity ran out) before it was handed over."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 @dataclass(eq=False)
@@ -115,6 +124,10 @@ class Job:
     error: str = ""
     attempts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A cancellable message's hand-over key (its lane entry's ``u``), "" for the rest: checked
+    #: (claim.lua) right before its first hand-over to the gateway; ``handed`` once it won.
+    handover: str = ""
+    handed: bool = False
 
 
 class SenderLeases:
@@ -490,6 +503,7 @@ class Sender:
             pinned=recovering,
             ticket=Ticket(cost=1 if paced else cost, urgent=lane == "reply"),
             unsure=recovering,
+            handover=fields[b"u"].decode() if b"u" in fields else "",
         )  # fmt: skip
         previous = self._tails.get(job.msg.to)
         if previous is not None and lane == "reply" and previous.waiting_rate:
@@ -561,6 +575,8 @@ class Sender:
                     await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
                     if job.dropped or not self.leases.valid():
                         raise _Fenced  # fenced: nothing reaches the provider without a lease
+                    if job.handover and not job.handed:
+                        await self._take_over(job)  # a cancel wins if it came first: raises _Withdrawn
                     job.sending = True
                     try:
                         if job.unsure and gw.can_reconcile:
@@ -572,6 +588,10 @@ class Sender:
                 if probe:
                     self.circuit.abandon_probe()
                 continue
+            except _Withdrawn as exc:
+                if probe:
+                    self.circuit.abandon_probe()
+                return await self._finish(job, exc.status, "", f"{exc.status} before it was sent")
             except GatewayThrottled as exc:
                 # A rate signal from a live provider: the connector pauses (admit waits for it);
                 # not a failure, not an attempt; max_age bounds how long a message keeps trying.
@@ -651,6 +671,27 @@ class Sender:
                 owned.add(str(rec["provider_id"]))
         mine = [pid for pid in candidates if pid not in owned]
         return SendResult(mine[0]) if mine else None
+
+    async def _take_over(self, job: Job) -> None:
+        """Take a cancellable message for sending (claim.lua, one coalesced call in its shard's
+        slot): the cancel's other side, so a message cancelled first is never handed over.
+        Raises :class:`_Withdrawn` when it was cancelled or expired; a Redis failure is a
+        retryable failure of this attempt (nothing was handed over)."""
+        call = ClaimArgs(job.handover, self.rt.clock.now_ms())
+
+        async def add(pipe: Pipeline) -> None:
+            await self.rt.store.run("claim", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+
+        try:
+            (raw,) = await self.rt.store.coalescer.run(add)
+        except (aioredis.RedisError, OSError) as exc:
+            raise GatewayUnavailable(
+                self.gw.name, f"cannot check whether {job.msg.id} was cancelled: {exc}", ambiguous=False
+            ) from exc
+        verdict = parse_verdict(raw)
+        if verdict != "ok":
+            raise _Withdrawn(verdict)
+        job.handed = True
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -61,6 +61,8 @@ SCRIPTS = (
     "erase",
     "webhook_replay",
     "fx_page",
+    "send",
+    "cancel",
 )
 
 

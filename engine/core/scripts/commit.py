@@ -67,15 +67,18 @@ class CommitArgs:
     #: Outcome events (json) and the outcome stream's length to keep.
     events: list[str] = field(default_factory=list)
     events_max: int = 100_000
+    #: The hand-over key (``keys.handover``) of the cancellable unit the outbound messages
+    #: belong to, or "" (a reply: nothing to cancel, the sender checks nothing).
+    handover: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..11]."""
+        """KEYS[1..11], and KEYS[12] with a hand-over key."""
         c, s = self.contact, self.shard
         return [
             keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
             self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
             keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
-            keys.flow_events(s),
+            keys.flow_events(s), *([self.handover] if self.handover else []),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:
