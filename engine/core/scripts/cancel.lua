@@ -15,28 +15,34 @@
 -- The event is appended only when nobody else will report the cancellation: when the timer
 -- was removed here, or the record was marked here. Otherwise the unit's event is still on
 -- the stream (or in a turn): the turn that reads it reports it, or the sender does.
--- Returns "cancelled" | "handed" (too late) | "already" (cancelled before) | "expired".
+-- Returns "cancelled" | "handed" (too late) | "already" (cancelled before) | "expired" |
+-- "final" (ARGV[5]'s record says its turn finished it unsent: refused, failed, expired).
 local v = redis.call('GET', KEYS[1])
 if v == 'h' then return 'handed' end
 if v == 'x' then return 'already' end
 if v == 'e' then return 'expired' end
+local m = nil
+if KEYS[4] and ARGV[5] ~= '' then
+  local raw = redis.call('HGET', KEYS[4], ARGV[5])
+  if raw then
+    m = cjson.decode(raw)
+    -- its turn already finished it without sending (refused by the gate, failed, expired)
+    if m['status'] ~= 'queued' and m['status'] ~= 'deferred' then return 'final' end
+  end
+end
 redis.call('SET', KEYS[1], 'x', 'EX', ARGV[2])
 local told = false
 if ARGV[6] ~= '' and redis.call('ZREM', KEYS[2], ARGV[6]) == 1 then
   told = true
 end
-if KEYS[4] and ARGV[5] ~= '' then
-  local raw = redis.call('HGET', KEYS[4], ARGV[5])
-  if raw then
-    local m = cjson.decode(raw)
-    local h = m['history']
-    if type(h) ~= 'table' then h = {} end
-    h[#h + 1] = {'cancelled', tonumber(ARGV[1])}
-    m['history'] = h
-    m['status'] = 'cancelled'
-    redis.call('HSET', KEYS[4], ARGV[5], cjson.encode(m))
-    told = true
-  end
+if m then
+  local h = m['history']
+  if type(h) ~= 'table' then h = {} end
+  h[#h + 1] = {'cancelled', tonumber(ARGV[1])}
+  m['history'] = h
+  m['status'] = 'cancelled'
+  redis.call('HSET', KEYS[4], ARGV[5], cjson.encode(m))
+  told = true
 end
 if told and ARGV[3] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
