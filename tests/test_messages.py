@@ -109,7 +109,10 @@ async def test_a_repeated_idempotency_key_answers_the_same_id_and_sends_once(
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
-        ({"path": f"/v1/contacts/{ANN}/consent", "body": {"status": "opted_out", "source": "api"}}, "opted_out"),
+        (
+            {"path": f"/v1/contacts/{ANN}/consent", "body": {"status": "opted_out", "source": "api"}},
+            "opted_out",
+        ),
         ({"path": f"/v1/suppressions/{ANN}", "body": {"reason": "deceased"}}, "suppressed"),
     ],
 )
@@ -235,8 +238,10 @@ async def test_a_batch_answers_a_line_per_row_and_bad_rows_stop_nothing(
         {"to": RAJ, "template": "three {{ fields.n }}", "fields": {"n": 3}},
         {"to": RAJ},
     ]
-    body = b"\n".join(orjson.dumps(r) for r in rows[:2]) + b"\nnot json\n" + b"\n".join(
-        orjson.dumps(r) for r in rows[2:]
+    body = (
+        b"\n".join(orjson.dumps(r) for r in rows[:2])
+        + b"\nnot json\n"
+        + b"\n".join(orjson.dumps(r) for r in rows[2:])
     )
     async with e.api.post(
         "/v1/messages:batch", data=body, headers={"Content-Type": "application/x-ndjson"}
@@ -304,8 +309,8 @@ async def test_cancelling_a_start_stops_what_is_queued_or_waiting_in_the_lane(
         sid = started["start"]
         if where == "in_lane":
 
-            async def queued() -> bool:
-                return len(await outbound(x.rt, "carrier")) == 6
+            async def queued(rt: Runtime = x.rt) -> bool:
+                return len(await outbound(rt, "carrier")) == 6
 
             await eventually(queued, attempts=2000)
         async with x.api.delete(f"/v1/starts/{sid}") as r:
@@ -318,12 +323,15 @@ async def test_cancelling_a_start_stops_what_is_queued_or_waiting_in_the_lane(
     async for x in with_role(redis_url, tmp_path, gw, "sender"):
         if where == "in_lane":
 
-            async def recorded() -> bool:
-                return len(await outbound(x.rt, "carrier")) == 0
+            async def recorded(rt: Runtime = x.rt) -> bool:
+                return len(await outbound(rt, "carrier")) == 0
 
             await eventually(recorded, attempts=2000)
             for n in numbers:
                 s = keys.shard_of(n, x.rt.config.engine.shards)
-                recs = [orjson.loads(v) for v in (await x.rt.store.redis.hgetall(keys.message_records(n, s))).values()]
+                recs = [
+                    orjson.loads(v)
+                    for v in (await x.rt.store.redis.hgetall(keys.message_records(n, s))).values()
+                ]
                 assert [m["status"] for m in recs] == ["cancelled"]
     assert not carrier.received
