@@ -13,11 +13,13 @@ import pytest
 
 from engine.core import keys
 from engine.core.config import RedisConfig
+from engine.core.scripts.cancel import CancelArgs, parse_outcome
 from engine.core.scripts.contact import ContactArgs, ContactWritten
 from engine.core.scripts.erase import EraseArgs
 from engine.core.scripts.fx_page import FxPage, FxPageArgs
 from engine.core.scripts.intake import IntakeArgs, IntakeReply
 from engine.core.scripts.lease import LeaseArgs, LeaseTick
+from engine.core.scripts.send import SendArgs, parse_accepted
 from engine.core.scripts.timers import TimersArgs
 from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import Store
@@ -271,3 +273,85 @@ async def test_replay_moves_present_letters_once_and_skips_absent_ones(store: St
     assert await run(store, "webhook_replay", WebhookReplayArgs(1, ("10-0",))) == 0
     assert await run(store, "webhook_replay", WebhookReplayArgs(2, ("12-0",))) == 0
     assert await r.xlen(dead) == 1 and await r.xlen(again) == 1
+
+
+# send.lua ------------------------------------------------------------------------------------
+
+
+async def test_send_queues_now_or_schedules_and_a_repeated_key_writes_nothing(store: Store) -> None:
+    now = SendArgs(S, "msg-3-1-a", '{"c":"x"}', 60, ("k", "send", "c", ANN), pending=f"p|{NOW}",
+                   pending_ttl_s=90, idempotency_key=f"{ANN}:k1", idempotency_ttl_s=30)  # fmt: skip
+    fresh, entry = parse_accepted(await run(store, "send", now))
+    assert fresh and entry
+    assert text(dict((await store.redis.xrange(keys.inbound_stream(S)))[0][1])) == {"k": "send", "c": ANN}
+    assert await store.redis.get(keys.single_message(S, "msg-3-1-a")) == b'{"c":"x"}'
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == f"p|{NOW}".encode()
+    assert 0 < await store.redis.ttl(keys.handover(S, "msg-3-1-a")) <= 90
+    assert 0 < await store.redis.ttl(keys.send_idempotency(S, f"{ANN}:k1")) <= 30
+
+    again = SendArgs(S, "msg-3-2-b", "{}", 60, ("k", "send"), idempotency_key=f"{ANN}:k1")
+    assert parse_accepted(await run(store, "send", again)) == (False, "msg-3-1-a")
+    assert await store.redis.xlen(keys.inbound_stream(S)) == 1
+    assert not await store.redis.exists(keys.single_message(S, "msg-3-2-b"), keys.handover(S, "msg-3-2-b"))
+
+    later = SendArgs(S, "msg-3-3-c", "{}", 60, due_ms=NOW + 5, timer_member=f"{ANN}|d|tok")
+    assert parse_accepted(await run(store, "send", later)) == (True, "")
+    assert await store.redis.zscore(keys.timers(S), f"{ANN}|d|tok") == NOW + 5
+    assert await store.redis.xlen(keys.inbound_stream(S)) == 1
+    assert not await store.redis.exists(keys.handover(S, "msg-3-3-c"))  # no validity: nothing
+
+
+# cancel.lua ----------------------------------------------------------------------------------
+
+
+async def _record(store: Store, status: str) -> None:
+    rec = {"id": "msg-3-1-a", "status": status, "history": [[status, NOW - 5]]}
+    await store.redis.hset(keys.message_records(ANN, S), "msg-3-1-a", orjson.dumps(rec))
+
+
+def _cancel(**kw: Any) -> CancelArgs:
+    return CancelArgs(S, "msg-3-1-a", NOW, 60, 100, event='{"t":"message"}', **kw)
+
+
+@pytest.mark.parametrize(("held", "answer"), [("h", "handed"), ("x", "already"), ("e", "expired")])
+async def test_cancel_refuses_what_is_settled_and_writes_nothing(
+    store: Store, held: str, answer: str
+) -> None:
+    await store.redis.set(keys.handover(S, "msg-3-1-a"), held)
+    await store.redis.zadd(keys.timers(S), {f"{ANN}|d|tok": NOW})
+    assert parse_outcome(await run(store, "cancel", _cancel(timer_member=f"{ANN}|d|tok"))) == answer
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == held.encode()
+    assert await store.redis.zcard(keys.timers(S)) == 1
+    assert await store.redis.xlen(keys.flow_events(S)) == 0
+
+
+async def test_cancel_of_a_message_its_turn_finished_unsent_is_final(store: Store) -> None:
+    await _record(store, "blocked")
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "final"
+    assert not await store.redis.exists(keys.handover(S, "msg-3-1-a"))
+
+
+async def test_cancel_removes_the_timer_and_reports_it_once(store: Store) -> None:
+    await store.redis.zadd(keys.timers(S), {f"{ANN}|d|tok": NOW})
+    assert parse_outcome(await run(store, "cancel", _cancel(timer_member=f"{ANN}|d|tok"))) == "cancelled"
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == b"x"
+    assert 0 < await store.redis.ttl(keys.handover(S, "msg-3-1-a")) <= 60
+    assert await store.redis.zcard(keys.timers(S)) == 0
+    assert [f[b"e"] for _, f in await store.redis.xrange(keys.flow_events(S))] == [b'{"t":"message"}']
+
+
+async def test_cancel_marks_a_queued_record_and_reports_it(store: Store) -> None:
+    await _record(store, "queued")
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "cancelled"
+    rec = orjson.loads(await store.redis.hget(keys.message_records(ANN, S), "msg-3-1-a"))
+    assert rec["status"] == "cancelled" and rec["history"] == [["queued", NOW - 5], ["cancelled", NOW]]
+    assert await store.redis.xlen(keys.flow_events(S)) == 1
+
+
+async def test_cancel_of_a_unit_still_on_the_stream_leaves_the_report_to_its_turn(store: Store) -> None:
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "cancelled"
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == b"x"
+    assert await store.redis.xlen(keys.flow_events(S)) == 0
