@@ -572,11 +572,13 @@ class Sender:
             taken: SendResult | None = None
             try:
                 async with self._slots:
+                    if job.handover and not job.handed:
+                        # A cancel that came first wins (raises _Withdrawn). Before the slot's
+                        # recheck, so a late claim makes a late send that the rate accounts for.
+                        await self._take_over(job)
                     await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
                     if job.dropped or not self.leases.valid():
                         raise _Fenced  # fenced: nothing reaches the provider without a lease
-                    if job.handover and not job.handed:
-                        await self._take_over(job)  # a cancel wins if it came first: raises _Withdrawn
                     job.sending = True
                     try:
                         if job.unsure and gw.can_reconcile:
