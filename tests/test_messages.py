@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import orjson
 import pytest
 
@@ -17,7 +18,7 @@ from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, eventually, make_config, outbound, process_stream
+from tests.conftest import API_KEY, eventually, make_config, outbound, process_stream, serve
 from tests.test_journeys import PROMO, import_contacts, received
 from tests.test_sender import SECRET, Engine, engine
 
@@ -335,3 +336,33 @@ async def test_cancelling_a_start_stops_what_is_queued_or_waiting_in_the_lane(
                 ]
                 assert [m["status"] for m in recs] == ["cancelled"]
     assert not carrier.received
+
+
+async def test_the_crm_hears_what_became_of_a_single_message(
+    redis_url: str, tmp_path: Path, carrier: SimulatedCarrier
+) -> None:
+    heard: list[dict[str, Any]] = []
+
+    async def hook(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        heard.append(orjson.loads(await request.read()))
+        return aiohttp.web.Response(status=204)
+
+    async with serve(("POST", "/hooks", hook)) as base:
+        crm = {"webhooks": [{"url": f"{base}/hooks", "secret": "s" * 32, "events": ["message"]}]}
+        gw = {"carrier": {"type": "http", "url": carrier.url, "sender": "1"}}
+        async for x in engine(redis_url, tmp_path, gw, crm=crm):
+            await import_contacts(x, [{"number": RAJ}])
+            async with x.api.put(f"/v1/suppressions/{RAJ}", json={"reason": "asked by phone"}) as r:
+                assert r.status in (200, 204)
+            sent = await send(x, {"to": ANN, "text": "hello"})
+            refused = await send(x, {"to": RAJ, "text": "hello"})
+
+            ids = {sent["id"], refused["id"]}
+
+            async def both(ids: set[str] = ids) -> bool:
+                return {e["message_id"] for e in heard} >= ids
+
+            await eventually(both, attempts=4000)
+    statuses = {(e["message_id"], e["status"]) for e in heard}
+    assert (sent["id"], "sent") in statuses and (refused["id"], "blocked") in statuses
+    assert all(e["type"] == "message" and e["flow"] is None for e in heard)

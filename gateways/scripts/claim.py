@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: How long a message stays "handed" (a cancel meanwhile is told it is too late).
-HANDED_TTL_S = 7 * 86400
+#: How long a message stays "handed" (a cancel meanwhile is told it is too late): longer than a
+#: message stays in a sender's hands (max_age, 1 h by default); a single message's record says
+#: it was sent after that, and a journey's delivery is no longer in any stream or lane.
+HANDED_TTL_S = 2 * 86400
 
 
 @dataclass(frozen=True, slots=True)
