@@ -355,3 +355,30 @@ async def test_cancel_of_a_unit_still_on_the_stream_leaves_the_report_to_its_tur
     assert got == "cancelled"
     assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == b"x"
     assert await store.redis.xlen(keys.flow_events(S)) == 0
+
+
+async def test_cancel_takes_each_message_of_the_unit_out_of_the_lane(store: Store) -> None:
+    """A journey delivery of two messages in a lane: the first cancel counts the unit, the second
+    (``already``) still takes its message out; a sender that had read them finds nothing pending."""
+    lane = keys.outbound_stream(S, "carrier", "bulk")
+    await store.redis.xgroup_create(lane, keys.OUTBOUND_GROUP, id="0", mkstream=True)
+    unit = keys.start_unit("st-1-a", ANN)
+    entries = []
+    for mid in ("out-3-1-0-0", "out-3-1-0-1"):
+        rec = {"id": mid, "status": "queued", "flow": "promo", "history": [["queued", NOW - 5]]}
+        await store.redis.hset(keys.message_records(ANN, S), mid, orjson.dumps(rec))
+        entries.append(await store.redis.xadd(lane, {"m": mid, "c": ANN, "u": keys.handover(S, unit)}))
+    await store.redis.xreadgroup(keys.OUTBOUND_GROUP, "sender-1", {lane: ">"})  # read ahead
+    answers = []
+    for mid, entry in zip(("out-3-1-0-0", "out-3-1-0-1"), entries, strict=True):
+        call = CancelArgs(S, unit, NOW, 60, 100, event=f'{{"m":"{mid}"}}', contact=ANN, message_id=mid,
+                          stream=lane, entry_id=entry)  # fmt: skip
+        answers.append(parse_outcome(await run(store, "cancel", call)))
+    assert answers == ["cancelled", "already"]
+    assert await store.redis.xlen(lane) == 0
+    assert (await store.redis.xpending(lane, keys.OUTBOUND_GROUP))["pending"] == 0
+    statuses = [
+        orjson.loads(v)["status"] for v in (await store.redis.hgetall(keys.message_records(ANN, S))).values()
+    ]
+    assert statuses == ["cancelled", "cancelled"]
+    assert await store.redis.xlen(keys.flow_events(S)) == 2

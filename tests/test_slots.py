@@ -63,6 +63,9 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
             for unit, c in ((mid, n), (keys.start_unit("st-1-ab", n), "")):
                 cancel = CancelArgs(s, unit, NOW, 60, 100, contact=c, message_id=mid if c else "")
                 yield "cancel", f"{n} shards={shards} {unit}", cancel.to_keys()
+            in_lane = CancelArgs(s, keys.start_unit("st-1-ab", n), NOW, 60, 100, contact=n, message_id="m",
+                                 stream=keys.outbound_stream(s, "carrier", "bulk"), entry_id="1-0")  # fmt: skip
+            yield "cancel", f"{n} shards={shards} in a lane", in_lane.to_keys()
             handed = CommitArgs(
                 version=1, event=f"{s}/{NOW}-0", contact=n, shard=s, outbound_stream=keys.outbound_stream(s, "a"),
                 handover=keys.handover(s, keys.start_unit("st-1-ab", n)),

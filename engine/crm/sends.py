@@ -16,9 +16,11 @@ marks it cancelled unless claim.lua (the sender, right before the gateway call) 
 handed, atomically, so exactly one wins. A journey start is cancelled in two steps: a flag per
 shard (``p:sx:T``), which every start event still to be turned sees, then each delivery of the
 start found waiting (its timers, its events on the shard streams, its messages in the lanes,
-in the order a delivery moves through them, so none slips past) is cancelled by cancel.lua;
-the answer counts those. A delivery in transit during the scan is still stopped (by the flag,
-or by the sender's check) and shows as ``skipped: cancelled`` in ``GET /v1/starts/{id}``.
+in the order a delivery moves through them, so none slips past) is cancelled by cancel.lua
+(a message found in a lane is also taken out of it, so a cancelled campaign does not hold
+the lane, or the connector's rate, while the senders discard it); the answer counts those.
+A delivery in transit during the scan is still stopped (by the flag, or by the sender's
+check) and shows as ``skipped: cancelled`` in ``GET /v1/starts/{id}``.
 """
 
 from __future__ import annotations
@@ -240,13 +242,21 @@ async def cancel_start(
     marker = f'"id":"{start_id}"'
     ttl = int(cfg.message_log_ttl)
 
-    async def cancel(shard: int, number: str, where: str, member: str = "", params: Any = None) -> None:
-        event = ""
+    async def cancel(
+        shard: int, number: str, where: str, member: str = "", params: Any = None,
+        lane: tuple[str, bytes, str] | None = None,
+    ) -> None:  # fmt: skip
+        event, stream, entry, mid = "", "", b"", ""
         if member:  # a timer removed here is reported here (nobody else will see it)
             (event,) = outcomes.start_events(number, flow, "skipped_cancelled", params or {}, now)
+        if lane is not None:  # taken out of the lane, its record marked: reported here too
+            stream, entry, mid = lane
+            e = {"t": "message", "c": number, "f": flow, "m": mid, "status": "cancelled", "at": now}
+            event = orjson.dumps(e).decode()
         call = CancelArgs(
             shard=shard, unit=keys.start_unit(start_id, number), now_ms=now, ttl_s=ttl,
             events_max=cfg.outcome_events_max, event=event, timer_member=member,
+            contact=number if lane else "", message_id=mid, stream=stream, entry_id=entry,
         )  # fmt: skip
         got = parse_outcome(await rt.store.run("cancel", keys=call.to_keys(), args=call.to_argv()))
         if got == "cancelled":
@@ -279,9 +289,10 @@ async def cancel_start(
                 stream, start = keys.outbound_stream(s, gw, lane), "-"
                 while True:
                     batch: Any = await r.xrange(stream, min=start, count=SCAN_COUNT)
-                    for _, f in batch:
+                    for entry_id, f in batch:
                         if f.get(b"u", b"").startswith(prefix):
-                            await cancel(s, f[b"c"].decode(), "in_lane")
+                            lane_of = (stream, entry_id, f[b"m"].decode())
+                            await cancel(s, f[b"c"].decode(), "in_lane", lane=lane_of)
                     if len(batch) < SCAN_COUNT:
                         break
                     start = "(" + batch[-1][0].decode()

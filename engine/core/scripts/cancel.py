@@ -23,18 +23,24 @@ class CancelArgs:
     message_id: str = ""
     #: A "d" timer member to remove (scheduled by send_at, or deferred by quiet hours).
     timer_member: str = ""
+    #: The lane holding the message (with ``contact``), and its entry there, taken out.
+    stream: str = ""
+    entry_id: str | bytes = ""
+    group: str = keys.OUTBOUND_GROUP
 
     def to_keys(self) -> list[str]:
         s = self.shard
         out = [keys.handover(s, self.unit), keys.timers(s), keys.flow_events(s)]
         if self.contact:
             out.append(keys.message_records(self.contact, s))
+            if self.entry_id:
+                out.append(self.stream)
         return out
 
-    def to_argv(self) -> list[str | int]:
+    def to_argv(self) -> list[str | bytes | int]:
         return [
             self.now_ms, max(self.ttl_s, 1), self.event, self.events_max,
-            self.message_id if self.contact else "", self.timer_member,
+            self.message_id if self.contact else "", self.timer_member, self.entry_id, self.group,
         ]  # fmt: skip
 
 
