@@ -22,6 +22,8 @@ from tests.conftest import API_KEY, eventually, make_config, outbound, process_s
 from tests.test_journeys import PROMO, import_contacts, received
 from tests.test_sender import SECRET, Engine, engine
 
+pytestmark = pytest.mark.redis_modes
+
 ANN = "+447700900123"
 RAJ = "+447700900456"
 
