@@ -730,7 +730,7 @@ class Sender:
         call = MoveArgs(
             from_stream=job.stream, to_stream=to_stream, entry_id=job.entry_id, message_id=job.msg.id,
             contact=job.msg.to, shard=job.shard, text=job.msg.text, target=target, rest=tuple(rest),
-            queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why,
+            queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why, handover=job.handover,
         )  # fmt: skip
 
         async def move() -> None:

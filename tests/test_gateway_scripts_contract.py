@@ -101,6 +101,18 @@ async def test_move_of_an_entry_already_acknowledged_does_nothing(store: Store) 
     assert await r.exists(LANE_B) == 0
 
 
+async def test_move_of_a_cancellable_message_names_its_hand_over_in_the_new_entry(store: Store) -> None:
+    """Else the next connector's sender would not check it, and could send it cancelled."""
+    entry = await pending(store, LANE_A)
+    handover = keys.handover(SHARD, "msg-1-2-ab")
+    call = MoveArgs(
+        from_stream=LANE_A, to_stream=LANE_B, entry_id=entry, message_id="m1", contact=ANN, shard=SHARD,
+        text="Hello", target="b", rest=(), queued_ms=NOW - 50, now_ms=NOW, why="timeout", handover=handover,
+    )  # fmt: skip
+    assert parse_moved(await run(store, "move", call)) is not None
+    assert [text(f)["u"] for _, f in await store.redis.xrange(LANE_B)] == [handover]
+
+
 async def test_move_without_a_record_still_moves_and_creates_none(store: Store) -> None:
     entry = await pending(store, LANE_A)
     assert parse_moved(await run(store, "move", move(entry))) is not None
@@ -468,7 +480,10 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
             ]
         calls.append(("rate", RateArgs(gw, "1000.000", 1, 1, 1, 1, 0, "", 0)))
         for shard in (0, 7, 63):
-            calls.append(("claim", ClaimArgs(keys.handover(shard, keys.start_unit("st-1-a", ANN)), NOW)))
+            held = keys.handover(shard, keys.start_unit("st-1-a", ANN))
+            calls.append(("claim", ClaimArgs(held, NOW)))
+            calls.append(("move", MoveArgs(keys.outbound_stream(shard, gw, "bulk"), keys.outbound_stream(shard, "b", "bulk"),
+                                           "1-0", "m1", ANN, shard, "hi", "b", (), NOW, NOW, "why", handover=held)))  # fmt: skip
         calls.append(("binds", BindsArgs(gw, "host-1", 1000, 2, "tick")))
     seen = set()
     for name, call in calls:
