@@ -90,14 +90,6 @@ class _Fenced(Exception):
     """The leases may have run out (or the shard was given up) just before a send."""
 
 
-class _Withdrawn(Exception):
-    """A cancellable message was cancelled (or its validity ran out) before it was handed over."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 @dataclass(eq=False)
 class Job:
     """One outbound message in this process's hands."""
@@ -562,6 +554,21 @@ class Sender:
                 continue
             if self.circuit.is_open and not probe and job.route and not job.pinned:
                 return await self._move(job)
+            if job.handover and not job.handed:
+                # A cancellable message: taken now (claim.lua), or left to the cancel that came
+                # first. Before the rate slot, so nothing comes between a slot and its send.
+                try:
+                    verdict = await self._take_over(job)
+                except (aioredis.RedisError, OSError) as exc:
+                    if probe:
+                        self.circuit.abandon_probe()
+                    log.warning("sender %s: cannot take %s over (%s); trying again", gw.name, job.msg.id, exc)
+                    await self.circuit.rest(self._backoff(1, None))
+                    continue
+                if verdict != "ok":
+                    if probe:
+                        self.circuit.abandon_probe()
+                    return await self._finish(job, verdict, "", f"{verdict} before it was sent")
             job.waiting_rate = True
             await self.pacer.acquire(job.ticket)
             job.waiting_rate = False
@@ -572,10 +579,6 @@ class Sender:
             taken: SendResult | None = None
             try:
                 async with self._slots:
-                    if job.handover and not job.handed:
-                        # A cancel that came first wins (raises _Withdrawn). Before the slot's
-                        # recheck, so a late claim makes a late send that the rate accounts for.
-                        await self._take_over(job)
                     await self.pacer.recheck(job.ticket)  # a slot missed while waiting here is not used late
                     if job.dropped or not self.leases.valid():
                         raise _Fenced  # fenced: nothing reaches the provider without a lease
@@ -590,10 +593,6 @@ class Sender:
                 if probe:
                     self.circuit.abandon_probe()
                 continue
-            except _Withdrawn as exc:
-                if probe:
-                    self.circuit.abandon_probe()
-                return await self._finish(job, exc.status, "", f"{exc.status} before it was sent")
             except GatewayThrottled as exc:
                 # A rate signal from a live provider: the connector pauses (admit waits for it);
                 # not a failure, not an attempt; max_age bounds how long a message keeps trying.
@@ -674,26 +673,20 @@ class Sender:
         mine = [pid for pid in candidates if pid not in owned]
         return SendResult(mine[0]) if mine else None
 
-    async def _take_over(self, job: Job) -> None:
+    async def _take_over(self, job: Job) -> str:
         """Take a cancellable message for sending (claim.lua, one coalesced call in its shard's
         slot): the cancel's other side, so a message cancelled first is never handed over.
-        Raises :class:`_Withdrawn` when it was cancelled or expired; a Redis failure is a
-        retryable failure of this attempt (nothing was handed over)."""
+        ``ok`` (it is this sender's now), ``cancelled`` or ``expired``; raises on a Redis failure
+        (nothing was taken)."""
         call = ClaimArgs(job.handover, self.rt.clock.now_ms())
 
         async def add(pipe: Pipeline) -> None:
             await self.rt.store.run("claim", keys=call.to_keys(), args=call.to_argv(), client=pipe)
 
-        try:
-            (raw,) = await self.rt.store.coalescer.run(add)
-        except (aioredis.RedisError, OSError) as exc:
-            raise GatewayUnavailable(
-                self.gw.name, f"cannot check whether {job.msg.id} was cancelled: {exc}", ambiguous=False
-            ) from exc
+        (raw,) = await self.rt.store.coalescer.run(add)
         verdict = parse_verdict(raw)
-        if verdict != "ok":
-            raise _Withdrawn(verdict)
-        job.handed = True
+        job.handed = verdict == "ok"
+        return verdict
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None:

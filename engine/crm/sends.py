@@ -12,7 +12,7 @@ writes its record in the contact's message log; from then on the record has it (
 queued, sent, delivered, failed, blocked -> ``refused``, cancelled, expired) with its history.
 
 Cancelling races the sender on one key per cancellable unit (``keys.handover``): cancel.lua
-marks it cancelled unless claim.lua (the sender, right before the gateway call) marked it
+marks it cancelled unless claim.lua (the sender, taking it for its rate slot and send) marked it
 handed, atomically, so exactly one wins. A journey start is cancelled in two steps: a flag per
 shard (``p:sx:T``), which every start event still to be turned sees, then each delivery of the
 start found waiting (its timers, its events on the shard streams, its messages in the lanes,

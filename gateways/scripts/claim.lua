@@ -1,4 +1,4 @@
--- Take a cancellable message for sending, right before it is handed to the gateway: the check
+-- Take a cancellable message for sending (before its rate slot, then the gateway call): the check
 -- that makes a cancel win every race with the sender (engine/crm/sends.py holds the other side,
 -- engine/core/scripts/cancel.lua). One key, in the message's shard slot T.
 --
