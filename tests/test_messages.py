@@ -101,7 +101,7 @@ async def test_a_repeated_idempotency_key_answers_the_same_id_and_sends_once(
 ) -> None:
     first = await send(e, {"to": ANN, "text": "once"}, headers={"Idempotency-Key": "order-1042"})
     again = await send(e, {"to": ANN, "text": "once", "idempotency_key": "order-1042"}, status=200)
-    assert again["id"] == first["id"] and again["repeat"] is True
+    assert again["id"] == first["id"] and again["repeat"] is True and again["status"] == "queued"
     await until_status(e, first["id"], "sent")
     other = await send(e, {"to": RAJ, "text": "once"}, headers={"Idempotency-Key": "order-1042"})
     assert other["id"] != first["id"]  # keys are per recipient
@@ -154,7 +154,11 @@ async def test_send_at_schedules_it_and_a_cancel_stops_it(
 ) -> None:
     at = datetime.fromtimestamp(clock.now_ms() / 1000 + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     later = await send(e, {"to": ANN, "text": "in an hour", "send_at": at})
-    kept = await send(e, {"to": RAJ, "text": "also in an hour", "send_at": at})
+    kept = await send(e, {"to": RAJ, "text": "also in an hour", "send_at": at, "idempotency_key": "k"})
+    repeat = await send(
+        e, {"to": RAJ, "text": "also in an hour", "send_at": at, "idempotency_key": "k"}, status=200
+    )
+    assert (repeat["id"], repeat["status"], repeat["send_at"]) == (kept["id"], "scheduled", kept["send_at"])
     assert later["status"] == "scheduled" and later["send_at"].startswith(at[:16])
     assert (await status_of(e, later["id"]))["status"] == "scheduled"
     async with e.api.delete(f"/v1/messages/{later['id']}") as r:

@@ -152,7 +152,10 @@ async def accept(rt: journeys.JourneyServices, reqs: list[SendRequest]) -> list[
             fresh, value = parse_accepted(raw)
             if fresh:
                 return acc
-            return Accepted(value, "queued", repeat=True)
+            first = await owner(rt, value)  # the first message's status and time, as it said then
+            if first is None:
+                return Accepted(value, "queued", repeat=True)
+            return Accepted(value, str(first["s"]), repeat=True, send_at=first.get("due"))
 
         out += await asyncio.gather(*(one(c, a) for c, a in calls))
     return out
