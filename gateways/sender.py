@@ -74,6 +74,7 @@ from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
 from gateways.receipts import record_send
+from gateways.scripts.claim import ClaimArgs, parse_verdict
 from gateways.scripts.move import MoveArgs
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ class Job:
     error: str = ""
     attempts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A cancellable message's hand-over key (its lane entry's ``u``), "" for the rest: checked
+    #: (claim.lua) right before its first hand-over to the gateway; ``handed`` once it won.
+    handover: str = ""
+    handed: bool = False
 
 
 class SenderLeases:
@@ -490,6 +495,7 @@ class Sender:
             pinned=recovering,
             ticket=Ticket(cost=1 if paced else cost, urgent=lane == "reply"),
             unsure=recovering,
+            handover=fields[b"u"].decode() if b"u" in fields else "",
         )  # fmt: skip
         previous = self._tails.get(job.msg.to)
         if previous is not None and lane == "reply" and previous.waiting_rate:
@@ -548,6 +554,21 @@ class Sender:
                 continue
             if self.circuit.is_open and not probe and job.route and not job.pinned:
                 return await self._move(job)
+            if job.handover and not job.handed:
+                # A cancellable message: taken now (claim.lua), or left to the cancel that came
+                # first. Before the rate slot, so nothing comes between a slot and its send.
+                try:
+                    verdict = await self._take_over(job)
+                except (aioredis.RedisError, OSError) as exc:
+                    if probe:
+                        self.circuit.abandon_probe()
+                    log.warning("sender %s: cannot take %s over (%s); trying again", gw.name, job.msg.id, exc)
+                    await self.circuit.rest(self._backoff(1, None))
+                    continue
+                if verdict != "ok":
+                    if probe:
+                        self.circuit.abandon_probe()
+                    return await self._finish(job, verdict, "", f"{verdict} before it was sent")
             job.waiting_rate = True
             await self.pacer.acquire(job.ticket)
             job.waiting_rate = False
@@ -652,6 +673,21 @@ class Sender:
         mine = [pid for pid in candidates if pid not in owned]
         return SendResult(mine[0]) if mine else None
 
+    async def _take_over(self, job: Job) -> str:
+        """Take a cancellable message for sending (claim.lua, one coalesced call in its shard's
+        slot): the cancel's other side, so a message cancelled first is never handed over.
+        ``ok`` (it is this sender's now), ``cancelled`` or ``expired``; raises on a Redis failure
+        (nothing was taken)."""
+        call = ClaimArgs(job.handover, self.rt.clock.now_ms())
+
+        async def add(pipe: Pipeline) -> None:
+            await self.rt.store.run("claim", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+
+        (raw,) = await self.rt.store.coalescer.run(add)
+        verdict = parse_verdict(raw)
+        job.handed = verdict == "ok"
+        return verdict
+
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return retry_after
@@ -687,7 +723,7 @@ class Sender:
         call = MoveArgs(
             from_stream=job.stream, to_stream=to_stream, entry_id=job.entry_id, message_id=job.msg.id,
             contact=job.msg.to, shard=job.shard, text=job.msg.text, target=target, rest=tuple(rest),
-            queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why,
+            queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why, handover=job.handover,
         )  # fmt: skip
 
         async def move() -> None:

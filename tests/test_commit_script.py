@@ -197,3 +197,31 @@ async def test_the_inbox_change_opens_notes_texts_and_replies_and_closes(store: 
     assert await queued(store) == ["out-1"]
     assert await commit(store, turn(4, "0/5-0", inbox=("close",))) == ["ok", "5"]
     assert not await store.redis.exists(place) and await store.redis.zscore(index, ANN) is None
+
+
+async def test_a_cancellable_turns_messages_name_its_hand_over_and_others_do_not(store: Store) -> None:
+    """KEYS[16]: each lane entry of a cancellable unit says where the sender checks it (u); a
+    blocked single message (no flow, ``api``) still gets its outcome event."""
+    held = keys.handover(S, keys.start_unit("st-1-a", ANN))
+    assert (await commit(store, turn(0, "0/1-0", reply(1), reply(2), handover=held)))[0] == "ok"
+    assert (await commit(store, turn(1, "0/2-0", reply(3))))[0] == "ok"
+    lane = await store.redis.xrange(keys.outbound_stream(S, "sms"))
+    assert [(f[b"m"], f.get(b"u")) for _, f in lane] == [
+        (b"out-1", held.encode()), (b"out-2", held.encode()), (b"out-3", None),
+    ]  # fmt: skip
+
+    await store.redis.hset(keys.governance(ANN, S), "sup", "deceased")
+    rec = {
+        "id": "msg-0-1-a",
+        "dir": "out",
+        "text": "hi",
+        "to": ANN,
+        "status": "queued",
+        "flow": None,
+        "api": True,
+    }
+    single = (("msg-0-1-a", orjson.dumps(rec).decode()), Outbound("msg-0-1-a", "hi", "c"))
+    got = await commit(store, turn(2, "0/3-0", single, handover=keys.handover(S, "msg-0-1-a")))
+    assert got == ["ok", "3", "msg-0-1-a suppressed"]
+    (event,) = [orjson.loads(f[b"e"]) for _, f in await store.redis.xrange(keys.flow_events(S))]
+    assert event["m"] == "msg-0-1-a" and event["status"] == "blocked" and event["error"] == "suppressed"

@@ -19,6 +19,7 @@ from engine.core.config import RedisConfig
 from engine.core.store import Store
 from gateways.scripts import install
 from gateways.scripts.binds import BindsArgs, BindsTick
+from gateways.scripts.claim import ClaimArgs, parse_verdict
 from gateways.scripts.move import MoveArgs, parse_moved
 from gateways.scripts.provider_id import ProviderIdArgs, parse_parked
 from gateways.scripts.rate import RateArgs, RateReply
@@ -98,6 +99,18 @@ async def test_move_of_an_entry_already_acknowledged_does_nothing(store: Store) 
     assert parse_moved(await run(store, "move", move(entry))) is None
     assert await r.xlen(LANE_A) == 1  # left as it was: not ours to delete
     assert await r.exists(LANE_B) == 0
+
+
+async def test_move_of_a_cancellable_message_names_its_hand_over_in_the_new_entry(store: Store) -> None:
+    """Else the next connector's sender would not check it, and could send it cancelled."""
+    entry = await pending(store, LANE_A)
+    handover = keys.handover(SHARD, "msg-1-2-ab")
+    call = MoveArgs(
+        from_stream=LANE_A, to_stream=LANE_B, entry_id=entry, message_id="m1", contact=ANN, shard=SHARD,
+        text="Hello", target="b", rest=(), queued_ms=NOW - 50, now_ms=NOW, why="timeout", handover=handover,
+    )  # fmt: skip
+    assert parse_moved(await run(store, "move", call)) is not None
+    assert [text(f)["u"] for _, f in await store.redis.xrange(LANE_B)] == [handover]
 
 
 async def test_move_without_a_record_still_moves_and_creates_none(store: Store) -> None:
@@ -466,6 +479,11 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
                 ("smpp_parts", SmppPartsArgs("first", 2, segs[0], 60, (Part(2, f, parked),))),
             ]
         calls.append(("rate", RateArgs(gw, "1000.000", 1, 1, 1, 1, 0, "", 0)))
+        for shard in (0, 7, 63):
+            held = keys.handover(shard, keys.start_unit("st-1-a", ANN))
+            calls.append(("claim", ClaimArgs(held, NOW)))
+            calls.append(("move", MoveArgs(keys.outbound_stream(shard, gw, "bulk"), keys.outbound_stream(shard, "b", "bulk"),
+                                           "1-0", "m1", ANN, shard, "hi", "b", (), NOW, NOW, "why", handover=held)))  # fmt: skip
         calls.append(("binds", BindsArgs(gw, "host-1", 1000, 2, "tick")))
     seen = set()
     for name, call in calls:
@@ -527,3 +545,30 @@ async def test_an_expired_bind_lease_is_free_and_a_lowered_count_is_surplus(stor
     assert "h:a" not in text(await store.redis.hgetall(keys.binds("smsc")))  # its heartbeat is gone too
     # The carrier now allows 2: indexes 2 and 3 are beyond the count, to be closed and released.
     assert BindsTick.parse(await binds(store, "b", n=2)) == tick(2, {0, 1, 2, 3}, surplus={2, 3})
+
+
+# claim.lua -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "verdict", "after"),
+    [
+        (None, NOW, "ok", "h"),  # nothing yet: handed now
+        (f"p|{NOW + 1}", NOW, "ok", "h"),  # pending, still valid
+        (f"p|{NOW}", NOW, "expired", "e"),  # its validity ends now: expired, kept so
+        ("h", NOW, "ok", "h"),  # a retry, or another message of the same unit
+        ("x", NOW, "cancelled", "x"),
+        ("e", NOW, "expired", "e"),
+    ],
+)
+async def test_claim_hands_over_unless_cancelled_or_expired(
+    store: Store, before: str | None, now: int, verdict: str, after: str
+) -> None:
+    key = keys.handover(SHARD, "msg-1-2-ab")
+    if before is not None:
+        await store.redis.set(key, before, ex=500)
+    got = parse_verdict(await run(store, "claim", ClaimArgs(key, now, handed_ttl_s=100)))
+    assert got == verdict
+    assert await store.redis.get(key) == after.encode()
+    ttl = await store.redis.ttl(key)
+    assert (ttl == 100) if (before, after) in ((None, "h"), (f"p|{NOW + 1}", "h")) else ttl > 100

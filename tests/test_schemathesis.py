@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         while "listening" not in line and engine.poll() is None:
             line = engine.stderr.readline()
         assert "listening" in line, line
+        # Keep reading its log, so a chatty engine (sends failing against the unreachable
+        # provider) never blocks on a full pipe and can stop when told.
+        log: list[str] = []
+        threading.Thread(target=lambda: log.extend(engine.stderr or ()), daemon=True).start()
         try:
             run = subprocess.run(
                 [

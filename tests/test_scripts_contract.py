@@ -13,12 +13,14 @@ import pytest
 
 from engine.core import keys
 from engine.core.config import RedisConfig
+from engine.core.scripts.cancel import CancelArgs, parse_outcome
 from engine.core.scripts.contact import ContactArgs, ContactWritten
 from engine.core.scripts.erase import EraseArgs
 from engine.core.scripts.fx_page import FxPage, FxPageArgs
 from engine.core.scripts.inbox_claim import InboxClaimArgs
 from engine.core.scripts.intake import IntakeArgs, IntakeReply
 from engine.core.scripts.lease import LeaseArgs, LeaseTick
+from engine.core.scripts.send import SendArgs, parse_accepted
 from engine.core.scripts.timers import TimersArgs
 from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import Store
@@ -290,3 +292,112 @@ async def test_the_first_claim_wins_and_only_it_writes_an_event(store: Store) ->
     assert (held["st"], held["by"], held["ca"]) == ("claimed", "alice", str(NOW))
     events = [orjson.loads(f[b"e"]) for _, f in await store.redis.xrange(keys.flow_events(S))]
     assert events == [{"t": "inbox", "by": "alice"}]
+
+
+# send.lua ------------------------------------------------------------------------------------
+
+
+async def test_send_queues_now_or_schedules_and_a_repeated_key_writes_nothing(store: Store) -> None:
+    now = SendArgs(S, "msg-3-1-a", '{"c":"x"}', 60, ("k", "send", "c", ANN), pending=f"p|{NOW}",
+                   pending_ttl_s=90, idempotency_key=f"{ANN}:k1", idempotency_ttl_s=30)  # fmt: skip
+    fresh, entry = parse_accepted(await run(store, "send", now))
+    assert fresh and entry
+    assert text(dict((await store.redis.xrange(keys.inbound_stream(S)))[0][1])) == {"k": "send", "c": ANN}
+    assert await store.redis.get(keys.single_message(S, "msg-3-1-a")) == b'{"c":"x"}'
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == f"p|{NOW}".encode()
+    assert 0 < await store.redis.ttl(keys.handover(S, "msg-3-1-a")) <= 90
+    assert 0 < await store.redis.ttl(keys.send_idempotency(S, f"{ANN}:k1")) <= 30
+
+    again = SendArgs(S, "msg-3-2-b", "{}", 60, ("k", "send"), idempotency_key=f"{ANN}:k1")
+    assert parse_accepted(await run(store, "send", again)) == (False, "msg-3-1-a")
+    assert await store.redis.xlen(keys.inbound_stream(S)) == 1
+    assert not await store.redis.exists(keys.single_message(S, "msg-3-2-b"), keys.handover(S, "msg-3-2-b"))
+
+    later = SendArgs(S, "msg-3-3-c", "{}", 60, due_ms=NOW + 5, timer_member=f"{ANN}|d|tok")
+    assert parse_accepted(await run(store, "send", later)) == (True, "")
+    assert await store.redis.zscore(keys.timers(S), f"{ANN}|d|tok") == NOW + 5
+    assert await store.redis.xlen(keys.inbound_stream(S)) == 1
+    assert not await store.redis.exists(keys.handover(S, "msg-3-3-c"))  # no validity: nothing
+
+
+# cancel.lua ----------------------------------------------------------------------------------
+
+
+async def _record(store: Store, status: str) -> None:
+    rec = {"id": "msg-3-1-a", "status": status, "history": [[status, NOW - 5]]}
+    await store.redis.hset(keys.message_records(ANN, S), "msg-3-1-a", orjson.dumps(rec))
+
+
+def _cancel(**kw: Any) -> CancelArgs:
+    return CancelArgs(S, "msg-3-1-a", NOW, 60, 100, event='{"t":"message"}', **kw)
+
+
+@pytest.mark.parametrize(("held", "answer"), [("h", "handed"), ("x", "already"), ("e", "expired")])
+async def test_cancel_refuses_what_is_settled_and_writes_nothing(
+    store: Store, held: str, answer: str
+) -> None:
+    await store.redis.set(keys.handover(S, "msg-3-1-a"), held)
+    await store.redis.zadd(keys.timers(S), {f"{ANN}|d|tok": NOW})
+    assert parse_outcome(await run(store, "cancel", _cancel(timer_member=f"{ANN}|d|tok"))) == answer
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == held.encode()
+    assert await store.redis.zcard(keys.timers(S)) == 1
+    assert await store.redis.xlen(keys.flow_events(S)) == 0
+
+
+async def test_cancel_of_a_message_its_turn_finished_unsent_is_final(store: Store) -> None:
+    await _record(store, "blocked")
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "final"
+    assert not await store.redis.exists(keys.handover(S, "msg-3-1-a"))
+
+
+async def test_cancel_removes_the_timer_and_reports_it_once(store: Store) -> None:
+    await store.redis.zadd(keys.timers(S), {f"{ANN}|d|tok": NOW})
+    assert parse_outcome(await run(store, "cancel", _cancel(timer_member=f"{ANN}|d|tok"))) == "cancelled"
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == b"x"
+    assert 0 < await store.redis.ttl(keys.handover(S, "msg-3-1-a")) <= 60
+    assert await store.redis.zcard(keys.timers(S)) == 0
+    assert [f[b"e"] for _, f in await store.redis.xrange(keys.flow_events(S))] == [b'{"t":"message"}']
+
+
+async def test_cancel_marks_a_queued_record_and_reports_it(store: Store) -> None:
+    await _record(store, "queued")
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "cancelled"
+    rec = orjson.loads(await store.redis.hget(keys.message_records(ANN, S), "msg-3-1-a"))
+    assert rec["status"] == "cancelled" and rec["history"] == [["queued", NOW - 5], ["cancelled", NOW]]
+    assert await store.redis.xlen(keys.flow_events(S)) == 1
+
+
+async def test_cancel_of_a_unit_still_on_the_stream_leaves_the_report_to_its_turn(store: Store) -> None:
+    got = parse_outcome(await run(store, "cancel", _cancel(contact=ANN, message_id="msg-3-1-a")))
+    assert got == "cancelled"
+    assert await store.redis.get(keys.handover(S, "msg-3-1-a")) == b"x"
+    assert await store.redis.xlen(keys.flow_events(S)) == 0
+
+
+async def test_cancel_takes_each_message_of_the_unit_out_of_the_lane(store: Store) -> None:
+    """A journey delivery of two messages in a lane: the first cancel counts the unit, the second
+    (``already``) still takes its message out; a sender that had read them finds nothing pending."""
+    lane = keys.outbound_stream(S, "carrier", "bulk")
+    await store.redis.xgroup_create(lane, keys.OUTBOUND_GROUP, id="0", mkstream=True)
+    unit = keys.start_unit("st-1-a", ANN)
+    entries = []
+    for mid in ("out-3-1-0-0", "out-3-1-0-1"):
+        rec = {"id": mid, "status": "queued", "flow": "promo", "history": [["queued", NOW - 5]]}
+        await store.redis.hset(keys.message_records(ANN, S), mid, orjson.dumps(rec))
+        entries.append(await store.redis.xadd(lane, {"m": mid, "c": ANN, "u": keys.handover(S, unit)}))
+    await store.redis.xreadgroup(keys.OUTBOUND_GROUP, "sender-1", {lane: ">"})  # read ahead
+    answers = []
+    for mid, entry in zip(("out-3-1-0-0", "out-3-1-0-1"), entries, strict=True):
+        call = CancelArgs(S, unit, NOW, 60, 100, event=f'{{"m":"{mid}"}}', contact=ANN, message_id=mid,
+                          stream=lane, entry_id=entry)  # fmt: skip
+        answers.append(parse_outcome(await run(store, "cancel", call)))
+    assert answers == ["cancelled", "already"]
+    assert await store.redis.xlen(lane) == 0
+    assert (await store.redis.xpending(lane, keys.OUTBOUND_GROUP))["pending"] == 0
+    statuses = [
+        orjson.loads(v)["status"] for v in (await store.redis.hgetall(keys.message_records(ANN, S))).values()
+    ]
+    assert statuses == ["cancelled", "cancelled"]
+    assert await store.redis.xlen(keys.flow_events(S)) == 2

@@ -14,6 +14,7 @@ from engine.conversation.intake import intake_call
 from engine.core import keys
 from engine.core.config import EngineConfig
 from engine.core.scripts.campaigns import CampaignTimersArgs
+from engine.core.scripts.cancel import CancelArgs
 from engine.core.scripts.commit import CommitArgs, ContactChange, Outbound
 from engine.core.scripts.contact import ContactArgs
 from engine.core.scripts.erase import EraseArgs
@@ -21,6 +22,7 @@ from engine.core.scripts.fx_page import FxPageArgs
 from engine.core.scripts.inbox_claim import InboxClaimArgs
 from engine.core.scripts.lease import LeaseArgs
 from engine.core.scripts.reindex import ReindexArgs
+from engine.core.scripts.send import SendArgs
 from engine.core.scripts.timers import TimersArgs
 from engine.core.scripts.webhook_replay import WebhookReplayArgs
 from engine.core.store import SCRIPTS
@@ -60,6 +62,21 @@ def _calls() -> Iterator[tuple[str, str, list[str]]]:
             yield "inbox_claim", f"{n} shards={shards}", claim.to_keys()
             erase = EraseArgs(n, keys.erased_consent_ledger("ab12", s), s, NOW, "api", (f"{n}|w|a",))
             yield "erase", f"{n} shards={shards}", erase.to_keys()
+            mid = f"msg-{s}-{NOW}-abcd"
+            for ik in ("", f"{n}:order-1"):
+                send = SendArgs(s, mid, "{}", 60, ("k", "send"), idempotency_key=ik)
+                yield "send", f"{n} shards={shards} {ik}", send.to_keys()
+            for unit, c in ((mid, n), (keys.start_unit("st-1-ab", n), "")):
+                cancel = CancelArgs(s, unit, NOW, 60, 100, contact=c, message_id=mid if c else "")
+                yield "cancel", f"{n} shards={shards} {unit}", cancel.to_keys()
+            in_lane = CancelArgs(s, keys.start_unit("st-1-ab", n), NOW, 60, 100, contact=n, message_id="m",
+                                 stream=keys.outbound_stream(s, "carrier", "bulk"), entry_id="1-0")  # fmt: skip
+            yield "cancel", f"{n} shards={shards} in a lane", in_lane.to_keys()
+            handed = CommitArgs(
+                version=1, event=f"{s}/{NOW}-0", contact=n, shard=s, outbound_stream=keys.outbound_stream(s, "a"),
+                handover=keys.handover(s, keys.start_unit("st-1-ab", n)),
+            )  # fmt: skip
+            yield "commit", f"{n} shards={shards} with a hand-over", handed.to_keys()
         for s in range(shards):
             yield "timers", f"shard {s}", TimersArgs(s, NOW).to_keys()
             yield "fx_page", f"shard {s}", FxPageArgs(s, "-", 100, '"f":"nps"').to_keys()

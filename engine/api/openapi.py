@@ -34,6 +34,7 @@ TAGS = [
     {"name": "flows", "description": "The flows in use"},
     {"name": "journeys", "description": "Starting flows for contacts, what became of a start, conversions"},
     {"name": "campaigns", "description": "Flows started relative to a date in each contact's record"},
+    {"name": "messages", "description": "Single messages outside a flow: send, batch, status, cancel"},
     {"name": "results", "description": "A flow's runs (rows) and its report"},
     {"name": "conversations", "description": "A contact's conversation and message log"},
     {"name": "inbox", "description": "Contacts handed off to a person: list, claim, reply, close, return"},
@@ -45,7 +46,7 @@ TAGS = [
 #: Why each refusal happens (every route declares the ones it can answer).
 REFUSALS = {
     400: "the body is not a JSON object", 401: "missing or wrong bearer key", 404: "not found",
-    409: "an id reused with another payload", 413: "body too large",
+    409: "an id reused with another payload, or a cancel that came too late", 413: "body too large",
     415: "a body in a format the route does not read", 422: "a field is wrong (named)",
     503: "Redis unavailable, or the write not yet on redis.wait_replicas replicas: not acknowledged, retry",
 }  # fmt: skip

@@ -13,7 +13,7 @@ from engine.api.common import iso, json_response, number_param, runtime
 from engine.api.schema import NUMBER, Answer, Model, Operation, Param, operation, read_body
 from engine.core import keys
 from engine.core.errors import NotFound
-from engine.crm import reports
+from engine.crm import reports, sends
 
 
 class ContactEventIn(Model):
@@ -133,3 +133,33 @@ async def post_contact_event(request: web.Request) -> web.Response:
     cap = rt.config.engine.outcome_events_max
     await r.xadd(keys.flow_events(shard), {"e": orjson.dumps(e)}, maxlen=cap, approximate=True)
     return json_response({"status": "recorded", "attributed": attributed}, 202)
+
+
+class StartCancelled(BaseModel):
+    """What a cancel stopped: deliveries cancelled, by where they were waiting."""
+
+    start: str
+    cancelled: int
+    scheduled: int = Field(description="waiting for send_at or the end of quiet hours")
+    queued: int = Field(description="waiting for their turn on the contact's stream")
+    in_lane: int = Field(description="waiting in an outbound lane for the gateway")
+    too_late: int = Field(description="found already handed to a gateway (or expired): not cancelled")
+
+
+@operation(Operation(
+    "cancel_start", "journeys",
+    "Cancel everything of a journey start not yet handed to a gateway, and say how many",
+    {200: Answer("what was cancelled", StartCancelled)}, errors=(404, 401, 503),
+    params=(Param("id", "the start id (st-...) the start answered"),),
+))  # fmt: skip
+async def cancel_start(request: web.Request) -> web.Response:
+    """Stop a journey start in one call: every delivery still scheduled (send_at, quiet hours),
+    queued on a contact's stream, or waiting in an outbound lane is cancelled (and any the
+    scan meets in transit is stopped by the start's flag or the sender's check)."""
+    rt = runtime(request)
+    sid = request.match_info["id"]
+    flow: Any = await rt.store.redis.hget(keys.start_record(sid), "flow")
+    if flow is None:
+        raise NotFound(f"no start {sid!r}", code="start_not_found")
+    done = await sends.cancel_start(rt, sid, flow.decode(), sorted(rt.gateways))
+    return json_response({"start": sid, "cancelled": done.total, **done.cancelled, "too_late": done.too_late})

@@ -1,8 +1,10 @@
 """Events on the inbound shard streams: what a worker turns into a conversation turn.
 
-An event is an inbound text (``kind=in``), a flow start (``kind=start``), or a person's action on
-a contact in the inbox (``kind=inbox``: reply, close, return to a flow; engine/conversation/inbox.py).
-Each is appended to the stream of its contact's shard, so all of one contact's events are consumed in order.
+An event is an inbound text (``kind=in``), a flow start (``kind=start``), a single message
+sent outside a flow (``kind=send``, ``POST /v1/messages``: its message in ``p``), or a person's
+action on a contact in the inbox (``kind=inbox``: reply, close, return to a flow;
+engine/conversation/inbox.py). Each is appended to the stream of its contact's shard, so all
+of one contact's events are consumed in order.
 Field names are short because every accepted message is stored once in this form.
 
     k  kind ("in" | "start" | "inbox" ...)  c  contact (E.164)  ts  accepted at (ms)
@@ -11,6 +13,7 @@ Field names are short because every accepted message is stored once in this form
     n  "1": interrupt a conversation in progress (start)
     (inbox) p: {"do": "reply" | "close" | "return", "by": operator, "x": text, "m": message id};
        f: the flow a return starts
+    purpose  "service" | "marketing" (start, send; absent: service)
     tk timer kind ("w" wait timeout, "x" expiry, "c" call)   tt  token (timer, call)
     ok "1" when the CRM answered (call); its answer (or the error) is JSON in x
 """
@@ -40,6 +43,8 @@ class Event:
     timer_kind: str = ""
     timer_token: str = ""
     ok: bool = False
+    #: What the message is for ("service", "marketing"; "" for events that send none of their own).
+    purpose: str = ""
 
     @property
     def ref(self) -> str:
@@ -53,17 +58,18 @@ class Event:
     def deferred_token(self) -> str:
         """This event as the token of a ``d`` timer: it is processed again when the timer fires
         (quiet hours deferring a send, a journey start scheduled for later)."""
-        return orjson.dumps(
-            {"k": self.kind, "f": self.flow, "p": self.params, "n": self.interrupt, "tk": self.timer_kind,
-             "tt": self.timer_token, "ts": self.accepted_ms}
-        ).decode()  # fmt: skip
+        d = {"k": self.kind, "f": self.flow, "p": self.params, "n": self.interrupt, "tk": self.timer_kind,
+             "tt": self.timer_token, "ts": self.accepted_ms}  # fmt: skip
+        if self.purpose:
+            d["purpose"] = self.purpose
+        return orjson.dumps(d).decode()
 
     def undeferred(self) -> Event:
         """A fired ``d`` timer is the deferred event again (its own stream entry is the new cause)."""
         d = orjson.loads(self.timer_token)
         return Event(
             self.shard, self.entry_id, d["k"], self.contact, d["ts"], flow=d["f"], params=d["p"],
-            interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"],
+            interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"], purpose=d.get("purpose", ""),
         )  # fmt: skip
 
     @classmethod
@@ -87,6 +93,7 @@ class Event:
             timer_kind=s(b"tk"),
             timer_token=s(b"tt"),
             ok=f.get(b"ok") == b"1",
+            purpose=s(b"purpose"),
         )
 
 
@@ -139,3 +146,8 @@ def inbox_fields(
     if params:
         p["sp"] = params
     return {"k": "inbox", "c": contact, "f": flow, "p": orjson.dumps(p), "ts": str(now_ms)}
+
+
+def send_fields(contact: str, message: dict[str, Any], purpose: str, now_ms: int) -> dict[str, str | bytes]:
+    """Stream fields of a single message sent outside a flow (``message``: engine/crm/sends.py)."""
+    return {"k": "send", "c": contact, "p": orjson.dumps(message), "purpose": purpose, "ts": str(now_ms)}

@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from engine.conversation import inbox, outcomes, sessions
+from engine.conversation import single as singles
 from engine.conversation.events import Event
 from engine.conversation.ports import TurnServices
 from engine.core import keys
@@ -90,6 +91,8 @@ class _Plan:
     #: outcome events.
     inbox: tuple[str, ...] = ()
     events: list[str] = field(default_factory=list)
+    #: A single message (``send`` event): its id, gateway, lane and what became of it.
+    single: singles.Single | None = None
 
 
 async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone:
@@ -111,9 +114,7 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
             ev = original
             t0 = clock.monotonic()
             try:
-                sess_raw, contact_h, consent_h, handoff_h = await rt.store.coalescer.run(
-                    _load(ev.contact, ev.shard)
-                )
+                sess_raw, contact_h, consent_h, handoff_h, *extra = await rt.store.coalescer.run(_load(ev))
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc) or not await sessions.migrate(
                     rt.store.redis, keys.session(ev.contact, ev.shard)
@@ -134,16 +135,22 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
                 if ev.kind == "in"
                 else governance.Reading()
             )
+            why = singles.verdict(ev, extra, clock.now_ms())  # a cancelled or expired unit
             governed = early or _governed(rt, ev, state, contact, consent, reading.keyword)
+            if why is not None and ev.kind == "start":
+                governed = _Plan(f"skipped_{why}", flow=ev.flow)
             handoff = inbox.Handoff.from_hash(ev.contact, handoff_h)
-            plan = governed or _inboxed(rt, ev, state, contact, handoff) or _decide(rt, ev, state, contact)
+            plan = (
+                governed or _inboxed(rt, ev, state, contact, handoff) or _decide(rt, ev, state, contact, why)
+            )
             if governed is None and handoff is None:
                 _to_inbox(rt, ev, plan)
             plan.review = governed is None and reading.review
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
                 rt.metrics.gate("deferred", len(plan.texts))
-                plan = _Plan("deferred", flow=plan.flow)  # nothing changes until the window opens
+                # nothing changes until the window opens
+                plan = _Plan("deferred", flow=plan.flow, single=plan.single)
             _settle(rt, ev, state, plan)
             if until is not None:
                 plan.timers_add.append((keys.timer_member(ev.contact, "d", ev.deferred_token()), until))
@@ -170,12 +177,15 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
     raise RuntimeError(f"turn {ev.ref}: lost the session race {MAX_ATTEMPTS} times")
 
 
-def _load(number: str, shard: int) -> Add:
+def _load(ev: Event) -> Add:
+    number, shard = ev.contact, ev.shard
+
     async def add(pipe: Pipeline) -> None:
         pipe.get(keys.session(number, shard))
         pipe.hgetall(keys.contact(number, shard))
         pipe.hgetall(keys.governance(number, shard))
         pipe.hgetall(keys.handoff(number, shard))
+        singles.load_extra(ev, pipe)  # a cancellable event: its hand-over, in the same round trip
 
     return add
 
@@ -340,9 +350,14 @@ def _governed(
     return None
 
 
-def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact) -> _Plan:
+def _decide(
+    rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact, why: str | None = None
+) -> _Plan:
     """Pure: from the loaded state and the event, what to say and what to store."""
     now = rt.clock.now_ms()
+    if ev.kind == "send":  # a single message: no flow, the session stays as it is
+        single, texts = singles.decide(ev, contact.template_view(), why)
+        return _Plan("queued" if texts else single.status, texts=texts, single=single)
     active = state.get("n") is not None
     flow = rt.flows.for_state(state) if active else None
     view = contact.template_view()
@@ -554,12 +569,16 @@ async def _commit(
     if plan.state is not None and "_start" in plan.state.get("p", {}):
         # The journey's bookkeeping is in the started event; the held session need not carry it.
         plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
-    route = rt.router.route(
-        ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
-    )
+    single = plan.single
+    if single is not None and single.gateway:
+        route = [single.gateway]
+    else:
+        route = rt.router.route(
+            ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
+        )
     gateway = route[0] if route else ""
     # Someone waiting for an answer goes in the reply lane; what the business starts, in bulk.
-    lane = "reply" if _customer_led(ev) else "bulk"
+    lane = single.lane if single is not None else "reply" if _customer_led(ev) else "bulk"
     records: list[tuple[str, str]] = []
     if ev.kind == "in":
         rec = {
@@ -578,7 +597,9 @@ async def _commit(
     exempt = rt.config.governance.exempt_replies and (
         (ev.kind == "in" and (flow is None or flow.conversational)) or plan.result == "inbox_replied"
     )
-    for k, text in enumerate(plan.texts):
+    if single is not None:
+        outbound, ids = _single(ev, plan, single, gateway, records, events, now)
+    for k, text in enumerate([] if single is not None else plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
         if ev.kind == "inbox" and k == 0 and "m" in ev.params:
             mid = str(ev.params["m"])
@@ -624,6 +645,7 @@ async def _commit(
         events_max=rt.config.engine.outcome_events_max,
         ack_group=ack_group,
         inbox=plan.inbox,
+        handover=keys.handover(ev.shard, unit) if (unit := singles.unit_of(ev)) else "",
     )
 
     async def add(pipe: Pipeline) -> None:
@@ -637,3 +659,33 @@ async def _commit(
         for code in why.values():
             rt.metrics.gate(code)
     return res[0].decode(), [i for i in ids if i not in blocked]
+
+
+def _single(
+    ev: Event,
+    plan: _Plan,
+    single: singles.Single,
+    gateway: str,
+    records: list[tuple[str, str]],
+    events: list[str],
+    now: int,
+) -> tuple[list[Outbound], list[str]]:
+    """A single message's record (queued, deferred, or what stopped it) and its one outbound,
+    which the gate in the commit counts and may block like any message the business starts."""
+    text = plan.texts[0] if plan.texts else ""
+    if plan.result == "deferred":
+        until = plan.timers_add[-1][1]
+        rec = singles.record(ev, single, text, "deferred", now, gateway)
+        rec["deferred_until"] = until
+        records.append((single.id, orjson.dumps(rec).decode()))
+        return [], []
+    if plan.texts and not gateway:
+        single = replace(single, status="failed", error="no gateway can send this message")
+    if single.status != "queued":
+        rec = singles.record(ev, single, text, single.status, now, gateway)
+        records.append((single.id, orjson.dumps(rec).decode()))
+        events.append(singles.outcome_event(ev, single, now))
+        return [], []
+    rec = singles.record(ev, single, text, "queued", now, gateway)
+    records.append((single.id, orjson.dumps(rec).decode()))
+    return [Outbound(single.id, text, "c")], [single.id]

@@ -45,6 +45,13 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
                                members ordered by bytes: "c|CA|N", "u|UA|N", "t|TAG|CA|N" per tag,
                                "g|STATUS|CA|N" (consent); CA/UA created/updated ms, 13 digits
     p:ib:T             zset    the inbox of shard S: number -> handed off at ms (its p:ho:TN is there)
+    p:hv:T:U           string  hand-over of cancellable unit U (a single message's id, or a journey
+                               start's "st-ID/N"): "p|expires ms" pending, "h" handed to a gateway,
+                               "x" cancelled, "e" expired (engine/crm/sends.py)   TTL
+    p:sx:T             hash    journey starts cancelled: start id -> ms (checked by the turn)  TTL 90d
+    p:msg:T:ID         string  single message ID: json {c number, s first status, at, due, tm}  TTL log
+    p:ik:T:K           string  idempotency key K of a single send to one of shard S's contacts ->
+                               its message id                          TTL = engine.dedupe_window
 
 A connector's (one slot per id slot K, so receipt scripts touch one slot):
 
@@ -279,6 +286,32 @@ def flow_events(shard: int) -> str:
 def inbox(shard: int) -> str:
     """Shard ``shard``'s inbox index: its handed-off contacts by when (merged over shards on read)."""
     return f"{PREFIX}:ib:{shard_tag(shard)}"
+
+
+def handover(shard: int, unit: str) -> str:
+    """Whether cancellable unit ``unit`` (a single message's id, or :func:`start_unit`) was
+    handed to a gateway or cancelled: the one key a cancel and a sender race on, atomically."""
+    return f"{PREFIX}:hv:{shard_tag(shard)}:{unit}"
+
+
+def start_unit(start_id: str, number: str) -> str:
+    """The cancellable unit of a journey start's delivery to one contact (every message its turn sends)."""
+    return f"{start_id}/{number}"
+
+
+def cancelled_starts(shard: int) -> str:
+    """Journey starts cancelled (start id -> ms), so a start event still queued is skipped."""
+    return f"{PREFIX}:sx:{shard_tag(shard)}"
+
+
+def single_message(shard: int, message_id: str) -> str:
+    """A single message's (``POST /v1/messages``) owner and first status, until it is in the log."""
+    return f"{PREFIX}:msg:{shard_tag(shard)}:{message_id}"
+
+
+def send_idempotency(shard: int, key: str) -> str:
+    """A single send's idempotency key, scoped to its recipient's shard -> its message id."""
+    return f"{PREFIX}:ik:{shard_tag(shard)}:{key}"
 
 
 # -- leases ------------------------------------------------------------------------------------

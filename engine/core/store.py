@@ -64,6 +64,8 @@ SCRIPTS = (
     "reindex",
     "inbox_claim",
     "campaigns",
+    "send",
+    "cancel",
 )
 #: Lua pasted into a script in place of its line ``--#include NAME`` (shared functions).
 LIBRARIES = ("contact_index",)

@@ -1,6 +1,7 @@
 """The Lua scripts the connectors own: the shared send rate (rate.lua), message statuses and
 receipts (status.lua in the contact's shard slot; provider_id.lua and receipt.lua in the
-connector's ``{GW:K}`` slot), failover moves (move.lua), SMPP's segment maps (smpp_receipt.lua,
+connector's ``{GW:K}`` slot), failover moves (move.lua), the check before a cancellable send
+(claim.lua, in the message's shard slot), SMPP's segment maps (smpp_receipt.lua,
 smpp_parts.lua) and SMPP bind leases (binds.lua). Every script touches ONE Redis Cluster slot.
 Each is commented with its KEYS and ARGV and called through the typed wrapper of the same name
 beside it (``status.py``'s
@@ -16,7 +17,9 @@ from importlib import resources
 
 from engine.core.ports import ScriptRunner
 
-SCRIPTS = ("status", "provider_id", "receipt", "move", "rate", "smpp_receipt", "smpp_parts", "binds")
+SCRIPTS = (
+    "status", "provider_id", "receipt", "move", "rate", "smpp_receipt", "smpp_parts", "binds", "claim",
+)  # fmt: skip
 
 
 def install(store: ScriptRunner, names: tuple[str, ...] = SCRIPTS) -> None:

@@ -8,6 +8,8 @@
 -- KEYS[1]  p:out:T:GW[:bulk]   the lane it is in now
 -- KEYS[2]  p:out:T:GW2[:bulk]  the same lane of the next connector, the same shard
 -- KEYS[3]  p:mh:TN             message records hash
+-- KEYS[4]  p:hv:T:U            optional: the message's hand-over key (a cancellable message),
+--                              named again in its new entry (u), so the next sender checks it too
 -- ARGV[1]  consumer group      ARGV[2] entry id here
 -- ARGV[3]  message id          ARGV[4] contact        ARGV[5] text
 -- ARGV[6]  the rest of the route after GW2 ("a,b" or "")     ARGV[7] queued at (ms)
@@ -17,8 +19,14 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return ''
 end
 redis.call('XDEL', KEYS[1], ARGV[2])
-local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
-  'q', ARGV[7])
+local id
+if KEYS[4] then
+  id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
+    'q', ARGV[7], 'u', KEYS[4])
+else
+  id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
+    'q', ARGV[7])
+end
 local raw = redis.call('HGET', KEYS[3], ARGV[3])
 if raw then
   local m = cjson.decode(raw)

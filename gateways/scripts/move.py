@@ -30,10 +30,13 @@ class MoveArgs:
     #: Why (the failure seen at the connector it leaves).
     why: str
     group: str = keys.OUTBOUND_GROUP
+    #: A cancellable message's hand-over key (its entry's ``u``), carried to the new entry; "" none.
+    handover: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1] from, KEYS[2] to, KEYS[3] the contact's message records."""
-        return [self.from_stream, self.to_stream, keys.message_records(self.contact, self.shard)]
+        """KEYS[1] from, KEYS[2] to, KEYS[3] the contact's message records, KEYS[4] the hand-over."""
+        out = [self.from_stream, self.to_stream, keys.message_records(self.contact, self.shard)]
+        return [*out, self.handover] if self.handover else out
 
     def to_argv(self) -> list[str | bytes | int]:
         return [

@@ -22,7 +22,8 @@
 -- (provider_id.lua) BEFORE this one: gateways/receipts.py has the order and the race.
 -- A status never moves back: a late "sent" after "delivered" is kept in the history only.
 -- Returns 1, or 0 when the record is gone (trimmed from the log or erased).
-local RANK = {queued = 0, sent = 1, delivered = 2, failed = 2, expired = 2, rejected = 2, blocked = 2}
+local RANK = {queued = 0, sent = 1, delivered = 2, failed = 2, expired = 2, rejected = 2, blocked = 2,
+  cancelled = 2}
 
 local function apply(m, status, ms, err)
   local h = m['history']
@@ -48,10 +49,12 @@ end
 local m = cjson.decode(raw)
 if ARGV[4] ~= '' then m['provider_id'] = ARGV[4] end
 if ARGV[9] ~= '' then m['gateway'] = ARGV[9] end
-local REPORTED = {sent = true, delivered = true, failed = true, expired = true, rejected = true}
+local REPORTED = {sent = true, delivered = true, failed = true, expired = true, rejected = true,
+  cancelled = true}
 local function report(before, ms)
   local st = m['status']
-  if st ~= before and REPORTED[st] and m['flow'] and m['flow'] ~= cjson.null then
+  -- a flow's message, or a single message sent through the API (api = true)
+  if st ~= before and REPORTED[st] and ((m['flow'] and m['flow'] ~= cjson.null) or m['api']) then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'e', cjson.encode({
       t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'],
       governance = m['governance'], at = ms}))

@@ -21,6 +21,9 @@
 -- KEYS[13] p:ix:T     the shard's listing index (contact_index.lua): follows a contact or consent change
 -- KEYS[14] p:ho:TN    the contact's place in the inbox (engine/conversation/inbox.py)
 -- KEYS[15] p:ib:T     the shard's inbox index (number -> handed off at ms)
+-- KEYS[16] p:hv:T:U   optional: the hand-over key of the cancellable unit the outbound messages
+--                      belong to (a single message, a journey start's delivery); each lane entry
+--                      names it (field u) so the sender checks it atomically before sending
 -- ARGV[1]  expected session version (0 = none yet)
 -- ARGV[2]  event being applied, "S/ms-seq" (shard / stream entry id)
 -- ARGV[3]  new state json, or "" to leave d as it is
@@ -163,12 +166,17 @@ for _ = 1, nout do
     rec['history'] = {{'blocked', now}}
     redis.call('HSET', KEYS[3], id, cjson.encode(rec))
     blocked[#blocked + 1] = id .. ' ' .. code
-    if rec['flow'] and rec['flow'] ~= cjson.null then
+    if (rec['flow'] and rec['flow'] ~= cjson.null) or rec['api'] then
       outcome(cjson.encode({t = 'message', c = ARGV[6], f = rec['flow'], m = id, status = 'blocked',
         error = code, governance = rec['governance'], at = now}))
     end
   else
-    redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])
+    if KEYS[16] then
+      redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19],
+        'u', KEYS[16])
+    else
+      redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])
+    end
   end
   i = i + 3
 end

@@ -73,16 +73,19 @@ class CommitArgs:
     ack_group: str = ""
     #: The inbox change: () none, ("open", reason, flow), ("text",), ("reply", operator), ("close",).
     inbox: tuple[str, ...] = ()
+    #: The hand-over key (``keys.handover``) of the cancellable unit the outbound messages
+    #: belong to, or "" (a reply: nothing to cancel, the sender checks nothing).
+    handover: str = ""
 
     def to_keys(self) -> list[str]:
-        """KEYS[1..15]."""
+        """KEYS[1..15], and KEYS[16] with a hand-over key."""
         c, s = self.contact, self.shard
         return [
             keys.session(c, s), keys.message_index(c, s), keys.message_records(c, s),
             self.outbound_stream, keys.timers(s), keys.contact(c, s), keys.calls(s),
             keys.governance(c, s), keys.consent_ledger(c, s), keys.counted_sends(c, s),
             keys.flow_events(s), keys.inbound_stream(s), keys.contact_index(s), keys.handoff(c, s),
-            keys.inbox(s),
+            keys.inbox(s), *([self.handover] if self.handover else []),
         ]  # fmt: skip
 
     def to_argv(self) -> list[str | int]:
