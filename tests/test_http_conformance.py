@@ -31,7 +31,7 @@ def _base(rt: Runtime) -> str:
     [
         ("DELETE", "/healthz", {"GET", "HEAD"}),
         ("POST", f"/v1/contacts/{ANN}", {"GET", "HEAD", "PUT", "DELETE"}),
-        ("PUT", "/v1/messages", {"GET", "HEAD"}),
+        ("PUT", "/v1/messages", {"GET", "HEAD", "POST"}),
         ("GET", "/v1/inbound/carrier", {"POST"}),
     ],
 )
