@@ -10,6 +10,7 @@ Field names are short because every accepted message is stored once in this form
     n  "1": interrupt a conversation in progress (start)
     tk timer kind ("w" wait timeout, "x" expiry, "c" call)   tt  token (timer, call)
     ok "1" when the CRM answered (call); its answer (or the error) is JSON in x
+    pu purpose ("service" | "marketing"), when the event declares one
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Event:
     timer_kind: str = ""
     timer_token: str = ""
     ok: bool = False
+    #: What the event's messages are for, when the event says (``service`` | ``marketing``;
+    #: "" lets the flow's purpose decide): engine/governance/consent.py.
+    purpose: str = ""
 
     @property
     def ref(self) -> str:
@@ -52,7 +56,7 @@ class Event:
         (quiet hours deferring a send, a journey start scheduled for later)."""
         return orjson.dumps(
             {"k": self.kind, "f": self.flow, "p": self.params, "n": self.interrupt, "tk": self.timer_kind,
-             "tt": self.timer_token, "ts": self.accepted_ms}
+             "tt": self.timer_token, "ts": self.accepted_ms, **({"pu": self.purpose} if self.purpose else {})}
         ).decode()  # fmt: skip
 
     def undeferred(self) -> Event:
@@ -60,7 +64,7 @@ class Event:
         d = orjson.loads(self.timer_token)
         return Event(
             self.shard, self.entry_id, d["k"], self.contact, d["ts"], flow=d["f"], params=d["p"],
-            interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"],
+            interrupt=d["n"], timer_kind=d["tk"], timer_token=d["tt"], purpose=d.get("pu", ""),
         )  # fmt: skip
 
     @classmethod
@@ -84,6 +88,7 @@ class Event:
             timer_kind=s(b"tk"),
             timer_token=s(b"tt"),
             ok=f.get(b"ok") == b"1",
+            purpose=s(b"pu"),
         )
 
 

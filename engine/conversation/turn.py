@@ -115,6 +115,8 @@ async def run_turn(rt: TurnServices, ev: Event) -> TurnDone:
             governed = _governed(rt, ev, state, contact, consent, reading.keyword)
             plan = governed or _decide(rt, ev, state, contact)
             plan.review = governed is None and reading.review
+            if plan.result == "skipped_no_marketing_consent":
+                rt.metrics.gate("no_marketing_consent")  # as the commit script's refusals are
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
                 rt.metrics.gate("deferred", len(plan.texts))
@@ -192,15 +194,18 @@ def _governed(
     A keyword (``kw``: the whole message, or a request to stop in other words, as
     ``Keywords.read`` found it) wins over any conversation: STOP ends it with outcome
     ``opted_out`` and one confirmation (none if already opted out); START opts back in; HELP
-    answers and leaves the conversation where it is. Any other text from an opted-out or
-    suppressed contact is logged and answered by nothing: it never re-opts anyone in. A flow
-    start for such a contact is skipped."""
+    answers and leaves the conversation where it is; STOP PROMO stops offers alone. Any other
+    text from an opted-out or suppressed contact is logged and answered by nothing: it never
+    re-opts anyone in. A flow start for such a contact is skipped, and so is a marketing start
+    for a contact without a marketing opt-in."""
     now = rt.clock.now_ms()
     if ev.kind == "in":
         if kw is not None:
             text = rt.keywords.message(kw.kind, contact.language, kw.language)
             if kw.kind == governance.HELP:
                 return _Plan("help", flow=state.get("f", ""), texts=[text], system={0})
+            if kw.kind == governance.OPT_OUT_MARKETING:
+                return _marketing_opt_out(rt, ev, state, consent, text, now)
             if kw.kind == governance.OPT_IN:
                 return _Plan(
                     "opted_in", flow=state.get("f", ""), texts=[text], system={0},
@@ -221,7 +226,45 @@ def _governed(
         reason = "suppressed" if consent.suppressed else "opted_out"
         log.info("start skipped flow=%s contact=%s: %s", ev.flow, mask(ev.contact), reason)
         return _Plan(f"skipped_{reason}", flow=ev.flow)
+    elif ev.kind == "start" and not consent.allows(_start_purpose(rt, ev)):
+        log.info("start skipped flow=%s contact=%s: no marketing consent", ev.flow, mask(ev.contact))
+        return _Plan("skipped_no_marketing_consent", flow=ev.flow)
     return None
+
+
+def _marketing_opt_out(
+    rt: TurnServices, ev: Event, state: dict[str, Any], consent: Consent, text: str, now: int
+) -> _Plan:
+    """STOP PROMO (``opt_out_marketing``): the marketing consent becomes opted_out, a marketing
+    conversation in progress ends ``opted_out``, a service one goes on; one confirmation (none
+    when offers were already stopped, or every message was)."""
+    flow = state.get("f", "")
+    ended = None
+    if state.get("n") is not None and _run_purpose(rt, state) == governance.MARKETING:
+        ended = {**state, "n": None, "o": "opted_out", "ea": now}
+    quiet = consent.silenced or consent.marketing == governance.OPTED_OUT
+    return _Plan(
+        "marketing_opted_out", flow=flow, state=ended, texts=[] if quiet else [text],
+        system=set() if quiet else {0}, outcome="opted_out" if ended else None,
+        consent=(governance.MARKETING_PREFIX + governance.OPTED_OUT, "keyword", ev.text),
+    )  # fmt: skip
+
+
+def _start_purpose(rt: TurnServices, ev: Event) -> str:
+    """A journey start's purpose: marketing if its flow is, or the start said so (only narrower)."""
+    flow = rt.flows.get(ev.flow)
+    said = (ev.params.get("_start") or {}).get("purpose")
+    if said == governance.MARKETING or (flow is not None and flow.purpose == governance.MARKETING):
+        return governance.MARKETING
+    return governance.SERVICE
+
+
+def _run_purpose(rt: TurnServices, state: dict[str, Any]) -> str:
+    """The purpose of the run ``state`` holds: its flow's, or marketing if started as such."""
+    if state.get("pu") == governance.MARKETING:
+        return governance.MARKETING
+    flow = rt.flows.for_state(state) if state.get("f") else None
+    return flow.purpose if flow is not None else governance.SERVICE
 
 
 def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact) -> _Plan:
@@ -418,8 +461,14 @@ async def _commit(
     if ev.kind == "start" and plan.state is None:
         events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
     if plan.state is not None and "_start" in plan.state.get("p", {}):
-        # The journey's bookkeeping is in the started event; the held session need not carry it.
-        plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
+        # The journey's bookkeeping is in the started event; the held session need not carry it,
+        # but a run started as marketing stays marketing to its end.
+        narrowed = plan.state["p"]["_start"].get("purpose") == governance.MARKETING
+        plan.state = {
+            **plan.state,
+            "p": {k: v for k, v in plan.state["p"].items() if k != "_start"},
+            **({"pu": governance.MARKETING} if narrowed else {}),
+        }
     route = rt.router.route(
         ev.contact, flow=plan.flow or ev.flow, inbound=ev.gateway if ev.kind == "in" else "", sender=ev.to
     )
@@ -442,9 +491,10 @@ async def _commit(
     # A reply to the customer's own text, in a conversational flow, does not count towards caps.
     flow = rt.flows.get(plan.flow) if plan.flow else None
     exempt = rt.config.governance.exempt_replies and ev.kind == "in" and (flow is None or flow.conversational)
+    purpose = ev.purpose or _run_purpose(rt, plan.state if plan.state is not None else old)
     for k, text in enumerate(plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
-        kind = "s" if k in plan.system else "r" if exempt else "c"
+        kind = governance.gate_kind(purpose, system=k in plan.system, counted=not exempt)
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
         enc = encoding_of(text)
         rec = {
@@ -477,7 +527,8 @@ async def _commit(
         contact_change=_contact_change(plan.contact, now),
         call=orjson.dumps(plan.call).decode() if plan.call else "",
         consent="|".join(plan.consent) if plan.consent else "",
-        caps=rt.caps_for(flow),
+        # Marketing is always held to caps: the global ones where a service flow said none.
+        caps=rt.caps_for(None if purpose == governance.MARKETING and flow and flow.caps == [] else flow),
         now_ms=now,
         failover=route[1:],
         events=events,

@@ -31,8 +31,10 @@ from engine.flows.text import fold
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational", "fields", "caps", "fallback",
+    "conversational", "fields", "caps", "fallback", "purpose",
 }  # fmt: skip
+#: A flow's ``purpose:`` (engine/governance/consent.py's PURPOSES).
+PURPOSES = ("service", "marketing")
 
 
 def _too_big(file: str, size: int, limits: Limits) -> FlowErrors:
@@ -146,6 +148,12 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
                     caps.append(c)
                 except ValueError as exc:
                     errs.add(d.line_of("caps"), None, f"caps: {exc}")
+    purpose = d.get("purpose", "service")
+    if purpose not in PURPOSES:
+        errs.add(d.line_of("purpose"), None, f"purpose must be service or marketing, got {purpose!r}")
+        purpose = "service"
+    elif purpose == "marketing" and caps == []:
+        errs.add(d.line_of("caps"), None, "caps: [] is for service flows (marketing is held to caps)")
 
     raw_nodes = d.get("nodes")
     nodes: dict[str, Node] = {}
@@ -196,6 +204,7 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
         conversational=conversational,
         fields=list(required),
         caps=caps,
+        purpose=purpose,
         fallback=fallback,
         max_segments=errs.limits.max_segments,
     )
