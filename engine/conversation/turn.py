@@ -284,9 +284,10 @@ def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact
             if active and flow is not None:
                 decision = resume(flow, state, view, ev.text, now)
             else:
-                flow = rt.flows.by_trigger(ev.text)
-                if flow is not None and not missing_fields(flow, contact):
-                    decision = start(flow, view, {}, now)
+                hit = rt.flows.by_keyword(ev.text)
+                flow = hit[0] if hit else None
+                if hit is not None and not missing_fields(hit[0], contact):
+                    decision = start(hit[0], view, {**rt.config.engine.flow_params, **hit[1]}, now)
             if decision is None:
                 return _Plan("no_reply", state=state or None)
         elif ev.kind == "start":
@@ -305,7 +306,7 @@ def _decide(rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact
                     ",".join(lacking),
                 )
                 return _Plan("skipped_missing_fields", flow=ev.flow)
-            decision = start(flow, view, ev.params, now)
+            decision = start(flow, view, {**rt.config.engine.flow_params, **ev.params}, now)
         elif ev.kind == "timer":
             decision = _fire(flow, state, view, ev, now)
             if decision is None:  # the conversation moved on since the timer was set

@@ -189,6 +189,9 @@ class EngineConfig:
     max_flow_depth: int = 32
     #: A flow with more nodes than this is refused.
     max_flow_nodes: int = 1_000
+    #: Values every flow run sees as ``params.NAME`` unless its start gives its own (e.g. the
+    #: CRM's base URL for ``call`` nodes of flows started by a keyword).
+    flow_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,14 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
     if not (isinstance(triggers, list) and all(isinstance(t, str) and t.strip() for t in triggers)):
         errs.add(d.line_of("triggers"), None, "triggers must be a list of keywords")
         triggers = []
+    for t in triggers:
+        words = t.split()
+        if "*" in t and (words[-1] != "*" or len(words) < 2 or "*" in " ".join(words[:-1])):
+            errs.add(
+                d.line_of("triggers"),
+                None,
+                f"trigger {t!r}: * only as a last word of its own, like 'order *'",
+            )
     language = d.get("language", "en")
     if not isinstance(language, str):
         errs.add(d.line_of("language"), None, "language must be a language code like en")

@@ -58,7 +58,7 @@ DEFAULT_KEYWORDS: dict[str, dict[str, list[str]]] = {
     OPT_OUT_MARKETING: {
         "en": ["stop promo", "stop promos", "stop offers", "no offers", "no promo"],
         "es": ["baja promo", "no ofertas"],
-        "fr": ["stop promo", "arret promo"],
+        "fr": ["arret promo", "stop pub", "arret pub"],
         "de": ["stopp werbung", "keine werbung"],
         "pt": ["parar promo", "sem ofertas"],
     },
