@@ -170,15 +170,9 @@ async def put_consent(request: web.Request) -> web.Response:
     status, source, note = body.status, body.source, body.note
     now = rt.clock.now_ms()
     shard = keys.shard_of(number, rt.config.engine.shards)
-    cause = note or f"{source} via API"
-    entry: dict[str, str | int] = {"cs": status, "src": source, "cause": cause, "at": now}
-    if body.purpose == "marketing":
-        change: dict[str, str | int] = {"mk": status, "mksrc": source, "mkat": now}
-        entry["purpose"] = "marketing"
-    else:
-        change = {"cs": status, "src": source, "at": now}
-        if status == governance.OPTED_OUT:
-            change.update(mk=status, mksrc=source, mkat=now)
+    change, entry = governance.consent_change(
+        status, source, note or f"{source} via API", now, marketing=body.purpose == governance.MARKETING
+    )
     async with rt.store.redis.pipeline(transaction=True) as pipe:  # one slot: the contact's shard
         pipe.hset(keys.governance(number, shard), mapping=change)  # type: ignore[arg-type]
         pipe.xadd(keys.consent_ledger(number, shard), entry)  # type: ignore[arg-type]

@@ -129,7 +129,7 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
             errs.add(
                 d.line_of("triggers"),
                 None,
-                f"trigger {t!r}: * only as a last word of its own, like 'order *'",
+                f"trigger {t!r}: * only as its own last word, like 'order *'",
             )
     language = d.get("language", "en")
     if not isinstance(language, str):

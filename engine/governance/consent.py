@@ -233,3 +233,19 @@ def gate_kind(purpose: str, *, system: bool = False, counted: bool = True) -> st
     if purpose == MARKETING:
         return "m" if counted else "n"
     return "c" if counted else "r"
+
+
+def consent_change(
+    status: str, source: str, cause: str, now_ms: int, *, marketing: bool = False
+) -> tuple[dict[str, str | int], dict[str, str | int]]:
+    """Pure: the ``p:g:TN`` fields and the ledger entry of a consent change made outside a turn
+    (the API; a turn's goes through commit.lua, which does the same). ``marketing``: the consent
+    to offers alone; an opt-out of every purpose withdraws the marketing consent too."""
+    entry: dict[str, str | int] = {"cs": status, "src": source, "cause": cause, "at": now_ms}
+    if marketing:
+        entry["purpose"] = MARKETING
+        return {"mk": status, "mksrc": source, "mkat": now_ms}, entry
+    fields: dict[str, str | int] = {"cs": status, "src": source, "at": now_ms}
+    if status == OPTED_OUT:
+        fields.update(mk=status, mksrc=source, mkat=now_ms)
+    return fields, entry
