@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,26 @@ async def test_the_api_records_marketing_consent_and_starts_only_narrower(
     async with api.put(url, json={"status": "opted_out", "source": "paper"}) as r:
         view = await r.json()
     assert (view["status"], view["marketing"]) == ("opted_out", "opted_out")  # STOP stops both
+
+
+async def test_the_marketing_consent_example_in_api_md_runs_as_written(rt: Runtime, tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    from tests.conftest import API_KEY, ROOT
+    from tests.test_walkthrough import bash
+
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    (example,) = [
+        b
+        for b in re.findall(r"```sh\n(.*?)```", (ROOT / "docs/api.md").read_text(), re.S)
+        if '"marketing"' in b
+    ]
+    env = {"PATH": os.environ["PATH"], "PARLEY": f"http://127.0.0.1:{rt.http_port}", "KEY": API_KEY}
+    view = orjson.loads(await bash(example, env, tmp_path))
+    assert (view["marketing"], view["marketing_source"]) == ("opted_in", "web")
+    assert view["ledger"][-1] | {"at": None} == {
+        "at": None, "change": "opted_in", "source": "web", "cause": "offers box ticked", "event": None,
+        "purpose": "marketing",
+    }  # fmt: skip
