@@ -5,6 +5,7 @@ PROMO (or a marketing opt-out through the API) stops offers alone."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 from pathlib import Path
@@ -265,8 +266,13 @@ def test_a_bad_purpose_is_refused_with_its_line(tmp_path: Path, header: str, pro
     assert any(f"promo.yaml:{line}" in str(e) and problem in str(e) for e in exc.value.errors), exc.value
 
 
+@functools.cache
+def _shipped() -> FlowRegistry:
+    return FlowRegistry.from_dir(str(Path(__file__).parent.parent / "rules"))
+
+
 def test_old_flows_are_service_and_the_flash_sale_is_marketing() -> None:
-    flows = FlowRegistry.from_dir(str(Path(__file__).parent.parent / "rules")).flows
+    flows = _shipped().flows
     assert flows["flash_sale"].purpose == "marketing"
     assert {f.purpose for n, f in flows.items() if n != "flash_sale"} == {"service"}
     assert flows["appointment"].caps == []  # still valid: a service flow may say no caps
@@ -322,3 +328,33 @@ async def test_the_marketing_consent_example_in_api_md_runs_as_written(rt: Runti
         "at": None, "change": "opted_in", "source": "web", "cause": "offers box ticked", "event": None,
         "purpose": "marketing",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [("STOP PROMO", "en"), ("Stop promos!", "en"), ("no offers", "en"), ("Keine Werbung", "de"),
+     ("baja promo", "es"), ("arrêt pub", "fr"), ("sem ofertas", "pt")],
+)  # fmt: skip
+def test_marketing_opt_out_keywords_are_whole_messages(text: str, language: str) -> None:
+    kw = governance.Keywords().match(text)
+    assert kw is not None and (kw.kind, kw.language) == (governance.OPT_OUT_MARKETING, language)
+
+
+@pytest.mark.parametrize(
+    ("text", "flow", "params"),
+    [
+        ("STATUS", "order_status", {}),
+        ("order A-1042", "order_status", {"rest": "A-1042"}),
+        ("Order   b-77 120 .", "order_status", {"rest": "b-77 120"}),
+        ("application status", "order_status", {}),
+        ("RECEIPT a-9", "receipt", {"rest": "a-9"}),
+        ("order", None, None),  # the keyword alone, without its words: no flow
+        ("my order A-1042", None, None),
+        ("stop promo", None, None),  # governance reads it first; no flow has it
+    ],
+)
+def test_a_keyword_with_words_after_it_starts_its_flow_with_them(
+    text: str, flow: str | None, params: dict[str, str] | None
+) -> None:
+    hit = _shipped().by_keyword(text)
+    assert (hit[0].name, hit[1]) == (flow, params) if hit else flow is None
