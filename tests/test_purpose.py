@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.app.runtime import Runtime
-from engine.conversation import intake
+from engine.conversation import conversations, intake
 from engine.core import contacts, keys
 from engine.core.clock import FakeClock
 from engine.core.errors import FlowErrors
@@ -358,3 +358,25 @@ def test_a_keyword_with_words_after_it_starts_its_flow_with_them(
 ) -> None:
     hit = _shipped().by_keyword(text)
     assert (hit[0].name, hit[1]) == (flow, params) if hit else flow is None
+
+
+async def test_a_marketing_keyword_starts_its_flow_only_for_a_contact_who_opted_in(
+    redis_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "deals.yaml").write_text(
+        "name: deals\npurpose: marketing\ntriggers: [deals]\nstart: a\n"
+        "nodes:\n  a: {say: 'This week: 2 for 1.', wait: {save: x}, default: b}\n  b: {say: Enjoy!, end: done}\n"
+    )
+    cfg = make_config(
+        redis_url,
+        engine={"flows_dir": str(tmp_path)},
+        gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}},
+    )
+    async with Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False) as rt:
+        phone = Phone(rt)
+        assert await phone.text("DEALS") == []
+        state = await conversations.load_state(rt.store, rt.config.engine.shards, ANN)
+        assert not (state or {}).get("f")  # no run was begun
+        await phone.api_consent("opted_in", marketing=True)
+        assert await phone.text("DEALS") == ["This week: 2 for 1."]
+        assert await phone.text("ok") == ["Enjoy!"]

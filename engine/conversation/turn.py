@@ -197,7 +197,7 @@ def _governed(
     answers and leaves the conversation where it is; STOP PROMO stops offers alone. Any other
     text from an opted-out or suppressed contact is logged and answered by nothing: it never
     re-opts anyone in. A flow start for such a contact is skipped, and so is a marketing start
-    for a contact without a marketing opt-in."""
+    (by a journey or a keyword) for a contact without a marketing opt-in."""
     now = rt.clock.now_ms()
     if ev.kind == "in":
         if kw is not None:
@@ -222,6 +222,10 @@ def _governed(
             )  # fmt: skip
         if consent.silenced:
             return _Plan("silenced", flow=state.get("f", ""))
+        if state.get("n") is None:  # a keyword may start a flow: not a marketing one without consent
+            hit = rt.flows.by_keyword(ev.text)
+            if hit is not None and not consent.allows(hit[0].purpose):
+                return _Plan("skipped_no_marketing_consent", flow=hit[0].name)
     elif ev.kind == "start" and consent.silenced:
         reason = "suppressed" if consent.suppressed else "opted_out"
         log.info("start skipped flow=%s contact=%s: %s", ev.flow, mask(ev.contact), reason)
