@@ -96,7 +96,7 @@ async def test_an_unknown_key_names_the_keys_the_route_reads(api: aiohttp.Client
     async with api.put("/v1/contacts/+447700900123/consent", json={"status": "opted_in", "sauce": 1}) as r:
         err = (await r.json())["error"]
     assert r.status == 422
-    assert err["message"] == "sauce: unknown field (allowed: note, source, status)"
+    assert err["message"] == "sauce: unknown field (allowed: note, purpose, source, status)"
 
 
 NAMES = st.sampled_from(["city", "first_name", "_x", "a\n", "9a", "number", "tags", "x" * 65, "été"])

@@ -39,6 +39,16 @@ def test_an_opted_out_contact_is_told_why_and_exits_1(redis_url: str) -> None:
     )
 
 
+def test_a_marketing_flow_for_a_contact_without_the_opt_in_is_told_why(redis_url: str) -> None:
+    env = {"PARLEY_REDIS_URL": redis_url}
+    proc = run_parley("chat", "flash_sale", "--contact", "+447700900323", env=env, stdin="YES\n")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1] == (
+        "-- no conversation: flow 'flash_sale' is marketing and +447700900323 has not opted in to "
+        "marketing (PUT /v1/contacts/{number}/consent with purpose: marketing records it)"
+    )
+
+
 def test_set_and_tag_show_in_the_transcript(redis_url: str) -> None:
     proc = run_parley(
         "chat", "appointment", "--contact", "+447700900323", "--field", "first_name=Ann", "--field", WHEN,

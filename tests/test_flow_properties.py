@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.flows import FlowRegistry, expire, resume, start, timeout
+from engine.flows import FlowRegistry, call_result, expire, resume, start, timeout
 from tests.conftest import ROOT
 from tests.test_transcripts import FILES, parse
 
@@ -27,6 +27,15 @@ replies = st.one_of(
     st.text(max_size=30),
 )  # fmt: skip
 actions = st.lists(st.one_of(replies, st.just("~timeout"), st.just("~expire")), min_size=1, max_size=10)
+#: What a CRM answers a flow's call with (ok, answer): full, empty, an error.
+CRM_ANSWERS = [
+    (
+        True,
+        {"status": "approved", "eta": "2026-11-24", "url": "https://r.example.com/x", "sent_to": "a***@x"},
+    ),
+    (True, {}),
+    (False, {"error": "HTTP 500"}),
+]
 
 
 def _outcomes(flow_name: str) -> set[str]:
@@ -55,7 +64,10 @@ def test_no_input_crashes_a_flow_and_every_turn_waits_or_ends(
             break
         now += 60_000
         node = flow.nodes[d.state["n"]]
-        if step == "~timeout":
+        if node.call is not None:  # waiting on the CRM: this step is its answer instead
+            ok, answer = CRM_ANSWERS[len(step) % len(CRM_ANSWERS)]
+            d = call_result(flow, d.state, dict(contact), ok, answer, now)
+        elif step == "~timeout":
             if node.timeout_goto is None:
                 continue
             d = timeout(flow, d.state, dict(contact), now)
@@ -69,7 +81,8 @@ def test_no_input_crashes_a_flow_and_every_turn_waits_or_ends(
 def _check(flow_name: str, d: Any, outcomes: set[str]) -> None:
     flow = REGISTRY.flows[flow_name]
     if d.active:
-        assert d.state["n"] in flow.nodes and flow.nodes[d.state["n"]].wait
+        node = flow.nodes.get(d.state["n"])
+        assert node is not None and (node.wait or node.call is not None)
     else:
         assert d.state["o"] in outcomes
     for m in d.messages:

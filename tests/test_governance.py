@@ -415,7 +415,7 @@ async def test_consent_and_suppression_through_the_api_read_like_an_audit_trail(
     async with api.get(url, params={"format": "csv"}) as r:
         assert r.status == 200 and r.content_type == "text/csv"
         lines = (await r.text()).strip().splitlines()
-    assert lines[0] == "contact,at,change,source,cause,event" and len(lines) == 4
+    assert lines[0] == "contact,at,change,source,cause,event,purpose" and len(lines) == 4
     assert lines[2].startswith(f"{ANN},") and ",opted_out,keyword,STOP!," in lines[2]
 
 

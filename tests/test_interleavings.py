@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +29,7 @@ from engine.conversation.turn import TurnDone, run_turn
 from engine.conversation.worker import Worker, fire_timers
 from engine.core import contacts, keys
 from engine.core.clock import FakeClock
-from tests.conftest import make_config, outbound, shard
+from tests.conftest import ROOT, make_config, outbound, shard
 
 NUMBERS = ["+447700900101", "+447700900202", "+447700900303"]
 TEXTS = ["nps", "csat", "10", "3", "7", "five", "great service", "hello", "STOP"]
@@ -42,16 +44,28 @@ op = st.one_of(
 )
 
 
+@pytest.fixture(scope="module")
+def flows(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shipped flows these texts start, alone: every example starts two engines, and
+    loading every shipped flow each time would cost more than the turns."""
+    out = tmp_path_factory.mktemp("flows")
+    for name in ("nps", "csat"):
+        shutil.copy(ROOT / "rules" / f"{name}.yaml", out / f"{name}.yaml")
+    return str(out)
+
+
 class Outcome:
     def __init__(self, replies: dict[str, list[str]], states: dict[str, Any], ids: list[str]) -> None:
         self.replies, self.states, self.ids = replies, states, ids
 
 
-async def _setup(url: str) -> Runtime:
+async def _setup(url: str, flows: str) -> Runtime:
     r = aioredis.Redis.from_url(url)
     await r.flushdb()
     await r.aclose()
-    cfg = make_config(url, gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}})
+    cfg = make_config(
+        url, engine={"flows_dir": flows}, gateways={"carrier": {"type": "http", "url": "http://127.0.0.1:9/"}}
+    )
     rt = Runtime(cfg, clock=FakeClock(), worker=False, senders=False, http=False)
     await rt.__aenter__()
     for n in NUMBERS:
@@ -90,8 +104,8 @@ async def _outcome(rt: Runtime) -> Outcome:
     return Outcome(replies, states, ids)
 
 
-async def _reference(url: str, steps: list[tuple[Any, ...]]) -> Outcome:
-    rt = await _setup(url)
+async def _reference(url: str, flows: str, steps: list[tuple[Any, ...]]) -> Outcome:
+    rt = await _setup(url, flows)
     try:
         ids = itertools.count()
         for step in steps:
@@ -169,8 +183,8 @@ class Crashy:
         raise AssertionError("the workers did not drain the streams")
 
 
-async def _crashy(url: str, steps: list[tuple[Any, ...]]) -> tuple[Outcome, int]:
-    rt = await _setup(url)
+async def _crashy(url: str, flows: str, steps: list[tuple[Any, ...]]) -> tuple[Outcome, int]:
+    rt = await _setup(url, flows)
     crashy = Crashy(rt)
     try:
         await crashy.start()
@@ -190,22 +204,22 @@ async def _crashy(url: str, steps: list[tuple[Any, ...]]) -> tuple[Outcome, int]
 @settings(max_examples=40, deadline=None)
 @given(steps=st.lists(op, min_size=1, max_size=6))
 def test_crashes_never_lose_reorder_or_repeat_a_reply(
-    redis_server: str, steps: list[tuple[Any, ...]]
+    redis_server: str, flows: str, steps: list[tuple[Any, ...]]
 ) -> None:
-    expected = asyncio.run(_reference(redis_server, steps))
-    got, _crashes = asyncio.run(_crashy(redis_server, steps))
+    expected = asyncio.run(_reference(redis_server, flows, steps))
+    got, _crashes = asyncio.run(_crashy(redis_server, flows, steps))
     assert len(got.ids) == len(set(got.ids)), "a reply was queued twice"
     for n in NUMBERS:
         assert got.replies[n] == expected.replies[n], n
         assert got.states[n] == expected.states[n], n
 
 
-def test_the_property_does_kill_workers_mid_batch(redis_server: str) -> None:
+def test_the_property_does_kill_workers_mid_batch(redis_server: str, flows: str) -> None:
     """Guard for the test above: a crash after the first turn of a burst really leaves work for
     the next worker (otherwise the property would pass without testing recovery)."""
     burst = [(i % 3, t, False) for i, t in enumerate(["nps", "nps", "nps", "10", "10", "10"])]
-    got, crashes = asyncio.run(_crashy(redis_server, [("texts", burst, 0)]))
-    expected = asyncio.run(_reference(redis_server, [("texts", burst, None)]))
+    got, crashes = asyncio.run(_crashy(redis_server, flows, [("texts", burst, 0)]))
+    expected = asyncio.run(_reference(redis_server, flows, [("texts", burst, None)]))
     assert crashes == 1
     assert got.replies == expected.replies
     assert sum(len(v) for v in got.replies.values()) == 6

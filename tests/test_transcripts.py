@@ -11,6 +11,12 @@ A transcript has a header, ``---``, then one step per line::
     language: en / timezone: Europe/London
     field first_name: Ann              a contact field; JSON values (lists, numbers) are parsed
     unmatched: inbox                   engine.unmatched (texts that match no conversation)
+    params: {"code": "FLASH30"}        the journey start's params (JSON)
+    consent: marketing opted_in        the contact's consent before the first step (as the ledger
+                                       would hold it: "opted_out", "marketing opted_in", ...)
+    crm GET /orders/{ref}: 200 {"status": "dispatched"}
+                                       a stub CRM on loopback answers this route (real HTTP); the
+                                       engine's flow_params.crm points at it
     ---
     < Hi Ann, ...                      what Parley must say next, exactly, in order
     > 2                                what the customer texts
@@ -21,6 +27,9 @@ A transcript has a header, ``---``, then one step per line::
     = field appointment_status: rebooked    field NAME, tag, consent, inbox (none, open, claimed
                                        by NAME), inbox texts, inbox reason, message (the last
                                        outbound's status, and its error in brackets)
+    = turn: skipped_no_marketing_consent   what the last turn did (engine/conversation/turn.py)
+    = crm: POST /receipts {"order": "A-1042"}   the CRM's last request: method, path and (a
+                                       subset of) its JSON body
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from engine.app.runtime import Runtime
 from engine.conversation import conversations, inbox, intake
@@ -41,7 +51,7 @@ from engine.core import contacts, keys
 from engine.core.clock import FakeClock
 from engine.core.config import parse_duration
 from gateways.console import ConsoleGateway
-from tests.conftest import make_config
+from tests.conftest import make_config, serve
 
 HERE = Path(__file__).parent / "transcripts"
 FILES = sorted(HERE.glob("*.txt"))
@@ -53,6 +63,8 @@ class Transcript:
     header: dict[str, str] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)
     steps: list[tuple[int, str, str]] = field(default_factory=list)  # (line, kind, text)
+    #: The stub CRM's routes: (method, path) -> (status, JSON answer).
+    crm: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
 
 
 def parse(path: Path) -> Transcript:
@@ -66,7 +78,11 @@ def parse(path: Path) -> Transcript:
             body = True
         elif not body:
             key, _, value = line.partition(":")
-            if key.startswith("field "):
+            if key.startswith("crm "):
+                method, path = key[4:].split()
+                status, _, answer = value.strip().partition(" ")
+                t.crm[(method, path)] = (int(status), orjson.loads(answer) if answer else {})
+            elif key.startswith("field "):
                 name, value = key[6:].strip(), value.strip()
                 try:
                     t.fields[name] = orjson.loads(value)
@@ -92,15 +108,37 @@ class Player:
         assert isinstance(gw, ConsoleGateway)
         self.console = gw
         self.said: list[str] = []
+        self.last = ""  # the last turn's result
+        self.crm_seen: list[tuple[str, str, Any]] = []
 
     async def turns(self, count: int) -> None:
-        """Wait for ``count`` turns, then for the messages they sent."""
+        """Wait for ``count`` turns (and the turn of each CRM answer they wait for), then for the
+        messages they sent."""
         sent = 0
-        for _ in range(count):
+        while count:
             done = await asyncio.wait_for(self.done.get(), 5)
             sent += len(done.outbound_ids)
+            self.last = done.result
+            count -= 1
+            if await self.calling():
+                count += 1  # the CRM's answer comes back as the next turn
         for _ in range(sent):
             self.said.append((await asyncio.wait_for(self.console.outbox.get(), 5)).text)
+
+    async def calling(self) -> bool:
+        state = await conversations.load_state(self.rt.store, self.rt.config.engine.shards, self.number) or {}
+        flow = self.rt.flows.for_state(state) if state.get("n") is not None else None
+        node = flow.nodes.get(state["n"]) if flow is not None else None
+        return node is not None and node.call is not None
+
+    async def answer(self, request: web.Request) -> web.Response:
+        """The stub CRM: the transcript's answer for the route, and a note of the request."""
+        route = request.match_info.route.resource
+        assert route is not None
+        body = await request.json() if request.can_read_body else None
+        self.crm_seen.append((request.method, request.path, body))
+        status, answer = self.t.crm[(request.method, route.canonical)]
+        return web.json_response(answer, status=status)
 
     async def play(self) -> None:
         t, rt = self.t, self.rt
@@ -115,8 +153,11 @@ class Player:
             ),
             self.clock.now_ms(),
         )
+        if "consent" in t.header:
+            await self.consent(t.header["consent"])
         if t.header.get("by") != "trigger":
-            await intake.enqueue_starts(rt, t.header["flow"], [self.number], {})
+            params = orjson.loads(t.header["params"]) if "params" in t.header else {}
+            await intake.enqueue_starts(rt, t.header["flow"], [self.number], params)
             await self.turns(1)
         for i, (line, kind, text) in enumerate(t.steps):
             where = f"{t.path.name}:{line}"
@@ -166,9 +207,33 @@ class Player:
             await inbox.enqueue(self.rt, self.number, action, operator)
         await self.turns(1)
 
+    async def consent(self, spec: str) -> None:
+        """The contact's consent as a ledger would leave it (``marketing opted_in``)."""
+        *purpose, status = spec.split()
+        prefix = "mk" if purpose == ["marketing"] else "cs"
+        now = self.clock.now_ms()
+        fields = {
+            prefix: status,
+            f"{prefix}src" if prefix == "mk" else "src": "web",
+            f"{prefix}at" if prefix == "mk" else "at": now,
+        }
+        shard = keys.shard_of(self.number, self.rt.config.engine.shards)
+        await self.rt.store.redis.hset(keys.governance(self.number, shard), mapping=fields)
+
     async def check(self, where: str, text: str) -> None:
         what, _, expected = text.partition(":")
         expected = expected.strip()
+        if what == "turn":
+            assert self.last == expected, f"{where}: the last turn was {self.last!r}, expected {expected!r}"
+            return
+        if what == "crm":
+            method, path, *body = expected.split(" ", 2)
+            assert self.crm_seen, f"{where}: the CRM was not called"
+            got_method, got_path, got_body = self.crm_seen[-1]
+            assert (got_method, got_path) == (method, path), f"{where}: the CRM got {got_method} {got_path}"
+            for k, v in (orjson.loads(body[0]) if body else {}).items():
+                assert (got_body or {}).get(k) == v, f"{where}: the CRM's {k} was {(got_body or {}).get(k)!r}"
+            return
         state = await conversations.load_state(self.rt.store, self.rt.config.engine.shards, self.number) or {}
         contact = await contacts.get(self.rt.store, self.rt.config.engine.shards, self.number)
         assert contact is not None
@@ -221,17 +286,22 @@ async def test_transcript(path: Path, redis_url: str) -> None:
     clock = FakeClock(int(start.timestamp() * 1000))
     flows = {"flows_dir": str(Path(__file__).parent / t.header["flows"])} if "flows" in t.header else {}
     unmatched = {"unmatched": t.header["unmatched"]} if "unmatched" in t.header else {}
-    cfg = make_config(
-        redis_url,
-        engine={
-            "timer_poll": "1h",
-            **flows,
-            **unmatched,
-        },  # timers fire only when a transcript moves the clock
-        gateways={"console": {"type": "console"}},
-    )
-    async with Runtime(cfg, clock=clock, http=False) as rt:
-        await Player(rt, clock, t).play()
+    player: Player | None = None
+
+    async def answer(request: web.Request) -> web.Response:
+        assert player is not None
+        return await player.answer(request)
+
+    async with serve(*((m, p, answer) for m, p in t.crm)) as crm:
+        cfg = make_config(
+            redis_url,
+            # timers fire only when a transcript moves the clock
+            engine={"timer_poll": "1h", "flow_params": {"crm": crm}, **flows, **unmatched},
+            gateways={"console": {"type": "console"}},
+        )
+        async with Runtime(cfg, clock=clock, http=False) as rt:
+            player = Player(rt, clock, t)
+            await player.play()
 
 
 def test_there_are_transcripts_for_every_shipped_flow() -> None:

@@ -34,11 +34,16 @@ class ConsentIn(Model):
     status: Literal["opted_in", "opted_out"]
     source: Source
     note: Annotated[str, Field(max_length=MAX_NOTE)] = ""
+    purpose: Annotated[
+        Literal["all", "marketing"],
+        Field(description="marketing: consent to offers alone (an opt-out keeps service messages)"),
+    ] = "all"
 
     MESSAGES = {
         "status": "must be opted_in or opted_out",
         "source": f"required: one of {', '.join(API_SOURCES)}",
         "note": f"must be a string of at most {MAX_NOTE} characters",
+        "purpose": "must be all (every message) or marketing (offers alone)",
     }
 
 
@@ -66,6 +71,7 @@ class LedgerEntry(BaseModel):
     source: str
     cause: str
     event: str | None
+    purpose: str = Field("all", description="marketing: a change of the marketing consent alone")
 
 
 class ConsentView(BaseModel):
@@ -76,6 +82,9 @@ class ConsentView(BaseModel):
     source: str | None
     changed_at: str | None
     suppressed: str | None
+    marketing: str = Field(description="opted_in only after an explicit opt-in for marketing")
+    marketing_source: str | None
+    marketing_changed_at: str | None
     ledger: list[LedgerEntry]
     erased_ledger: str | None = Field(description="the erased contact's hashed ledger, when kept")
 
@@ -104,6 +113,7 @@ async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
                 "source": e.get("src", ""),
                 "cause": e.get("cause", ""),
                 "event": e.get("event") or None,
+                "purpose": e.get("purpose") or "all",
             }
         )
     return {
@@ -112,6 +122,9 @@ async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
         "source": c.source or None,
         "changed_at": iso(c.at) if c.at else None,
         "suppressed": c.suppressed or None,
+        "marketing": c.marketing,
+        "marketing_source": c.marketing_source or None,
+        "marketing_changed_at": iso(c.marketing_at) if c.marketing_at else None,
         "ledger": entries,
         "erased_ledger": erased.rsplit("}", 1)[1] if before else None,  # the digest, after the tag
     }
@@ -131,9 +144,11 @@ async def get_consent(request: web.Request) -> web.Response:
         return json_response(view)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["contact", "at", "change", "source", "cause", "event"])
+    writer.writerow(["contact", "at", "change", "source", "cause", "event", "purpose"])
     for e in view["ledger"]:
-        writer.writerow([view["contact"], e["at"], e["change"], e["source"], e["cause"], e["event"] or ""])
+        writer.writerow(
+            [view["contact"], e["at"], e["change"], e["source"], e["cause"], e["event"] or "", e["purpose"]]
+        )
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",
@@ -146,19 +161,21 @@ async def get_consent(request: web.Request) -> web.Response:
     {200: Answer("recorded", ConsentView)}, errors=(400, *ERR), params=(NUMBER,), body=ConsentIn,
 ))  # fmt: skip
 async def put_consent(request: web.Request) -> web.Response:
-    """Record an opt-in or opt-out from outside the SMS channel (a web form, a call, an import)."""
+    """Record an opt-in or opt-out from outside the SMS channel (a web form, a call, an import).
+    ``purpose: marketing`` changes the consent to offers alone; an opt-out for all purposes
+    also withdraws the marketing consent (a later marketing opt-in must be given again)."""
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     body = await read_body(request, ConsentIn, rt)
     status, source, note = body.status, body.source, body.note
     now = rt.clock.now_ms()
     shard = keys.shard_of(number, rt.config.engine.shards)
+    change, entry = governance.consent_change(
+        status, source, note or f"{source} via API", now, marketing=body.purpose == governance.MARKETING
+    )
     async with rt.store.redis.pipeline(transaction=True) as pipe:  # one slot: the contact's shard
-        pipe.hset(keys.governance(number, shard), mapping={"cs": status, "src": source, "at": now})
-        pipe.xadd(
-            keys.consent_ledger(number, shard),
-            {"cs": status, "src": source, "cause": note or f"{source} via API", "at": now},
-        )
+        pipe.hset(keys.governance(number, shard), mapping=change)  # type: ignore[arg-type]
+        pipe.xadd(keys.consent_ledger(number, shard), entry)  # type: ignore[arg-type]
         await index.execute_with_reindex(rt.store, pipe, number, shard)  # the listing index too
     return json_response(await _view(rt, number))
 

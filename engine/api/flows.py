@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -98,6 +98,10 @@ class StartIn(Model):
     experiment: Annotated[
         str, Field(pattern="^[^|]+$", description="the assignment's name (default: the flow)")
     ] = OMITTED
+    purpose: Annotated[
+        Literal["service", "marketing"] | None,
+        Field(description="only narrower than the flow's: a service flow may be started as marketing"),
+    ] = None
 
     MESSAGES = {
         "contacts": f"must be a list of 1 to {MAX_CONTACTS} phone numbers (more: use audience)",
@@ -111,6 +115,7 @@ class StartIn(Model):
         "experiment": "must be a name",
         "segment": "must be a segment name (letters, digits, _ and -)",
         "send_at": "must be an ISO 8601 time like 2026-12-02T10:00 or 2026-12-02T10:00:00Z",
+        "purpose": "must be service or marketing",
     }
 
     @model_validator(mode="before")
@@ -212,6 +217,11 @@ async def start_flow(request: web.Request) -> web.Response:
             code="flow_not_found",
         )
     start = await read_body(request, StartIn, rt)
+    declared = rt.flows.get(name)
+    if start.purpose == "service" and declared is not None and declared.purpose == "marketing":
+        raise Unprocessable("purpose", f"flow {name!r} is marketing: it cannot be started as service")
+    # A service flow started as marketing: its runs need the marketing opt-in (turn.py reads it).
+    narrowed = {"purpose": "marketing"} if start.purpose == "marketing" else {}
     # The domain reads what the model checked: send_at's calendar, the split, the conditions' tests.
     body = start.model_dump(exclude_unset=True)
     params, interrupt = start.params, start.interrupt
@@ -264,7 +274,7 @@ async def start_flow(request: web.Request) -> web.Response:
     starts: list[tuple[str, dict[str, Any], int | None]] = []
     for n, tz in ready:
         arm = arms.get(n, "")
-        meta = {"id": sid, **({"arm": arm, "experiment": split.experiment} if split else {})}
+        meta = {"id": sid, **({"arm": arm, "experiment": split.experiment} if split else {}), **narrowed}
         p = {**params, **(by_arm[arm].params if arm in by_arm else {}), "_start": meta}
         starts.append((n, p, journeys.due_ms(rt, send_at, n, tz) if send_at else None))
     event_ids = await intake.queue_starts(rt, name, starts, interrupt)

@@ -234,6 +234,11 @@ def _refusal(flow: Flow, record: contacts.Contact, done: TurnDone) -> tuple[int,
         )
     if done.result == "skipped_opted_out":
         return 1, f"{record.number} opted out (they can text START, or the CRM records consent)"
+    if done.result == "skipped_no_marketing_consent":
+        return 1, (
+            f"flow {flow.name!r} is marketing and {record.number} has not opted in to marketing "
+            "(PUT /v1/contacts/{number}/consent with purpose: marketing records it)"
+        )
     if done.result == "skipped_suppressed":
         return 1, f"{record.number} is suppressed (DELETE /v1/suppressions/{record.number} lifts it)"
     if done.result == "failed" and not done.outbound_ids:

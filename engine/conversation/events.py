@@ -13,7 +13,8 @@ Field names are short because every accepted message is stored once in this form
     n  "1": interrupt a conversation in progress (start)
     (inbox) p: {"do": "reply" | "close" | "return", "by": operator, "x": text, "m": message id};
        f: the flow a return starts
-    purpose  "service" | "marketing" (start, send; absent: service)
+    purpose  "service" | "marketing" (start, send), when the event declares one (absent: the
+             flow's purpose decides; engine/governance/consent.py)
     tk timer kind ("w" wait timeout, "x" expiry, "c" call)   tt  token (timer, call)
     ok "1" when the CRM answered (call); its answer (or the error) is JSON in x
 """
@@ -43,7 +44,8 @@ class Event:
     timer_kind: str = ""
     timer_token: str = ""
     ok: bool = False
-    #: What the message is for ("service", "marketing"; "" for events that send none of their own).
+    #: What the event's messages are for, when the event says (``service`` | ``marketing``;
+    #: "" lets the flow's purpose decide): engine/governance/consent.py.
     purpose: str = ""
 
     @property

@@ -146,6 +146,8 @@ async def run_turn(rt: TurnServices, ev: Event, ack_group: str = "") -> TurnDone
             if governed is None and handoff is None:
                 _to_inbox(rt, ev, plan)
             plan.review = governed is None and reading.review
+            if plan.result == "skipped_no_marketing_consent":
+                rt.metrics.gate("no_marketing_consent")  # as the commit script's refusals are
             until = _quiet_until(rt, ev, plan, contact)
             if until is not None:
                 rt.metrics.gate("deferred", len(plan.texts))
@@ -318,15 +320,18 @@ def _governed(
     A keyword (``kw``: the whole message, or a request to stop in other words, as
     ``Keywords.read`` found it) wins over any conversation: STOP ends it with outcome
     ``opted_out`` and one confirmation (none if already opted out); START opts back in; HELP
-    answers and leaves the conversation where it is. Any other text from an opted-out or
-    suppressed contact is logged and answered by nothing: it never re-opts anyone in. A flow
-    start for such a contact is skipped."""
+    answers and leaves the conversation where it is; STOP PROMO stops offers alone. Any other
+    text from an opted-out or suppressed contact is logged and answered by nothing: it never
+    re-opts anyone in. A flow start for such a contact is skipped, and so is a marketing start
+    (by a journey or a keyword) for a contact without a marketing opt-in."""
     now = rt.clock.now_ms()
     if ev.kind == "in":
         if kw is not None:
             text = rt.keywords.message(kw.kind, contact.language, kw.language)
             if kw.kind == governance.HELP:
                 return _Plan("help", flow=state.get("f", ""), texts=[text], system={0})
+            if kw.kind == governance.OPT_OUT_MARKETING:
+                return _marketing_opt_out(rt, ev, state, consent, text, now)
             if kw.kind == governance.OPT_IN:
                 return _Plan(
                     "opted_in", flow=state.get("f", ""), texts=[text], system={0},
@@ -343,11 +348,53 @@ def _governed(
             )  # fmt: skip
         if consent.silenced:
             return _Plan("silenced", flow=state.get("f", ""))
+        if state.get("n") is None:  # a keyword may start a flow: not a marketing one without consent
+            hit = rt.flows.by_keyword(ev.text)
+            if hit is not None and not consent.allows(hit[0].purpose):
+                return _Plan("skipped_no_marketing_consent", flow=hit[0].name)
     elif ev.kind == "start" and consent.silenced:
         reason = "suppressed" if consent.suppressed else "opted_out"
         log.info("start skipped flow=%s contact=%s: %s", ev.flow, mask(ev.contact), reason)
         return _Plan(f"skipped_{reason}", flow=ev.flow)
+    elif ev.kind == "start" and not consent.allows(_start_purpose(rt, ev)):
+        log.info("start skipped flow=%s contact=%s: no marketing consent", ev.flow, mask(ev.contact))
+        return _Plan("skipped_no_marketing_consent", flow=ev.flow)
     return None
+
+
+def _marketing_opt_out(
+    rt: TurnServices, ev: Event, state: dict[str, Any], consent: Consent, text: str, now: int
+) -> _Plan:
+    """STOP PROMO (``opt_out_marketing``): the marketing consent becomes opted_out, a marketing
+    conversation in progress ends ``opted_out``, a service one goes on; one confirmation (none
+    when offers were already stopped, or every message was)."""
+    flow = state.get("f", "")
+    ended = None
+    if state.get("n") is not None and _run_purpose(rt, state) == governance.MARKETING:
+        ended = {**state, "n": None, "o": "opted_out", "ea": now}
+    quiet = consent.silenced or consent.marketing == governance.OPTED_OUT
+    return _Plan(
+        "marketing_opted_out", flow=flow, state=ended, texts=[] if quiet else [text],
+        system=set() if quiet else {0}, outcome="opted_out" if ended else None,
+        consent=(governance.MARKETING_PREFIX + governance.OPTED_OUT, "keyword", ev.text),
+    )  # fmt: skip
+
+
+def _start_purpose(rt: TurnServices, ev: Event) -> str:
+    """A journey start's purpose: marketing if its flow is, or the start said so (only narrower)."""
+    flow = rt.flows.get(ev.flow)
+    said = (ev.params.get("_start") or {}).get("purpose")
+    if said == governance.MARKETING or (flow is not None and flow.purpose == governance.MARKETING):
+        return governance.MARKETING
+    return governance.SERVICE
+
+
+def _run_purpose(rt: TurnServices, state: dict[str, Any]) -> str:
+    """The purpose of the run ``state`` holds: its flow's, or marketing if started as such."""
+    if state.get("pu") == governance.MARKETING:
+        return governance.MARKETING
+    flow = rt.flows.for_state(state) if state.get("f") else None
+    return flow.purpose if flow is not None else governance.SERVICE
 
 
 def _decide(
@@ -372,9 +419,10 @@ def _decide(
             if active and flow is not None:
                 decision = resume(flow, state, view, ev.text, now)
             else:
-                flow = rt.flows.by_trigger(ev.text)
-                if flow is not None and not missing_fields(flow, contact):
-                    decision = start(flow, view, {}, now)
+                hit = rt.flows.by_keyword(ev.text)
+                flow = hit[0] if hit else None
+                if hit is not None and not missing_fields(hit[0], contact):
+                    decision = start(hit[0], view, {**rt.config.engine.flow_params, **hit[1]}, now)
             if decision is None:
                 return _Plan("no_reply", state=state or None)
         elif ev.kind == "start":
@@ -393,7 +441,7 @@ def _decide(
                     ",".join(lacking),
                 )
                 return _Plan("skipped_missing_fields", flow=ev.flow)
-            decision = start(flow, view, ev.params, now)
+            decision = start(flow, view, {**rt.config.engine.flow_params, **ev.params}, now)
         elif ev.kind == "timer":
             decision = _fire(flow, state, view, ev, now)
             if decision is None:  # the conversation moved on since the timer was set
@@ -567,8 +615,14 @@ async def _commit(
         events += outcomes.start_events(ev.contact, ev.flow, plan.result, ev.params, now)
     events += plan.events
     if plan.state is not None and "_start" in plan.state.get("p", {}):
-        # The journey's bookkeeping is in the started event; the held session need not carry it.
-        plan.state = {**plan.state, "p": {k: v for k, v in plan.state["p"].items() if k != "_start"}}
+        # The journey's bookkeeping is in the started event; the held session need not carry it,
+        # but a run started as marketing stays marketing to its end.
+        narrowed = plan.state["p"]["_start"].get("purpose") == governance.MARKETING
+        plan.state = {
+            **plan.state,
+            "p": {k: v for k, v in plan.state["p"].items() if k != "_start"},
+            **({"pu": governance.MARKETING} if narrowed else {}),
+        }
     single = plan.single
     if single is not None and single.gateway:
         route = [single.gateway]
@@ -597,13 +651,14 @@ async def _commit(
     exempt = rt.config.governance.exempt_replies and (
         (ev.kind == "in" and (flow is None or flow.conversational)) or plan.result == "inbox_replied"
     )
+    purpose = ev.purpose or _run_purpose(rt, plan.state if plan.state is not None else old)
     if single is not None:
         outbound, ids = _single(ev, plan, single, gateway, records, events, now)
     for k, text in enumerate([] if single is not None else plan.texts):
         mid = f"out-{ev.msg_base}-{k}"
         if ev.kind == "inbox" and k == 0 and "m" in ev.params:
             mid = str(ev.params["m"])
-        kind = "s" if k in plan.system else "r" if exempt else "c"
+        kind = governance.gate_kind(purpose, system=k in plan.system, counted=not exempt)
         status, error = ("queued", None) if gateway else ("failed", "no gateway can send this reply")
         enc = encoding_of(text)
         rec = {
@@ -638,7 +693,8 @@ async def _commit(
         contact_change=_contact_change(plan.contact, now),
         call=orjson.dumps(plan.call).decode() if plan.call else "",
         consent="|".join(plan.consent) if plan.consent else "",
-        caps=rt.caps_for(flow),
+        # Marketing is always held to caps: the global ones where a service flow said none.
+        caps=rt.caps_for(None if purpose == governance.MARKETING and flow and flow.caps == [] else flow),
         now_ms=now,
         failover=route[1:],
         events=events,
@@ -688,4 +744,5 @@ def _single(
         return [], []
     rec = singles.record(ev, single, text, "queued", now, gateway)
     records.append((single.id, orjson.dumps(rec).decode()))
-    return [Outbound(single.id, text, "c")], [single.id]
+    kind = governance.gate_kind(ev.purpose or governance.SERVICE)  # marketing needs the opt-in
+    return [Outbound(single.id, text, kind)], [single.id]

@@ -192,13 +192,17 @@ class EngineConfig:
     #: A text that matches no conversation (no flow waiting, no trigger): ``ignore`` it (logged
     #: only), or put the contact in the ``inbox`` for a person (engine/conversation/inbox.py).
     unmatched: str = "ignore"
+    #: Values every flow run sees as ``params.NAME`` unless its start gives its own (e.g. the
+    #: CRM's base URL for ``call`` nodes of flows started by a keyword).
+    flow_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class GovernanceConfig:
     #: Language of confirmations when neither the contact's nor the keyword's has a text.
     default_language: str = "en"
-    #: Extra keywords: {opt_out|opt_in|help: {language: [words]}} (merged over the defaults).
+    #: Extra keywords: {opt_out|opt_in|help|opt_out_marketing: {language: [words]}} (merged over
+    #: the defaults).
     keywords: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     #: Confirmation texts: {opt_out|opt_in|help: {language: text}} (merged over the defaults).
     messages: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -515,8 +519,10 @@ def _check(cfg: Config) -> None:
             raise ConfigError("governance.holidays", f"unknown country {gov.holidays!r}") from None
     for section in ("keywords", "messages"):
         for kind in getattr(cfg.governance, section):
-            if kind not in ("opt_out", "opt_in", "help"):
-                raise ConfigError(f"governance.{section}.{kind}", "must be opt_out, opt_in or help")
+            if kind not in ("opt_out", "opt_in", "help", "opt_out_marketing"):
+                raise ConfigError(
+                    f"governance.{section}.{kind}", "must be opt_out, opt_in, help or opt_out_marketing"
+                )
     if not 1 <= cfg.engine.workers <= 64:
         raise ConfigError("engine.workers", f"must be 1..64, got {cfg.engine.workers}")
     if not 1 <= cfg.engine.api_processes <= 64:

@@ -94,7 +94,8 @@ class Metrics:
         self._gate = Counter(
             "parley_gate_total",
             "Outbound messages through the governance gate, by decision: sent (queued), opted_out, "
-            "suppressed, capped (blocked; the record keeps the reason), deferred (quiet hours).",
+            "suppressed, no_marketing_consent, capped (blocked; the record keeps the reason), deferred "
+            "(quiet hours).",
             ["decision"], registry=r,
         )  # fmt: skip
         self._lag = Gauge(

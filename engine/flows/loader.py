@@ -31,8 +31,10 @@ from engine.flows.text import fold
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational", "fields", "caps", "fallback",
+    "conversational", "fields", "caps", "fallback", "purpose",
 }  # fmt: skip
+#: A flow's ``purpose:`` (engine/governance/consent.py's PURPOSES).
+PURPOSES = ("service", "marketing")
 
 
 def _too_big(file: str, size: int, limits: Limits) -> FlowErrors:
@@ -121,6 +123,14 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
     if not (isinstance(triggers, list) and all(isinstance(t, str) and t.strip() for t in triggers)):
         errs.add(d.line_of("triggers"), None, "triggers must be a list of keywords")
         triggers = []
+    for t in triggers:
+        words = t.split()
+        if "*" in t and (words[-1] != "*" or len(words) < 2 or "*" in " ".join(words[:-1])):
+            errs.add(
+                d.line_of("triggers"),
+                None,
+                f"trigger {t!r}: * only as its own last word, like 'order *'",
+            )
     language = d.get("language", "en")
     if not isinstance(language, str):
         errs.add(d.line_of("language"), None, "language must be a language code like en")
@@ -146,6 +156,12 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
                     caps.append(c)
                 except ValueError as exc:
                     errs.add(d.line_of("caps"), None, f"caps: {exc}")
+    purpose = d.get("purpose", "service")
+    if purpose not in PURPOSES:
+        errs.add(d.line_of("purpose"), None, f"purpose must be service or marketing, got {purpose!r}")
+        purpose = "service"
+    elif purpose == "marketing" and caps == []:
+        errs.add(d.line_of("caps"), None, "caps: [] is for service flows (marketing is held to caps)")
 
     raw_nodes = d.get("nodes")
     nodes: dict[str, Node] = {}
@@ -196,6 +212,7 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
         conversational=conversational,
         fields=list(required),
         caps=caps,
+        purpose=purpose,
         fallback=fallback,
         max_segments=errs.limits.max_segments,
     )

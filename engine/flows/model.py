@@ -107,6 +107,9 @@ class Flow:
     #: Frequency caps for this flow's business-started sends, instead of governance.caps
     #: (None: the global ones; [] for none, e.g. a transactional reminder).
     caps: list[str] | None = None
+    #: ``service`` (reminders, confirmations, surveys: any contact not opted out) or
+    #: ``marketing`` (offers: only contacts with a marketing opt-in; always held to caps).
+    purpose: str = "service"
     #: Digest of the source text: the version a session is pinned to (no manual bump needed).
     digest: str = ""
     #: The YAML it was compiled from (kept in Redis so a session can finish on it).

@@ -112,11 +112,12 @@ def parse_node(name: str, body: Any, line: int, errs: Collector, env: jinja2.Env
         else:
             node.tags = tags
     if "consent" in body:
-        if body["consent"] not in ("opted_in", "opted_out"):
+        if body["consent"] not in ("opted_in", "opted_out", "marketing_opted_in", "marketing_opted_out"):
             errs.add(
                 body.line_of("consent"),
                 name,
-                f"consent must be opted_in or opted_out, got {body['consent']!r}",
+                "consent must be opted_in, opted_out, marketing_opted_in or marketing_opted_out, "
+                f"got {body['consent']!r}",
             )
         else:
             node.consent = body["consent"]

@@ -26,7 +26,9 @@ class FlowRegistry:
         self.flows = flows
         #: The bounds these flows were loaded with (a stored version is re-read with them too).
         self.limits = limits or Limits()
-        self._triggers = {t: f for f in flows.values() for t in f.triggers}
+        self._triggers = {t: f for f in flows.values() for t in f.triggers if not t.endswith(" *")}
+        #: ``ORDER *``: the keyword followed by anything (the rest is ``params.rest``).
+        self._prefixed = {t[:-2]: f for f in flows.values() for t in f.triggers if t.endswith(" *")}
         self.versions: dict[tuple[str, str], Flow] = {(f.name, f.digest): f for f in flows.values()}
 
     def for_state(self, state: dict[str, Any]) -> Flow | None:
@@ -108,3 +110,20 @@ class FlowRegistry:
     def by_trigger(self, text: str) -> Flow | None:
         """The flow whose trigger keyword is the whole message (case and accents ignored)."""
         return self._triggers.get(fold(text).strip(" .!?"))
+
+    def by_keyword(self, text: str) -> tuple[Flow, dict[str, str]] | None:
+        """The flow a text starts and its params: a whole-message trigger (no params), else the
+        longest ``KEYWORD *`` trigger the text begins with, the words after it as ``rest``
+        (as written: "ORDER A-1042" gives ``{"rest": "A-1042"}``)."""
+        exact = self.by_trigger(text)
+        if exact is not None:
+            return exact, {}
+        if not self._prefixed:
+            return None
+        words = fold(text).split()
+        for k in range(len(words) - 1, 0, -1):
+            flow = self._prefixed.get(" ".join(words[:k]))
+            if flow is not None:
+                rest = " ".join(text.split()[k:]).strip(" .!?")
+                return (flow, {"rest": rest}) if rest else None
+        return None

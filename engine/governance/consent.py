@@ -26,7 +26,16 @@ from typing import Any
 from engine.governance.optout import REVIEW, OptOutRule, Verdict
 
 OPT_OUT, OPT_IN, HELP = "opt_out", "opt_in", "help"
+#: A request to stop offers only ("STOP PROMO"): service messages keep coming.
+OPT_OUT_MARKETING = "opt_out_marketing"
 OPTED_IN, OPTED_OUT, UNKNOWN = "opted_in", "opted_out", "unknown"
+#: What a message is for. Service (reminders, confirmations, surveys) may reach any contact who
+#: has not opted out; marketing (offers, flash sales) only one with a marketing opt-in newer
+#: than any opt-out. A consent change for marketing alone is recorded with the status prefixed
+#: ``marketing_`` (``marketing_opted_in``); a plain opt-out stops both purposes.
+SERVICE, MARKETING = "service", "marketing"
+PURPOSES = (SERVICE, MARKETING)
+MARKETING_PREFIX = "marketing_"
 STATUSES = (OPTED_IN, OPTED_OUT, UNKNOWN)
 #: Where a consent change came from (the API must name one).
 SOURCES = ("keyword", "api", "import", "carrier", "web", "paper")
@@ -45,6 +54,13 @@ DEFAULT_KEYWORDS: dict[str, dict[str, list[str]]] = {
         "fr": ["commencer", "reprendre"],
         "de": ["anmelden"],
         "pt": ["voltar", "assinar"],
+    },
+    OPT_OUT_MARKETING: {
+        "en": ["stop promo", "stop promos", "stop offers", "no offers", "no promo"],
+        "es": ["baja promo", "no ofertas"],
+        "fr": ["arret promo", "stop pub", "arret pub"],
+        "de": ["stopp werbung", "keine werbung"],
+        "pt": ["parar promo", "sem ofertas"],
     },
     HELP: {
         "en": ["help", "info"],
@@ -70,6 +86,13 @@ DEFAULT_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Sie sind wieder angemeldet. Antworten Sie STOPP zum Abmelden, HILFE für Hilfe.",
         "pt": "Você se inscreveu de novo. Responda PARAR para sair, AJUDA para ajuda.",
     },
+    OPT_OUT_MARKETING: {
+        "en": "You will get no more offers from us. Service messages continue; reply STOP to stop all.",
+        "es": "No recibirás más ofertas. Los avisos de servicio continúan; responde BAJA para todo.",
+        "fr": "Vous ne recevrez plus d'offres. Les messages de service continuent; STOP pour tout arrêter.",
+        "de": "Sie erhalten keine Angebote mehr. Servicenachrichten kommen weiter; STOPP für alles.",
+        "pt": "Você não receberá mais ofertas. Avisos de serviço continuam; PARAR para sair de tudo.",
+    },
     HELP: {
         "en": "Reply to this number to reach us. Reply STOP to unsubscribe. Msg&data rates may apply.",
         "es": "Responde a este número para contactarnos. Responde BAJA para darte de baja.",
@@ -88,7 +111,7 @@ def squash(text: str) -> str:
 
 @dataclass(frozen=True)
 class Keyword:
-    kind: str  # opt_out | opt_in | help
+    kind: str  # opt_out | opt_in | help | opt_out_marketing
     language: str
 
 
@@ -117,7 +140,7 @@ class Keywords:
             for language, words in by_language.items():  # added to the defaults, never replacing
                 merged[kind][language] = [*merged[kind].get(language, []), *words]
         # Opt-out wins a clash (a word in two sets): silence is the safe reading.
-        for kind in (HELP, OPT_IN, OPT_OUT):
+        for kind in (HELP, OPT_IN, OPT_OUT_MARKETING, OPT_OUT):
             for language, words in merged[kind].items():
                 for word in words:
                     self._index[squash(word)] = Keyword(kind, language)
@@ -160,6 +183,11 @@ class Consent:
     source: str = ""
     at: int = 0
     suppressed: str = ""  # the reason, or "" when the number is not suppressed
+    #: Consent to marketing (``mk``, ``mksrc``, ``mkat``): opted_in only by an explicit opt-in
+    #: for marketing; any opt-out (STOP, STOP PROMO, the API) sets it opted_out.
+    marketing: str = UNKNOWN
+    marketing_source: str = ""
+    marketing_at: int = 0
 
     @classmethod
     def from_hash(cls, h: Mapping[bytes, bytes]) -> Consent:
@@ -168,7 +196,17 @@ class Consent:
             source=h.get(b"src", b"").decode(),
             at=int(h.get(b"at", 0)),
             suppressed=h.get(b"sup", b"").decode(),
+            marketing=h.get(b"mk", b"unknown").decode(),
+            marketing_source=h.get(b"mksrc", b"").decode(),
+            marketing_at=int(h.get(b"mkat", 0)),
         )
+
+    def allows(self, purpose: str) -> bool:
+        """Whether a flow's message of this purpose may be sent (the commit script decides
+        again, inside the commit: this is the turn's early answer)."""
+        if self.silenced:
+            return False
+        return purpose != MARKETING or self.marketing == OPTED_IN
 
     @property
     def silenced(self) -> bool:
@@ -181,4 +219,33 @@ class Consent:
             "source": self.source or None,
             "at": self.at or None,
             "suppressed": self.suppressed or None,
+            "marketing": self.marketing,
         }
+
+
+def gate_kind(purpose: str, *, system: bool = False, counted: bool = True) -> str:
+    """The commit script's gate kind of one outbound message (engine/core/scripts/commit.lua):
+    ``s`` a confirmation or HELP answer; ``r`` / ``c`` a service reply (cap-exempt) / a service
+    message the business starts (counted); ``n`` / ``m`` the same for marketing, which also
+    needs the contact's marketing opt-in."""
+    if system:
+        return "s"
+    if purpose == MARKETING:
+        return "m" if counted else "n"
+    return "c" if counted else "r"
+
+
+def consent_change(
+    status: str, source: str, cause: str, now_ms: int, *, marketing: bool = False
+) -> tuple[dict[str, str | int], dict[str, str | int]]:
+    """Pure: the ``p:g:TN`` fields and the ledger entry of a consent change made outside a turn
+    (the API; a turn's goes through commit.lua, which does the same). ``marketing``: the consent
+    to offers alone; an opt-out of every purpose withdraws the marketing consent too."""
+    entry: dict[str, str | int] = {"cs": status, "src": source, "cause": cause, "at": now_ms}
+    if marketing:
+        entry["purpose"] = MARKETING
+        return {"mk": status, "mksrc": source, "mkat": now_ms}, entry
+    fields: dict[str, str | int] = {"cs": status, "src": source, "at": now_ms}
+    if status == OPTED_OUT:
+        fields.update(mk=status, mksrc=source, mkat=now_ms)
+    return fields, entry

@@ -12,7 +12,8 @@
 -- KEYS[5]  p:tm:T     timers of the contact's shard (zset "N|kind|token" -> due ms)
 -- KEYS[6]  p:c:TN     contact hash (only written when ARGV[11] is not "")
 -- KEYS[7]  p:calls:T  the shard's CRM webhook jobs (only written when ARGV[15] is not "")
--- KEYS[8]  p:g:TN     consent and suppression: cs status, src source, at ms, sup reason
+-- KEYS[8]  p:g:TN     consent and suppression: cs status, src source, at ms, sup reason;
+--                      mk marketing consent, mksrc, mkat
 -- KEYS[9]  p:cl:TN    consent ledger (stream): every change with its source and cause
 -- KEYS[10] p:sent:TN  counted sends (zset message id -> ms), for the frequency caps
 -- KEYS[11] p:fx:T     the shard's flow outcome events (stream, engine/conversation/outcomes.py),
@@ -55,10 +56,13 @@
 -- confirmation, an opt-in confirmation, a HELP answer) is blocked only when the number is
 -- suppressed; "r" (a reply to the customer's own text) also when opted out; "c" (a message the
 -- business starts: journey start, reminder) also when any frequency cap's rolling window is
--- full, and it counts towards the caps when sent. A blocked message keeps its record, with
--- status "blocked" and the reason, and is not queued.
+-- full, and it counts towards the caps when sent. "n" and "m" are "r" and "c" for a marketing
+-- message: also blocked unless the contact's marketing consent (mk) is opted_in. A blocked
+-- message keeps its record, with status "blocked" and the reason, and is not queued.
+-- A consent change whose status starts "marketing_" changes the marketing consent alone; an
+-- "opted_out" sets the marketing consent opted_out too (STOP stops every purpose).
 --
--- Returns {"ok", v, "<blocked id> <opted_out|suppressed|capped>"...} | {"dup", v} (event already applied: nothing written but the acknowledgement) |
+-- Returns {"ok", v, "<blocked id> <opted_out|suppressed|no_marketing_consent|capped>"...} | {"dup", v} (event already applied: nothing written but the acknowledgement) |
 -- {"conflict", v}.
 -- A conflict means another writer committed since our load: the caller reloads and decides again.
 --#include contact_index
@@ -114,13 +118,25 @@ end
 
 if ARGV[17] ~= '' then
   local status, source, cause = string.match(ARGV[17], '^([^|]*)|([^|]*)|(.*)$')
-  redis.call('HSET', KEYS[8], 'cs', status, 'src', source, 'at', ARGV[19])
-  redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[19],
-    'event', ARGV[2])
+  local mk = string.match(status, '^marketing_(.*)$')
+  if mk then  -- marketing alone ("STOP PROMO", a flow's marketing opt-in): service unchanged
+    redis.call('HSET', KEYS[8], 'mk', mk, 'mksrc', source, 'mkat', ARGV[19])
+    redis.call('XADD', KEYS[9], '*', 'cs', mk, 'purpose', 'marketing', 'src', source, 'cause', cause,
+      'at', ARGV[19], 'event', ARGV[2])
+  else
+    redis.call('HSET', KEYS[8], 'cs', status, 'src', source, 'at', ARGV[19])
+    -- STOP stops every purpose: a marketing opt-in must be given again, after it.
+    if status == 'opted_out' then
+      redis.call('HSET', KEYS[8], 'mk', 'opted_out', 'mksrc', source, 'mkat', ARGV[19])
+    end
+    redis.call('XADD', KEYS[9], '*', 'cs', status, 'src', source, 'cause', cause, 'at', ARGV[19],
+      'event', ARGV[2])
+  end
 end
 if indexed then ix_update(KEYS[13], indexed, ix_members(KEYS[6], KEYS[8], ARGV[6])) end
-local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup')
+local gate = redis.call('HMGET', KEYS[8], 'cs', 'sup', 'mk')
 local opted_out, suppressed = gate[1] == 'opted_out', gate[2] and gate[2] ~= ''
+local marketing_ok = gate[3] == 'opted_in'
 local caps, longest = {}, 0
 for limit, window, label in string.gmatch(ARGV[18], '(%d+):(%d+):([^;]*)') do
   caps[#caps + 1] = {tonumber(limit), tonumber(window), label}
@@ -150,7 +166,9 @@ for _ = 1, nout do
     reason, code = 'suppressed: ' .. gate[2], 'suppressed'
   elseif opted_out and kind ~= 's' then
     reason, code = 'opted out', 'opted_out'
-  elseif kind == 'c' then
+  elseif (kind == 'm' or kind == 'n') and not marketing_ok then
+    reason, code = 'no marketing consent', 'no_marketing_consent'
+  elseif kind == 'c' or kind == 'm' then
     for _, cap in ipairs(caps) do
       if redis.call('ZCOUNT', KEYS[10], '(' .. (now - cap[2]), '+inf') >= cap[1] then
         reason, code = 'capped: ' .. cap[3], 'capped'

@@ -24,7 +24,8 @@ class ContactChange:
 
 @dataclass(frozen=True)
 class Outbound:
-    """One outbound message: its id, text and gate kind ("s" system, "r" reply, "c" business)."""
+    """One outbound message: its id, text and gate kind ("s" system, "r" reply, "c" business; "n"
+    and "m" the marketing reply and business message: engine/governance/consent.py gate_kind)."""
 
     id: str
     text: str
