@@ -372,3 +372,22 @@ async def test_the_crm_hears_what_became_of_a_single_message(
     statuses = {(e["message_id"], e["status"]) for e in heard}
     assert (sent["id"], "sent") in statuses and (refused["id"], "blocked") in statuses
     assert all(e["type"] == "message" and e["flow"] is None for e in heard)
+
+
+async def test_a_marketing_message_needs_the_marketing_opt_in_and_a_service_one_does_not(
+    e: Engine, carrier: SimulatedCarrier
+) -> None:
+    """Consent by purpose on a single send: without a marketing opt-in an offer is refused with
+    the reason, a service message still goes; after the opt-in the offer goes too."""
+    await import_contacts(e, [{"number": ANN}])
+    offer = await send(e, {"to": ANN, "text": "20% off today", "purpose": "marketing"})
+    refused = await until_status(e, offer["id"], "refused")
+    assert refused["reason"] == "no_marketing_consent"
+    service = await send(e, {"to": ANN, "text": "Your order shipped"})
+    await until_status(e, service["id"], "sent")
+    body = {"status": "opted_in", "source": "web form", "purpose": "marketing"}
+    async with e.api.put(f"/v1/contacts/{ANN}/consent", json=body) as r:
+        assert r.status == 200, await r.text()
+    again = await send(e, {"to": ANN, "text": "20% off today", "purpose": "marketing"})
+    await until_status(e, again["id"], "sent")
+    assert [m.text for m in carrier.received] == ["Your order shipped", "20% off today"]

@@ -148,7 +148,8 @@ class HistoryStep(BaseModel):
 
 class MessageView(BaseModel):
     """A single message's status: queued, scheduled, deferred, sent, delivered, failed, refused,
-    cancelled or expired; a refusal's ``reason`` is opted_out, suppressed or capped; a deferral's
+    cancelled or expired; a refusal's ``reason`` is opted_out, suppressed, capped or
+    no_marketing_consent (a marketing message without the contact's marketing opt-in); a deferral's
     ``deferred_until`` says when quiet hours end."""
 
     model_config = ConfigDict(extra="allow")
@@ -169,7 +170,10 @@ class Cancelled(BaseModel):
 
 ERR = (401, 422, 503)
 ID = Param("id", "the message id (msg-...) the send answered")
-REASONS = {"opted out": "opted_out", "suppressed": "suppressed", "capped": "capped"}
+REASONS = {
+    "opted out": "opted_out", "suppressed": "suppressed", "capped": "capped",
+    "no marketing consent": "no_marketing_consent",
+}  # fmt: skip
 
 
 def request_of(rt: ApiServices, body: MessageIn) -> sends.SendRequest:
