@@ -385,7 +385,7 @@ async def test_a_marketing_message_needs_the_marketing_opt_in_and_a_service_one_
     assert refused["reason"] == "no_marketing_consent"
     service = await send(e, {"to": ANN, "text": "Your order shipped"})
     await until_status(e, service["id"], "sent")
-    body = {"status": "opted_in", "source": "web form", "purpose": "marketing"}
+    body = {"status": "opted_in", "source": "web", "purpose": "marketing"}
     async with e.api.put(f"/v1/contacts/{ANN}/consent", json=body) as r:
         assert r.status == 200, await r.text()
     again = await send(e, {"to": ANN, "text": "20% off today", "purpose": "marketing"})
