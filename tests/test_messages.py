@@ -285,6 +285,9 @@ async def test_cancelling_a_start_stops_every_delivery_still_waiting_and_counts_
         view = await r.json()
     assert view["turns"]["skipped"] == {"cancelled": 12} and view["turns"]["started"] == 0
     assert not carrier.received
+    async with e.api.get("/v1/starts", params={"status": "cancelled"}) as r:
+        listed = await r.json()
+    assert [s["start"] for s in listed["starts"]] == [started["start"]]  # the list knows it too
     async with e.api.delete("/v1/starts/st-0-nope") as r:
         assert r.status == 404
 

@@ -241,6 +241,7 @@ async def cancel_start(
         for s in range(cfg.shards):
             pipe.hset(keys.cancelled_starts(s), start_id, now)
             pipe.expire(keys.cancelled_starts(s), journeys.START_TTL_S)
+        pipe.hset(keys.start_record(start_id), "cancelled_at", now)  # GET /v1/starts?status=cancelled
         await pipe.execute()
     marker = f'"id":"{start_id}"'
     ttl = int(cfg.message_log_ttl)
