@@ -6,7 +6,8 @@
 --   c|CA|N          every contact, by created-at (CA: ms, 13 digits, zero-padded)
 --   u|UA|N          every contact, by updated-at
 --   t|TAG|CA|N      one per tag of the contact
---   g|STATUS|CA|N   the contact's consent status (opted_in, opted_out, unknown: no record)
+--   g|STATUS|CA|N   the contact's consent status when it has one (opted_in, opted_out): most
+--                   contacts have none ("unknown"), and a listing of those is read from c|
 -- Only contacts (p:c:TN) are indexed; a consent record without a contact is not.
 
 -- The index members of contact N now: {member = true}, empty when there is no contact.
@@ -19,8 +20,8 @@ local function ix_members(contact_key, consent_key, number)
   if h[3] and h[3] ~= '' then
     for _, tag in ipairs(cjson.decode(h[3])) do out['t|' .. tag .. '|' .. ca .. '|' .. number] = true end
   end
-  local status = redis.call('HGET', consent_key, 'cs') or 'unknown'
-  out['g|' .. status .. '|' .. ca .. '|' .. number] = true
+  local status = redis.call('HGET', consent_key, 'cs')
+  if status and status ~= 'unknown' then out['g|' .. status .. '|' .. ca .. '|' .. number] = true end
   return out
 end
 
