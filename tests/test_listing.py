@@ -355,8 +355,10 @@ def expected_index(r: redis.Redis, numbers: list[str]) -> set[bytes]:
         if not h:
             continue
         ca, ua = index.stamp(int(h[b"ca"])), index.stamp(int(h[b"ua"]))
-        cs = (r.hget(keys.governance(n, s), "cs") or b"unknown").decode()
-        out |= {f"c|{ca}|{n}".encode(), f"u|{ua}|{n}".encode(), f"g|{cs}|{ca}|{n}".encode()}
+        out |= {f"c|{ca}|{n}".encode(), f"u|{ua}|{n}".encode()}
+        cs = r.hget(keys.governance(n, s), "cs")
+        if cs is not None and cs != b"unknown":
+            out.add(f"g|{cs.decode()}|{ca}|{n}".encode())
         out |= {f"t|{t}|{ca}|{n}".encode() for t in orjson.loads(h.get(b"tg", b"[]"))}
     return out
 

@@ -43,7 +43,7 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
                                trimmed to engine.outcome_events_max per shard
     p:ix:T             zset    listing index of shard S's contacts (engine/crm/listing.py), all scores 0,
                                members ordered by bytes: "c|CA|N", "u|UA|N", "t|TAG|CA|N" per tag,
-                               "g|STATUS|CA|N" (consent); CA/UA created/updated ms, 13 digits
+                               "g|STATUS|CA|N" (consent, when given); CA/UA created/updated ms, 13 digits
     p:ib:T             zset    the inbox of shard S: number -> handed off at ms (its p:ho:TN is there)
     p:hv:T:U           string  hand-over of cancellable unit U (a single message's id, or a journey
                                start's "st-ID/N"): "p|expires ms" pending, "h" handed to a gateway,

@@ -8,7 +8,7 @@ Every member has score 0, so members are ordered by their bytes, and a range of 
     c|CA|N          every contact by created-at (CA: ms, 13 digits)
     u|UA|N          every contact by updated-at
     t|TAG|CA|N      one per tag of the contact, by created-at
-    g|STATUS|CA|N   its consent status (opted_in, opted_out, unknown), by created-at
+    g|STATUS|CA|N   its consent status, when it has one (opted_in, opted_out), by created-at
 
 One key per shard keeps each script on one Redis Cluster slot; a listing merges the shards'
 ranges (engine/crm/listing.py). Consent changed outside a turn (the consent API) is indexed by

@@ -39,7 +39,7 @@ from engine.core.errors import Unprocessable
 from engine.core.store import Store
 from engine.crm.index import TIME_DIGITS, stamp
 from engine.flows.conditions import Condition
-from engine.governance.consent import STATUSES, UNKNOWN
+from engine.governance.consent import OPTED_IN, OPTED_OUT, UNKNOWN
 
 #: A page examines at most this many index members (filtered out or not).
 MAX_EXAMINED = 5000
@@ -125,7 +125,7 @@ def _drivers(f: ContactFilter) -> list[str]:
     """The index prefixes that could drive a listing by created-at under ``f``."""
     out = ["c|"]
     out += [f"t|{t}|" for t in f.tags]
-    if f.consent in STATUSES:
+    if f.consent in (OPTED_IN, OPTED_OUT):  # "unknown" (no record) has no members of its own
         out.append(f"g|{f.consent}|")
     return out
 

@@ -13,12 +13,13 @@
 --
 -- Returns {created (1 or 0), created-at ms}.
 --#include contact_index
-local before = ix_members(KEYS[1], KEYS[2], ARGV[6])
+local before, status = ix_members(KEYS[1], KEYS[2], ARGV[6])
 local created = redis.call('HSETNX', KEYS[1], 'ca', ARGV[1])
 redis.call('HSET', KEYS[1], 'f', ARGV[2], 'tg', ARGV[3], 'ua', ARGV[1])
 for i, name in ipairs({'l', 'tz'}) do
   local value = ARGV[3 + i]
   if value == '' then redis.call('HDEL', KEYS[1], name) else redis.call('HSET', KEYS[1], name, value) end
 end
-ix_update(KEYS[3], before, ix_members(KEYS[1], KEYS[2], ARGV[6]))
-return {created, tonumber(redis.call('HGET', KEYS[1], 'ca'))}
+local ca = redis.call('HGET', KEYS[1], 'ca')
+ix_update(KEYS[3], before, ix_build(ca, ARGV[1], ARGV[3], status, ARGV[6]))
+return {created, tonumber(ca)}
