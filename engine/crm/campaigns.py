@@ -36,11 +36,14 @@ from engine.core.contacts import Contact
 from engine.core.errors import Conflict, NotFound, Unprocessable
 from engine.core.scripts.campaigns import CampaignTimersArgs, CampaignTimersReply
 from engine.core.store import Store
-from engine.crm.journeys import SCAN_COUNT, JourneyServices
+from engine.crm.journeys import JourneyServices
 from engine.flows.campaigns import Campaign, CampaignBook, Problems, load_dir, parse
 from engine.governance.quiet import QuietHours
 
 log = logging.getLogger(__name__)
+
+#: Contacts per SCAN step and per scheduling round trip of a backfill.
+SCAN_COUNT = 1000
 
 
 class ScheduleServices(Protocol):
