@@ -180,10 +180,17 @@ async def test_metrics_add_up_every_worker_process(engine: Engine, carrier: Simu
     for n in numbers:
         await carrier.next_message(n, timeout=20)
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for _ in range(50):  # a heartbeat renewed late under a loaded CI machine reads as one worker
+    started = ("parley_turns_total", (("flow", "nps"), ("result", "started")))
+    replied = ("parley_turns_total", (("flow", "nps"), ("result", "replied")))
+    for _ in range(50):
+        # A heartbeat renewed late under a loaded CI machine reads as one worker, and a worker
+        # writes what it counted to the shared values at most metrics.FLUSH_S later.
         async with engine.api.get("/metrics") as r:
             samples = _samples(await r.text())
-        if samples.get(("parley_workers_live", ())) == 2:
+        if (
+            samples.get(("parley_workers_live", ())) == 2
+            and samples.get(started) == samples.get(replied) == 40
+        ):
             break
         await asyncio.sleep(0.1)
     # The contacts are spread over both workers' shards; /metrics on the HTTP process counts

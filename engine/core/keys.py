@@ -46,7 +46,8 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
                                "g|STATUS|CA|N" (consent, when given); CA/UA created/updated ms, 13 digits
     p:ib:T             zset    the inbox of shard S: number -> handed off at ms (its p:ho:TN is there)
     p:hv:T:U           string  hand-over of cancellable unit U (a single message's id, or a journey
-                               start's "st-ID/N"): "p|expires ms" pending, "h" handed to a gateway,
+                               start's "st-ID/D", D a digest of the number): "p|expires ms"
+                               pending, "h" handed to a gateway,
                                "x" cancelled, "e" expired (engine/crm/sends.py)   TTL
     p:sx:T             hash    journey starts cancelled: start id -> ms (checked by the turn)  TTL 90d
     p:msg:T:ID         string  single message ID: json {c number, s first status, at, due, tm}  TTL log
@@ -96,6 +97,7 @@ migration (``parley migrate``), never a restart.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from functools import lru_cache
 
@@ -295,8 +297,13 @@ def handover(shard: int, unit: str) -> str:
 
 
 def start_unit(start_id: str, number: str) -> str:
-    """The cancellable unit of a journey start's delivery to one contact (every message its turn sends)."""
-    return f"{start_id}/{number}"
+    """The cancellable unit of a journey start's delivery to one contact (every message its turn
+    sends). The number goes in as a digest: no key name carries a phone number, so erasing a
+    contact leaves none behind in the hand-over keys that outlive it. ``number`` "": the prefix
+    every unit of the start shares."""
+    if not number:
+        return f"{start_id}/"
+    return f"{start_id}/{hashlib.blake2b(number.encode(), digest_size=8).hexdigest()}"
 
 
 def cancelled_starts(shard: int) -> str:
