@@ -394,3 +394,15 @@ async def test_a_marketing_message_needs_the_marketing_opt_in_and_a_service_one_
     again = await send(e, {"to": ANN, "text": "20% off today", "purpose": "marketing"})
     await until_status(e, again["id"], "sent")
     assert [m.text for m in carrier.received] == ["Your order shipped", "20% off today"]
+
+
+async def test_an_erased_contact_leaves_no_key_named_after_its_number(e: Engine) -> None:
+    """A single send's idempotency key and hand-over key outlive the contact's erasure (they
+    expire on their own), so neither may carry the number in its name."""
+    await import_contacts(e, [{"number": ANN}])
+    got = await send(e, {"to": ANN, "text": "hello", "validity": "1h"}, headers={"Idempotency-Key": "k-1"})
+    await until_status(e, got["id"], "sent")
+    async with e.api.delete(f"/v1/contacts/{ANN}") as r:
+        assert r.status == 204
+    names = [k async for k in e.rt.store.redis.scan_iter(match="p:*")]
+    assert names and not [k for k in names if ANN.encode() in k]

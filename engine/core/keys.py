@@ -51,7 +51,8 @@ Per shard S (T = shard_tag(S)); functions take ``shard``:
                                "x" cancelled, "e" expired (engine/crm/sends.py)   TTL
     p:sx:T             hash    journey starts cancelled: start id -> ms (checked by the turn)  TTL 90d
     p:msg:T:ID         string  single message ID: json {c number, s first status, at, due, tm}  TTL log
-    p:ik:T:K           string  idempotency key K of a single send to one of shard S's contacts ->
+    p:ik:T:D:K         string  idempotency key K of a single send to one of shard S's contacts (D a
+                               digest of the number) ->
                                its message id                          TTL = engine.dedupe_window
 
 A connector's (one slot per id slot K, so receipt scripts touch one slot):

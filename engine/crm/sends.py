@@ -26,6 +26,7 @@ check) and shows as ``skipped: cancelled`` in ``GET /v1/starts/{id}``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,7 +120,8 @@ def _call(
         shard=shard, message_id=mid, owner_json=orjson.dumps(owner).decode(), owner_ttl_s=ttl + wait_s,
         fields=tuple(x.decode() if isinstance(x, bytes) else x for kv in fields.items() for x in kv),
         due_ms=due, timer_member=member, pending=pending, pending_ttl_s=ttl + wait_s,
-        idempotency_key=f"{req.to}:{req.idempotency_key}" if req.idempotency_key else "",
+        # Scoped to the recipient by a digest of the number: no key name carries a phone number.
+        idempotency_key=f"{_digest(req.to)}:{req.idempotency_key}" if req.idempotency_key else "",
         idempotency_ttl_s=max(IDEMPOTENCY_TTL_S, int(rt.config.engine.dedupe_window)),
     )  # fmt: skip
     return call, Accepted(mid, first, send_at=due)
@@ -301,3 +303,7 @@ async def cancel_start(
                         break
                     start = "(" + batch[-1][0].decode()
     return out
+
+
+def _digest(number: str) -> str:
+    return hashlib.blake2b(number.encode(), digest_size=8).hexdigest()
