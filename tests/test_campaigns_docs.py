@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 from engine.app.runtime import Runtime
 from engine.core import keys
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, SHARDS, make_config
-from tests.test_walkthrough import bash
+from tests.conftest import API_KEY, SHARDS, make_config
+from tests.test_walkthrough import bash, doc_blocks
 
-SECTION = re.search(r"\n## Campaigns\n(.*?)\n## ", (ROOT / "docs/api.md").read_text(), re.S)
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="the examples need curl and jq"
 )
@@ -28,8 +26,7 @@ pytestmark = pytest.mark.skipif(
 async def test_the_campaign_examples_run_as_written(
     redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
 ) -> None:
-    assert SECTION is not None, "docs/api.md lost its Campaigns section"
-    sh = re.findall(r"```sh\n(.*?)```", SECTION.group(1), re.S)
+    sh = doc_blocks("Campaigns")
     assert len(sh) == 4
     cfg = make_config(
         redis_url, gateways={"provider": {"type": "http", "url": carrier.url, "sender": "12345"}}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ import pytest
 from engine.app.runtime import Runtime
 from engine.conversation import inbox, intake
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, eventually, make_config, serve
-from tests.test_walkthrough import Crm, bash
+from tests.conftest import API_KEY, eventually, make_config, serve
+from tests.test_walkthrough import Crm, bash, doc_blocks
 
-SECTION = re.search(r"## The inbox \(human handoff\)\n(.*?)\n## ", (ROOT / "docs/api.md").read_text(), re.S)
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="the examples need curl and jq"
 )
@@ -28,8 +26,7 @@ ANN, RAJ = "+447700900123", "+447700900456"
 
 
 def blocks(kind: str) -> list[str]:
-    assert SECTION is not None, "docs/api.md lost its inbox section"
-    return re.findall(rf"```{kind}\n(.*?)```", SECTION.group(1), re.S)
+    return doc_blocks("The inbox (human handoff)", kind)
 
 
 async def test_the_inbox_examples_run_as_written(

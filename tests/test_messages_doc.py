@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -16,18 +15,16 @@ import pytest
 
 from engine.app.runtime import Runtime
 from gateways.simulators.http_carrier import SimulatedCarrier
-from tests.conftest import API_KEY, ROOT, eventually, make_config
-from tests.test_walkthrough import bash
+from tests.conftest import API_KEY, eventually, make_config
+from tests.test_walkthrough import bash, doc_blocks
 
-SECTION = re.search(r"## Sending one message\n(.*?)\n## ", (ROOT / "docs/api.md").read_text(), re.S)
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="the examples need curl and jq"
 )
 
 
 def blocks() -> list[str]:
-    assert SECTION is not None, "docs/api.md lost its section on sending one message"
-    return re.findall(r"```sh\n(.*?)```", SECTION.group(1), re.S)
+    return doc_blocks("Sending one message")
 
 
 async def test_the_single_message_examples_run_as_written(

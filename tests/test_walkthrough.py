@@ -55,6 +55,15 @@ async def crm() -> AsyncIterator[Crm]:
         yield stub
 
 
+def doc_blocks(heading: str, kind: str = "sh") -> list[str]:
+    """The ``kind`` code blocks of docs/api.md's section ``## heading``, in order (the examples a
+    doc test runs as written)."""
+    text = (ROOT / "docs/api.md").read_text()
+    section = re.search(rf"\n## {re.escape(heading)}\n(.*?)(?:\n## |\Z)", text, re.S)
+    assert section is not None, f"docs/api.md lost its section {heading!r}"
+    return re.findall(rf"```{kind}\n(.*?)```", section.group(1), re.S)
+
+
 async def bash(script: str, env: dict[str, str], cwd: Path) -> str:
     state = cwd / "state.sh"
     full = f"set -euo pipefail\n[ -f {state} ] && source {state}\n{script}\nexport -p > {state}\n"
