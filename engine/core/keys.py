@@ -297,6 +297,12 @@ def handover(shard: int, unit: str) -> str:
     return f"{PREFIX}:hv:{shard_tag(shard)}:{unit}"
 
 
+def number_digest(number: str) -> str:
+    """A number as it may appear in a key name that outlives the contact's erasure (hand-over
+    and idempotency keys): a digest, never the number itself."""
+    return hashlib.blake2b(number.encode(), digest_size=8).hexdigest()
+
+
 def start_unit(start_id: str, number: str) -> str:
     """The cancellable unit of a journey start's delivery to one contact (every message its turn
     sends). The number goes in as a digest: no key name carries a phone number, so erasing a
@@ -304,7 +310,7 @@ def start_unit(start_id: str, number: str) -> str:
     every unit of the start shares."""
     if not number:
         return f"{start_id}/"
-    return f"{start_id}/{hashlib.blake2b(number.encode(), digest_size=8).hexdigest()}"
+    return f"{start_id}/{number_digest(number)}"
 
 
 def cancelled_starts(shard: int) -> str:

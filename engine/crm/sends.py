@@ -26,7 +26,6 @@ check) and shows as ``skipped: cancelled`` in ``GET /v1/starts/{id}``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,7 +120,7 @@ def _call(
         fields=tuple(x.decode() if isinstance(x, bytes) else x for kv in fields.items() for x in kv),
         due_ms=due, timer_member=member, pending=pending, pending_ttl_s=ttl + wait_s,
         # Scoped to the recipient by a digest of the number: no key name carries a phone number.
-        idempotency_key=f"{_digest(req.to)}:{req.idempotency_key}" if req.idempotency_key else "",
+        idempotency_key=f"{keys.number_digest(req.to)}:{req.idempotency_key}" if req.idempotency_key else "",
         idempotency_ttl_s=max(IDEMPOTENCY_TTL_S, int(rt.config.engine.dedupe_window)),
     )  # fmt: skip
     return call, Accepted(mid, first, send_at=due)
@@ -303,7 +302,3 @@ async def cancel_start(
                         break
                     start = "(" + batch[-1][0].decode()
     return out
-
-
-def _digest(number: str) -> str:
-    return hashlib.blake2b(number.encode(), digest_size=8).hexdigest()
