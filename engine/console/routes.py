@@ -16,6 +16,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/login", login.post_login, None),
     ("POST", "/logout", login.post_logout, "viewer"),
     ("GET", "/", overview.page, "viewer"),
+    ("GET", "/api/overview", overview.data, "viewer"),
     ("POST", "/api/unmask", masking.post_unmask, "operator"),
     ("GET", "/audit", audit_log.page, "admin"),
     ("GET", "/api/audit", audit_log.data, "admin"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from engine.console.live import Sampler
 from engine.console.lockout import Lockout
 from engine.console.ports import ConsoleServices
 from engine.console.sessions import Sessions
@@ -32,6 +33,9 @@ class ConsoleState:
     lockout: Lockout
     #: The key of the unmask references (``p:csecret``), read from Redis on first use.
     secret: bytes = b""
+    #: The Overview's samples of the counters (engine/console/live.py).
+    sampler: Sampler = field(default_factory=Sampler)
+    #: Room for a page family's own per-process state (its module's name as the key).
     extra: dict[str, object] = field(default_factory=dict)
 
 

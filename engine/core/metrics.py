@@ -308,6 +308,18 @@ class Metrics:
     def webhook_lost(self, webhook: str, n: int) -> None:
         self._webhook_lost.labels(webhook).inc(n)
 
+    def collect(self) -> list[Any]:
+        """Every metric family with its current samples (``prometheus_client`` ``Metric``s): this
+        process's, or with worker processes every process's, added up as ``/metrics`` shows them.
+        For readers inside the engine (the console's Overview), at the moment they ask."""
+        self.flush()
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return list(self.registry.collect())
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+        return list(merged.collect())
+
     def render(self) -> bytes:
         self.flush()
         path = os.environ.get(MULTIPROC_ENV)
