@@ -70,6 +70,7 @@ from engine.core.consumer import BLOCK_MS, Entry, StreamConsumer, claim_pending,
 from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
 from engine.core.leases import ShardLeases, Tick
 from engine.core.numbers import mask
+from gateways import recent_errors
 from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
 from gateways.rate import Pacer, Ticket
@@ -603,6 +604,8 @@ class Sender:
                 continue
             except GatewayError as exc:
                 job.error = str(exc)
+                kind = "retry" if exc.retryable else "rejected"
+                await recent_errors.note(self.rt.store, gw.name, clock.now_ms(), kind, job.msg.id, job.error)
                 if not exc.retryable:
                     self.circuit.success(probe)  # the provider answered: it is up
                     m.sent(gw.name, "failed")
@@ -627,6 +630,8 @@ class Sender:
                 continue
             except Exception as exc:  # a connector bug: fail this message, never the loop
                 log.exception("gateway %s crashed sending %s", gw.name, job.msg.id)
+                crash = repr(exc)
+                await recent_errors.note(self.rt.store, gw.name, clock.now_ms(), "crash", job.msg.id, crash)
                 if probe:
                     self.circuit.abandon_probe()
                 return await self._finish(job, "failed", "", f"gateway {gw.name}: internal error {exc!r}")

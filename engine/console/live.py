@@ -288,13 +288,14 @@ def _text(v: Any) -> str:
 
 
 def _holders(raw: Any, now_ms: int) -> dict[str, list[int]]:
-    """A lease hash (shard -> "holder|expires ms") as holder -> its shards (unexpired only)."""
+    """A lease hash (shard or bind index -> "holder|expires ms") as holder -> its shards
+    (unexpired only; other fields, such as the bind leases' "h:" heartbeats, are not leases)."""
     out: dict[str, list[int]] = {}
     if isinstance(raw, Exception) or not raw:
         return out
     for shard, value in raw.items():
         who, _, exp = _text(value).rpartition("|")
-        if exp.isdigit() and int(exp) > now_ms:
+        if _text(shard).isdigit() and exp.isdigit() and int(exp) > now_ms:  # not "h:" heartbeats
             out.setdefault(who, []).append(int(_text(shard)))
     return {who: sorted(shards) for who, shards in sorted(out.items())}
 

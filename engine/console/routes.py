@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, login, overview
+from engine.console.pages import audit_log, gateways, login, overview
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -17,6 +17,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/logout", login.post_logout, "viewer"),
     ("GET", "/", overview.page, "viewer"),
     ("GET", "/api/overview", overview.data, "viewer"),
+    ("GET", "/gateways", gateways.page, "viewer"),
     ("POST", "/api/unmask", masking.post_unmask, "operator"),
     ("GET", "/audit", audit_log.page, "admin"),
     ("GET", "/api/audit", audit_log.data, "admin"),

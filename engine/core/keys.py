@@ -67,6 +67,8 @@ A connector's (one slot per id slot K, so receipt scripts touch one slot):
                                segments booked so far), the last rate + 1 of them
     p:binds:{GW}       hash    SMPP: the connector's binds, global across processes: bind index ->
                                "holder|expires ms" (at most ``binds`` of them)
+    p:gwerr:{GW}       stream  the connector's recent send errors (gateways/recent_errors.py): at ms,
+                               kind (retry, rejected, crash), message id, error (numbers masked); last 100
 
 Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``; ``sender:GW``, the
 lanes of connector GW; ``webhooks``, one "shard": which process runs the outcome webhooks,
@@ -363,6 +365,11 @@ def provider_ids(gateway: str, slot: int, bucket: int) -> str:
 def parked_receipt(gateway: str, slot: int, pid: str) -> str:
     """A receipt that came before its send was recorded, in its id's slot of ``gateway``."""
     return f"{PREFIX}:dlrp:{{{gateway}:{slot}}}:{pid}"
+
+
+def gateway_errors(gateway: str) -> str:
+    """The connector's last send errors, for the console's Gateways page."""
+    return f"{PREFIX}:gwerr:{{{gateway}}}"
 
 
 def rate(gateway: str) -> str:
