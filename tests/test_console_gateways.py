@@ -11,7 +11,7 @@ from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from tests.conftest import eventually
-from tests.console_support import WEBHOOK_SECRET, VIEWER, ConsoleClient, console_config, text_in
+from tests.console_support import VIEWER, WEBHOOK_SECRET, ConsoleClient, console_config, text_in
 
 BEARER = "Bearer sk-live-0123456789"
 
@@ -30,9 +30,11 @@ async def test_settings_show_with_every_secret_hidden(
     text = html.unescape(page)
     for secret in (WEBHOOK_SECRET, BEARER, "sk-live"):
         assert secret not in text
-    assert "<dt>webhook_secret</dt><dd class=\"secret\">\u2022\u2022\u2022\u2022\u2022\u2022 (set)</dd>" in text
-    assert "<dt>webhook_password</dt><dd class=\"secret\">(not set)</dd>" in text
-    assert "'X-Trace': 'on'" in text and "'Authorization': '\u2022\u2022\u2022\u2022\u2022\u2022 (set)'" in text
+    assert '<dt>webhook_secret</dt><dd class="secret">\u2022\u2022\u2022\u2022\u2022\u2022 (set)</dd>' in text
+    assert '<dt>webhook_password</dt><dd class="secret">(not set)</dd>' in text
+    assert (
+        "'X-Trace': 'on'" in text and "'Authorization': '\u2022\u2022\u2022\u2022\u2022\u2022 (set)'" in text
+    )
     assert "<dt>sender</dt><dd>12345</dd>" in text and "<dt>rate</dt><dd>20.0</dd>" in text
     assert "configured: 20.0" in text
 
@@ -40,9 +42,15 @@ async def test_settings_show_with_every_secret_hidden(
 def test_which_settings_count_as_secrets() -> None:
     rows = {n: v for n, v, _ in settings({"type": "x", "url": "https://u:pw@h/p?api_key=k&to=1", "password": "pw",
                                           "system_id": "parley", "auth_token": "t", "body": {"key": "k", "id": "{{id}}"}})}  # fmt: skip
-    assert rows["url"] == "https://u:\u2022\u2022\u2022\u2022\u2022\u2022@h/p?api_key=\u2022\u2022\u2022\u2022\u2022\u2022&to=1"
+    assert (
+        rows["url"]
+        == "https://u:\u2022\u2022\u2022\u2022\u2022\u2022@h/p?api_key=\u2022\u2022\u2022\u2022\u2022\u2022&to=1"
+    )
     assert rows["password"] == rows["auth_token"] == "\u2022\u2022\u2022\u2022\u2022\u2022 (set)"
-    assert rows["system_id"] == "parley" and rows["body"] == {"key": "\u2022\u2022\u2022\u2022\u2022\u2022 (set)", "id": "{{id}}"}
+    assert rows["system_id"] == "parley" and rows["body"] == {
+        "key": "\u2022\u2022\u2022\u2022\u2022\u2022 (set)",
+        "id": "{{id}}",
+    }
     assert hide_url("http://h/x") == "http://h/x"
 
 
@@ -61,12 +69,12 @@ async def test_receipts_outcomes_and_recent_errors_show(
 
         async def receipts_seen() -> bool:
             _, page = await c.get("/console/gateways")
-            return "<td>delivered</td><td>applied</td><td class=\"n\">1</td>" in page
+            return '<td>delivered</td><td>applied</td><td class="n">1</td>' in page
 
         await eventually(receipts_seen)
         _, page = await c.get("/console/gateways")
-    assert "<tr><td>sent</td><td class=\"n\">1</td></tr>" in page
-    assert "<tr><td>failed</td><td class=\"n\">1</td></tr>" in page
+    assert '<tr><td>sent</td><td class="n">1</td></tr>' in page
+    assert '<tr><td>failed</td><td class="n">1</td></tr>' in page
     assert "<td>rejected</td>" in page and "400" in page
     assert "+447700900222" not in page
 
@@ -77,7 +85,9 @@ async def _errors(rt: Runtime) -> bool:
     return bool(await recent_errors.recent(rt.store, "carrier"))
 
 
-async def test_smpp_binds_show_held_of_configured(redis_url: str, carrier: SimulatedCarrier, clock: FakeClock) -> None:
+async def test_smpp_binds_show_held_of_configured(
+    redis_url: str, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
     behaviour = SmscBehaviour(credentials={"parley": "smpp42pw"})
     async with SimulatedSmsc(behaviour=behaviour) as smsc:
         smpp = {"type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley",
