@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 PEERS  := tests/peers/node_smsc
 
-.PHONY: peers demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest
+.PHONY: peers demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest screenshots
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
@@ -28,6 +28,7 @@ help:
 	@echo "                (its own process) -> parley run -> reply submit_sm at rising open-loop rates;"
 	@echo "                make bench's percentiles, sustained rule, JSON keys and chart (bench-results/smpp-e2e-*)"
 	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
+	@echo "make screenshots  a PNG of every console page under screenshots/ (demo data, headless chromium)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,10 @@ bench-smpp: $(STAMP)
 
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/loadtest.py $(LOADTEST_ARGS)
+
+# Debian's chromium and chromium-driver (apt-get install chromium chromium-driver).
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.screenshots $(SCREENSHOTS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine gateways tests loadtests

@@ -254,7 +254,8 @@ async def seed_demo(rt: Runtime, carrier: SimulatedCarrier) -> None:
 
 class ConsoleEngine:
     """An engine with demo data, running on its own event loop in a thread (the browser tests
-    are synchronous: selenium blocks, the engine must keep serving meanwhile)."""
+    are synchronous: selenium blocks, the engine must keep serving meanwhile). ``redis_url``
+    "": a throwaway embedded redis-server (``make screenshots``)."""
 
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
@@ -277,7 +278,7 @@ class ConsoleEngine:
         try:
             async with SimulatedCarrier() as carrier:
                 cfg = console_config(self.redis_url, carrier, engine={"unmatched": "inbox"})
-                async with Runtime(cfg) as rt:
+                async with Runtime(cfg, ephemeral_redis=not self.redis_url) as rt:
                     carrier.receipt_url = f"http://127.0.0.1:{rt.http_port}/v1/receipts/carrier"
                     carrier.receipt_secret, carrier.receipts = WEBHOOK_SECRET, "after"
                     self.rt, self.carrier = rt, carrier
@@ -299,6 +300,16 @@ class ConsoleEngine:
             return await fn(rt)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def submit(self, fn: Callable[[Runtime], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        """Start ``fn(rt)`` on the engine's loop without waiting for it (``.result()`` waits)."""
+        assert self.rt is not None
+        rt = self.rt
+
+        async def run() -> T:
+            return await fn(rt)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop)
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -33,9 +33,9 @@ async def test_settings_show_with_every_secret_hidden(
     assert '<dt>webhook_secret</dt><dd class="secret">\u2022\u2022\u2022\u2022\u2022\u2022 (set)</dd>' in text
     assert '<dt>webhook_password</dt><dd class="secret">(not set)</dd>' in text
     assert (
-        "'X-Trace': 'on'" in text and "'Authorization': '\u2022\u2022\u2022\u2022\u2022\u2022 (set)'" in text
+        '"X-Trace": "on"' in text and '"Authorization": "\u2022\u2022\u2022\u2022\u2022\u2022 (set)"' in text
     )
-    assert "<dt>sender</dt><dd>12345</dd>" in text and "<dt>rate</dt><dd>20.0</dd>" in text
+    assert "<dt>sender</dt><dd>12345</dd>" in text and "<dt>rate</dt><dd>20</dd>" in text
     assert "configured: 20.0" in text
 
 

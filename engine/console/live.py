@@ -250,7 +250,9 @@ def build(
             "name": name,
             "type": str(rt.config.gateways.get(name, {}).get("type", type(gw).__name__)),
             "can_send": gw.can_send,
-            "rate_per_s": round(rate(seg_now.get(name, 0.0), seg_then.get(name, 0.0), span), 2),
+            "rate_per_s": round(rate(seg_now.get(name, 0.0), seg_then.get(name, 0.0), span), 2)
+            if span > 0
+            else None,
             "configured_rate": gw.policy.rate,
             "backlog": lanes.get(name, {"reply": 0, "bulk": 0}),
             "circuit": state,

@@ -17,12 +17,14 @@ the nav entry shown as current; ``status`` sets the HTTP status). Every template
   button for operators and admins that unmasks it through ``POST /console/api/unmask`` (audited).
   ``{{ n|num(full=True) }}`` shows operators and admins the whole number at once (where they
   work with it: the inbox), still masked for viewers;
-- the filters ``ms`` (a duration in ms, ``"12.3 ms"``) and ``when`` (Unix ms -> UTC time).
+- the filters ``ms`` (a duration in ms, ``"12.3 ms"``), ``when`` (Unix ms -> UTC time) and
+  ``setting`` (a configuration value as YAML would read it: JSON for mappings and lists).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import jinja2
@@ -87,7 +89,18 @@ def _when(ms: Any) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _setting(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 ENV.filters["num"] = _num
+ENV.filters["setting"] = _setting
 ENV.filters["ms"] = _ms
 ENV.filters["when"] = _when
 

@@ -65,7 +65,7 @@
       a.textContent = g.name;
       cell(tr, "").appendChild(a);
       cell(tr, g.type);
-      cell(tr, g.rate_per_s + (g.configured_rate ? " / " + g.configured_rate : ""), "n");
+      cell(tr, num(g.rate_per_s) + (g.configured_rate ? " / " + g.configured_rate : ""), "n");
       cell(tr, g.backlog.reply + " / " + g.backlog.bulk, "n");
       cell(tr, g.circuit, "state-" + g.circuit.replace("-", "_"));
       cell(tr, g.binds ? g.binds.held + " of " + g.binds.of : "–");
