@@ -14,8 +14,9 @@ from engine.app.runtime import Runtime
 from engine.core import keys
 from engine.core.clock import FakeClock
 from engine.core.errors import ConfigError
+from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, make_config, run_parley
-from tests.console_support import ADMIN, OPERATOR, VIEWER, ConsoleClient, console_section
+from tests.console_support import ADMIN, OPERATOR, VIEWER, ConsoleClient, console_config, console_section
 
 ANN = "+447700900123"
 
@@ -261,10 +262,10 @@ async def test_unknown_console_paths_are_a_page_and_json_under_api(console_rt: R
             assert r.headers["Cache-Control"] == "no-store"
 
 
-async def test_secure_cookies_are_marked_secure(redis_url: str, carrier: object, clock: FakeClock) -> None:
-    from tests.console_support import console_config
-
-    cfg = console_config(redis_url, carrier, console={"secure_cookies": True})  # type: ignore[arg-type]
+async def test_secure_cookies_are_marked_secure(
+    redis_url: str, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    cfg = console_config(redis_url, carrier, console={"secure_cookies": True})
     async with Runtime(cfg, clock=clock) as rt, ConsoleClient(rt) as c:
         async with c.session.get("/console/login") as r:
             token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
@@ -332,3 +333,16 @@ def test_hash_password_prints_an_argon2_hash_of_stdin() -> None:
     cfg = make_config("redis://127.0.0.1:1", console={"users": [{"name": "ada", "password_hash": hashed}]})
     assert cfg.console.users[0].role == "viewer"
     assert run_parley("console", "hash-password", stdin="\n").returncode == 2
+
+
+async def test_a_process_without_the_api_role_serves_no_console(
+    redis_url: str, carrier: SimulatedCarrier, clock: FakeClock
+) -> None:
+    async with (
+        Runtime(console_config(redis_url, carrier), clock=clock, api=False) as rt,
+        aiohttp.ClientSession(f"http://127.0.0.1:{rt.http_port}") as s,
+    ):
+        async with s.get("/console/login") as r:
+            assert r.status == 404
+        async with s.get("/healthz") as r:
+            assert r.status == 200
