@@ -5,8 +5,7 @@ and alert rules (deploy/prometheus/alerts.yml) ask only for metrics and labels P
 after real traffic, and what each alert watches moves as the alert expects when the thing it
 watches happens (an SMSC goes away, a provider fails, an event is dead-lettered, a text comes in).
 
-``promtool`` (Debian's ``prometheus`` package) checks the rules and runs their unit tests when it
-is installed; without it the rules file gets a schema check here."""
+The rules themselves (schema, promtool) are tested in tests/test_alerts.py."""
 
 from __future__ import annotations
 
@@ -16,21 +15,16 @@ import hmac
 import json
 import os
 import platform
-import re
-import shutil
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,19 +34,11 @@ from engine.core.metrics import COMMIT_FILE
 from gateways.simulators.http_carrier import SimulatedCarrier
 from gateways.simulators.smsc import SimulatedSmsc, SmscBehaviour
 from tests.conftest import API_KEY, ROOT, eventually, make_config, serve
+from tests.promql import check_expr, exported
+from tests.test_alerts import alert_rules
 
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "parley.json"
-PROMTOOL = shutil.which("promtool")
 WEBHOOK_SECRET = "webhook-secret-0123456789"
-
-#: Labels Prometheus adds to every series it scrapes (the target's), and the series it makes
-#: itself per target: an expression may use these although /metrics does not show them.
-TARGET_LABELS = frozenset({"job", "instance"})
-SYNTHETIC = {"up": TARGET_LABELS}
-#: Labels of the per-process figures in multiprocess mode (added by prometheus_client).
-PROCESS_LABELS = frozenset({"pid"})
-
 
 # -- the engine under watch --------------------------------------------------------------------
 
@@ -196,94 +182,9 @@ async def test_latency_buckets_reach_past_the_connector_timeouts(watched: Watche
 # -- the dashboard and the alert rules ask only for what is exported ---------------------------
 
 
-@dataclass
-class Selector:
-    metric: str
-    matchers: list[tuple[str, str, str]]  # (label, op, value)
-
-
-KEYWORDS = frozenset(
-    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-     "offset", "inf", "nan"}
-)  # fmt: skip
-GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-SELECTOR = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?\s*(\()?")
-MATCHER = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
-
-
-def promql(expr: str) -> tuple[list[Selector], set[str]]:
-    """The series selectors of a PromQL expression and the labels it groups or matches on."""
-    grouping = {lab.strip() for m in GROUPING.finditer(expr) for lab in m.group(1).split(",") if lab.strip()}
-    rest = GROUPING.sub(" ", expr)
-    rest = re.sub(r"\[[^\]]*\]", " ", rest)  # ranges and subqueries: [5m], [1h:1m], [$__rate_interval]
-    found = []
-    for m in SELECTOR.finditer(rest):
-        name, braces, call = m.groups()
-        if call or name in KEYWORDS:
-            continue  # a function or an aggregation (sum(...), rate(...)), or a keyword
-        body = (braces or "{}")[1:-1]
-        matchers = [(lab, op, value) for lab, op, value in MATCHER.findall(body)]
-        assert MATCHER.sub("", body).strip() == "", f"cannot read the matchers {braces!r} in {expr!r}"
-        found.append(Selector(name, matchers))
-    assert found, f"no metric in {expr!r}"
-    return found, grouping
-
-
-def exported(text: str) -> dict[str, dict[str, set[str]] | None]:
-    """Per series name in a scrape: each label's values seen; None for the series of a family
-    without any yet (a metric never used: its name is known, its labels are not)."""
-    out: dict[str, dict[str, set[str]] | None] = {}
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "gauge": ("",), "info": ("_info",)}  # fmt: skip
-    for family in text_string_to_metric_families(text):
-        for suffix in suffixes.get(family.type, ("",)):
-            out.setdefault(family.name + suffix, None)
-        for s in family.samples:
-            labels = out[s.name] = out.get(s.name) or {}
-            for k, v in s.labels.items():
-                labels.setdefault(k, set()).add(v)
-    return out
-
-
-def check_expr(expr: str, have: dict[str, dict[str, set[str]] | None], where: str) -> list[str]:
-    """What is wrong with one expression against what a scrape exported (empty: nothing)."""
-    problems = []
-    selectors, grouping = promql(expr)
-    known: set[str] = set(TARGET_LABELS)
-    for sel in selectors:
-        if sel.metric in SYNTHETIC:
-            labels: dict[str, set[str]] = {k: set() for k in SYNTHETIC[sel.metric]}
-        elif sel.metric not in have:
-            problems.append(f"{where}: {sel.metric} is not exported")
-            continue
-        elif (seen := have[sel.metric]) is None:
-            problems.append(f"{where}: {sel.metric} had no series after the warm-up: its labels are unknown")
-            continue
-        else:
-            labels = seen
-        extra = PROCESS_LABELS if sel.metric.startswith(("process_", "python_")) else frozenset()
-        known |= set(labels) | extra
-        for lab, op, value in sel.matchers:
-            if lab in TARGET_LABELS:
-                continue
-            if lab not in labels:
-                problems.append(f"{where}: {sel.metric} has no label {lab!r} (it has {sorted(labels)})")
-            elif op == "=" and "$" not in value and labels[lab] and value not in labels[lab]:
-                problems.append(
-                    f"{where}: {sel.metric}{{{lab}={value!r}}} never exported ({sorted(labels[lab])})"
-                )
-    for lab in grouping - known - PROCESS_LABELS:
-        problems.append(f"{where}: groups by {lab!r}, a label none of its metrics has")
-    return problems
-
-
 def dashboard_exprs() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
     return [(f"panel {p['title']!r}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
 
 
 async def test_the_dashboard_and_the_alerts_ask_only_for_what_parley_exports(watched: Watched) -> None:
@@ -307,32 +208,6 @@ async def test_the_dashboard_and_the_alerts_ask_only_for_what_parley_exports(wat
         p for rule in alert_rules() for p in check_expr(rule["expr"], have, f"alert {rule['alert']}")
     ]
     assert problems == []
-
-
-def test_the_expression_reader_finds_every_metric_and_label() -> None:
-    """The reader the checks above rely on: metric names, matchers, grouping labels; functions,
-    keywords, ranges, offsets, numbers and Grafana variables are not taken for metrics."""
-    selectors, grouping = promql(
-        'histogram_quantile(0.99, sum by (le, gateway) (rate(parley_send_seconds_bucket{job=~"$job", '
-        'lane="reply"}[$__rate_interval]))) > 0.02 and sum(increase(parley_inbound_total{result="accepted"}'
-        "[1h] offset 10m)) >= 6e1 unless max_over_time(sum by (gateway) (parley_smpp_binds_up)[1h:1m]) == bool 0"
-    )
-    assert [(s.metric, s.matchers) for s in selectors] == [
-        ("parley_send_seconds_bucket", [("job", "=~", "$job"), ("lane", "=", "reply")]),
-        ("parley_inbound_total", [("result", "=", "accepted")]),
-        ("parley_smpp_binds_up", []),
-    ]
-    assert grouping == {"le", "gateway"}
-    have: dict[str, dict[str, set[str]] | None] = {
-        "parley_inbound_total": {"gateway": {"carrier"}, "result": {"accepted"}}
-    }
-    assert check_expr('sum by (lane) (parley_inbound_total{result="acepted"})', have, "x") == [
-        "x: parley_inbound_total{result='acepted'} never exported (['accepted'])",
-        "x: groups by 'lane', a label none of its metrics has",
-    ]
-    assert check_expr("rate(parley_inbound_totl[5m])", have, "x") == [
-        "x: parley_inbound_totl is not exported"
-    ]
 
 
 def test_the_dashboard_is_a_grafana_dashboard() -> None:
@@ -362,156 +237,6 @@ def test_the_dashboard_is_a_grafana_dashboard() -> None:
     assert {"Turns/s", "Reply latency", "Inbound lanes", "Outbound lanes", "Gate decisions",
             "Rate on the wire", "Circuit", "SMPP binds up", "Workers live", "Shards", "CPU", "Memory",
             "GC collections"} <= titles  # fmt: skip
-
-
-# -- the alert rules ---------------------------------------------------------------------------
-
-DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-
-
-def test_the_alert_rules_are_well_formed() -> None:
-    """What ``promtool check rules`` would refuse, and what an on-call person needs on every
-    alert: a name, a ``for:``, a severity routing understands, a summary and a description that
-    use only labels the expression keeps."""
-    doc = yaml.safe_load(ALERTS.read_text())
-    assert set(doc) == {"groups"}
-    names = []
-    for group in doc["groups"]:
-        assert set(group) <= {"name", "interval", "rules"} and group["name"]
-        for rule in group["rules"]:
-            assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule.get("alert")
-            name = rule["alert"]
-            names.append(name)
-            assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", name)
-            assert DURATION.match(rule["for"]), name
-            assert rule["labels"]["severity"] in {"critical", "warning"}, name
-            assert set(rule["annotations"]) == {"summary", "description"}, name
-            _, grouping = promql(rule["expr"])
-            for text in rule["annotations"].values():
-                assert text.count("{{") == text.count("}}"), name
-                for label in re.findall(r"\$labels\.(\w+)", text):
-                    assert label in grouping or label in TARGET_LABELS or f"{label}=" in rule["expr"], (
-                        name,
-                        label,
-                    )
-    assert len(names) == len(set(names))
-    # The cases the issue names, each at least once.
-    for wanted in ("IntakeStopped", "ReplyLatencyOverBudget", "LanesGrowing", "LaneGrowing", "BindsDown",
-                   "CircuitOpen", "DeadLetters"):  # fmt: skip
-        assert any(wanted in n for n in names), wanted
-
-
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian: apt-get install prometheus)")
-def test_promtool_accepts_the_rules() -> None:
-    assert PROMTOOL is not None
-    done = subprocess.run(
-        [PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-# promtool's unit tests, as labelled data: the input series (one sample a minute), and per alert
-# and evaluation time the alerts expected to fire (their labels; annotations are checked by
-# `promtool check rules` and left out here, since promtool compares their rendered text).
-J = 'job="parley", instance="a:8080"'
-ALERT_CASES: list[dict[str, Any]] = [
-    {"name": "texts stop after a steady hour", "series": {
-        f'parley_inbound_total{{gateway="carrier", result="accepted", {J}}}': "0+10x90 900x40"},
-     "expect": [("ParleyIntakeStopped", "95m", []), ("ParleyIntakeStopped", "110m", [{}])]},
-    {"name": "no traffic at all is not an intake stop", "series": {
-        f'parley_inbound_total{{gateway="carrier", result="accepted", {J}}}': "0x130"},
-     "expect": [("ParleyIntakeStopped", "110m", [])]},
-    {"name": "texts wait, no turn", "series": {
-        f'parley_stream_lag{{shard="0", {J}}}': "0x10 5x30",
-        f'parley_turns_total{{flow="nps", result="replied", {J}}}': "0+1x10 10x30"},
-     "expect": [("ParleyTurnsStalled", "12m", []), ("ParleyTurnsStalled", "25m", [{}])]},
-    {"name": "workers gone", "series": {f"parley_workers_live{{{J}}}": "2 2 0x10"},
-     "expect": [("ParleyNoWorkers", "5m", [{}])]},
-    {"name": "5% of turns over 20 ms", "series": {
-        f'parley_turn_seconds_bucket{{le="0.01", {J}}}': "0+90x30",
-        f'parley_turn_seconds_bucket{{le="0.02", {J}}}': "0+95x30",
-        f'parley_turn_seconds_bucket{{le="0.025", {J}}}': "0+100x30",
-        f'parley_turn_seconds_bucket{{le="+Inf", {J}}}': "0+100x30",
-        f"parley_turn_seconds_count{{{J}}}": "0+100x30"},
-     "expect": [("ParleyReplyLatencyOverBudget", "10m", []), ("ParleyReplyLatencyOverBudget", "20m", [{}]),
-                ("ParleyReplyLatencyHigh", "20m", [])]},
-    {"name": "every turn within 20 ms", "series": {
-        f'parley_turn_seconds_bucket{{le="0.01", {J}}}': "0+90x30",
-        f'parley_turn_seconds_bucket{{le="0.02", {J}}}': "0+100x30",
-        f'parley_turn_seconds_bucket{{le="+Inf", {J}}}': "0+100x30",
-        f"parley_turn_seconds_count{{{J}}}": "0+100x30"},
-     "expect": [("ParleyReplyLatencyOverBudget", "20m", [])]},
-    {"name": "5% of turns over half a second", "series": {
-        f'parley_turn_seconds_bucket{{le="0.5", {J}}}': "0+95x30",
-        f'parley_turn_seconds_bucket{{le="1", {J}}}': "0+100x30",
-        f'parley_turn_seconds_bucket{{le="+Inf", {J}}}': "0+100x30",
-        f"parley_turn_seconds_count{{{J}}}": "0+100x30"},
-     "expect": [("ParleyReplyLatencyHigh", "3m", []), ("ParleyReplyLatencyHigh", "10m", [{}])]},
-    {"name": "inbound lanes grow", "series": {f'parley_stream_lag{{shard="0", {J}}}': "0+100x60"},
-     "expect": [("ParleyInboundLanesGrowing", "20m", []), ("ParleyInboundLanesGrowing", "35m", [{}])]},
-    {"name": "a bulk lane grows", "series": {
-        f'parley_outbound_backlog{{gateway="carrier", lane="bulk", {J}}}': "500+100x60"},
-     "expect": [("ParleyOutboundLaneGrowing", "15m", []),
-                ("ParleyOutboundLaneGrowing", "30m", [{"gateway": "carrier", "lane": "bulk"}])]},
-    {"name": "replies wait over 10 s", "series": {
-        f'parley_outbound_queue_seconds_bucket{{gateway="carrier", lane="reply", le="10", {J}}}': "0+90x30",
-        f'parley_outbound_queue_seconds_bucket{{gateway="carrier", lane="reply", le="15", {J}}}': "0+100x30",
-        f'parley_outbound_queue_seconds_bucket{{gateway="carrier", lane="reply", le="+Inf", {J}}}': "0+100x30"},
-     "expect": [("ParleyReplyLaneSlow", "5m", []), ("ParleyReplyLaneSlow", "15m", [{"gateway": "carrier"}])]},
-    {"name": "binds gone", "series": {f'parley_smpp_binds_up{{gateway="smsc", {J}}}': "2 2 0x10"},
-     "expect": [("ParleySmppBindsDown", "3m", []), ("ParleySmppBindsDown", "6m", [{"gateway": "smsc"}])]},
-    {"name": "half the binds gone", "series": {f'parley_smpp_binds_up{{gateway="smsc", {J}}}': "4x30 2x30"},
-     "expect": [("ParleySmppBindsMissing", "35m", []), ("ParleySmppBindsMissing", "45m", [{"gateway": "smsc"}]),
-                ("ParleySmppBindsDown", "45m", [])]},
-    {"name": "circuit open", "series": {f'parley_circuit_open{{gateway="carrier", {J}}}': "0 0 1x10"},
-     "expect": [("ParleyCircuitOpen", "3m", []), ("ParleyCircuitOpen", "6m", [{"gateway": "carrier"}])]},
-    {"name": "an event dead-lettered", "series": {f"parley_dead_letters_total{{{J}}}": "0x5 1x20"},
-     "expect": [("ParleyDeadLetters", "3m", []),
-                ("ParleyDeadLetters", "6m", [{"job": "parley", "instance": "a:8080"}]),
-                ("ParleyDeadLetters", "20m", [])]},
-    {"name": "a webhook's first dead letter", "series": {
-        f'parley_webhook_deliveries_total{{webhook="0", result="dead", {J}}}': "_x10 3x20"},
-     "expect": [("ParleyWebhookDeadLetters", "12m", [{"webhook": "0"}]), ("ParleyWebhookDeadLetters", "25m", [])]},
-    {"name": "outcome events lost", "series": {f'parley_webhook_events_lost_total{{webhook="0", {J}}}': "0x5 7x20"},
-     "expect": [("ParleyWebhookEventsLost", "3m", []), ("ParleyWebhookEventsLost", "6m", [{"webhook": "0"}])]},
-    {"name": "target down", "series": {f"up{{{J}}}": "1 1 0x5"},
-     "expect": [("ParleyDown", "5m", [{"job": "parley", "instance": "a:8080"}])]},
-]  # fmt: skip
-
-
-def test_every_alert_has_a_case_where_it_fires() -> None:
-    firing = {alert for case in ALERT_CASES for alert, _, exp in case["expect"] if exp}
-    assert firing == {rule["alert"] for rule in alert_rules()}
-
-
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian: apt-get install prometheus)")
-def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
-    assert PROMTOOL is not None
-    doc = yaml.safe_load(ALERTS.read_text())
-    for group in doc["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations")
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(doc))
-    severity = {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
-    tests = [
-        {"name": case["name"], "interval": "1m",
-         "input_series": [{"series": s, "values": v} for s, v in case["series"].items()],
-         "alert_rule_test": [
-             {"eval_time": at, "alertname": alert,
-              "exp_alerts": [{"exp_labels": {**labels, "severity": severity[alert]}} for labels in exp]}
-             for alert, at, exp in case["expect"]
-         ]}
-        for case in ALERT_CASES
-    ]  # fmt: skip
-    unit = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
-    (tmp_path / "rules.test.yml").write_text(yaml.safe_dump(unit))
-    done = subprocess.run(
-        [PROMTOOL, "test", "rules", str(tmp_path / "rules.test.yml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- what the alerts watch, moving as they expect ----------------------------------------------
