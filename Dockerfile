@@ -12,7 +12,11 @@ RUN mkdir engine gateways && touch engine/__init__.py gateways/__init__.py \
 COPY engine/ engine/
 COPY gateways/ gateways/
 COPY rules/ rules/
-RUN pip install --no-deps . \
+# The commit this image is built from, shown by the parley_build_info metric:
+#   docker build --build-arg PARLEY_COMMIT=$(git rev-parse --short HEAD) .
+ARG PARLEY_COMMIT=unknown
+RUN printf '%s\n' "$PARLEY_COMMIT" > engine/core/BUILD_COMMIT \
+ && pip install --no-deps . \
  && useradd --system --uid 10001 --home-dir /app parley
 USER parley
 

@@ -172,6 +172,12 @@ class Gateway:
     def check(cls, name: str, config: Any) -> None:
         """Cross-field checks of the connector's options; raise ConfigError naming the key."""
 
+    @classmethod
+    def send_timeout(cls, config: Any) -> float:
+        """The longest one request of a send waits for the provider's answer with these options
+        (0: the connector waits for nobody). The send latency buckets reach beyond it."""
+        return 0.0
+
     @functools.cached_property
     def receipt_buckets(self) -> idmaps.Buckets:
         """How the connector's provider-id map is cut (engine/core/idmaps.py): its receipt window,

@@ -56,7 +56,11 @@ class HttpConnector(Gateway):
 
     @property
     def timeout(self) -> float:
-        return float(getattr(self.config, "timeout", 10.0))
+        return self.send_timeout(self.config)
+
+    @classmethod
+    def send_timeout(cls, config: Any) -> float:
+        return float(getattr(config, "timeout", 10.0))
 
     def session_headers(self) -> dict[str, str]:
         return dict(self.default_headers)

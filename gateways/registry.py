@@ -56,6 +56,16 @@ def _check_policy(name: str, p: SendPolicy) -> None:
         )
 
 
+def longest_send_timeout(gateways: dict[str, dict[str, Any]]) -> float:
+    """The longest any configured connector waits for its provider's answer (seconds; 0 with
+    none), for the send latency buckets (engine/core/metrics.py)."""
+    return max(
+        (GATEWAY_TYPES[raw["type"]].send_timeout(validate_gateway_config(name, raw)[0])
+         for name, raw in gateways.items()),
+        default=0.0,
+    )  # fmt: skip
+
+
 def build_gateway(name: str, raw: dict[str, Any]) -> Gateway:
     cls = GATEWAY_TYPES[raw["type"]]
     config, policy = validate_gateway_config(name, raw)

@@ -55,7 +55,7 @@ from engine.governance.consent import Keywords
 from engine.governance.quiet import QuietHours
 from gateways import scripts as gateway_scripts
 from gateways.base import Gateway
-from gateways.registry import build_gateway
+from gateways.registry import build_gateway, longest_send_timeout
 from gateways.routing import Router, parse_rules
 from gateways.sender import Sender, SenderLeases
 
@@ -90,7 +90,7 @@ class Runtime:
         (an API process joining others on one port)."""
         self.config = config
         self.clock = clock or Clock()
-        self.metrics = Metrics()
+        self.metrics = Metrics(longest_timeout=longest_send_timeout(config.gateways))
         self.flows = FlowRegistry({})
         #: One reload at a time: two loading side by side could finish in the wrong order.
         self._reloading = asyncio.Lock()
@@ -165,6 +165,8 @@ class Runtime:
 
     async def _open(self) -> None:
         cfg = self.config
+        # Multiprocess mode: this process writes its CPU, memory and GC figures every few seconds.
+        self._stack.enter_context(self.metrics.sampling())
         # Flows first: an invalid flow refuses start-up before anything is started.
         self.flows = await asyncio.to_thread(
             FlowRegistry.from_dir, cfg.engine.flows_dir, Limits.of(cfg.engine)

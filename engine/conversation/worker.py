@@ -279,6 +279,8 @@ class Worker(StreamConsumer):
                 pipe.xack(stream, keys.INBOUND_GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+        if dead:
+            self.rt.metrics.dead_lettered(len(dead))
         return complete
 
     async def _contact_chain(self, evs: list[tuple[Event, dict[bytes, bytes]]]) -> tuple[int, list[Event]]:

@@ -14,16 +14,41 @@ in plain dicts and written to the Prometheus values at most every :data:`FLUSH_S
 each scrape this process serves): one multiprocess value write per label set and bucket per
 flush instead of a locked write per event (profiled at 1,000 turns/s: about 4-6% of each
 process's CPU). A scrape served by another process sees this one's figures up to FLUSH_S late.
+
+Beside Parley's own figures a scrape has prometheus_client's standard ones: ``process_*`` (CPU,
+memory, open files, start time), ``python_gc_*`` (collections per generation) and
+``python_info``, and ``parley_build_info`` (version, commit, Python). In one process they are
+read at scrape time. The multiprocess files cannot carry a collector that is read at scrape
+time (the serving process would report only itself), so there every process writes its own
+``process_*`` and ``python_gc_*`` figures every :data:`SAMPLE_S` (and the serving process just
+before the scrape) as gauges that keep one series per process (label ``pid``), dropped when
+the process ends; ``python_info`` is the serving process's (every process runs the same
+interpreter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import importlib.metadata
+import math
 import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -31,16 +56,51 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The longest a recorded figure waits before it reaches the Prometheus values (seconds).
 FLUSH_S = 0.5
 
-#: Turn stages are fast; buckets from 100 µs to 2.5 s.
-STAGE_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+#: How often each process writes its process and GC figures in multiprocess mode (seconds).
+SAMPLE_S = 5.0
+
+#: Latency buckets, 100 µs to 60 s: turn stages are fast, and 20 ms (the design budget of a
+#: turn's p99, docs/operations.md) is a bound of its own, so "turns over budget" is exact; a
+#: send waits for the provider up to the connector's timeout (10 s by default), so a send that
+#: ran into it lands in a finite bucket (15 s) rather than only in +Inf.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 15.0, 30.0, 60.0,
 )  # fmt: skip
+
+#: The build's commit, written into the package by the image build (Dockerfile, ARG
+#: PARLEY_COMMIT); a checkout without it reports "unknown".
+COMMIT_FILE = Path(__file__).with_name("BUILD_COMMIT")
+
+
+def send_buckets(longest_timeout: float) -> tuple[float, ...]:
+    """:data:`LATENCY_BUCKETS`, reaching twice ``longest_timeout`` (the longest a connector waits
+    for its provider) when that is beyond them, so a send that timed out is in a finite bucket."""
+    if 2 * longest_timeout <= LATENCY_BUCKETS[-1]:
+        return LATENCY_BUCKETS
+    return (*LATENCY_BUCKETS, float(math.ceil(2 * longest_timeout)))
+
+
+def build_info() -> dict[str, str]:
+    """What ``parley_build_info`` says: the package version, the commit (if the build wrote one)
+    and the Python version."""
+    try:
+        version = importlib.metadata.version("parley")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        version = "unknown"
+    try:
+        commit = COMMIT_FILE.read_text().strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return {"version": version, "commit": commit, "python": platform.python_version()}
 
 
 class Metrics:
     """The facade. Methods are named after what happened, not after the metric."""
 
-    def __init__(self) -> None:
+    def __init__(self, longest_timeout: float = 0.0) -> None:
+        """``longest_timeout``: the longest any connector waits for its provider (seconds); the
+        send latency buckets reach beyond it (:func:`send_buckets`)."""
         #: Pending increments by Prometheus child (counters and gauges), and per histogram child
         #: its bucket counts and sum; label children cached (``labels()`` takes a lock).
         self._adds: dict[Any, float] = {}
@@ -48,6 +108,21 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._flush_due: asyncio.TimerHandle | None = None
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        #: Multiprocess mode: this process's process and GC figures, one gauge per sample name.
+        self._own: dict[str, Gauge] = {}
+        if self._multiprocess:
+            self._sources: list[Any] = [ProcessCollector(registry=None), GCCollector(CollectorRegistry())]
+            self.sample_process()
+        else:  # read at scrape time, by the one process there is
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+            PlatformCollector(registry=r)
+        info = build_info()
+        Gauge(
+            "parley_build_info", "Always 1: the running build's version, commit and Python version.",
+            list(info), registry=r, multiprocess_mode="max",
+        ).labels(**info).set(1)  # fmt: skip
         self._inbound = Counter(
             "parley_inbound_total", "Inbound texts offered, by gateway and result.",
             ["gateway", "result"], registry=r,
@@ -61,12 +136,12 @@ class Metrics:
         self._stage = Histogram(
             "parley_turn_stage_seconds",
             "Time per turn stage: queue_wait (accepted -> picked up), load, decide, commit.",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self._turn = Histogram(
             "parley_turn_seconds",
             "Whole turn, accepted to committed.",
-            buckets=STAGE_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self._crm_calls = Counter(
@@ -114,6 +189,11 @@ class Metrics:
             "parley_workers_live", "Workers with a live heartbeat in Redis.", registry=r,
             multiprocess_mode="mostrecent",
         )  # fmt: skip
+        self._dead = Counter(
+            "parley_dead_letters_total",
+            "Inbound events a worker gave up on after they failed repeatedly (moved to p:dead).",
+            registry=r,
+        )
         self._retries = Counter(
             "parley_turn_retries_total",
             "Turns decided again after losing a session race.",
@@ -131,12 +211,12 @@ class Metrics:
         )  # fmt: skip
         self._send = Histogram(
             "parley_send_seconds", "Time for a gateway to accept one message.", ["gateway"],
-            buckets=STAGE_BUCKETS, registry=r,
+            buckets=send_buckets(longest_timeout), registry=r,
         )  # fmt: skip
         self._queued = Histogram(
             "parley_outbound_queue_seconds",
             "Queued (committed) to handed to the provider, by gateway and lane (reply, bulk).",
-            ["gateway", "lane"], buckets=(*STAGE_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r,
+            ["gateway", "lane"], buckets=(*LATENCY_BUCKETS, 300.0), registry=r,
         )  # fmt: skip
         self._finished = Counter(
             "parley_outbound_messages_total",
@@ -164,7 +244,7 @@ class Metrics:
         )  # fmt: skip
         self._http = Histogram(
             "parley_http_request_seconds", "HTTP API requests, by route and status.",
-            ["route", "status"], buckets=STAGE_BUCKETS, registry=r,
+            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
         self._webhooks = Counter(
@@ -176,7 +256,7 @@ class Metrics:
         self._webhook_latency = Histogram(
             "parley_webhook_delivery_seconds",
             "Outcome event appended to a p:fx:T (or replayed) -> acknowledged by the CRM, by webhook.",
-            ["webhook"], buckets=(*STAGE_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0), registry=r,
+            ["webhook"], buckets=(*LATENCY_BUCKETS, 300.0, 900.0, 3600.0), registry=r,
         )  # fmt: skip
         self._webhook_lost = Counter(
             "parley_webhook_events_lost_total",
@@ -247,6 +327,9 @@ class Metrics:
         self._observe(self._turn, total_s)
         for stage, seconds in stages.items():
             self._observe(self._child(self._stage, stage), seconds)
+
+    def dead_lettered(self, n: int) -> None:
+        self._dead.inc(n)
 
     def turn_retried(self) -> None:
         self._add(self._retries)
@@ -320,11 +403,53 @@ class Metrics:
         MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
         return list(merged.collect())
 
+    # -- this process's own figures (multiprocess mode) -----------------------------------------
+
+    def sample_process(self) -> None:
+        """Multiprocess mode: write this process's process and GC figures (as the standard
+        collectors read them now) to its gauges; a no-op in one process (read at scrape)."""
+        if not self._multiprocess:
+            return
+        for source in self._sources:
+            for family in source.collect():
+                for sample in family.samples:
+                    gauge = self._own.get(sample.name)
+                    if gauge is None:
+                        gauge = self._own[sample.name] = Gauge(
+                            sample.name, f"{family.documentation} (per process: label pid).",
+                            sorted(sample.labels), registry=None, multiprocess_mode="liveall",
+                        )  # fmt: skip
+                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """While entered (in a running event loop): :meth:`sample_process` every
+        :data:`SAMPLE_S`, so a process that serves no scrape (a worker) keeps its figures fresh."""
+        if not self._multiprocess:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        due: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal due
+            self.sample_process()
+            due = loop.call_later(SAMPLE_S, tick)
+
+        tick()
+        try:
+            yield
+        finally:
+            if due is not None:
+                due.cancel()
+
     def render(self) -> bytes:
         self.flush()
         path = os.environ.get(MULTIPROC_ENV)
         if not path:
             return generate_latest(self.registry)
+        self.sample_process()
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+        PlatformCollector(registry=merged)
         return generate_latest(merged)

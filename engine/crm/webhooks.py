@@ -100,6 +100,10 @@ class WebhookDispatcher(StreamConsumer):
         self.name = str(index)
         self.hook = hook
         self.rt = rt
+        # Its loss and dead-letter series exist at 0 from the start, so an alert on their
+        # increase sees the first one (deploy/prometheus/alerts.yml).
+        rt.metrics.webhook(self.name, "dead", 0)
+        rt.metrics.webhook_lost(self.name, 0)
         self.stop_timeout = rt.config.engine.shutdown_timeout
         self._session = session
         self._events = frozenset(hook.events)

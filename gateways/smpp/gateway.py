@@ -151,6 +151,10 @@ class SmppGateway(Gateway):
     config: SmppConfig
     paces_parts = True
 
+    @classmethod
+    def send_timeout(cls, config: SmppConfig) -> float:
+        return float(config.response_timeout)  # per part: submit_sm_resp
+
     def __init__(self, name: str, config: SmppConfig, policy: SendPolicy | None = None) -> None:
         super().__init__(name, config, policy)
         self.rt: Host | None = None
