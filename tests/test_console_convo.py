@@ -17,7 +17,7 @@ from engine.core import keys
 from engine.core.clock import FakeClock
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.conftest import API_KEY, eventually
-from tests.console_support import OPERATOR, VIEWER, ConsoleClient, console_config, text_in
+from tests.console_support import ADMIN, OPERATOR, VIEWER, ConsoleClient, console_config, text_in
 
 ANN, MEI, NOBODY = "+447700900123", "+447700900789", "+447700900999"
 
@@ -150,16 +150,25 @@ async def test_find_a_contact_by_number_or_name_and_read_its_transcript(
     assert "Hi Ann, how satisfied" in page and 'class="n latency"' in page
     assert 'id="consent"' in page and "unknown" in page
 
+    # STOP: the consent card and its ledger say so, with the source and the cause.
+    await text_in(base(engine), ANN, "STOP", "a-2")
+    await carrier.next_message(ANN)
+    _, page = await operator.get(link.group(1))
+    consent = page.split('id="consent"')[1].split("</section>")[0]
+    assert (
+        'class="consent-opted_out">opted out' in consent and "<td>opted_out</td><td>keyword</td>" in consent
+    )
+
     # A number in the search goes to its contact (by reference: no number in the address).
     status, _ = await viewer.get("/console/conversations?q=07700 900123")
     assert status == 303
     status, page = await viewer.get("/console/conversations?q=07700 900123", allow_redirects=True)
-    assert status == 200 and "Hi Ann, how satisfied" in page and ANN not in page
+    assert status == 200 and "Hi Ann, how satisfied" in page and ANN not in page and "+4477" in page
 
     # The transcript rows the page refreshes, and the live tail (contacts masked).
     key = link.group(1).rsplit("/", 1)[1]
     status, rows = await viewer.get_json(f"/console/api/conversations/{key}/transcript")
-    assert status == 200 and rows["count"] == 2 and "Hi Ann" in rows["html"]
+    assert status == 200 and rows["count"] == 4 and "Hi Ann" in rows["html"]
     status, tail = await viewer.get_json("/console/api/conversations/tail")
     assert status == 200 and [e["summary"] for e in tail["events"] if e["kind"] == "started"] == [
         "started csat"
@@ -182,3 +191,24 @@ async def test_an_unknown_contact_is_a_404_that_says_so(
     assert status == 422 and body["error"]["message"].startswith("since:")
     status, page = await operator.get("/console/conversations?q=%2B999 12345678")
     assert status == 200 and "is not a phone number" in page
+
+
+async def test_a_contact_claimed_by_one_person_is_refused_to_another_with_the_text_kept(
+    engine: Runtime, operator: ConsoleClient, carrier: SimulatedCarrier
+) -> None:
+    key = await handed_off(engine, operator, MEI, "anyone there?")
+    status, _ = await operator.post_form(f"/console/inbox/{key}/claim", {})
+    assert status == 303
+    async with ConsoleClient(engine) as admin:
+        await admin.login(ADMIN)
+        status, page = await admin.post_form(f"/console/inbox/{key}/reply", {"text": "I can help"})
+        assert status == 409 and "claimed by otto" in page and ">I can help</textarea>" in page
+        status, page = await admin.post_form(f"/console/inbox/{key}/close", {})
+        assert status == 409
+    steps = [(a["action"], a["user"], a.get("code")) for a in await audit_actions(engine)]
+    assert [s for s in steps if s[0].startswith("inbox.")] == [
+        ("inbox.claim", "otto", None),
+        ("inbox.reply.refused", "ada", "claimed"),
+        ("inbox.close.refused", "ada", "claimed"),
+    ]
+    assert carrier.received == []
