@@ -147,6 +147,7 @@ async def test_find_a_contact_by_number_or_name_and_read_its_transcript(
     status, page = await operator.get(link.group(1))
     assert status == 200
     assert "csat" in page and "waiting" in page and '<b class="node">ask</b>' in page  # flow, node, state
+    assert "<dt>Expires</dt>" in page  # the held session's time to live
     assert "Hi Ann, how satisfied" in page and 'class="n latency"' in page
     assert 'id="consent"' in page and "unknown" in page
 

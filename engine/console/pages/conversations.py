@@ -95,6 +95,10 @@ class ContactView:
     consent: dict[str, Any]
     handoff: inbox.Handoff | None
     transcript: transcript.Transcript
+    #: When the held conversation expires (its session's TTL), ms; None: no conversation held.
+    expires_at: int | None = None
+    #: The run's parameters (a journey start's, a return to a flow's), as templates see params.*.
+    params: dict[str, Any] | None = None
 
 
 async def load(request: web.Request, number: str, before: int | None = None) -> ContactView:
@@ -104,6 +108,7 @@ async def load(request: web.Request, number: str, before: int | None = None) -> 
     if not await known(rt, number):
         raise unknown(request, number)
     state = await conversations.load_state(rt.store, shards, number)
+    ttl = await rt.store.redis.pttl(keys.session(number, keys.shard_of(number, shards))) if state else -1
     return ContactView(
         number=number,
         contact=await contacts.get(rt.store, shards, number),
@@ -111,6 +116,8 @@ async def load(request: web.Request, number: str, before: int | None = None) -> 
         consent=await consent_view(rt, number),
         handoff=await inbox.load(rt.store, shards, number),
         transcript=await transcript.transcript(rt.store, shards, number, limit=PAGE, before=before),
+        expires_at=rt.clock.now_ms() + ttl if ttl > 0 else None,
+        params=(state or {}).get("p") or None,
     )
 
 
