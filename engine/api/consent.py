@@ -92,7 +92,7 @@ class ConsentView(BaseModel):
 ERR = (401, 422, 503)
 
 
-async def _view(rt: ApiServices, number: str) -> dict[str, Any]:
+async def consent_view(rt: ApiServices, number: str) -> dict[str, Any]:
     """Consent now and the ledger, oldest first: the entries kept from an erasure of the contact
     (engine/crm/erasure.py: hashed ledger, ending with its "erased" entry), then the current ones."""
     shard = keys.shard_of(number, rt.config.engine.shards)
@@ -139,7 +139,7 @@ async def get_consent(request: web.Request) -> web.Response:
     """The contact's consent now, and every change that led to it (oldest first);
     ``?format=csv`` gives the ledger alone as CSV, for an audit."""
     rt = runtime(request)
-    view = await _view(rt, number_param(rt, request.match_info["number"]))
+    view = await consent_view(rt, number_param(rt, request.match_info["number"]))
     if read_query(request, ConsentQuery, rt).format == "json":
         return json_response(view)
     out = io.StringIO()
@@ -177,7 +177,7 @@ async def put_consent(request: web.Request) -> web.Response:
         pipe.hset(keys.governance(number, shard), mapping=change)  # type: ignore[arg-type]
         pipe.xadd(keys.consent_ledger(number, shard), entry)  # type: ignore[arg-type]
         await index.execute_with_reindex(rt.store, pipe, number, shard)  # the listing index too
-    return json_response(await _view(rt, number))
+    return json_response(await consent_view(rt, number))
 
 
 @operation(Operation(
@@ -199,7 +199,7 @@ async def put_suppression(request: web.Request) -> web.Response:
             {"change": "suppressed", "src": source, "cause": reason.strip(), "at": now},
         )
         await pipe.execute()
-    return json_response(await _view(rt, number))
+    return json_response(await consent_view(rt, number))
 
 
 @operation(Operation(
@@ -218,4 +218,4 @@ async def delete_suppression(request: web.Request) -> web.Response:
             {"change": "unsuppressed", "src": "api", "cause": "suppression removed via API", "at": now},
         )
         await pipe.execute()
-    return json_response(await _view(rt, number))
+    return json_response(await consent_view(rt, number))

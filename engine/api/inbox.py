@@ -207,17 +207,8 @@ async def reply_inbox_contact(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     body = await read_body(request, ReplyIn, rt)
-    await _held(rt, number, body.operator)
-    (consent,) = await _consents(rt, [number])
-    if consent.suppressed:
-        raise Conflict(f"{number} is suppressed ({consent.suppressed}): nothing is sent", code="suppressed")
-    if consent.silenced:
-        raise Conflict(f"{number} opted out: nothing is sent", code="opted_out")
-    entry = await inbox.enqueue(rt, number, "reply", body.operator, text=body.text)
-    shard = keys.shard_of(number, rt.config.engine.shards)
-    return json_response(
-        {"contact": number, "event_id": f"{shard}/{entry}", "message_id": inbox.reply_id(shard, entry)}, 202
-    )
+    event_id, message_id = await reply(rt, number, body.operator, body.text)
+    return json_response({"contact": number, "event_id": event_id, "message_id": message_id}, 202)
 
 
 @operation(Operation(
@@ -231,10 +222,7 @@ async def close_inbox_contact(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     body = await read_body(request, OperatorIn, rt)
-    await _held(rt, number, body.operator)
-    entry = await inbox.enqueue(rt, number, "close", body.operator)
-    shard = keys.shard_of(number, rt.config.engine.shards)
-    return json_response({"contact": number, "event_id": f"{shard}/{entry}"}, 202)
+    return json_response({"contact": number, "event_id": await close(rt, number, body.operator)}, 202)
 
 
 @operation(Operation(
@@ -248,18 +236,52 @@ async def return_inbox_contact(request: web.Request) -> web.Response:
     rt = runtime(request)
     number = number_param(rt, request.match_info["number"])
     body = await read_body(request, ReturnIn, rt)
-    if "_start" in body.params:
+    event_id = await return_to_flow(rt, number, body.operator, body.flow, body.params)
+    return json_response({"contact": number, "event_id": event_id}, 202)
+
+
+# The actions, as the handlers above and the console's Inbox page (engine/console) call them.
+
+
+async def reply(rt: ApiServices, number: str, operator: str, text: str) -> tuple[str, str]:
+    """Queue ``operator``'s reply on the contact's stream: its turn sends it through the same gate
+    as every send (consent, suppression, caps, quiet hours). Returns (event id ``S/ms-seq``, the
+    reply's message id). 404 ``not_in_inbox``; 409 ``claimed`` (by another), ``opted_out`` or
+    ``suppressed`` (the contact cannot be texted now)."""
+    await _held(rt, number, operator)
+    (consent,) = await _consents(rt, [number])
+    if consent.suppressed:
+        raise Conflict(f"{number} is suppressed ({consent.suppressed}): nothing is sent", code="suppressed")
+    if consent.silenced:
+        raise Conflict(f"{number} opted out: nothing is sent", code="opted_out")
+    entry = await inbox.enqueue(rt, number, "reply", operator, text=text)
+    shard = keys.shard_of(number, rt.config.engine.shards)
+    return f"{shard}/{entry}", inbox.reply_id(shard, entry)
+
+
+async def close(rt: ApiServices, number: str, operator: str) -> str:
+    """Queue the contact's leaving the inbox (after anything queued before); its event id."""
+    await _held(rt, number, operator)
+    entry = await inbox.enqueue(rt, number, "close", operator)
+    return f"{keys.shard_of(number, rt.config.engine.shards)}/{entry}"
+
+
+async def return_to_flow(
+    rt: ApiServices, number: str, operator: str, flow_name: str, params: dict[str, Any]
+) -> str:
+    """Queue starting ``flow_name`` for the contact and closing its place in the inbox, in one
+    turn; its event id. 422 ``flow_not_found`` or ``missing_fields`` (a field the flow requires)."""
+    if "_start" in params:
         raise Unprocessable("params", "must be an object (without _start, which is Parley's)")
-    await _held(rt, number, body.operator)
-    flow = rt.flows.get(body.flow)
+    await _held(rt, number, operator)
+    flow = rt.flows.get(flow_name)
     if flow is None:
         loaded = ", ".join(sorted(rt.flows.flows)) or "none"
-        raise Unprocessable("flow", f"no flow {body.flow!r} (loaded: {loaded})", code="flow_not_found")
+        raise Unprocessable("flow", f"no flow {flow_name!r} (loaded: {loaded})", code="flow_not_found")
     contact = await contacts.get(rt.store, rt.config.engine.shards, number) or contacts.Contact(number)
     lacking = missing_fields(flow, contact)
     if lacking:
         needs = ", ".join(lacking)
-        raise Unprocessable("flow", f"{body.flow} needs contact fields {needs}", code="missing_fields")
-    entry = await inbox.enqueue(rt, number, "return", body.operator, flow=body.flow, params=body.params)
-    shard = keys.shard_of(number, rt.config.engine.shards)
-    return json_response({"contact": number, "event_id": f"{shard}/{entry}"}, 202)
+        raise Unprocessable("flow", f"{flow_name} needs contact fields {needs}", code="missing_fields")
+    entry = await inbox.enqueue(rt, number, "return", operator, flow=flow_name, params=params)
+    return f"{keys.shard_of(number, rt.config.engine.shards)}/{entry}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, gateways, login, overview
+from engine.console.pages import audit_log, conversations, gateways, inbox, login, overview
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -21,4 +21,14 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/api/unmask", masking.post_unmask, "operator"),
     ("GET", "/audit", audit_log.page, "admin"),
     ("GET", "/api/audit", audit_log.data, "admin"),
+    ("GET", "/conversations", conversations.page, "viewer"),
+    ("GET", "/conversations/{key}", conversations.contact_page, "viewer"),
+    ("GET", "/api/conversations/tail", conversations.tail_data, "viewer"),
+    ("GET", "/api/conversations/{key}/transcript", conversations.transcript_rows, "viewer"),
+    ("GET", "/inbox", inbox.page, "viewer"),
+    ("GET", "/inbox/{key}", inbox.contact_page, "viewer"),
+    ("POST", "/inbox/{key}/claim", inbox.post_claim, "operator"),
+    ("POST", "/inbox/{key}/reply", inbox.post_reply, "operator"),
+    ("POST", "/inbox/{key}/close", inbox.post_close, "operator"),
+    ("POST", "/inbox/{key}/return", inbox.post_return, "operator"),
 ]
