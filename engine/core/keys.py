@@ -91,6 +91,8 @@ Alone (one key per script call, or written by plain commands):
     p:cpg              hash    campaigns defined through the API: name -> definition (JSON)  no TTL
     p:cpb:NAME         hash    campaign NAME's last backfill: digest, state, scanned, scheduled, at
     p:layout           string  the key layout version of this database ("2")
+    p:csim:U:NAME      string  the console's flow simulator: console user U's simulation of flow
+                               NAME (U a digest of the user's name; engine/console/simulator.py)  TTL 1h
 
 Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
 migration (``parley migrate``), never a restart.
@@ -449,3 +451,9 @@ def call_cache(digest: str) -> str:
 def webhook_letter_patterns() -> tuple[str, str]:
     """SCAN patterns of every webhook's dead letters and replays (erasure looks through them)."""
     return f"{PREFIX}:whdead:*", f"{PREFIX}:whre:*"
+
+
+def console_simulation(user: str, flow: str) -> str:
+    """A console user's simulation of a flow (in memory otherwise: nothing else is written)."""
+    digest = hashlib.blake2b(user.encode(), digest_size=8).hexdigest()
+    return f"{PREFIX}:csim:{digest}:{flow}"
