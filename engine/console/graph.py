@@ -280,7 +280,9 @@ def _say_lines(node: Node) -> list[str]:
     return [_short(x, SAY_CHARS + 2) for x in lines if x]
 
 
-def _node_svg(flow: Flow, node: Node, box: Box, waiting: int | None, dropped: int | None) -> str:
+def _node_svg(
+    flow: Flow, node: Node, box: Box, waiting: int | None, dropped: int | None, current: bool
+) -> str:
     kind = kind_of(node)
     cls = "node " + (
         "exit end" if node.end is not None
@@ -292,6 +294,8 @@ def _node_svg(flow: Flow, node: Node, box: Box, waiting: int | None, dropped: in
     )  # fmt: skip
     if node.name == flow.start:
         cls += " start"
+    if current:
+        cls += " current"
     x, y = box.x, box.y
     parts = [
         f'<g class="{cls}" data-node="{escape(node.name)}" transform="translate({x:g},{y:g})">',
@@ -390,10 +394,14 @@ def _edge_svg(lay: Layout, i: int, edge: Edge, slot: tuple[float, float], nth: i
 
 
 def svg(
-    flow: Flow, waiting: Mapping[str, int] | None = None, dropped: Mapping[str, int] | None = None
+    flow: Flow,
+    waiting: Mapping[str, int] | None = None,
+    dropped: Mapping[str, int] | None = None,
+    current: str | None = None,
 ) -> Markup:
     """``flow`` as an inline ``<svg>`` (safe to put in a page as it is): nodes with their counts
-    of contacts ``waiting`` there now and runs ``dropped`` off there, edges with their labels."""
+    of contacts ``waiting`` there now and runs ``dropped`` off there, edges with their labels;
+    the ``current`` node (where the simulator waits) outlined."""
     lay = layout(flow)
     waiting, dropped = waiting or {}, dropped or {}
     # Spread the ends of a node's several edges along its side, so they do not start as one.
@@ -408,7 +416,10 @@ def svg(
             nth[e.source] = k + 1
         lane = lanes + 6 * sorted(lay.back).index(i) if i in lay.back else 0.0
         edges.append(_edge_svg(lay, i, e, (out_slots[i], in_slots[i]), k, lane))
-    nodes = [_node_svg(flow, flow.nodes[n], lay.boxes[n], waiting.get(n), dropped.get(n)) for n in lay.boxes]
+    nodes = [
+        _node_svg(flow, flow.nodes[n], lay.boxes[n], waiting.get(n), dropped.get(n), n == current)
+        for n in lay.boxes
+    ]
     return Markup(
         f'<svg class="flow-graph" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'width="{lay.width:g}" height="{lay.height:g}" viewBox="0 0 {lay.width:g} {lay.height:g}" '
