@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, login, overview
+from engine.console.pages import audit_log, flows, login, overview
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -19,4 +19,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/api/unmask", masking.post_unmask, "operator"),
     ("GET", "/audit", audit_log.page, "admin"),
     ("GET", "/api/audit", audit_log.data, "admin"),
+    ("GET", "/flows", flows.list_page, "viewer"),
+    ("GET", "/flows/{flow}", flows.flow_page, "viewer"),
+    ("POST", "/flows/{flow}/simulator", flows.simulate, "viewer"),
 ]

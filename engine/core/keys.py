@@ -474,12 +474,12 @@ def console_secret() -> str:
     return f"{PREFIX}:csecret"
 
 
-def webhook_letter_patterns() -> tuple[str, str]:
-    """SCAN patterns of every webhook's dead letters and replays (erasure looks through them)."""
-    return f"{PREFIX}:whdead:*", f"{PREFIX}:whre:*"
-
-
 def console_simulation(user: str, flow: str) -> str:
     """A console user's simulation of a flow (in memory otherwise: nothing else is written)."""
     digest = hashlib.blake2b(user.encode(), digest_size=8).hexdigest()
     return f"{PREFIX}:csim:{digest}:{flow}"
+
+
+def webhook_letter_patterns() -> tuple[str, str]:
+    """SCAN patterns of every webhook's dead letters and replays (erasure looks through them)."""
+    return f"{PREFIX}:whdead:*", f"{PREFIX}:whre:*"
