@@ -104,6 +104,7 @@ async def flow_page(request: web.Request, *, error: str = "", status: int = 200)
         waiting=waiting, waiting_here=sum(waiting.of(flow.name).values()), report=report, sim=sim,
         pending=_pending_view(sim, pending), waits_on_call=waits_on_call, error=error,
         fields_text=_fields_text(flow, sim), simulator_number=simulator.NUMBER, is_current=flow is current,
+        expires=graph.duration(flow.expire_after),
     )  # fmt: skip
 
 
@@ -113,8 +114,12 @@ def _pending_view(sim: simulator.Simulation | None, pending: tuple[str, str, int
         return ""
     kind, token, due = pending
     node = token.partition("@")[0] if kind in ("w", "c") else ""
-    what = simulator.TIMER_KINDS.get(kind, kind)
+    what = _PENDING.get(kind, kind)
     return f"{what}{f' at {node}' if node else ''}, due in {graph.duration(max(0, due - sim.now_ms) / 1000)}"
+
+
+#: What the fire button says of the pending timer.
+_PENDING = {"w": "no reply in time", "x": "the conversation expires", "c": "the CRM call gets no answer"}
 
 
 def _fields_text(flow: Flow, sim: simulator.Simulation | None) -> str:
