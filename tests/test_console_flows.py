@@ -45,7 +45,10 @@ async def test_the_pages_need_a_login_and_an_unknown_flow_is_404(console_rt: Run
         assert status == 403
 
 
-async def test_the_graph_shows_how_many_contacts_wait_at_each_node(console_rt: Runtime, turns: Turns) -> None:
+async def test_the_graph_shows_how_many_contacts_wait_at_each_node(console_rt: Runtime) -> None:
+    turns = Turns()  # on this engine's worker (conftest's fixture would start another engine)
+    assert console_rt.worker is not None
+    console_rt.worker.listeners.append(turns)
     numbers = ["+447700900501", "+447700900502", "+447700900503"]
     for event_id in await intake.enqueue_starts(console_rt, "nps", numbers, {}):
         assert (await turns.wait(event_id)).result == "started"

@@ -56,7 +56,10 @@ async def read_waiting(store: Store, shards: int, limit: int = MAX_SESSIONS) -> 
         numbers: list[str] = []
         async for member, _ in store.redis.zscan_iter(keys.timers(shard), match="*|x|*", count=1000):
             text = member.decode() if isinstance(member, bytes) else member
-            numbers.append(text.partition("|")[0])
+            number, kind, _ = text.split("|", 2)
+            if kind != "x":  # "*|x|*" also matches a deferred start whose token holds "|x|"
+                continue
+            numbers.append(number)
             if out.read + len(numbers) >= limit:
                 out.complete = False
                 break

@@ -82,8 +82,6 @@ async def flow_page(request: web.Request, *, error: str = "", status: int = 200)
     report = await counts.report(flow.name)
     dropped = {row["node"]: row["runs"] for row in report["drop_off"]}
     sim = await simulator.load(rt.store, user(request).name, flow.name)
-    if sim is not None and sim.flow != flow.name:
-        sim = None
     current = rt.flows.get(flow.name)
     versions = [
         (f.version, d, current is not None and d == current.digest)
