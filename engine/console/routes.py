@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, conversations, gateways, inbox, login, overview
+from engine.console.pages import audit_log, conversations, flows, gateways, inbox, login, overview
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -31,4 +31,7 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/inbox/{key}/reply", inbox.post_reply, "operator"),
     ("POST", "/inbox/{key}/close", inbox.post_close, "operator"),
     ("POST", "/inbox/{key}/return", inbox.post_return, "operator"),
+    ("GET", "/flows", flows.list_page, "viewer"),
+    ("GET", "/flows/{flow}", flows.flow_page, "viewer"),
+    ("POST", "/flows/{flow}/simulator", flows.simulate, "viewer"),
 ]

@@ -533,6 +533,48 @@ def _call_job(ev: Event, call: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if call is None else {**call, "shard": ev.shard}
 
 
+@dataclass(frozen=True)
+class Rehearsal:
+    """What a turn would do, decided and committed nowhere (the console's flow simulator)."""
+
+    #: As :attr:`TurnDone.result`: replied, started, timed_out, opted_out, help, no_reply ...
+    result: str
+    flow: str
+    #: The session state after the turn (None: unchanged).
+    state: dict[str, Any] | None
+    texts: list[str]
+    outcome: str | None
+    #: The contact after the turn, when the flow set fields or added tags.
+    contact: Contact | None
+    #: The CRM request the flow would make (rendered), when it calls one.
+    call: dict[str, Any] | None
+    #: The consent change a keyword or a ``consent:`` node would record: (status, source, cause).
+    consent: tuple[str, str, str] | None
+    #: The reason, when the turn hands the contact to a person (the inbox).
+    handoff: str | None
+
+
+def rehearse(
+    rt: TurnServices, ev: Event, state: dict[str, Any], contact: Contact, consent: Consent
+) -> Rehearsal:
+    """Pure: the turn :func:`run_turn` would make of ``ev`` (governance keywords, consent, then
+    the flow), from a state and contact the caller holds, at ``rt.clock``'s time. Nothing is
+    loaded or written: no session, no timer, no message, no event. Quiet hours and caps are the
+    commit's and the sender's, and are not applied."""
+    if ev.kind == "timer" and ev.timer_kind == "d":
+        ev = ev.undeferred()
+    reading = (
+        rt.keywords.read(ev.text, in_conversation=state.get("n") is not None)
+        if ev.kind == "in"
+        else governance.Reading()
+    )
+    plan = _governed(rt, ev, state, contact, consent, reading.keyword) or _decide(rt, ev, state, contact)
+    return Rehearsal(
+        plan.result, plan.flow, plan.state, plan.texts, plan.outcome, plan.contact, plan.call, plan.consent,
+        plan.inbox[1] if plan.inbox[:1] == ("open",) else None,
+    )  # fmt: skip
+
+
 def missing_fields(flow: Flow, contact: Contact) -> list[str]:
     """The fields ``flow`` requires that the contact lacks (empty values count as missing)."""
     return [f for f in flow.fields if contact.fields.get(f) in (None, "", [])]

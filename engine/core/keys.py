@@ -99,6 +99,8 @@ Alone (one key per script call, or written by plain commands):
                                attempt id -> ms                                  TTL = lockout window
     p:caudit           stream  the console's audit log: every console action (bounded)
     p:csecret          string  the console's key for unmask references (made once)   no TTL
+    p:csim:U:NAME      string  the console's flow simulator: console user U's simulation of flow
+                               NAME (U a digest of the user's name; engine/console/simulator.py)  TTL 1h
 
 Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
 migration (``parley migrate``), never a restart.
@@ -477,6 +479,12 @@ def console_audit() -> str:
 def console_secret() -> str:
     """The console's key for the references the ``num`` filter hands the unmask action."""
     return f"{PREFIX}:csecret"
+
+
+def console_simulation(user: str, flow: str) -> str:
+    """A console user's simulation of a flow (in memory otherwise: nothing else is written)."""
+    digest = hashlib.blake2b(user.encode(), digest_size=8).hexdigest()
+    return f"{PREFIX}:csim:{digest}:{flow}"
 
 
 def webhook_letter_patterns() -> tuple[str, str]:

@@ -10,7 +10,7 @@ _TAG = re.compile(r"\{%.*?%\}")
 _EXPR = re.compile(r"\{\{\s*([\w.\[\]]+)[^}]*\}\}")
 
 
-def _say(node: Node, width: int = 60) -> str:
+def say_text(node: Node, width: int = 60) -> str:
     """The first words of what a node says, with template syntax reduced to ``{contact.x}``."""
     if not node.say:
         return ""
@@ -64,7 +64,7 @@ def text(flow: Flow) -> str:
             head += " sets " + ", ".join([*node.sets, *(f"#{t}" for t in node.tags)])
         lines.append(head)
         if node.say:
-            lines.append(f"      says: {_say(node)}")
+            lines.append(f"      says: {say_text(node)}")
         edges = _edges(node)
         for i, (label, target) in enumerate(edges):
             branch = "└─" if i == len(edges) - 1 else "├─"
@@ -81,7 +81,7 @@ def mermaid(flow: Flow) -> str:
     lines = ["flowchart TD"]
     exits: dict[str, str] = {}
     for node in sorted(flow.nodes.values(), key=lambda n: n.line):
-        label = f"{node.name}: {_say(node, 40)}" if node.say else node.name
+        label = f"{node.name}: {say_text(node, 40)}" if node.say else node.name
         shape = ('{{"', '"}}') if node.cases and not node.wait else ('["', '"]')
         lines.append(f"  {node.name}{shape[0]}{q(label)}{shape[1]}")
         for edge_label, target in _edges(node):
