@@ -51,7 +51,10 @@ class Report(BaseModel):
     governance_messages: dict[str, Any]
     nps: Annotated[
         dict[str, Any],
-        Field(description="per result name: respondents, promoters, passives, detractors, score"),
+        Field(
+            description="per result name: respondents, promoters, passives, detractors, score, "
+            "distribution (runs per whole score 0-10)"
+        ),
     ]
     experiments: Annotated[dict[str, Any], Field(description="per experiment: its arms against the holdout")]
     drop_off: list[DropOff]
