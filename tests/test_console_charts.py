@@ -100,15 +100,33 @@ def test_a_sparkline_spans_its_box_from_lowest_to_highest() -> None:
     assert root.findtext(f"{SVG}desc") == "3 values; first 3, last 5, lowest 1, highest 5"
 
 
+def test_a_stacked_bar_splits_its_width_by_share() -> None:
+    parts = [
+        Bar("sent", 6, "good"),
+        Bar("skipped", 0),
+        Bar("cancelled", 2, "bad"),
+        Bar("waiting", 2, "muted"),
+    ]
+    assert charts.stack_widths([p.value for p in parts], 100) == [(0, 60), (60, 0), (60, 20), (80, 20)]
+    root = parse(charts.stacked_bar(parts, title="progress", width=100))
+    drawn = [r for r in rects(root) if r.get("class", "").startswith("part")]
+    assert [r.get("width") for r in drawn] == ["60", "20", "20"]  # a zero part is not drawn
+    assert (
+        root.findtext(f"{SVG}desc") == "sent: 6 (60%); skipped: 0 (0%); cancelled: 2 (20%); waiting: 2 (20%)"
+    )
+    assert charts.stack_widths([0, 0], 100) == [(0, 0), (0, 0)]
+
+
 @pytest.mark.parametrize(
     "draw",
     [
-        lambda: charts.bar_chart([Bar(HOSTILE, 1)], title=HOSTILE),
+        lambda: charts.bar_chart([Bar(HOSTILE, 1, HOSTILE)], title=HOSTILE),
         lambda: charts.funnel([(HOSTILE, 3)], title=HOSTILE),
         lambda: charts.error_bars([Interval(HOSTILE, 0, -1, 1, HOSTILE)], title=HOSTILE),
         lambda: charts.sparkline([1, 2], title=HOSTILE),
+        lambda: charts.stacked_bar([Bar(HOSTILE, 1, HOSTILE)], title=HOSTILE),
     ],
-    ids=["bar", "funnel", "intervals", "spark"],
+    ids=["bar", "funnel", "intervals", "spark", "stack"],
 )
 def test_a_hostile_name_is_text_not_markup(draw: object) -> None:
     svg = str(draw())  # type: ignore[operator]

@@ -140,7 +140,7 @@ def bar_chart(
     body = [f'<line x1="0" x2="{_f(width)}" y1="{_f(height - bottom)}" y2="{_f(height - bottom)}" '
             f'stroke="#888" stroke-width="1"/>']  # fmt: skip
     for b, box in zip(bars, boxes, strict=True):
-        tone = f" tone-{b.tone}" if b.tone else ""
+        tone = f" tone-{escape(b.tone)}" if b.tone else ""
         body.append(
             f'<g class="bar{tone}"><title>{escape(b.label)}: {escape(fmt(b.value))}</title>'
             f'<rect x="{_f(box.x)}" y="{_f(box.y)}" width="{_f(box.w)}" height="{_f(box.h)}" '
@@ -295,3 +295,36 @@ def sparkline(
     else:
         desc = "no data"
     return _svg("spark", width, height, title, desc, body)
+
+
+# -- stacked bar (a progress bar) ----------------------------------------------------------------
+
+
+def stack_widths(values: Sequence[float], width: float) -> list[tuple[float, float]]:
+    """(x, w) of each part laid end to end, widths proportional to the values' share of their
+    sum (all zero: nothing drawn)."""
+    total = sum(max(v, 0) for v in values)
+    out, x = [], 0.0
+    for v in values:
+        w = max(v, 0) / total * width if total else 0.0
+        out.append((x, w))
+        x += w
+    return out
+
+
+def stacked_bar(parts: Sequence[Bar], *, title: str, width: float = 320, height: float = 14) -> Markup:
+    """One bar split into its parts (e.g. a start's deliveries: sent, skipped, cancelled,
+    waiting), each part titled with its label, count and share."""
+    total = sum(max(p.value, 0) for p in parts)
+    body = [f'<rect class="track" x="0" y="0" width="{_f(width)}" height="{_f(height)}" fill="#eee"/>']
+    said = []
+    for p, (x, w) in zip(parts, stack_widths([p.value for p in parts], width), strict=True):
+        share = f" ({percent(p.value / total)})" if total else ""
+        said.append(f"{p.label}: {number(p.value)}{share}")
+        if w > 0:
+            tone = f" tone-{escape(p.tone)}" if p.tone else ""
+            body.append(
+                f'<rect class="part{tone}" x="{_f(x)}" y="0" width="{_f(w)}" height="{_f(height)}" '
+                f'fill="{_fill(p.tone)}"><title>{escape(said[-1])}</title></rect>'
+            )
+    return _svg("stack", width, height, title, "; ".join(said) or "no data", body)
