@@ -142,7 +142,7 @@ def bar_chart(
     for b, box in zip(bars, boxes, strict=True):
         tone = f" tone-{escape(b.tone)}" if b.tone else ""
         body.append(
-            f'<g class="bar{tone}"><title>{escape(b.label)}: {escape(fmt(b.value))}</title>'
+            f'<g class="mark{tone}"><title>{escape(b.label)}: {escape(fmt(b.value))}</title>'
             f'<rect x="{_f(box.x)}" y="{_f(box.y)}" width="{_f(box.w)}" height="{_f(box.h)}" '
             f'fill="{_fill(b.tone)}"/>'
             + _text(box.x + box.w / 2, box.y - 4, fmt(b.value), cls="value")
