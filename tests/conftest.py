@@ -34,6 +34,9 @@ from engine.core.redis_embedded import EmbeddedRedis
 from gateways.simulators.http_carrier import SimulatedCarrier
 from tests.redis_cluster import LocalCluster
 
+#: The console tests' fixtures (console_rt, console_engine, browser...): tests/console_support.py.
+pytest_plugins = ["tests.console_support"]
+
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789abcdef"
 ANN = "+447700900123"

@@ -25,6 +25,8 @@ RETRY_AFTER_NOT_REPLICATED_S = 5
 OPS = frozenset({"/healthz", "/metrics"})
 #: Provider webhooks: the route checks the connector's own scheme, or the bearer key.
 WEBHOOKS = ("/v1/inbound/", "/v1/receipts/")
+#: The browser console (engine/console, mounted by the app): its own sessions, no bearer key.
+CONSOLE = "/console"
 
 
 def _error(exc: ApiError) -> web.Response:
@@ -78,6 +80,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC or request.path.startswith(WEBHOOKS):
         return await handler(request)
+    if request.path == CONSOLE or request.path.startswith(CONSOLE + "/"):
+        return await handler(request)  # the console checks its own session (never an API key)
     check_api_key(request)
     return await handler(request)
 

@@ -130,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("flow", help="a flow name from the flows dir, or a path to a flow file")
     graph.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart instead")
 
+    console = sub.add_parser("console", help="the browser console (docs/console.md)")
+    consub = _Commands(
+        console.add_subparsers(dest="console_command", required=True, metavar="ACTION"), config
+    )
+    consub.add_parser(
+        "hash-password",
+        help="print an argon2 hash of a password for console.users (reads it from stdin, or asks)",
+    )
+
     sim = sub.add_parser("smsc-sim", help="run a simulated SMPP 3.4 SMSC (demos, tests, load tests)")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=2775, help="SMPP port (default 2775; 0 = a free port)")
@@ -163,6 +172,8 @@ class _Commands:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "console":  # needs no configuration (it makes a piece of one)
+        return _hash_password()
     try:
         cfg = load_config(args.config)
         logs.setup(cfg.log.level, cfg.log.format)
@@ -229,6 +240,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _hash_password() -> int:
+    """``parley console hash-password``: the password from stdin (its first line) when piped,
+    else asked for twice without echo; prints its argon2 hash."""
+    import getpass
+
+    from engine.console.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("parley: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("parley: an empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
     return 0
 
 

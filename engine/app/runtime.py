@@ -240,8 +240,13 @@ class Runtime:
     async def _start_http(self) -> None:
         from engine.api.app import build_app
 
+        app = build_app(self, ops_only=not self._api)
+        if self._api:
+            from engine.console.app import add_console
+
+            add_console(app, self)
         runner = web.AppRunner(
-            build_app(self, ops_only=not self._api),
+            app,
             access_log=None,
             shutdown_timeout=self.config.engine.shutdown_timeout,
         )

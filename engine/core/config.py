@@ -271,6 +271,38 @@ class CrmConfig:
     webhooks: list[WebhookConfig] = field(default_factory=list)
 
 
+#: The console's roles, each allowed what the ones before it are (engine/console/auth.py).
+CONSOLE_ROLES = ("viewer", "operator", "admin")
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    #: The login name.
+    name: str
+    #: An argon2 hash of the password (``parley console hash-password`` prints one).
+    password_hash: str
+    #: viewer (reads; numbers masked), operator (answers, cancels, unmasks), admin (everything).
+    role: str = "viewer"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The browser console under ``/console/`` (docs/console.md)."""
+
+    #: Who may log in. Empty: the console shows its login page and lets nobody in.
+    users: list[ConsoleUser] = field(default_factory=list)
+    #: A session unused this long is over (the user logs in again).
+    session_idle_timeout: Duration = Duration(1800.0)
+    #: Failed logins of one user name within ``lockout_window`` that lock it out for the window.
+    lockout_attempts: int = 5
+    lockout_window: Duration = Duration(900.0)
+    #: Mark the session cookie Secure even on plain HTTP (Parley behind a TLS proxy); it is
+    #: Secure anyway when the request came over TLS.
+    secure_cookies: bool = False
+    #: Entries kept in the console's audit log (older ones are trimmed).
+    audit_max: int = 10_000
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -288,6 +320,7 @@ class Config:
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     crm: CrmConfig = field(default_factory=CrmConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Which connectors send to which numbers, with failover (gateways/routing.py).
@@ -564,11 +597,40 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"api.keys[{i}]", "too short: use at least 16 characters")
     for i, hook in enumerate(cfg.crm.webhooks):
         _check_webhook(hook, f"crm.webhooks[{i}]")
+    _check_console(cfg.console)
     if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
         raise ConfigError(
             "engine.default_gateway",
             f"names {cfg.engine.default_gateway!r}, which is not in gateways",
         )
+
+
+_ARGON2_HASH = re.compile(r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$")
+
+
+def _check_console(c: ConsoleConfig) -> None:
+    seen: set[str] = set()
+    for i, user in enumerate(c.users):
+        key = f"console.users[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", user.name):
+            raise ConfigError(f"{key}.name", "1-64 letters, digits or . _ @ -")
+        if user.name in seen:
+            raise ConfigError(f"{key}.name", f"{user.name!r} is listed twice")
+        seen.add(user.name)
+        if user.role not in CONSOLE_ROLES:
+            raise ConfigError(f"{key}.role", f"must be {', '.join(CONSOLE_ROLES)}; got {user.role!r}")
+        if not _ARGON2_HASH.match(user.password_hash):
+            raise ConfigError(
+                f"{key}.password_hash", "not an argon2 hash (make one with: parley console hash-password)"
+            )
+    if c.session_idle_timeout < 60:
+        raise ConfigError("console.session_idle_timeout", "must be at least 1m")
+    if c.lockout_attempts < 1:
+        raise ConfigError("console.lockout_attempts", "must be at least 1")
+    if c.lockout_window < 1:
+        raise ConfigError("console.lockout_window", "must be at least 1s")
+    if c.audit_max < 100:
+        raise ConfigError("console.audit_max", "must be at least 100")
 
 
 def _check_redis_durability(r: RedisConfig) -> None:

@@ -91,6 +91,12 @@ Alone (one key per script call, or written by plain commands):
     p:cpg              hash    campaigns defined through the API: name -> definition (JSON)  no TTL
     p:cpb:NAME         hash    campaign NAME's last backfill: digest, state, scanned, scheduled, at
     p:layout           string  the key layout version of this database ("2")
+    p:cs:H             string  a console session (engine/console/sessions.py), H = SHA-256 of its cookie
+                               token: orjson {u user, c csrf token, at created ms, s seen ms}  TTL = idle
+    p:cf:U             zset    failed console logins of a user name, U = its SHA-256 (first 20 hex):
+                               attempt id -> ms                                  TTL = lockout window
+    p:caudit           stream  the console's audit log: every console action (bounded)
+    p:csecret          string  the console's key for unmask references (made once)   no TTL
 
 Changing ``engine.shards`` moves contacts between shards and so renames their keys: it is a
 migration (``parley migrate``), never a restart.
@@ -444,6 +450,26 @@ def webhook_dead(index: int) -> str:
 def call_cache(digest: str) -> str:
     """A CRM call's answer, reused for its flow's ``cache`` time (by a digest of the request)."""
     return f"{PREFIX}:cc:{digest}"
+
+
+def console_session(token_digest: str) -> str:
+    """A console session, by the SHA-256 of its cookie token (the token itself is never stored)."""
+    return f"{PREFIX}:cs:{token_digest}"
+
+
+def console_failures(user: str) -> str:
+    """Failed console logins of ``user`` (the name as typed, known or not) in the lockout window."""
+    return f"{PREFIX}:cf:{hashlib.sha256(user.encode()).hexdigest()[:20]}"
+
+
+def console_audit() -> str:
+    """The console's audit stream (engine/console/audit.py)."""
+    return f"{PREFIX}:caudit"
+
+
+def console_secret() -> str:
+    """The console's key for the references the ``num`` filter hands the unmask action."""
+    return f"{PREFIX}:csecret"
 
 
 def webhook_letter_patterns() -> tuple[str, str]:

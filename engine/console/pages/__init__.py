@@ -1,0 +1,1 @@
+"""One module per console page (or page family); their routes are in engine/console/routes.py."""

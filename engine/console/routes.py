@@ -1,0 +1,22 @@
+"""Every console route, in one table: ``(method, path under /console, handler, least role)``.
+
+The least role is checked before the handler runs (engine/console/auth.py ``guard``), with the
+CSRF token of every POST; ``None`` opens a route to everyone (the login form). Paths under
+``/api/`` are JSON (errors too); the rest are pages. Each page family adds its rows here.
+"""
+
+from __future__ import annotations
+
+from engine.console import masking
+from engine.console.auth import Handler
+from engine.console.pages import audit_log, login, overview
+
+ROUTES: list[tuple[str, str, Handler, str | None]] = [
+    ("GET", "/login", login.get_login, None),
+    ("POST", "/login", login.post_login, None),
+    ("POST", "/logout", login.post_logout, "viewer"),
+    ("GET", "/", overview.page, "viewer"),
+    ("POST", "/api/unmask", masking.post_unmask, "operator"),
+    ("GET", "/audit", audit_log.page, "admin"),
+    ("GET", "/api/audit", audit_log.data, "admin"),
+]
