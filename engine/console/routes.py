@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, login, overview
+from engine.console.pages import audit_log, journeys, login, overview, reports
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -19,4 +19,12 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/api/unmask", masking.post_unmask, "operator"),
     ("GET", "/audit", audit_log.page, "admin"),
     ("GET", "/api/audit", audit_log.data, "admin"),
+    ("GET", "/journeys", journeys.page, "viewer"),
+    ("GET", "/journeys/{id}", journeys.start_page, "viewer"),
+    ("POST", "/journeys/{id}/cancel", journeys.post_cancel, "operator"),
+    ("GET", "/reports", reports.index, "viewer"),
+    ("GET", "/reports/{flow}", reports.page, "viewer"),
+    ("GET", "/reports/{flow}/report.json", reports.report_json, "viewer"),
+    ("GET", "/reports/{flow}/report.csv", reports.report_csv, "viewer"),
+    ("GET", "/reports/{flow}/results.{format:csv|jsonl}", reports.results, "operator"),
 ]

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from engine.console.audit import audit
-from engine.console.render import render, url
-from engine.console.web import services
 
 from engine.api import starts
 from engine.api.common import iso
 from engine.console import charts
+from engine.console.audit import audit
 from engine.console.charts import Bar
 from engine.console.journeys_view import LOOKAHEAD, Progress, next_fires, progress
+from engine.console.render import render, url
+from engine.console.web import services
 from engine.crm import campaigns as crm_campaigns
 from engine.crm import starts_index
 
@@ -63,7 +63,7 @@ async def page(request: web.Request) -> web.Response:
         camps.append({"camp": camp.as_json(), "events": events, "backfill": done})
     return await render(
         request, "journeys.html", page="journeys", rows=rows, more=last, flow=flow or "",
-        status=status or "", statuses=starts_index.STATUSES, flows=sorted(rt.flows.flows),
+        status_filter=status or "", statuses=starts_index.STATUSES, flows=sorted(rt.flows.flows),
         campaigns=camps, lookahead=LOOKAHEAD,
     )  # fmt: skip
 

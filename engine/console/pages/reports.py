@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from engine.api.results import stream_results
+from engine.console import charts, report_view
 from engine.console.audit import audit
 from engine.console.ports import ConsoleServices
 from engine.console.render import render
 from engine.console.web import services
-
-from engine.api.results import stream_results
-from engine.console import charts, report_view
 from engine.core.errors import NotFound
 from engine.crm import reports
 
