@@ -50,7 +50,7 @@ def progress(start: dict[str, Any], turns: dict[str, Any]) -> Progress:
     if start.get("cancelled_at") or start.get("status") == "cancelled":
         status = "cancelled"
     elif waiting:
-        status = "scheduled" if start.get("status") == "scheduled" else "in progress"
+        status = "scheduled" if int(start.get("scheduled", 0)) else "in progress"
     else:
         status = "done"
     at_request = start.get("skipped_at_request")
