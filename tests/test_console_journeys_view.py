@@ -17,7 +17,8 @@ def test_a_starts_deliveries_split_into_sent_skipped_cancelled_and_waiting() -> 
     p = journeys_view.progress(start, turns)
     assert (p.to_deliver, p.sent, p.skipped, p.cancelled, p.waiting) == (10, 5, 1, 2, 2)
     assert p.skipped_reasons == {"opted_out": 1} and p.skipped_at_request == 2
-    assert p.status == "in progress" and p.share(p.sent) == 50.0
+    assert p.status == "scheduled" and p.share(p.sent) == 50.0  # some wait for send_at
+    assert journeys_view.progress({**start, "queued": 10, "scheduled": 0}, turns).status == "in progress"
     assert (
         journeys_view.progress({**start, "cancelled_at": "2026-12-01T00:00:00Z"}, turns).status == "cancelled"
     )
