@@ -52,6 +52,8 @@ def _problem(request: web.Request, status: int, code: str, message: str) -> web.
 @web.middleware
 async def pages(request: web.Request, handler: MiddlewareHandler) -> web.StreamResponse:
     """Refusals as the console shows them (a page, or JSON under /api/), and the headers."""
+    if request.path == PREFIX:  # the sub-app holds /console itself too (no route of its own)
+        return await _to_console(request)
     try:
         resp = await handler(request)
     except web.HTTPException as exc:
@@ -86,7 +88,7 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 
 async def _to_console(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound(PREFIX + "/")
+    return web.Response(status=302, headers={"Location": PREFIX + "/"})
 
 
 def static_dir() -> Path:
@@ -117,6 +119,5 @@ def build_console(rt: ConsoleServices) -> web.Application:
 def add_console(app: web.Application, rt: ConsoleServices) -> None:
     """Serve the console under ``/console/`` on ``app`` (the API's app, before it starts)."""
     app.add_subapp(PREFIX, build_console(rt))
-    app.router.add_get(PREFIX, _to_console)
     if not rt.config.console.users:
         log.info("console: no users configured (console.users); /console/ lets nobody in")
