@@ -153,3 +153,24 @@ async def test_the_report_page_and_its_downloads_say_what_the_api_says(
         assert status == 200 and len(lines.splitlines()) == 3
     downloads = [e for e in await audit.read(console_rt.store) if e["action"] == "results.download"]
     assert [(e["user"], e["format"]) for e in downloads] == [(OPERATOR.name, "jsonl"), (OPERATOR.name, "csv")]
+
+
+async def test_campaigns_show_their_next_fire(console_rt: Runtime, v1: aiohttp.ClientSession) -> None:
+    body = {
+        "description": "the day before",
+        "events": [{"id": "before", "flow": "nps", "field": "visit_on", "offset": "-1d", "at": "09:00"}],
+    }
+    async with v1.put("/v1/campaigns/visits", json=body) as r:
+        assert r.status == 201, await r.text()
+    async with v1.put(
+        f"/v1/contacts/{NUMBERS[0]}", json={"fields": {"visit_on": "2030-03-02"}, "timezone": "Europe/London"}
+    ) as r:
+        assert r.status in (200, 201), await r.text()
+    async with ConsoleClient(console_rt) as viewer:
+        await viewer.login(VIEWER)
+        status, page = await viewer.get("/console/journeys")
+    assert status == 200
+    row = re.search(r'<tr data-campaign="visits">.*?</tr>', page, re.S)
+    assert row is not None, page
+    assert "the day before" in row[0] and "-1d from <code>visit_on</code> at 09:00" in row[0]
+    assert '<td class="next-fire">2030-03-01 09:00:00</td>' in row[0]  # 09:00 in London in March is UTC

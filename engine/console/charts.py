@@ -27,6 +27,7 @@ TONES = {
     "good": "#2e7d32",
     "bad": "#c62828",
     "muted": "#9e9e9e",
+    "warn": "#b26a00",
 }
 TEXT = "#222"
 #: Labels longer than this are cut (with …) on the chart; the mark's ``<title>`` keeps them whole.

@@ -80,7 +80,7 @@ def funnel_steps(report: dict[str, Any], flow: Flow | None) -> list[tuple[str, i
     steps = [("started", runs["started"])]
     left = runs["started"] - runs["in_progress"]
     if runs["in_progress"]:
-        steps.append(("ended (not in progress)", left))
+        steps.append(("ended", left))
     order = {n: i for i, n in enumerate(node_order(flow))}
     lost = sorted(report["drop_off"], key=lambda d: (order.get(d["node"], len(order)), d["node"]))
     for d in lost:

@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from engine.api import starts
-from engine.api.common import iso
 from engine.console import charts
 from engine.console.audit import audit
 from engine.console.charts import Bar
@@ -30,7 +29,7 @@ PAGE = 25
 
 def progress_bar(p: Progress, title: str) -> Any:
     return charts.stacked_bar(
-        [Bar("sent", p.sent, "good"), Bar("skipped", p.skipped, "passive"),
+        [Bar("sent", p.sent, "good"), Bar("skipped", p.skipped, "warn"),
          Bar("cancelled", p.cancelled, "bad"), Bar("waiting", p.waiting, "muted")],
         title=title,
     )  # fmt: skip
@@ -50,7 +49,7 @@ async def page(request: web.Request) -> web.Response:
     rows = []
     for s in found:
         p = progress(s, turns[s["start"]])
-        rows.append({**s, "at": iso(s["at"]), "p": p, "bar": progress_bar(p, f"Progress of {s['start']}")})
+        rows.append({**s, "p": p, "bar": progress_bar(p, f"Progress of {s['start']}")})
     now = rt.clock.now_ms()
     fires = await next_fires(rt.store, rt.config.engine.shards, now)
     camps = []
