@@ -81,7 +81,15 @@ async def test_the_report_matches_a_hand_count(
     assert report["median_time_to_reply_s"] == 45.0
     # 4 promoters, 2 passives, 2 detractors among 8 scores: (4 - 2) / 8 = 25.
     assert report["nps"] == {
-        "nps_score": {"respondents": 8, "promoters": 4, "passives": 2, "detractors": 2, "score": 25.0}
+        "nps_score": {
+            "respondents": 8,
+            "promoters": 4,
+            "passives": 2,
+            "detractors": 2,
+            "score": 25.0,
+            # scores 9, 10, 9, 10, 7, 8, 3, 5 (the reprompted "meh" is not a score)
+            "distribution": [0, 0, 0, 1, 0, 1, 0, 1, 1, 2, 2],
+        }
     }
     assert {d["node"]: d["runs"] for d in report["drop_off"]} == {
         "ask_score": 2, "ask_passive": 1, "ask_detractor": 1,

@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from engine.api.common import iso, json_response, runtime
+from engine.api.ports import ApiServices
 from engine.api.schema import FLOW, Answer, Operation, Query, operation, read_query
 from engine.core.errors import NotFound
 from engine.crm import reports
@@ -51,7 +52,10 @@ class Report(BaseModel):
     governance_messages: dict[str, Any]
     nps: Annotated[
         dict[str, Any],
-        Field(description="per result name: respondents, promoters, passives, detractors, score"),
+        Field(
+            description="per result name: respondents, promoters, passives, detractors, score, "
+            "distribution (runs per whole score 0-10)"
+        ),
     ]
     experiments: Annotated[dict[str, Any], Field(description="per experiment: its arms against the holdout")]
     drop_off: list[DropOff]
@@ -89,7 +93,12 @@ async def get_results(request: web.Request) -> web.StreamResponse:
     """One row per run, oldest first, streamed: ``?format=csv`` (default) or ``jsonl``."""
     rt = runtime(request)
     flow = _flow(request)
-    fmt = read_query(request, ResultsQuery, rt).format
+    return await stream_results(request, rt, flow, read_query(request, ResultsQuery, rt).format)
+
+
+async def stream_results(request: web.Request, rt: ApiServices, flow: str, fmt: str) -> web.StreamResponse:
+    """The results export of ``flow`` (``csv`` or ``jsonl``) streamed as the answer to
+    ``request`` (also the console's download)."""
     folded = await reports.fold(rt.store, rt.config.engine.shards, flow)
     runs = sorted(folded.runs.values(), key=lambda r: (r.started_at, r.contact))
     names = reports.result_names(runs)

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from engine.api.common import iso, json_response, number_param, runtime
+from engine.api.ports import ApiServices
 from engine.api.schema import NUMBER, Answer, Model, Operation, Param, operation, read_body
 from engine.core import keys
 from engine.core.errors import NotFound
@@ -47,6 +48,9 @@ class StartView(BaseModel):
     experiment: str | None
     skipped_at_request: dict[str, int]
     turns: Turns
+    cancelled_at: Annotated[
+        str | None, Field(json_schema_extra={"format": "date-time"}, description="when it was cancelled")
+    ] = None
 
 
 class Attribution(BaseModel):
@@ -72,8 +76,12 @@ ERR = (401, 422, 503)
 ))  # fmt: skip
 async def get_start(request: web.Request) -> web.Response:
     """The start's request-time counts and, from the outcome events, what its turns did."""
-    rt = runtime(request)
-    sid = request.match_info["id"]
+    return json_response(await start_view(runtime(request), request.match_info["id"]))
+
+
+async def start_view(rt: ApiServices, sid: str) -> dict[str, Any]:
+    """What ``GET /v1/starts/{id}`` answers (also the console's journey page): NotFound for an
+    unknown id."""
     raw: dict[Any, Any] = await rt.store.redis.hgetall(keys.start_record(sid))
     if not raw:
         raise NotFound(f"no start {sid!r}", code="start_not_found")
@@ -81,21 +89,36 @@ async def get_start(request: web.Request) -> web.Response:
     flow = rec.pop("flow")
     at = int(rec.pop("at"))
     experiment = rec.pop("experiment", None)
+    cancelled_at = rec.pop("cancelled_at", None)
     requested = {k: int(v) for k, v in rec.items() if not k.startswith("skipped_")}
     skipped = {k.removeprefix("skipped_"): int(v) for k, v in rec.items() if k.startswith("skipped_")}
-    turns: dict[str, Any] = {"started": 0, "deferred": 0, "skipped": {}}
-    async for _, _, event in reports.entries(rt.store, rt.config.engine.shards, sid):
+    turns = (await start_turns(rt, {sid: flow}, needle=sid))[sid]
+    return {
+        "start": sid, "flow": flow, "at": iso(at), "experiment": experiment, **requested,
+        "skipped_at_request": skipped, "turns": turns,
+        "cancelled_at": iso(int(cancelled_at)) if cancelled_at else None,
+    }  # fmt: skip
+
+
+async def start_turns(
+    rt: ApiServices, starts: dict[str, str], needle: str = '"start":"st-'
+) -> dict[str, dict[str, Any]]:
+    """What the turns of each start (id -> its flow) did, from the outcome events: runs
+    ``started``, ``deferred`` by quiet hours, ``skipped`` by reason (``cancelled`` among them).
+    One pass over every shard's stream, whatever the number of starts (``needle``: what every
+    wanted event's JSON holds, to filter in Redis)."""
+    out: dict[str, dict[str, Any]] = {s: {"started": 0, "deferred": 0, "skipped": {}} for s in starts}
+    async for _, _, event in reports.entries(rt.store, rt.config.engine.shards, needle):
         e = orjson.loads(event)
-        if e.get("start") != sid or e.get("f") != flow:
+        sid = e.get("start")
+        if sid not in starts or e.get("f") != starts[sid]:
             continue
+        turns = out[sid]
         if e["t"] in ("started", "deferred"):
             turns[e["t"]] += 1
         elif e["t"] == "skipped":
             turns["skipped"][e["reason"]] = turns["skipped"].get(e["reason"], 0) + 1
-    return json_response({
-        "start": sid, "flow": flow, "at": iso(at), "experiment": experiment, **requested,
-        "skipped_at_request": skipped, "turns": turns,
-    })  # fmt: skip
+    return out
 
 
 @operation(Operation(
@@ -156,10 +179,14 @@ async def cancel_start(request: web.Request) -> web.Response:
     """Stop a journey start in one call: every delivery still scheduled (send_at, quiet hours),
     queued on a contact's stream, or waiting in an outbound lane is cancelled (and any the
     scan meets in transit is stopped by the start's flag or the sender's check)."""
-    rt = runtime(request)
-    sid = request.match_info["id"]
+    return json_response(await cancel(runtime(request), request.match_info["id"]))
+
+
+async def cancel(rt: ApiServices, sid: str) -> dict[str, Any]:
+    """What ``DELETE /v1/starts/{id}`` does and answers (also the console's cancel button):
+    NotFound for an unknown id."""
     flow: Any = await rt.store.redis.hget(keys.start_record(sid), "flow")
     if flow is None:
         raise NotFound(f"no start {sid!r}", code="start_not_found")
     done = await sends.cancel_start(rt, sid, flow.decode(), sorted(rt.gateways))
-    return json_response({"start": sid, "cancelled": done.total, **done.cancelled, "too_late": done.too_late})
+    return {"start": sid, "cancelled": done.total, **done.cancelled, "too_late": done.too_late}

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from engine.console import masking
 from engine.console.auth import Handler
-from engine.console.pages import audit_log, conversations, flows, gateways, inbox, login, overview
+from engine.console.pages import (
+    audit_log,
+    conversations,
+    flows,
+    gateways,
+    inbox,
+    journeys,
+    login,
+    overview,
+    reports,
+)
 
 ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/login", login.get_login, None),
@@ -34,4 +44,12 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
     ("GET", "/flows", flows.list_page, "viewer"),
     ("GET", "/flows/{flow}", flows.flow_page, "viewer"),
     ("POST", "/flows/{flow}/simulator", flows.simulate, "viewer"),
+    ("GET", "/journeys", journeys.page, "viewer"),
+    ("GET", "/journeys/{id}", journeys.start_page, "viewer"),
+    ("POST", "/journeys/{id}/cancel", journeys.post_cancel, "operator"),
+    ("GET", "/reports", reports.index, "viewer"),
+    ("GET", "/reports/{flow}", reports.page, "viewer"),
+    ("GET", "/reports/{flow}/report.json", reports.report_json, "viewer"),
+    ("GET", "/reports/{flow}/report.csv", reports.report_csv, "viewer"),
+    ("GET", "/reports/{flow}/results.{format:csv|jsonl}", reports.results, "operator"),
 ]

@@ -24,7 +24,8 @@ Definitions (docs/api.md#results-and-reports says the same to a user):
   counted apart, in ``governance_messages`` (their message events say ``governance: true``);
 - **median time to reply**: from the question to the customer's first answer in a run;
 - **NPS**: for every result whose categories are promoter/passive/detractor, per run (its last
-  value): % promoters - % detractors among the runs that gave one;
+  value): % promoters - % detractors among the runs that gave one, and ``distribution``: how
+  many gave each whole score from 0 to 10 (index = score);
 - **drop-off**: runs that ended without completing, by the node they were waiting at;
 - **experiments**: per arm (and the holdout) of each experiment started with this flow: contacts
   assigned, runs started, contacts who converted (a CRM conversion attributed to that start),
@@ -264,12 +265,25 @@ def newcombe(c1: int, n1: int, c0: int, n0: int, z: float = Z95) -> tuple[float,
     return d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
 
 
+def _score(value: Any) -> int | None:
+    """A whole score from 0 to 10 (9, 9.0, "9"), else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(v) if v.is_integer() and 0 <= v <= 10 else None
+
+
 def _nps(runs: Iterable[Run]) -> dict[str, Any]:
     counts: dict[str, Counter[str]] = {}
+    scores: dict[str, list[int]] = {}
     for r in runs:
-        for name, (_, category) in r.results.items():
+        for name, (value, category) in r.results.items():
             if category in NPS_CATEGORIES:
                 counts.setdefault(name, Counter())[category] += 1
+                spread = scores.setdefault(name, [0] * 11)
+                if (s := _score(value)) is not None:
+                    spread[s] += 1
     out = {}
     for name, c in sorted(counts.items()):
         n = sum(c.values())
@@ -279,6 +293,7 @@ def _nps(runs: Iterable[Run]) -> dict[str, Any]:
             "passives": c["passive"],
             "detractors": c["detractor"],
             "score": round(100 * (c["promoter"] - c["detractor"]) / n, 1),
+            "distribution": scores[name],
         }
     return out
 
