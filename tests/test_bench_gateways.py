@@ -24,6 +24,9 @@ def test_bench_gateways_measures_both_phases_and_the_rate(tmp_path: Path) -> Non
     result = orjson.loads((tmp_path / "gateways-latest.json").read_bytes())
     assert result["reply_latency_ms_idle"]["n"] == 10
     assert result["reply_latency_ms_with_backlog"]["n"] == 10
-    assert result["rate"]["max_in_any_1s_window"] <= 100  # never above the configured rate
+    # Never above the configured rate, but for one: the stub provider stamps a send when its
+    # event loop reads it, and on a loaded machine one read late shares a window with the next
+    # second's (Parley's own send log is held to the rate exactly: tests/test_rate.py).
+    assert result["rate"]["max_in_any_1s_window"] <= 101
     assert result["backlog_left_at_end"] > 0  # the replies were measured while bulk was waiting
     assert "Reply lane latency" in proc.stdout

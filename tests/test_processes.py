@@ -187,9 +187,12 @@ async def test_metrics_add_up_every_worker_process(engine: Engine, carrier: Simu
         # writes what it counted to the shared values at most metrics.FLUSH_S later.
         async with engine.api.get("/metrics") as r:
             samples = _samples(await r.text())
+        stages = [v for (name, _), v in samples.items() if name == "parley_turn_stage_seconds_count"]
+        # A scrape may also fall between a worker writing its counters and its histograms.
         if (
             samples.get(("parley_workers_live", ())) == 2
             and samples.get(started) == samples.get(replied) == 40
+            and stages == [80] * 4
         ):
             break
         await asyncio.sleep(0.1)

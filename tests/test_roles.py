@@ -321,6 +321,7 @@ async def test_outcome_webhooks_run_in_one_worker_process_and_move_when_it_dies(
         running = next(n for n in ("w0", "w1") if f"-{procs[n].proc.pid}-" in holder)
         other = "w1" if running == "w0" else "w0"
 
+        await procs["api"].until(lambda h: True)  # the API process listens (it may start last)
         url = f"http://127.0.0.1:{ports['api']}/v1/inbound/carrier"
         numbers = [f"+4477007{i:05d}" for i in range(10)]
         for n in numbers:
