@@ -53,6 +53,47 @@ async def traffic(base: str, seconds: float, per_s: float = 12.0) -> None:
         await asyncio.sleep(1 / per_s)
 
 
+async def showcase(base: str) -> None:
+    """More to look at than the tests' demo data: an NPS survey answered by two dozen customers
+    (scores spread over 0-10), a journey start sent now and one scheduled for later, and a
+    campaign, so the Reports and Journeys pictures show what they draw."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    import aiohttp
+
+    from tests.conftest import API_KEY
+
+    scores = [10, 9, 9, 10, 8, 7, 9, 6, 10, 3, 9, 8, 10, 5, 9, 10, 7, 9, 2, 10, 9, 8, 10, 9]
+    reasons = ["Fast delivery", "Friendly driver", "Late again", "Easy to book", "Too pricey"]
+    for i, score in enumerate(scores):
+        number = f"+4477009{20000 + i:05d}"
+        for j, text in enumerate(("nps", str(score), reasons[i % len(reasons)])):
+            await text_in(base, number, text, f"show-{i}-{j}")
+            await asyncio.sleep(0.05)  # each answer after the question it answers
+    later = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT10:00:00Z")
+    async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {API_KEY}"}) as api:
+        for i, number in enumerate([f"+4477009{30000 + i:05d}" for i in range(8)]):
+            visit = (datetime.now(UTC) + timedelta(hours=6 * i - 20)).strftime("%Y-%m-%dT%H:%M")
+            fields = {"first_name": "Sam", "visit_at": visit}
+            async with api.put(f"/v1/contacts/{number}", json={"fields": fields}) as r:
+                assert r.status in (200, 201), await r.text()
+        now_ = [f"+4477009{30000 + i:05d}" for i in range(5)]
+        async with api.post("/v1/flows/csat/start", json={"contacts": now_}) as r:
+            assert r.status == 202, await r.text()
+        scheduled = {"contacts": [f"+4477009{30005 + i:05d}" for i in range(3)], "send_at": later}
+        async with api.post("/v1/flows/csat/start", json=scheduled) as r:
+            assert r.status == 202, await r.text()
+        campaign = {
+            "description": "Ask how the visit went, the day after it",
+            "events": [
+                {"id": "after_visit", "flow": "csat", "field": "visit_at", "offset": "1d", "at": "10:00"}
+            ],
+        }
+        async with api.put("/v1/campaigns/visits", json=campaign) as r:
+            assert r.status in (200, 201), await r.text()
+
+
 def shoot(browser: Any, base: str, name: str, path: str, ready: str, out: Path) -> bool:
     """One page's PNG (the whole page's height); False when the page does not exist."""
     browser.set_window_size(1280, 900)
@@ -91,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"console at {engine.base}/console/ (demo data); screenshots to {out}/")
         shoot(browser, engine.base, "login", "/login", "", out) if not only or "login" in only else None
         login(browser, engine.base, ADMIN)
+        engine.submit(lambda rt: showcase(engine.base)).result(timeout=120)
         if not only or "overview" in only:  # traffic for the live page: it samples while it is open
             busy = engine.submit(lambda rt: traffic(engine.base, 14))
             browser.get(engine.base + "/console/")
