@@ -341,7 +341,9 @@ async def _work(cfg: Config, index: int) -> int:
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
-    async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
+    async with Runtime(
+        cfg, http=False, senders=False, caller=False, worker_index=index, smpp_server=False
+    ) as rt:
         assert rt.worker is not None
         _settle_gc()
         _reload_on_hup(rt)
@@ -379,7 +381,9 @@ async def _api(cfg: Config, index: int) -> int:
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
-    async with Runtime(cfg, worker=False, senders=False, caller=False, reuse_port=True) as rt:
+    async with Runtime(
+        cfg, worker=False, senders=False, caller=False, reuse_port=True, smpp_server=False
+    ) as rt:
         _settle_gc()
         _reload_on_hup(rt)
         report_ready(f"api-{index}-{os.getpid()}")
@@ -397,7 +401,7 @@ async def _serve(cfg: Config, config_path: str | None, roles: frozenset[str] = f
     stop = _stop_on_signals()
     async with Runtime(
         cfg, worker_processes=True, config_path=config_path, api="api" in roles,
-        worker="worker" in roles, senders="sender" in roles,
+        worker="worker" in roles, senders="sender" in roles, smpp_server="smpp-server" in roles,
     ) as rt:  # fmt: skip
 
         def forward() -> None:  # the processes this one started reload too

@@ -126,6 +126,8 @@ def record(ev: Event, single: Single, text: str, status: str, now: int, gateway:
     }  # fmt: skip
     if single.error:
         rec["error"] = single.error
+    if "smpp" in ev.params:  # an ESME's: its receipt follows the message's events
+        rec["smpp"] = ev.params["smpp"]
     return rec
 
 
@@ -135,4 +137,6 @@ def outcome_event(ev: Event, single: Single, now: int) -> str:
         "t": "message", "c": ev.contact, "m": single.id, "status": single.status, "error": single.error,
         "at": now,
     }  # fmt: skip
+    if "smpp" in ev.params:
+        e["smpp"] = ev.params["smpp"]
     return orjson.dumps(e).decode()

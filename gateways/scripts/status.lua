@@ -57,7 +57,7 @@ local function report(before, ms)
   if st ~= before and REPORTED[st] and ((m['flow'] and m['flow'] ~= cjson.null) or m['api']) then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'e', cjson.encode({
       t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'],
-      governance = m['governance'], at = ms}))
+      governance = m['governance'], smpp = m['smpp'], at = ms}))
   end
 end
 local before = m['status']

@@ -186,7 +186,7 @@ for _ = 1, nout do
     blocked[#blocked + 1] = id .. ' ' .. code
     if (rec['flow'] and rec['flow'] ~= cjson.null) or rec['api'] then
       outcome(cjson.encode({t = 'message', c = ARGV[6], f = rec['flow'], m = id, status = 'blocked',
-        error = code, governance = rec['governance'], at = now}))
+        error = code, governance = rec['governance'], smpp = rec['smpp'], at = now}))
     end
   else
     if KEYS[16] then
