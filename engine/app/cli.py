@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print an argon2 hash of a password for console.users (reads it from stdin, or asks)",
     )
 
+    smpp = sub.add_parser("smpp", help="the SMPP server ESMEs bind into (docs/smpp.md)")
+    smppsub = _Commands(smpp.add_subparsers(dest="smpp_command", required=True, metavar="ACTION"), config)
+    smppsub.add_parser(
+        "hash-password",
+        help="print an argon2 hash of a password for smpp_server.accounts (reads it from stdin, or asks)",
+    )
+
     sim = sub.add_parser("smsc-sim", help="run a simulated SMPP 3.4 SMSC (demos, tests, load tests)")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=2775, help="SMPP port (default 2775; 0 = a free port)")
@@ -172,7 +179,7 @@ class _Commands:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "console":  # needs no configuration (it makes a piece of one)
+    if args.command in ("console", "smpp"):  # needs no configuration (it makes a piece of one)
         return _hash_password()
     try:
         cfg = load_config(args.config)
@@ -244,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hash_password() -> int:
-    """``parley console hash-password``: the password from stdin (its first line) when piped,
+    """``parley console hash-password`` (and ``parley smpp hash-password``): the password from stdin (its first line) when piped,
     else asked for twice without echo; prints its argon2 hash."""
     import getpass
 
-    from engine.console.passwords import hash_password
+    from engine.core.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
