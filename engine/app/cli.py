@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
         "--control-port", type=int, default=0, help="HTTP control endpoint port (default 0: off)"
     )
     sim.add_argument("--duration", type=float, default=0.0, help="seconds to run (default 0: forever)")
+    sim.add_argument("--tls-cert", default="", help="serve SMPP over TLS with this PEM certificate")
+    sim.add_argument("--tls-key", default="", help="its PEM key (default: in --tls-cert)")
+    sim.add_argument("--tls-client-ca", default="", help="require client certificates signed by this CA")
     return p
 
 
@@ -446,6 +449,17 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
         dlr_delay=args.dlr_delay,
         max_rate=args.max_rate,
     )
+    tls = None
+    if args.tls_cert:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key or None)
+        if args.tls_client_ca:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(cafile=args.tls_client_ca)
+    elif args.tls_key or args.tls_client_ca:
+        raise ConfigError("--tls-cert", "is needed with --tls-key and --tls-client-ca")
     smsc: SimulatedSmsc
 
     def on_bind(e: BindEvent) -> None:
@@ -470,11 +484,13 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
         control_port=args.control_port or None,
         on_bind=on_bind,
         on_message=on_message,
+        tls=tls,
     )
     async with smsc:
         control = f"; control http://{smsc.host}:{smsc.control_port}" if smsc.control_port else ""
+        scheme = "smpps" if tls else "smpp"
         print(
-            f"parley smsc-sim listening on smpp://{smsc.host}:{smsc.port} (mode {args.mode}, "
+            f"parley smsc-sim listening on {scheme}://{smsc.host}:{smsc.port} (mode {args.mode}, "
             f"system_id {args.system_id!r}{control}); Ctrl-C or SIGTERM stops it",
             file=sys.stderr,
             flush=True,

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import defaultdict, deque
@@ -164,9 +165,12 @@ class SimulatedSmsc:
         self, *, host: str = "127.0.0.1", port: int = 0, behaviour: SmscBehaviour | None = None,
         control_port: int | None = None, system_id: str = "SimSMSC",
         on_bind: Callable[[BindEvent], None] | None = None,
-        on_message: Callable[[Message], None] | None = None,
+        on_message: Callable[[Message], None] | None = None, tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
+        """``tls``: serve SMPP over TLS with this server context (its certificate; a client
+        certificate required when the context says CERT_REQUIRED)."""
         self.host, self.port, self.control_port = host, port, control_port
+        self.tls = tls
         self.behaviour = behaviour or SmscBehaviour()
         self.system_id = system_id
         self.on_bind, self.on_message = on_bind, on_message
@@ -193,7 +197,7 @@ class SimulatedSmsc:
     # Lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> SimulatedSmsc:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.control_port is not None:
             self._runner = web.AppRunner(self._control_app(), access_log=None, shutdown_timeout=0.1)
@@ -273,6 +277,8 @@ class SimulatedSmsc:
                 await self._handle(conn, await p.read_pdu(reader))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ssl.SSLError as exc:  # a client that failed our TLS checks
+            log.info("simulated SMSC: bind %d: TLS: %s", conn.bind_id, exc.reason or exc)
         except p.MalformedPdu as exc:
             log.warning("simulated SMSC: bind %d: %s; closing", conn.bind_id, exc)
         except Exception:

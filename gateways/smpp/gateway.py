@@ -73,7 +73,7 @@ from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, S
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt, shard_of
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
-from gateways.smpp import dlr, pdu, text
+from gateways.smpp import dlr, pdu, text, tls
 from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -144,6 +144,18 @@ class SmppConfig:
     #: How long a process's lease on a bind lasts (renewed every third of it). The bind count
     #: is global: every process running the connector shares ``binds`` (gateways/smpp/binds.py).
     bind_lease: Duration = Duration(10.0)
+    #: TLS to the SMSC (its TLS port; often 3550 or 8775). The certificate is verified against
+    #: ``tls_ca`` (a PEM file; empty: the system's trusted CAs) and must be for ``tls_server_name``
+    #: (empty: ``host``) unless ``tls_verify_hostname`` is off; ``tls_verify: false`` trusts any
+    #: certificate (a test SMSC only). ``tls_cert``/``tls_key``: a client certificate (PEM) for
+    #: an SMSC that asks for one.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_verify: bool = True
+    tls_verify_hostname: bool = True
+    tls_server_name: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 class SmppGateway(Gateway):
@@ -215,6 +227,7 @@ class SmppGateway(Gateway):
             raise ConfigError(f"{where}.max_pdu", f"must be at least 1024, got {config.max_pdu}")
         if len(config.sender) > 20:
             raise ConfigError(f"{where}.sender", "at most 20 characters")
+        tls.client_context(where, _tls_options(config))  # files readable, the key fits its cert
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -231,7 +244,8 @@ class SmppGateway(Gateway):
             address_range=c.address_range, window=c.window, enquire_link=c.enquire_link,
             response_timeout=c.response_timeout, connect_timeout=c.connect_timeout,
             reconnect_delay=c.reconnect_delay, reconnect_max=c.reconnect_max, bind_retry=c.bind_retry,
-            max_pdu=c.max_pdu,
+            max_pdu=c.max_pdu, tls_context=tls.client_context(f"gateways.{self.name}", _tls_options(c)),
+            server_name=c.tls_server_name,
         )  # fmt: skip
         rt = self._runtime()
         self.leases = BindLeases(
@@ -595,6 +609,13 @@ class SmppGateway(Gateway):
         if parts_key:
             await rt.store.redis.delete(parts_key)
         log.debug("smpp %s: text from %s taken (%s)", session.name, mask(contact), provider_id)
+
+
+def _tls_options(c: SmppConfig) -> tls.TlsOptions:
+    return tls.TlsOptions(
+        enabled=c.tls, ca=c.tls_ca, verify=c.tls_verify, verify_hostname=c.tls_verify_hostname,
+        server_name=c.tls_server_name, cert=c.tls_cert, key=c.tls_key,
+    )  # fmt: skip
 
 
 def _source_ton_npi(config: SmppConfig, sender: str | None = None) -> tuple[int, int]:
