@@ -54,9 +54,7 @@ def server_section(tls: dict[str, str] | None = None, **acct: Any) -> dict[str, 
 
 
 @contextlib.asynccontextmanager
-async def parley(
-    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc, **server: Any
-) -> AsyncIterator[Engine]:
+async def parley(redis_url: str, tmp_path: Path, smsc: SimulatedSmsc, **server: Any) -> AsyncIterator[Engine]:
     agen = engine(redis_url, tmp_path, {"smsc": smpp_gw(smsc)}, smpp_server=server_section(**server))
     e = await agen.__anext__()
     try:
@@ -97,7 +95,10 @@ async def test_an_esme_submits_and_gets_its_message_id_the_message_and_its_recei
     assert sent.text == "Your parcel arrives today"
     receipt = await esme.next_delivered()
     assert receipt.esm_class == 0x04 and receipt.receipted_message_id == mid and receipt.message_state == 2
-    assert receipt.text.startswith(f"id:{mid} sub:001 dlvrd:001 submit date:") and " stat:DELIVRD err:000 " in receipt.text
+    assert (
+        receipt.text.startswith(f"id:{mid} sub:001 dlvrd:001 submit date:")
+        and " stat:DELIVRD err:000 " in receipt.text
+    )
     assert receipt.source == ANN and receipt.dest == "ACME"
     async with e.api.get(f"/v1/messages/{mid}") as r:
         assert (await r.json())["status"] == "delivered"
@@ -121,7 +122,9 @@ async def test_a_bind_is_refused_with_the_precise_status(
         assert status_of(refused.value) == status
 
 
-async def test_a_receiver_bind_cannot_submit_and_a_second_bind_on_one_connection_is_refused(e: Engine) -> None:
+async def test_a_receiver_bind_cannot_submit_and_a_second_bind_on_one_connection_is_refused(
+    e: Engine,
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port(e))
     writer.write(pdu.bind(pdu.BIND_RECEIVER, 1, system_id="acme", password="secret"))
     assert (await pdu.read_pdu(reader)).status == pdu.ESME_ROK
@@ -384,3 +387,52 @@ def test_smpp_times_absolute_and_relative() -> None:
     assert smpp_time("261207120000004+", now) == datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
     with pytest.raises(ValueError):
         smpp_time("26120712", now)
+
+
+# Parley's own connector bound to Parley's server, over mutual TLS -----------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_parleys_connector_binds_to_parleys_server_over_tls_and_a_message_goes_all_the_way(
+    redis_url: str, tmp_path: Path, smsc: SimulatedSmsc
+) -> None:
+    from tests.tls_certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    listen = free_port()
+    tls = {"cert": str(pki.server_cert), "key": str(pki.server_key), "client_ca": str(pki.ca)}
+    loop = smpp_gw(
+        smsc, port=listen, system_id="acme", password="secret", sender="ACME", tls=True, tls_ca=str(pki.ca),
+        tls_cert=str(pki.client_cert), tls_key=str(pki.client_key),
+    )  # fmt: skip
+    server = {**server_section(tls), "listen": f"127.0.0.1:{listen}"}
+    async for x in engine(
+        redis_url, tmp_path, {"smsc": smpp_gw(smsc), "loop": loop}, smpp_server=server,
+        routing=[{"match": {"prefix": "+44"}, "via": ["smsc"]}],
+    ):  # fmt: skip
+        await bound(x.rt)
+        async with x.api.post(
+            "/v1/messages", json={"to": "+" + ANN, "text": "round trip", "gateway": "loop"}
+        ) as r:
+            outer = (await r.json())["id"]
+        # The loop connector submitted it to Parley's server, which sent it to the carrier ...
+        assert (await smsc.next_message(ANN)).text == "round trip"
+
+        async def delivered(x: Engine = x, outer: str = outer) -> dict[str, Any] | None:
+            async with x.api.get(f"/v1/messages/{outer}") as r:
+                got: dict[str, Any] = await r.json()
+            return got if got["status"] == "delivered" else None
+
+        # ... whose receipt came back to Parley's server, and as deliver_sm to the loop connector.
+        rec = await eventually(delivered, attempts=1000, interval=0.01)
+        inner = rec["provider_id"]
+        assert inner.startswith("msg-") and inner != outer and rec["gateway"] == "loop"
+        async with x.api.get(f"/v1/messages/{inner}") as r:
+            assert (await r.json())["status"] == "delivered"

@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hash_password() -> int:
-    """``parley console hash-password`` (and ``parley smpp hash-password``): the password from stdin (its first line) when piped,
-    else asked for twice without echo; prints its argon2 hash."""
+    """``parley console hash-password`` and ``parley smpp hash-password``: the password from stdin
+    (its first line) when piped, else asked for twice without echo; prints its argon2 hash."""
     import getpass
 
     from engine.core.passwords import hash_password
