@@ -7,7 +7,8 @@
 -- KEYS[2]  p:fx:T             the shard's flow outcome events: a flow's message that moved to
 --                             sent or a final status is reported there
 --                             (engine/conversation/outcomes.py), trimmed to ARGV[10];
---                             governance = true when it is a STOP/START/HELP answer
+--                             governance = true when it is a STOP/START/HELP answer; smpp = the
+--                             record's, when an ESME submitted it (gateways/smpp/server_receipts.py)
 -- KEYS[3]  p:out:T:GW[:bulk]  the outbound lane the message came from (only with ARGV[8])
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
