@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import pytest
 import smpplib.exceptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.core import keys
 from engine.core.config import load_config
@@ -85,6 +87,7 @@ async def e(redis_url: str, tmp_path: Path, smsc: SimulatedSmsc) -> AsyncIterato
 # Binding -------------------------------------------------------------------------------------
 
 
+@pytest.mark.redis_modes
 async def test_an_esme_submits_and_gets_its_message_id_the_message_and_its_receipt(
     e: Engine, smsc: SimulatedSmsc
 ) -> None:
@@ -219,6 +222,52 @@ async def test_a_long_message_in_udh_parts_is_sent_whole_with_one_id_and_one_rec
     await esme.unbind()
 
 
+def _addr(addr: str, ton: int = 1, npi: int = 1) -> bytes:
+    return bytes((ton, npi)) + addr.encode() + b"\x00"
+
+
+async def test_data_sm_and_submit_multi_are_sent_like_submit_sm(e: Engine, smsc: SimulatedSmsc) -> None:
+    from gateways.smpp.server_pdu import DATA_SM, DATA_SM_RESP, SUBMIT_MULTI, SUBMIT_MULTI_RESP
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port(e))
+    writer.write(pdu.bind(pdu.BIND_TRANSCEIVER, 1, system_id="acme", password="secret"))
+    assert (await pdu.read_pdu(reader)).status == pdu.ESME_ROK
+    text = b"From data_sm, in message_payload"
+    body = b"\x00" + _addr("ACME", 5, 0) + _addr(ANN) + bytes((0, 1, 1))  # data_coding 1: ASCII
+    body += pdu.TAG_MESSAGE_PAYLOAD.to_bytes(2, "big") + len(text).to_bytes(2, "big") + text
+    writer.write(pdu.frame(DATA_SM, 0, 2, body))
+    resp = await pdu.read_pdu(reader)
+    assert (resp.command_id, resp.status) == (DATA_SM_RESP, pdu.ESME_ROK)
+    assert (await smsc.next_message(ANN)).text == text.decode()
+    bea = "447700900456"
+    sm = b"To both of you"
+    body = b"\x00" + _addr("ACME", 5, 0) + b"\x02" + b"\x01" + _addr(ANN) + b"\x01" + _addr(bea)
+    body += bytes((0, 0, 0)) + b"\x00\x00" + bytes((0, 0, 0, 0, len(sm))) + sm
+    writer.write(pdu.frame(SUBMIT_MULTI, 0, 3, body))
+    resp = await pdu.read_pdu(reader)
+    assert (resp.command_id, resp.status) == (SUBMIT_MULTI_RESP, pdu.ESME_ROK)
+    assert resp.body.startswith(b"msg-") and resp.body.endswith(b"\x00\x00")  # id, no_unsuccess 0
+    assert {(await smsc.next_message(n)).text for n in (ANN, bea)} == {sm.decode()}
+    writer.write(pdu.unbind(4))
+    writer.close()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    mid=st.from_regex(r"msg-[0-9]{1,2}-[0-9]{13}-[0-9a-f]{8}", fullmatch=True),
+    status=st.sampled_from(["delivered", "failed", "expired", "rejected", "blocked", "cancelled"]),
+    text=st.text(max_size=40),
+)
+def test_a_receipt_reads_back_as_the_status_it_reports(mid: str, status: str, text: str) -> None:
+    from gateways.smpp import dlr
+    from gateways.smpp.server_pdu import receipt_text, receipt_tlvs
+
+    body = receipt_text(mid, status, 1_767_225_600_000, 1_767_225_660_000, text, "000")
+    got = dlr.receipt_from(body.encode("ascii", "replace").decode("ascii"), dict(receipt_tlvs(mid, status)))
+    assert got is not None and got.smsc_id == mid
+    assert got.status == {"blocked": "rejected", "cancelled": "failed"}.get(status, status)
+
+
 # Throughput and binds, global ----------------------------------------------------------------
 
 
@@ -256,6 +305,7 @@ async def test_max_binds_hold_across_two_server_instances(e: Engine) -> None:
 # Receipts and MOs wait for the ESME -----------------------------------------------------------
 
 
+@pytest.mark.redis_modes
 async def test_receipts_wait_while_the_esme_is_away_and_come_after_it_binds_again(
     e: Engine, smsc: SimulatedSmsc, redis_url: str
 ) -> None:
@@ -369,6 +419,7 @@ async def test_node_smpp_binds_submits_and_gets_its_receipt(
         ({"accounts": [account(password_hash="secret")]}, "smpp_server.accounts[0].password_hash"),
         ({"accounts": [account(bind_types=["both"])]}, "smpp_server.accounts[0].bind_types[0]"),
         ({"accounts": [account(mo="email")]}, "smpp_server.accounts[0].mo"),
+        ({"accounts": [account(default_encoding="utf8")]}, "smpp_server.accounts[0].default_encoding"),
         ({"accounts": [account(), account()]}, "smpp_server.accounts[1].system_id"),
         ({"accounts": [account(throughput=0)]}, "smpp_server.accounts[0].throughput"),
     ],

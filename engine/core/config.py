@@ -334,6 +334,9 @@ class SmppAccountConfig:
     #: Its MOs: ``binds`` (deliver_sm to its receiver/transceiver binds) or ``flow`` (the flows
     #: answer them, as any inbound text).
     mo: str = "binds"
+    #: What data_coding 0 ("SMSC default alphabet") means in its submits: gsm0338 (unpacked),
+    #: latin_1 or ascii.
+    default_encoding: str = "gsm0338"
     #: Receipts and MOs waiting for a bind: at most this many (the oldest go first) ...
     queue_max: int = 100_000
     #: ... and none older than this.
@@ -745,6 +748,10 @@ def _check_smpp_server(c: SmppServerConfig) -> None:
                 raise ConfigError(
                     f"{key}.bind_types[{j}]", f"must be {', '.join(SMPP_BIND_TYPES)}; got {kind!r}"
                 )
+        if a.default_encoding not in ("gsm0338", "latin_1", "ascii"):
+            raise ConfigError(
+                f"{key}.default_encoding", f"must be gsm0338, latin_1 or ascii; got {a.default_encoding!r}"
+            )
         if a.mo not in SMPP_MO_TARGETS:
             raise ConfigError(f"{key}.mo", f"must be binds or flow; got {a.mo!r}")
         for j, number in enumerate(a.numbers):

@@ -129,7 +129,7 @@ class SubmitHandler:
         concat, body = text.parse_udh(sm.esm_class, sm.data)
         if concat is None:
             concat = text.concat_from_tlvs(sm.tlv)
-        content = text.decode_text(sm.data_coding, body)
+        content = text.decode_text(sm.data_coding, body, default=account.default_encoding)
         message_id = ""
         if concat is not None and concat.total > 1:
             whole, message_id = await self._part(account, sm, numbers, concat, content)
