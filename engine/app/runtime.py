@@ -310,7 +310,8 @@ class Runtime:
         """The SMPP server's port: accept a message as POST /v1/messages does; its id."""
         req = sends.SendRequest(
             to=message.to, text=message.text, send_at=message.send_at, validity_s=message.validity_s,
-            message_id=message.message_id, smpp=message.smpp,
+            message_id=message.message_id, smpp=message.smpp, priority=message.priority,
+            receipts=message.receipts,
         )  # fmt: skip
         (acc,) = await sends.accept(self, [req])
         return acc.id

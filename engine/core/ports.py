@@ -101,6 +101,11 @@ class Submission:
     message_id: str | None = None
     #: When to send it (the submit's schedule_delivery_time), or None: now.
     send_at: datetime | None = None
+    #: The submit's priority_flag (0..3), or None: the connector's default.
+    priority: int | None = None
+    #: Delivery receipts wanted from the carrier (engine/core/sendopts.py RECEIPT_LEVELS: the
+    #: ESME asked for one), or None: the connector's default.
+    receipts: str | None = None
 
 
 class SmppServerHost(Services, Protocol):

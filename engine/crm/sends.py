@@ -72,6 +72,10 @@ class SendRequest:
     #: delivery ``rd``, source, times; gateways/smpp/server_receipts.py). Carried on the message's
     #: record and its ``message`` outcome events.
     smpp: dict[str, Any] | None = None
+    #: priority_flag 0..3 for connectors that have one (SMPP); None: the connector's default.
+    priority: int | None = None
+    #: Delivery receipts wanted (engine/core/sendopts.py RECEIPT_LEVELS); None: the connector's.
+    receipts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,12 @@ def _call(
     if req.validity_s is not None:
         message["exp"] = (due or now) + int(req.validity_s * 1000)
         pending = f"p|{message['exp']}"
+    if due is not None:
+        message["sat"] = due
+    if req.priority is not None:
+        message["pri"] = req.priority
+    if req.receipts is not None:
+        message["rcpt"] = req.receipts
     ev = Event(shard, "", "send", req.to, now, params=message, purpose=req.purpose)
     member = keys.timer_member(req.to, "d", ev.deferred_token())
     wait_s = ((due or now) - now) // 1000

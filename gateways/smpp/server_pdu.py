@@ -59,6 +59,7 @@ class Submit:
     tlvs: tuple[tuple[int, bytes], ...]
     schedule: str = ""
     validity: str = ""
+    priority: int = 0
 
     @property
     def tlv(self) -> dict[int, bytes]:
@@ -101,11 +102,11 @@ def parse_submit(p: Pdu) -> Submit:
                 r.cstring(21)
     else:
         dests = [_address(r)]
-    esm, _protocol_id, _priority = r.octet(), r.octet(), r.octet()
+    esm, _protocol_id, priority = r.octet(), r.octet(), r.octet()
     schedule, validity = r.cstring(17), r.cstring(17)
     rd, _replace, dc, _default_id = r.octet(), r.octet(), r.octet(), r.octet()
     sm = r.take(r.octet())
-    return Submit(source, tuple(dests), esm, rd, dc, sm, _tlvs(r), schedule, validity)
+    return Submit(source, tuple(dests), esm, rd, dc, sm, _tlvs(r), schedule, validity, min(priority, 3))
 
 
 def smpp_time(text: str, now: datetime) -> datetime:

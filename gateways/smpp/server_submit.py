@@ -143,12 +143,14 @@ class SubmitHandler:
             "sn": sm.source.npi, "t": now, "x": content[:20],
         }  # fmt: skip
         first = message_id
+        receipts = "final" if sm.registered_delivery & 3 else None  # the carrier's, for the ESME's
         for number in numbers:
             if send_at is not None:
                 smpp["at"] = int(send_at.timestamp() * 1000)
             mid = await self.host.submit(
                 Submission(to=number, text=content, smpp={**smpp, "rid": first} if first else smpp,
-                           validity_s=validity, message_id=message_id or None, send_at=send_at)
+                           validity_s=validity, message_id=message_id or None, send_at=send_at,
+                           priority=sm.priority or None, receipts=receipts)
             )  # fmt: skip
             first = first or mid
             message_id = ""
