@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 PEERS  := tests/peers/node_smsc
 
-.PHONY: peers demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp loadtest screenshots
+.PHONY: peers demo test lint fmt typecheck run clean help bench-rules bench bench-gateways bench-smpp bench-smpp-server loadtest screenshots
 
 help:
 	@echo "make demo       run a complete NPS conversation over the real path"
@@ -27,6 +27,8 @@ help:
 	@echo "                BENCH_SMPP_ARGS=--e2e: the carriers' path end to end, deliver_sm from a simulated SMSC"
 	@echo "                (its own process) -> parley run -> reply submit_sm at rising open-loop rates;"
 	@echo "                make bench's percentiles, sustained rule, JSON keys and chart (bench-results/smpp-e2e-*)"
+	@echo "make bench-smpp-server  ESMEs binding into Parley (parley run): submit_sm/s accepted per bind and"
+	@echo "                in total with receipts on, p99 submit->submit_sm_resp (BENCH_SMPP_SERVER_ARGS=...)"
 	@echo "make loadtest   locust, headless: customers holding NPS and appointment conversations (LOADTEST_ARGS=...)"
 	@echo "make screenshots  a PNG of every console page under screenshots/ (demo data, headless chromium)"
 
@@ -68,6 +70,9 @@ bench-gateways: $(STAMP)
 
 bench-smpp: $(STAMP)
 	$(BIN)/python loadtests/bench_smpp.py $(BENCH_SMPP_ARGS)
+
+bench-smpp-server: $(STAMP)
+	$(BIN)/python loadtests/bench_smpp_server.py $(BENCH_SMPP_SERVER_ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/loadtest.py $(LOADTEST_ARGS)

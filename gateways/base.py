@@ -21,6 +21,7 @@ from engine.core import idmaps
 from engine.core.config import Duration
 from engine.core.errors import BadRequest
 from engine.core.ports import GatewayHost
+from engine.core.sendopts import NONE, SendOptions
 from engine.core.sms import encoding_of
 
 #: Our message statuses a receipt may report, in the order a message moves through them.
@@ -80,6 +81,9 @@ class OutboundMessage:
     #: For a connector that puts the parts on the wire one by one (``paces_parts``): awaited
     #: before each part after the first, it returns when that part's rate slot is due.
     pace: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
+    #: Its validity, due time, priority and receipt level (engine/core/sendopts.py); a
+    #: connector that has no such things ignores them.
+    options: SendOptions = NONE
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from engine.core.consumer import BLOCK_MS, Entry, StreamConsumer, claim_pending,
 from engine.core.errors import GatewayError, GatewayThrottled, GatewayUnavailable
 from engine.core.leases import ShardLeases, Tick
 from engine.core.numbers import mask
+from engine.core.sendopts import SendOptions
 from gateways import recent_errors
 from gateways.base import Gateway, Host, OutboundMessage, SendResult
 from gateways.circuit import Circuit
@@ -489,6 +490,7 @@ class Sender:
             msg=OutboundMessage(
                 id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
                 segments=cost, pace=self.pacer.next_part if paced else None,
+                options=SendOptions.decode(fields.get(b"o")),
             ),
             route=[g for g in route.split(",") if g],
             queued_ms=int(queued) if queued else int(entry_id.split(b"-")[0]),
@@ -729,6 +731,7 @@ class Sender:
             from_stream=job.stream, to_stream=to_stream, entry_id=job.entry_id, message_id=job.msg.id,
             contact=job.msg.to, shard=job.shard, text=job.msg.text, target=target, rest=tuple(rest),
             queued_ms=job.queued_ms, now_ms=self.rt.clock.now_ms(), why=why, handover=job.handover,
+            options=job.msg.options.encode(),
         )  # fmt: skip
 
         async def move() -> None:

@@ -26,6 +26,8 @@ from gateways.scripts.rate import RateArgs, RateReply
 from gateways.scripts.receipt import ReceiptArgs, parse_owner
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
+from gateways.scripts.smpps_binds import SmppsBindsArgs
+from gateways.scripts.smpps_push import SmppsPushArgs
 from gateways.scripts.status import StatusArgs
 from tests.scripts_call import run, text
 
@@ -485,6 +487,9 @@ def test_every_gateway_script_names_keys_of_one_cluster_slot() -> None:
             calls.append(("move", MoveArgs(keys.outbound_stream(shard, gw, "bulk"), keys.outbound_stream(shard, "b", "bulk"),
                                            "1-0", "m1", ANN, shard, "hi", "b", (), NOW, NOW, "why", handover=held)))  # fmt: skip
         calls.append(("binds", BindsArgs(gw, "host-1", 1000, 2, "tick")))
+    for account in ("acme", "x", "A-long_id.15ch"):
+        calls.append(("smpps_binds", SmppsBindsArgs(account, "take", "b-1", 2, 1000)))
+        calls.append(("smpps_push", SmppsPushArgs(account, "d1", 100, 0, 60, (("k", "r"),))))
     seen = set()
     for name, call in calls:
         slots = {key_slot(k.encode()) for k in call.to_keys()}

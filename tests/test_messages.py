@@ -217,7 +217,10 @@ async def test_an_expired_message_is_not_sent(e: Engine, carrier: SimulatedCarri
         ({"to": ANN, "text": "hi", "gateway": "nope"}, "gateway"),
         ({"to": ANN, "text": "hi", "send_at": "tomorrow"}, "send_at"),
         ({"to": ANN, "text": "hi", "validity": "a while"}, "validity"),
+        ({"to": ANN, "text": "hi", "validity": "10000000000000h"}, "validity"),
         ({"to": ANN, "text": "hi", "purpose": "spam"}, "purpose"),
+        ({"to": ANN, "text": "hi", "priority": 4}, "priority"),
+        ({"to": ANN, "text": "hi", "receipts": "all"}, "receipts"),
         ({"to": "not a number", "text": "hi"}, "to"),
     ],
 )

@@ -46,6 +46,8 @@ from engine.crm import journeys, sends
 #: Rows per ``POST /v1/messages:batch``.
 MAX_BATCH = 10_000
 DURATION = "^[0-9]+(?:\\.[0-9]+)?(?:ms|s|m|h|d|w)?$"
+#: The longest ``validity`` (a longer one would also overflow the message's expiry time).
+MAX_VALIDITY_S = 365 * 86400
 #: Idempotency keys: printable, no spaces.
 KEY_PATTERN = "^[!-~]{1,128}$"
 BATCH_TYPES = {"application/json": "json", "application/x-ndjson": "ndjson", "application/jsonl": "ndjson"}
@@ -90,11 +92,29 @@ class MessageIn(Model):
     ] = OMITTED
     validity: Annotated[
         str,
-        Field(pattern=DURATION, description="expires unsent this long after it is due (30m, 2h, 1d)"),
+        Field(
+            pattern=DURATION,
+            description="expires unsent this long after it is due (30m, 2h, 1d; at most 365d); an SMPP "
+            "connector gives the SMSC what is left of it as validity_period",
+        ),
     ] = OMITTED
     purpose: Annotated[
         Literal["service", "marketing"], Field(description="marketing needs the contact's opt-in")
     ] = "service"
+    priority: Annotated[
+        int,
+        Field(
+            ge=0, le=3, description="SMPP priority_flag, 0 (normal) to 3 (highest); default: the connector's"
+        ),
+    ] = OMITTED
+    receipts: Annotated[
+        Literal["none", "final", "failure", "intermediate"],
+        Field(
+            description="delivery receipts to ask for (SMPP registered_delivery): none, final (delivered "
+            "or failed), failure (only a failure), intermediate (final and intermediate); default: the "
+            "connector's"
+        ),
+    ] = OMITTED
     idempotency_key: Annotated[
         str, Field(pattern=KEY_PATTERN, description="a repeat answers the first message's id (per recipient)")
     ] = OMITTED
@@ -109,6 +129,8 @@ class MessageIn(Model):
         "send_at": "must be an ISO 8601 time like 2026-12-02T10:00 or 2026-12-02T10:00:00Z",
         "validity": "must be a duration like 30m, 2h or 1d",
         "purpose": "must be service or marketing",
+        "priority": "must be a whole number from 0 to 3",
+        "receipts": "must be none, final, failure or intermediate",
         "idempotency_key": "must be 1 to 128 printable characters without spaces",
     }
 
@@ -181,12 +203,15 @@ def request_of(rt: ApiServices, body: MessageIn) -> sends.SendRequest:
     if body.gateway is not None and body.gateway not in rt.gateways:
         known = ", ".join(sorted(rt.gateways)) or "none"
         raise Unprocessable("gateway", f"no connector {body.gateway!r} (configured: {known})")
+    validity = parse_duration(body.validity) if body.validity is not None else None
+    if validity is not None and validity > MAX_VALIDITY_S:
+        raise Unprocessable("validity", "must be at most 365d")
     return sends.SendRequest(
         to=body.to, text=body.text, template=body.template, fields=body.fields, gateway=body.gateway,
         lane=body.lane, send_at=journeys.parse_send_at(body.send_at),
-        validity_s=parse_duration(body.validity) if body.validity is not None else None,
+        validity_s=validity,
         purpose=body.purpose,
-        idempotency_key=body.idempotency_key,
+        idempotency_key=body.idempotency_key, priority=body.priority, receipts=body.receipts,
     )  # fmt: skip
 
 

@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print an argon2 hash of a password for console.users (reads it from stdin, or asks)",
     )
 
+    smpp = sub.add_parser("smpp", help="the SMPP server ESMEs bind into (docs/smpp.md)")
+    smppsub = _Commands(smpp.add_subparsers(dest="smpp_command", required=True, metavar="ACTION"), config)
+    smppsub.add_parser(
+        "hash-password",
+        help="print an argon2 hash of a password for smpp_server.accounts (reads it from stdin, or asks)",
+    )
+
     sim = sub.add_parser("smsc-sim", help="run a simulated SMPP 3.4 SMSC (demos, tests, load tests)")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=2775, help="SMPP port (default 2775; 0 = a free port)")
@@ -156,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
         "--control-port", type=int, default=0, help="HTTP control endpoint port (default 0: off)"
     )
     sim.add_argument("--duration", type=float, default=0.0, help="seconds to run (default 0: forever)")
+    sim.add_argument("--tls-cert", default="", help="serve SMPP over TLS with this PEM certificate")
+    sim.add_argument("--tls-key", default="", help="its PEM key (default: in --tls-cert)")
+    sim.add_argument("--tls-client-ca", default="", help="require client certificates signed by this CA")
     return p
 
 
@@ -172,7 +182,7 @@ class _Commands:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "console":  # needs no configuration (it makes a piece of one)
+    if args.command in ("console", "smpp"):  # needs no configuration (it makes a piece of one)
         return _hash_password()
     try:
         cfg = load_config(args.config)
@@ -244,11 +254,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hash_password() -> int:
-    """``parley console hash-password``: the password from stdin (its first line) when piped,
-    else asked for twice without echo; prints its argon2 hash."""
+    """``parley console hash-password`` and ``parley smpp hash-password``: the password from stdin
+    (its first line) when piped, else asked for twice without echo; prints its argon2 hash."""
     import getpass
 
-    from engine.console.passwords import hash_password
+    from engine.core.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -341,7 +351,9 @@ async def _work(cfg: Config, index: int) -> int:
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
-    async with Runtime(cfg, http=False, senders=False, caller=False, worker_index=index) as rt:
+    async with Runtime(
+        cfg, http=False, senders=False, caller=False, worker_index=index, smpp_server=False
+    ) as rt:
         assert rt.worker is not None
         _settle_gc()
         _reload_on_hup(rt)
@@ -379,7 +391,9 @@ async def _api(cfg: Config, index: int) -> int:
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
-    async with Runtime(cfg, worker=False, senders=False, caller=False, reuse_port=True) as rt:
+    async with Runtime(
+        cfg, worker=False, senders=False, caller=False, reuse_port=True, smpp_server=False
+    ) as rt:
         _settle_gc()
         _reload_on_hup(rt)
         report_ready(f"api-{index}-{os.getpid()}")
@@ -397,7 +411,7 @@ async def _serve(cfg: Config, config_path: str | None, roles: frozenset[str] = f
     stop = _stop_on_signals()
     async with Runtime(
         cfg, worker_processes=True, config_path=config_path, api="api" in roles,
-        worker="worker" in roles, senders="sender" in roles,
+        worker="worker" in roles, senders="sender" in roles, smpp_server="smpp-server" in roles,
     ) as rt:  # fmt: skip
 
         def forward() -> None:  # the processes this one started reload too
@@ -435,6 +449,17 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
         dlr_delay=args.dlr_delay,
         max_rate=args.max_rate,
     )
+    tls = None
+    if args.tls_cert:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key or None)
+        if args.tls_client_ca:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(cafile=args.tls_client_ca)
+    elif args.tls_key or args.tls_client_ca:
+        raise ConfigError("--tls-cert", "is needed with --tls-key and --tls-client-ca")
     smsc: SimulatedSmsc
 
     def on_bind(e: BindEvent) -> None:
@@ -459,11 +484,13 @@ async def _smsc_sim(args: argparse.Namespace) -> int:
         control_port=args.control_port or None,
         on_bind=on_bind,
         on_message=on_message,
+        tls=tls,
     )
     async with smsc:
         control = f"; control http://{smsc.host}:{smsc.control_port}" if smsc.control_port else ""
+        scheme = "smpps" if tls else "smpp"
         print(
-            f"parley smsc-sim listening on smpp://{smsc.host}:{smsc.port} (mode {args.mode}, "
+            f"parley smsc-sim listening on {scheme}://{smsc.host}:{smsc.port} (mode {args.mode}, "
             f"system_id {args.system_id!r}{control}); Ctrl-C or SIGTERM stops it",
             file=sys.stderr,
             flush=True,

@@ -42,9 +42,10 @@ from engine.core.config import Config, parse_cap
 from engine.core.errors import ConfigError
 from engine.core.leases import lease_holders, release_dead
 from engine.core.metrics import Metrics
-from engine.core.ports import Accepted
+from engine.core.ports import Accepted, Submission
 from engine.core.redis_embedded import EmbeddedRedis
 from engine.core.store import Store
+from engine.crm import sends
 from engine.crm.campaigns import CampaignKeeper
 from engine.crm.webhooks import Webhooks
 from engine.flows import Flow, FlowRegistry
@@ -58,6 +59,8 @@ from gateways.base import Gateway
 from gateways.registry import build_gateway, longest_send_timeout
 from gateways.routing import Router, parse_rules
 from gateways.sender import Sender, SenderLeases
+from gateways.smpp import server_queue
+from gateways.smpp.server import SmppServer, mo_owner
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class Runtime:
         config_path: str | None = None,
         api: bool = True,
         reuse_port: bool = False,
+        smpp_server: bool = True,
     ) -> None:
         """``worker``: run turns in this process, or (``worker_processes`` and ``engine.workers``
         > 1, as ``parley run`` does) in that many worker processes started with ``config_path``.
@@ -87,7 +91,8 @@ class Runtime:
         in one process of all at a time) defaults to ``worker``. ``api``: the HTTP server serves the API
         (else only /healthz and /metrics); with ``worker_processes`` and ``engine.api_processes``
         > 1, that many API processes share its port. ``reuse_port``: listen with SO_REUSEPORT
-        (an API process joining others on one port)."""
+        (an API process joining others on one port). ``smpp_server``: ESMEs bind into this
+        process when ``smpp_server.listen`` is configured (role ``smpp-server``)."""
         self.config = config
         self.clock = clock or Clock()
         self.metrics = Metrics(longest_timeout=longest_send_timeout(config.gateways))
@@ -119,9 +124,15 @@ class Runtime:
             "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
         }  # fmt: skip
         self._api = http and api
+        self._smpp_server = smpp_server and bool(config.smpp_server.listen)
+        #: ESMEs binding into Parley (gateways/smpp/server.py), when this process serves them.
+        self.smpp_server: SmppServer | None = None
         self._reuse_port = reuse_port or (self._api and worker_processes and config.engine.api_processes > 1)
         #: What this process runs, as /healthz says it: api, worker, sender.
-        self.roles = [r for r, on in (("api", self._api), ("worker", worker), ("sender", senders)) if on]
+        self.roles = [
+            r for r, on in (("api", self._api), ("worker", worker), ("sender", senders),
+                            ("smpp-server", self._smpp_server)) if on
+        ]  # fmt: skip
         self._worker_index = worker_index
         self._processes = worker_processes
         self._config_path = config_path
@@ -207,6 +218,8 @@ class Runtime:
                     self.sender_leases[name] = await self._stack.enter_async_context(leases)
                     sender = Sender(self, gw, leases)
                     self.senders[name] = await self._stack.enter_async_context(sender)
+        if self._smpp_server:
+            self.smpp_server = await self._stack.enter_async_context(SmppServer(self, cfg.smpp_server))
         if self._want["caller"]:
             self.caller = await self._stack.enter_async_context(Caller(self))
             if cfg.crm.webhooks and self._processes:
@@ -276,10 +289,32 @@ class Runtime:
     async def accept_inbound(
         self, *, gateway: str, contact: str, to: str, text: str, provider_id: str
     ) -> Accepted:
-        """The connectors' port onto intake (engine/core/ports.py: GatewayHost)."""
+        """The connectors' port onto intake (engine/core/ports.py: GatewayHost). A text to a
+        number an SMPP server account owns (with ``mo: binds``) goes to that account's queue for
+        its binds instead (gateways/smpp/server_queue.py), once per (gateway, provider id)."""
+        owner = mo_owner(self.config.smpp_server, to) if self.config.smpp_server.accounts else None
+        if owner is not None and owner.mo == "binds":
+            fresh, entry = await server_queue.push_mo(
+                self, owner, gateway=gateway, provider_id=provider_id, contact=contact, to=to, text=text
+            )
+            return Accepted("accepted" if fresh else "duplicate", entry)
         return await intake.accept_inbound(
             self, gateway=gateway, contact=contact, to=to, text=text, provider_id=provider_id
         )
+
+    def new_message_id(self, to: str) -> str:
+        """The SMPP server's port (engine/core/ports.py: SmppServerHost): an id for a message to ``to``."""
+        return sends.new_id(keys.shard_of(to, self.config.engine.shards), self.clock.now_ms())
+
+    async def submit(self, message: Submission) -> str:
+        """The SMPP server's port: accept a message as POST /v1/messages does; its id."""
+        req = sends.SendRequest(
+            to=message.to, text=message.text, send_at=message.send_at, validity_s=message.validity_s,
+            message_id=message.message_id, smpp=message.smpp, priority=message.priority,
+            receipts=message.receipts,
+        )  # fmt: skip
+        (acc,) = await sends.accept(self, [req])
+        return acc.id
 
     def caps_for(self, flow: Flow | None) -> str:
         """The caps a flow's business-started sends are held to: its own, else the global ones."""
@@ -394,6 +429,8 @@ class Runtime:
             "flows": sorted(self.flows.flows),
             "gateways": {n: type(g).__name__ for n, g in self.gateways.items()},
         }
+        if self.smpp_server is not None:
+            out["smpp_server"] = self.smpp_server.health()
         details = {n: h for n, g in self.gateways.items() if (h := g.health()) is not None}
         if details:
             out["gateway_state"] = details

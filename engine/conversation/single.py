@@ -26,6 +26,7 @@ from redis.asyncio.client import Pipeline
 from engine.conversation.events import Event
 from engine.core import keys
 from engine.core.errors import RenderError
+from engine.core.sendopts import SendOptions
 from engine.flows.templates import Template, make_environment
 
 #: What a ``send`` event's purpose is when the caller gave none.
@@ -93,6 +94,8 @@ class Single:
     #: queued (to send) | cancelled | expired | failed (its template failed)
     status: str = "queued"
     error: str = ""
+    #: Its send options (validity, due time, priority, receipts), encoded for the lane entry.
+    options: str = ""
 
 
 def decide(ev: Event, view: dict[str, Any], why: str | None) -> tuple[Single, list[str]]:
@@ -100,7 +103,7 @@ def decide(ev: Event, view: dict[str, Any], why: str | None) -> tuple[Single, li
     m = ev.params
     single = Single(
         id=str(m["id"]), gateway=str(m.get("gateway") or ""), lane=str(m.get("lane") or "bulk"),
-        purpose=ev.purpose or DEFAULT_PURPOSE,
+        purpose=ev.purpose or DEFAULT_PURPOSE, options=options_of(m).encode(),
     )  # fmt: skip
     if why is not None:
         return replace(single, status=why, error=f"{why} before it was sent"), []
@@ -111,6 +114,15 @@ def decide(ev: Event, view: dict[str, Any], why: str | None) -> tuple[Single, li
         return single, [template(str(m["template"])).render({"contact": view, "fields": fields})]
     except RenderError as exc:
         return replace(single, status="failed", error=f"template: {exc.reason}"), []
+
+
+def options_of(m: dict[str, Any]) -> SendOptions:
+    """A single message's send options from its params (``exp``, ``sat``, ``pri``, ``rcpt``)."""
+    exp, sat, pri, rcpt = m.get("exp"), m.get("sat"), m.get("pri"), m.get("rcpt")
+    return SendOptions(
+        expires_ms=exp if isinstance(exp, int) else 0, deliver_at_ms=sat if isinstance(sat, int) else 0,
+        priority=pri if isinstance(pri, int) else None, receipts=rcpt if isinstance(rcpt, str) else "",
+    )  # fmt: skip
 
 
 def record(ev: Event, single: Single, text: str, status: str, now: int, gateway: str) -> dict[str, Any]:
@@ -126,6 +138,8 @@ def record(ev: Event, single: Single, text: str, status: str, now: int, gateway:
     }  # fmt: skip
     if single.error:
         rec["error"] = single.error
+    if "smpp" in ev.params:  # an ESME's: its receipt follows the message's events
+        rec["smpp"] = ev.params["smpp"]
     return rec
 
 
@@ -135,4 +149,6 @@ def outcome_event(ev: Event, single: Single, now: int) -> str:
         "t": "message", "c": ev.contact, "m": single.id, "status": single.status, "error": single.error,
         "at": now,
     }  # fmt: skip
+    if "smpp" in ev.params:
+        e["smpp"] = ev.params["smpp"]
     return orjson.dumps(e).decode()

@@ -744,6 +744,7 @@ async def _commit(
         ack_group=ack_group,
         inbox=plan.inbox,
         handover=keys.handover(ev.shard, unit) if (unit := singles.unit_of(ev)) else "",
+        options=_send_options(single, flow, plan, now),
     )
 
     async def add(pipe: Pipeline) -> None:
@@ -757,6 +758,16 @@ async def _commit(
         for code in why.values():
             rt.metrics.gate(code)
     return res[0].decode(), [i for i in ids if i not in blocked]
+
+
+def _send_options(single: singles.Single | None, flow: Flow | None, plan: _Plan, now: int) -> str:
+    """The send options of the commit's messages: a single message's own, else its flow's
+    ``sms:`` section (not on governance confirmations and HELP answers)."""
+    if single is not None:
+        return single.options
+    if flow is None or flow.sms is None or plan.system:
+        return ""
+    return flow.sms.options(now).encode()
 
 
 def _single(

@@ -65,7 +65,7 @@ def parse_cap(text: str) -> tuple[int, int]:
 
 
 #: The roles a Parley process can take (``engine.role``, ``parley run --role``).
-ROLES = ("api", "worker", "sender")
+ROLES = ("api", "worker", "sender", "smpp-server")
 
 
 def parse_roles(text: str, key: str = "engine.role") -> frozenset[str]:
@@ -303,6 +303,84 @@ class ConsoleConfig:
     audit_max: int = 10_000
 
 
+#: The bind types an SMPP server account may be allowed (``smpp_server.accounts[].bind_types``).
+SMPP_BIND_TYPES = ("transceiver", "transmitter", "receiver")
+#: Where an SMPP server account's MOs go: its binds (as deliver_sm), or the flows (as any text).
+SMPP_MO_TARGETS = ("binds", "flow")
+
+
+@dataclass(frozen=True)
+class SmppAccountConfig:
+    """One ESME allowed to bind into Parley (docs/smpp.md#binding-into-parley-the-server-side)."""
+
+    #: The bind's system_id.
+    system_id: str
+    #: An argon2 hash of its password (``parley smpp hash-password`` prints one).
+    password_hash: str
+    #: Which binds it may open: transceiver, transmitter, receiver.
+    bind_types: list[str] = field(default_factory=lambda: list(SMPP_BIND_TYPES))
+    #: The source addresses it may submit with (``*`` and ``?`` wildcards; empty: any).
+    sources: list[str] = field(default_factory=list)
+    #: Numbers (or short codes) it owns: texts to them are its MOs.
+    numbers: list[str] = field(default_factory=list)
+    #: Binds open at once, across every Parley process.
+    max_binds: int = 4
+    #: submit_sm (and data_sm, submit_multi destinations) per second, across every process;
+    #: above it ESME_RTHROTTLED.
+    throughput: float = 100.0
+    #: Unanswered deliver_sm to one of its binds at most, and submits accepted from one bind
+    #: and not yet answered (beyond it ESME_RMSGQFUL).
+    window: int = 64
+    #: Its MOs: ``binds`` (deliver_sm to its receiver/transceiver binds) or ``flow`` (the flows
+    #: answer them, as any inbound text).
+    mo: str = "binds"
+    #: What data_coding 0 ("SMSC default alphabet") means in its submits: gsm0338 (unpacked),
+    #: latin_1 or ascii.
+    default_encoding: str = "gsm0338"
+    #: Receipts and MOs waiting for a bind: at most this many (the oldest go first) ...
+    queue_max: int = 100_000
+    #: ... and none older than this.
+    queue_age: Duration = Duration(3 * 86400.0)
+
+
+@dataclass(frozen=True)
+class SmppServerTlsConfig:
+    #: PEM files: the server's certificate (chain) and key; empty: plain TCP.
+    cert: str = ""
+    key: str = ""
+    #: PEM file of the CAs whose client certificates are required; empty: none asked for.
+    client_ca: str = ""
+
+
+@dataclass(frozen=True)
+class SmppServerConfig:
+    """ESMEs binding into Parley (gateways/smpp/server.py; role ``smpp-server``). Off while
+    ``listen`` is empty."""
+
+    #: host:port to listen on (``0.0.0.0:2775``); empty: no SMPP server.
+    listen: str = ""
+    tls: SmppServerTlsConfig = field(default_factory=SmppServerTlsConfig)
+    #: The system_id Parley answers binds with.
+    system_id: str = "Parley"
+    accounts: list[SmppAccountConfig] = field(default_factory=list)
+    #: An enquire_link is sent after this long without a PDU from the ESME ...
+    enquire_link: Duration = Duration(30.0)
+    #: ... and the connection is dropped when no answer (to it, or to a deliver_sm) comes in this long.
+    response_timeout: Duration = Duration(10.0)
+    #: A connection that has not bound after this long is closed.
+    bind_timeout: Duration = Duration(30.0)
+    #: A receipt or MO handed to a bind that went away without answering it (its process died) is
+    #: offered again after this long.
+    redeliver_after: Duration = Duration(60.0)
+    #: Bind leases (the global bind count): renewed every third of this; a dead process's binds
+    #: stop counting after it.
+    bind_lease: Duration = Duration(30.0)
+    #: Parts of a long message (UDH or SAR) wait this long for the others.
+    parts_ttl: Duration = Duration(300.0)
+    #: Longest PDU read (longer: generic_nack ESME_RINVCMDLEN, and the connection is closed).
+    max_pdu: int = 65536
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -321,6 +399,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     crm: CrmConfig = field(default_factory=CrmConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    #: ESMEs binding into Parley (off while ``smpp_server.listen`` is empty).
+    smpp_server: SmppServerConfig = field(default_factory=SmppServerConfig)
     #: name -> gateway settings; ``type`` picks the connector, the rest is the connector's own.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Which connectors send to which numbers, with failover (gateways/routing.py).
@@ -598,6 +678,7 @@ def _check(cfg: Config) -> None:
     for i, hook in enumerate(cfg.crm.webhooks):
         _check_webhook(hook, f"crm.webhooks[{i}]")
     _check_console(cfg.console)
+    _check_smpp_server(cfg.smpp_server)
     if cfg.engine.default_gateway and cfg.engine.default_gateway not in cfg.gateways:
         raise ConfigError(
             "engine.default_gateway",
@@ -631,6 +712,60 @@ def _check_console(c: ConsoleConfig) -> None:
         raise ConfigError("console.lockout_window", "must be at least 1s")
     if c.audit_max < 100:
         raise ConfigError("console.audit_max", "must be at least 100")
+
+
+def _check_smpp_server(c: SmppServerConfig) -> None:
+    if c.listen:
+        host, _, port = c.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError("smpp_server.listen", f"expected host:port, got {c.listen!r}")
+    if bool(c.tls.cert) != bool(c.tls.key):
+        raise ConfigError("smpp_server.tls", "give both cert and key (PEM files), or neither")
+    if c.tls.client_ca and not c.tls.cert:
+        raise ConfigError("smpp_server.tls.client_ca", "needs tls.cert and tls.key")
+    for key in ("enquire_link", "response_timeout", "bind_timeout", "redeliver_after", "bind_lease"):
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"smpp_server.{key}", "must be more than 0")
+    if c.redeliver_after <= c.response_timeout:
+        raise ConfigError("smpp_server.redeliver_after", "must be longer than response_timeout")
+    if c.max_pdu < 1024:
+        raise ConfigError("smpp_server.max_pdu", "must be at least 1024")
+    seen: set[str] = set()
+    owners: dict[str, str] = {}
+    for i, a in enumerate(c.accounts):
+        key = f"smpp_server.accounts[{i}]"
+        if not 1 <= len(a.system_id) <= 15 or not a.system_id.isprintable():
+            raise ConfigError(f"{key}.system_id", "1-15 printable characters (SMPP 3.4)")
+        if a.system_id in seen:
+            raise ConfigError(f"{key}.system_id", f"{a.system_id!r} is listed twice")
+        seen.add(a.system_id)
+        if not _ARGON2_HASH.match(a.password_hash):
+            raise ConfigError(
+                f"{key}.password_hash", "not an argon2 hash (make one with: parley smpp hash-password)"
+            )
+        for j, kind in enumerate(a.bind_types):
+            if kind not in SMPP_BIND_TYPES:
+                raise ConfigError(
+                    f"{key}.bind_types[{j}]", f"must be {', '.join(SMPP_BIND_TYPES)}; got {kind!r}"
+                )
+        if a.default_encoding not in ("gsm0338", "latin_1", "ascii"):
+            raise ConfigError(
+                f"{key}.default_encoding", f"must be gsm0338, latin_1 or ascii; got {a.default_encoding!r}"
+            )
+        if a.mo not in SMPP_MO_TARGETS:
+            raise ConfigError(f"{key}.mo", f"must be binds or flow; got {a.mo!r}")
+        for j, number in enumerate(a.numbers):
+            bare = number.removeprefix("+")
+            if bare in owners:
+                raise ConfigError(f"{key}.numbers[{j}]", f"{number!r} is already account {owners[bare]!r}'s")
+            owners[bare] = a.system_id
+        for name, low in (("max_binds", 1), ("window", 1), ("queue_max", 10)):
+            if getattr(a, name) < low:
+                raise ConfigError(f"{key}.{name}", f"must be at least {low}")
+        if a.throughput <= 0:
+            raise ConfigError(f"{key}.throughput", "must be more than 0")
+        if a.queue_age < 60:
+            raise ConfigError(f"{key}.queue_age", "must be at least 1m")
 
 
 def _check_redis_durability(r: RedisConfig) -> None:

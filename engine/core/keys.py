@@ -70,6 +70,18 @@ A connector's (one slot per id slot K, so receipt scripts touch one slot):
     p:gwerr:{GW}       stream  the connector's recent send errors (gateways/recent_errors.py): at ms,
                                kind (retry, rejected, crash), message id, error (numbers masked); last 100
 
+An SMPP server account's (ESMEs binding into Parley; tag ``{sm:A}``, A its system_id, so each of
+its scripts touches one slot):
+
+    p:smq:{sm:A}       stream  receipts and MOs waiting for A's receiver/transceiver binds (consumer
+                               group ``binds``; an entry is deleted on deliver_sm_resp OK), bounded by
+                               count and age (gateways/smpp/server_queue.py)
+    p:smseen:{sm:A}:D  string  an MO (D a digest of gateway and provider id) already queued for A  TTL 1d
+    p:smbinds:{sm:A}   zset    A's open binds across every process: bind id -> lease expiry ms
+    p:slots:{sm:A}     zset    A's submit rate (rate.lua, as a connector's send rate)
+    p:smparts:{sm:A}:D hash    parts of a long message A submits (D a digest of source, destination,
+                               reference, total): part -> text, "id" -> the message id  TTL parts_ttl
+
 Leases (tag ``{l}``, so lease.lua touches one slot), per role R (``worker``; ``sender:GW``, the
 lanes of connector GW; ``webhooks``, one "shard": which process runs the outcome webhooks,
 engine/app/singleton.py):
@@ -394,6 +406,41 @@ def smpp_rollup(gateway: str, slot: int, first_id: str) -> str:
     """The receipts of a multipart message's parts, by the SMSC id of its first part (in that
     id's slot ``slot``)."""
     return f"{PREFIX}:roll:{{{gateway}:{slot}}}:{first_id}"
+
+
+# -- an SMPP server account's ---------------------------------------------------------------
+
+#: The consumer group of an account's queue: its binds, in every process.
+SMPP_SERVER_GROUP = "binds"
+
+
+def _sm(account: str) -> str:
+    return f"{{sm:{account}}}"
+
+
+def smpp_server_queue(account: str) -> str:
+    """Receipts and MOs waiting for account ``account``'s binds."""
+    return f"{PREFIX}:smq:{_sm(account)}"
+
+
+def smpp_server_seen(account: str, digest: str) -> str:
+    """An MO already queued for ``account`` (``digest`` of its gateway and provider id)."""
+    return f"{PREFIX}:smseen:{_sm(account)}:{digest}"
+
+
+def smpp_server_binds(account: str) -> str:
+    """The account's open binds, global: bind id -> lease expiry ms."""
+    return f"{PREFIX}:smbinds:{_sm(account)}"
+
+
+def smpp_server_rate(account: str) -> str:
+    """The account's booked submit slots (rate.lua)."""
+    return f"{PREFIX}:slots:{_sm(account)}"
+
+
+def smpp_server_parts(account: str, digest: str) -> str:
+    """The parts of one long message the account is submitting."""
+    return f"{PREFIX}:smparts:{_sm(account)}:{digest}"
 
 
 # -- alone -----------------------------------------------------------------------------------

@@ -157,6 +157,16 @@ class Metrics:
             "parley_smpp_binds_up", "SMPP binds bound now, by gateway.", ["gateway"], registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
+        self._smpps_requests = Counter(
+            "parley_smpp_server_requests_total",
+            "Submits (submit_sm, data_sm, submit_multi) from ESMEs bound into Parley, by account, command "
+            "and the status answered (ESME_ROK, ESME_RTHROTTLED...).",
+            ["account", "command", "status"], registry=r,
+        )  # fmt: skip
+        self._smpps_binds = Gauge(
+            "parley_smpp_server_binds_up", "ESMEs bound into Parley now, by account.", ["account"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self._in_flight = Gauge(
             "parley_turns_in_flight", "Turns being processed now.", registry=r, multiprocess_mode="livesum"
         )
@@ -357,6 +367,12 @@ class Metrics:
 
     def smpp_binds(self, gateway: str, up: int) -> None:
         self._smpp_bound.labels(gateway).set(up)
+
+    def smpp_server_request(self, account: str, command: str, status: str) -> None:
+        self._smpps_requests.labels(account, command, status).inc()
+
+    def smpp_server_binds(self, account: str, up: int) -> None:
+        self._smpps_binds.labels(account).set(up)
 
     def crm_call(self, result: str) -> None:
         self._crm_calls.labels(result).inc()

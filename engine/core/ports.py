@@ -12,11 +12,13 @@ conversation layer or the runtime.
     ScriptRunner  run a Lua script by name; register a part's own scripts
     Routes        which connectors send a message (gateways/routing.py implements it)
     GatewayHost   Services + accept an inbound text (what a connector is handed)
+    SmppServerHost  Services + submit a message like POST /v1/messages (the SMPP server's)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio.client import Pipeline
@@ -81,4 +83,39 @@ class GatewayHost(Services, Protocol):
     ) -> Accepted:
         """Take an inbound text durably (in Redis) before the connector acknowledges its peer;
         once per (gateway, provider id)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A message an ESME bound into Parley submitted, as the engine sends it."""
+
+    #: The recipient, E.164.
+    to: str
+    text: str
+    #: What its receipt needs, carried on the message's record and status events.
+    smpp: dict[str, Any]
+    #: Expires unsent this long after it is accepted (the submit's validity_period), or None.
+    validity_s: float | None = None
+    #: The id to give it (from :meth:`SmppServerHost.new_message_id`), or None for a new one.
+    message_id: str | None = None
+    #: When to send it (the submit's schedule_delivery_time), or None: now.
+    send_at: datetime | None = None
+    #: The submit's priority_flag (0..3), or None: the connector's default.
+    priority: int | None = None
+    #: Delivery receipts wanted from the carrier (engine/core/sendopts.py RECEIPT_LEVELS: the
+    #: ESME asked for one), or None: the connector's default.
+    receipts: str | None = None
+
+
+class SmppServerHost(Services, Protocol):
+    """What the SMPP server (ESMEs binding into Parley) may ask of the engine, handed in by the app."""
+
+    def new_message_id(self, to: str) -> str:
+        """A message id for recipient ``to`` (E.164), to give a message accepted later."""
+        ...
+
+    async def submit(self, message: Submission) -> str:
+        """Accept ``message`` as POST /v1/messages does (the same gate, routing and connectors):
+        durably in Redis when this returns its id."""
         ...

@@ -65,6 +65,17 @@ class SendRequest:
     validity_s: float | None = None
     purpose: str = "service"
     idempotency_key: str | None = None
+    #: The id to give it (:func:`new_id` of its recipient's shard), when the caller had to know
+    #: it before (the SMPP server answers each part of a long message with it); else a new one.
+    message_id: str | None = None
+    #: Submitted by an ESME bound into Parley: what its receipt needs (account ``a``, registered
+    #: delivery ``rd``, source, times; gateways/smpp/server_receipts.py). Carried on the message's
+    #: record and its ``message`` outcome events.
+    smpp: dict[str, Any] | None = None
+    #: priority_flag 0..3 for connectors that have one (SMPP); None: the connector's default.
+    priority: int | None = None
+    #: Delivery receipts wanted (engine/core/sendopts.py RECEIPT_LEVELS); None: the connector's.
+    receipts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ def _call(
 ) -> tuple[SendArgs, Accepted]:
     shards = rt.config.engine.shards
     shard = keys.shard_of(req.to, shards)
-    mid = new_id(shard, now)
+    mid = req.message_id or new_id(shard, now)
     due = journeys.due_ms(rt, req.send_at, req.to, tz) if req.send_at is not None else None
     if due is not None and due <= now:
         due = None
@@ -106,10 +117,18 @@ def _call(
         message["fields"] = req.fields
     if req.gateway:
         message["gateway"] = req.gateway
+    if req.smpp:
+        message["smpp"] = req.smpp
     pending, ttl = "", int(rt.config.engine.message_log_ttl)
     if req.validity_s is not None:
         message["exp"] = (due or now) + int(req.validity_s * 1000)
         pending = f"p|{message['exp']}"
+    if due is not None:
+        message["sat"] = due
+    if req.priority is not None:
+        message["pri"] = req.priority
+    if req.receipts is not None:
+        message["rcpt"] = req.receipts
     ev = Event(shard, "", "send", req.to, now, params=message, purpose=req.purpose)
     member = keys.timer_member(req.to, "d", ev.deferred_token())
     wait_s = ((due or now) - now) // 1000

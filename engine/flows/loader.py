@@ -20,10 +20,11 @@ import yaml
 
 from engine.core.config import parse_cap, parse_duration
 from engine.core.errors import FlowError, FlowErrors
+from engine.core.sendopts import PRIORITIES, RECEIPT_LEVELS
 from engine.flows import yamlsrc
 from engine.flows.fields import BUILT_IN
 from engine.flows.limits import Limits
-from engine.flows.model import Flow, Node
+from engine.flows.model import Flow, FlowSms, Node
 from engine.flows.nodes import NAME_RE, check_segments, parse_node
 from engine.flows.problems import Collector
 from engine.flows.templates import make_environment
@@ -31,8 +32,10 @@ from engine.flows.text import fold
 
 FLOW_KEYS = {
     "name", "version", "description", "language", "triggers", "expire_after", "start", "nodes",
-    "conversational", "fields", "caps", "fallback", "purpose",
+    "conversational", "fields", "caps", "fallback", "purpose", "sms",
 }  # fmt: skip
+#: The keys of a flow's ``sms:`` section.
+SMS_KEYS = ("validity", "priority", "receipts")
 #: A flow's ``purpose:`` (engine/governance/consent.py's PURPOSES).
 PURPOSES = ("service", "marketing")
 
@@ -213,9 +216,38 @@ def _flow(d: yamlsrc.LineDict, file: str, errs: Collector, env: jinja2.Environme
         fields=list(required),
         caps=caps,
         purpose=purpose,
+        sms=_sms(d, errs) if "sms" in d else None,
         fallback=fallback,
         max_segments=errs.limits.max_segments,
     )
+
+
+def _sms(d: yamlsrc.LineDict, errs: Collector) -> FlowSms | None:
+    """``sms:``: delivery options for the flow's messages (validity, priority, receipts)."""
+    line, raw = d.line_of("sms"), d["sms"]
+    if not isinstance(raw, dict):
+        errs.add(line, None, f"sms must be a mapping with {', '.join(SMS_KEYS)}")
+        return None
+    for key in raw:
+        if key not in SMS_KEYS:
+            errs.add(line, None, f"sms: unknown key {key!r} (known: {', '.join(SMS_KEYS)})")
+    validity, priority, receipts = None, raw.get("priority"), raw.get("receipts", "")
+    if "validity" in raw:
+        try:
+            validity = parse_duration(raw["validity"])
+        except ValueError as exc:
+            errs.add(line, None, f"sms.validity: {exc}")
+        else:
+            if validity <= 0:
+                errs.add(line, None, "sms.validity: must be more than 0 (leave it out for the connector's)")
+                validity = None
+    if priority is not None and (isinstance(priority, bool) or priority not in PRIORITIES):
+        errs.add(line, None, f"sms.priority: must be a whole number from 0 to 3, got {priority!r}")
+        priority = None
+    if receipts and receipts not in RECEIPT_LEVELS:
+        errs.add(line, None, f"sms.receipts: must be one of {', '.join(RECEIPT_LEVELS)}, got {receipts!r}")
+        receipts = ""
+    return FlowSms(validity=validity, priority=priority, receipts=str(receipts))
 
 
 def _fallback(d: yamlsrc.LineDict, errs: Collector, env: jinja2.Environment) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.core.sendopts import SendOptions
 from engine.flows.conditions import Condition
 from engine.flows.reply_tests import ReplyTest
 from engine.flows.templates import Template
@@ -89,6 +90,21 @@ class Node:
         return out
 
 
+@dataclass(frozen=True)
+class FlowSms:
+    """A flow's ``sms:`` section: delivery options for the messages it sends (connectors that
+    have them: SMPP's validity_period, priority_flag, registered_delivery)."""
+
+    #: Seconds the message is worth delivering after it is sent (None: the connector's default).
+    validity: float | None = None
+    priority: int | None = None
+    receipts: str = ""
+
+    def options(self, now_ms: int) -> SendOptions:
+        exp = now_ms + int(self.validity * 1000) if self.validity is not None else 0
+        return SendOptions(expires_ms=exp, priority=self.priority, receipts=self.receipts)
+
+
 @dataclass
 class Flow:
     name: str
@@ -110,6 +126,8 @@ class Flow:
     #: ``service`` (reminders, confirmations, surveys: any contact not opted out) or
     #: ``marketing`` (offers: only contacts with a marketing opt-in; always held to caps).
     purpose: str = "service"
+    #: Delivery options of its messages (``sms:``), or None.
+    sms: FlowSms | None = None
     #: Digest of the source text: the version a session is pinned to (no manual bump needed).
     digest: str = ""
     #: The YAML it was compiled from (kept in Redis so a session can finish on it).

@@ -2,7 +2,8 @@
 receipts (status.lua in the contact's shard slot; provider_id.lua and receipt.lua in the
 connector's ``{GW:K}`` slot), failover moves (move.lua), the check before a cancellable send
 (claim.lua, in the message's shard slot), SMPP's segment maps (smpp_receipt.lua,
-smpp_parts.lua) and SMPP bind leases (binds.lua). Every script touches ONE Redis Cluster slot.
+smpp_parts.lua), SMPP bind leases (binds.lua), and the SMPP server's account bind leases and
+queues (smpps_binds.lua, smpps_push.lua). Every script touches ONE Redis Cluster slot.
 Each is commented with its KEYS and ARGV and called through the typed wrapper of the same name
 beside it (``status.py``'s
 ``StatusArgs``...); the keys are built in engine/core/keys.py like every other key.
@@ -19,6 +20,7 @@ from engine.core.ports import ScriptRunner
 
 SCRIPTS = (
     "status", "provider_id", "receipt", "move", "rate", "smpp_receipt", "smpp_parts", "binds", "claim",
+    "smpps_binds", "smpps_push",
 )  # fmt: skip
 
 

@@ -14,19 +14,22 @@
 -- ARGV[3]  message id          ARGV[4] contact        ARGV[5] text
 -- ARGV[6]  the rest of the route after GW2 ("a,b" or "")     ARGV[7] queued at (ms)
 -- ARGV[8]  now (ms)            ARGV[9] GW2's name    ARGV[10] why (the failure seen at GW)
+-- ARGV[11] its send options (field o, engine/core/sendopts.py), carried over; "" for none
 -- Returns the new entry id, or "" when the entry was already gone (acknowledged elsewhere).
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return ''
 end
 redis.call('XDEL', KEYS[1], ARGV[2])
-local id
+local entry = {'m', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'q', ARGV[7]}
 if KEYS[4] then
-  id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
-    'q', ARGV[7], 'u', KEYS[4])
-else
-  id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[3], 'c', ARGV[4], 't', ARGV[5], 'r', ARGV[6],
-    'q', ARGV[7])
+  entry[#entry + 1] = 'u'
+  entry[#entry + 1] = KEYS[4]
 end
+if ARGV[11] and ARGV[11] ~= '' then
+  entry[#entry + 1] = 'o'
+  entry[#entry + 1] = ARGV[11]
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(entry))
 local raw = redis.call('HGET', KEYS[3], ARGV[3])
 if raw then
   local m = cjson.decode(raw)

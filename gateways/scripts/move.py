@@ -32,6 +32,8 @@ class MoveArgs:
     group: str = keys.OUTBOUND_GROUP
     #: A cancellable message's hand-over key (its entry's ``u``), carried to the new entry; "" none.
     handover: str = ""
+    #: Its send options (its entry's ``o``, engine/core/sendopts.py), carried over; "" none.
+    options: str = ""
 
     def to_keys(self) -> list[str]:
         """KEYS[1] from, KEYS[2] to, KEYS[3] the contact's message records, KEYS[4] the hand-over."""
@@ -41,7 +43,7 @@ class MoveArgs:
     def to_argv(self) -> list[str | bytes | int]:
         return [
             self.group, self.entry_id, self.message_id, self.contact, self.text, ",".join(self.rest),
-            self.queued_ms, self.now_ms, self.target, self.why,
+            self.queued_ms, self.now_ms, self.target, self.why, self.options,
         ]  # fmt: skip
 
 

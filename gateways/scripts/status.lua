@@ -7,7 +7,8 @@
 -- KEYS[2]  p:fx:T             the shard's flow outcome events: a flow's message that moved to
 --                             sent or a final status is reported there
 --                             (engine/conversation/outcomes.py), trimmed to ARGV[10];
---                             governance = true when it is a STOP/START/HELP answer
+--                             governance = true when it is a STOP/START/HELP answer; smpp = the
+--                             record's, when an ESME submitted it (gateways/smpp/server_receipts.py)
 -- KEYS[3]  p:out:T:GW[:bulk]  the outbound lane the message came from (only with ARGV[8])
 -- ARGV[1]  message id   ARGV[2] new status   ARGV[3] now (ms)
 -- ARGV[4]  provider message id or ""        ARGV[5] error text or ""
@@ -57,7 +58,7 @@ local function report(before, ms)
   if st ~= before and REPORTED[st] and ((m['flow'] and m['flow'] ~= cjson.null) or m['api']) then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'e', cjson.encode({
       t = 'message', c = ARGV[6], f = m['flow'], m = ARGV[1], status = st, error = m['error'],
-      governance = m['governance'], at = ms}))
+      governance = m['governance'], smpp = m['smpp'], at = ms}))
   end
 end
 local before = m['status']

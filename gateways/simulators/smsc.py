@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import defaultdict, deque
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 MODES = ("happy", "slow", "throttling", "erroring", "disconnecting", "no-response")
 ID_FORMATS = ("hex", "decimal", "uuid")
 #: message_state values (SMPP 3.4 section 5.2.28) by receipt stat.
-MESSAGE_STATES = {"DELIVRD": 2, "EXPIRED": 3, "DELETED": 4, "UNDELIV": 5, "ACCEPTD": 6, "UNKNOWN": 7,
-                  "REJECTD": 8}  # fmt: skip
+MESSAGE_STATES = {"ENROUTE": 1, "DELIVRD": 2, "EXPIRED": 3, "DELETED": 4, "UNDELIV": 5, "ACCEPTD": 6,
+                  "UNKNOWN": 7, "REJECTD": 8}  # fmt: skip
 #: "slow" mode with ``latency`` left at 0 answers after this long.
 SLOW_DEFAULT = 0.5
 _RECEIVERS = ("transceiver", "receiver")
@@ -76,6 +77,9 @@ class SmscBehaviour:
     #: Answer every submit_sm with a generic_nack of this status instead (0: off).
     nack_status: int = 0
     parts_in_order: bool = True  # False: multipart MOs go out last part first
+    #: What an intermediate notification (registered_delivery bit 4) states; it goes out right
+    #: after the submit_sm_resp, before the final receipt (after ``dlr_delay``).
+    intermediate_stat: str = "ENROUTE"
 
 
 @dataclass
@@ -100,6 +104,9 @@ class Submit:
     answered_at: float | None = None
     source_ton: int = 0
     source_npi: int = 0
+    priority_flag: int = 0
+    schedule_delivery_time: str = ""
+    validity_period: str = ""
 
 
 class Message(NamedTuple):
@@ -164,9 +171,12 @@ class SimulatedSmsc:
         self, *, host: str = "127.0.0.1", port: int = 0, behaviour: SmscBehaviour | None = None,
         control_port: int | None = None, system_id: str = "SimSMSC",
         on_bind: Callable[[BindEvent], None] | None = None,
-        on_message: Callable[[Message], None] | None = None,
+        on_message: Callable[[Message], None] | None = None, tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
+        """``tls``: serve SMPP over TLS with this server context (its certificate; a client
+        certificate required when the context says CERT_REQUIRED)."""
         self.host, self.port, self.control_port = host, port, control_port
+        self.tls = tls
         self.behaviour = behaviour or SmscBehaviour()
         self.system_id = system_id
         self.on_bind, self.on_message = on_bind, on_message
@@ -193,7 +203,7 @@ class SimulatedSmsc:
     # Lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> SimulatedSmsc:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.control_port is not None:
             self._runner = web.AppRunner(self._control_app(), access_log=None, shutdown_timeout=0.1)
@@ -228,8 +238,8 @@ class SimulatedSmsc:
 
     def stats(self) -> dict[str, int]:
         keys = ("binds_ok", "binds_failed", "binds_dropped", "submits", "accepted", "throttled", "errors",
-                "dropped", "receipts_sent", "receipts_resent", "mo_sent", "enquire_links_answered",
-                "enquire_links_sent", "enquire_links_unanswered")  # fmt: skip
+                "dropped", "receipts_sent", "receipts_resent", "intermediates_sent", "mo_sent",
+                "enquire_links_answered", "enquire_links_sent", "enquire_links_unanswered")  # fmt: skip
         return {k: self._stats[k] for k in keys}
 
     def messages(self) -> list[Message]:
@@ -273,6 +283,8 @@ class SimulatedSmsc:
                 await self._handle(conn, await p.read_pdu(reader))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ssl.SSLError as exc:  # a client that failed our TLS checks
+            log.info("simulated SMSC: bind %d: TLS: %s", conn.bind_id, exc.reason or exc)
         except p.MalformedPdu as exc:
             log.warning("simulated SMSC: bind %d: %s; closing", conn.bind_id, exc)
         except Exception:
@@ -405,7 +417,7 @@ class SimulatedSmsc:
         latency = b.latency or (SLOW_DEFAULT if b.mode == "slow" else 0.0)
         if latency:
             await asyncio.sleep(latency)
-        wants_dlr = status == p.ESME_ROK and sub.registered_delivery & 1
+        wants_dlr = status == p.ESME_ROK and self._wants_receipt(sub)
         early = self._find_receiver(sub.system_id, sub.bind_id) if wants_dlr and b.dlr_before_resp else None
         if early is not None:  # the receipt overtakes the submit_sm_resp, as fast SMSCs do
             sm = self._receipt_sm(sub)
@@ -414,6 +426,8 @@ class SimulatedSmsc:
         sub.status, sub.answered_at = status, time.time()
         if status == p.ESME_ROK:
             self._collect(sub)
+        if status == p.ESME_ROK and sub.registered_delivery & 0x10:
+            self._spawn(self._intermediate(sub))
         if wants_dlr and early is None:
             self._spawn(self._receipt(sub, b.dlr_delay))
 
@@ -439,16 +453,32 @@ class SimulatedSmsc:
 
     # Receipts ----------------------------------------------------------------------------
 
-    def _receipt_sm(self, sub: Submit) -> p.ShortMessage:
+    def _stat(self, sub: Submit) -> str:
+        return self.behaviour.dlr_stat_for.get(sub.dest, self.behaviour.dlr_stat)
+
+    def _wants_receipt(self, sub: Submit) -> bool:
+        """registered_delivery bits 0-1: 01 a final receipt, 10 only when it failed."""
+        level = sub.registered_delivery & 0x03
+        return level == 1 or (level == 2 and self._stat(sub) != "DELIVRD")
+
+    async def _intermediate(self, sub: Submit) -> None:
+        """An intermediate notification (esm_class 0x20) before the final receipt, stating
+        ``behaviour.intermediate_stat`` (ENROUTE; UNDELIV plays a first attempt that failed)."""
+        sm = self._receipt_sm(sub, stat=self.behaviour.intermediate_stat, esm_class=0x20)
+        conn = await self._receiver(sub.system_id, prefer=sub.bind_id, timeout=30.0)
+        self._stats["intermediates_sent"] += 1
+        await asyncio.wait_for(self._send_sm(conn, sm), 5.0)
+
+    def _receipt_sm(self, sub: Submit, *, stat: str = "", esm_class: int = 0x04) -> p.ShortMessage:
         b = self.behaviour
-        stat = b.dlr_stat_for.get(sub.dest, b.dlr_stat)
+        stat = stat or self._stat(sub)
         rid = _dlr_id(sub.message_id, b.id_format, b.dlr_id_format)
         ok = stat == "DELIVRD"
         body = (f"id:{rid} sub:001 dlvrd:{'001' if ok else '000'} submit date:{_stamp(sub.at)} "
                 f"done date:{_stamp(time.time())} stat:{stat} err:{'000' if ok else '001'} "
                 f"text:{sub.text[:20]}")  # fmt: skip
         return p.ShortMessage(
-            source=p.Address(sub.dest), dest=p.Address(sub.source), esm_class=0x04, data_coding=0,
+            source=p.Address(sub.dest), dest=p.Address(sub.source), esm_class=esm_class, data_coding=0,
             short_message=body.encode("ascii", "replace")[:254],
             tlvs=((p.TAG_RECEIPTED_MESSAGE_ID, rid.encode() + b"\0"),
                   (p.TAG_MESSAGE_STATE, bytes((MESSAGE_STATES.get(stat, 7),)))),
@@ -606,7 +636,8 @@ def _record(conn: _Conn, seq: int, sm: p.ShortMessage) -> Submit:
         dest=sm.dest.addr, data_coding=sm.data_coding, esm_class=sm.esm_class,
         short_message=sm.short_message, tlvs=tlvs, registered_delivery=sm.registered_delivery,
         text=decode_text(sm.data_coding, body), concat=concat, source_ton=sm.source.ton,
-        source_npi=sm.source.npi,
+        source_npi=sm.source.npi, priority_flag=sm.priority_flag,
+        schedule_delivery_time=sm.schedule_delivery_time, validity_period=sm.validity_period,
     )  # fmt: skip
 
 

@@ -69,11 +69,12 @@ from engine.core.errors import (
     NotReplicated,
 )
 from engine.core.numbers import InvalidNumber, mask, to_e164
+from engine.core.sendopts import PRIORITIES, RECEIPT_LEVELS, SendOptions
 from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, SendResult
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt, shard_of
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
-from gateways.smpp import dlr, pdu, text
+from gateways.smpp import dlr, pdu, smpptime, text, tls
 from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
@@ -84,6 +85,7 @@ THROTTLES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
 TRANSIENT = THROTTLES | {pdu.ESME_RSYSERR, pdu.ESME_RX_T_APPN}
 #: esm_class message types that are receipts: SMSC delivery receipt, intermediate notification.
 RECEIPT_TYPES = frozenset({0x04, 0x20})
+INTERMEDIATE = 0x20
 FINAL_FAILURES = ("failed", "expired", "rejected")
 #: Partly sent messages remembered for their retry (beyond: a retry sends every part again).
 MAX_PROGRESS = 10_000
@@ -113,8 +115,17 @@ class SmppConfig:
     service_type: str = ""
     #: How long texts are split: ``udh8``, ``udh16``, ``sar`` or ``payload`` (one message_payload).
     concat: str = "udh8"
-    #: Ask for delivery receipts (registered_delivery 1).
-    registered_delivery: bool = True
+    #: Delivery receipts to ask for (registered_delivery): ``final`` (delivered or failed; also
+    #: ``true``), ``failure`` (only failures), ``intermediate`` (final ones and intermediate
+    #: notifications) or ``none`` (also ``false``). A message's own ``receipts`` wins.
+    registered_delivery: bool | str = True
+    #: Default validity_period (0: the SMSC's); a message's own validity wins.
+    validity_period: Duration = Duration(0.0)
+    #: Default priority_flag, 0..3; a message's own priority wins.
+    priority: int = 0
+    #: How validity_period and schedule_delivery_time are written: ``relative`` (an interval
+    #: from the submit: no clock to agree on) or ``absolute`` (UTC).
+    time_format: str = "relative"
     #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
     #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
     #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
@@ -144,6 +155,18 @@ class SmppConfig:
     #: How long a process's lease on a bind lasts (renewed every third of it). The bind count
     #: is global: every process running the connector shares ``binds`` (gateways/smpp/binds.py).
     bind_lease: Duration = Duration(10.0)
+    #: TLS to the SMSC (its TLS port; often 3550 or 8775). The certificate is verified against
+    #: ``tls_ca`` (a PEM file; empty: the system's trusted CAs) and must be for ``tls_server_name``
+    #: (empty: ``host``) unless ``tls_verify_hostname`` is off; ``tls_verify: false`` trusts any
+    #: certificate (a test SMSC only). ``tls_cert``/``tls_key``: a client certificate (PEM) for
+    #: an SMSC that asks for one.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_verify: bool = True
+    tls_verify_hostname: bool = True
+    tls_server_name: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 class SmppGateway(Gateway):
@@ -215,6 +238,19 @@ class SmppGateway(Gateway):
             raise ConfigError(f"{where}.max_pdu", f"must be at least 1024, got {config.max_pdu}")
         if len(config.sender) > 20:
             raise ConfigError(f"{where}.sender", "at most 20 characters")
+        tls.client_context(where, _tls_options(config))  # files readable, the key fits its cert
+        receipt_level(config.registered_delivery, f"{where}.registered_delivery")
+        if config.priority not in PRIORITIES:
+            raise ConfigError(f"{where}.priority", f"must be 0..3 (priority_flag), got {config.priority}")
+        if config.time_format not in ("relative", "absolute"):
+            raise ConfigError(
+                f"{where}.time_format", f"must be relative or absolute, got {config.time_format!r}"
+            )
+        if not 0 <= config.validity_period <= smpptime.MAX_RELATIVE_S:
+            raise ConfigError(
+                f"{where}.validity_period",
+                f"must be 0 (the SMSC's) up to 99 days, got {config.validity_period}s",
+            )
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -231,7 +267,8 @@ class SmppGateway(Gateway):
             address_range=c.address_range, window=c.window, enquire_link=c.enquire_link,
             response_timeout=c.response_timeout, connect_timeout=c.connect_timeout,
             reconnect_delay=c.reconnect_delay, reconnect_max=c.reconnect_max, bind_retry=c.bind_retry,
-            max_pdu=c.max_pdu,
+            max_pdu=c.max_pdu, tls_context=tls.client_context(f"gateways.{self.name}", _tls_options(c)),
+            server_name=c.tls_server_name,
         )  # fmt: skip
         rt = self._runtime()
         self.leases = BindLeases(
@@ -360,7 +397,7 @@ class SmppGateway(Gateway):
             source = self._source  # with the configured source_ton / source_npi
         else:
             source = _address(msg.sender, *_source_ton_npi(self.config, msg.sender))
-        rd = 1 if self.config.registered_delivery else 0
+        fields = self._delivery_fields(msg.options)
         try:
             first = len(ids)  # a retry resumes after the parts already taken
             for i in range(first, len(segments)):
@@ -369,8 +406,7 @@ class SmppGateway(Gateway):
                     await msg.pace()  # each part is its own event on the wire: its own rate slot
                 sm = ShortMessage(
                     source=source, dest=dest, short_message=seg.short_message, data_coding=seg.data_coding,
-                    esm_class=seg.esm_class, registered_delivery=rd, service_type=self.config.service_type,
-                    tlvs=seg.tlvs,
+                    esm_class=seg.esm_class, service_type=self.config.service_type, tlvs=seg.tlvs, **fields,
                 )  # fmt: skip
                 ids.append(await self._submit(sm, i, len(segments), taken=bool(ids), timeout=timeout))
         except (GatewayTimeout, GatewayUnavailable) as exc:
@@ -382,6 +418,27 @@ class SmppGateway(Gateway):
         if len(ids) > 1:
             await self._record_parts(ids)
         return SendResult(ids[0])
+
+    def _delivery_fields(self, o: SendOptions) -> dict[str, Any]:
+        """registered_delivery, priority_flag, validity_period and schedule_delivery_time of a
+        message's submit_sm: its own options, else the connector's defaults. The validity is what
+        is left of the message's at this moment (the SMSC stops trying when Parley would have);
+        a due time still ahead (a message handed over early) becomes schedule_delivery_time."""
+        c, now = self.config, self._runtime().clock.now_ms()
+        level = o.receipts or receipt_level(c.registered_delivery)
+        validity = ""
+        if o.expires_ms:
+            validity = smpptime.encode_ms(o.expires_ms, now, c.time_format)
+        elif c.validity_period > 0:
+            validity = smpptime.encode_ms(now + int(c.validity_period * 1000), now, c.time_format)
+        schedule = (
+            smpptime.encode_ms(o.deliver_at_ms, now, c.time_format) if o.deliver_at_ms > now + 1000 else ""
+        )
+        return {
+            "registered_delivery": REGISTERED_DELIVERY[level],
+            "priority_flag": c.priority if o.priority is None else o.priority,
+            "validity_period": validity, "schedule_delivery_time": schedule,
+        }  # fmt: skip
 
     async def _submit(self, sm: ShortMessage, i: int, n: int, *, taken: bool, timeout: float | None) -> str:
         """One part; returns the SMSC's id for it (lower case). ``timeout`` (a circuit probe's)
@@ -519,6 +576,15 @@ class SmppGateway(Gateway):
         if r is None:
             log.warning("smpp %s: a receipt without a message id: %r", self.name, body[:80])
             return
+        if sm.esm_class & 0x3C == INTERMEDIATE:
+            # An intermediate notification (asked for with receipts: intermediate) says where the
+            # message is on its way, even "UNDELIV" for an attempt the SMSC will retry: it
+            # never ends the message's status; only the final receipt does.
+            rt.metrics.receipt(self.name, r.status or "enroute", "intermediate")
+            log.debug(
+                "smpp %s: intermediate notification for %s: %s", self.name, r.smsc_id, r.error or r.status
+            )
+            return
         if r.status is None:
             return  # ENROUTE, UNKNOWN: nothing to record
         rid = dlr.receipt_id(r.smsc_id, self.config.receipt_id_format)
@@ -595,6 +661,31 @@ class SmppGateway(Gateway):
         if parts_key:
             await rt.store.redis.delete(parts_key)
         log.debug("smpp %s: text from %s taken (%s)", session.name, mask(contact), provider_id)
+
+
+#: registered_delivery by receipt level (SMPP 3.4 section 5.2.17): bits 0-1 the SMSC delivery
+#: receipt (01 final, 10 failure only), bit 4 intermediate notifications.
+REGISTERED_DELIVERY = {"none": 0x00, "final": 0x01, "failure": 0x02, "intermediate": 0x11}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def receipt_level(value: bool | str, key: str = "registered_delivery") -> str:
+    """A connector's ``registered_delivery`` as a level (true: final, false: none)."""
+    if isinstance(value, bool):
+        return "final" if value else "none"
+    v = value.strip().lower()
+    if v in RECEIPT_LEVELS:
+        return v
+    if v in _TRUE or v in _FALSE:
+        return "final" if v in _TRUE else "none"
+    raise ConfigError(key, f"must be one of {', '.join(RECEIPT_LEVELS)} (or true/false), got {value!r}")
+
+
+def _tls_options(c: SmppConfig) -> tls.TlsOptions:
+    return tls.TlsOptions(
+        enabled=c.tls, ca=c.tls_ca, verify=c.tls_verify, verify_hostname=c.tls_verify_hostname,
+        server_name=c.tls_server_name, cert=c.tls_cert, key=c.tls_key,
+    )  # fmt: skip
 
 
 def _source_ton_npi(config: SmppConfig, sender: str | None = None) -> tuple[int, int]:

@@ -271,6 +271,10 @@ class ShortMessage:
     service_type: str = ""
     protocol_id: int = 0
     tlvs: tuple[tuple[int, bytes], ...] = ()
+    #: 0..3; and the SMPP times (section 7.1.1, gateways/smpp/smpptime.py), "" for none.
+    priority_flag: int = 0
+    schedule_delivery_time: str = ""
+    validity_period: str = ""
 
     @property
     def tlv(self) -> dict[int, bytes]:
@@ -293,8 +297,8 @@ def encode_sm(command_id: int, seq: int, sm: ShortMessage) -> bytes:
             _cstr(sm.service_type),
             bytes((sm.source.ton, sm.source.npi)), _cstr(sm.source.addr),
             bytes((sm.dest.ton, sm.dest.npi)), _cstr(sm.dest.addr),
-            bytes((sm.esm_class, sm.protocol_id, 0)),  # priority_flag
-            b"\x00\x00",  # schedule_delivery_time, validity_period: immediate, SMSC default
+            bytes((sm.esm_class, sm.protocol_id, sm.priority_flag)),
+            _cstr(sm.schedule_delivery_time), _cstr(sm.validity_period),  # "": immediate, SMSC default
             bytes((sm.registered_delivery, 0, sm.data_coding, 0, len(sm.short_message))),
             sm.short_message,
             *_tlvs(sm.tlvs),
@@ -351,9 +355,9 @@ def parse_sm(pdu: Pdu) -> ShortMessage:
     src = Address(ton=r.octet(), npi=r.octet(), addr=r.cstring(65))
     dst = Address(ton=r.octet(), npi=r.octet(), addr=r.cstring(65))
     esm_class, protocol_id = r.octet(), r.octet()
-    r.octet()  # priority_flag
-    r.cstring(17)  # schedule_delivery_time
-    r.cstring(17)  # validity_period
+    priority_flag = r.octet()
+    schedule_delivery_time = r.cstring(17)
+    validity_period = r.cstring(17)
     registered_delivery = r.octet()
     r.octet()  # replace_if_present_flag
     data_coding = r.octet()
@@ -367,5 +371,6 @@ def parse_sm(pdu: Pdu) -> ShortMessage:
     return ShortMessage(
         source=src, dest=dst, short_message=short_message, data_coding=data_coding, esm_class=esm_class,
         registered_delivery=registered_delivery, service_type=service_type, protocol_id=protocol_id,
-        tlvs=tuple(tlvs),
+        tlvs=tuple(tlvs), priority_flag=priority_flag, schedule_delivery_time=schedule_delivery_time,
+        validity_period=validity_period,
     )  # fmt: skip

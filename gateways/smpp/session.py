@@ -29,12 +29,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engine.core.clock import Clock
-from gateways.smpp import pdu
+from gateways.smpp import pdu, tls
 from gateways.smpp.pdu import Pdu
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class SessionSettings:
     reconnect_max: float
     bind_retry: float
     max_pdu: int
+    #: TLS to the SMSC (None: plain TCP); ``server_name`` is the name its certificate must be
+    #: for and the SNI sent (empty: ``host``).
+    tls_context: ssl.SSLContext | None = None
+    server_name: str = ""
 
 
 class Session:
@@ -202,6 +207,10 @@ class Session:
                 delay = self.s.reconnect_delay
             except asyncio.CancelledError:
                 raise
+            except ssl.SSLError as exc:  # before OSError, its base: say what failed
+                failures = 1 if self._answered else failures + 1
+                self.last_error = tls.describe(exc, self.s.server_name or self.s.host)
+                log.error("smpp %s: %s", self.name, self.last_error)
             except BindRefused as exc:
                 self.state = "refused"
                 self.last_error = str(exc)
@@ -210,6 +219,8 @@ class Session:
             except (OSError, EOFError, TimeoutError, pdu.MalformedPdu, ConnectionLost) as exc:
                 failures = 1 if self._answered else failures + 1
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if str(exc).startswith("TLS: "):
+                    self.last_error = str(exc)
                 log.warning("smpp %s: connection lost: %s", self.name, self.last_error)
             except Exception as exc:  # a bug: log it, never let the bind die silently
                 failures = 1 if self._answered else failures + 1
@@ -231,21 +242,23 @@ class Session:
 
     async def _connect_and_serve(self) -> None:
         self.state = "connecting"
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.s.host, self.s.port), self.s.connect_timeout
-        )
+        if self.s.tls_context is None:
+            connecting = asyncio.open_connection(self.s.host, self.s.port)
+        else:
+            connecting = asyncio.open_connection(
+                self.s.host,
+                self.s.port,
+                ssl=self.s.tls_context,
+                server_hostname=self.s.server_name or self.s.host,
+                ssl_handshake_timeout=self.s.connect_timeout,
+            )
+        reader, writer = await asyncio.wait_for(connecting, self.s.connect_timeout)
         self._writer = writer
         self._dropped.clear()
         self.state = "binding"
         reader_task = asyncio.create_task(self._read_loop(reader), name=f"smpp {self.name} read")
         try:
-            resp = await self._request(
-                lambda seq: pdu.bind(
-                    pdu.BINDS[self.mode], seq, system_id=self.s.system_id, password=self.s.password,
-                    system_type=self.s.system_type, address_range=self.s.address_range,
-                ),
-                windowed=False,
-            )  # fmt: skip
+            resp = await self._bind_request()
             if resp.status != pdu.ESME_ROK:
                 raise BindRefused(resp.status)
             self.state = "bound"
@@ -268,6 +281,23 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader_task
 
+    async def _bind_request(self) -> Pdu:
+        """Send our bind_* and wait for its response (whatever its status)."""
+        try:
+            return await self._request(
+                lambda seq: pdu.bind(
+                    pdu.BINDS[self.mode], seq, system_id=self.s.system_id, password=self.s.password,
+                    system_type=self.s.system_type, address_range=self.s.address_range,
+                ),
+                windowed=False,
+            )  # fmt: skip
+        except ConnectionLost as exc:
+            if self.s.tls_context is None or "closed the connection" not in str(exc):
+                raise
+            # With TLS 1.3 a server checks the client's certificate after the handshake and
+            # hangs up: all we see is the connection closed before the bind_resp.
+            raise ConnectionLost(tls.CLOSED_BEFORE_BIND, written=True) from exc
+
     def _teardown(self) -> asyncio.StreamWriter | None:
         """Forget the connection and close it; returns its writer (to wait until it is closed)."""
         was_bound = self.bound.is_set()
@@ -287,6 +317,9 @@ class Session:
         why = "unbound"
         try:
             await self._read_pdus(reader)
+        except ssl.SSLError as exc:  # e.g. TLS 1.3: a client certificate refused after the handshake
+            why = tls.describe(exc, self.s.server_name or self.s.host)
+            raise
         except BaseException as exc:
             why = str(exc) or type(exc).__name__
             raise

@@ -45,6 +45,8 @@
 -- ARGV[23] the consumer group that read the event from KEYS[12], or "": the event's entry is
 --          acknowledged and deleted with the commit (and with a "dup"), if that group holds it
 --          pending, so a worker needs no round trip of its own to acknowledge what it applied
+-- ARGV[24] the send options of every outbound message (engine/core/sendopts.py: validity,
+--          priority, receipts), written in each lane entry as field o; "" for none
 -- then R pairs (message id, record json), O triples (message id, text, kind),
 --      T timer members, A pairs (timer member, due ms), E outcome events (json),
 --      then the inbox change (may be left out): "" none; "open", reason, flow it came from (the
@@ -151,7 +153,7 @@ local seq = tonumber(last[2] or '0')
 local function outcome(json)
   redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[22], '*', 'e', json)
 end
-local i = 24
+local i = 25
 for _ = 1, nrec do
   seq = seq + 1
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
@@ -186,15 +188,19 @@ for _ = 1, nout do
     blocked[#blocked + 1] = id .. ' ' .. code
     if (rec['flow'] and rec['flow'] ~= cjson.null) or rec['api'] then
       outcome(cjson.encode({t = 'message', c = ARGV[6], f = rec['flow'], m = id, status = 'blocked',
-        error = code, governance = rec['governance'], at = now}))
+        error = code, governance = rec['governance'], smpp = rec['smpp'], at = now}))
     end
   else
+    local entry = {'m', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19]}
     if KEYS[16] then
-      redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19],
-        'u', KEYS[16])
-    else
-      redis.call('XADD', KEYS[4], '*', 'm', id, 'c', ARGV[6], 't', ARGV[i + 1], 'r', ARGV[20], 'q', ARGV[19])
+      entry[#entry + 1] = 'u'
+      entry[#entry + 1] = KEYS[16]
     end
+    if ARGV[24] ~= '' then
+      entry[#entry + 1] = 'o'
+      entry[#entry + 1] = ARGV[24]
+    end
+    redis.call('XADD', KEYS[4], '*', unpack(entry))
   end
   i = i + 3
 end

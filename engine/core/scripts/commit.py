@@ -77,6 +77,8 @@ class CommitArgs:
     #: The hand-over key (``keys.handover``) of the cancellable unit the outbound messages
     #: belong to, or "" (a reply: nothing to cancel, the sender checks nothing).
     handover: str = ""
+    #: The send options of every outbound message (``SendOptions.encode()``), or "".
+    options: str = ""
 
     def to_keys(self) -> list[str]:
         """KEYS[1..15], and KEYS[16] with a hand-over key."""
@@ -99,7 +101,7 @@ class CommitArgs:
             self.version, self.event, self.state, max(self.ttl_s, 1), self.log_size, self.contact,
             len(self.records), len(self.outbound), len(self.timers_remove), len(self.timers_add),
             *contact_args, self.call, self.log_ttl_s, self.consent, self.caps, self.now_ms,
-            ",".join(self.failover), len(self.events), self.events_max, self.ack_group,
+            ",".join(self.failover), len(self.events), self.events_max, self.ack_group, self.options,
             *(x for rid, rec in self.records for x in (rid, rec)),
             *(x for o in self.outbound for x in (o.id, o.text, o.kind)),
             *self.timers_remove,
