@@ -52,6 +52,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,7 @@ from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
 from gateways.smpp import dlr, pdu, smpptime, text, tls
 from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
+from gateways.smpp.query import OverdueQueries, QuerySettings
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ TRANSIENT = THROTTLES | {pdu.ESME_RSYSERR, pdu.ESME_RX_T_APPN}
 RECEIPT_TYPES = frozenset({0x04, 0x20})
 INTERMEDIATE = 0x20
 FINAL_FAILURES = ("failed", "expired", "rejected")
+FINAL_STATUSES = ("delivered", *FINAL_FAILURES)
 #: Partly sent messages remembered for their retry (beyond: a retry sends every part again).
 MAX_PROGRESS = 10_000
 
@@ -126,6 +129,14 @@ class SmppConfig:
     #: How validity_period and schedule_delivery_time are written: ``relative`` (an interval
     #: from the submit: no clock to agree on) or ``absolute`` (UTC).
     time_format: str = "relative"
+    #: query_sm for a message whose final receipt has not come this long after it was sent
+    #: (0: never); every ``query_interval``, at most ``query_batch`` a round and ``query_rate`` a
+    #: second, each message ``query_attempts`` times at most (gateways/smpp/query.py).
+    query_after: Duration = Duration(0.0)
+    query_interval: Duration = Duration(60.0)
+    query_batch: int = 100
+    query_rate: float = 10.0
+    query_attempts: int = 3
     #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
     #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
     #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
@@ -192,6 +203,8 @@ class SmppGateway(Gateway):
         #: oldest first; bounded (a message the pipeline gave up on is not retried here again).
         self._progress: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._conn_token = secrets.token_hex(4)
+        #: query_sm for overdue receipts (``query_after``), in a process that sends.
+        self.queries: OverdueQueries | None = None
         c = config
         self._source = _address(c.sender, *_source_ton_npi(c))
 
@@ -229,7 +242,7 @@ class SmppGateway(Gateway):
                 f"{where}.default_encoding",
                 f"must be one of {', '.join(text.DEFAULT_CODINGS)}, got {config.default_encoding!r}",
             )
-        for key in ("binds", "window", "throttle_retries"):
+        for key in ("binds", "window", "throttle_retries", "query_batch", "query_attempts"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"{where}.{key}", f"must be at least 1, got {getattr(config, key)}")
         if config.bind_lease < 0.3:
@@ -240,6 +253,11 @@ class SmppGateway(Gateway):
             raise ConfigError(f"{where}.sender", "at most 20 characters")
         tls.client_context(where, _tls_options(config))  # files readable, the key fits its cert
         receipt_level(config.registered_delivery, f"{where}.registered_delivery")
+        if config.query_after < 0 or config.query_interval < 0.01 or config.query_rate <= 0:
+            raise ConfigError(
+                f"{where}.query_after",
+                "query_after must be 0 (off) or more, query_interval at least 10ms, query_rate more than 0",
+            )
         if config.priority not in PRIORITIES:
             raise ConfigError(f"{where}.priority", f"must be 0..3 (priority_flag), got {config.priority}")
         if config.time_format not in ("relative", "absolute"):
@@ -275,11 +293,24 @@ class SmppGateway(Gateway):
             rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind, rt.clock
         )
         await self.leases.start()
+        if c.query_after > 0:
+            settings = QuerySettings(
+                after=c.query_after, interval=c.query_interval, batch=c.query_batch, rate=c.query_rate,
+                attempts=c.query_attempts, window=self.policy.receipt_window,
+            )  # fmt: skip
+            self.queries = OverdueQueries(rt, self.name, settings, self._request, lambda: 0 in self._binds)
+            self.queries.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.queries is not None:
+            await self.queries.stop()
         if self.leases is not None:
             await self.leases.stop()
+
+    async def _request(self, build: Callable[[int], bytes]) -> Pdu:
+        """A request (query_sm) on the bound submitting session with the fewest in hand."""
+        return await (await self._session()).request(build)
 
     def _open_bind(self, index: int) -> None:
         """Start the session(s) of bind ``index`` (this process holds its lease)."""
@@ -417,6 +448,8 @@ class SmppGateway(Gateway):
             raise
         if len(ids) > 1:
             await self._record_parts(ids)
+        if self.queries is not None and fields["registered_delivery"]:
+            await self.queries.track(ids[0], source)
         return SendResult(ids[0])
 
     def _delivery_fields(self, o: SendOptions) -> dict[str, Any]:
@@ -602,6 +635,8 @@ class SmppGateway(Gateway):
         found = SmppReceiptFound.parse(raw)
         if found.kind == "single":  # found, so recorded at once (one round trip less than apply_receipt)
             await record_receipt(rt, self.name, found.value, Receipt(rid, r.status, r.error))
+            if self.queries is not None and r.status in FINAL_STATUSES:
+                await self.queries.settled(rid)
         elif found.kind == "part":
             if r.status == "sent":
                 return
@@ -615,6 +650,8 @@ class SmppGateway(Gateway):
             rolled = _roll_up({k.decode(): v.decode() for k, v in fields.items()}, int(parts))
             if rolled is not None:
                 await apply_receipt(rt, self.name, Receipt(first, *rolled))
+                if self.queries is not None:
+                    await self.queries.settled(first)
         else:
             rt.metrics.receipt(self.name, r.status, "parked")
 
