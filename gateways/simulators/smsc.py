@@ -245,8 +245,9 @@ class SimulatedSmsc:
 
     def stats(self) -> dict[str, int]:
         keys = ("binds_ok", "binds_failed", "binds_dropped", "submits", "accepted", "throttled", "errors",
-                "dropped", "receipts_sent", "receipts_resent", "intermediates_sent", "queries", "mo_sent",
-                "enquire_links_answered", "enquire_links_sent", "enquire_links_unanswered")  # fmt: skip
+                "dropped", "receipts_sent", "receipts_resent", "intermediates_sent", "queries", "outbinds",
+                "mo_sent", "enquire_links_answered", "enquire_links_sent",
+                "enquire_links_unanswered")  # fmt: skip
         return {k: self._stats[k] for k in keys}
 
     def messages(self) -> list[Message]:
@@ -274,6 +275,17 @@ class SimulatedSmsc:
         for c in conns:
             c.close()
         return len(conns)
+
+    async def outbind(
+        self, host: str, port: int, system_id: str = "parley", password: str = "secret"
+    ) -> None:
+        """Open a connection to an ESME listening at ``host:port`` and send it outbind (SMPP 3.4
+        section 2.2.1); the connection is then served like one the ESME opened (it should
+        bind_receiver over it; ``behaviour.credentials`` are checked as usual)."""
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(p.outbind(0x7FFFFFFF, system_id, password))  # its own seq: ours count from 1
+        self._stats["outbinds"] += 1
+        self._spawn(self._serve(reader, writer))
 
     # Connections -------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, S
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt, shard_of
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
-from gateways.smpp import dlr, pdu, smpptime, text, tls
+from gateways.smpp import dlr, outbind, pdu, smpptime, text, tls
 from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
 from gateways.smpp.query import OverdueQueries, QuerySettings
@@ -90,6 +90,13 @@ RECEIPT_TYPES = frozenset({0x04, 0x20})
 INTERMEDIATE = 0x20
 FINAL_FAILURES = ("failed", "expired", "rejected")
 FINAL_STATUSES = ("delivered", *FINAL_FAILURES)
+#: The sessions of one bind by ``bind``: ``transmitter`` sends only (texts and receipts come
+#: over the SMSC's outbind, or not at all).
+BIND_MODES = {
+    "transceiver": ["transceiver"],
+    "split": ["transmitter", "receiver"],
+    "transmitter": ["transmitter"],
+}
 #: Partly sent messages remembered for their retry (beyond: a retry sends every part again).
 MAX_PROGRESS = 10_000
 
@@ -137,6 +144,12 @@ class SmppConfig:
     query_batch: int = 100
     query_rate: float = 10.0
     query_attempts: int = 3
+    #: Listen here (``host:port``) for the SMSC's outbind, then bind_receiver over its
+    #: connection (gateways/smpp/outbind.py); its outbind must name ``outbind_system_id`` and
+    #: ``outbind_password`` (empty: ``system_id`` and ``password``). "" (default): no outbind.
+    outbind_listen: str = ""
+    outbind_system_id: str = ""
+    outbind_password: str = ""
     #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
     #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
     #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
@@ -205,6 +218,8 @@ class SmppGateway(Gateway):
         self._conn_token = secrets.token_hex(4)
         #: query_sm for overdue receipts (``query_after``), in a process that sends.
         self.queries: OverdueQueries | None = None
+        #: The SMSC's outbind connections (``outbind_listen``), in a process that sends.
+        self.outbind: outbind.OutbindListener | None = None
         c = config
         self._source = _address(c.sender, *_source_ton_npi(c))
 
@@ -225,8 +240,15 @@ class SmppGateway(Gateway):
                 raise ConfigError(f"{where}.{key}", "must be ASCII")
         if not config.system_id:
             raise ConfigError(f"{where}.system_id", "must not be empty")
-        if config.bind not in ("transceiver", "split"):
-            raise ConfigError(f"{where}.bind", f"must be transceiver or split, got {config.bind!r}")
+        if config.bind not in BIND_MODES:
+            raise ConfigError(
+                f"{where}.bind", f"must be transceiver, split or transmitter, got {config.bind!r}"
+            )
+        if config.outbind_listen:
+            outbind.parse_listen(where, config.outbind_listen)
+        for key, limit in (("outbind_system_id", 15), ("outbind_password", 8)):
+            if len(getattr(config, key)) > limit:
+                raise ConfigError(f"{where}.{key}", f"at most {limit} characters (SMPP 3.4)")
         if config.concat not in text.CONCAT_MODES:
             raise ConfigError(
                 f"{where}.concat", f"must be one of {', '.join(text.CONCAT_MODES)}, got {config.concat!r}"
@@ -293,6 +315,13 @@ class SmppGateway(Gateway):
             rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind, rt.clock
         )
         await self.leases.start()
+        if c.outbind_listen:
+            self.outbind = outbind.OutbindListener(
+                self.name, outbind.parse_listen(f"gateways.{self.name}", c.outbind_listen),
+                (c.outbind_system_id or c.system_id, c.outbind_password or c.password), self._settings,
+                self._on_deliver, self._bound_changed, rt.clock,
+            )  # fmt: skip
+            await self.outbind.start()
         if c.query_after > 0:
             settings = QuerySettings(
                 after=c.query_after, interval=c.query_interval, batch=c.query_batch, rate=c.query_rate,
@@ -305,6 +334,8 @@ class SmppGateway(Gateway):
     async def __aexit__(self, *exc: object) -> None:
         if self.queries is not None:
             await self.queries.stop()
+        if self.outbind is not None:
+            await self.outbind.stop()
         if self.leases is not None:
             await self.leases.stop()
 
@@ -315,7 +346,7 @@ class SmppGateway(Gateway):
     def _open_bind(self, index: int) -> None:
         """Start the session(s) of bind ``index`` (this process holds its lease)."""
         assert self._settings is not None
-        modes = ["transceiver"] if self.config.bind == "transceiver" else ["transmitter", "receiver"]
+        modes = BIND_MODES[self.config.bind]
         clock = self.rt.clock if self.rt is not None else None  # the back-off waits on it
         settings, name = self._settings, self.name
         sessions = [
@@ -365,7 +396,8 @@ class SmppGateway(Gateway):
         return {"binds": {s.name: s.health() for s in self.sessions},
                 "bound": sum(1 for s in self.sessions if s.bound.is_set()),
                 "bind_leases": {"held": sorted(self._binds), "share": leases.share if leases else 0,
-                                "of": self.config.binds}}  # fmt: skip
+                                "of": self.config.binds},
+                **({"outbind": self.outbind.health()} if self.outbind is not None else {})}  # fmt: skip
 
     # Sending --------------------------------------------------------------------------------
 
