@@ -17,13 +17,16 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from engine.core import keys
-from tests.conftest import ROOT, shard
+from engine.core.clock import FakeClock
+from tests.conftest import ROOT, eventually, shard
 from tests.test_sender import Engine, engine, start
 from tests.test_smpp_gateway import bound
 
@@ -47,13 +50,14 @@ class NodeSmsc:
 
 
 @contextlib.asynccontextmanager
-async def node_smsc() -> AsyncIterator[NodeSmsc]:
-    """The node-smpp SMSC on a free port; stopped by closing its stdin."""
+async def node_smsc(*flags: str) -> AsyncIterator[NodeSmsc]:
+    """The node-smpp SMSC on a free port (``flags``: more of server.js's); stopped by closing
+    its stdin."""
     node = shutil.which("node")
     if node is None or not (PEER / "node_modules/smpp").is_dir():
         pytest.fail("node-smpp is not installed: run `make peers` (npm ci in tests/peers/node_smsc)")
     proc = await asyncio.create_subprocess_exec(
-        node, "server.js", "--port", "0", "--id-start", "10", cwd=PEER,
+        node, "server.js", "--port", "0", "--id-start", "10", *flags, cwd=PEER,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
@@ -128,3 +132,59 @@ async def test_node_smpp_receipts_right_after_the_response_land_on_their_own_mes
     assert hex_digit_ids > MESSAGES // 10  # the race was on: many ids read as decimal numbers too
     assert stayed_sent == [] and wrong == []
     assert all(s in ("delivered", "failed") for s, _, _ in got.values())
+
+
+async def test_node_smpp_answers_query_sm_for_receipts_it_never_sent(redis_url: str, tmp_path: Path) -> None:
+    """No receipts at all: the overdue queries give every message its own final status."""
+    numbers = contacts(6)
+    clock = FakeClock()
+    async with node_smsc("--lost-receipts", "1") as smsc:
+        gw = {
+            "type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley", "password": "secret",
+            "sender": "12345", "reconnect_delay": "50ms", "query_after": "10m", "query_interval": "1h",
+            "query_rate": 1000,
+        }  # fmt: skip
+        async for e in engine(redis_url, tmp_path, {"smsc": gw}, clock):
+            await bound(e.rt)
+            await start(e.api, "note", numbers, text="Hello")
+
+            async def all_sent(e: Engine = e) -> bool:
+                return all(s == "sent" for s, _, _ in (await outcomes(e, numbers)).values())
+
+            await eventually(all_sent, attempts=2000)
+            clock.advance(11 * 60)
+            queries = e.rt.gateways["smsc"].queries  # type: ignore[attr-defined]
+            assert await queries.run_once() == len(numbers)
+            got = await outcomes(e, numbers)
+            assert (await smsc.counts())["queries"] == len(numbers)
+    assert {n: s for n, (s, _, _) in got.items()} == {n: expected(n)[0] for n in numbers}
+    assert all(err.startswith("query_sm: ") for s, err, _ in got.values() if s == "failed")
+
+
+async def test_node_smpp_reads_our_validity_period_and_priority_as_we_meant_them(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """node-smpp decodes SMPP times itself: our relative and absolute forms name the instant we meant."""
+    for fmt in ("relative", "absolute"):
+        async with node_smsc() as smsc:
+            gw = {
+                "type": "smpp", "host": "127.0.0.1", "port": smsc.port, "system_id": "parley",
+                "password": "secret", "sender": "12345", "time_format": fmt,
+            }  # fmt: skip
+            async for e in engine(redis_url, tmp_path, {"smsc": gw}):
+                await bound(e.rt)
+                async with e.api.post(
+                    "/v1/messages",
+                    json={"to": "+447700900122", "text": "hi", "validity": "2h", "priority": 2},
+                ) as r:
+                    assert r.status == 202
+                expected_until = time.time() + 7200
+
+                async def submitted() -> dict[str, Any] | None:
+                    counts = await smsc.counts()
+                    return counts["last"] if counts["submits"] else None
+
+                last = await eventually(submitted, attempts=2000)
+        assert last["priority_flag"] == 2
+        until = datetime.fromisoformat(last["validity_period"].replace("Z", "+00:00")).timestamp()
+        assert abs(until - expected_until) < 15, (fmt, last)

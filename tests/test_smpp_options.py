@@ -268,3 +268,25 @@ def test_registered_delivery_keeps_its_old_true_and_false(value: Any, level: int
            "registered_delivery": value}  # fmt: skip
     options, _ = validate_gateway_config("carrier", raw)
     assert REGISTERED_DELIVERY[receipt_level(options.registered_delivery)] == level
+
+
+@pytest.mark.parametrize(
+    ("sms", "problem"),
+    [
+        ("{priority: 5}", "sms.priority: must be a whole number from 0 to 3, got 5"),
+        ("{receipts: always}", "sms.receipts: must be one of none, final, failure, intermediate"),
+        ("{validity: soon}", "sms.validity:"),
+        ("{colour: red}", "sms: unknown key 'colour'"),
+        ("urgent", "sms must be a mapping"),
+    ],
+)
+def test_a_wrong_sms_section_is_a_load_error_naming_the_line(tmp_path: Path, sms: str, problem: str) -> None:
+    from engine.core.errors import FlowErrors
+    from engine.flows.loader import load_flow
+
+    path = tmp_path / "urgent_note.yaml"
+    path.write_text(SMS_FLOW.replace("{validity: 10m, priority: 3, receipts: failure}", sms))
+    with pytest.raises(FlowErrors) as info:
+        load_flow(path)
+    (err,) = info.value.errors
+    assert problem in str(err) and err.line == 4

@@ -402,6 +402,17 @@ def smpp_segments(gateway: str, slot: int, bucket: int) -> str:
     return f"{PREFIX}:seg:{{{gateway}:{slot}}}:{bucket}"
 
 
+def smpp_awaiting(gateway: str) -> str:
+    """SMPP messages sent and waiting for their final receipt, for query_sm when it is overdue:
+    zset provider id -> sent (or last queried) at ms. Only with the connector's ``query_after``."""
+    return f"{PREFIX}:aw:{{{gateway}}}"
+
+
+def smpp_awaiting_info(gateway: str) -> str:
+    """What a query_sm for each of them needs: provider id -> "queries|ton|npi|source address"."""
+    return f"{PREFIX}:awi:{{{gateway}}}"
+
+
 def smpp_rollup(gateway: str, slot: int, first_id: str) -> str:
     """The receipts of a multipart message's parts, by the SMSC id of its first part (in that
     id's slot ``slot``)."""

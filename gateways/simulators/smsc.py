@@ -80,6 +80,11 @@ class SmscBehaviour:
     #: What an intermediate notification (registered_delivery bit 4) states; it goes out right
     #: after the submit_sm_resp, before the final receipt (after ``dlr_delay``).
     intermediate_stat: str = "ENROUTE"
+    #: Receipts asked for are never sent (lost on the way): only query_sm tells.
+    dlr_lost: bool = False
+    #: query_sm: "" answers the message's state (ENROUTE until ``dlr_delay`` has passed, then
+    #: its stat); a stat (ENROUTE, UNKNOWN...) answers that; "fail" answers ESME_RQUERYFAIL.
+    query_answer: str = ""
 
 
 @dataclass
@@ -192,6 +197,8 @@ class SimulatedSmsc:
         self._conns: set[_Conn] = set()
         self._accepts: deque[float] = deque()
         self._parts: dict[tuple[str, str, int, int], dict[int, Submit]] = {}
+        self._by_id: dict[str, Submit] = {}  # accepted submits by message id, for query_sm
+        self.queries: list[tuple[str, p.Address]] = []  # query_sm received: (message id, source)
         self._messages: list[Message] = []
         self._inboxes: dict[str, asyncio.Queue[Message]] = defaultdict(asyncio.Queue)
         self._bound = asyncio.Event()
@@ -238,8 +245,9 @@ class SimulatedSmsc:
 
     def stats(self) -> dict[str, int]:
         keys = ("binds_ok", "binds_failed", "binds_dropped", "submits", "accepted", "throttled", "errors",
-                "dropped", "receipts_sent", "receipts_resent", "intermediates_sent", "mo_sent",
-                "enquire_links_answered", "enquire_links_sent", "enquire_links_unanswered")  # fmt: skip
+                "dropped", "receipts_sent", "receipts_resent", "intermediates_sent", "queries", "outbinds",
+                "mo_sent", "enquire_links_answered", "enquire_links_sent",
+                "enquire_links_unanswered")  # fmt: skip
         return {k: self._stats[k] for k in keys}
 
     def messages(self) -> list[Message]:
@@ -267,6 +275,17 @@ class SimulatedSmsc:
         for c in conns:
             c.close()
         return len(conns)
+
+    async def outbind(
+        self, host: str, port: int, system_id: str = "parley", password: str = "secret"
+    ) -> None:
+        """Open a connection to an ESME listening at ``host:port`` and send it outbind (SMPP 3.4
+        section 2.2.1); the connection is then served like one the ESME opened (it should
+        bind_receiver over it; ``behaviour.credentials`` are checked as usual)."""
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(p.outbind(0x7FFFFFFF, system_id, password))  # its own seq: ours count from 1
+        self._stats["outbinds"] += 1
+        self._spawn(self._serve(reader, writer))
 
     # Connections -------------------------------------------------------------------------
 
@@ -310,6 +329,8 @@ class SimulatedSmsc:
             self._bind(conn, pdu)
         elif cid == p.SUBMIT_SM:
             await self._submit(conn, pdu)
+        elif cid == p.QUERY_SM:
+            self._query(conn, pdu)
         elif cid == p.ENQUIRE_LINK:
             if self.behaviour.answer_enquire_link:
                 conn.send(p.enquire_link_resp(pdu.seq))
@@ -388,6 +409,31 @@ class SimulatedSmsc:
             sub.message_id = self._new_id(b.id_format)
         self._spawn(self._answer(conn, sub, status), conn)
 
+    def _query(self, conn: _Conn, pdu: p.Pdu) -> None:
+        """query_sm: the state of a message this account sent (section 4.8)."""
+        self._stats["queries"] += 1
+        try:
+            message_id, source = p.parse_query_sm(pdu)
+        except p.MalformedPdu as exc:
+            conn.send(p.generic_nack(pdu.seq, exc.command_status))
+            return
+        self.queries.append((message_id, source))
+        sub, b = self._by_id.get(message_id), self.behaviour
+        if conn.mode not in _TRANSMITTERS:
+            conn.send(p.query_sm_resp(pdu.seq, p.ESME_RINVBNDSTS))
+            return
+        if sub is None or sub.system_id != conn.system_id or b.query_answer == "fail":
+            conn.send(p.query_sm_resp(pdu.seq, p.ESME_RQUERYFAIL))
+            return
+        done = sub.answered_at is not None and time.time() - sub.answered_at >= b.dlr_delay
+        stat = b.query_answer or (self._stat(sub) if done else "ENROUTE")
+        final = stat not in ("ENROUTE", "ACCEPTD", "UNKNOWN")
+        final_date = time.strftime("%y%m%d%H%M%S", time.gmtime()) + "000+" if final else ""
+        answer = p.QueryAnswer(
+            message_id, final_date, MESSAGE_STATES.get(stat, 7), 0 if stat == "DELIVRD" else 1
+        )
+        conn.send(p.query_sm_resp(pdu.seq, p.ESME_ROK, answer))
+
     def _decide(self, b: SmscBehaviour) -> int:
         now = time.monotonic()
         while self._accepts and self._accepts[0] <= now - 1.0:  # the sliding second
@@ -428,7 +474,9 @@ class SimulatedSmsc:
             self._collect(sub)
         if status == p.ESME_ROK and sub.registered_delivery & 0x10:
             self._spawn(self._intermediate(sub))
-        if wants_dlr and early is None:
+        if status == p.ESME_ROK:
+            self._by_id[sub.message_id] = sub
+        if wants_dlr and early is None and not b.dlr_lost:
             self._spawn(self._receipt(sub, b.dlr_delay))
 
     def _collect(self, sub: Submit) -> None:

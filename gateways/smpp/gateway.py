@@ -52,6 +52,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,10 @@ from gateways.base import Gateway, Host, OutboundMessage, Receipt, SendPolicy, S
 from gateways.receipts import PARK_TTL_S, apply_receipt, lookup_keys, parked_key, record_receipt, shard_of
 from gateways.scripts.smpp_parts import Part, SmppPartsArgs, parse_rollup
 from gateways.scripts.smpp_receipt import SmppReceiptArgs, SmppReceiptFound
-from gateways.smpp import dlr, pdu, smpptime, text, tls
+from gateways.smpp import dlr, outbind, pdu, smpptime, text, tls
 from gateways.smpp.binds import BindLeases
 from gateways.smpp.pdu import Address, Pdu, ShortMessage
+from gateways.smpp.query import OverdueQueries, QuerySettings
 from gateways.smpp.session import ConnectionLost, Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ TRANSIENT = THROTTLES | {pdu.ESME_RSYSERR, pdu.ESME_RX_T_APPN}
 RECEIPT_TYPES = frozenset({0x04, 0x20})
 INTERMEDIATE = 0x20
 FINAL_FAILURES = ("failed", "expired", "rejected")
+FINAL_STATUSES = ("delivered", *FINAL_FAILURES)
+#: The sessions of one bind by ``bind``: ``transmitter`` sends only (texts and receipts come
+#: over the SMSC's outbind, or not at all).
+BIND_MODES = {
+    "transceiver": ["transceiver"],
+    "split": ["transmitter", "receiver"],
+    "transmitter": ["transmitter"],
+}
 #: Partly sent messages remembered for their retry (beyond: a retry sends every part again).
 MAX_PROGRESS = 10_000
 
@@ -126,6 +136,20 @@ class SmppConfig:
     #: How validity_period and schedule_delivery_time are written: ``relative`` (an interval
     #: from the submit: no clock to agree on) or ``absolute`` (UTC).
     time_format: str = "relative"
+    #: query_sm for a message whose final receipt has not come this long after it was sent
+    #: (0: never); every ``query_interval``, at most ``query_batch`` a round and ``query_rate`` a
+    #: second, each message ``query_attempts`` times at most (gateways/smpp/query.py).
+    query_after: Duration = Duration(0.0)
+    query_interval: Duration = Duration(60.0)
+    query_batch: int = 100
+    query_rate: float = 10.0
+    query_attempts: int = 3
+    #: Listen here (``host:port``) for the SMSC's outbind, then bind_receiver over its
+    #: connection (gateways/smpp/outbind.py); its outbind must name ``outbind_system_id`` and
+    #: ``outbind_password`` (empty: ``system_id`` and ``password``). "" (default): no outbind.
+    outbind_listen: str = ""
+    outbind_system_id: str = ""
+    outbind_password: str = ""
     #: How a receipt's id relates to the submit_sm_resp's (Kannel's msg-id-type): ``same`` (the
     #: very same string), ``hex_to_dec`` (the receipt gives in hex what the response gave in
     #: decimal) or ``dec_to_hex`` (the reverse). Never guessed: a guess matches other messages.
@@ -192,6 +216,10 @@ class SmppGateway(Gateway):
         #: oldest first; bounded (a message the pipeline gave up on is not retried here again).
         self._progress: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self._conn_token = secrets.token_hex(4)
+        #: query_sm for overdue receipts (``query_after``), in a process that sends.
+        self.queries: OverdueQueries | None = None
+        #: The SMSC's outbind connections (``outbind_listen``), in a process that sends.
+        self.outbind: outbind.OutbindListener | None = None
         c = config
         self._source = _address(c.sender, *_source_ton_npi(c))
 
@@ -212,8 +240,15 @@ class SmppGateway(Gateway):
                 raise ConfigError(f"{where}.{key}", "must be ASCII")
         if not config.system_id:
             raise ConfigError(f"{where}.system_id", "must not be empty")
-        if config.bind not in ("transceiver", "split"):
-            raise ConfigError(f"{where}.bind", f"must be transceiver or split, got {config.bind!r}")
+        if config.bind not in BIND_MODES:
+            raise ConfigError(
+                f"{where}.bind", f"must be transceiver, split or transmitter, got {config.bind!r}"
+            )
+        if config.outbind_listen:
+            outbind.parse_listen(where, config.outbind_listen)
+        for key, limit in (("outbind_system_id", 15), ("outbind_password", 8)):
+            if len(getattr(config, key)) > limit:
+                raise ConfigError(f"{where}.{key}", f"at most {limit} characters (SMPP 3.4)")
         if config.concat not in text.CONCAT_MODES:
             raise ConfigError(
                 f"{where}.concat", f"must be one of {', '.join(text.CONCAT_MODES)}, got {config.concat!r}"
@@ -229,7 +264,7 @@ class SmppGateway(Gateway):
                 f"{where}.default_encoding",
                 f"must be one of {', '.join(text.DEFAULT_CODINGS)}, got {config.default_encoding!r}",
             )
-        for key in ("binds", "window", "throttle_retries"):
+        for key in ("binds", "window", "throttle_retries", "query_batch", "query_attempts"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"{where}.{key}", f"must be at least 1, got {getattr(config, key)}")
         if config.bind_lease < 0.3:
@@ -240,6 +275,11 @@ class SmppGateway(Gateway):
             raise ConfigError(f"{where}.sender", "at most 20 characters")
         tls.client_context(where, _tls_options(config))  # files readable, the key fits its cert
         receipt_level(config.registered_delivery, f"{where}.registered_delivery")
+        if config.query_after < 0 or config.query_interval < 0.01 or config.query_rate <= 0:
+            raise ConfigError(
+                f"{where}.query_after",
+                "query_after must be 0 (off) or more, query_interval at least 10ms, query_rate more than 0",
+            )
         if config.priority not in PRIORITIES:
             raise ConfigError(f"{where}.priority", f"must be 0..3 (priority_flag), got {config.priority}")
         if config.time_format not in ("relative", "absolute"):
@@ -275,16 +315,38 @@ class SmppGateway(Gateway):
             rt.store, self.name, c.binds, c.bind_lease, self._open_bind, self._close_bind, rt.clock
         )
         await self.leases.start()
+        if c.outbind_listen:
+            self.outbind = outbind.OutbindListener(
+                self.name, outbind.parse_listen(f"gateways.{self.name}", c.outbind_listen),
+                (c.outbind_system_id or c.system_id, c.outbind_password or c.password), self._settings,
+                self._on_deliver, self._bound_changed, rt.clock,
+            )  # fmt: skip
+            await self.outbind.start()
+        if c.query_after > 0:
+            settings = QuerySettings(
+                after=c.query_after, interval=c.query_interval, batch=c.query_batch, rate=c.query_rate,
+                attempts=c.query_attempts, window=self.policy.receipt_window,
+            )  # fmt: skip
+            self.queries = OverdueQueries(rt, self.name, settings, self._request, lambda: 0 in self._binds)
+            self.queries.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.queries is not None:
+            await self.queries.stop()
+        if self.outbind is not None:
+            await self.outbind.stop()
         if self.leases is not None:
             await self.leases.stop()
+
+    async def _request(self, build: Callable[[int], bytes]) -> Pdu:
+        """A request (query_sm) on the bound submitting session with the fewest in hand."""
+        return await (await self._session()).request(build)
 
     def _open_bind(self, index: int) -> None:
         """Start the session(s) of bind ``index`` (this process holds its lease)."""
         assert self._settings is not None
-        modes = ["transceiver"] if self.config.bind == "transceiver" else ["transmitter", "receiver"]
+        modes = BIND_MODES[self.config.bind]
         clock = self.rt.clock if self.rt is not None else None  # the back-off waits on it
         settings, name = self._settings, self.name
         sessions = [
@@ -334,7 +396,8 @@ class SmppGateway(Gateway):
         return {"binds": {s.name: s.health() for s in self.sessions},
                 "bound": sum(1 for s in self.sessions if s.bound.is_set()),
                 "bind_leases": {"held": sorted(self._binds), "share": leases.share if leases else 0,
-                                "of": self.config.binds}}  # fmt: skip
+                                "of": self.config.binds},
+                **({"outbind": self.outbind.health()} if self.outbind is not None else {})}  # fmt: skip
 
     # Sending --------------------------------------------------------------------------------
 
@@ -417,6 +480,8 @@ class SmppGateway(Gateway):
             raise
         if len(ids) > 1:
             await self._record_parts(ids)
+        if self.queries is not None and fields["registered_delivery"]:
+            await self.queries.track(ids[0], source)
         return SendResult(ids[0])
 
     def _delivery_fields(self, o: SendOptions) -> dict[str, Any]:
@@ -602,6 +667,8 @@ class SmppGateway(Gateway):
         found = SmppReceiptFound.parse(raw)
         if found.kind == "single":  # found, so recorded at once (one round trip less than apply_receipt)
             await record_receipt(rt, self.name, found.value, Receipt(rid, r.status, r.error))
+            if self.queries is not None and r.status in FINAL_STATUSES:
+                await self.queries.settled(rid)
         elif found.kind == "part":
             if r.status == "sent":
                 return
@@ -615,6 +682,8 @@ class SmppGateway(Gateway):
             rolled = _roll_up({k.decode(): v.decode() for k, v in fields.items()}, int(parts))
             if rolled is not None:
                 await apply_receipt(rt, self.name, Receipt(first, *rolled))
+                if self.queries is not None:
+                    await self.queries.settled(first)
         else:
             rt.metrics.receipt(self.name, r.status, "parked")
 

@@ -53,16 +53,19 @@ RESP = 0x80000000
 # Command ids (SMPP 3.4 section 5.1.2.1).
 BIND_RECEIVER = 0x00000001
 BIND_TRANSMITTER = 0x00000002
+QUERY_SM = 0x00000003
 SUBMIT_SM = 0x00000004
 DELIVER_SM = 0x00000005
 UNBIND = 0x00000006
 BIND_TRANSCEIVER = 0x00000009
 ENQUIRE_LINK = 0x00000015
+OUTBIND = 0x0000000B
 ALERT_NOTIFICATION = 0x00000102
 GENERIC_NACK = 0x80000000
 BIND_RECEIVER_RESP = BIND_RECEIVER | RESP
 BIND_TRANSMITTER_RESP = BIND_TRANSMITTER | RESP
 SUBMIT_SM_RESP = SUBMIT_SM | RESP
+QUERY_SM_RESP = QUERY_SM | RESP
 DELIVER_SM_RESP = DELIVER_SM | RESP
 UNBIND_RESP = UNBIND | RESP
 BIND_TRANSCEIVER_RESP = BIND_TRANSCEIVER | RESP
@@ -85,6 +88,7 @@ ESME_RINVSYSID = 0x0F
 ESME_RMSGQFUL = 0x14
 ESME_RSUBMITFAIL = 0x45
 ESME_RTHROTTLED = 0x58
+ESME_RQUERYFAIL = 0x67
 ESME_RX_T_APPN = 0x64
 ESME_RUNKNOWNERR = 0xFF
 
@@ -108,7 +112,7 @@ _BIND_RESP_CLASSES: dict[int, type[BindTransceiverResp]] = {
 _COMMAND_NAMES = {
     BIND_RECEIVER: "bind_receiver", BIND_TRANSMITTER: "bind_transmitter", SUBMIT_SM: "submit_sm",
     DELIVER_SM: "deliver_sm", UNBIND: "unbind", BIND_TRANSCEIVER: "bind_transceiver",
-    ENQUIRE_LINK: "enquire_link", GENERIC_NACK: "generic_nack",
+    ENQUIRE_LINK: "enquire_link", GENERIC_NACK: "generic_nack", QUERY_SM: "query_sm", OUTBIND: "outbind",
 }  # fmt: skip
 
 
@@ -246,6 +250,56 @@ def parse_message_id(pdu: Pdu) -> str:
 
 def parse_system_id(pdu: Pdu) -> str:
     return _Reader(pdu).cstring() if pdu.body else ""
+
+
+# query_sm (section 4.8) and outbind (section 4.1.7) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    """A query_sm_resp: the message's id, when it reached its final state (an SMPP time, empty
+    while it is not final), its message_state (section 5.2.28) and the network's error_code."""
+
+    message_id: str
+    final_date: str
+    message_state: int
+    error_code: int
+
+
+def query_sm(seq: int, message_id: str, source: Address) -> bytes:
+    """Ask the SMSC what became of ``message_id`` (``source``: the address it was sent from)."""
+    body = _cstr(message_id) + bytes((source.ton, source.npi)) + _cstr(source.addr)
+    return frame(QUERY_SM, ESME_ROK, seq, body)
+
+
+def parse_query_sm(pdu: Pdu) -> tuple[str, Address]:
+    r = _Reader(pdu)
+    message_id = r.cstring(65)
+    return message_id, Address(ton=r.octet(), npi=r.octet(), addr=r.cstring(21))
+
+
+def query_sm_resp(seq: int, status: int, answer: QueryAnswer | None = None) -> bytes:
+    if status != ESME_ROK or answer is None:
+        return frame(QUERY_SM_RESP, status, seq)
+    a = answer
+    body = _cstr(a.message_id) + _cstr(a.final_date) + bytes((a.message_state, a.error_code))
+    return frame(QUERY_SM_RESP, ESME_ROK, seq, body)
+
+
+def parse_query_sm_resp(pdu: Pdu) -> QueryAnswer:
+    r = _Reader(pdu)
+    return QueryAnswer(r.cstring(65), r.cstring(17), r.octet(), r.octet())
+
+
+def outbind(seq: int, system_id: str, password: str) -> bytes:
+    """An SMSC's invitation to bind_receiver over the connection it opened."""
+    return frame(OUTBIND, ESME_ROK, seq, _cstr(system_id) + _cstr(password))
+
+
+def parse_outbind(pdu: Pdu) -> tuple[str, str]:
+    """(system_id, password) of an outbind."""
+    r = _Reader(pdu)
+    return r.cstring(16), r.cstring(9)
 
 
 # submit_sm / deliver_sm ---------------------------------------------------------------------

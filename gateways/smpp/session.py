@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import random
 import ssl
@@ -50,6 +51,10 @@ class ConnectionLost(Exception):
     def __init__(self, message: str, *, written: bool) -> None:
         super().__init__(message)
         self.written = written
+
+
+class OutbindRefused(Exception):
+    """An SMSC's outbind did not carry the system_id and password expected (or was no outbind)."""
 
 
 class BindRefused(Exception):
@@ -254,6 +259,10 @@ class Session:
             )
         reader, writer = await asyncio.wait_for(connecting, self.s.connect_timeout)
         self._writer = writer
+        await self._bind_and_serve(reader)
+
+    async def _bind_and_serve(self, reader: asyncio.StreamReader) -> None:
+        """Bind over the connection in ``self._writer`` and serve it until it ends."""
         self._dropped.clear()
         self.state = "binding"
         reader_task = asyncio.create_task(self._read_loop(reader), name=f"smpp {self.name} read")
@@ -297,6 +306,49 @@ class Session:
             # With TLS 1.3 a server checks the client's certificate after the handshake and
             # hangs up: all we see is the connection closed before the bind_resp.
             raise ConnectionLost(tls.CLOSED_BEFORE_BIND, written=True) from exc
+
+    async def serve_outbind(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, system_id: str, password: str
+    ) -> None:
+        """Serve one connection an SMSC opened to us (SMPP 3.4 section 2.2.1, outbind): its first
+        PDU must be an outbind naming ``system_id`` and ``password``; then we bind (this session's
+        mode: receiver) over it and serve it until it ends. Never reconnects: the SMSC opens
+        another connection when it wants one. Every failure is logged and kept as last_error."""
+        peer = writer.get_extra_info("peername")
+        try:
+            first = await asyncio.wait_for(pdu.read_pdu(reader, self.s.max_pdu), self.s.response_timeout)
+            if first.command_id != pdu.OUTBIND:
+                raise OutbindRefused(f"{peer}: the first PDU was {first.name}, not outbind")
+            sid, pw = pdu.parse_outbind(first)
+            if not (hmac.compare_digest(sid.encode(), system_id.encode())
+                    and hmac.compare_digest(pw.encode(), password.encode())):  # fmt: skip
+                raise OutbindRefused(
+                    f"{peer}: outbind as {sid!r} refused: not the system_id and password expected"
+                )
+            self._writer = writer
+            log.info("smpp %s: outbind from %s as %r; binding", self.name, peer, sid)
+            await self._bind_and_serve(reader)
+            self.state = "closed"
+        except asyncio.CancelledError:
+            raise
+        except OutbindRefused as exc:
+            self.state, self.last_error = "refused", str(exc)
+            log.error("smpp %s: %s", self.name, exc)
+        except BindRefused as exc:
+            self.state, self.last_error = "refused", str(exc)
+            log.error("smpp %s: %s (after outbind from %s)", self.name, exc, peer)
+        except (OSError, EOFError, TimeoutError, pdu.MalformedPdu, ConnectionLost) as exc:
+            self.state = "closed"
+            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("smpp %s: outbind connection from %s ended: %s", self.name, peer, self.last_error)
+        except Exception as exc:  # a bug: log it
+            self.state, self.last_error = "closed", f"internal error: {exc!r}"
+            log.exception("smpp %s: outbind session error", self.name)
+        finally:
+            self._writer = writer  # closed (and its requests failed) whether or not it got that far
+            self._teardown()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     def _teardown(self) -> asyncio.StreamWriter | None:
         """Forget the connection and close it; returns its writer (to wait until it is closed)."""
