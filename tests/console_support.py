@@ -390,10 +390,14 @@ def browser(chrome: Any, console_engine: ConsoleEngine) -> Iterator[Any]:
 
 
 def wait_for(browser: Any, condition: Callable[[Any], Any], timeout: float = 10) -> Any:
-    """Wait (polling the page, bounded) until ``condition(browser)`` is truthy; its value."""
+    """Wait (polling the page, bounded) until ``condition(browser)`` is truthy; its value. An
+    element that is missing, or went stale because the page was replaced meanwhile, is a
+    condition not met yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition)
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition)
 
 
 def login(browser: Any, base: str, who: ConsoleLogin, password: str | None = None) -> None:

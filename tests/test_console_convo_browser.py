@@ -67,12 +67,12 @@ def test_an_operator_finds_a_conversation_answers_the_inbox_and_returns_the_cont
     browser.find_element(By.CSS_SELECTOR, "#inbox a.open").click()
     wait_for(browser, lambda b: b.find_element(By.ID, "text")).send_keys("It is out for delivery today.")
     browser.find_element(By.ID, "send").click()
-    assert "Reply queued" in wait_for(browser, lambda b: b.find_element(By.ID, "done")).text
+    wait_for(browser, lambda b: "Reply queued" in b.find_element(By.ID, "done").text)
     assert next_message(console_engine, MEI).text == "It is out for delivery today."
     wait_for(browser, lambda b: "It is out for delivery today." in b.find_element(By.ID, "transcript").text)
 
     Select(browser.find_element(By.ID, "flow")).select_by_value("csat")
     browser.find_element(By.ID, "return").click()
-    assert "Returned to the flow" in wait_for(browser, lambda b: b.find_element(By.ID, "done")).text
+    wait_for(browser, lambda b: "Returned to the flow" in b.find_element(By.ID, "done").text)
     assert next_message(console_engine, MEI).text.startswith("Hi Mei, how satisfied")
     assert_no_js_errors(browser)

@@ -120,7 +120,11 @@ def gone(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--role", "router"], {}, "--role: must be all, or api, worker, sender joined by commas"),
+        (
+            ["--role", "router"],
+            {},
+            "--role: must be all, or api, worker, sender, smpp-server joined by commas",
+        ),
         (
             ["--role", "api", "--workers", "2"],
             {},
