@@ -322,6 +322,22 @@ async def test_receipts_wait_while_the_esme_is_away_and_come_after_it_binds_agai
     await back.unbind()
 
 
+async def test_a_scheduled_message_cancelled_through_the_api_reaches_the_esme_as_deleted(
+    e: Engine, smsc: SimulatedSmsc
+) -> None:
+    """An operator cancels an ESME's message before it is due (DELETE /v1/messages/{id}): the
+    ESME asked for a receipt, so it hears of it (stat DELETED), and the carrier never sees it."""
+    esme = await Esme.bind(port(e))
+    status, mid = await esme.submit(ANN, "tomorrow's offer", schedule_delivery_time="000001000000000R")
+    assert status == pdu.ESME_ROK
+    async with e.api.delete(f"/v1/messages/{mid}") as r:
+        assert r.status == 200, await r.text()
+    receipt = await esme.next_delivered()
+    assert receipt.receipted_message_id == mid and " stat:DELETED " in receipt.text
+    assert not smsc.received
+    await esme.unbind()
+
+
 async def test_a_receipt_the_esme_refuses_for_now_is_offered_again(e: Engine, smsc: SimulatedSmsc) -> None:
     esme = await Esme.bind(port(e))
     esme.answer = pdu.ESME_RX_T_APPN

@@ -133,6 +133,8 @@ def _call(
     member = keys.timer_member(req.to, "d", ev.deferred_token())
     wait_s = ((due or now) - now) // 1000
     owner = {"c": req.to, "s": first, "at": now, "due": due, "tm": member}
+    if req.smpp:
+        owner["smpp"] = req.smpp  # a cancel's event carries it, so the ESME gets its receipt
     fields = event_fields.send_fields(req.to, message, req.purpose, now)
     call = SendArgs(
         shard=shard, message_id=mid, owner_json=orjson.dumps(owner).decode(), owner_ttl_s=ttl + wait_s,
@@ -225,6 +227,8 @@ async def cancel_message(rt: journeys.JourneyServices, message_id: str) -> tuple
     shard = keys.shard_of(number, rt.config.engine.shards)
     now = rt.clock.now_ms()
     event = {"t": "message", "c": number, "m": message_id, "status": "cancelled", "at": now}
+    if own.get("smpp"):
+        event["smpp"] = own["smpp"]  # an ESME's message: its receipt follows this event
     call = CancelArgs(
         shard=shard, unit=message_id, now_ms=now, ttl_s=int(rt.config.engine.message_log_ttl),
         events_max=rt.config.engine.outcome_events_max, event=orjson.dumps(event).decode(),
