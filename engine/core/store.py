@@ -36,6 +36,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnec
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 
+from engine.core import redis_wire
 from engine.core.batching import Coalescer
 from engine.core.config import RedisConfig
 from engine.core.durable import ClusterDurable
@@ -126,6 +127,7 @@ class Store:
             health_check_interval=30,
             retry_on_timeout=True,
         )
+        pool.connection_class = redis_wire.lean(pool.connection_class)  # same bytes, less Python
         return cls(aioredis.Redis(connection_pool=pool), cfg)
 
     @classmethod
