@@ -485,12 +485,13 @@ class Sender:
         paced = self.gw.paces_parts and self.policy.rate > 0  # a slot per part, booked as it goes
         route = fields.get(b"r", b"").decode()
         queued = fields.get(b"q")
+        options = SendOptions.decode(fields.get(b"o"))
         job = Job(
             stream=stream, shard=shard, entry_id=entry_id, lane=lane,
             msg=OutboundMessage(
-                id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text, sender=self.gw.sender,
-                segments=cost, pace=self.pacer.next_part if paced else None,
-                options=SendOptions.decode(fields.get(b"o")),
+                id=fields[b"m"].decode(), to=fields[b"c"].decode(), text=text,
+                sender=options.sender or self.gw.sender,
+                segments=cost, pace=self.pacer.next_part if paced else None, options=options,
             ),
             route=[g for g in route.split(",") if g],
             queued_ms=int(queued) if queued else int(entry_id.split(b"-")[0]),

@@ -109,6 +109,38 @@ async def test_an_esme_submits_and_gets_its_message_id_the_message_and_its_recei
 
 
 @pytest.mark.parametrize(
+    ("keep", "source", "sent_from", "ton"),
+    [
+        (True, "ACME", "ACME", 5),  # alphanumeric: TON 5
+        (True, "447700900999", "447700900999", 1),  # a number the account may use: international
+        (False, "ACME", "12345", None),  # the connector's own sender
+    ],
+)
+async def test_the_carrier_sees_the_esmes_source_address_when_its_account_keeps_it(
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SimulatedSmsc,
+    keep: bool,
+    source: str,
+    sent_from: str,
+    ton: int | None,
+) -> None:
+    async with parley(redis_url, tmp_path, smsc, keep_source=keep) as x:
+        esme = await Esme.bind(port(x))
+        try:
+            assert (await esme.submit(ANN, "from us", source=source))[0] == pdu.ESME_ROK
+            assert (await smsc.next_message(ANN)).text == "from us"
+            (got,) = [sub for sub in smsc.received if sub.text == "from us"]
+            assert got.source == sent_from
+            if ton is not None:
+                assert got.source_ton == ton
+            receipt = await esme.next_delivered()  # the receipt still names what the ESME sent
+            assert receipt.dest == source
+        finally:
+            await esme.unbind()
+
+
+@pytest.mark.parametrize(
     ("system_id", "password", "mode", "status"),
     [
         ("acme", "wrong", "transceiver", pdu.ESME_RINVPASWD),

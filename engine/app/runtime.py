@@ -311,7 +311,7 @@ class Runtime:
         req = sends.SendRequest(
             to=message.to, text=message.text, send_at=message.send_at, validity_s=message.validity_s,
             message_id=message.message_id, smpp=message.smpp, priority=message.priority,
-            receipts=message.receipts,
+            receipts=message.receipts, sender=message.sender,
         )  # fmt: skip
         (acc,) = await sends.accept(self, [req])
         return acc.id

@@ -117,11 +117,13 @@ def decide(ev: Event, view: dict[str, Any], why: str | None) -> tuple[Single, li
 
 
 def options_of(m: dict[str, Any]) -> SendOptions:
-    """A single message's send options from its params (``exp``, ``sat``, ``pri``, ``rcpt``)."""
-    exp, sat, pri, rcpt = m.get("exp"), m.get("sat"), m.get("pri"), m.get("rcpt")
+    """A single message's send options from its params (``exp``, ``sat``, ``pri``, ``rcpt``,
+    ``src``)."""
+    exp, sat, pri, rcpt, src = m.get("exp"), m.get("sat"), m.get("pri"), m.get("rcpt"), m.get("src")
     return SendOptions(
         expires_ms=exp if isinstance(exp, int) else 0, deliver_at_ms=sat if isinstance(sat, int) else 0,
         priority=pri if isinstance(pri, int) else None, receipts=rcpt if isinstance(rcpt, str) else "",
+        sender=src if isinstance(src, str) else "",
     )  # fmt: skip
 
 

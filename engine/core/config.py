@@ -321,6 +321,9 @@ class SmppAccountConfig:
     bind_types: list[str] = field(default_factory=lambda: list(SMPP_BIND_TYPES))
     #: The source addresses it may submit with (``*`` and ``?`` wildcards; empty: any).
     sources: list[str] = field(default_factory=list)
+    #: Send its messages from the source address it submitted (true), or from the connector's
+    #: ``sender`` (false).
+    keep_source: bool = True
     #: Numbers (or short codes) it owns: texts to them are its MOs.
     numbers: list[str] = field(default_factory=list)
     #: Binds open at once, across every Parley process.

@@ -106,6 +106,9 @@ class Submission:
     #: Delivery receipts wanted from the carrier (engine/core/sendopts.py RECEIPT_LEVELS: the
     #: ESME asked for one), or None: the connector's default.
     receipts: str | None = None
+    #: The source address to send from (the ESME's, when its account keeps it), or None: the
+    #: connector's ``sender``.
+    sender: str | None = None
 
 
 class SmppServerHost(Services, Protocol):

@@ -1,12 +1,14 @@
 """Per-message delivery options a connector may honour: how long the message is worth
-delivering, when it is due, its priority and which delivery receipts are wanted.
+delivering, when it is due, its priority, which delivery receipts are wanted and the source
+address to send from.
 
 They come from the API (``POST /v1/messages``: ``validity``, ``send_at``, ``priority``,
-``receipts``) or a flow's ``sms:`` section, ride on the message's lane entry (field ``o``, written
-by commit.lua and move.lua, read by the sender), and reach the connector as
-``OutboundMessage.options``. The SMPP connector puts them in submit_sm (validity_period,
-schedule_delivery_time, priority_flag, registered_delivery), with the connector's defaults
-where a message says nothing; other connectors ignore them.
+``receipts``), a flow's ``sms:`` section or an ESME's submit (its source address), ride on the
+message's lane entry (field ``o``, written by commit.lua and move.lua, read by the sender), and
+reach the connector as ``OutboundMessage.options`` (the source address as
+``OutboundMessage.sender``, which every connector sends from). The SMPP connector puts the rest
+in submit_sm (validity_period, schedule_delivery_time, priority_flag, registered_delivery), with
+the connector's defaults where a message says nothing; other connectors ignore them.
 
 The wire form is compact JSON of the options that are set (``""`` when none is), so a lane
 entry without options costs nothing.
@@ -23,6 +25,8 @@ import orjson
 RECEIPT_LEVELS = ("none", "final", "failure", "intermediate")
 #: priority_flag values: 0 (normal) to 3 (the highest; GSM: "very urgent").
 PRIORITIES = range(4)
+#: The longest source address a message may name (SMPP 3.4 source_addr: 20 octets).
+MAX_SENDER = 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class SendOptions:
     priority: int | None = None
     #: One of RECEIPT_LEVELS ("": the connector's default).
     receipts: str = ""
+    #: The source address to send from ("": the connector's ``sender``): an ESME's own, kept
+    #: when its account says so (``smpp_server.accounts[].keep_source``).
+    sender: str = ""
 
     def encode(self) -> str:
         d: dict[str, int | str] = {}
@@ -46,6 +53,8 @@ class SendOptions:
             d["p"] = self.priority
         if self.receipts:
             d["r"] = self.receipts
+        if self.sender:
+            d["s"] = self.sender
         return orjson.dumps(d).decode() if d else ""
 
     @classmethod
@@ -60,12 +69,13 @@ class SendOptions:
             return NONE
         if not isinstance(d, dict):
             return NONE
-        x, at, p, r = d.get("x"), d.get("d"), d.get("p"), d.get("r")
+        x, at, p, r, s = d.get("x"), d.get("d"), d.get("p"), d.get("r"), d.get("s")
         return cls(
             expires_ms=x if isinstance(x, int) and x > 0 else 0,
             deliver_at_ms=at if isinstance(at, int) and at > 0 else 0,
             priority=p if isinstance(p, int) and p in PRIORITIES else None,
             receipts=r if r in RECEIPT_LEVELS else "",
+            sender=s if isinstance(s, str) and 0 < len(s) <= MAX_SENDER else "",
         )
 
 

@@ -76,6 +76,9 @@ class SendRequest:
     priority: int | None = None
     #: Delivery receipts wanted (engine/core/sendopts.py RECEIPT_LEVELS); None: the connector's.
     receipts: str | None = None
+    #: The source address to send from (an ESME's own); None: the connector's ``sender``. Not
+    #: offered to API callers: only the SMPP server sets it, from a source its account allows.
+    sender: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ def _call(
         message["pri"] = req.priority
     if req.receipts is not None:
         message["rcpt"] = req.receipts
+    if req.sender:
+        message["src"] = req.sender
     ev = Event(shard, "", "send", req.to, now, params=message, purpose=req.purpose)
     member = keys.timer_member(req.to, "d", ev.deferred_token())
     wait_s = ((due or now) - now) // 1000

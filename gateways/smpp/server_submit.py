@@ -150,7 +150,8 @@ class SubmitHandler:
             mid = await self.host.submit(
                 Submission(to=number, text=content, smpp={**smpp, "rid": first} if first else smpp,
                            validity_s=validity, message_id=message_id or None, send_at=send_at,
-                           priority=sm.priority or None, receipts=receipts)
+                           priority=sm.priority or None, receipts=receipts,
+                           sender=sm.source.addr if account.keep_source and sm.source.addr else None)
             )  # fmt: skip
             first = first or mid
             message_id = ""
