@@ -27,6 +27,7 @@ Iterative throughout (a flow may have a thousand nodes; no recursion).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,12 +92,32 @@ class Layout:
     height: float = 0.0
 
 
+#: Number tests as a person writes them on an edge: ``number_between [9, 10]`` is ``9 to 10``.
+_NUMBER_TESTS = (
+    (re.compile(r"^number_between \[(-?[\d.]+), (-?[\d.]+)\]$"), "{0} to {1}"),
+    (re.compile(r"^number_equal (-?[\d.]+)$"), "= {0}"),
+    (re.compile(r"^number_less (-?[\d.]+)$"), "< {0}"),
+    (re.compile(r"^number_greater (-?[\d.]+)$"), "> {0}"),
+)
+
+
+def readable(label: str) -> str:
+    """A case's test as short as an edge needs it (number tests as ranges and comparisons;
+    anything else as the flow says it)."""
+    for pattern, form in _NUMBER_TESTS:
+        m = pattern.match(label)
+        if m:
+            return form.format(*m.groups())
+    return label
+
+
 def edges_of(node: Node) -> list[Edge]:
     """Every way out of a node to another node, labelled as a person reads it."""
-    out = [
-        Edge(node.name, c.goto, f"{c.label} → {c.category}" if c.category != c.goto else c.label, "case")
-        for c in node.cases
-    ]
+    out = []
+    for c in node.cases:
+        test = readable(c.label)
+        label = f"{test} → {c.category}" if c.category != c.goto else test
+        out.append(Edge(node.name, c.goto, label, "case"))
     if node.default:
         out.append(Edge(node.name, node.default, "otherwise" if node.cases else "any reply", "default"))
     if node.reprompt and node.reprompt.after:
