@@ -36,7 +36,7 @@ from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
 from engine.conversation.worker import Worker
-from engine.core import keys
+from engine.core import depths, keys
 from engine.core.clock import Clock
 from engine.core.config import Config, parse_cap
 from engine.core.errors import ConfigError
@@ -342,35 +342,21 @@ class Runtime:
         """Read each shard's backlog, each connector's lanes (every shard's, summed per gateway
         and lane) and the live workers from Redis into the gauges (one round trip; called when
         /metrics is scraped, so it shows every worker process's shards)."""
-        r = self.store.redis
-        n = self.config.engine.shards
-        async with r.pipeline(transaction=False) as pipe:
-            for shard in range(n):
-                stream = keys.inbound_stream(shard)
-                pipe.xlen(stream)
-                pipe.xpending(stream, keys.INBOUND_GROUP)
-                pipe.xrange(stream, count=1)
-            lanes = [(gw, lane) for gw in self.senders for lane in keys.LANES]
-            for gw, lane in lanes:
-                for shard in range(n):
-                    pipe.xlen(keys.outbound_stream(shard, gw, lane))
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            query = depths.DepthQuery(pipe, self.config.engine.shards, list(self.senders))
             pipe.zcount(keys.live("worker"), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
-        depths = res[3 * n : 3 * n + len(lanes) * n]
-        for i, (gw, lane) in enumerate(lanes):
-            per_shard = depths[i * n : (i + 1) * n]
-            if not any(isinstance(d, Exception) for d in per_shard):
-                self.metrics.backlog(gw, lane, sum(int(d) for d in per_shard))
+        got = query.read(res)
+        for (gw, lane), per_shard in got.lanes.items():
+            if None not in per_shard:
+                self.metrics.backlog(gw, lane, sum(d for d in per_shard if d is not None))
         now_ms = self.clock.now_ms()
-        for shard in range(n):
-            length, pending, first = res[3 * shard : 3 * shard + 3]
-            if isinstance(length, Exception):
+        for shard, d in enumerate(got.shards):
+            if d.length is None:
                 continue
-            waiting = 0 if isinstance(pending, Exception) else int(pending["pending"])
-            oldest = 0.0
-            if first and not isinstance(first, Exception):
-                oldest = max(0.0, (now_ms - int(first[0][0].split(b"-")[0])) / 1000)
-            self.metrics.streams(shard, max(0, int(length) - waiting), waiting, oldest)
+            waiting = d.pending or 0
+            oldest = 0.0 if d.first_ms is None else max(0.0, (now_ms - d.first_ms) / 1000)
+            self.metrics.streams(shard, max(0, d.length - waiting), waiting, oldest)
         if not isinstance(res[-1], Exception):
             self.metrics.workers_live(int(res[-1]))
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.console.ports import ConsoleServices
-from engine.core import keys
+from engine.core import depths, keys
 
 #: How long samples are kept (the sparklines' width).
 KEEP_S = 600.0
@@ -309,15 +309,7 @@ async def read_redis(rt: ConsoleServices) -> dict[str, Any]:
     smpp = [name for name in rt.gateways if rt.config.gateways.get(name, {}).get("type") == "smpp"]
     r = rt.store.redis
     async with r.pipeline(transaction=False) as pipe:
-        for shard in range(n):
-            stream = keys.inbound_stream(shard)
-            pipe.xlen(stream)
-            pipe.xpending(stream, keys.INBOUND_GROUP)
-            pipe.xrange(stream, count=1)
-        for name in senders:
-            for lane in keys.LANES:
-                for shard in range(n):
-                    pipe.xlen(keys.outbound_stream(shard, name, lane))
+        query = depths.DepthQuery(pipe, n, senders)
         pipe.hgetall(keys.leases("worker"))
         for name in senders:
             pipe.hgetall(keys.leases(f"sender:{name}"))
@@ -327,23 +319,16 @@ async def read_redis(rt: ConsoleServices) -> dict[str, Any]:
     # Stream entry ids, leases and binds are stamped by Redis's clock (the wall clock; the
     # engine's own is the same one outside tests).
     now_ms = int(time.time() * 1000)
-    depth = pending = 0
-    oldest = 0.0
-    for shard in range(n):
-        length, pend, first = res[3 * shard : 3 * shard + 3]
-        if isinstance(length, Exception):
-            continue
-        depth += int(length)
-        pending += 0 if isinstance(pend, Exception) else int(pend["pending"])
-        if first and not isinstance(first, Exception):
-            oldest = max(oldest, (now_ms - int(_text(first[0][0]).split("-")[0])) / 1000)
-    i = 3 * n
+    got = query.read(res)
+    depth = sum(d.length or 0 for d in got.shards)
+    pending = sum(d.pending or 0 for d in got.shards if d.length is not None)
+    oldest = max(
+        [0.0, *((now_ms - d.first_ms) / 1000 for d in got.shards if d.length is not None and d.first_ms)]
+    )
     lanes: dict[str, dict[str, int]] = {}
-    for name in senders:
-        for lane in keys.LANES:
-            got = res[i : i + n]
-            i += n
-            lanes.setdefault(name, {})[lane] = sum(int(v) for v in got if not isinstance(v, Exception))
+    for (name, lane), per_shard in got.lanes.items():
+        lanes.setdefault(name, {})[lane] = sum(v for v in per_shard if v is not None)
+    i = query.count
     workers = _holders(res[i], now_ms)
     i += 1
     sender_leases = {}
