@@ -165,6 +165,59 @@ async def test_a_worker_killed_mid_load_loses_nothing_and_sends_nothing_twice(
     assert sorted(len(s) for s in health["workers"].values()) == [4, 4]
 
 
+async def test_senders_run_in_the_worker_processes_and_a_killed_ones_lanes_move_at_once(
+    redis_url: str, carrier: SimulatedCarrier, tmp_path: Path
+) -> None:
+    """With ``--workers 2`` the send pipeline runs in the worker processes (the HTTP process
+    sends nothing); a worker SIGKILLed gives up its lanes with its shards when its supervisor
+    sees it die, long before its leases (30 s here) would run out, and nothing is lost."""
+    config = engine_config(redis_url, carrier, free_port(), lease_ttl="30s", batch_size=32)
+    async with parley_run(config, tmp_path / "parley.yaml") as engine:
+        health = await engine.until_healthy()
+        for _ in range(100):  # both workers' senders hold their share
+            if len(health["senders"]["carrier"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+            health = await engine.until_healthy()
+        holders = health["senders"]["carrier"]
+        workers = {p["pid"] for p in health["worker_processes"].values()}
+        assert health["pid"] not in workers
+        assert sorted(s for shards in holders.values() for s in shards) == list(range(8))
+        # Each holder is a worker process, named after it: "<host>-<pid>-w<index>-s".
+        assert {int(who.rsplit("-", 3)[1]) for who in holders} == workers
+        assert all(who.endswith(("-w0-s", "-w1-s")) for who in holders)
+
+        numbers = [f"+4477007{i:05d}" for i in range(40)]
+        for n in numbers:
+            async with engine.api.put(f"/v1/contacts/{n}", json={"fields": {"first_name": "Ana"}}) as r:
+                assert r.status in (200, 201)
+        async with engine.api.post("/v1/flows/nps/start", json={"contacts": numbers}) as r:
+            assert r.status == 202
+        for n in numbers:
+            await carrier.next_message(n, timeout=20)
+
+        victim = health["worker_processes"]["0"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        while True:  # every shard's lanes read by the survivor, well inside the 30 s lease
+            health = await engine.health()
+            if set(health["senders"].get("carrier", {})) and all(
+                int(who.rsplit("-", 3)[1]) != victim for who in health["senders"]["carrier"]
+            ):
+                covered = sorted(s for shards in health["senders"]["carrier"].values() for s in shards)
+                if covered == list(range(8)):
+                    break
+            assert loop.time() - killed < 15, health["senders"]
+            await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{engine.port}/v1/inbound/carrier"
+        for n in numbers:
+            await carrier.text_in(url, API_KEY, n, "10")
+        for n in numbers:
+            assert (await carrier.next_message(n, timeout=20)).text == PROMOTER
+        assert len(carrier.received) == 2 * len(numbers)
+
+
 async def test_metrics_add_up_every_worker_process(engine: Engine, carrier: SimulatedCarrier) -> None:
     await engine.until_healthy()
     numbers = [f"+4477008{i:05d}" for i in range(40)]
@@ -222,7 +275,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: str, tmp_path: Path) -> None:
     """The two commands an operator would start: the SMSC simulator and ``parley run --workers 2``
-    with a ``type: smpp`` connector. Only the API/gateway process binds; a customer texts NPS and
+    with a ``type: smpp`` connector. One worker process binds (the senders run in the workers);
+    a customer texts NPS and
     answers through the simulator's control endpoint and gets the flow's replies."""
     smpp_port, control, port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
@@ -282,7 +336,7 @@ async def test_parley_run_with_workers_talks_smpp_to_parley_smsc_sim(redis_url: 
             assert (await received(2))[1]["text"] == PROMOTER
             async with smsc.get("/stats") as r:
                 stats = await r.json()
-            assert stats["binds_ok"] == 1  # the worker processes do not bind
+            assert stats["binds_ok"] == 1  # one bind in all (binds: 1), whichever worker holds its lease
     finally:
         for proc in (run, sim):
             if proc.returncode is None:

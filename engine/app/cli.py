@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="run one worker process against a shared Redis (what `run --workers N` starts)"
     )
     worker.add_argument("--index", type=int, default=0, help="this worker's number, for its name in logs")
+    worker.add_argument(
+        "--senders",
+        action="store_true",
+        help="also run the send pipeline on the lanes of the shards it leases (what `run --workers N` "
+        "asks of its workers when it has the sender role)",
+    )
     api = sub.add_parser(
         "api",
         help="run one API process on a port shared with others (what `run --api-processes N` starts)",
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             if not cfg.redis.url:
                 raise ConfigError("redis.url", "a worker process needs a shared Redis (set redis.url)")
-            return _run_async(_work(cfg, args.index))
+            return _run_async(_work(cfg, args.index, args.senders))
         if args.command == "api":
             if not cfg.redis.url:
                 raise ConfigError("redis.url", "an API process needs a shared Redis (set redis.url)")
@@ -346,13 +352,13 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _work(cfg: Config, index: int) -> int:
+async def _work(cfg: Config, index: int, senders: bool = False) -> int:
     from engine.app.runtime import Runtime
     from engine.app.supervisor import report_ready
 
     stop = _stop_on_signals()
     async with Runtime(
-        cfg, http=False, senders=False, caller=False, worker_index=index, smpp_server=False
+        cfg, http=False, senders=senders, caller=False, worker_index=index, smpp_server=False
     ) as rt:
         assert rt.worker is not None
         _settle_gc()

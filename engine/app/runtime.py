@@ -35,7 +35,7 @@ from engine.app.singleton import OneAtATime
 from engine.app.supervisor import Supervisor
 from engine.conversation import intake
 from engine.conversation.calls import Caller
-from engine.conversation.worker import Worker
+from engine.conversation.worker import SENDERS_SUFFIX, Worker, worker_id
 from engine.core import depths, keys
 from engine.core.clock import Clock
 from engine.core.config import Config, parse_cap
@@ -123,6 +123,10 @@ class Runtime:
         self._want = {
             "http": http, "worker": worker, "senders": senders, "caller": worker if caller is None else caller
         }  # fmt: skip
+        #: With worker processes the senders run in them, beside the turns (each on the lanes of
+        #: the shards it leases), not here: the process that takes the HTTP intake then sends
+        #: nothing, and the send work is spread over the worker processes.
+        self._senders_in_workers = senders and worker and worker_processes and config.engine.workers > 1
         self._api = http and api
         self._smpp_server = smpp_server and bool(config.smpp_server.listen)
         #: ESMEs binding into Parley (gateways/smpp/server.py), when this process serves them.
@@ -204,17 +208,19 @@ class Runtime:
         )  # fmt: skip
         for name, raw in cfg.gateways.items():
             gw = build_gateway(name, raw)
-            gw.attach(self, active=self._want["senders"])
+            gw.attach(self, active=self._want["senders"] and not self._senders_in_workers)
             self.gateways[name] = await self._stack.enter_async_context(gw)
         can_send = [n for n, g in self.gateways.items() if g.can_send]
         self.router = Router(parse_rules(cfg.routing, set(can_send)), can_send, cfg.engine.default_gateway)
-        if self._want["senders"]:
+        if self._want["senders"] and not self._senders_in_workers:
             # A lease set per connector (role "sender:GW"): the shards whose lanes of it this
             # process reads. A connector that cannot send from here (an SMPP connector holding no
             # bind) holds none, so the processes that can send read its lanes.
+            # Beside a worker, named after it, so its supervisor releases both when it dies.
+            me = worker_id(self._worker_index) + SENDERS_SUFFIX if self._want["worker"] else None
             for name, gw in self.gateways.items():
                 if gw.can_send:
-                    leases = SenderLeases(self, role=f"sender:{name}", gate=gw.sendable)
+                    leases = SenderLeases(self, me, role=f"sender:{name}", gate=gw.sendable)
                     self.sender_leases[name] = await self._stack.enter_async_context(leases)
                     sender = Sender(self, gw, leases)
                     self.senders[name] = await self._stack.enter_async_context(sender)
@@ -233,7 +239,7 @@ class Runtime:
         if self._want["worker"] and self._processes and cfg.engine.workers > 1:
             self.supervisor = await self._stack.enter_async_context(
                 Supervisor(cfg.engine.workers, url, self._config_path, cfg.engine.shutdown_timeout,
-                           self._release_leases)
+                           self._release_leases, extra=("--senders",) if self._senders_in_workers else ())
             )  # fmt: skip
         elif self._want["worker"]:
             self.worker = await self._stack.enter_async_context(Worker(self, self._worker_index))
@@ -283,8 +289,14 @@ class Runtime:
             log.warning("no API keys configured (api.keys / PARLEY_API_KEYS): every /v1 request gets 401")
 
     async def _release_leases(self, worker_id: str) -> None:
-        """Give up a dead worker's shards in its name (the supervisor saw it die)."""
-        await release_dead(self.store, worker_id, self.config.engine.shards, self.config.engine.lease_ttl)
+        """Give up a dead worker's shards in its name (the supervisor saw it die), and its senders'."""
+        cfg = self.config.engine
+        await release_dead(self.store, worker_id, cfg.shards, cfg.lease_ttl)
+        if self._senders_in_workers:
+            senders = worker_id + SENDERS_SUFFIX
+            for name, gw in self.gateways.items():
+                if gw.can_send:
+                    await release_dead(self.store, senders, cfg.shards, cfg.lease_ttl, role=f"sender:{name}")
 
     async def accept_inbound(
         self, *, gateway: str, contact: str, to: str, text: str, provider_id: str
@@ -338,12 +350,18 @@ class Runtime:
         log.info("flows reloaded: %s", ", ".join(f"{f.name}@{f.digest}" for f in fresh.flows.values()))
         return fresh
 
+    def _sent_here(self) -> list[str]:
+        """The connectors this process (or, with worker processes, its workers) sends through."""
+        if self._senders_in_workers:
+            return [n for n, g in self.gateways.items() if g.can_send]
+        return list(self.senders)
+
     async def refresh_stream_metrics(self) -> None:
         """Read each shard's backlog, each connector's lanes (every shard's, summed per gateway
         and lane) and the live workers from Redis into the gauges (one round trip; called when
         /metrics is scraped, so it shows every worker process's shards)."""
         async with self.store.redis.pipeline(transaction=False) as pipe:
-            query = depths.DepthQuery(pipe, self.config.engine.shards, list(self.senders))
+            query = depths.DepthQuery(pipe, self.config.engine.shards, self._sent_here())
             pipe.zcount(keys.live("worker"), int(time.time() * 1000), "+inf")
             res = await pipe.execute(raise_on_error=False)
         got = query.read(res)
@@ -394,7 +412,7 @@ class Runtime:
             for gw, held in sending.items()
             if (missing := [s for s in range(self.config.engine.shards) if s not in held])
         }
-        runs_senders = bool(self.sender_leases)
+        runs_senders = bool(self.sender_leases) or self._senders_in_workers
         ok = (
             redis_ok
             and worker_ok is not False

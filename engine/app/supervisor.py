@@ -79,12 +79,12 @@ ReleaseLeases = Callable[[str], Awaitable[None]]
 class Supervisor:
     """``async with Supervisor(n, redis_url, config_path, timeout, release):`` runs ``n`` workers;
     ``role="api"`` runs ``n`` API processes instead, numbered from ``first``, with ``env`` added to
-    their environment (the shared port)."""
+    their environment (the shared port); ``extra`` is added to each one's arguments."""
 
     def __init__(
         self, n: int, redis_url: str, config_path: str | None, shutdown_timeout: float,
         release: ReleaseLeases | None = None, *, role: str = "worker", first: int = 0,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, extra: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.n = n
         self.redis_url = redis_url
@@ -93,6 +93,8 @@ class Supervisor:
         self.release = release
         self.role = role
         self.env = env or {}
+        #: Arguments added to each process's command line (``--senders``).
+        self.extra = extra
         self.indices = range(first, first + n)
         #: index -> the running process (for /healthz and tests)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
@@ -107,7 +109,8 @@ class Supervisor:
 
     def argv(self, index: int) -> list[str]:
         config = ["--config", self.config_path] if self.config_path else []
-        return [sys.executable, "-m", "engine.app.cli", *config, self.role, "--index", str(index)]
+        args = [self.role, "--index", str(index), *self.extra]
+        return [sys.executable, "-m", "engine.app.cli", *config, *args]
 
     def report(self) -> dict[str, dict[str, object]]:
         """What /healthz shows of each process: pid, running, ready, restarts, restart_wait."""

@@ -58,6 +58,16 @@ async def fire_timers(rt: TurnServices, shards: list[int] | None = None) -> int:
     return sum(int(n) for n in await rt.store.coalescer.run(add))
 
 
+def worker_id(index: int) -> str:
+    """This process's name as worker ``index`` (its leases and consumer name); its senders, when
+    it runs them, are ``worker_id(index) + SENDERS_SUFFIX``, so whoever sees it die can release both."""
+    return f"{socket.gethostname()}-{os.getpid()}-w{index}"
+
+
+#: What a worker process's sender leases add to its worker id.
+SENDERS_SUFFIX = "-s"
+
+
 class Worker(StreamConsumer):
     """``async with Worker(rt):`` reads the inbound shards it holds leases on and polls their timers."""
 
@@ -67,7 +77,7 @@ class Worker(StreamConsumer):
         cfg = rt.config.engine
         self.shards = {keys.inbound_stream(s): s for s in range(cfg.shards)}
         #: Unique per process run, so a restarted worker never mistakes a dead run's lease for its own.
-        self.me = f"{socket.gethostname()}-{os.getpid()}-w{index}"
+        self.me = worker_id(index)
         super().__init__(rt.store.redis, keys.INBOUND_GROUP, self.me, [])
         self.rt = rt
         self.stop_timeout = cfg.shutdown_timeout
