@@ -28,6 +28,10 @@ The timeline of the race, and what a crash at each point leaves:
 The other order (record first) could acknowledge the send and then lose the map: every receipt
 for it would be parked and never applied. Writing the map first costs at most a repeated send,
 which at-least-once already allows.
+
+On a single Redis (not a cluster) the three steps are one call, sent.lua, which runs
+provider_id.lua and status.lua as functions and deletes the parked receipt, atomically: the
+crash rows above then have nothing between them. The order stays the same.
 """
 
 from __future__ import annotations
@@ -125,6 +129,20 @@ async def record_send(
     """Record a send's outcome in the order the module docstring gives (each step through the
     coalescer; an error leaves the later steps undone, so the caller retries the whole)."""
     parked = ""
+    if pid and not rt.store.cluster:  # one server: steps 1-3 in one call (sent.lua), atomically
+        mapping = provider_id_call(rt, gateway, msg_id, contact, pid)
+        call = status_call(
+            rt, gateway, msg_id, contact, status, pid, error, stream=stream, entry_id=entry_id,
+            record_gateway=record_gateway,
+        )  # fmt: skip
+
+        both_keys, both_args = [*mapping.to_keys(), *call.to_keys()], [*mapping.to_argv(), *call.to_argv()]
+
+        async def both(pipe: Pipeline) -> None:
+            await rt.store.run("sent", keys=both_keys, args=both_args, client=pipe)
+
+        await rt.store.coalescer.run(both)
+        return
     if pid:
         mapping = provider_id_call(rt, gateway, msg_id, contact, pid)
 

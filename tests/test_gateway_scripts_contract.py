@@ -419,6 +419,56 @@ async def test_a_status_of_a_message_gone_from_the_log_still_acknowledges_its_en
     assert await store.redis.exists(keys.message_records(ANN, SHARD)) == 0
 
 
+# sent.lua (single Redis: provider_id.lua + status.lua + the parked DEL in one call) -----------
+
+
+async def _state(store: Store) -> tuple[Any, ...]:
+    r = store.redis
+    events = [(f[b"e"]) for _, f in await r.xrange(keys.flow_events(SHARD))]
+    return (
+        await read_record(store), text(await r.hgetall(B_NEW)), await r.ttl(B_NEW), await r.get(PARKED),
+        await r.xlen(LANE_G), (await r.xpending(LANE_G, GROUP))["pending"], events,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("receipt_first", [False, True])
+@pytest.mark.parametrize("record_there", [True, False])
+async def test_sent_lua_leaves_what_the_three_steps_leave(
+    store: Store, receipt_first: bool, record_there: bool
+) -> None:
+    """One call (a single Redis) ends where provider_id.lua, status.lua and the parked receipt's
+    DEL end one after the other: the map, the record and its events, the lane acknowledged, the
+    parked receipt applied and gone; with the record erased only the map and the lane move."""
+    if store.cluster:
+        pytest.skip("two slots: a cluster records a send in separate calls")
+    results = []
+    for one_call in (False, True):
+        await store.redis.flushdb()
+        entry = await pending(store, LANE_G)
+        if record_there:
+            await record(store, flow="nps")
+        if receipt_first:
+            await store.redis.set(PARKED, f"delivered||{NOW + 9}")
+        status = sent(entry)
+        if one_call:
+            answer = await store.run(
+                "sent", keys=[*mapping().to_keys(), *status.to_keys()],
+                args=[*mapping().to_argv(), *status.to_argv()],
+            )  # fmt: skip
+        else:
+            parked = parse_parked(await run(store, "provider_id", mapping()))
+            answer = await run(store, "status", sent(entry, parked=parked))
+            if parked:
+                await store.redis.delete(PARKED)
+        results.append((answer, *await _state(store)))
+    assert results[0] == results[1]
+    answer, rec, pid_map, _, parked_left, lane_len, lane_pending, _ = results[1]
+    assert answer == (1 if record_there else 0)
+    assert pid_map == {"P1": f"{ANN} m1"} and parked_left is None and lane_len == lane_pending == 0
+    if record_there:
+        assert rec["status"] == ("delivered" if receipt_first else "sent")
+
+
 # One slot each -------------------------------------------------------------------------------
 
 
