@@ -410,3 +410,40 @@ async def test_an_erased_contact_leaves_no_key_named_after_its_number(e: Engine)
         assert r.status == 204
     names = [k async for k in e.rt.store.redis.scan_iter(match="p:*")]
     assert names and not [k for k in names if ANN.encode() in k]
+
+
+async def test_an_erased_contact_leaves_no_value_holding_its_number(e: Engine, clock: FakeClock) -> None:
+    """After erasure nothing in Redis holds the number but what the erasure documents it keeps
+    (engine/crm/erasure.py: the provider-id map, until its window ends): a sent single message's
+    and a scheduled one's owner records go with the rest, and both ids are unknown after."""
+    await import_contacts(e, [{"number": ANN}, {"number": RAJ}])
+    sent = await send(e, {"to": ANN, "text": "hello"})
+    await until_status(e, sent["id"], "sent")
+    at = datetime.fromtimestamp(clock.now_ms() / 1000 + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = await send(e, {"to": ANN, "text": "in an hour", "send_at": at})
+    other = await send(e, {"to": RAJ, "text": "hello Raj", "send_at": at})
+    async with e.api.delete(f"/v1/contacts/{ANN}") as r:
+        assert r.status == 204
+    redis = e.rt.store.redis
+    holding = []
+    async for k in redis.scan_iter(match="p:*"):
+        kind = (await redis.type(k)).decode()
+        if kind == "string":
+            values = [await redis.get(k)]
+        elif kind == "hash":
+            values = [b"%s=%s" % kv for kv in (await redis.hgetall(k)).items()]
+        elif kind == "zset":
+            values = await redis.zrange(k, 0, -1)
+        elif kind == "list":
+            values = await redis.lrange(k, 0, -1)
+        elif kind == "set":
+            values = list(await redis.smembers(k))
+        else:
+            values = [repr(fields).encode() for _, fields in await redis.xrange(k)]
+        if any(ANN.encode() in (v or b"") for v in values):
+            holding.append(k.decode())
+    assert holding and all(k.startswith("p:pid:") for k in holding), holding
+    for mid in (sent["id"], later["id"]):
+        async with e.api.get(f"/v1/messages/{mid}") as r:
+            assert r.status == 404, (mid, await r.text())
+    assert (await status_of(e, other["id"]))["status"] == "scheduled"  # another's stays

@@ -35,6 +35,11 @@ journey touch (``p:att:TN``) and the number's arm in every experiment
 (``p:xa:*``, found with SCAN: there are few) and the ids of the conversions the CRM reported
 (``p:cv:TN:*``).
 
+So are the owner records of the single messages sent to the number (``p:msg:T:ID``: number,
+first status, times), found from its message log and its scheduled sends; one accepted in the
+moment before the erasure and not yet through its turn keeps its owner record until it expires
+(``engine.message_log_ttl``).
+
 Not removed, because finding them means scanning every key and they expire on their own: the
 provider-id map ``p:pid:...`` (number and message id per reply, the connector's
 ``receipt_window``, 72 h by default; a later receipt finds no record and changes nothing),
@@ -51,6 +56,7 @@ customer texts again, a flow is started) is a new conversation with a new record
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -90,6 +96,7 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     timers = keys.timers(shard)
     pattern = _glob_escape(keys.timer_member_prefix(number)) + "*"
     members = [m async for m, _ in store.redis.zscan_iter(timers, match=pattern, count=1000)]
+    singles = await _single_ids(store, number, shard, members)
     ledger = await erased_ledger_key(store, key, number, shard)
     call = EraseArgs(number, ledger, shard, now_ms, source, tuple(members))
     done = await store.run("erase", call.to_keys(), call.to_argv())
@@ -97,6 +104,8 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     async with store.redis.pipeline(transaction=False) as pipe:
         pipe.delete(keys.handoff(number, shard), keys.attribution(number, shard))
         pipe.zrem(keys.inbox(shard), number)
+        for i in range(0, len(singles), 500):  # the owner records hold the number (one slot: T)
+            pipe.delete(*(keys.single_message(shard, m) for m in singles[i : i + 500]))
         removed += sum(int(n) for n in await pipe.execute())
     async for xp in store.redis.scan_iter(match=keys.assignments("*"), count=1000):
         removed += int(await store.redis.hdel(xp, number))
@@ -105,6 +114,23 @@ async def forget(store: Store, number: str, *, shards: int, key: str, now_ms: in
     async for k in store.redis.scan_iter(match=seen, count=1000):
         removed += int(await store.redis.delete(k))
     return bool(done) or removed > 0
+
+
+async def _single_ids(store: Store, number: str, shard: int, timer_members: list[bytes]) -> list[str]:
+    """The ids of the single messages sent to ``number`` whose owner records may still exist:
+    every id in its message log (a single message's record is logged under its id once its turn
+    ran) and the id in each of its scheduled sends (``d`` timers carrying a ``send`` event)."""
+    logged = cast(list[bytes], await store.redis.zrange(keys.message_index(number, shard), 0, -1))
+    ids = {m.decode() for m in logged}
+    prefix = keys.timer_member(number, "d", "")
+    for raw in timer_members:
+        member = raw.decode()
+        if member.startswith(prefix):
+            with contextlib.suppress(ValueError, AttributeError):
+                token = orjson.loads(member[len(prefix) :])
+                if token.get("k") == "send" and token.get("p", {}).get("id"):
+                    ids.add(str(token["p"]["id"]))
+    return sorted(ids)
 
 
 async def forget_outcomes(store: Store, shards: int, number: str) -> int:
