@@ -370,3 +370,36 @@ async def test_with_worker_processes_each_process_shows_its_own_cpu_memory_and_g
             await asyncio.sleep(0.05)
         assert victim not in pids_of(got, "process_resident_memory_bytes")
         assert pids_of(got, "process_resident_memory_bytes") == now | {health["pid"]}
+
+
+def test_a_dead_processs_open_circuit_no_longer_shows(tmp_path: Path) -> None:
+    """Under several processes each writes its own values: a process (a worker with its senders)
+    that died with a connector's circuit open must not hold ``parley_circuit_open`` at 1 once its
+    supervisor has done the dead process's bookkeeping (engine/app/supervisor.py)."""
+    import subprocess
+    import sys
+
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    child = (
+        "from engine.core.metrics import Metrics\n"
+        "m = Metrics()\n"
+        "m.circuit('carrier', True)\n"
+        "m.flush()\n"
+        "import os; print(os.getpid())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+    def circuit() -> float | None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        reg = CollectorRegistry()
+        MultiProcessCollector(reg, str(tmp_path))  # type: ignore[no-untyped-call]
+        return reg.get_sample_value("parley_circuit_open", {"gateway": "carrier"})
+
+    assert circuit() == 1  # while it lives (or before anyone noticed), it shows
+    multiprocess.mark_process_dead(int(proc.stdout.split()[-1]), str(tmp_path))  # type: ignore[no-untyped-call]
+    assert circuit() is None

@@ -240,7 +240,9 @@ class Metrics:
         )  # fmt: skip
         self._circuit = Gauge(
             "parley_circuit_open", "1 while a gateway's circuit breaker is open (not sending, probing).",
-            ["gateway"], registry=r, multiprocess_mode="max",
+            # live: a sender process that died with its circuit open (the senders run in the
+            # worker processes) must not hold the gauge at 1 once its supervisor saw it die
+            ["gateway"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self._lane_depth = Gauge(
             "parley_outbound_backlog", "Messages waiting in a gateway's lane (read at scrape).",
