@@ -36,7 +36,11 @@ holding more than ``rate`` segments.
 
 Within a process, waiting messages are served replies first, then bulk, each in arrival order: a
 bulk backlog never stands between a customer and their answer for more than one slot. A process
-books one slot at a time, at most ``MAX_AHEAD_S`` before it is due.
+books a slot for each message waiting (up to ``BATCH``) in one call, none more than
+``MAX_AHEAD_S`` before it is due; each slot, when due, goes to the first message in line that
+fits in it (a reply that arrived since the booking takes the next slot). One call per slot
+capped a process at one send per Redis round trip: a few hundred a second on a busy loop,
+whatever the connector's rate.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from engine.core.store import Store
 from gateways.scripts import install
@@ -74,6 +79,8 @@ STALE_S = 0.02
 CATCH_UP_S = 0.02
 #: How fast this process's idea of Redis's clock may drift upwards (NTP slews, seconds per second).
 CLOCK_CREEP = 50e-6
+#: The most slots booked in one call (those waiting, up to this, within ``MAX_AHEAD_S``).
+BATCH = 64
 
 
 @dataclass(eq=False)
@@ -147,6 +154,8 @@ class Pacer:
         self.restamped = 0
         #: Restamps that failed or came too late to be sure of the ceiling (logged).
         self.overdue = 0
+        #: Calls to rate.lua that booked slots (one books a slot for each ticket waiting).
+        self.bookings = 0
         self._restamps: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -205,9 +214,19 @@ class Pacer:
             self._restamps.add(task)
             task.add_done_callback(self._restamps.discard)
 
+    async def _rate(self, call: RateArgs) -> RateReply:
+        """rate.lua on the store's shared pipeline: one round trip with whatever else this
+        process sends to Redis in the same loop pass (turns, other sends' records)."""
+
+        async def add(pipe: Pipeline) -> None:
+            await self.store.run("rate", keys=call.to_keys(), args=call.to_argv(), client=pipe)
+
+        (raw,) = await self.store.coalescer.run(add)
+        return RateReply.parse(raw)
+
     async def _restamp(self, call: RateArgs) -> None:
         try:
-            got = RateReply.parse(await self.store.run("rate", keys=call.to_keys(), args=call.to_argv()))
+            got = await self._rate(call)
         except (aioredis.RedisError, OSError) as exc:
             self.overdue += 1
             log.warning("pacer %s: a late send's time was not recorded (%s): a second ahead may hold "
@@ -242,12 +261,26 @@ class Pacer:
             self._queues[False].remove(ticket)
             self._queues[True].append(ticket)
 
-    def _next(self) -> Ticket | None:
+    def _line(self, most: int) -> list[Ticket]:
+        """The first ``most`` tickets waiting, in the order they are served (left queued)."""
+        line: list[Ticket] = []
         for q in (self._retake, self._queues[True], self._queues[False]):
             while q and q[0].done.done():  # cancelled while waiting (shutdown)
                 q.popleft()
-            if q:
-                return q[0]
+            for t in q:
+                if len(line) == most:
+                    return line
+                if not t.done.done():
+                    line.append(t)
+        return line
+
+    def _taker(self, segments: int) -> Ticket | None:
+        """Who takes a slot of ``segments`` now it is due: the first in line it is wide enough
+        for (a reply that arrived since the booking goes before the bulk it was booked for)."""
+        for q in (self._retake, self._queues[True], self._queues[False]):
+            for t in q:
+                if t.cost <= segments and not t.done.done():
+                    return t
         return None
 
     def _unqueue(self, ticket: Ticket) -> None:
@@ -256,17 +289,24 @@ class Pacer:
                 q.remove(ticket)
                 return
 
-    async def _book(self, ticket: Ticket) -> tuple[bool, float]:
-        """One reservation: (granted, when the slot is on the monotonic clock)."""
+    async def _book(self, line: list[Ticket]) -> tuple[list[tuple[float, int, str]], float]:
+        """Slots for the tickets in ``line``, in one call: [(when on the monotonic clock,
+        segments, booking)] for those granted (a prefix: the first beyond the horizon ends it),
+        and when the first refused one would have been."""
+        first = line[0]
         call = RateArgs(
-            self.gateway, self._spacing, ticket.cost, int(MAX_AHEAD_S * 1_000_000), self._window_us,
-            self._cap, int(CATCH_UP_S * 1_000_000), ticket.booking,
+            self.gateway, self._spacing, first.cost, int(MAX_AHEAD_S * 1_000_000), self._window_us,
+            self._cap, int(CATCH_UP_S * 1_000_000), first.booking, more=tuple(t.cost for t in line[1:]),
         )  # fmt: skip
-        got = RateReply.parse(await self.store.run("rate", keys=call.to_keys(), args=call.to_argv()))
+        got = await self._rate(call)
         self.clock.sample(got.now_us, time.monotonic())
-        if got.granted:
-            ticket.booking = got.booking
-        return got.granted, self.clock.local(got.slot_us)
+        self.bookings += 1
+        if not got.granted:
+            return [], self.clock.local(got.slot_us)
+        first.booking = ""  # given back (or still logged): the slot below replaces it
+        slots = [(self.clock.local(got.slot_us), first.cost, got.booking)]
+        slots += [(self.clock.local(at), t.cost, b) for (at, b), t in zip(got.more, line[1:], strict=False)]
+        return slots, slots[-1][0]
 
     async def _calibrate(self, samples: int = 5) -> None:
         """A few readings of Redis's clock before the first booking, so the first slots are not
@@ -282,13 +322,13 @@ class Pacer:
         await self._calibrate()
         backoff = 0.05
         while not self._closing:
-            ticket = self._next()
-            if ticket is None:
+            line = self._line(BATCH)
+            if not line:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
-                granted, due = await self._book(ticket)
+                slots, due = await self._book(line)
                 backoff = 0.05
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("pacer %s: Redis unavailable (%s); retrying in %.2fs", self.gateway, exc, backoff)
@@ -300,16 +340,19 @@ class Pacer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if not granted:
+            if not slots:
                 # Other processes booked ahead of us: ask again when our turn could come.
                 await asyncio.sleep(max(due - MAX_AHEAD_S - time.monotonic(), 0.001))
                 continue
-            await _until(due)
-            self._unqueue(ticket)
-            if ticket.done.done():
-                continue  # cancelled meanwhile: the slot goes unused
-            ticket.due = due  # late or not: recheck, just before the send, decides
-            ticket.done.set_result(None)
+            for due, segments, booking in slots:
+                await _until(due)
+                ticket = self._taker(segments)
+                if ticket is None:
+                    continue  # cancelled meanwhile: the slot goes unused
+                self._unqueue(ticket)
+                ticket.booking = booking
+                ticket.due = due  # late or not: recheck, just before the send, decides
+                ticket.done.set_result(None)
 
 
 async def _until(t: float) -> None:

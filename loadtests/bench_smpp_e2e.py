@@ -86,6 +86,10 @@ SHORT_CODE = "12345"
 SCRIPT = ("nps", "9", "Quick delivery and a friendly driver")
 #: The connector's rate: far above any offered rate (replies/s), so the TPS is never the limit.
 CONNECTOR_RATE = 20_000
+#: Before the first rate: no bind made or lost for this long (the processes hand binds and
+#: shards between them as they start), then a warm-up step (rate/s, seconds) not recorded.
+SETTLE_S = 3.0
+WARM_UP = (100, 2.0)
 console = Console(stderr=True)
 
 
@@ -128,8 +132,16 @@ async def _far_edge(conn: Connection, handsets: int) -> None:
         while True:
             cmd = await recv()
             if cmd["cmd"] == "bound":
+                # Bound, and settled: the engine's processes hand binds (and shards) between
+                # them as they come up; measure once no bind was made or lost for a while.
                 deadline = time.monotonic() + cmd["timeout"]
-                while smsc.active_binds() < cmd["binds"] and time.monotonic() < deadline:  # noqa: ASYNC110
+                seen, since = (-1, -1), time.monotonic()
+                while time.monotonic() < deadline:
+                    now_seen = (smsc.active_binds(), len(smsc.binds))
+                    if now_seen != seen:
+                        seen, since = now_seen, time.monotonic()
+                    elif seen[0] >= cmd["binds"] and time.monotonic() - since >= cmd["settle"]:
+                        break
                     await asyncio.sleep(0.05)
                 conn.send({"bound": smsc.active_binds()})
             elif cmd["cmd"] == "step":
@@ -214,6 +226,7 @@ async def run(args: argparse.Namespace) -> int:
             "rates": args.rates, "step_seconds": args.seconds, "flow": "nps", "handsets": args.handsets,
             "shards": 8, "binds": args.binds, "window": args.window, "connector_rate_per_s": CONNECTOR_RATE,
             "receipts": True, "smsc": "SimulatedSmsc happy, latency 0, its own process",
+            "settle_s": SETTLE_S, "warm_up": {"rate": WARM_UP[0], "seconds": WARM_UP[1], "recorded": False},
             "sustained_means": (
                 f"every text answered, p99 <= {SUSTAINED_P99_MS:.0f} ms, generator >= 95% of schedule"
             ),
@@ -250,9 +263,13 @@ async def run(args: argparse.Namespace) -> int:
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with aiohttp.ClientSession(headers=headers) as session:
                 await engine.ready(session)
-                bound = (await ask({"cmd": "bound", "binds": args.binds, "timeout": 30}))["bound"]
+                bound = (await ask({"cmd": "bound", "binds": args.binds, "timeout": 30, "settle": SETTLE_S}))[
+                    "bound"
+                ]
                 if bound < args.binds:
                     raise RuntimeError(f"only {bound} of {args.binds} binds came up: {engine.log_tail()}")
+                # Warm-up, not recorded: first connections, first PDUs of each kind, caches.
+                await ask({"cmd": "step", "rate": WARM_UP[0], "seconds": WARM_UP[1]})
                 for rate in args.rates:
                     console.print(f"[bold]{rate}/s[/] for {args.seconds:g} s ...")
                     sums = await stage_sums(session, engine)

@@ -40,6 +40,7 @@ from gateways.rate import (
     Ticket,
     slot_args,
 )
+from gateways.scripts.rate import RateReply
 from gateways.sender import Sender
 from tests.conftest import make_config, shard
 
@@ -155,6 +156,40 @@ async def test_a_process_whose_loop_is_always_late_still_sends_within_the_rate(s
     assert busiest_second(went) <= 40
     slots = await stores[0].redis.zrange(keys.rate("carrier"), 0, -1)
     assert any(b":r" in m for m in slots)  # late ones recorded when they went
+
+
+async def test_a_busy_process_books_the_slots_of_everything_waiting_together(stores: list[Store]) -> None:
+    """400 messages waiting at rate 2,000 on a loop lagging 2 ms at every pass: one booking per
+    slot took at least a pass each (a process capped near 500 sends/s, whatever the connector's
+    rate); they are booked a batch per call, go in about the rate's time, never above it."""
+    went: list[float] = []
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.002)  # noqa: ASYNC251 (on purpose: a busy loop)
+            await asyncio.sleep(0)
+
+    hogging = asyncio.create_task(hog())
+    try:
+        async with Pacer(stores[0], "carrier", 2000) as pacer:
+
+            async def send() -> None:
+                ticket = Ticket(cost=1, urgent=False)
+                await pacer.acquire(ticket)
+                await pacer.recheck(ticket)
+                went.append(time.perf_counter())
+
+            start = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(send() for _ in range(400))), 30)
+            took = time.perf_counter() - start
+    finally:
+        hogging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hogging
+    assert len(went) == 400
+    assert pacer.bookings <= 40, pacer.bookings
+    assert took < 400 * 0.002, took  # less than one loop pass per message
+    assert busiest_second(went) <= 2000
 
 
 # Redis's clock on this process's clock ------------------------------------------------------
@@ -275,6 +310,55 @@ def simulate(
             heapq.heappush(heap, (nxt, next(seq), i, k + 1, "", False, -1))
     r.delete(key)
     return sorted(sent, key=lambda x: x.wire)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    rate=st.sampled_from([3, 40, 700, 20_000]),
+    calls=st.lists(
+        st.tuples(st.integers(0, 60_000), st.lists(st.integers(1, 4), min_size=1, max_size=40)),
+        min_size=1, max_size=8,
+    ),
+)  # fmt: skip
+def test_slots_booked_in_one_call_are_those_the_calls_one_by_one_would_book(
+    redis_server: str, rate: int, calls: list[tuple[int, list[int]]]
+) -> None:
+    """A pacer books a slot for every message waiting in one call (``more``): the script books
+    them exactly as that many calls in a row at the same instant would (same slots, same log,
+    so every property proven of single bookings holds), stopping at the first beyond the
+    horizon, where the one-by-one calls are refused too."""
+    spacing, window_us, cap = slot_args(rate)
+    catch_up = int(CATCH_UP_S * 1_000_000)
+    one, batched = f"p:slots:one-{uuid.uuid4().hex}", f"p:slots:all-{uuid.uuid4().hex}"
+    now = 10**12
+    with redis.Redis.from_url(redis_server) as r:
+        script = r.register_script(RATE_LUA)
+        for gap, costs in calls:
+            now += gap
+            singly: list[tuple[int, str]] = []
+            refused_at = None
+            for c in costs:
+                ok, slot, _, member = script(
+                    keys=[one], args=[spacing, c, AHEAD_US, window_us, cap, now, catch_up, "", ""]
+                )
+                if not ok:
+                    refused_at = slot
+                    break
+                singly.append((slot, member.decode()))
+            raw = script(
+                keys=[batched],
+                args=[spacing, costs[0], AHEAD_US, window_us, cap, now, catch_up, "", "",
+                      ",".join(map(str, costs[1:]))],
+            )  # fmt: skip
+            got = RateReply.parse(raw)
+            together = [(got.slot_us, got.booking), *got.more] if got.granted else []
+            assert together == singly
+            if refused_at is not None and singly:
+                event("a batch cut at the horizon")
+            if not got.granted:
+                assert got.slot_us == refused_at
+            assert r.zrange(batched, 0, -1, withscores=True) == r.zrange(one, 0, -1, withscores=True)
+        r.delete(one, batched)
 
 
 def most_in_window(granted: list[tuple[int, int]], width_us: int) -> int:

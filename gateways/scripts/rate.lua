@@ -45,9 +45,11 @@
 --                      ARGV[6] the clock, us: "" = Redis's TIME (tests pass their own)
 --                      ARGV[7] catch-up us   ARGV[8] member of a slot given back or restamped
 --                      ARGV[9] restamp: when the send went, us (or "")
--- Returns {1, slot_us, now_us, member} when reserved, {0, slot_us, now_us, ""} when refused
--- (slot_us is when it would have been), both on the clock used; a restamp returns {1 or 2,
--- at_us, now_us, member}.
+--                      ARGV[10] more reservations in the same call: their segments, "2,1,1"
+-- Returns {1, slot_us, now_us, member} when reserved, followed by slot_us, member for each of
+-- ARGV[10]'s reserved (a prefix of them), {0, slot_us, now_us, ""} when refused (slot_us is
+-- when it would have been), both on the clock used; a restamp returns {1 or 2, at_us, now_us,
+-- member}.
 local now
 if ARGV[6] ~= nil and ARGV[6] ~= '' then
   now = tonumber(ARGV[6])
@@ -73,37 +75,62 @@ if ARGV[9] ~= nil and ARGV[9] ~= '' then
   local member = ARGV[8]
   local slot, segs, virtual = parse(member)
   local at = math.min(math.max(tonumber(ARGV[9]), slot), now)
-  -- Out of the log: the ones after it count n fewer.
+  local before = 0  -- cumulative score of the one just before its new place
+  local rescored = {}  -- score, member, ...: those whose count changes, written at once
+  local is_last = true
   local score = redis.call('ZSCORE', KEYS[1], member)
-  if score then
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. score, '+inf')) do
-      redis.call('ZINCRBY', KEYS[1], -n, m)
+  if score and at >= slot then
+    -- It moves later, past the ones logged after it at or before its new time: they now come
+    -- before it and count n fewer. The ones after its new place count it as they did.
+    before = tonumber(score) - n
+    local rank = redis.call('ZRANK', KEYS[1], member) + 1
+    while is_last do  -- a few at a time: only those booked ahead are after it
+      local chunk = redis.call('ZRANGE', KEYS[1], rank, rank + 7, 'WITHSCORES')
+      if #chunk == 0 then break end
+      for i = 1, #chunk, 2 do
+        if parse(chunk[i]) > at then
+          is_last = false
+          break
+        end
+        before = tonumber(chunk[i + 1]) - n
+        rescored[#rescored + 1] = before
+        rescored[#rescored + 1] = chunk[i]
+      end
+      rank = rank + 8
     end
     redis.call('ZREM', KEYS[1], member)
-  end
-  -- Back in at its new time: the ones later than that (booked ahead) count n more.
-  local later = {}
-  local before = 0  -- cumulative score of the one just before its new place
-  local rank, found = 0, false
-  while not found do  -- from the end, a few at a time: only those booked ahead are later
-    local chunk = redis.call('ZREVRANGE', KEYS[1], rank, rank + 7, 'WITHSCORES')
-    if #chunk == 0 then break end
-    for i = 1, #chunk, 2 do
-      local t_at, t_segs = parse(chunk[i])
-      if t_at <= at then
-        before = tonumber(chunk[i + 1])
-        found = true
-        break
+  else
+    -- No longer logged (expired), or earlier than its slot (a clock passed in): out of the log,
+    -- the ones after it counting n fewer; in at its time, the ones later than that n more.
+    if score then
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. score, '+inf')) do
+        redis.call('ZINCRBY', KEYS[1], -n, m)
       end
-      later[#later + 1] = chunk[i]
-      before = tonumber(chunk[i + 1]) - t_segs
+      redis.call('ZREM', KEYS[1], member)
     end
-    rank = rank + 8
+    local rank, found = 0, false
+    while not found do  -- from the end, a few at a time: only those booked ahead are later
+      local chunk = redis.call('ZREVRANGE', KEYS[1], rank, rank + 7, 'WITHSCORES')
+      if #chunk == 0 then break end
+      for i = 1, #chunk, 2 do
+        local t_at, t_segs = parse(chunk[i])
+        if t_at <= at then
+          before = tonumber(chunk[i + 1])
+          found = true
+          break
+        end
+        is_last = false
+        rescored[#rescored + 1] = tonumber(chunk[i + 1]) + n
+        rescored[#rescored + 1] = chunk[i]
+        before = tonumber(chunk[i + 1]) - t_segs
+      end
+      rank = rank + 8
+    end
   end
-  for _, m in ipairs(later) do
-    redis.call('ZINCRBY', KEYS[1], n, m)
+  for i = 1, #rescored, 200 do
+    redis.call('ZADD', KEYS[1], unpack(rescored, i, math.min(i + 199, #rescored)))
   end
-  if #later == 0 and last[1] then  -- it is the last now: it carries the pace, unchanged
+  if is_last and last[1] then  -- it is the last now: it carries the pace, unchanged
     local _a
     _a, segs, virtual = parse(last[1])
   end
@@ -123,31 +150,54 @@ if ARGV[8] ~= nil and ARGV[8] ~= '' and last[1] == ARGV[8] then
   last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 end
 
-local virtual = now
-local booked = 0
-local slot = now
-if last[1] then
-  booked = tonumber(last[2])
-  local l_at, segs, lv = parse(last[1])
-  virtual = lv + math.ceil((segs + n) / 2 * spacing)
-  if virtual < now - catchup then virtual = now end  -- idle, or too far behind: no credit
-  slot = math.max(slot, virtual, l_at)
-  -- The window (slot - window, slot] may hold cap - n segments booked before this one: the
-  -- reservation that brought the total to booked + n - cap must be out of it.
-  local need = booked + n - cap
-  if need > 0 then
-    local e = redis.call('ZRANGEBYSCORE', KEYS[1], need, '+inf', 'LIMIT', 0, 1)[1]
-    if e == nil then e = last[1] end  -- more segments than a window holds: it goes alone
-    slot = math.max(slot, parse(e) + window)
+-- One reservation of k segments after the last one logged: its slot and member, or nil and
+-- when it would have been (beyond the horizon: nothing booked).
+local function book(k)
+  local virtual = now
+  local booked = 0
+  local slot = now
+  if last[1] then
+    booked = tonumber(last[2])
+    local l_at, segs, lv = parse(last[1])
+    virtual = lv + math.ceil((segs + k) / 2 * spacing)
+    if virtual < now - catchup then virtual = now end  -- idle, or too far behind: no credit
+    slot = math.max(slot, virtual, l_at)
+    -- The window (slot - window, slot] may hold cap - k segments booked before this one: the
+    -- reservation that brought the total to booked + k - cap must be out of it.
+    local need = booked + k - cap
+    if need > 0 then
+      local e = redis.call('ZRANGEBYSCORE', KEYS[1], need, '+inf', 'LIMIT', 0, 1)[1]
+      if e == nil then e = last[1] end  -- more segments than a window holds: it goes alone
+      slot = math.max(slot, parse(e) + window)
+    end
   end
+  if slot - now > ahead then
+    return nil, slot
+  end
+  local member = string.format('%d:%d:%d', slot, k, virtual)
+  redis.call('ZADD', KEYS[1], booked + k, member)
+  last = {member, booked + k}
+  return member, slot
 end
 
-if slot - now > ahead then
+local member, slot = book(n)
+if member == nil then
   return {0, slot, now, ''}
 end
-local member = string.format('%d:%d:%d', slot, n, virtual)
-redis.call('ZADD', KEYS[1], booked + n, member)
+local reply = {1, slot, now, member}
+-- ARGV[10]: more reservations after this one, in the same call ("2,1,1": their segments, in
+-- order), exactly as that many calls one after the other at the same instant would book them;
+-- the first beyond the horizon ends the list (the caller asks again for the rest).
+if ARGV[10] ~= nil and ARGV[10] ~= '' then
+  for k in string.gmatch(ARGV[10], '%d+') do
+    local m, s = book(tonumber(k))
+    if m == nil then break end
+    reply[#reply + 1] = s
+    reply[#reply + 1] = m
+    slot = s
+  end
+end
 -- Only the last cap + 1 reservations can matter to the next one's window.
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(cap + 2))
 redis.call('PEXPIRE', KEYS[1], math.ceil((slot - now + window) / 1000) + 1000)
-return {1, slot, now, member}
+return reply

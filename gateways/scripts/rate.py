@@ -31,6 +31,10 @@ class RateArgs:
     now_us: int | None = None
     #: Restamp: the booking ``give_back`` was sent late, at this time (us on Redis's clock).
     sent_us: int | None = None
+    #: More reservations in the same call after the first (``segments``): their segments, in
+    #: order. The script books them as that many calls in a row would, up to the first beyond
+    #: the horizon.
+    more: tuple[int, ...] = ()
 
     def to_keys(self) -> list[str]:
         """KEYS[1]: the connector's booked slots."""
@@ -41,7 +45,7 @@ class RateArgs:
         sent = "" if self.sent_us is None else self.sent_us
         return [
             self.spacing_us, self.segments, self.max_ahead_us, self.window_us, self.cap, now,
-            self.catch_up_us, self.give_back, sent,
+            self.catch_up_us, self.give_back, sent, ",".join(map(str, self.more)),
         ]  # fmt: skip
 
 
@@ -56,9 +60,15 @@ class RateReply:
     now_us: int
     booking: str
     overdue: bool = False
+    #: The reservations of ``RateArgs.more`` that were made, in order: (slot_us, booking).
+    more: tuple[tuple[int, str], ...] = ()
 
     @classmethod
     def parse(cls, raw: Any) -> RateReply:
-        granted, slot_us, now_us, booking = raw
-        b = booking.decode() if isinstance(booking, bytes) else str(booking)
-        return cls(bool(int(granted)), int(slot_us), int(now_us), b, int(granted) == 2)
+        granted, slot_us, now_us, booking = raw[:4]
+        more = tuple((int(raw[i]), _text(raw[i + 1])) for i in range(4, len(raw) - 1, 2))
+        return cls(bool(int(granted)), int(slot_us), int(now_us), _text(booking), int(granted) == 2, more)
+
+
+def _text(b: Any) -> str:
+    return b.decode() if isinstance(b, bytes) else str(b)
