@@ -156,6 +156,8 @@ class Pacer:
         self.overdue = 0
         #: Calls to rate.lua that booked slots (one books a slot for each ticket waiting).
         self.bookings = 0
+        #: Booked slots a stall of the event loop passed before they were handed out (unused).
+        self.passed = 0
         self._restamps: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -346,6 +348,11 @@ class Pacer:
                 continue
             for due, segments, booking in slots:
                 await _until(due)
+                if time.monotonic() - due > STALE_S:
+                    # A stall passed it: left unused (it still counts in its window), not
+                    # handed out to be given back at the send; the rest go, and then fresh ones.
+                    self.passed += 1
+                    continue
                 ticket = self._taker(segments)
                 if ticket is None:
                     continue  # cancelled meanwhile: the slot goes unused
