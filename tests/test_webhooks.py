@@ -256,7 +256,9 @@ async def test_a_receiver_that_keeps_failing_gets_a_dead_letter_that_replay_deli
         assert letter["event_id"] == crm.hits[0].event_id and letter["attempts"] == 3
         assert letter["error"].startswith("HTTP 500") and letter["event"]["type"] == "started"
         assert letter["event"] == crm.hits[0].event
-        assert sample(rt, "parley_webhook_deliveries_total", webhook="0", result="dead") == 1
+        # Counted once the entry is finished: the letter is written first, then the entry
+        # acknowledged, then the count (the API can show the letter in between).
+        await wait_for(lambda: sample(rt, "parley_webhook_deliveries_total", webhook="0", result="dead") == 1)
 
         crm.answer = lambda hit: (200, {})  # the CRM is back
         async with api.post("/v1/webhooks/dead:replay") as r:
