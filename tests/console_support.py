@@ -401,7 +401,8 @@ def wait_for(browser: Any, condition: Callable[[Any], Any], timeout: float = 10)
 
 
 def login(browser: Any, base: str, who: ConsoleLogin, password: str | None = None) -> None:
-    """Log in through the form and wait for the page after it (asserting we got past the form)."""
+    """Log in through the form and wait for the page after it: past the form, or (a wrong
+    password) the form again with its error."""
     from selenium.webdriver.common.by import By
 
     browser.get(base + "/console/login")
@@ -410,6 +411,8 @@ def login(browser: Any, base: str, who: ConsoleLogin, password: str | None = Non
     browser.find_element(By.ID, "login").click()
     if password is None or password == who.password:
         wait_for(browser, lambda b: "/console/login" not in b.current_url)
+    else:  # refused: the form comes back, at the same address, with its error
+        wait_for(browser, lambda b: b.find_element(By.CSS_SELECTOR, "p.error"))
 
 
 def js_errors(browser: Any) -> list[dict[str, Any]]:
