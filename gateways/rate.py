@@ -47,10 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -97,6 +99,9 @@ class Ticket:
     booking: str = ""
     #: This send already gave back a stale slot (it goes on the next, however late).
     rebooked: bool = False
+    #: The segments its slot was booked for (``cost``, or more: a slot booked for a longer
+    #: message waiting behind it); what its booking counts, so what a restamp moves.
+    booked: int = 0
 
 
 class RedisClock:
@@ -207,7 +212,7 @@ class Pacer:
         if now - ticket.due > LATE_S:
             self.restamped += 1
             call = RateArgs(
-                self.gateway, self._spacing, ticket.cost, int(MAX_AHEAD_S * 1_000_000),
+                self.gateway, self._spacing, ticket.booked, int(MAX_AHEAD_S * 1_000_000),
                 self._window_us, self._cap, int(CATCH_UP_S * 1_000_000), ticket.booking,
                 sent_us=self.clock.redis_us(now),
             )  # fmt: skip
@@ -263,27 +268,18 @@ class Pacer:
             self._queues[False].remove(ticket)
             self._queues[True].append(ticket)
 
-    def _line(self, most: int) -> list[Ticket]:
-        """The first ``most`` tickets waiting, in the order they are served (left queued)."""
-        line: list[Ticket] = []
+    def _in_line(self) -> Iterator[Ticket]:
+        """The tickets waiting, in the order they are served (left queued; cancelled ones at the
+        head of a queue are dropped, the others skipped)."""
         for q in (self._retake, self._queues[True], self._queues[False]):
             while q and q[0].done.done():  # cancelled while waiting (shutdown)
                 q.popleft()
-            for t in q:
-                if len(line) == most:
-                    return line
-                if not t.done.done():
-                    line.append(t)
-        return line
+            yield from (t for t in q if not t.done.done())
 
     def _taker(self, segments: int) -> Ticket | None:
         """Who takes a slot of ``segments`` now it is due: the first in line it is wide enough
         for (a reply that arrived since the booking goes before the bulk it was booked for)."""
-        for q in (self._retake, self._queues[True], self._queues[False]):
-            for t in q:
-                if t.cost <= segments and not t.done.done():
-                    return t
-        return None
+        return next((t for t in self._in_line() if t.cost <= segments), None)
 
     def _unqueue(self, ticket: Ticket) -> None:
         for q in (self._retake, self._queues[True], self._queues[False]):
@@ -324,7 +320,7 @@ class Pacer:
         await self._calibrate()
         backoff = 0.05
         while not self._closing:
-            line = self._line(BATCH)
+            line = list(itertools.islice(self._in_line(), BATCH))
             if not line:
                 self._wake.clear()
                 await self._wake.wait()
@@ -357,7 +353,7 @@ class Pacer:
                 if ticket is None:
                     continue  # cancelled meanwhile: the slot goes unused
                 self._unqueue(ticket)
-                ticket.booking = booking
+                ticket.booking, ticket.booked = booking, segments
                 ticket.due = due  # late or not: recheck, just before the send, decides
                 ticket.done.set_result(None)
 

@@ -40,7 +40,7 @@ from gateways.rate import (
     Ticket,
     slot_args,
 )
-from gateways.scripts.rate import RateReply
+from gateways.scripts.rate import RateArgs, RateReply
 from gateways.sender import Sender
 from tests.conftest import make_config, shard
 
@@ -210,6 +210,38 @@ async def test_slots_a_stalled_loop_passed_are_left_unused_not_handed_out_stale(
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert pacer.passed >= 5, pacer.passed
     assert pacer.rebooked == 0
+
+
+async def test_a_reply_in_a_longer_messages_slot_that_goes_late_moves_the_whole_slot(
+    stores: list[Store],
+) -> None:
+    """A slot booked for a 3-segment bulk message is taken by a 1-segment reply that came since
+    (replies first); the reply goes late, so its booking is restamped: what moves is the 3
+    segments the log counts for it, not the reply's 1 (else every slot it passes would count 2
+    segments too few)."""
+    async with Pacer(stores[0], "carrier", 100) as pacer:
+        restamps: list[RateArgs] = []
+        rate = pacer._rate
+
+        async def spy(call: RateArgs) -> RateReply:
+            if call.sent_us is not None:
+                restamps.append(call)
+            return await rate(call)
+
+        pacer._rate = spy  # type: ignore[method-assign]
+        bulk = [Ticket(cost=3, urgent=False) for _ in range(3)]
+        waiting = [asyncio.create_task(pacer.acquire(t)) for t in bulk]
+        while not any(t.done() for t in waiting):  # noqa: ASYNC110 (the first took the slot due now)
+            await asyncio.sleep(0.001)
+        reply = Ticket(cost=1, urgent=True)
+        await pacer.acquire(reply)  # the second bulk message's slot, booked 3 segments wide
+        assert reply.booked == 3 and not any(t.done() for t in waiting[1:])
+        time.sleep(0.008)  # noqa: ASYNC251 (on purpose: it reaches the socket late)
+        await pacer.recheck(reply)
+        await asyncio.wait(set(pacer._restamps), timeout=5)
+        for t in waiting:
+            t.cancel()
+    assert [c.segments for c in restamps] == [3]
 
 
 # Redis's clock on this process's clock ------------------------------------------------------

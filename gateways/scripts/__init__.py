@@ -16,6 +16,7 @@ so at start; a :class:`~gateways.rate.Pacer` used alone installs its own).
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from engine.core.ports import ScriptRunner
 
@@ -28,6 +29,11 @@ SCRIPTS = (
 #: named scripts as functions in front of its own body: sent.lua records a send in one call
 #: (provider_id.lua, status.lua); a Redis Cluster makes the calls one by one instead.
 SINGLE_NODE = {"sent": ("provider_id", "status")}
+
+
+def as_text(raw: Any) -> str:
+    """A script's reply item as text (bytes from a plain client, str from a decoding one)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _source(name: str) -> str:

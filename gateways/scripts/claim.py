@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateways.scripts import as_text
+
 #: How long a message stays "handed" (a cancel meanwhile is told it is too late): longer than a
 #: message stays in a sender's hands (max_age, 1 h by default); a single message's record says
 #: it was sent after that, and a journey's delivery is no longer in any stream or lane.
@@ -28,4 +30,4 @@ class ClaimArgs:
 
 def parse_verdict(raw: bytes | str) -> str:
     """``ok``, ``cancelled`` or ``expired``."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return as_text(raw)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core import keys
+from gateways.scripts import as_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,5 +50,5 @@ class MoveArgs:
 
 def parse_moved(raw: Any) -> str | None:
     """The new entry id, or None when the entry was already gone (acknowledged elsewhere)."""
-    new = raw.decode() if isinstance(raw, bytes) else str(raw)
+    new = as_text(raw)
     return new or None

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateways.scripts import as_text
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderIdArgs:
@@ -30,4 +32,4 @@ class ProviderIdArgs:
 
 def parse_parked(raw: Any) -> str:
     """The parked receipt ("status|error|ms"), or "" when none came first."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw or "")
+    return as_text(raw or "")

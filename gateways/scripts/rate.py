@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core import keys
+from gateways.scripts import as_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,5 @@ class RateReply:
     @classmethod
     def parse(cls, raw: Any) -> RateReply:
         granted, slot_us, now_us, booking = raw[:4]
-        more = tuple((int(raw[i]), _text(raw[i + 1])) for i in range(4, len(raw) - 1, 2))
-        return cls(bool(int(granted)), int(slot_us), int(now_us), _text(booking), int(granted) == 2, more)
-
-
-def _text(b: Any) -> str:
-    return b.decode() if isinstance(b, bytes) else str(b)
+        more = tuple((int(raw[i]), as_text(raw[i + 1])) for i in range(4, len(raw) - 1, 2))
+        return cls(bool(int(granted)), int(slot_us), int(now_us), as_text(booking), int(granted) == 2, more)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateways.scripts import as_text
+
 
 @dataclass(frozen=True, slots=True)
 class ReceiptArgs:
@@ -32,5 +34,5 @@ class ReceiptArgs:
 
 def parse_owner(raw: Any) -> str | None:
     """ "N message-id" of the message the receipt is about, or None when it was parked."""
-    owner = raw.decode() if isinstance(raw, bytes) else str(raw)
+    owner = as_text(raw)
     return owner or None

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateways.scripts import as_text
+
 
 @dataclass(frozen=True, slots=True)
 class Part:
@@ -49,5 +51,5 @@ class SmppPartsArgs:
 def parse_rollup(raw: Any) -> dict[str, str]:
     """A flat reply of part number ("1", "2", ...) -> "status|error": the roll-up hash (the
     roll-up call), or the receipts found parked (the other calls)."""
-    text = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+    text = [as_text(x) for x in raw]
     return {text[i]: text[i + 1] for i in range(0, len(text), 2)}

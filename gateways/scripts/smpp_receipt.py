@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateways.scripts import as_text
+
 
 @dataclass(frozen=True, slots=True)
 class SmppReceiptArgs:
@@ -42,7 +44,7 @@ class SmppReceiptFound:
 
     @classmethod
     def parse(cls, raw: Any) -> SmppReceiptFound:
-        text = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+        text = [as_text(x) for x in raw]
         kind = text[0]
         assert kind in ("part", "single", "parked"), kind
         return cls(kind, text[1] if len(text) > 1 else "")  # type: ignore[arg-type]

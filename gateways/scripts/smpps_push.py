@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core import keys
+from gateways.scripts import as_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,4 +32,4 @@ class SmppsPushArgs:
 def parse_pushed(raw: Any) -> tuple[bool, str]:
     """(queued now, its entry id)."""
     fresh, entry = raw
-    return bool(int(fresh)), entry.decode() if isinstance(entry, bytes) else str(entry)
+    return bool(int(fresh)), as_text(entry)
